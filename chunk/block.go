@@ -1,0 +1,107 @@
+package chunk
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+
+	"github.com/ipfs/go-cid"
+	mh "github.com/multiformats/go-multihash"
+	"github.com/zeebo/blake3"
+)
+
+// Errors shared by every store and decoder in the system.
+var (
+	// ErrNotFound: the store has no chunk, layer or record by that id.
+	ErrNotFound = errors.New("not found")
+	// ErrHashMismatch: data does not hash to the content id it came with.
+	ErrHashMismatch = errors.New("hash mismatch")
+	// ErrBadCID: a content id that is not a CIDv1 raw chunk id with a supported hash.
+	ErrBadCID = errors.New("not a chunk content id")
+)
+
+// Block is a chunk whose content id is known to match its data: either the id
+// was computed here (Sum) or the data was verified against it (Verify). A store
+// accepts only Blocks, so nothing unverified can be written.
+type Block struct {
+	id   cid.Cid
+	data []byte
+}
+
+// CID returns the block's content id.
+func (b Block) CID() cid.Cid { return b.id }
+
+// Data returns the block's bytes; callers must not modify them.
+func (b Block) Data() []byte { return b.data }
+
+// Sum hashes data with the multihash code and returns the block.
+func Sum(data []byte, hash uint64) (Block, error) {
+	id, err := SumCID(data, hash)
+	return Block{id: id, data: data}, err
+}
+
+// SumCID returns the content id of data under the multihash code.
+func SumCID(data []byte, hash uint64) (cid.Cid, error) {
+	var d [32]byte
+	switch hash {
+	case SHA256:
+		d = sha256.Sum256(data)
+	case BLAKE3:
+		d = blake3.Sum256(data)
+	default:
+		return cid.Undef, fmt.Errorf("unsupported hash 0x%x", hash)
+	}
+	m, err := mh.Encode(d[:], hash)
+	if err != nil {
+		return cid.Undef, err
+	}
+	return cid.NewCidV1(cid.Raw, m), nil
+}
+
+// CheckCID reports whether id can name a chunk: CIDv1, raw codec, sha2-256 or
+// blake3 with a 32-byte digest.
+func CheckCID(id cid.Cid) error {
+	if !id.Defined() {
+		return fmt.Errorf("%w: undefined", ErrBadCID)
+	}
+	if id.Version() != 1 || id.Type() != cid.Raw {
+		return fmt.Errorf("%w: %s is not CIDv1 raw", ErrBadCID, id)
+	}
+	pre := id.Prefix()
+	if (pre.MhType != SHA256 && pre.MhType != BLAKE3) || pre.MhLength != 32 {
+		return fmt.Errorf("%w: %s uses hash 0x%x/%d", ErrBadCID, id, pre.MhType, pre.MhLength)
+	}
+	return nil
+}
+
+// Verify checks that data hashes to id and returns the verified block.
+func Verify(id cid.Cid, data []byte) (Block, error) {
+	if err := CheckCID(id); err != nil {
+		return Block{}, err
+	}
+	got, err := SumCID(data, id.Prefix().MhType)
+	if err != nil {
+		return Block{}, err
+	}
+	if !got.Equals(id) {
+		return Block{}, fmt.Errorf("chunk %s: %w (data hashes to %s)", id, ErrHashMismatch, got)
+	}
+	return Block{id: id, data: data}, nil
+}
+
+// zeros is read-only: a run of zero bytes to compare against.
+var zeros = make([]byte, 64<<10)
+
+// IsZero reports whether every byte of b is zero. It returns at the first
+// non-zero 64 KiB stretch, so it is cheap on ordinary data.
+func IsZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeros))
+		if b[0] != 0 || !bytes.Equal(b[:n], zeros[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}

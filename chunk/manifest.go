@@ -1,0 +1,335 @@
+package chunk
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"strings"
+
+	"github.com/fxamacker/cbor/v2"
+	"github.com/ipfs/go-cid"
+	mh "github.com/multiformats/go-multihash"
+)
+
+// ManifestVersion is the manifest format this code writes and reads.
+const ManifestVersion = 1
+
+// MaxManifestSize bounds a manifest's encoding (about 5 million chunk
+// references, a 300 GiB image at the default sizes).
+const MaxManifestSize = 256 << 20
+
+// ErrMalformed: bytes that claim to be a manifest (or another record) but are not.
+var ErrMalformed = errors.New("malformed manifest")
+
+// EntryType is the kind of a manifest entry.
+type EntryType uint8
+
+// Entry types. Devices, sockets and fifos are never stored.
+const (
+	Dir     EntryType = 1
+	File    EntryType = 2
+	Symlink EntryType = 3
+)
+
+func (t EntryType) String() string {
+	switch t {
+	case Dir:
+		return "dir"
+	case File:
+		return "file"
+	case Symlink:
+		return "symlink"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Ref is one chunk of a file: its content id and length.
+type Ref struct {
+	CID  cid.Cid
+	Size uint32
+}
+
+// Entry is one path of a layer.
+type Entry struct {
+	Path   string // slash-separated, relative, clean; never "." or ".."
+	Type   EntryType
+	Mode   fs.FileMode // permission, setuid, setgid and sticky bits only
+	UID    uint32
+	GID    uint32
+	MTime  int64 // unix nanoseconds
+	Size   int64 // files: the sum of the chunk sizes
+	Target string
+	Chunks []Ref
+}
+
+// Manifest is a layer: its chunking parameters and ordered entries. Its
+// encoding is deterministic, and the manifest is addressed by the CID of that
+// encoding, so the same tree always has the same id.
+type Manifest struct {
+	Params  Params
+	Parent  cid.Cid           // the layer under this one, if any
+	Meta    map[string]string // small annotations (product, description)
+	Entries []Entry           // sorted by Path, unique
+}
+
+// Size is the sum of the file sizes.
+func (m *Manifest) Size() int64 {
+	var n int64
+	for i := range m.Entries {
+		n += m.Entries[i].Size
+	}
+	return n
+}
+
+// ChunkCount is the number of chunk references (with repeats).
+func (m *Manifest) ChunkCount() int {
+	n := 0
+	for i := range m.Entries {
+		n += len(m.Entries[i].Chunks)
+	}
+	return n
+}
+
+// wire forms: what is actually encoded.
+type wireRef struct {
+	_    struct{} `cbor:",toarray"`
+	CID  []byte
+	Size uint32
+}
+
+type wireEntry struct {
+	Path   string    `cbor:"1,keyasint"`
+	Type   EntryType `cbor:"2,keyasint"`
+	Mode   uint32    `cbor:"3,keyasint"`
+	UID    uint32    `cbor:"4,keyasint,omitempty"`
+	GID    uint32    `cbor:"5,keyasint,omitempty"`
+	MTime  int64     `cbor:"6,keyasint,omitempty"`
+	Size   int64     `cbor:"7,keyasint,omitempty"`
+	Target string    `cbor:"8,keyasint,omitempty"`
+	Chunks []wireRef `cbor:"9,keyasint,omitempty"`
+}
+
+type wireManifest struct {
+	Version int               `cbor:"1,keyasint"`
+	Params  Params            `cbor:"2,keyasint"`
+	Parent  []byte            `cbor:"3,keyasint,omitempty"`
+	Meta    map[string]string `cbor:"4,keyasint,omitempty"`
+	Entries []wireEntry       `cbor:"5,keyasint"`
+}
+
+// ManifestCodec is the multicodec of a manifest's CID: 0x51, plain cbor (chunk ids inside are bytes, not dag-cbor links).
+const ManifestCodec = 0x51
+
+var (
+	encMode = func() cbor.EncMode {
+		m, err := cbor.CoreDetEncOptions().EncMode()
+		if err != nil {
+			panic(err)
+		}
+		return m
+	}()
+	decMode = func() cbor.DecMode {
+		m, err := cbor.DecOptions{
+			DupMapKey:         cbor.DupMapKeyEnforcedAPF,
+			ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
+			IndefLength:       cbor.IndefLengthForbidden,
+			TagsMd:            cbor.TagsForbidden,
+			MaxArrayElements:  1 << 28,
+			MaxMapPairs:       1 << 16,
+			MaxNestedLevels:   8,
+		}.DecMode()
+		if err != nil {
+			panic(err)
+		}
+		return m
+	}()
+)
+
+// Encode validates m and returns its deterministic encoding and CID.
+func (m *Manifest) Encode() ([]byte, cid.Cid, error) {
+	if err := m.Validate(); err != nil {
+		return nil, cid.Undef, err
+	}
+	w := wireManifest{Version: ManifestVersion, Params: m.Params, Meta: m.Meta, Entries: make([]wireEntry, len(m.Entries))}
+	if m.Parent.Defined() {
+		w.Parent = m.Parent.Bytes()
+	}
+	for i, e := range m.Entries {
+		we := wireEntry{Path: e.Path, Type: e.Type, Mode: uint32(e.Mode), UID: e.UID, GID: e.GID, MTime: e.MTime, Size: e.Size, Target: e.Target}
+		if len(e.Chunks) > 0 {
+			we.Chunks = make([]wireRef, len(e.Chunks))
+			for k, r := range e.Chunks {
+				we.Chunks[k] = wireRef{CID: r.CID.Bytes(), Size: r.Size}
+			}
+		}
+		w.Entries[i] = we
+	}
+	b, err := encMode.Marshal(w)
+	if err != nil {
+		return nil, cid.Undef, err
+	}
+	if len(b) > MaxManifestSize {
+		return nil, cid.Undef, fmt.Errorf("manifest is %d bytes, over the %d limit: use larger chunks", len(b), MaxManifestSize)
+	}
+	return b, ManifestCID(b), nil
+}
+
+// ManifestCID is the content id of an encoded manifest.
+func ManifestCID(b []byte) cid.Cid {
+	d := sha256.Sum256(b)
+	m, _ := mh.Encode(d[:], SHA256) // cannot fail for a known code
+	return cid.NewCidV1(ManifestCodec, m)
+}
+
+// DecodeManifest parses and validates an encoded manifest. Anything that is
+// not exactly the canonical encoding of a valid manifest is rejected with an
+// error that says what is wrong.
+func DecodeManifest(b []byte) (*Manifest, error) {
+	if len(b) > MaxManifestSize {
+		return nil, fmt.Errorf("%w: %d bytes, over the %d limit", ErrMalformed, len(b), MaxManifestSize)
+	}
+	var w wireManifest
+	if err := decMode.Unmarshal(b, &w); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if w.Version != ManifestVersion {
+		return nil, fmt.Errorf("%w: version %d, this build reads %d", ErrMalformed, w.Version, ManifestVersion)
+	}
+	m := &Manifest{Params: w.Params, Meta: w.Meta, Entries: make([]Entry, len(w.Entries))}
+	if w.Parent != nil {
+		p, err := cid.Cast(w.Parent)
+		if err != nil {
+			return nil, fmt.Errorf("%w: parent: %v", ErrMalformed, err)
+		}
+		m.Parent = p
+	}
+	for i, we := range w.Entries {
+		e := Entry{Path: we.Path, Type: we.Type, Mode: fs.FileMode(we.Mode), UID: we.UID, GID: we.GID, MTime: we.MTime, Size: we.Size, Target: we.Target}
+		if len(we.Chunks) > 0 {
+			e.Chunks = make([]Ref, len(we.Chunks))
+			for k, r := range we.Chunks {
+				id, err := cid.Cast(r.CID)
+				if err != nil {
+					return nil, fmt.Errorf("%w: %s: chunk %d: %v", ErrMalformed, we.Path, k, err)
+				}
+				e.Chunks[k] = Ref{CID: id, Size: r.Size}
+			}
+		}
+		m.Entries[i] = e
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	// One manifest, one encoding: refuse non-canonical forms, which would
+	// give the same layer a second id.
+	again, _, err := m.Encode()
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(again, b) {
+		return nil, fmt.Errorf("%w: not in canonical encoding", ErrMalformed)
+	}
+	return m, nil
+}
+
+// Validate reports the first thing wrong with m.
+func (m *Manifest) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrMalformed}, a...)...)
+	}
+	if err := m.Params.Validate(); err != nil {
+		return bad("%v", err)
+	}
+	if m.Parent.Defined() && (m.Parent.Version() != 1 || m.Parent.Type() != ManifestCodec) {
+		return bad("parent %s is not a manifest id", m.Parent)
+	}
+	if len(m.Meta) > 64 {
+		return bad("%d meta keys, at most 64", len(m.Meta))
+	}
+	for k, v := range m.Meta {
+		if k == "" || len(k) > 128 || len(v) > 4096 {
+			return bad("meta key %.40q: keys 1-128 bytes, values at most 4096", k)
+		}
+	}
+	dirs := map[string]bool{".": true}
+	prev := ""
+	for i := range m.Entries {
+		e := &m.Entries[i]
+		if err := CheckPath(e.Path); err != nil {
+			return bad("entry %d: %v", i, err)
+		}
+		if i > 0 && e.Path <= prev {
+			return bad("entry %q is out of order or repeated after %q", e.Path, prev)
+		}
+		prev = e.Path
+		if !dirs[path.Dir(e.Path)] {
+			return bad("%s: parent %q is not a directory of the layer", e.Path, path.Dir(e.Path))
+		}
+		if e.Mode&^(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) != 0 {
+			return bad("%s: mode %o has bits other than permissions", e.Path, uint32(e.Mode))
+		}
+		switch e.Type {
+		case Dir:
+			dirs[e.Path] = true
+			if e.Size != 0 || e.Target != "" || len(e.Chunks) > 0 {
+				return bad("%s: a directory has no size, target or chunks", e.Path)
+			}
+		case Symlink:
+			if e.Target == "" || len(e.Target) > 4096 || strings.IndexByte(e.Target, 0) >= 0 {
+				return bad("%s: symlink target must be 1-4096 bytes without NUL", e.Path)
+			}
+			if e.Size != 0 || len(e.Chunks) > 0 {
+				return bad("%s: a symlink has no size or chunks", e.Path)
+			}
+		case File:
+			if e.Target != "" {
+				return bad("%s: a file has no link target", e.Path)
+			}
+			var sum int64
+			for k, r := range e.Chunks {
+				if err := CheckCID(r.CID); err != nil {
+					return bad("%s: chunk %d: %v", e.Path, k, err)
+				}
+				if r.CID.Prefix().MhType != m.Params.Hash {
+					return bad("%s: chunk %d uses hash 0x%x, the layer 0x%x", e.Path, k, r.CID.Prefix().MhType, m.Params.Hash)
+				}
+				if r.Size == 0 || int(r.Size) > m.Params.MaxSize() {
+					return bad("%s: chunk %d has size %d outside 1..%d", e.Path, k, r.Size, m.Params.MaxSize())
+				}
+				sum += int64(r.Size)
+			}
+			if sum != e.Size {
+				return bad("%s: size %d but chunks add up to %d", e.Path, e.Size, sum)
+			}
+		default:
+			return bad("%s: unknown entry type %d", e.Path, e.Type)
+		}
+	}
+	return nil
+}
+
+// CheckPath reports whether p may name an entry: relative, slash-separated,
+// clean, without "..", NUL or empty components, at most 4096 bytes.
+func CheckPath(p string) error {
+	switch {
+	case p == "" || p == "." || len(p) > 4096:
+		return fmt.Errorf("path %.60q: empty, \".\" or longer than 4096 bytes", p)
+	case strings.IndexByte(p, 0) >= 0:
+		return fmt.Errorf("path %.60q contains NUL", p)
+	case strings.HasPrefix(p, "/"):
+		return fmt.Errorf("path %.60q is absolute", p)
+	case path.Clean(p) != p:
+		return fmt.Errorf("path %.60q is not clean", p)
+	case p == ".." || strings.HasPrefix(p, "../"):
+		return fmt.Errorf("path %.60q leaves the layer", p)
+	}
+	for _, c := range strings.Split(p, "/") {
+		if len(c) > 255 {
+			return fmt.Errorf("path %.60q has a component over 255 bytes", p)
+		}
+	}
+	return nil
+}

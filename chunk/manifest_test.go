@@ -1,0 +1,128 @@
+package chunk
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/ipfs/go-cid"
+)
+
+func sampleManifest(t testing.TB) *Manifest {
+	a, _ := SumCID([]byte("a"), SHA256)
+	b, _ := SumCID([]byte("bb"), SHA256)
+	return &Manifest{
+		Params: DefaultParams(),
+		Meta:   map[string]string{"product": "db", "description": "sample"},
+		Entries: []Entry{
+			{Path: "bin", Type: Dir, Mode: 0o755},
+			{Path: "bin/sh", Type: File, Mode: 0o755, UID: 0, MTime: 1700000000123456789, Size: 3, Chunks: []Ref{{a, 1}, {b, 2}}},
+			{Path: "bin/sh-link", Type: Symlink, Mode: 0o777, Target: "sh"},
+			{Path: "empty", Type: File, Mode: 0o600},
+		},
+	}
+}
+
+func TestManifestRoundTrip(t *testing.T) {
+	t.Parallel()
+	m := sampleManifest(t)
+	b, id, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, id2, _ := sampleManifest(t).Encode()
+	if id != id2 || string(b) != string(b2) {
+		t.Fatal("encoding is not deterministic")
+	}
+	got, err := DecodeManifest(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Entries) != 4 || got.Entries[1].Chunks[1].Size != 2 || got.Meta["product"] != "db" || got.Size() != 3 {
+		t.Fatalf("round trip lost data: %+v", got)
+	}
+	if ManifestCID(b) != id || id.Type() != ManifestCodec {
+		t.Fatal("manifest CID")
+	}
+}
+
+func TestManifestRejects(t *testing.T) {
+	t.Parallel()
+	c, _ := SumCID([]byte("a"), SHA256)
+	v0 := cid.NewCidV0(c.Hash())
+	for _, tc := range []struct {
+		name string
+		edit func(m *Manifest)
+		want string
+	}{
+		{"absolute path", func(m *Manifest) { m.Entries[0].Path = "/bin" }, "absolute"},
+		{"dotdot", func(m *Manifest) { m.Entries[0].Path = "../bin" }, "leaves the layer"},
+		{"unclean", func(m *Manifest) { m.Entries[0].Path = "bin/" }, "not clean"},
+		{"unsorted", func(m *Manifest) { m.Entries[2], m.Entries[3] = m.Entries[3], m.Entries[2] }, "out of order"},
+		{"duplicate", func(m *Manifest) { m.Entries[3].Path = "bin/sh-link" }, "out of order or repeated"},
+		{"orphan", func(m *Manifest) { m.Entries = m.Entries[1:] }, "parent \"bin\""},
+		{"under symlink", func(m *Manifest) { m.Entries[2].Path = "bin/sh-link"; m.Entries[3].Path = "bin/sh-link/x" }, "parent"},
+		{"size mismatch", func(m *Manifest) { m.Entries[1].Size = 4 }, "add up to 3"},
+		{"cidv0 chunk", func(m *Manifest) { m.Entries[1].Chunks[0].CID = v0 }, "not CIDv1 raw"},
+		{"zero chunk size", func(m *Manifest) { m.Entries[1].Chunks[0].Size = 0 }, "size 0"},
+		{"dir with chunks", func(m *Manifest) { m.Entries[0].Chunks = m.Entries[1].Chunks }, "directory"},
+		{"empty symlink", func(m *Manifest) { m.Entries[2].Target = "" }, "symlink target"},
+		{"mode bits", func(m *Manifest) { m.Entries[0].Mode |= 1 << 31 }, "mode"},
+		{"type", func(m *Manifest) { m.Entries[3].Type = 9 }, "unknown entry type"},
+		{"params", func(m *Manifest) { m.Params.Avg = 3 }, "power of two"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			m := sampleManifest(t)
+			tc.edit(m)
+			_, _, err := m.Encode()
+			if err == nil || !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want malformed with %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestDecodeRejectsNonCanonical(t *testing.T) {
+	t.Parallel()
+	b, _, _ := sampleManifest(t).Encode()
+	for _, bad := range [][]byte{nil, {0xff}, b[:len(b)-1], append(append([]byte{}, b...), 0), []byte("not cbor at all")} {
+		if _, err := DecodeManifest(bad); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%x: got %v", bad[:min(len(bad), 8)], err)
+		}
+	}
+}
+
+func TestParseName(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{"web": "web:latest", "web:2.1": "web:2.1", "org/base-os:24.04_1": "org/base-os:24.04_1"} {
+		n, err := ParseName(in)
+		if err != nil || n.String() != want {
+			t.Errorf("ParseName(%q) = %v, %v", in, n, err)
+		}
+	}
+	for _, bad := range []string{"", "Web", "web:", "web:-x", "a//b", "-a", "a:b:c", "../x", strings.Repeat("a", 129)} {
+		if _, err := ParseName(bad); err == nil {
+			t.Errorf("ParseName(%q) accepted", bad)
+		}
+	}
+}
+
+func FuzzDecodeManifest(f *testing.F) {
+	b, _, _ := sampleManifest(f).Encode()
+	f.Add(b)
+	f.Add([]byte{0xa0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := DecodeManifest(data)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrBadCID) {
+				t.Fatalf("error does not say malformed: %v", err)
+			}
+			return
+		}
+		again, _, err := m.Encode()
+		if err != nil || string(again) != string(data) {
+			t.Fatalf("accepted manifest does not re-encode to itself: %v", err)
+		}
+	})
+}

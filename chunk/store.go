@@ -1,0 +1,84 @@
+package chunk
+
+import (
+	"context"
+	"time"
+
+	"github.com/ipfs/go-cid"
+)
+
+// Store keeps chunks by content id. Implementations must be safe for
+// concurrent use. Writes are not durable until Sync returns: a layer is made
+// complete only after a Sync, so a crash can lose chunks but never a layer
+// that was reported complete.
+type Store interface {
+	// Has reports whether the chunk is stored.
+	Has(ctx context.Context, id cid.Cid) (bool, error)
+	// HasMany reports, for each id in order, whether it is stored.
+	HasMany(ctx context.Context, ids []cid.Cid) ([]bool, error)
+	// Get returns a copy of the chunk's data, or an error wrapping ErrNotFound.
+	Get(ctx context.Context, id cid.Cid) ([]byte, error)
+	// Put stores verified blocks. Idempotent: storing a chunk again is a no-op
+	// apart from cost. Only Blocks can be stored, and a Block is always
+	// verified, so nothing from an untrusted source reaches the store unchecked.
+	Put(ctx context.Context, blocks ...Block) error
+	// Delete removes chunks. Idempotent: absent ids are not an error.
+	Delete(ctx context.Context, ids ...cid.Cid) error
+	// Walk calls fn for every stored chunk with its size, and with its data
+	// when withData is set (valid only during the call). Order is unspecified.
+	// Chunks written or deleted during the walk may or may not be seen.
+	Walk(ctx context.Context, withData bool, fn func(id cid.Cid, size int, data []byte) error) error
+	// Stats counts what is stored.
+	Stats(ctx context.Context) (StoreStats, error)
+	// Sync makes every earlier write durable.
+	Sync() error
+}
+
+// StoreStats describes a store's contents.
+type StoreStats struct {
+	Chunks      int64 `json:"chunks"`
+	StoredBytes int64 `json:"stored_bytes"`
+}
+
+// LayerState says whether every chunk of a layer is present and verified.
+type LayerState string
+
+const (
+	// Complete: every chunk was present and verified when the state was
+	// written, durably, after the chunks themselves were synced.
+	Complete LayerState = "complete"
+	// Incomplete: the manifest is known and some chunks may be missing; a
+	// fetch resumes it.
+	Incomplete LayerState = "incomplete"
+)
+
+// Layer is the record a daemon keeps for NAME:TAG.
+type Layer struct {
+	Name     string     `json:"name"`
+	CID      string     `json:"cid"`
+	State    LayerState `json:"state"`
+	Size     int64      `json:"size"`
+	Chunks   int        `json:"chunks"`
+	Entries  int        `json:"entries"`
+	Chunking string     `json:"chunking"`
+	Added    time.Time  `json:"added"`
+}
+
+// Catalog keeps manifests and the NAME:TAG records that point at them.
+type Catalog interface {
+	// PutManifest stores an encoded manifest under its id. Idempotent.
+	PutManifest(ctx context.Context, id cid.Cid, data []byte) error
+	// GetManifest returns a stored manifest, or an error wrapping ErrNotFound.
+	GetManifest(ctx context.Context, id cid.Cid) (*Manifest, error)
+	// DeleteManifest removes a manifest. Idempotent.
+	DeleteManifest(ctx context.Context, id cid.Cid) error
+	// PutLayer writes the record for l.Name durably (it syncs every earlier
+	// write first, so a Complete record never points at lost chunks).
+	PutLayer(ctx context.Context, l Layer) error
+	// GetLayer returns the record for a name, or an error wrapping ErrNotFound.
+	GetLayer(ctx context.Context, name Name) (Layer, error)
+	// Layers lists every record, sorted by name.
+	Layers(ctx context.Context) ([]Layer, error)
+	// DeleteLayer removes the record for a name; ErrNotFound if absent.
+	DeleteLayer(ctx context.Context, name Name) error
+}
