@@ -105,3 +105,12 @@ func IsZero(b []byte) bool {
 	}
 	return true
 }
+
+// AppendTo copies the block's data onto the end of buf and returns the
+// grown buffer with a Block over the copy. The copy holds the same bytes, so
+// it stays verified; callers use it to keep a chunk past a reused buffer.
+func (b Block) AppendTo(buf []byte) ([]byte, Block) {
+	start := len(buf)
+	buf = append(buf, b.data...)
+	return buf, Block{id: b.id, data: buf[start:len(buf):len(buf)]}
+}

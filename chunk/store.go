@@ -70,6 +70,8 @@ type Catalog interface {
 	PutManifest(ctx context.Context, id cid.Cid, data []byte) error
 	// GetManifest returns a stored manifest, or an error wrapping ErrNotFound.
 	GetManifest(ctx context.Context, id cid.Cid) (*Manifest, error)
+	// Manifests lists the ids of every stored manifest.
+	Manifests(ctx context.Context) ([]cid.Cid, error)
 	// DeleteManifest removes a manifest. Idempotent.
 	DeleteManifest(ctx context.Context, id cid.Cid) error
 	// PutLayer writes the record for l.Name durably (it syncs every earlier

@@ -237,6 +237,26 @@ func (s *DB) GetManifest(_ context.Context, id cid.Cid) (*chunk.Manifest, error)
 	return chunk.DecodeManifest(data)
 }
 
+func (s *DB) Manifests(_ context.Context) ([]cid.Cid, error) {
+	var out []cid.Cid
+	err := s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.Prefix = []byte{pManifest}
+		opts.PrefetchValues = false
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			id, err := cid.Cast(it.Item().KeyCopy(nil)[1:])
+			if err != nil {
+				return fmt.Errorf("store key %x is not a manifest id: %w", it.Item().Key(), err)
+			}
+			out = append(out, id)
+		}
+		return nil
+	})
+	return out, err
+}
+
 func (s *DB) DeleteManifest(_ context.Context, id cid.Cid) error {
 	return s.db.Update(func(txn *badger.Txn) error { return txn.Delete(key(pManifest, id)) })
 }

@@ -161,6 +161,9 @@ func Run(t *testing.T, open func(t *testing.T) Storage) {
 		if err != nil || got.Entries[0].Path != "f" {
 			t.Fatalf("GetManifest: %v", err)
 		}
+		if ids, err := s.Manifests(ctx); err != nil || len(ids) != 1 || !ids[0].Equals(id) {
+			t.Fatalf("Manifests = %v, %v", ids, err)
+		}
 		n, _ := chunk.ParseName("web:1")
 		if _, err := s.GetLayer(ctx, n); !errors.Is(err, chunk.ErrNotFound) {
 			t.Fatalf("absent layer: %v", err)

@@ -1,0 +1,239 @@
+// Package tree turns a file or directory tree into a layer (chunks in a
+// store plus a manifest) and writes a layer back out as files. It works on
+// the local file system and a chunk.Store only: no network, no daemon.
+package tree
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/p2pimg/p2pimg/chunk"
+)
+
+// Skipped is a path left out of a layer, and why.
+type Skipped struct {
+	Path   string `json:"path"`
+	Reason string `json:"reason"`
+}
+
+// AddResult describes a layer built by Add.
+type AddResult struct {
+	CID       cid.Cid
+	Manifest  *chunk.Manifest
+	Encoded   []byte
+	NewChunks int   // chunks that were not in the store before
+	NewBytes  int64 // their bytes
+	Skipped   []Skipped
+}
+
+// Progress reports bytes done of a total.
+type Progress func(done, total int64)
+
+// DefaultParams picks chunking for an input: fixed 64 KiB blocks for a single
+// raw disk image (.img, .raw), which changes in place; content-defined
+// chunking for everything else.
+func DefaultParams(path string, isFile bool) chunk.Params {
+	ext := strings.ToLower(filepath.Ext(path))
+	if isFile && (ext == ".img" || ext == ".raw") {
+		p, _ := chunk.NewParams(chunk.Fixed, 64<<10, chunk.SHA256)
+		return p
+	}
+	return chunk.DefaultParams()
+}
+
+// batchBytes is how much chunk data Add gathers before one store write.
+const batchBytes = 8 << 20
+
+// Scan lists what Add would put in a layer for root: the entries without
+// chunks, sorted, and what it skips. A root that is a regular file gives a
+// one-entry layer named after the file.
+func Scan(root string) (entries []chunk.Entry, sources []string, skipped []Skipped, err error) {
+	fi, err := os.Lstat(root)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("add %s: %w", root, err)
+	}
+	switch {
+	case fi.Mode().IsRegular():
+		e := entryFor(filepath.Base(root), fi)
+		return []chunk.Entry{e}, []string{root}, nil, nil
+	case !fi.IsDir():
+		return nil, nil, nil, fmt.Errorf("add %s: not a regular file or directory (%s)", root, fi.Mode().Type())
+	}
+	type item struct {
+		e   chunk.Entry
+		src string
+	}
+	var items []item
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("add %s: %w", p, err)
+		}
+		if p == root {
+			return nil
+		}
+		rel, _ := filepath.Rel(root, p)
+		rel = filepath.ToSlash(rel)
+		fi, err := d.Info()
+		if err != nil {
+			return fmt.Errorf("add %s: %w", p, err)
+		}
+		if err := chunk.CheckPath(rel); err != nil {
+			skipped = append(skipped, Skipped{rel, err.Error()})
+			if fi.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		switch t := fi.Mode().Type(); {
+		case t == 0, t == fs.ModeDir, t == fs.ModeSymlink:
+			e := entryFor(rel, fi)
+			if t == fs.ModeSymlink {
+				if e.Target, err = os.Readlink(p); err != nil {
+					return fmt.Errorf("add %s: %w", p, err)
+				}
+			}
+			if t == 0 {
+				// Fail now, before any chunk is written, if it cannot be read.
+				f, err := os.Open(p)
+				if err != nil {
+					return fmt.Errorf("add %s: %w", p, err)
+				}
+				f.Close()
+			}
+			items = append(items, item{e, p})
+		default:
+			skipped = append(skipped, Skipped{rel, "a " + typeName(t) + " is not stored in layers"})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	slices.SortFunc(items, func(a, b item) int { return strings.Compare(a.e.Path, b.e.Path) })
+	for _, it := range items {
+		entries = append(entries, it.e)
+		sources = append(sources, it.src)
+	}
+	return entries, sources, skipped, nil
+}
+
+func typeName(t fs.FileMode) string {
+	switch {
+	case t&fs.ModeDevice != 0:
+		return "device"
+	case t&fs.ModeNamedPipe != 0:
+		return "fifo"
+	case t&fs.ModeSocket != 0:
+		return "socket"
+	}
+	return "special file"
+}
+
+func entryFor(rel string, fi fs.FileInfo) chunk.Entry {
+	e := chunk.Entry{Path: rel, Mode: fi.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky), MTime: fi.ModTime().UnixNano()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		e.UID, e.GID = st.Uid, st.Gid
+	}
+	switch {
+	case fi.IsDir():
+		e.Type = chunk.Dir
+	case fi.Mode()&fs.ModeSymlink != 0:
+		e.Type, e.Mode = chunk.Symlink, 0o777
+	default:
+		e.Type, e.Size = chunk.File, fi.Size()
+	}
+	return e
+}
+
+// Add chunks root (a file or a directory) under p, stores the chunks that
+// the store lacks, and returns the layer's manifest. It writes no manifest or
+// layer record: the caller does, after the chunks are in place. The chunks it
+// writes are not synced (chunk.Catalog.PutLayer does that).
+func Add(ctx context.Context, store chunk.Store, root string, p chunk.Params, progress Progress) (*AddResult, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	entries, sources, skipped, err := Scan(root)
+	if err != nil {
+		return nil, err
+	}
+	var total, done int64
+	for _, e := range entries {
+		total += e.Size
+	}
+	res := &AddResult{Skipped: skipped}
+	seen := map[cid.Cid]bool{}
+	var batch []chunk.Block
+	arena := make([]byte, 0, batchBytes+p.MaxSize())
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if err := store.Put(ctx, batch...); err != nil {
+			return err
+		}
+		batch, arena = batch[:0], arena[:0]
+		return nil
+	}
+	for i := range entries {
+		e := &entries[i]
+		if e.Type != chunk.File {
+			continue
+		}
+		f, err := os.Open(sources[i])
+		if err != nil {
+			return nil, fmt.Errorf("add %s: %w", sources[i], err)
+		}
+		var size int64
+		err = chunk.Split(ctx, f, p, func(c chunk.Chunk) error {
+			n := len(c.Data())
+			e.Chunks = append(e.Chunks, chunk.Ref{CID: c.CID(), Size: uint32(n)})
+			size += int64(n)
+			done += int64(n)
+			if progress != nil {
+				progress(done, total)
+			}
+			if seen[c.CID()] {
+				return nil
+			}
+			seen[c.CID()] = true
+			if ok, err := store.Has(ctx, c.CID()); err != nil || ok {
+				return err
+			}
+			// Split reuses c's buffer: keep a copy until the batch is written.
+			// The arena never grows past its capacity: batches flush first.
+			var b chunk.Block
+			arena, b = c.AppendTo(arena)
+			batch = append(batch, b)
+			res.NewChunks++
+			res.NewBytes += int64(n)
+			if len(arena) >= batchBytes {
+				return flush()
+			}
+			return nil
+		})
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("add %s: %w", sources[i], err)
+		}
+		e.Size = size // the bytes actually read, if the file changed since Scan
+	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	m := &chunk.Manifest{Params: p, Entries: entries}
+	res.Encoded, res.CID, err = m.Encode()
+	if err != nil {
+		return nil, err
+	}
+	res.Manifest = m
+	return res, nil
+}

@@ -1,0 +1,187 @@
+package tree
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/p2pimg/p2pimg/chunk"
+)
+
+// ErrNotEmpty: a checkout into a directory that already has files, without force.
+var ErrNotEmpty = errors.New("directory is not empty")
+
+// CheckoutOptions adjust Checkout.
+type CheckoutOptions struct {
+	// Force allows a non-empty directory: entries of the layer replace what
+	// is at their paths; other files are left alone.
+	Force bool
+	// Owners applies the recorded uid and gid (needs root).
+	Owners bool
+	// Progress, if set, is called with bytes written.
+	Progress Progress
+}
+
+// Checkout writes the layer m into dir (created if absent) so that every
+// file is byte-identical, with its mode, times, symlinks and, where the
+// source was zero, holes. Every chunk read from the store is verified first.
+// Writes go through an os.Root, so no entry can land outside dir whatever
+// the manifest says or the directory holds.
+func Checkout(ctx context.Context, store chunk.Store, m *chunk.Manifest, dir string, o CheckoutOptions) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("checkout into %s: %w", dir, err)
+	}
+	if !o.Force {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return fmt.Errorf("checkout into %s: %w", dir, err)
+		}
+		if len(ents) > 0 {
+			return fmt.Errorf("checkout into %s: %w (it has %d entries; use --force to write over them)", dir, ErrNotEmpty, len(ents))
+		}
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return fmt.Errorf("checkout into %s: %w", dir, err)
+	}
+	defer root.Close()
+
+	total := m.Size()
+	var done int64
+	w := writer{ctx: ctx, store: store, root: root, zeroIDs: map[uint32]cid.Cid{}, hash: m.Params.Hash}
+	// Directories and files first, symlinks last: the manifest guarantees that
+	// no entry lives under a symlink, and os.Root refuses escapes anyway.
+	for _, pass := range []chunk.EntryType{chunk.Dir, chunk.File, chunk.Symlink} {
+		for i := range m.Entries {
+			e := &m.Entries[i]
+			if e.Type != pass {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := w.entry(e, o.Force, func(n int64) {
+				done += n
+				if o.Progress != nil {
+					o.Progress(done, total)
+				}
+			}); err != nil {
+				return fmt.Errorf("checkout %s: %w", e.Path, err)
+			}
+			if o.Owners {
+				if err := root.Lchown(e.Path, int(e.UID), int(e.GID)); err != nil {
+					return fmt.Errorf("checkout %s: %w", e.Path, err)
+				}
+			}
+			if e.Type != chunk.Symlink {
+				// chown clears setuid/setgid, so the mode comes after it.
+				if err := root.Chmod(e.Path, e.Mode); err != nil {
+					return fmt.Errorf("checkout %s: %w", e.Path, err)
+				}
+			}
+		}
+	}
+	// Directory times last, deepest first: writing into a directory moves its mtime.
+	for i := len(m.Entries) - 1; i >= 0; i-- {
+		e := &m.Entries[i]
+		if e.Type == chunk.Symlink {
+			continue
+		}
+		t := time.Unix(0, e.MTime)
+		if err := root.Chtimes(e.Path, t, t); err != nil {
+			return fmt.Errorf("checkout %s: %w", e.Path, err)
+		}
+	}
+	return nil
+}
+
+type writer struct {
+	ctx     context.Context
+	store   chunk.Store
+	root    *os.Root
+	hash    uint64
+	zeroIDs map[uint32]cid.Cid
+}
+
+// isZero reports whether ref names an all-zero chunk, without reading it.
+func (w *writer) isZero(ref chunk.Ref) bool {
+	id, ok := w.zeroIDs[ref.Size]
+	if !ok {
+		id, _ = chunk.SumCID(make([]byte, ref.Size), w.hash)
+		w.zeroIDs[ref.Size] = id
+	}
+	return id.Equals(ref.CID)
+}
+
+// clear removes whatever is at p unless it is a directory and want is one.
+func (w *writer) clear(p string, want chunk.EntryType) error {
+	fi, err := w.root.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.IsDir() && want == chunk.Dir {
+		return nil
+	}
+	return w.root.RemoveAll(p)
+}
+
+func (w *writer) entry(e *chunk.Entry, force bool, progress func(int64)) error {
+	if force {
+		if err := w.clear(e.Path, e.Type); err != nil {
+			return err
+		}
+	}
+	switch e.Type {
+	case chunk.Dir:
+		err := w.root.Mkdir(e.Path, 0o700)
+		if errors.Is(err, fs.ErrExist) && force {
+			return nil
+		}
+		return err
+	case chunk.Symlink:
+		return w.root.Symlink(e.Target, e.Path)
+	}
+	f, err := w.root.OpenFile(e.Path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	var off int64
+	for _, ref := range e.Chunks {
+		if err := w.ctx.Err(); err != nil {
+			f.Close()
+			return err
+		}
+		if !w.isZero(ref) { // zero chunks become holes
+			data, err := w.store.Get(w.ctx, ref.CID)
+			if err == nil {
+				_, err = chunk.Verify(ref.CID, data)
+			}
+			if err == nil {
+				_, err = f.WriteAt(data, off)
+			}
+			if err != nil {
+				f.Close()
+				return fmt.Errorf("chunk %s at offset %d: %w", ref.CID, off, err)
+			}
+		}
+		off += int64(ref.Size)
+		progress(int64(ref.Size))
+	}
+	if err := f.Truncate(off); err != nil { // extends over trailing holes
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+

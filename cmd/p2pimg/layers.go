@@ -1,0 +1,221 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"text/tabwriter"
+
+	"github.com/dustin/go-humanize"
+	"github.com/spf13/cobra"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/api"
+)
+
+func (a *app) addCmd() *cobra.Command {
+	var req api.AddRequest
+	c := &cobra.Command{
+		Use:   "add NAME[:TAG] PATH",
+		Short: "Chunk a file or directory into a layer and print its manifest CID",
+		Long: `Chunk a file (a disk image) or a directory tree into a layer named NAME[:TAG]
+(tag "latest" if none). The daemon reads PATH itself. Chunks already stored
+are not written again. Devices, sockets and fifos are skipped and listed.
+
+Chunking: a single .img or .raw file uses fixed 64K blocks (disk images
+change in place); everything else uses content-defined chunking (FastCDC,
+min/avg/max 16K/64K/256K), where insertions move at most two boundaries.`,
+		Example: `  p2pimg add ubuntu-base:24.04 /srv/images/ubuntu
+  p2pimg add win2022:2026-11 /srv/images/win2022.raw --chunking fixed --chunk-size 64K`,
+		Args: exactArgs(2, "a layer name and a path"),
+		RunE: func(c *cobra.Command, args []string) error {
+			if _, err := chunk.ParseName(args[0]); err != nil {
+				return usageError{err}
+			}
+			if req.Chunking != "" && req.Chunking != string(chunk.CDC) && req.Chunking != string(chunk.Fixed) {
+				return usageError{fmt.Errorf("--chunking %q: want cdc or fixed", req.Chunking)}
+			}
+			path, err := filepath.Abs(args[1])
+			if err != nil {
+				return err
+			}
+			req.Name, req.Path = args[0], path
+			on, done := a.events("add " + args[0])
+			res, err := a.client().Add(c.Context(), req, on)
+			done()
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(res)
+			}
+			fmt.Fprintln(a.stdout, res.Layer.CID)
+			fmt.Fprintf(a.stderr, "added %s: %s in %d files/dirs, %d chunks (%s), %s new\n",
+				res.Layer.Name, humanize.IBytes(uint64(res.Layer.Size)), res.Layer.Entries, res.Layer.Chunks,
+				res.Layer.Chunking, humanize.IBytes(uint64(res.NewBytes)))
+			if len(res.Skipped) > 0 {
+				fmt.Fprintf(a.stderr, "skipped %d path(s) that layers cannot hold (listed above)\n", len(res.Skipped))
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&req.Chunking, "chunking", "", "cdc or fixed (default: fixed for .img/.raw files, cdc otherwise)")
+	c.Flags().StringVar(&req.ChunkSize, "chunk-size", "", "average chunk size (cdc) or block size (fixed), a power of two: 4K to 8M")
+	c.Flags().StringVar(&req.Hash, "hash", "", "content hash: sha2-256 (default) or blake3")
+	return c
+}
+
+func (a *app) layersCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "layers",
+		Short: "List this host's layers",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			ls, err := a.client().Layers(c.Context())
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(ls)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tSIZE\tCHUNKS\tCHUNKING\tCID")
+			for _, l := range ls {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", l.Name, l.State, humanize.IBytes(uint64(l.Size)), l.Chunks, l.Chunking, l.CID)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func (a *app) checkoutCmd() *cobra.Command {
+	var force bool
+	c := &cobra.Command{
+		Use:   "checkout NAME[:TAG] DIR",
+		Short: "Write a layer's files into a directory",
+		Long: `Write a complete layer's files into DIR (created if absent): byte-identical
+contents, modes, symlinks, times, and holes where the source was zero. Owners
+are restored when the daemon runs as root. DIR must be empty unless --force,
+which replaces the layer's paths and leaves other files alone.`,
+		Args: exactArgs(2, "a layer name and a directory"),
+		RunE: func(c *cobra.Command, args []string) error {
+			if _, err := chunk.ParseName(args[0]); err != nil {
+				return usageError{err}
+			}
+			dir, err := filepath.Abs(args[1])
+			if err != nil {
+				return err
+			}
+			on, done := a.events("checkout " + args[0])
+			res, err := a.client().Checkout(c.Context(), api.CheckoutRequest{Name: args[0], Dir: dir, Force: force}, on)
+			done()
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(res)
+			}
+			fmt.Fprintf(a.stdout, "checked out %s (%s) into %s\n", res.Layer.Name, humanize.IBytes(uint64(res.Layer.Size)), res.Dir)
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&force, "force", false, "write into a non-empty directory, replacing the layer's paths")
+	return c
+}
+
+func (a *app) rmCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm NAME[:TAG]",
+		Short: "Forget a layer name (its chunks go at the next gc)",
+		Args:  exactArgs(1, "a layer name"),
+		RunE: func(c *cobra.Command, args []string) error {
+			if _, err := chunk.ParseName(args[0]); err != nil {
+				return usageError{err}
+			}
+			if err := a.client().Remove(c.Context(), args[0]); err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(map[string]string{"removed": args[0]})
+			}
+			fmt.Fprintf(a.stdout, "removed %s (run `p2pimg gc` to free its chunks)\n", args[0])
+			return nil
+		},
+	}
+}
+
+func (a *app) gcCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "gc",
+		Short: "Remove chunks and manifests that no kept layer references",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			res, err := a.client().GC(c.Context())
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(res)
+			}
+			fmt.Fprintf(a.stdout, "removed %d chunks (%s) and %d manifests; %d chunks kept\n",
+				res.RemovedChunks, humanize.IBytes(uint64(res.RemovedBytes)), res.RemovedManifests, res.KeptChunks)
+			return nil
+		},
+	}
+}
+
+func (a *app) verifyCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "verify",
+		Short: "Re-hash every stored chunk; remove corrupt ones and mark their layers incomplete",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			on, done := a.events("verify")
+			res, err := a.client().Verify(c.Context(), on)
+			done()
+			if err != nil {
+				return err
+			}
+			if a.json {
+				if err := a.printJSON(res); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintf(a.stdout, "checked %d chunks: %d corrupt\n", res.Checked, len(res.Corrupt))
+				for _, id := range res.Corrupt {
+					fmt.Fprintf(a.stdout, "  removed corrupt chunk %s\n", id)
+				}
+				for _, l := range res.LayersAffected {
+					fmt.Fprintf(a.stdout, "  layer %s is now incomplete: fetch it again\n", l)
+				}
+			}
+			if len(res.Corrupt) > 0 {
+				return fmt.Errorf("verify found %d corrupt chunk(s)", len(res.Corrupt))
+			}
+			return nil
+		},
+	}
+}
+
+func (a *app) statsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "stats",
+		Short: "Show chunks, logical and stored bytes, and the dedup ratio",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			st, err := a.client().Stats(c.Context())
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(st)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "layers\t%d\n", st.Layers)
+			fmt.Fprintf(tw, "chunks\t%d\n", st.Chunks)
+			fmt.Fprintf(tw, "logical bytes\t%s\t(%d)\n", humanize.IBytes(uint64(st.LogicalBytes)), st.LogicalBytes)
+			fmt.Fprintf(tw, "stored bytes\t%s\t(%d)\n", humanize.IBytes(uint64(st.StoredBytes)), st.StoredBytes)
+			fmt.Fprintf(tw, "dedup ratio\t%.2fx\n", st.DedupRatio)
+			return tw.Flush()
+		},
+	}
+}

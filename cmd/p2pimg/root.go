@@ -1,0 +1,81 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/p2pimg/p2pimg/node/client"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// DefaultDataDir is where a daemon keeps its store unless told otherwise.
+const DefaultDataDir = "/var/lib/p2pimg"
+
+// app is what every command shares: the output streams and global flags.
+type app struct {
+	stdout, stderr io.Writer
+	socket         string
+	json           bool
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	a := &app{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "p2pimg",
+		Short: "Peer-to-peer replication of VM and container images across a fleet",
+		Long: `p2pimg keeps VM and container images identical across hypervisor hosts
+without a central image server. Run one daemon per host (p2pimg daemon); every
+other command talks to the local daemon over its socket.`,
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%s: %w (see `%s --help`)", c.CommandPath(), err, c.CommandPath())}
+	})
+	root.PersistentFlags().StringVar(&a.socket, "socket", "", "daemon API socket (default $P2PIMG_SOCKET or "+filepath.Join(DefaultDataDir, "p2pimg.sock")+")")
+	root.PersistentFlags().BoolVar(&a.json, "json", false, "print machine-readable JSON")
+	root.AddCommand(
+		a.daemonCmd(),
+		a.addCmd(), a.layersCmd(), a.checkoutCmd(), a.rmCmd(),
+		a.gcCmd(), a.verifyCmd(), a.statsCmd(),
+	)
+	return root
+}
+
+// client returns a client for the socket chosen by flag, environment or default.
+func (a *app) client() *client.Client {
+	s := a.socket
+	if s == "" {
+		s = os.Getenv("P2PIMG_SOCKET")
+	}
+	if s == "" {
+		s = filepath.Join(DefaultDataDir, "p2pimg.sock")
+	}
+	return client.New(s)
+}
+
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// exactArgs is cobra.ExactArgs with an error that names what is expected.
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageError{fmt.Errorf("%s takes %s (got %d argument(s)); see `%s --help`", c.CommandPath(), what, len(args), c.CommandPath())}
+		}
+		return nil
+	}
+}

@@ -1,0 +1,116 @@
+// Package api holds the types of the daemon's local API: HTTP/JSON over a
+// unix socket, versioned under /v1/. The daemon serves them (package node)
+// and the CLI and tests call them (package client). Long operations answer
+// with newline-delimited JSON: progress and warning events, then one final
+// result or error event.
+package api
+
+import (
+	"time"
+
+	"github.com/p2pimg/p2pimg/chunk"
+)
+
+// Version prefix of every path.
+const Version = "/v1"
+
+// Error codes.
+const (
+	CodeBadRequest = "bad_request"
+	CodeNotFound   = "not_found"
+	CodeConflict   = "conflict"
+	CodeStarting   = "starting"
+	CodeNoSpace    = "no_space"
+	CodeInternal   = "internal"
+)
+
+// Error is how the daemon reports a failure.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Event is one line of a streamed answer.
+type Event struct {
+	Progress *Progress `json:"progress,omitempty"`
+	Warning  string    `json:"warning,omitempty"`
+	Result   any       `json:"result,omitempty"`
+	Error    *Error    `json:"error,omitempty"`
+}
+
+// Progress of a long operation.
+type Progress struct {
+	Phase string `json:"phase"`
+	Done  int64  `json:"done"`
+	Total int64  `json:"total"`
+}
+
+// Status is GET /v1/status.
+type Status struct {
+	State   string    `json:"state"` // starting, ready
+	DataDir string    `json:"data_dir"`
+	Started time.Time `json:"started"`
+	Version string    `json:"version"`
+}
+
+// AddRequest is POST /v1/layers.
+type AddRequest struct {
+	Name      string `json:"name"`
+	Path      string `json:"path"`                 // absolute, read by the daemon
+	Chunking  string `json:"chunking,omitempty"`   // cdc, fixed, or "" for the default per input
+	ChunkSize string `json:"chunk_size,omitempty"` // e.g. 64K
+	Hash      string `json:"hash,omitempty"`       // sha2-256 (default) or blake3
+}
+
+// AddResult is the result of an add.
+type AddResult struct {
+	Layer     chunk.Layer   `json:"layer"`
+	NewChunks int           `json:"new_chunks"`
+	NewBytes  int64         `json:"new_bytes"`
+	Skipped   []SkippedPath `json:"skipped,omitempty"`
+}
+
+// SkippedPath is a path an add left out.
+type SkippedPath struct {
+	Path   string `json:"path"`
+	Reason string `json:"reason"`
+}
+
+// CheckoutRequest is POST /v1/checkout.
+type CheckoutRequest struct {
+	Name  string `json:"name"`
+	Dir   string `json:"dir"` // absolute
+	Force bool   `json:"force,omitempty"`
+}
+
+// CheckoutResult is the result of a checkout.
+type CheckoutResult struct {
+	Layer chunk.Layer `json:"layer"`
+	Dir   string      `json:"dir"`
+}
+
+// GCResult is POST /v1/gc.
+type GCResult struct {
+	RemovedChunks    int   `json:"removed_chunks"`
+	RemovedBytes     int64 `json:"removed_bytes"`
+	RemovedManifests int   `json:"removed_manifests"`
+	KeptChunks       int   `json:"kept_chunks"`
+}
+
+// VerifyResult is the result of POST /v1/verify.
+type VerifyResult struct {
+	Checked        int64    `json:"checked"`
+	Corrupt        []string `json:"corrupt,omitempty"` // removed
+	LayersAffected []string `json:"layers_affected,omitempty"`
+}
+
+// Stats is GET /v1/stats.
+type Stats struct {
+	Layers       int     `json:"layers"`
+	Chunks       int64   `json:"chunks"`
+	LogicalBytes int64   `json:"logical_bytes"`
+	StoredBytes  int64   `json:"stored_bytes"`
+	DedupRatio   float64 `json:"dedup_ratio"`
+}

@@ -1,0 +1,174 @@
+// Package client talks to a p2pimg daemon over its local API socket.
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"syscall"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/api"
+)
+
+// ErrDaemonDown: nothing answers on the socket.
+var ErrDaemonDown = errors.New("the p2pimg daemon is not running")
+
+// Client calls one daemon. It is safe for concurrent use.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// New returns a client for the daemon listening on socket.
+func New(socket string) *Client {
+	return &Client{socket: socket, http: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}}
+}
+
+// Socket is the path this client dials.
+func (c *Client) Socket() string { return c.socket }
+
+func (c *Client) do(ctx context.Context, method, path string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://p2pimg"+api.Version+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("%w at %s: start it with `p2pimg daemon --data DIR`, or point --socket or P2PIMG_SOCKET at a running one", ErrDaemonDown, c.socket)
+		}
+		return nil, fmt.Errorf("talk to the daemon at %s: %w", c.socket, err)
+	}
+	return resp, nil
+}
+
+// call makes a plain JSON request and decodes the answer into out.
+func (c *Client) call(ctx context.Context, method, path string, body, out any) error {
+	resp, err := c.do(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return decodeError(resp)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+func decodeError(resp *http.Response) error {
+	var e api.Error
+	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil || e.Message == "" {
+		return fmt.Errorf("daemon answered %s", resp.Status)
+	}
+	return &e
+}
+
+// Events receives the progress and warnings of a long operation.
+type Events func(api.Event)
+
+// stream makes a streamed request: events go to on, the final result into out.
+func (c *Client) stream(ctx context.Context, path string, body, out any, on Events) error {
+	resp, err := c.do(ctx, http.MethodPost, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return decodeError(resp)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	for sc.Scan() {
+		var ev struct {
+			api.Event
+			Result json.RawMessage `json:"result,omitempty"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return fmt.Errorf("daemon sent a malformed event: %w", err)
+		}
+		switch {
+		case ev.Error != nil:
+			return ev.Error
+		case ev.Result != nil:
+			return json.Unmarshal(ev.Result, out)
+		case on != nil:
+			on(ev.Event)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("daemon stream: %w", err)
+	}
+	return errors.New("the daemon closed the answer without a result (did it stop?)")
+}
+
+// Status reports whether the daemon is starting or ready.
+func (c *Client) Status(ctx context.Context) (api.Status, error) {
+	var st api.Status
+	return st, c.call(ctx, http.MethodGet, "/status", nil, &st)
+}
+
+// Add builds a layer from a path the daemon can read.
+func (c *Client) Add(ctx context.Context, req api.AddRequest, on Events) (api.AddResult, error) {
+	var r api.AddResult
+	return r, c.stream(ctx, "/layers", req, &r, on)
+}
+
+// Checkout writes a layer into a directory on the daemon's host.
+func (c *Client) Checkout(ctx context.Context, req api.CheckoutRequest, on Events) (api.CheckoutResult, error) {
+	var r api.CheckoutResult
+	return r, c.stream(ctx, "/checkout", req, &r, on)
+}
+
+// Layers lists the daemon's layers.
+func (c *Client) Layers(ctx context.Context) ([]chunk.Layer, error) {
+	var ls []chunk.Layer
+	return ls, c.call(ctx, http.MethodGet, "/layers", nil, &ls)
+}
+
+// Remove forgets a layer name.
+func (c *Client) Remove(ctx context.Context, name string) error {
+	var out struct{}
+	return c.call(ctx, http.MethodDelete, "/layers/"+url.PathEscape(name), nil, &out)
+}
+
+// GC removes unreferenced chunks.
+func (c *Client) GC(ctx context.Context) (api.GCResult, error) {
+	var r api.GCResult
+	return r, c.call(ctx, http.MethodPost, "/gc", nil, &r)
+}
+
+// Verify re-hashes every chunk.
+func (c *Client) Verify(ctx context.Context, on Events) (api.VerifyResult, error) {
+	var r api.VerifyResult
+	return r, c.stream(ctx, "/verify", nil, &r, on)
+}
+
+// Stats summarises the store.
+func (c *Client) Stats(ctx context.Context) (api.Stats, error) {
+	var r api.Stats
+	return r, c.call(ctx, http.MethodGet, "/stats", nil, &r)
+}

@@ -1,0 +1,366 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/chunk/badgerstore"
+	"github.com/p2pimg/p2pimg/chunk/tree"
+	"github.com/p2pimg/p2pimg/node/api"
+)
+
+// Node is one host's store and the operations on it.
+type Node struct {
+	log     *slog.Logger
+	dataDir string
+	db      *badgerstore.DB
+
+	// gcMu keeps gc from deleting chunks an add or checkout is using:
+	// those hold it shared, gc holds it exclusively.
+	gcMu sync.RWMutex
+}
+
+// Open opens the node's store under dataDir/store.
+func Open(dataDir string, log *slog.Logger) (*Node, error) {
+	db, err := badgerstore.Open(filepath.Join(dataDir, "store"), log)
+	if err != nil {
+		return nil, err
+	}
+	return &Node{log: log, dataDir: dataDir, db: db}, nil
+}
+
+// Close closes the store.
+func (n *Node) Close() error { return n.db.Close() }
+
+// Emit receives the events of a long operation.
+type Emit func(api.Event)
+
+// progress returns a tree.Progress that emits at most every 100 ms, and always the end.
+func progress(emit Emit, phase string) tree.Progress {
+	var last time.Time
+	return func(done, total int64) {
+		if now := time.Now(); done == total || now.Sub(last) >= 100*time.Millisecond {
+			last = now
+			emit(api.Event{Progress: &api.Progress{Phase: phase, Done: done, Total: total}})
+		}
+	}
+}
+
+func params(req api.AddRequest, path string, isFile bool) (chunk.Params, error) {
+	p := tree.DefaultParams(path, isFile)
+	if req.Chunking == "" && req.ChunkSize == "" && req.Hash == "" {
+		return p, nil
+	}
+	mode := p.Mode
+	if req.Chunking != "" {
+		mode = chunk.Mode(req.Chunking)
+	}
+	size := p.Avg
+	if req.ChunkSize != "" {
+		s, err := chunk.ParseSize(req.ChunkSize)
+		if err != nil {
+			return p, err
+		}
+		size = s
+	}
+	hash, err := chunk.ParseHash(req.Hash)
+	if err != nil {
+		return p, err
+	}
+	return chunk.NewParams(mode, size, hash)
+}
+
+// Add builds a layer from a local path and records it as NAME:TAG.
+func (n *Node) Add(ctx context.Context, req api.AddRequest, emit Emit) (*api.AddResult, error) {
+	name, err := chunk.ParseName(req.Name)
+	if err != nil {
+		return nil, badRequest(err)
+	}
+	if !filepath.IsAbs(req.Path) {
+		return nil, badRequestf("add %s: path %q must be absolute", name, req.Path)
+	}
+	fi, err := os.Lstat(req.Path)
+	if err != nil {
+		return nil, badRequest(fmt.Errorf("add %s: %w", name, err))
+	}
+	p, err := params(req, req.Path, fi.Mode().IsRegular())
+	if err != nil {
+		return nil, badRequest(fmt.Errorf("add %s: %w", name, err))
+	}
+	n.gcMu.RLock()
+	defer n.gcMu.RUnlock()
+	res, err := tree.Add(ctx, n.db, req.Path, p, progress(emit, "add"))
+	if err != nil {
+		return nil, fmt.Errorf("add %s: %w", name, err)
+	}
+	for _, s := range res.Skipped {
+		emit(api.Event{Warning: fmt.Sprintf("skipped %s: %s", s.Path, s.Reason)})
+	}
+	if err := n.db.PutManifest(ctx, res.CID, res.Encoded); err != nil {
+		return nil, fmt.Errorf("add %s: %w", name, err)
+	}
+	l := layerRecord(name, res.CID, res.Manifest, chunk.Complete)
+	if err := n.db.PutLayer(ctx, l); err != nil {
+		return nil, fmt.Errorf("add %s: %w", name, err)
+	}
+	n.log.Info("layer added", "layer", name.String(), "cid", res.CID.String(), "size", l.Size, "new_bytes", res.NewBytes)
+	out := &api.AddResult{Layer: l, NewChunks: res.NewChunks, NewBytes: res.NewBytes}
+	for _, s := range res.Skipped {
+		out.Skipped = append(out.Skipped, api.SkippedPath{Path: s.Path, Reason: s.Reason})
+	}
+	return out, nil
+}
+
+func layerRecord(name chunk.Name, id cid.Cid, m *chunk.Manifest, state chunk.LayerState) chunk.Layer {
+	return chunk.Layer{
+		Name: name.String(), CID: id.String(), State: state,
+		Size: m.Size(), Chunks: m.ChunkCount(), Entries: len(m.Entries),
+		Chunking: m.Params.String(), Added: time.Now().UTC(),
+	}
+}
+
+// layer looks up NAME:TAG and its manifest.
+func (n *Node) layer(ctx context.Context, ref string) (chunk.Layer, *chunk.Manifest, error) {
+	name, err := chunk.ParseName(ref)
+	if err != nil {
+		return chunk.Layer{}, nil, badRequest(err)
+	}
+	l, err := n.db.GetLayer(ctx, name)
+	if err != nil {
+		return l, nil, fmt.Errorf("%w (see `p2pimg layers`)", err)
+	}
+	id, err := cid.Decode(l.CID)
+	if err != nil {
+		return l, nil, fmt.Errorf("layer %s: record names %q: %w", name, l.CID, err)
+	}
+	m, err := n.db.GetManifest(ctx, id)
+	if err != nil {
+		return l, nil, fmt.Errorf("layer %s: %w", name, err)
+	}
+	return l, m, nil
+}
+
+// Checkout writes a complete layer into a local directory.
+func (n *Node) Checkout(ctx context.Context, req api.CheckoutRequest, emit Emit) (*api.CheckoutResult, error) {
+	if !filepath.IsAbs(req.Dir) {
+		return nil, badRequestf("checkout: directory %q must be absolute", req.Dir)
+	}
+	n.gcMu.RLock()
+	defer n.gcMu.RUnlock()
+	l, m, err := n.layer(ctx, req.Name)
+	if err != nil {
+		return nil, err
+	}
+	if l.State != chunk.Complete {
+		return nil, &codedError{api.CodeConflict, fmt.Errorf("layer %s is %s: some chunks are missing; fetch it first", l.Name, l.State)}
+	}
+	err = tree.Checkout(ctx, n.db, m, req.Dir, tree.CheckoutOptions{
+		Force: req.Force, Owners: os.Geteuid() == 0, Progress: progress(emit, "checkout"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("checkout %s: %w", l.Name, err)
+	}
+	return &api.CheckoutResult{Layer: l, Dir: req.Dir}, nil
+}
+
+// Layers lists this host's layers.
+func (n *Node) Layers(ctx context.Context) ([]chunk.Layer, error) {
+	ls, err := n.db.Layers(ctx)
+	if ls == nil {
+		ls = []chunk.Layer{}
+	}
+	return ls, err
+}
+
+// Remove forgets NAME:TAG; its chunks go at the next gc unless another layer uses them.
+func (n *Node) Remove(ctx context.Context, ref string) error {
+	name, err := chunk.ParseName(ref)
+	if err != nil {
+		return badRequest(err)
+	}
+	if err := n.db.DeleteLayer(ctx, name); err != nil {
+		return fmt.Errorf("%w (see `p2pimg layers`)", err)
+	}
+	n.log.Info("layer removed", "layer", name.String())
+	return nil
+}
+
+// referenced returns the chunks and manifests every kept layer needs.
+func (n *Node) referenced(ctx context.Context) (map[cid.Cid]bool, map[cid.Cid]bool, error) {
+	ls, err := n.db.Layers(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	chunks, manifests := map[cid.Cid]bool{}, map[cid.Cid]bool{}
+	for _, l := range ls {
+		id, err := cid.Decode(l.CID)
+		if err != nil {
+			return nil, nil, fmt.Errorf("layer %s: %w", l.Name, err)
+		}
+		m, err := n.db.GetManifest(ctx, id)
+		if err != nil {
+			return nil, nil, fmt.Errorf("layer %s: %w", l.Name, err)
+		}
+		manifests[id] = true
+		for _, e := range m.Entries {
+			for _, r := range e.Chunks {
+				chunks[r.CID] = true
+			}
+		}
+	}
+	return chunks, manifests, nil
+}
+
+// GC removes chunks and manifests that no kept layer references.
+func (n *Node) GC(ctx context.Context) (*api.GCResult, error) {
+	n.gcMu.Lock()
+	defer n.gcMu.Unlock()
+	keep, keepManifests, err := n.referenced(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	res := &api.GCResult{}
+	var drop []cid.Cid
+	err = n.db.Walk(ctx, false, func(id cid.Cid, size int, _ []byte) error {
+		if keep[id] {
+			res.KeptChunks++
+			return nil
+		}
+		drop = append(drop, id)
+		res.RemovedBytes += int64(size)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	for len(drop) > 0 {
+		k := min(len(drop), 10000)
+		if err := n.db.Delete(ctx, drop[:k]...); err != nil {
+			return nil, fmt.Errorf("gc: %w", err)
+		}
+		res.RemovedChunks += k
+		drop = drop[k:]
+	}
+	ms, err := n.db.Manifests(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	for _, id := range ms {
+		if !keepManifests[id] {
+			if err := n.db.DeleteManifest(ctx, id); err != nil {
+				return nil, fmt.Errorf("gc: %w", err)
+			}
+			res.RemovedManifests++
+		}
+	}
+	if err := n.db.Sync(); err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	if err := n.db.GC(); err != nil {
+		return nil, fmt.Errorf("gc: reclaim space: %w", err)
+	}
+	n.log.Info("gc done", "removed_chunks", res.RemovedChunks, "removed_bytes", res.RemovedBytes)
+	return res, nil
+}
+
+// Verify re-hashes every stored chunk, removes the corrupt ones and marks
+// the layers that used them incomplete, so they are fetched again.
+func (n *Node) Verify(ctx context.Context, emit Emit) (*api.VerifyResult, error) {
+	n.gcMu.Lock() // nothing may read a chunk we are about to remove
+	defer n.gcMu.Unlock()
+	st, err := n.db.Stats(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	res := &api.VerifyResult{}
+	var corrupt []cid.Cid
+	prog := progress(emit, "verify")
+	err = n.db.Walk(ctx, true, func(id cid.Cid, _ int, data []byte) error {
+		res.Checked++
+		if _, err := chunk.Verify(id, data); err != nil {
+			n.log.Warn("corrupt chunk", "cid", id.String(), "err", err)
+			corrupt = append(corrupt, id)
+		}
+		prog(res.Checked, max(st.Chunks, res.Checked))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	if len(corrupt) == 0 {
+		return res, nil
+	}
+	if err := n.db.Delete(ctx, corrupt...); err != nil {
+		return nil, fmt.Errorf("verify: remove corrupt chunks: %w", err)
+	}
+	bad := map[cid.Cid]bool{}
+	for _, id := range corrupt {
+		bad[id] = true
+		res.Corrupt = append(res.Corrupt, id.String())
+	}
+	ls, err := n.db.Layers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	for _, l := range ls {
+		id, _ := cid.Decode(l.CID)
+		m, err := n.db.GetManifest(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("verify: layer %s: %w", l.Name, err)
+		}
+		if usesAny(m, bad) && l.State == chunk.Complete {
+			l.State = chunk.Incomplete
+			if err := n.db.PutLayer(ctx, l); err != nil {
+				return nil, fmt.Errorf("verify: layer %s: %w", l.Name, err)
+			}
+			res.LayersAffected = append(res.LayersAffected, l.Name)
+		}
+	}
+	return res, nil
+}
+
+func usesAny(m *chunk.Manifest, set map[cid.Cid]bool) bool {
+	for _, e := range m.Entries {
+		for _, r := range e.Chunks {
+			if set[r.CID] {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Stats summarises the store.
+func (n *Node) Stats(ctx context.Context) (*api.Stats, error) {
+	ls, err := n.db.Layers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := n.db.Stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := &api.Stats{Layers: len(ls), Chunks: st.Chunks, StoredBytes: st.StoredBytes}
+	seen := map[string]bool{}
+	for _, l := range ls {
+		if !seen[l.CID] { // two tags of one manifest are one layer's bytes
+			seen[l.CID] = true
+			out.LogicalBytes += l.Size
+		}
+	}
+	if st.StoredBytes > 0 {
+		out.DedupRatio = float64(out.LogicalBytes) / float64(st.StoredBytes)
+	}
+	return out, nil
+}
+
+var errStarting = &codedError{api.CodeStarting, errors.New("the daemon is starting (opening its store); try again in a moment")}
