@@ -184,4 +184,3 @@ func (w *writer) entry(e *chunk.Entry, force bool, progress func(int64)) error {
 	}
 	return f.Close()
 }
-
