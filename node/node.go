@@ -265,9 +265,11 @@ func (n *Node) GC(ctx context.Context) (*api.GCResult, error) {
 	if err := n.db.Sync(); err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
-	if err := n.db.GC(); err != nil {
+	freed, err := n.db.Compact(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("gc: reclaim space: %w", err)
 	}
+	res.ReclaimedBytes = freed
 	n.log.Info("gc done", "removed_chunks", res.RemovedChunks, "removed_bytes", res.RemovedBytes)
 	return res, nil
 }

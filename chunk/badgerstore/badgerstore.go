@@ -1,11 +1,11 @@
-// Package badgerstore keeps chunks, manifests and layer records in a badger
-// v4 database under the daemon's data directory. It is the only package that
-// imports badger.
+// Package badgerstore is the daemon's store: chunk bytes in append-only
+// pack files, and a badger v4 database holding the chunk index, manifests and
+// layer records. It is the only package that imports badger.
 //
-// Chunks live in the value log (a small value threshold keeps 64 KiB values
-// out of the LSM tree, which measured about 5x faster to write), and writes
-// are not synced one by one: PutLayer syncs everything before it writes a
-// layer record, which is the one durable step that makes a layer complete.
+// Nothing is synced write by write: PutLayer syncs the packs and the index
+// before it writes a layer record, which is the one durable step that makes
+// a layer complete. A crash loses at most chunks that no complete layer
+// needs yet; an incomplete layer is resumed by fetching what is missing.
 package badgerstore
 
 import (
@@ -14,7 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"sort"
+	"sync"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
@@ -25,14 +27,18 @@ import (
 
 // Key prefixes.
 const (
-	pChunk    = 'c'
+	pChunk    = 'c' // chunk id -> loc in a pack
 	pManifest = 'm'
 	pLayer    = 'l'
 )
 
-// DB is a badger-backed chunk.Store and chunk.Catalog.
+// DB is the store: a chunk.Store and a chunk.Catalog.
 type DB struct {
-	db *badger.DB
+	db    *badger.DB
+	packs *packs
+	// writeMu orders writers of the chunk index (Put, Delete, Compact), so a
+	// chunk is never appended twice and compaction never races a delete.
+	writeMu sync.Mutex
 }
 
 var (
@@ -40,34 +46,56 @@ var (
 	_ chunk.Catalog = (*DB)(nil)
 )
 
-// Open opens (creating if needed) the store in dir. Only one process may
-// have a store open; a second Open fails with badger's lock error.
+// Options adjust a store.
+type Options struct {
+	Log      *slog.Logger // default: discard
+	PackSize int64        // a new pack is started past this size; default 256 MiB
+}
+
+// Open opens (creating if needed) the store in dir: dir/index holds the
+// badger database, dir/packs the chunk bytes. Only one process may have a
+// store open; a second Open fails with badger's lock error.
 func Open(dir string, log *slog.Logger) (*DB, error) {
+	return OpenWith(dir, Options{Log: log})
+}
+
+// OpenWith is Open with options.
+func OpenWith(dir string, o Options) (*DB, error) {
+	log := o.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	opts := badger.DefaultOptions(dir).
+	if o.PackSize <= 0 {
+		o.PackSize = 256 << 20
+	}
+	// Every value is small (16-byte chunk locations, manifests, records), so
+	// the LSM tree holds them; small tables and caches keep memory low.
+	opts := badger.DefaultOptions(filepath.Join(dir, "index")).
 		WithLogger(badgerLogger{log}).
 		WithSyncWrites(false).
-		WithValueThreshold(1 << 10).
-		WithCompression(options.None). // chunks of VM images rarely compress; zero chunks are stored once
+		WithCompression(options.None).
 		WithMemTableSize(16 << 20).
 		WithNumMemtables(2).
-		WithNumLevelZeroTables(3).
-		WithNumLevelZeroTablesStall(8).
 		WithBlockCacheSize(16 << 20).
 		WithIndexCacheSize(16 << 20).
-		WithValueLogFileSize(128 << 20).
+		WithValueLogFileSize(64 << 20).
 		WithNumCompactors(2)
 	db, err := badger.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	return &DB{db: db}, nil
+	p, err := openPacks(filepath.Join(dir, "packs"), o.PackSize)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	return &DB{db: db, packs: p}, nil
 }
 
-// Close flushes and closes the database.
-func (s *DB) Close() error { return s.db.Close() }
+// Close syncs and closes the store.
+func (s *DB) Close() error {
+	return errors.Join(s.packs.sync(), s.packs.close(), s.db.Close())
+}
 
 func key(prefix byte, id cid.Cid) []byte {
 	b := id.Bytes()
@@ -77,15 +105,23 @@ func key(prefix byte, id cid.Cid) []byte {
 	return k
 }
 
-func (s *DB) Has(_ context.Context, id cid.Cid) (bool, error) {
-	err := s.db.View(func(txn *badger.Txn) error {
-		_, err := txn.Get(key(pChunk, id))
-		return err
-	})
+// lookup returns where a chunk is, or ErrNotFound.
+func (s *DB) lookup(txn *badger.Txn, id cid.Cid) (loc, error) {
+	it, err := txn.Get(key(pChunk, id))
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return false, nil
+		return loc{}, fmt.Errorf("chunk %s: %w", id, chunk.ErrNotFound)
 	}
-	return err == nil, err
+	if err != nil {
+		return loc{}, err
+	}
+	var l loc
+	err = it.Value(func(v []byte) (err error) { l, err = decodeLoc(v); return })
+	return l, err
+}
+
+func (s *DB) Has(ctx context.Context, id cid.Cid) (bool, error) {
+	has, err := s.HasMany(ctx, []cid.Cid{id})
+	return err == nil && has[0], err
 }
 
 func (s *DB) HasMany(_ context.Context, ids []cid.Cid) ([]bool, error) {
@@ -106,40 +142,70 @@ func (s *DB) HasMany(_ context.Context, ids []cid.Cid) ([]bool, error) {
 }
 
 func (s *DB) Get(_ context.Context, id cid.Cid) ([]byte, error) {
-	var out []byte
-	err := s.db.View(func(txn *badger.Txn) error {
-		it, err := txn.Get(key(pChunk, id))
-		if err != nil {
-			return err
+	// Compaction may move a chunk between our lookup and our read; then the
+	// second lookup finds its new place.
+	var err error
+	for range 2 {
+		var l loc
+		if err = s.db.View(func(txn *badger.Txn) (e error) { l, e = s.lookup(txn, id); return }); err != nil {
+			return nil, err
 		}
-		out, err = it.ValueCopy(nil)
-		return err
-	})
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return nil, fmt.Errorf("chunk %s: %w", id, chunk.ErrNotFound)
+		var data []byte
+		if data, err = s.packs.read(l, nil); err == nil {
+			return data, nil
+		}
 	}
-	return out, err
+	return nil, fmt.Errorf("chunk %s: %w", id, err)
 }
 
 func (s *DB) Put(_ context.Context, blocks ...chunk.Block) error {
-	if len(blocks) == 1 {
-		b := blocks[0]
-		return s.db.Update(func(txn *badger.Txn) error { return txn.Set(key(pChunk, b.CID()), b.Data()) })
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	recs := make([]record, 0, len(blocks))
+	err := s.db.View(func(txn *badger.Txn) error {
+		seen := map[cid.Cid]bool{}
+		for _, b := range blocks {
+			if seen[b.CID()] {
+				continue
+			}
+			seen[b.CID()] = true
+			_, err := txn.Get(key(pChunk, b.CID()))
+			if errors.Is(err, badger.ErrKeyNotFound) {
+				recs = append(recs, record{b.CID(), b.Data()})
+			} else if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil || len(recs) == 0 {
+		return err
+	}
+	return s.index(recs)
+}
+
+// index appends records to the packs and points the index at them. Callers hold writeMu.
+func (s *DB) index(recs []record) error {
+	locs, err := s.packs.append(recs)
+	if err != nil {
+		return fmt.Errorf("store %d chunks: %w", len(recs), err)
 	}
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
-	for _, b := range blocks {
-		if err := wb.Set(key(pChunk, b.CID()), b.Data()); err != nil {
-			return fmt.Errorf("store chunk %s: %w", b.CID(), err)
+	for i, r := range recs {
+		if err := wb.Set(key(pChunk, r.id), locs[i].encode()); err != nil {
+			return fmt.Errorf("index chunk %s: %w", r.id, err)
 		}
 	}
 	if err := wb.Flush(); err != nil {
-		return fmt.Errorf("store %d chunks: %w", len(blocks), err)
+		return fmt.Errorf("index %d chunks: %w", len(recs), err)
 	}
 	return nil
 }
 
 func (s *DB) Delete(_ context.Context, ids ...cid.Cid) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
 	for _, id := range ids {
@@ -150,32 +216,27 @@ func (s *DB) Delete(_ context.Context, ids ...cid.Cid) error {
 	return wb.Flush()
 }
 
-func (s *DB) Walk(ctx context.Context, withData bool, fn func(id cid.Cid, size int, data []byte) error) error {
+// walkIndex calls fn for every chunk with its location.
+func (s *DB) walkIndex(ctx context.Context, fn func(id cid.Cid, l loc) error) error {
 	return s.db.View(func(txn *badger.Txn) error {
 		opts := badger.DefaultIteratorOptions
 		opts.Prefix = []byte{pChunk}
-		opts.PrefetchValues = withData
 		it := txn.NewIterator(opts)
 		defer it.Close()
-		var buf []byte
 		for it.Rewind(); it.Valid(); it.Next() {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
 			item := it.Item()
-			id, err := cid.Cast(item.Key()[1:])
+			id, err := cid.Cast(item.KeyCopy(nil)[1:])
 			if err != nil {
 				return fmt.Errorf("store key %x is not a chunk id: %w", item.Key(), err)
 			}
-			size := int(item.ValueSize())
-			var data []byte
-			if withData {
-				if buf, err = item.ValueCopy(buf[:0]); err != nil {
-					return fmt.Errorf("read chunk %s: %w", id, err)
-				}
-				data, size = buf, len(buf)
+			var l loc
+			if err := item.Value(func(v []byte) (err error) { l, err = decodeLoc(v); return }); err != nil {
+				return fmt.Errorf("chunk %s: %w", id, err)
 			}
-			if err := fn(id, size, data); err != nil {
+			if err := fn(id, l); err != nil {
 				return err
 			}
 		}
@@ -183,30 +244,106 @@ func (s *DB) Walk(ctx context.Context, withData bool, fn func(id cid.Cid, size i
 	})
 }
 
+func (s *DB) Walk(ctx context.Context, withData bool, fn func(id cid.Cid, size int, data []byte) error) error {
+	var buf []byte
+	return s.walkIndex(ctx, func(id cid.Cid, l loc) error {
+		if !withData {
+			return fn(id, int(l.n), nil)
+		}
+		data, err := s.packs.read(l, buf)
+		if err != nil {
+			return fmt.Errorf("chunk %s: %w", id, err)
+		}
+		buf = data
+		return fn(id, len(data), data)
+	})
+}
+
 func (s *DB) Stats(ctx context.Context) (chunk.StoreStats, error) {
 	var st chunk.StoreStats
-	err := s.Walk(ctx, false, func(_ cid.Cid, size int, _ []byte) error {
+	err := s.walkIndex(ctx, func(_ cid.Cid, l loc) error {
 		st.Chunks++
-		st.StoredBytes += int64(size)
+		st.StoredBytes += int64(l.n)
 		return nil
 	})
 	return st, err
 }
 
-func (s *DB) Sync() error { return s.db.Sync() }
+func (s *DB) Sync() error {
+	if err := s.packs.sync(); err != nil {
+		return err
+	}
+	return s.db.Sync()
+}
 
-// GC reclaims value-log space after chunks were deleted. It runs badger's
-// value-log GC until there is nothing left worth rewriting.
-func (s *DB) GC() error {
-	for {
-		err := s.db.RunValueLogGC(0.3)
-		if errors.Is(err, badger.ErrNoRewrite) || errors.Is(err, badger.ErrRejected) {
-			return nil
+// Compact reclaims the space of deleted chunks: a pack with no live chunk is
+// removed, and one whose live chunks fill less than half of it has them
+// copied to the active pack first. It returns the bytes freed.
+func (s *DB) Compact(ctx context.Context) (int64, error) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	nums, active := s.packs.list()
+	live := map[uint32]int64{}
+	if err := s.walkIndex(ctx, func(_ cid.Cid, l loc) error { live[l.pack] += int64(l.n); return nil }); err != nil {
+		return 0, err
+	}
+	move := map[uint32]bool{}
+	var freed int64
+	for _, n := range nums {
+		if n == active {
+			continue
 		}
+		size, err := s.packs.fileSize(n)
 		if err != nil {
-			return err
+			return freed, err
+		}
+		if live[n] < size/2 {
+			move[n] = true
+			freed += size - live[n]
 		}
 	}
+	if len(move) == 0 {
+		return 0, nil
+	}
+	var recs []record
+	var batch int
+	flush := func() error {
+		if len(recs) == 0 {
+			return nil
+		}
+		err := s.index(recs)
+		recs, batch = recs[:0], 0
+		return err
+	}
+	err := s.walkIndex(ctx, func(id cid.Cid, l loc) error {
+		if !move[l.pack] {
+			return nil
+		}
+		data, err := s.packs.read(l, nil)
+		if err != nil {
+			return fmt.Errorf("compact: chunk %s: %w", id, err)
+		}
+		recs = append(recs, record{id, data})
+		if batch += len(data); batch >= 8<<20 {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err == nil {
+		err = s.Sync() // the copies are durable before the originals go
+	}
+	if err != nil {
+		return 0, err
+	}
+	for n := range move {
+		if err := s.packs.remove(n); err != nil {
+			return freed, err
+		}
+	}
+	return freed, nil
 }
 
 // Catalog.

@@ -114,9 +114,8 @@ func Run(t *testing.T, open func(t *testing.T) Storage) {
 		if err != nil || st.Chunks != int64(len(want)) {
 			t.Fatalf("stats %+v, %v", st, err)
 		}
-		// Without data, sizes may be estimated (within 16 bytes a chunk).
-		if d := st.StoredBytes - total; d < -16*50 || d > 16*50 {
-			t.Fatalf("stats stored %d bytes, want about %d", st.StoredBytes, total)
+		if st.StoredBytes != total {
+			t.Fatalf("stats stored %d bytes, want %d", st.StoredBytes, total)
 		}
 	})
 	t.Run("ConcurrentPuts", func(t *testing.T) {

@@ -156,8 +156,8 @@ func (a *app) gcCmd() *cobra.Command {
 			if a.json {
 				return a.printJSON(res)
 			}
-			fmt.Fprintf(a.stdout, "removed %d chunks (%s) and %d manifests; %d chunks kept\n",
-				res.RemovedChunks, humanize.IBytes(uint64(res.RemovedBytes)), res.RemovedManifests, res.KeptChunks)
+			fmt.Fprintf(a.stdout, "removed %d chunks (%s) and %d manifests; %d chunks kept; %s of disk reclaimed\n",
+				res.RemovedChunks, humanize.IBytes(uint64(res.RemovedBytes)), res.RemovedManifests, res.KeptChunks, humanize.IBytes(uint64(res.ReclaimedBytes)))
 			return nil
 		},
 	}

@@ -97,6 +97,7 @@ type GCResult struct {
 	RemovedBytes     int64 `json:"removed_bytes"`
 	RemovedManifests int   `json:"removed_manifests"`
 	KeptChunks       int   `json:"kept_chunks"`
+	ReclaimedBytes   int64 `json:"reclaimed_bytes"` // disk space given back by compacting packs
 }
 
 // VerifyResult is the result of POST /v1/verify.

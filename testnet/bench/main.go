@@ -1,0 +1,243 @@
+// Command bench measures p2pimg against the reference workloads and prints
+// one table: `make bench` runs it. Each figure is the median of its runs,
+// and every comparison (the sha256 ceiling, the targets) is made in the same
+// run, on the same files.
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"text/tabwriter"
+	"time"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/testnet"
+	"github.com/p2pimg/p2pimg/testnet/refimage"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	err := run(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type row struct{ what, value, target, verdict string }
+
+type table struct{ rows []row }
+
+func (t *table) add(what, value, target string, ok *bool) {
+	v := ""
+	if ok != nil {
+		v = "ok"
+		if !*ok {
+			v = "MISSED"
+		}
+	}
+	t.rows = append(t.rows, row{what, value, target, v})
+	fmt.Fprintf(os.Stderr, "  %s: %s\n", what, value)
+}
+
+func (t *table) print() {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEASURE\tVALUE\tTARGET\t")
+	for _, r := range t.rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.what, r.value, r.target, r.verdict)
+	}
+	tw.Flush()
+}
+
+func check(b bool) *bool { return &b }
+
+func median(xs []float64) float64 {
+	slices.Sort(xs)
+	return xs[len(xs)/2]
+}
+
+// rate runs fn n times and returns the median MB/s for size bytes.
+func rate(n int, size int64, fn func() error) (float64, error) {
+	var xs []float64
+	for range n {
+		start := time.Now()
+		if err := fn(); err != nil {
+			return 0, err
+		}
+		xs = append(xs, float64(size)/time.Since(start).Seconds()/1e6)
+	}
+	return median(xs), nil
+}
+
+func run(ctx context.Context) error {
+	size := flag.Int64("size", 1<<30, "reference image size in bytes")
+	bin := flag.String("bin", "bin/p2pimg", "p2pimg binary")
+	dir := flag.String("dir", "", "work directory (default: a new temporary one, removed after)")
+	runs := flag.Int("runs", 3, "runs per figure (the median is reported)")
+	flag.Parse()
+	if _, err := os.Stat(*bin); err != nil {
+		return fmt.Errorf("binary %s: %w (run `make build` first)", *bin, err)
+	}
+	abs, _ := filepath.Abs(*bin)
+	*bin = abs
+	if *dir == "" {
+		d, err := os.MkdirTemp("", "p2pimg-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		*dir = d
+	}
+	fmt.Fprintf(os.Stderr, "writing the reference image (%d MiB) and its updates in %s\n", *size>>20, *dir)
+	base, clustered, scattered, err := refimage.Files(*dir, *size, 1)
+	if err != nil {
+		return err
+	}
+	t := &table{}
+	if err := benchChunking(ctx, t, base, *size, *runs); err != nil {
+		return err
+	}
+	if err := benchAdd(ctx, t, *bin, *dir, base, *size, *runs); err != nil {
+		return err
+	}
+	if err := benchUpdates(ctx, t, *bin, *dir, base, clustered, scattered, *size); err != nil {
+		return err
+	}
+	fmt.Printf("\np2pimg bench: %d MiB reference image, %d cores, median of %d runs\n\n", *size>>20, runtime.NumCPU(), *runs)
+	t.print()
+	return nil
+}
+
+var sha256Rate float64
+
+func benchChunking(ctx context.Context, t *table, path string, size int64, runs int) error {
+	fmt.Fprintln(os.Stderr, "chunking and hashing")
+	readAll := func(fn func(io.Reader) error) func() error {
+		return func() error {
+			f, err := os.Open(path)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			return fn(f)
+		}
+	}
+	var err error
+	sha256Rate, err = rate(runs, size, readAll(func(r io.Reader) error {
+		_, err := io.Copy(sha256.New(), r)
+		return err
+	}))
+	if err != nil {
+		return err
+	}
+	t.add("crypto/sha256, one goroutine (the reference)", fmt.Sprintf("%.0f MB/s", sha256Rate), "", nil)
+	fixed, _ := chunk.NewParams(chunk.Fixed, 64<<10, chunk.SHA256)
+	b3, _ := chunk.NewParams(chunk.CDC, 64<<10, chunk.BLAKE3)
+	for _, c := range []struct {
+		name string
+		p    chunk.Params
+	}{{"cdc 64K sha2-256", chunk.DefaultParams()}, {"fixed 64K sha2-256", fixed}, {"cdc 64K blake3", b3}} {
+		for _, procs := range []int{1, runtime.NumCPU()} {
+			old := runtime.GOMAXPROCS(procs)
+			r, err := rate(runs, size, readAll(func(rd io.Reader) error {
+				return chunk.Split(ctx, rd, c.p, func(chunk.Chunk) error { return nil })
+			}))
+			runtime.GOMAXPROCS(old)
+			if err != nil {
+				return err
+			}
+			what := fmt.Sprintf("chunk+hash %s, %d core(s)", c.name, procs)
+			if procs > 1 && c.p.Hash == chunk.SHA256 {
+				t.add(what, fmt.Sprintf("%.0f MB/s = %.2fx sha256", r, r/sha256Rate), ">= 1.0x sha256", check(r >= sha256Rate))
+			} else {
+				t.add(what, fmt.Sprintf("%.0f MB/s = %.2fx sha256", r, r/sha256Rate), "", nil)
+			}
+		}
+	}
+	return nil
+}
+
+func benchAdd(ctx context.Context, t *table, bin, dir, base string, size int64, runs int) error {
+	fmt.Fprintln(os.Stderr, "p2pimg add, end to end")
+	for _, mode := range []string{"cdc", "fixed"} {
+		var rates []float64
+		var peak int64
+		for i := range runs {
+			data := filepath.Join(dir, fmt.Sprintf("add-%s-%d", mode, i))
+			d, err := testnet.StartDaemon(ctx, bin, data)
+			if err != nil {
+				return err
+			}
+			start := time.Now()
+			_, err = d.Client.Add(ctx, api.AddRequest{Name: "ref:base", Path: base, Chunking: mode}, nil)
+			el := time.Since(start)
+			rss, rerr := d.PeakRSS()
+			if serr := d.Stop(); err == nil {
+				err = serr
+			}
+			os.RemoveAll(data)
+			if err != nil {
+				return err
+			}
+			if rerr != nil {
+				return rerr
+			}
+			rates = append(rates, float64(size)/el.Seconds()/1e6)
+			peak = max(peak, rss)
+		}
+		r := median(rates)
+		t.add("p2pimg add, "+mode+" (daemon process, fresh store)", fmt.Sprintf("%.0f MB/s = %.2fx sha256", r, r/sha256Rate), ">= 0.4x sha256", check(r >= 0.4*sha256Rate))
+		t.add("daemon peak RSS during add, "+mode, fmt.Sprintf("%d MiB", peak>>20), "<= 200 MiB", check(peak <= 200<<20))
+	}
+	return nil
+}
+
+func benchUpdates(ctx context.Context, t *table, bin, dir, base, clustered, scattered string, size int64) error {
+	fmt.Fprintln(os.Stderr, "new bytes stored by each update")
+	for _, m := range []struct{ mode, size string }{{"cdc", "64K"}, {"fixed", "64K"}, {"cdc", "8K"}, {"cdc", "4K"}} {
+		data := filepath.Join(dir, "upd-"+m.mode+m.size)
+		d, err := testnet.StartDaemon(ctx, bin, data)
+		if err != nil {
+			return err
+		}
+		add := func(name, path string) (api.AddResult, error) {
+			return d.Client.Add(ctx, api.AddRequest{Name: name, Path: path, Chunking: m.mode, ChunkSize: m.size}, nil)
+		}
+		if _, err = add("ref:base", base); err == nil {
+			for _, u := range []struct {
+				name, path string
+				kind       refimage.Update
+			}{{"ref:clustered", clustered, refimage.Clustered}, {"ref:scattered", scattered, refimage.Scattered}} {
+				var res api.AddResult
+				if res, err = add(u.name, u.path); err != nil {
+					break
+				}
+				pct := 100 * float64(res.NewBytes) / float64(size)
+				what := fmt.Sprintf("new bytes, %s, %s %s", u.kind, m.mode, m.size)
+				if u.kind == refimage.Clustered && m.mode == "cdc" && m.size == "64K" {
+					t.add(what, fmt.Sprintf("%.2f%% of the image", pct), "<= 3%", check(pct <= 3))
+				} else {
+					t.add(what, fmt.Sprintf("%.2f%% of the image", pct), "", nil)
+				}
+			}
+		}
+		if serr := d.Stop(); err == nil {
+			err = serr
+		}
+		os.RemoveAll(data)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,125 @@
+package testnet
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/p2pimg/p2pimg/node/client"
+)
+
+// Daemon is a p2pimg daemon running as its own process.
+type Daemon struct {
+	Bin    string
+	Data   string
+	Client *client.Client
+	cmd    *exec.Cmd
+	log    *os.File
+	exited chan error
+}
+
+// StartDaemon runs `bin daemon --data data` and waits until it is ready.
+func StartDaemon(ctx context.Context, bin, data string, extra ...string) (*Daemon, error) {
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return nil, err
+	}
+	logf, err := os.OpenFile(filepath.Join(data, "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(data, "p2pimg.sock")
+	cmd := exec.Command(bin, append([]string{"daemon", "--data", data, "--socket", sock}, extra...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, err
+	}
+	d := &Daemon{Bin: bin, Data: data, Client: client.New(sock), cmd: cmd, log: logf}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	d.exited = exited
+	if err := d.waitReady(ctx, exited); err != nil {
+		d.Kill()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *Daemon) waitReady(ctx context.Context, exited chan error) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st, err := d.Client.Status(ctx)
+		if err == nil && st.State == "ready" {
+			return nil
+		}
+		select {
+		case err := <-exited:
+			exited <- err
+			return fmt.Errorf("daemon %s exited while starting: %v (log: %s)", d.Data, err, d.LogTail())
+		case <-ctx.Done():
+			return fmt.Errorf("daemon %s not ready: %v (log: %s)", d.Data, err, d.LogTail())
+		case <-tick.C:
+		}
+	}
+}
+
+// Pid is the daemon's process id.
+func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
+
+// Stop sends SIGTERM and waits for a clean exit.
+func (d *Daemon) Stop() error {
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.exited:
+		d.log.Close()
+		return err
+	case <-time.After(30 * time.Second):
+		d.Kill()
+		return fmt.Errorf("daemon %s did not stop within 30s of SIGTERM", d.Data)
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to go.
+func (d *Daemon) Kill() {
+	d.cmd.Process.Kill()
+	if d.exited != nil {
+		<-d.exited
+	}
+	d.log.Close()
+}
+
+// LogTail is the end of the daemon's log.
+func (d *Daemon) LogTail() string {
+	b, _ := os.ReadFile(filepath.Join(d.Data, "daemon.log"))
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
+}
+
+// PeakRSS is the daemon's peak resident set size in bytes (VmHWM).
+func (d *Daemon) PeakRSS() (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", d.Pid()))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM for pid %d", d.Pid())
+}
