@@ -138,7 +138,7 @@ func (d *Daemon) routes() http.Handler {
 	mux := http.NewServeMux()
 	v := api.Version
 	mux.HandleFunc("GET "+v+"/status", func(w http.ResponseWriter, r *http.Request) {
-		st := api.Status{State: "starting", DataDir: d.cfg.DataDir, Started: d.started, Version: d.cfg.Version}
+		st := api.Status{State: "starting", PID: os.Getpid(), DataDir: d.cfg.DataDir, Started: d.started, Version: d.cfg.Version}
 		if d.node.Load() != nil {
 			st.State = "ready"
 		}

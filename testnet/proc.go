@@ -17,16 +17,21 @@ import (
 
 // Daemon is a p2pimg daemon running as its own process.
 type Daemon struct {
-	Bin    string
-	Data   string
-	Client *client.Client
-	cmd    *exec.Cmd
-	log    *os.File
-	exited chan error
+	Bin     string
+	Data    string
+	Client  *client.Client
+	cmd     *exec.Cmd
+	log     *os.File
+	done    chan struct{} // closed when the process has exited
+	waitErr error         // its exit status, once done is closed
 }
 
 // StartDaemon runs `bin daemon --data data` and waits until it is ready.
 func StartDaemon(ctx context.Context, bin, data string, extra ...string) (*Daemon, error) {
+	data, err := filepath.Abs(data)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return nil, err
 	}
@@ -41,31 +46,34 @@ func StartDaemon(ctx context.Context, bin, data string, extra ...string) (*Daemo
 		logf.Close()
 		return nil, err
 	}
-	d := &Daemon{Bin: bin, Data: data, Client: client.New(sock), cmd: cmd, log: logf}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	d.exited = exited
-	if err := d.waitReady(ctx, exited); err != nil {
+	d := &Daemon{Bin: bin, Data: data, Client: client.New(sock), cmd: cmd, log: logf, done: make(chan struct{})}
+	go func() {
+		d.waitErr = cmd.Wait()
+		logf.Close()
+		close(d.done)
+	}()
+	if err := d.waitReady(ctx); err != nil {
 		d.Kill()
 		return nil, err
 	}
 	return d, nil
 }
 
-func (d *Daemon) waitReady(ctx context.Context, exited chan error) error {
+func (d *Daemon) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		st, err := d.Client.Status(ctx)
-		if err == nil && st.State == "ready" {
+		if err == nil && st.PID != d.Pid() {
+			err = fmt.Errorf("another daemon (pid %d, data %s) answers on %s", st.PID, st.DataDir, d.Client.Socket())
+		} else if err == nil && st.State == "ready" {
 			return nil
 		}
 		select {
-		case err := <-exited:
-			exited <- err
-			return fmt.Errorf("daemon %s exited while starting: %v (log: %s)", d.Data, err, d.LogTail())
+		case <-d.done:
+			return fmt.Errorf("daemon %s exited while starting: %v (log: %s)", d.Data, d.waitErr, d.LogTail())
 		case <-ctx.Done():
 			return fmt.Errorf("daemon %s not ready: %v (log: %s)", d.Data, err, d.LogTail())
 		case <-tick.C:
@@ -76,26 +84,22 @@ func (d *Daemon) waitReady(ctx context.Context, exited chan error) error {
 // Pid is the daemon's process id.
 func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
 
-// Stop sends SIGTERM and waits for a clean exit.
+// Stop sends SIGTERM and waits for a clean exit. Safe to call again.
 func (d *Daemon) Stop() error {
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-d.exited:
-		d.log.Close()
-		return err
+	case <-d.done:
+		return d.waitErr
 	case <-time.After(30 * time.Second):
 		d.Kill()
 		return fmt.Errorf("daemon %s did not stop within 30s of SIGTERM", d.Data)
 	}
 }
 
-// Kill sends SIGKILL and waits for the process to go.
+// Kill sends SIGKILL and waits for the process to go. Safe to call again.
 func (d *Daemon) Kill() {
 	d.cmd.Process.Kill()
-	if d.exited != nil {
-		<-d.exited
-	}
-	d.log.Close()
+	<-d.done
 }
 
 // LogTail is the end of the daemon's log.

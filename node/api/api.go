@@ -50,6 +50,7 @@ type Progress struct {
 // Status is GET /v1/status.
 type Status struct {
 	State   string    `json:"state"` // starting, ready
+	PID     int       `json:"pid"`
 	DataDir string    `json:"data_dir"`
 	Started time.Time `json:"started"`
 	Version string    `json:"version"`

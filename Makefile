@@ -1,0 +1,46 @@
+# p2pimg: `make demo` shows it working, `make test` checks it.
+GO        ?= go
+BIN       := bin/p2pimg
+VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+FUZZTIME  ?= 30s
+
+.PHONY: all build test test-short lint bench bench-micro demo fuzz clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/p2pimg
+
+# The README's test command: lint (vet, gofmt, staticcheck, layering), then
+# every test, end-to-end daemon tests included.
+test: lint
+	$(GO) test -count=1 -timeout 9m ./...
+
+test-short:
+	$(GO) test -short -count=1 ./...
+
+lint:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) run $(STATICCHECK) ./...
+	./.ci/layering.sh
+
+# The figures of the issues, as one table (reference image: 1 GiB).
+bench: build
+	$(GO) run ./testnet/bench -bin $(BIN)
+
+# Go micro-benchmarks (chunker, hashing).
+bench-micro:
+	$(GO) test -run xxx -bench . -benchtime 5x ./chunk/
+
+# A walk-through on this machine; it cleans up after itself.
+demo: build
+	./testnet/demo.sh $(BIN)
+
+# Every decoder of untrusted bytes, each for FUZZTIME.
+fuzz:
+	$(GO) test -run xxx -fuzz FuzzDecodeManifest -fuzztime $(FUZZTIME) ./chunk/
+
+clean:
+	rm -rf bin

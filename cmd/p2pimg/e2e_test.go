@@ -1,0 +1,302 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/testnet"
+	"github.com/p2pimg/p2pimg/testnet/refimage"
+)
+
+// bin is the p2pimg binary built once for every end-to-end test.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "p2pimg-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin = filepath.Join(dir, "p2pimg")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build p2pimg: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func startDaemon(t *testing.T, data string) *testnet.Daemon {
+	t.Helper()
+	d, err := testnet.StartDaemon(context.Background(), bin, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Kill() })
+	return d
+}
+
+// cli runs the binary against a daemon and returns stdout, stderr and the exit code.
+func cli(t *testing.T, d *testnet.Daemon, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	if d != nil {
+		cmd.Env = append(os.Environ(), "P2PIMG_SOCKET="+d.Client.Socket())
+	} else {
+		cmd.Env = append(os.Environ(), "P2PIMG_SOCKET="+filepath.Join(t.TempDir(), "none.sock"))
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func mustCLI(t *testing.T, d *testnet.Daemon, args ...string) string {
+	t.Helper()
+	out, errOut, code := cli(t, d, args...)
+	if code != 0 {
+		t.Fatalf("p2pimg %s: exit %d: %s", strings.Join(args, " "), code, errOut)
+	}
+	return out
+}
+
+func fileHash(t *testing.T, p string) [32]byte {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	io.Copy(h, f)
+	return [32]byte(h.Sum(nil))
+}
+
+func writeTree(t *testing.T, dir string) {
+	t.Helper()
+	for p, body := range map[string]string{"etc/app.conf": "port=80\n", "bin/app": strings.Repeat("binary", 50000), "README": "hi"} {
+		os.MkdirAll(filepath.Join(dir, filepath.Dir(p)), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, p), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Symlink("bin/app", filepath.Join(dir, "app"))
+}
+
+func TestCLIWorkflow(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir())
+	src := t.TempDir()
+	writeTree(t, src)
+
+	id := strings.TrimSpace(mustCLI(t, d, "add", "web:1", src))
+	if !strings.HasPrefix(id, "b") {
+		t.Fatalf("add printed %q, want a CID", id)
+	}
+	var res api.AddResult
+	if err := json.Unmarshal([]byte(mustCLI(t, d, "add", "web:2", src, "--json")), &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Layer.CID != id || res.NewBytes != 0 {
+		t.Fatalf("re-adding the same tree: cid %s (want %s), %d new bytes", res.Layer.CID, id, res.NewBytes)
+	}
+	var ls []chunk.Layer
+	json.Unmarshal([]byte(mustCLI(t, d, "layers", "--json")), &ls)
+	if len(ls) != 2 || ls[0].Name != "web:1" || ls[0].State != chunk.Complete {
+		t.Fatalf("layers = %+v", ls)
+	}
+	if out := mustCLI(t, d, "layers"); !strings.Contains(out, "web:2") || !strings.Contains(out, "complete") {
+		t.Fatalf("layers table:\n%s", out)
+	}
+
+	out := filepath.Join(t.TempDir(), "out")
+	mustCLI(t, d, "checkout", "web:1", out)
+	for _, p := range []string{"etc/app.conf", "bin/app", "README"} {
+		if fileHash(t, filepath.Join(src, p)) != fileHash(t, filepath.Join(out, p)) {
+			t.Fatalf("%s differs after checkout", p)
+		}
+	}
+	if target, _ := os.Readlink(filepath.Join(out, "app")); target != "bin/app" {
+		t.Fatalf("symlink target %q", target)
+	}
+	if _, errOut, code := cli(t, d, "checkout", "web:1", out); code == 0 || !strings.Contains(errOut, "not empty") || !strings.Contains(errOut, "--force") {
+		t.Fatalf("checkout into non-empty dir: exit %d, %s", code, errOut)
+	}
+	mustCLI(t, d, "checkout", "web:1", out, "--force")
+
+	var st api.Stats
+	json.Unmarshal([]byte(mustCLI(t, d, "stats", "--json")), &st)
+	if st.Layers != 2 || st.Chunks == 0 || st.LogicalBytes != ls[0].Size || st.StoredBytes == 0 {
+		t.Fatalf("stats = %+v", st)
+	}
+
+	mustCLI(t, d, "rm", "web:1")
+	var gc api.GCResult
+	json.Unmarshal([]byte(mustCLI(t, d, "gc", "--json")), &gc)
+	if gc.RemovedChunks != 0 {
+		t.Fatalf("gc removed %d chunks still used by web:2", gc.RemovedChunks)
+	}
+	mustCLI(t, d, "rm", "web:2")
+	json.Unmarshal([]byte(mustCLI(t, d, "gc", "--json")), &gc)
+	if gc.RemovedChunks == 0 || gc.RemovedManifests != 1 {
+		t.Fatalf("gc after removing every layer: %+v", gc)
+	}
+	if out := mustCLI(t, d, "verify"); !strings.Contains(out, "0 corrupt") {
+		t.Fatalf("verify: %s", out)
+	}
+}
+
+func TestCLIBadInput(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir())
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644)
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"add", "Web", dir}, 2, "layer name \"Web\""},
+		{[]string{"add", "web:-x", dir}, 2, "layer tag"},
+		{[]string{"add", "web", filepath.Join(dir, "missing")}, 1, "no such file"},
+		{[]string{"add", "web", dir, "--chunking", "zip"}, 2, "--chunking \"zip\""},
+		{[]string{"add", "web", dir, "--chunk-size", "3K"}, 1, "not a power of two"},
+		{[]string{"add", "web", dir, "--hash", "md5"}, 1, "hash \"md5\""},
+		{[]string{"add", "web"}, 2, "takes a layer name and a path"},
+		{[]string{"add", "web", dir, "--nope"}, 2, "unknown flag"},
+		{[]string{"checkout", "absent:1", filepath.Join(dir, "o")}, 1, "layer absent:1: not found"},
+		{[]string{"rm", "absent:1"}, 1, "not found"},
+		{[]string{"daemon", "--log-level", "loud"}, 2, "--log-level"},
+	} {
+		_, errOut, code := cli(t, d, tc.args...)
+		if code != tc.code || !strings.Contains(errOut, tc.want) {
+			t.Errorf("p2pimg %s: exit %d, stderr %q; want exit %d with %q", strings.Join(tc.args, " "), code, errOut, tc.code, tc.want)
+		}
+	}
+	var ls []chunk.Layer
+	json.Unmarshal([]byte(mustCLI(t, d, "layers", "--json")), &ls)
+	if len(ls) != 0 {
+		t.Fatalf("bad input created layers: %+v", ls)
+	}
+}
+
+func TestCLIDaemonNotRunning(t *testing.T) {
+	t.Parallel()
+	_, errOut, code := cli(t, nil, "layers")
+	if code != 1 || !strings.Contains(errOut, "not running") || !strings.Contains(errOut, "p2pimg daemon --data") {
+		t.Fatalf("exit %d, %q", code, errOut)
+	}
+}
+
+func TestSecondDaemonOnSameDataRefused(t *testing.T) {
+	t.Parallel()
+	data := t.TempDir()
+	startDaemon(t, data)
+	if _, err := testnet.StartDaemon(context.Background(), bin, data); err == nil || !strings.Contains(err.Error(), "already serving") {
+		t.Fatalf("second daemon: %v", err)
+	}
+}
+
+// Kill -9 the daemon in the middle of an add: after a restart, the layer
+// completed before is intact, nothing of the interrupted add is visible,
+// verify finds nothing corrupt, and the add succeeds when run again.
+func TestCrashDuringAdd(t *testing.T) {
+	t.Parallel()
+	data := t.TempDir()
+	d := startDaemon(t, data)
+	src := t.TempDir()
+	writeTree(t, src)
+	first := strings.TrimSpace(mustCLI(t, d, "add", "before:1", src))
+
+	img := filepath.Join(t.TempDir(), "disk.raw")
+	f, _ := os.Create(img)
+	if err := refimage.Write(f, 384<<20, 5); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	var killed atomic.Bool
+	_, err := d.Client.Add(context.Background(), api.AddRequest{Name: "big:1", Path: img}, func(ev api.Event) {
+		if ev.Progress != nil && ev.Progress.Done > ev.Progress.Total/4 && killed.CompareAndSwap(false, true) {
+			d.Kill()
+		}
+	})
+	if err == nil || !killed.Load() {
+		t.Fatalf("the add finished before the daemon was killed (err %v)", err)
+	}
+
+	d = startDaemon(t, data)
+	var ls []chunk.Layer
+	json.Unmarshal([]byte(mustCLI(t, d, "layers", "--json")), &ls)
+	if len(ls) != 1 || ls[0].Name != "before:1" || ls[0].CID != first || ls[0].State != chunk.Complete {
+		t.Fatalf("after the crash: layers %+v", ls)
+	}
+	if out := mustCLI(t, d, "verify"); !strings.Contains(out, " 0 corrupt") {
+		t.Fatalf("verify after crash: %s", out)
+	}
+	out := filepath.Join(t.TempDir(), "o")
+	mustCLI(t, d, "checkout", "before:1", out)
+	if fileHash(t, filepath.Join(src, "bin/app")) != fileHash(t, filepath.Join(out, "bin/app")) {
+		t.Fatal("layer completed before the crash differs")
+	}
+	var res api.AddResult
+	json.Unmarshal([]byte(mustCLI(t, d, "add", "big:1", img, "--json")), &res)
+	if res.Layer.State != chunk.Complete || res.NewBytes >= res.Layer.Size {
+		t.Fatalf("add after crash: %+v (chunks stored before the crash should be reused)", res)
+	}
+	mustCLI(t, d, "checkout", "big:1", filepath.Join(t.TempDir(), "big"))
+}
+
+// Bytes flipped in a pack on disk: verify finds and removes the chunk, the
+// layer becomes incomplete, and checkout refuses it rather than write bad data.
+func TestCorruptStore(t *testing.T) {
+	t.Parallel()
+	data := t.TempDir()
+	d := startDaemon(t, data)
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "blob"), bytes.Repeat([]byte("0123456789abcdef"), 1<<16), 0o644) // 1 MiB, compressible but not zero
+	mustCLI(t, d, "add", "blob:1", src)
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	packs, _ := filepath.Glob(filepath.Join(data, "store", "packs", "*.pack"))
+	pf, err := os.OpenFile(packs[0], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := pf.Stat()
+	pf.WriteAt([]byte("CORRUPT"), fi.Size()/2)
+	pf.Close()
+
+	d = startDaemon(t, data)
+	out, _, code := cli(t, d, "verify")
+	if code != 1 || !strings.Contains(out, "removed corrupt chunk") || !strings.Contains(out, "blob:1 is now incomplete") {
+		t.Fatalf("verify: exit %d\n%s", code, out)
+	}
+	if _, errOut, code := cli(t, d, "checkout", "blob:1", filepath.Join(t.TempDir(), "o")); code == 0 || !strings.Contains(errOut, "incomplete") {
+		t.Fatalf("checkout of a corrupted layer: exit %d %s", code, errOut)
+	}
+	if out := mustCLI(t, d, "verify"); !strings.Contains(out, " 0 corrupt") {
+		t.Fatalf("second verify: %s", out)
+	}
+}
