@@ -300,3 +300,52 @@ func TestCorruptStore(t *testing.T) {
 		t.Fatalf("second verify: %s", out)
 	}
 }
+
+// A full disk during an add: the add fails saying so, nothing is half
+// written, complete layers stay intact, and the add works once space returns.
+// Needs root (it mounts a small tmpfs as the data directory).
+func TestDiskFullDuringAdd(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	t.Parallel()
+	data := filepath.Join(t.TempDir(), "data")
+	os.MkdirAll(data, 0o700)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", data).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", data).Run() })
+	d := startDaemon(t, data)
+	src := t.TempDir()
+	writeTree(t, src)
+	mustCLI(t, d, "add", "small:1", src)
+
+	img := filepath.Join(t.TempDir(), "big.raw")
+	f, _ := os.Create(img)
+	refimage.Write(f, 96<<20, 9)
+	f.Close()
+	_, errOut, code := cli(t, d, "add", "big:1", img)
+	if code != 1 || !strings.Contains(errOut, "no space left on device") || !strings.Contains(errOut, "disk holding the data directory is full") {
+		t.Fatalf("add on a full disk: exit %d, %s", code, errOut)
+	}
+	var ls []chunk.Layer
+	json.Unmarshal([]byte(mustCLI(t, d, "layers", "--json")), &ls)
+	if len(ls) != 1 || ls[0].Name != "small:1" {
+		t.Fatalf("layers after a failed add: %+v", ls)
+	}
+	if out := mustCLI(t, d, "verify"); !strings.Contains(out, " 0 corrupt") {
+		t.Fatalf("verify after disk full: %s", out)
+	}
+	mustCLI(t, d, "checkout", "small:1", filepath.Join(t.TempDir(), "o"))
+
+	// Space comes back: the add goes through.
+	if out, err := exec.Command("mount", "-o", "remount,size=256m", data).CombinedOutput(); err != nil {
+		t.Fatalf("grow tmpfs: %v %s", err, out)
+	}
+	mustCLI(t, d, "add", "big:1", img)
+	out := filepath.Join(t.TempDir(), "big")
+	mustCLI(t, d, "checkout", "big:1", out)
+	if fileHash(t, img) != fileHash(t, filepath.Join(out, "big.raw")) {
+		t.Fatal("image differs after the add that followed a full disk")
+	}
+}
