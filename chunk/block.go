@@ -17,6 +17,8 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrHashMismatch: data does not hash to the content id it came with.
 	ErrHashMismatch = errors.New("hash mismatch")
+	// ErrCorrupt: stored bytes no longer match what was written.
+	ErrCorrupt = errors.New("corrupt on disk (run `p2pimg verify`)")
 	// ErrBadCID: a content id that is not a CIDv1 raw chunk id with a supported hash.
 	ErrBadCID = errors.New("not a chunk content id")
 )

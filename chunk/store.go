@@ -16,7 +16,8 @@ type Store interface {
 	Has(ctx context.Context, id cid.Cid) (bool, error)
 	// HasMany reports, for each id in order, whether it is stored.
 	HasMany(ctx context.Context, ids []cid.Cid) ([]bool, error)
-	// Get returns a copy of the chunk's data, or an error wrapping ErrNotFound.
+	// Get returns a copy of the chunk's data, or an error wrapping
+	// ErrNotFound, or ErrCorrupt for bytes damaged on disk.
 	Get(ctx context.Context, id cid.Cid) ([]byte, error)
 	// Put stores verified blocks. Idempotent: storing a chunk again is a no-op
 	// apart from cost. Only Blocks can be stored, and a Block is always
@@ -25,7 +26,9 @@ type Store interface {
 	// Delete removes chunks. Idempotent: absent ids are not an error.
 	Delete(ctx context.Context, ids ...cid.Cid) error
 	// Walk calls fn for every stored chunk with its size, and with its data
-	// when withData is set (valid only during the call). Order is unspecified.
+	// when withData is set (valid only during the call, and as stored: a
+	// chunk damaged on disk is handed over too, for the caller to verify).
+	// Order is unspecified.
 	// Chunks written or deleted during the walk may or may not be seen.
 	Walk(ctx context.Context, withData bool, fn func(id cid.Cid, size int, data []byte) error) error
 	// Stats counts what is stored.

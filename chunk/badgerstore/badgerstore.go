@@ -145,15 +145,18 @@ func (s *DB) Get(_ context.Context, id cid.Cid) ([]byte, error) {
 	// Compaction may move a chunk between our lookup and our read; then the
 	// second lookup finds its new place.
 	var err error
+	var data []byte
 	for range 2 {
 		var l loc
 		if err = s.db.View(func(txn *badger.Txn) (e error) { l, e = s.lookup(txn, id); return }); err != nil {
 			return nil, err
 		}
-		var data []byte
-		if data, err = s.packs.read(l, nil); err == nil {
-			return data, nil
+		if data, err = s.packs.read(l, nil); err == nil || errors.Is(err, chunk.ErrCorrupt) {
+			break
 		}
+	}
+	if err == nil {
+		return data, nil
 	}
 	return nil, fmt.Errorf("chunk %s: %w", id, err)
 }
@@ -251,7 +254,7 @@ func (s *DB) Walk(ctx context.Context, withData bool, fn func(id cid.Cid, size i
 			return fn(id, int(l.n), nil)
 		}
 		data, err := s.packs.read(l, buf)
-		if err != nil {
+		if err != nil && !errors.Is(err, chunk.ErrCorrupt) { // corrupt bytes go to fn, which verifies
 			return fmt.Errorf("chunk %s: %w", id, err)
 		}
 		buf = data

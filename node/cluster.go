@@ -1,0 +1,126 @@
+package node
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
+)
+
+// ClusterConfig is the cluster file: the same on every host.
+type ClusterConfig struct {
+	// Name separates clusters on one LAN (mDNS service and gossip topics).
+	Name string `toml:"name"`
+	// PSK, 64 hex digits, makes a libp2p private network: only hosts with
+	// the key can connect at all. It works over TCP only (QUIC is off then).
+	PSK string `toml:"psk,omitempty"`
+	// Members lists the peer ids allowed in the cluster; empty = open cluster.
+	Members []string `toml:"members,omitempty"`
+	// Publishers lists the peer ids whose layer announcements are accepted;
+	// empty = any member may publish.
+	Publishers []string `toml:"publishers,omitempty"`
+
+	psk        pnet.PSK
+	members    map[peer.ID]bool
+	publishers map[peer.ID]bool
+}
+
+var clusterNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+// LoadCluster reads and checks a cluster file.
+func LoadCluster(path string) (*ClusterConfig, error) {
+	var c ClusterConfig
+	md, err := toml.DecodeFile(path, &c)
+	if err != nil {
+		return nil, fmt.Errorf("cluster file %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		return nil, fmt.Errorf("cluster file %s: unknown field %q", path, und[0].String())
+	}
+	if err := c.check(); err != nil {
+		return nil, fmt.Errorf("cluster file %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// DefaultCluster is an open cluster named "default" with no PSK.
+func DefaultCluster() *ClusterConfig {
+	c := &ClusterConfig{Name: "default"}
+	c.check()
+	return c
+}
+
+// NewCluster makes a cluster config with a fresh PSK.
+func NewCluster(name string, members []string) (*ClusterConfig, error) {
+	key := make([]byte, 32)
+	rand.Read(key)
+	c := &ClusterConfig{Name: name, PSK: hex.EncodeToString(key), Members: members}
+	return c, c.check()
+}
+
+// check validates the fields and fills the parsed forms.
+func (c *ClusterConfig) check() error {
+	if !clusterNameRE.MatchString(c.Name) {
+		return fmt.Errorf("field name: %q must be 1-63 lower-case letters, digits or '-'", c.Name)
+	}
+	c.psk = nil
+	if c.PSK != "" {
+		k, err := hex.DecodeString(strings.TrimSpace(c.PSK))
+		if err != nil || len(k) != 32 {
+			return fmt.Errorf("field psk: want 64 hex digits (32 bytes)")
+		}
+		c.psk = k
+	}
+	var err error
+	if c.members, err = peerSet("members", c.Members); err != nil {
+		return err
+	}
+	c.publishers, err = peerSet("publishers", c.Publishers)
+	return err
+}
+
+func peerSet(field string, ids []string) (map[peer.ID]bool, error) {
+	set := map[peer.ID]bool{}
+	for i, s := range ids {
+		id, err := peer.Decode(s)
+		if err != nil {
+			return nil, fmt.Errorf("field %s[%d]: %q is not a peer id: %v", field, i, s, err)
+		}
+		set[id] = true
+	}
+	return set, nil
+}
+
+// Open reports whether any host may join (no members list).
+func (c *ClusterConfig) Open() bool { return len(c.members) == 0 }
+
+// IsMember reports whether p may connect.
+func (c *ClusterConfig) IsMember(p peer.ID) bool { return c.Open() || c.members[p] }
+
+// MayPublish reports whether p's layer announcements are accepted.
+func (c *ClusterConfig) MayPublish(p peer.ID) bool {
+	if len(c.publishers) > 0 {
+		return c.publishers[p]
+	}
+	return c.IsMember(p)
+}
+
+// Write saves the cluster file (mode 0600: it holds the PSK).
+func (c *ClusterConfig) Write(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(f, "# p2pimg cluster file: the same on every host. Keep it secret (it holds the PSK).\n")
+	if err := toml.NewEncoder(f).Encode(c); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
