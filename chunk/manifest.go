@@ -333,3 +333,19 @@ func CheckPath(p string) error {
 	}
 	return nil
 }
+
+// UniqueRefs lists the layer's distinct chunks in order of first use. It is
+// the order in which hosts exchange have-bitmaps for a layer.
+func (m *Manifest) UniqueRefs() []Ref {
+	seen := make(map[cid.Cid]bool)
+	var out []Ref
+	for i := range m.Entries {
+		for _, r := range m.Entries[i].Chunks {
+			if !seen[r.CID] {
+				seen[r.CID] = true
+				out = append(out, r)
+			}
+		}
+	}
+	return out
+}

@@ -65,6 +65,11 @@ type Layer struct {
 	Entries  int        `json:"entries"`
 	Chunking string     `json:"chunking"`
 	Added    time.Time  `json:"added"`
+	// Who published NAME:TAG as CID, when, and their signature over that
+	// mapping, so the host can pass the mapping on after a restart.
+	Publisher string `json:"publisher,omitempty"`
+	Published int64  `json:"published,omitempty"`
+	Signature []byte `json:"signature,omitempty"`
 }
 
 // Catalog keeps manifests and the NAME:TAG records that point at them.

@@ -15,14 +15,16 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/p2pimg/p2pimg/node/api"
 )
 
 // DaemonConfig configures a daemon.
 type DaemonConfig struct {
-	DataDir string       // required
-	Socket  string       // default DataDir/p2pimg.sock
-	Log     *slog.Logger // default: discard
+	Config         // the node's; DataDir is required
+	Socket  string // default DataDir/p2pimg.sock
+	Metrics string // address for Prometheus metrics (host:port); empty = off
 	Version string
 }
 
@@ -93,15 +95,32 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		d.cfg.Log.Info("daemon stopped")
 	}()
 
-	n, err := Open(d.cfg.DataDir, d.cfg.Log)
+	n, err := Open(d.cfg.Config)
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
 	d.node.Store(n)
-	d.cfg.Log.Info("daemon ready", "data", d.cfg.DataDir)
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	ran := make(chan error, 1)
+	go func() { ran <- n.Run(runCtx) }()
+	defer func() { stopRun(); err = errors.Join(err, <-ran) }()
+	if d.cfg.Metrics != "" {
+		ms := &http.Server{Addr: d.cfg.Metrics, Handler: promhttp.HandlerFor(n.Registry(), promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
+		mln, err := net.Listen("tcp", d.cfg.Metrics)
+		if err != nil {
+			return fmt.Errorf("daemon: metrics on %s: %w", d.cfg.Metrics, err)
+		}
+		go ms.Serve(mln)
+		defer ms.Close()
+	}
+	d.cfg.Log.Info("daemon ready", "data", d.cfg.DataDir, "peer", n.ID().String(), "addrs", n.Addrs())
 	select {
 	case <-ctx.Done():
 		return nil
+	case e := <-ran:
+		ran <- e
+		return fmt.Errorf("daemon: node: %w", e)
 	case e := <-served:
 		served <- e
 		return fmt.Errorf("daemon: api server: %w", e)
@@ -169,6 +188,22 @@ func (d *Daemon) routes() http.Handler {
 			return nil, err
 		}
 		return n.Checkout(ctx, req, emit)
+	}))
+	mux.HandleFunc("GET "+v+"/id", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
+		return n.Identity(), nil
+	}))
+	mux.HandleFunc("GET "+v+"/peers", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
+		return n.Peers(), nil
+	}))
+	mux.HandleFunc("GET "+v+"/catalog", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
+		return n.Catalog(), nil
+	}))
+	mux.HandleFunc("POST "+v+"/fetch", d.stream(func(ctx context.Context, n *Node, r *http.Request, emit Emit) (any, error) {
+		var req api.FetchRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return n.Fetch(ctx, req.Name, emit)
 	}))
 	mux.HandleFunc("POST "+v+"/verify", d.stream(func(ctx context.Context, n *Node, _ *http.Request, emit Emit) (any, error) {
 		return n.Verify(ctx, emit)

@@ -92,7 +92,7 @@ func (g *gater) allowed(p peer.ID) bool {
 	return !ok
 }
 
-func (g *gater) InterceptPeerDial(p peer.ID) bool                { return g.allowed(p) }
+func (g *gater) InterceptPeerDial(p peer.ID) bool                 { return g.allowed(p) }
 func (g *gater) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return g.allowed(p) }
 func (g *gater) InterceptAccept(network.ConnMultiaddrs) bool      { return true }
 func (g *gater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
@@ -126,3 +126,6 @@ func newHost(key crypto.PrivKey, listen []string, c *ClusterConfig, g *gater) (h
 	}
 	return h, nil
 }
+
+// PeerID is the peer id of a host key.
+func PeerID(k crypto.PrivKey) (peer.ID, error) { return peer.IDFromPrivateKey(k) }

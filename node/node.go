@@ -7,10 +7,16 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/ipfs/go-cid"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/chunk/badgerstore"
@@ -18,28 +24,124 @@ import (
 	"github.com/p2pimg/p2pimg/node/api"
 )
 
-// Node is one host's store and the operations on it.
+// Config configures a node.
+type Config struct {
+	DataDir string
+	Log     *slog.Logger   // default: discard
+	Cluster *ClusterConfig // default: an open cluster named "default"
+	// Listen multiaddrs; default TCP and QUIC on port 4001 of every interface.
+	Listen []string
+	// Peers to connect to (multiaddrs ending in /p2p/ID), kept connected.
+	Peers []string
+	// MDNS finds peers of the same cluster on the LAN.
+	MDNS bool
+	// AnnounceInterval is how often the node gossips its catalogue (default 10s).
+	AnnounceInterval time.Duration
+	// StallTimeout fails a fetch after this long without progress (default 60s).
+	StallTimeout time.Duration
+	// TestCorruptServe flips a byte in every chunk served: for tests of
+	// what the cluster does with a lying peer. Never set it in production.
+	TestCorruptServe bool
+}
+
+// Node is one host: its store, its libp2p host and its view of the cluster.
 type Node struct {
+	cfg     Config
 	log     *slog.Logger
 	dataDir string
 	db      *badgerstore.DB
 
-	// gcMu keeps gc from deleting chunks an add or checkout is using:
-	// those hold it shared, gc holds it exclusively.
+	key     crypto.PrivKey
+	host    host.Host
+	gater   *gater
+	ps      *pubsub.PubSub
+	topic   *pubsub.Topic
+	catalog *catalog
+	metrics *metrics
+	stats   *peerStats
+	kick    chan struct{} // asks the announcer to gossip now
+
+	fetchMu sync.Mutex
+	fetches map[cid.Cid]*fetch
+
+	// gcMu keeps gc from deleting chunks an add, fetch or checkout is
+	// using: those hold it shared, gc holds it exclusively.
 	gcMu sync.RWMutex
 }
 
-// Open opens the node's store under dataDir/store.
-func Open(dataDir string, log *slog.Logger) (*Node, error) {
-	db, err := badgerstore.Open(filepath.Join(dataDir, "store"), log)
+// Open opens the node's store (DataDir/store), loads its host key and
+// starts listening. Gossip and peer connections start in Run.
+func Open(cfg Config) (*Node, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Cluster == nil {
+		cfg.Cluster = DefaultCluster()
+	}
+	if cfg.Listen == nil {
+		cfg.Listen = []string{"/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"}
+	}
+	if cfg.AnnounceInterval <= 0 {
+		cfg.AnnounceInterval = 10 * time.Second
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = 60 * time.Second
+	}
+	if cfg.Cluster.psk != nil {
+		var tcpOnly []string
+		for _, a := range cfg.Listen {
+			if !strings.Contains(a, "/quic") {
+				tcpOnly = append(tcpOnly, a)
+			}
+		}
+		if len(tcpOnly) < len(cfg.Listen) {
+			cfg.Log.Warn("a private network key (PSK) is set: QUIC listen addresses are ignored, libp2p private networks are TCP only")
+		}
+		cfg.Listen = tcpOnly
+	}
+	key, err := LoadIdentity(cfg.DataDir)
 	if err != nil {
 		return nil, err
 	}
-	return &Node{log: log, dataDir: dataDir, db: db}, nil
+	db, err := badgerstore.Open(filepath.Join(cfg.DataDir, "store"), cfg.Log)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg: cfg, log: cfg.Log, dataDir: cfg.DataDir, db: db, key: key,
+		gater: newGater(cfg.Cluster, time.Now), catalog: newCatalog(), metrics: newMetrics(),
+		stats: newPeerStats(), kick: make(chan struct{}, 1), fetches: map[cid.Cid]*fetch{},
+	}
+	if n.host, err = newHost(key, cfg.Listen, cfg.Cluster, n.gater); err != nil {
+		db.Close()
+		return nil, err
+	}
+	n.host.SetStreamHandler(xchgProto, n.handleXchg)
+	if cfg.Cluster.Open() {
+		n.log.Warn("OPEN CLUSTER: no members list, any host that can reach this one (and has the PSK, if set) may join")
+	}
+	return n, nil
 }
 
-// Close closes the store.
-func (n *Node) Close() error { return n.db.Close() }
+// Close stops the host and closes the store.
+func (n *Node) Close() error {
+	return errors.Join(n.host.Close(), n.db.Close())
+}
+
+// ID is the node's peer id.
+func (n *Node) ID() peer.ID { return n.host.ID() }
+
+// Addrs are the node's listen addresses, each ending in /p2p/ID.
+func (n *Node) Addrs() []string {
+	var out []string
+	for _, a := range n.host.Addrs() {
+		out = append(out, a.String()+"/p2p/"+n.host.ID().String())
+	}
+	return out
+}
+
+// Registry is the node's Prometheus registry.
+func (n *Node) Registry() *prometheus.Registry { return n.metrics.reg }
 
 // Emit receives the events of a long operation.
 type Emit func(api.Event)
@@ -109,9 +211,16 @@ func (n *Node) Add(ctx context.Context, req api.AddRequest, emit Emit) (*api.Add
 		return nil, fmt.Errorf("add %s: %w", name, err)
 	}
 	l := layerRecord(name, res.CID, res.Manifest, chunk.Complete)
+	mp, err := signMapping(n.key, Mapping{Name: name.String(), CID: res.CID.String(), Size: l.Size, Published: time.Now().UnixNano()})
+	if err != nil {
+		return nil, fmt.Errorf("add %s: sign: %w", name, err)
+	}
+	l.Publisher, l.Published, l.Signature = mp.Publisher, mp.Published, mp.Sig
 	if err := n.db.PutLayer(ctx, l); err != nil {
 		return nil, fmt.Errorf("add %s: %w", name, err)
 	}
+	n.catalog.merge(mp)
+	n.announceSoon()
 	n.log.Info("layer added", "layer", name.String(), "cid", res.CID.String(), "size", l.Size, "new_bytes", res.NewBytes)
 	out := &api.AddResult{Layer: l, NewChunks: res.NewChunks, NewBytes: res.NewBytes}
 	for _, s := range res.Skipped {
@@ -363,6 +472,40 @@ func (n *Node) Stats(ctx context.Context) (*api.Stats, error) {
 		out.DedupRatio = float64(out.LogicalBytes) / float64(st.StoredBytes)
 	}
 	return out, nil
+}
+
+// manifestBytes returns the canonical encoding of a stored manifest.
+func (n *Node) manifestBytes(ctx context.Context, id cid.Cid) ([]byte, error) {
+	m, err := n.db.GetManifest(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	b, _, err := m.Encode()
+	return b, err
+}
+
+// haveBitmap says which of a layer's distinct chunks this host has.
+func (n *Node) haveBitmap(ctx context.Context, id cid.Cid) ([]byte, error) {
+	n.fetchMu.Lock()
+	f := n.fetches[id]
+	n.fetchMu.Unlock()
+	if f != nil {
+		return f.bitmap(), nil
+	}
+	m, err := n.db.GetManifest(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	refs := m.UniqueRefs()
+	ids := make([]cid.Cid, len(refs))
+	for i, r := range refs {
+		ids[i] = r.CID
+	}
+	has, err := n.db.HasMany(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	return packBits(has), nil
 }
 
 var errStarting = &codedError{api.CodeStarting, errors.New("the daemon is starting (opening its store); try again in a moment")}

@@ -26,7 +26,8 @@ type Daemon struct {
 	waitErr error         // its exit status, once done is closed
 }
 
-// StartDaemon runs `bin daemon --data data` and waits until it is ready.
+// StartDaemon runs `bin daemon --data data` on an ephemeral loopback port
+// with mDNS off (plus any extra flags) and waits until it is ready.
 func StartDaemon(ctx context.Context, bin, data string, extra ...string) (*Daemon, error) {
 	data, err := filepath.Abs(data)
 	if err != nil {
@@ -40,7 +41,8 @@ func StartDaemon(ctx context.Context, bin, data string, extra ...string) (*Daemo
 		return nil, err
 	}
 	sock := filepath.Join(data, "p2pimg.sock")
-	cmd := exec.Command(bin, append([]string{"daemon", "--data", data, "--socket", sock}, extra...)...)
+	args := []string{"daemon", "--data", data, "--socket", sock, "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--log-level", "debug"}
+	cmd := exec.Command(bin, append(args, extra...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -11,7 +12,10 @@ import (
 )
 
 func (a *app) daemonCmd() *cobra.Command {
-	var data, level, format string
+	var data, level, format, clusterFile, metrics string
+	var listen, peers []string
+	var noMDNS, corrupt bool
+	var announce, stall time.Duration
 	c := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run this host's p2pimg daemon",
@@ -34,7 +38,20 @@ It stops cleanly on SIGINT or SIGTERM.`,
 			default:
 				return usageError{fmt.Errorf("--log-format %q: want text or json", format)}
 			}
-			d, err := node.NewDaemon(node.DaemonConfig{DataDir: data, Socket: a.socket, Log: slog.New(h), Version: version})
+			cluster := node.DefaultCluster()
+			if clusterFile != "" {
+				var err error
+				if cluster, err = node.LoadCluster(clusterFile); err != nil {
+					return err
+				}
+			}
+			d, err := node.NewDaemon(node.DaemonConfig{
+				Config: node.Config{
+					DataDir: data, Log: slog.New(h), Cluster: cluster, Listen: listen, Peers: peers,
+					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, TestCorruptServe: corrupt,
+				},
+				Socket: a.socket, Metrics: metrics, Version: version,
+			})
 			if err != nil {
 				return err
 			}
@@ -44,5 +61,14 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&data, "data", DefaultDataDir, "data directory (store, keys, socket)")
 	c.Flags().StringVar(&level, "log-level", "info", "log level: debug, info, warn, error")
 	c.Flags().StringVar(&format, "log-format", "text", "log format: text or json")
+	c.Flags().StringVar(&clusterFile, "cluster", "", "cluster file (name, PSK, members, publishers); default: an open cluster named \"default\"")
+	c.Flags().StringSliceVar(&listen, "listen", nil, "libp2p listen multiaddrs (default /ip4/0.0.0.0/tcp/4001 and /ip4/0.0.0.0/udp/4001/quic-v1)")
+	c.Flags().StringArrayVar(&peers, "peer", nil, "peer to keep connected, a multiaddr ending in /p2p/PEERID (repeatable)")
+	c.Flags().BoolVar(&noMDNS, "no-mdns", false, "do not discover peers on the LAN with mDNS")
+	c.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this host:port")
+	c.Flags().DurationVar(&announce, "announce-interval", 10*time.Second, "how often to gossip this host's catalogue")
+	c.Flags().DurationVar(&stall, "stall-timeout", 60*time.Second, "fail a fetch after this long without progress")
+	c.Flags().BoolVar(&corrupt, "test-corrupt-serve", false, "TESTING ONLY: corrupt every chunk served")
+	c.Flags().MarkHidden("test-corrupt-serve")
 	return c
 }

@@ -65,11 +65,15 @@ min/avg/max 16K/64K/256K), where insertions move at most two boundaries.`,
 }
 
 func (a *app) layersCmd() *cobra.Command {
-	return &cobra.Command{
+	var all bool
+	c := &cobra.Command{
 		Use:   "layers",
-		Short: "List this host's layers",
+		Short: "List this host's layers (--all: the cluster's, with who holds them)",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
+			if all {
+				return a.printCatalog(c)
+			}
 			ls, err := a.client().Layers(c.Context())
 			if err != nil {
 				return err
@@ -85,6 +89,8 @@ func (a *app) layersCmd() *cobra.Command {
 			return tw.Flush()
 		},
 	}
+	c.Flags().BoolVar(&all, "all", false, "show the whole cluster's layers and which hosts hold them")
+	return c
 }
 
 func (a *app) checkoutCmd() *cobra.Command {

@@ -48,6 +48,7 @@ other command talks to the local daemon over its socket.`,
 		a.daemonCmd(),
 		a.addCmd(), a.layersCmd(), a.checkoutCmd(), a.rmCmd(),
 		a.gcCmd(), a.verifyCmd(), a.statsCmd(),
+		a.fetchCmd(), a.idCmd(), a.peersCmd(), a.clusterCmd(), a.identityCmd(),
 	)
 	return root
 }

@@ -45,6 +45,47 @@ type Progress struct {
 	Phase string `json:"phase"`
 	Done  int64  `json:"done"`
 	Total int64  `json:"total"`
+	Peers int    `json:"peers,omitempty"`
+}
+
+// FetchRequest is POST /v1/fetch.
+type FetchRequest struct {
+	Name string `json:"name"`
+}
+
+// FetchResult is the result of a fetch.
+type FetchResult struct {
+	Layer         chunk.Layer      `json:"layer"`
+	FetchedChunks int              `json:"fetched_chunks"`
+	FetchedBytes  int64            `json:"fetched_bytes"`
+	Peers         map[string]int64 `json:"peers,omitempty"` // bytes received from each
+}
+
+// Identity is GET /v1/id.
+type Identity struct {
+	PeerID  string   `json:"peer_id"`
+	Addrs   []string `json:"addrs"`
+	Cluster string   `json:"cluster"`
+	Open    bool     `json:"open_cluster"`
+}
+
+// Peer is one entry of GET /v1/peers.
+type Peer struct {
+	PeerID    string   `json:"peer_id"`
+	Addrs     []string `json:"addrs"`
+	LatencyMS float64  `json:"latency_ms"`
+	BytesIn   int64    `json:"bytes_in"`  // chunk bytes received from it
+	BytesOut  int64    `json:"bytes_out"` // chunk bytes served to it
+}
+
+// ClusterLayer is one entry of GET /v1/catalog: the cluster's view of a layer.
+type ClusterLayer struct {
+	Name      string            `json:"name"`
+	CID       string            `json:"cid"`
+	Size      int64             `json:"size"`
+	Publisher string            `json:"publisher"`
+	Published time.Time         `json:"published"`
+	Holders   map[string]string `json:"holders"` // peer id -> complete | partial
 }
 
 // Status is GET /v1/status.

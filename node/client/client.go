@@ -172,3 +172,27 @@ func (c *Client) Stats(ctx context.Context) (api.Stats, error) {
 	var r api.Stats
 	return r, c.call(ctx, http.MethodGet, "/stats", nil, &r)
 }
+
+// Fetch makes a layer of the cluster catalogue complete on this host.
+func (c *Client) Fetch(ctx context.Context, name string, on Events) (api.FetchResult, error) {
+	var r api.FetchResult
+	return r, c.stream(ctx, "/fetch", api.FetchRequest{Name: name}, &r, on)
+}
+
+// Identity is the daemon's peer id and addresses.
+func (c *Client) Identity(ctx context.Context) (api.Identity, error) {
+	var r api.Identity
+	return r, c.call(ctx, http.MethodGet, "/id", nil, &r)
+}
+
+// Peers lists connected peers.
+func (c *Client) Peers(ctx context.Context) ([]api.Peer, error) {
+	var r []api.Peer
+	return r, c.call(ctx, http.MethodGet, "/peers", nil, &r)
+}
+
+// Catalog is the cluster's view of its layers.
+func (c *Client) Catalog(ctx context.Context) ([]api.ClusterLayer, error) {
+	var r []api.ClusterLayer
+	return r, c.call(ctx, http.MethodGet, "/catalog", nil, &r)
+}

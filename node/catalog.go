@@ -1,0 +1,270 @@
+package node
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/p2pimg/p2pimg/chunk"
+)
+
+// Mapping says that layer NAME:TAG is the manifest CID, signed by the host
+// that published it. Signed by the publisher, not by whoever gossips it, so
+// any host can pass the catalogue on to one that joins late.
+type Mapping struct {
+	Name      string `json:"name"`
+	CID       string `json:"cid"`
+	Size      int64  `json:"size"`
+	Published int64  `json:"published"` // unix nanoseconds
+	Publisher string `json:"publisher"` // peer id
+	Sig       []byte `json:"sig"`
+}
+
+func (m *Mapping) signedBytes() []byte {
+	return []byte("p2pimg mapping v1\n" + m.Name + "\n" + m.CID + "\n" + strconv.FormatInt(m.Size, 10) + "\n" +
+		strconv.FormatInt(m.Published, 10) + "\n" + m.Publisher)
+}
+
+func signMapping(key crypto.PrivKey, m Mapping) (Mapping, error) {
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		return m, err
+	}
+	m.Publisher = id.String()
+	m.Sig, err = key.Sign(m.signedBytes())
+	return m, err
+}
+
+// newer orders two mappings of one name: the later publication wins, and
+// equal times fall to the larger CID, so every host picks the same one.
+func (m *Mapping) newer(o Mapping) bool {
+	if m.Published != o.Published {
+		return m.Published > o.Published
+	}
+	return m.CID > o.CID
+}
+
+// Holding says a host holds a layer, completely or partly (still fetching).
+type Holding struct {
+	CID      string `json:"cid"`
+	Complete bool   `json:"complete"`
+}
+
+// snapshot is what a host gossips: the catalogue it knows and what it holds.
+// Seq (unix nanoseconds at sending) only grows per host, so a replayed or
+// reordered older snapshot is ignored.
+type snapshot struct {
+	Seq      int64     `json:"seq"`
+	Mappings []Mapping `json:"mappings"`
+	Holdings []Holding `json:"holdings"`
+}
+
+const (
+	maxSnapshotBytes = 1 << 20
+	maxSnapshotItems = 4096
+	maxFutureSkew    = 5 * time.Minute
+)
+
+// decodeSnapshot parses and checks a snapshot without any state: strict
+// JSON, sizes, names, ids and every mapping's signature and publisher.
+func decodeSnapshot(data []byte, mayPublish func(peer.ID) bool) (*snapshot, error) {
+	if len(data) > maxSnapshotBytes {
+		return nil, fmt.Errorf("snapshot of %d bytes, at most %d", len(data), maxSnapshotBytes)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var s snapshot
+	if err := dec.Decode(&s); err != nil {
+		return nil, fmt.Errorf("snapshot: %v", err)
+	}
+	if dec.More() {
+		return nil, errors.New("snapshot: trailing data")
+	}
+	if s.Seq <= 0 || len(s.Mappings) > maxSnapshotItems || len(s.Holdings) > maxSnapshotItems {
+		return nil, fmt.Errorf("snapshot: seq %d, %d mappings, %d holdings", s.Seq, len(s.Mappings), len(s.Holdings))
+	}
+	for i := range s.Mappings {
+		if err := checkMapping(&s.Mappings[i], mayPublish); err != nil {
+			return nil, fmt.Errorf("snapshot: mapping %d: %w", i, err)
+		}
+	}
+	for _, h := range s.Holdings {
+		if _, err := parseManifestCID(h.CID); err != nil {
+			return nil, fmt.Errorf("snapshot: holding: %w", err)
+		}
+	}
+	return &s, nil
+}
+
+func parseManifestCID(s string) (cid.Cid, error) {
+	id, err := cid.Decode(s)
+	if err != nil {
+		return cid.Undef, fmt.Errorf("manifest id %.70q: %v", s, err)
+	}
+	if id.Version() != 1 || id.Type() != chunk.ManifestCodec {
+		return cid.Undef, fmt.Errorf("%s is not a manifest id", id)
+	}
+	return id, nil
+}
+
+func checkMapping(m *Mapping, mayPublish func(peer.ID) bool) error {
+	if _, err := chunk.ParseName(m.Name); err != nil {
+		return err
+	}
+	if _, err := parseManifestCID(m.CID); err != nil {
+		return err
+	}
+	if m.Size < 0 || m.Published <= 0 {
+		return fmt.Errorf("%s: size %d, published %d", m.Name, m.Size, m.Published)
+	}
+	pub, err := peer.Decode(m.Publisher)
+	if err != nil {
+		return fmt.Errorf("%s: publisher %.60q: %v", m.Name, m.Publisher, err)
+	}
+	if !mayPublish(pub) {
+		return fmt.Errorf("%s: %s may not publish layers in this cluster", m.Name, pub)
+	}
+	key, err := pub.ExtractPublicKey()
+	if err != nil {
+		return fmt.Errorf("%s: publisher key: %v", m.Name, err)
+	}
+	ok, err := key.Verify(m.signedBytes(), m.Sig)
+	if err != nil || !ok {
+		return fmt.Errorf("%s: bad signature by %s", m.Name, pub)
+	}
+	return nil
+}
+
+// catalog is this host's view of the cluster's layers.
+type catalog struct {
+	mu       sync.Mutex
+	mappings map[string]Mapping          // by name
+	holders  map[string]map[peer.ID]bool // manifest cid -> host -> complete
+	held     map[peer.ID][]Holding       // each host's last holdings
+	seen     map[peer.ID]int64           // last accepted seq per host
+	heard    map[peer.ID]time.Time       // when
+}
+
+func newCatalog() *catalog {
+	return &catalog{
+		mappings: map[string]Mapping{}, holders: map[string]map[peer.ID]bool{},
+		held: map[peer.ID][]Holding{}, seen: map[peer.ID]int64{}, heard: map[peer.ID]time.Time{},
+	}
+}
+
+// admit decides whether a snapshot from a host is new: replays and
+// reordered older snapshots are ignored; one from too far ahead is rejected.
+func (c *catalog) admit(from peer.ID, seq int64, now time.Time) pubsub.ValidationResult {
+	if seq > now.Add(maxFutureSkew).UnixNano() {
+		return pubsub.ValidationReject
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if seq <= c.seen[from] {
+		return pubsub.ValidationIgnore
+	}
+	c.seen[from] = seq
+	return pubsub.ValidationAccept
+}
+
+// merge takes in a mapping; it reports whether the catalogue changed.
+func (c *catalog) merge(m Mapping) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old, ok := c.mappings[m.Name]
+	if ok && !m.newer(old) {
+		return false
+	}
+	c.mappings[m.Name] = m
+	return true
+}
+
+// apply takes in a validated snapshot from a host.
+func (c *catalog) apply(from peer.ID, s *snapshot, now time.Time) {
+	for _, m := range s.Mappings {
+		c.merge(m)
+	}
+	c.setHoldings(from, s.Holdings)
+	c.mu.Lock()
+	c.heard[from] = now
+	c.mu.Unlock()
+}
+
+func (c *catalog) setHoldings(from peer.ID, hs []Holding) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, h := range c.held[from] {
+		delete(c.holders[h.CID], from)
+	}
+	c.held[from] = hs
+	for _, h := range hs {
+		if c.holders[h.CID] == nil {
+			c.holders[h.CID] = map[peer.ID]bool{}
+		}
+		c.holders[h.CID][from] = h.Complete
+	}
+}
+
+// forget drops a host's holdings (it left or was blocked).
+func (c *catalog) forget(p peer.ID) { c.setHoldings(p, nil) }
+
+func (c *catalog) lookup(name string) (Mapping, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, ok := c.mappings[name]
+	return m, ok
+}
+
+// holdersOf returns the hosts holding a layer, complete ones first.
+func (c *catalog) holdersOf(id string) []peer.ID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []peer.ID
+	for p, complete := range c.holders[id] {
+		if complete {
+			out = append([]peer.ID{p}, out...)
+		} else {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (c *catalog) all() []Mapping {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Mapping, 0, len(c.mappings))
+	for _, m := range c.mappings {
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b Mapping) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+func (c *catalog) holdings(id string) map[peer.ID]bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[peer.ID]bool{}
+	for p, v := range c.holders[id] {
+		out[p] = v
+	}
+	return out
+}
