@@ -54,6 +54,9 @@ func NewDaemon(cfg DaemonConfig) (*Daemon, error) {
 	return &Daemon{cfg: cfg}, nil
 }
 
+// Node is the running node, or nil while the daemon is starting.
+func (d *Daemon) Node() *Node { return d.node.Load() }
+
 // Socket is the path of the API socket.
 func (d *Daemon) Socket() string { return d.cfg.Socket }
 

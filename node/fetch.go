@@ -258,6 +258,11 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, p peer.ID) error {
 				n.penalize(p, err)
 				return fmt.Errorf("peer %s: %w: %v", p, errBadPeer, err)
 			}
+			if n.down != nil {
+				if err := n.down.WaitN(ctx, len(data)); err != nil {
+					return err
+				}
+			}
 			blocks = append(blocks, blk)
 			got = append(got, i)
 			n.stats.add(p, int64(len(data)), 0)

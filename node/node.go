@@ -16,7 +16,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/chunk/badgerstore"
@@ -39,6 +41,9 @@ type Config struct {
 	AnnounceInterval time.Duration
 	// StallTimeout fails a fetch after this long without progress (default 60s).
 	StallTimeout time.Duration
+	// MaxUpload and MaxDownload cap chunk bytes per second served and
+	// fetched (0 = no cap).
+	MaxUpload, MaxDownload int64
 	// TestCorruptServe flips a byte in every chunk served: for tests of
 	// what the cluster does with a lying peer. Never set it in production.
 	TestCorruptServe bool
@@ -60,6 +65,8 @@ type Node struct {
 	metrics *metrics
 	stats   *peerStats
 	kick    chan struct{} // asks the announcer to gossip now
+	up      *rate.Limiter // nil: no cap
+	down    *rate.Limiter
 
 	fetchMu sync.Mutex
 	fetches map[cid.Cid]*fetch
@@ -112,6 +119,7 @@ func Open(cfg Config) (*Node, error) {
 		gater: newGater(cfg.Cluster, time.Now), catalog: newCatalog(), metrics: newMetrics(),
 		stats: newPeerStats(), kick: make(chan struct{}, 1), fetches: map[cid.Cid]*fetch{},
 	}
+	n.up, n.down = limiter(cfg.MaxUpload), limiter(cfg.MaxDownload)
 	if n.host, err = newHost(key, cfg.Listen, cfg.Cluster, n.gater); err != nil {
 		db.Close()
 		return nil, err
@@ -121,6 +129,27 @@ func Open(cfg Config) (*Node, error) {
 		n.log.Warn("OPEN CLUSTER: no members list, any host that can reach this one (and has the PSK, if set) may join")
 	}
 	return n, nil
+}
+
+// limiter caps bytes per second; bursts may be as large as one chunk.
+func limiter(bps int64) *rate.Limiter {
+	if bps <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(bps), chunk.MaxChunkSize)
+}
+
+// Connect dials a peer by multiaddr (ending in /p2p/ID).
+func (n *Node) Connect(ctx context.Context, addr string) error {
+	a, err := ma.NewMultiaddr(addr)
+	if err != nil {
+		return fmt.Errorf("peer address %q: %w", addr, err)
+	}
+	ai, err := peer.AddrInfoFromP2pAddr(a)
+	if err != nil {
+		return fmt.Errorf("peer address %q: %w", addr, err)
+	}
+	return n.host.Connect(ctx, *ai)
 }
 
 // Close stops the host and closes the store.

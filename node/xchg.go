@@ -198,6 +198,12 @@ func (n *Node) handleXchg(s network.Stream) {
 					writeItem(bw, stMissing, nil)
 					continue
 				}
+				if n.up != nil {
+					if err := n.up.WaitN(ctx, len(data)); err != nil {
+						s.Reset()
+						return
+					}
+				}
 				if n.cfg.TestCorruptServe && len(data) > 0 {
 					data[len(data)/2] ^= 0xff
 				}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
 	"github.com/p2pimg/p2pimg/node"
@@ -16,6 +17,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var listen, peers []string
 	var noMDNS, corrupt bool
 	var announce, stall time.Duration
+	var maxUp, maxDown string
 	c := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run this host's p2pimg daemon",
@@ -38,6 +40,14 @@ It stops cleanly on SIGINT or SIGTERM.`,
 			default:
 				return usageError{fmt.Errorf("--log-format %q: want text or json", format)}
 			}
+			up, err := parseRate("--max-upload", maxUp)
+			if err != nil {
+				return err
+			}
+			down, err := parseRate("--max-download", maxDown)
+			if err != nil {
+				return err
+			}
 			cluster := node.DefaultCluster()
 			if clusterFile != "" {
 				var err error
@@ -49,6 +59,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cluster, Listen: listen, Peers: peers,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, TestCorruptServe: corrupt,
+					MaxUpload: up, MaxDownload: down,
 				},
 				Socket: a.socket, Metrics: metrics, Version: version,
 			})
@@ -68,7 +79,21 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this host:port")
 	c.Flags().DurationVar(&announce, "announce-interval", 10*time.Second, "how often to gossip this host's catalogue")
 	c.Flags().DurationVar(&stall, "stall-timeout", 60*time.Second, "fail a fetch after this long without progress")
+	c.Flags().StringVar(&maxUp, "max-upload", "", "cap on chunk bytes served per second, e.g. 50MB (default: none)")
+	c.Flags().StringVar(&maxDown, "max-download", "", "cap on chunk bytes fetched per second, e.g. 100MB (default: none)")
 	c.Flags().BoolVar(&corrupt, "test-corrupt-serve", false, "TESTING ONLY: corrupt every chunk served")
 	c.Flags().MarkHidden("test-corrupt-serve")
 	return c
+}
+
+// parseRate reads a bytes-per-second figure such as 50MB, 1GiB or 1000000.
+func parseRate(flag, s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	n, err := humanize.ParseBytes(s)
+	if err != nil || n == 0 {
+		return 0, usageError{fmt.Errorf("%s %q: want bytes per second, such as 50MB or 1GiB", flag, s)}
+	}
+	return int64(n), nil
 }
