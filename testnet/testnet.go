@@ -37,6 +37,7 @@ type Node struct {
 
 type options struct {
 	cluster  *node.ClusterConfig
+	members  bool
 	announce time.Duration
 	stall    time.Duration
 	tweak    func(i int, c *node.Config)
@@ -48,6 +49,10 @@ type Option func(*options)
 
 // WithCluster puts every node in the cluster c.
 func WithCluster(c *node.ClusterConfig) Option { return func(o *options) { o.cluster = c } }
+
+// WithMembersOnly closes the cluster to the net's own nodes: their host
+// keys are made first and listed as the cluster's members.
+func WithMembersOnly() Option { return func(o *options) { o.members = true } }
 
 // WithConfig lets a test change node i's config (rate caps, a lying peer).
 func WithConfig(f func(i int, c *node.Config)) Option { return func(o *options) { o.tweak = f } }
@@ -78,6 +83,22 @@ func New(t testing.TB, n int, opts ...Option) *Net {
 			t.Errorf("goroutines leaked by the testnet: %v", err)
 		}
 	})
+	if o.members {
+		var ids []string
+		for i := range n {
+			k, err := node.LoadIdentity(filepath.Join(base, fmt.Sprintf("n%d", i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, _ := node.PeerID(k)
+			ids = append(ids, id.String())
+		}
+		c, err := node.NewCluster("test", ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.cluster = c
+	}
 	for i := range n {
 		nd := &Node{Index: i, Data: filepath.Join(base, fmt.Sprintf("n%d", i))}
 		log := slog.New(slog.DiscardHandler)

@@ -1,0 +1,202 @@
+package node
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+
+	"github.com/p2pimg/p2pimg/chunk"
+)
+
+func testKey(t testing.TB) (crypto.PrivKey, peer.ID) {
+	k, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := peer.IDFromPrivateKey(k)
+	return k, id
+}
+
+func manifestID(t testing.TB) string {
+	m := &chunk.Manifest{Params: chunk.DefaultParams(), Entries: []chunk.Entry{{Path: "d", Type: chunk.Dir}}}
+	_, id, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id.String()
+}
+
+func snapshotBytes(t testing.TB, s snapshot) []byte {
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestSnapshotValidation(t *testing.T) {
+	t.Parallel()
+	pubKey, pub := testKey(t)
+	_, other := testKey(t)
+	good, err := signMapping(pubKey, Mapping{Name: "web:1", CID: manifestID(t), Size: 10, Published: time.Now().UnixNano()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	onlyPub := func(p peer.ID) bool { return p == pub }
+	for _, tc := range []struct {
+		name string
+		data func() []byte
+		want string
+	}{
+		{"ok", func() []byte { return snapshotBytes(t, snapshot{Seq: 1, Mappings: []Mapping{good}}) }, ""},
+		{"not json", func() []byte { return []byte("{nope") }, "snapshot"},
+		{"unknown field", func() []byte { return []byte(`{"seq":1,"evil":true}`) }, "unknown field"},
+		{"trailing data", func() []byte { return append(snapshotBytes(t, snapshot{Seq: 1}), []byte(" {}")...) }, "trailing"},
+		{"oversized", func() []byte { return bytes.Repeat([]byte(" "), maxSnapshotBytes+1) }, "at most"},
+		{"zero seq", func() []byte { return snapshotBytes(t, snapshot{}) }, "seq 0"},
+		{"edited name", func() []byte {
+			m := good
+			m.Name = "web:2"
+			return snapshotBytes(t, snapshot{Seq: 1, Mappings: []Mapping{m}})
+		}, "bad signature"},
+		{"edited cid", func() []byte {
+			m := good
+			m.Size = 11
+			return snapshotBytes(t, snapshot{Seq: 1, Mappings: []Mapping{m}})
+		}, "bad signature"},
+		{"forged publisher", func() []byte {
+			m := good
+			m.Publisher = other.String()
+			return snapshotBytes(t, snapshot{Seq: 1, Mappings: []Mapping{m}})
+		}, "may not publish"},
+		{"chunk id as manifest", func() []byte {
+			c, _ := chunk.SumCID([]byte("x"), chunk.SHA256)
+			return snapshotBytes(t, snapshot{Seq: 1, Holdings: []Holding{{CID: c.String()}}})
+		}, "not a manifest id"},
+		{"bad name", func() []byte {
+			m := good
+			m.Name = "../etc"
+			return snapshotBytes(t, snapshot{Seq: 1, Mappings: []Mapping{m}})
+		}, "layer name"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := decodeSnapshot(tc.data(), onlyPub)
+			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("got %v, want %q", err, tc.want)
+			}
+		})
+	}
+	// The same mapping signed by a host that is not a publisher is refused.
+	_, err = decodeSnapshot(snapshotBytes(t, snapshot{Seq: 1, Mappings: []Mapping{good}}), func(peer.ID) bool { return false })
+	if err == nil {
+		t.Fatal("a mapping from a non-publisher was accepted")
+	}
+}
+
+func TestReplayIgnoredAndFutureRejected(t *testing.T) {
+	t.Parallel()
+	c := newCatalog()
+	_, p := testKey(t)
+	now := time.Now()
+	if r := c.admit(p, now.UnixNano(), now); r != pubsub.ValidationAccept {
+		t.Fatalf("first: %v", r)
+	}
+	if r := c.admit(p, now.UnixNano(), now); r != pubsub.ValidationIgnore {
+		t.Fatalf("replay: %v", r)
+	}
+	if r := c.admit(p, now.Add(-time.Second).UnixNano(), now); r != pubsub.ValidationIgnore {
+		t.Fatalf("older: %v", r)
+	}
+	if r := c.admit(p, now.Add(time.Hour).UnixNano(), now); r != pubsub.ValidationReject {
+		t.Fatalf("far future: %v", r)
+	}
+}
+
+func TestCatalogConflictsResolveDeterministically(t *testing.T) {
+	t.Parallel()
+	k, _ := testKey(t)
+	a, _ := signMapping(k, Mapping{Name: "web:1", CID: manifestID(t), Published: 100})
+	m2 := &chunk.Manifest{Params: chunk.DefaultParams(), Entries: []chunk.Entry{{Path: "e", Type: chunk.Dir}}}
+	_, id2, _ := m2.Encode()
+	b, _ := signMapping(k, Mapping{Name: "web:1", CID: id2.String(), Published: 100})
+	later, _ := signMapping(k, Mapping{Name: "web:1", CID: manifestID(t), Published: 200})
+	for _, order := range [][]Mapping{{a, b, later}, {later, b, a}, {b, later, a}} {
+		c := newCatalog()
+		for _, m := range order {
+			c.merge(m)
+		}
+		if got, _ := c.lookup("web:1"); got.Published != 200 {
+			t.Fatalf("order %v: kept %+v, want the latest publication", order, got)
+		}
+	}
+	for _, order := range [][]Mapping{{a, b}, {b, a}} {
+		c := newCatalog()
+		for _, m := range order {
+			c.merge(m)
+		}
+		want := max(a.CID, b.CID)
+		if got, _ := c.lookup("web:1"); got.CID != want {
+			t.Fatalf("tie: kept %s, want %s", got.CID, want)
+		}
+	}
+}
+
+func FuzzDecodeSnapshot(f *testing.F) {
+	k, _ := testKey(f)
+	m, _ := signMapping(k, Mapping{Name: "web:1", CID: manifestID(f), Size: 1, Published: 1})
+	f.Add(snapshotBytes(f, snapshot{Seq: 1, Mappings: []Mapping{m}, Holdings: []Holding{{CID: m.CID, Complete: true}}}))
+	f.Add([]byte(`{"seq":5,"mappings":[],"holdings":[]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := decodeSnapshot(data, func(peer.ID) bool { return true })
+		if err != nil {
+			return
+		}
+		for _, m := range s.Mappings {
+			if checkMapping(&m, func(peer.ID) bool { return true }) != nil {
+				t.Fatal("accepted a snapshot with a mapping that does not check")
+			}
+		}
+	})
+}
+
+func FuzzDecodeChunkRequest(f *testing.F) {
+	a, _ := chunk.SumCID([]byte("a"), chunk.SHA256)
+	b, _ := chunk.SumCID([]byte("b"), chunk.BLAKE3)
+	f.Add(encodeCIDs([]cid.Cid{a, b}))
+	f.Add([]byte{0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ids, err := decodeCIDs(data)
+		if err != nil {
+			return
+		}
+		if len(ids) == 0 || len(ids) > maxBatch || !bytes.Equal(encodeCIDs(ids), data) {
+			t.Fatalf("accepted %d ids that do not re-encode to the input", len(ids))
+		}
+	})
+}
+
+func FuzzReadFrames(f *testing.F) {
+	var buf bytes.Buffer
+	w := bufio.NewWriter(&buf)
+	writeReq(w, reqHave, []byte("x"))
+	writeItem(w, stOK, []byte("hello"))
+	w.Flush()
+	f.Add(buf.Bytes())
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := bufio.NewReader(bytes.NewReader(data))
+		if _, p, err := readReq(r); err == nil && len(p) > maxReqPayload {
+			t.Fatal("oversized request accepted")
+		}
+		if st, d, err := readItem(r, 1<<10, nil); err == nil && (len(d) > 1<<10 || st > stMissing) {
+			t.Fatal("bad item accepted")
+		}
+	})
+}
