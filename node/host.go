@@ -72,12 +72,6 @@ func (g *gater) block(p peer.ID, d time.Duration) {
 	g.mu.Unlock()
 }
 
-func (g *gater) unblock(p peer.ID) {
-	g.mu.Lock()
-	delete(g.blocked, p)
-	g.mu.Unlock()
-}
-
 func (g *gater) allowed(p peer.ID) bool {
 	if !g.cluster.IsMember(p) {
 		return false

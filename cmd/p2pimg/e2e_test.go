@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
@@ -347,5 +348,82 @@ func TestDiskFullDuringAdd(t *testing.T) {
 	mustCLI(t, d, "checkout", "big:1", out)
 	if fileHash(t, img) != fileHash(t, filepath.Join(out, "big.raw")) {
 		t.Fatal("image differs after the add that followed a full disk")
+	}
+}
+
+// Kill -9 a daemon in the middle of a fetch: after a restart the layer is
+// incomplete, and fetching again moves exactly the chunks it lacked.
+func TestKillDuringFetchResumes(t *testing.T) {
+	t.Parallel()
+	a, err := testnet.StartDaemon(context.Background(), bin, t.TempDir(), "--max-upload", "40MB", "--announce-interval", "200ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Kill)
+	img := filepath.Join(t.TempDir(), "disk.raw")
+	f, _ := os.Create(img)
+	refimage.Write(f, 96<<20, 11)
+	f.Close()
+	mustCLI(t, a, "add", "vm:1", img, "--chunking", "cdc")
+	id, err := a.Client.Identity(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bdata := t.TempDir()
+	peerFlags := []string{"--peer", id.Addrs[0], "--announce-interval", "200ms"}
+	b, err := testnet.StartDaemon(context.Background(), bin, bdata, peerFlags...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "vm:1 in b's catalogue", func() bool {
+		cl, err := b.Client.Catalog(context.Background())
+		return err == nil && len(cl) == 1
+	})
+	var killed atomic.Bool
+	_, err = b.Client.Fetch(context.Background(), "vm:1", func(ev api.Event) {
+		if ev.Progress != nil && ev.Progress.Done > ev.Progress.Total/3 && killed.CompareAndSwap(false, true) {
+			b.Kill()
+		}
+	})
+	if err == nil || !killed.Load() {
+		t.Fatalf("the fetch finished before the kill (err %v)", err)
+	}
+	b, err = testnet.StartDaemon(context.Background(), bin, bdata, peerFlags...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Kill)
+	var ls []chunk.Layer
+	json.Unmarshal([]byte(mustCLI(t, b, "layers", "--json")), &ls)
+	if len(ls) != 1 || ls[0].State != chunk.Incomplete {
+		t.Fatalf("after the kill: %+v", ls)
+	}
+	before, _ := b.Client.Stats(context.Background())
+	res, err := b.Client.Fetch(context.Background(), "vm:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total, _ := a.Client.Stats(context.Background())
+	if before.StoredBytes == 0 || before.StoredBytes+res.FetchedBytes != total.StoredBytes {
+		t.Fatalf("had %d bytes, fetched %d more; the layer's chunks are %d bytes", before.StoredBytes, res.FetchedBytes, total.StoredBytes)
+	}
+	out := filepath.Join(t.TempDir(), "o")
+	mustCLI(t, b, "checkout", "vm:1", out)
+	if fileHash(t, img) != fileHash(t, filepath.Join(out, "disk.raw")) {
+		t.Fatal("resumed fetch differs from the image")
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s", what)
+		case <-tick.C:
+		}
 	}
 }
