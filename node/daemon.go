@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync"
@@ -109,7 +110,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	go func() { ran <- n.Run(runCtx) }()
 	defer func() { stopRun(); err = errors.Join(err, <-ran) }()
 	if d.cfg.Metrics != "" {
-		ms := &http.Server{Addr: d.cfg.Metrics, Handler: promhttp.HandlerFor(n.Registry(), promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(n.Registry(), promhttp.HandlerOpts{}))
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		ms := &http.Server{Addr: d.cfg.Metrics, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		mln, err := net.Listen("tcp", d.cfg.Metrics)
 		if err != nil {
 			return fmt.Errorf("daemon: metrics on %s: %w", d.cfg.Metrics, err)

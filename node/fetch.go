@@ -15,21 +15,21 @@ import (
 	"github.com/p2pimg/p2pimg/node/api"
 )
 
-// Chunk scheduling: one worker per peer keeps up to pipelineDepth batches of
-// batchChunks chunks in flight on one stream. Workers pick chunks the peer
+// Chunk scheduling: streamsPerPeer workers per peer each keep up to
+// pipelineDepth batches of batchChunks chunks in flight on their own stream. Workers pick chunks the peer
 // has and nobody is fetching yet, each from its own random starting point,
 // so peers get disjoint work; when nothing unassigned is left (the endgame)
 // an idle worker also asks for chunks another peer is still sending, and
 // the first copy to arrive wins.
 const (
-	batchChunks   = 16
-	pipelineDepth = 4
-	readTimeout   = 30 * time.Second
-	badPeerBlock  = 10 * time.Minute
-	respawnEvery  = 500 * time.Millisecond
+	batchChunks    = 16
+	pipelineDepth  = 8
+	readTimeout    = 30 * time.Second
+	badPeerBlock   = 10 * time.Minute
+	respawnEvery   = 500 * time.Millisecond
+	storerCount    = 2 // verify and store in parallel with reading
+	streamsPerPeer = 2 // two streams: the peer serves and we read on two cores
 )
-
-var errBadPeer = errors.New("peer sent a chunk that does not match its CID")
 
 // fetch is the state of one layer being fetched.
 type fetch struct {
@@ -38,20 +38,34 @@ type fetch struct {
 
 	mu        sync.Mutex
 	have      []bool
-	inflight  []uint8
+	inflight  []uint8   // requests outstanding (at most 2: one more in the endgame)
+	owner     []peer.ID // who was asked first
 	remaining int
 	done      int64 // bytes stored by this fetch
 	total     int64 // bytes of the layer's distinct chunks
 	fetched   int   // chunks stored by this fetch
 	last      time.Time
-	changed   chan struct{} // closed on every change, then replaced
-	workers   map[peer.ID]bool
+	changed   chan struct{}   // closed on every change, then replaced
+	workers   map[peer.ID]int // running workers per peer
 	perPeer   map[peer.ID]int64
+	err       error         // a local failure (full disk) that ends the fetch
+	store     chan received // batches for the storers
+}
+
+// fail ends the fetch with a local error.
+func (f *fetch) fail(err error) {
+	f.mu.Lock()
+	if f.err == nil {
+		f.err = err
+	}
+	f.signal()
+	f.mu.Unlock()
 }
 
 func newFetch(id cid.Cid, refs []chunk.Ref, have []bool, now time.Time) *fetch {
-	f := &fetch{id: id, refs: refs, have: have, inflight: make([]uint8, len(refs)),
-		last: now, changed: make(chan struct{}), workers: map[peer.ID]bool{}, perPeer: map[peer.ID]int64{}}
+	f := &fetch{id: id, refs: refs, have: have, inflight: make([]uint8, len(refs)), owner: make([]peer.ID, len(refs)),
+		last: now, changed: make(chan struct{}), workers: map[peer.ID]int{}, perPeer: map[peer.ID]int64{},
+		store: make(chan received, 2*pipelineDepth)}
 	for i, r := range refs {
 		f.total += int64(r.Size)
 		if !have[i] {
@@ -74,9 +88,9 @@ func (f *fetch) wait() <-chan struct{} {
 	return f.changed
 }
 
-// pick chooses up to max chunks for a peer that has peerHas, starting at
-// *cursor. With endgame set it may choose chunks already in flight elsewhere.
-func (f *fetch) pick(peerHas []bool, cursor *int, max int, endgame bool) []int {
+// pick chooses up to max chunks for peer p, which has peerHas, starting at
+// *cursor. With endgame set it may choose chunks in flight at another peer.
+func (f *fetch) pick(p peer.ID, peerHas []bool, cursor *int, max int, endgame bool) []int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []int
@@ -85,12 +99,13 @@ func (f *fetch) pick(peerHas []bool, cursor *int, max int, endgame bool) []int {
 		i := (*cursor + k) % n
 		if !f.have[i] && peerHas[i] && f.inflight[i] == 0 {
 			out = append(out, i)
+			f.owner[i] = p
 		}
 	}
 	if len(out) == 0 && endgame {
 		for k := 0; k < n && len(out) < max; k++ {
 			i := (*cursor + k) % n
-			if !f.have[i] && peerHas[i] && f.inflight[i] < 2 {
+			if !f.have[i] && peerHas[i] && f.inflight[i] == 1 && f.owner[i] != p {
 				out = append(out, i)
 			}
 		}
@@ -159,8 +174,8 @@ func unpackBits(b []byte, n int) ([]bool, error) {
 	return out, nil
 }
 
-// fetchFrom runs one peer's worker until the layer is complete, the peer
-// fails, or ctx ends. It returns errBadPeer if the peer lied.
+// fetchFrom runs one worker on peer p until the layer is complete, the peer
+// fails (a storer that catches it lying closes the connection), or ctx ends.
 func (n *Node) fetchFrom(ctx context.Context, f *fetch, p peer.ID) error {
 	c, err := n.dialXchg(ctx, p)
 	if err != nil {
@@ -201,7 +216,7 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, p peer.ID) error {
 	}()
 	for {
 		for len(pending) < pipelineDepth {
-			b := f.pick(peerHas, &cursor, batchChunks, len(pending) == 0)
+			b := f.pick(p, peerHas, &cursor, batchChunks, len(pending) == 0)
 			if len(b) == 0 {
 				break
 			}
@@ -240,42 +255,110 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, p peer.ID) error {
 		}
 		b := pending[0]
 		c.s.SetReadDeadline(time.Now().Add(readTimeout))
-		blocks := make([]chunk.Block, 0, len(b))
-		got := make([]int, 0, len(b))
+		rb := received{peer: p, idx: make([]int, 0, len(b)), data: make([][]byte, 0, len(b))}
 		var missing []int
 		for _, i := range b {
-			st, data, err := readItem(c.br, chunk.MaxChunkSize, nil)
+			st, data, err := readItem(c.br, chunk.MaxChunkSize, getBuf(int(f.refs[i].Size)))
 			if err != nil {
+				rb.free() // b is still pending: the deferred release covers it
 				return fmt.Errorf("peer %s: %w", p, err)
 			}
 			if st == stMissing {
 				peerHas[i] = false
 				missing = append(missing, i)
+				putBuf(data)
 				continue
-			}
-			blk, err := chunk.Verify(f.refs[i].CID, data)
-			if err != nil {
-				n.penalize(p, err)
-				return fmt.Errorf("peer %s: %w: %v", p, errBadPeer, err)
 			}
 			if n.down != nil {
 				if err := n.down.WaitN(ctx, len(data)); err != nil {
+					putBuf(data)
+					rb.free()
 					return err
 				}
 			}
-			blocks = append(blocks, blk)
-			got = append(got, i)
+			rb.idx = append(rb.idx, i)
+			rb.data = append(rb.data, data)
 			n.stats.add(p, int64(len(data)), 0)
 			n.metrics.bytesIn.WithLabelValues(p.String()).Add(float64(len(data)))
 		}
 		pending = pending[1:]
 		f.release(missing)
-		if err := n.db.Put(ctx, blocks...); err != nil {
-			f.release(got)
-			return fmt.Errorf("store chunks: %w", err)
+		// Verifying and storing happen on the storers, so this worker goes
+		// straight back to reading the stream.
+		select {
+		case f.store <- rb:
+		case <-ctx.Done():
+			rb.release(f)
+			return ctx.Err()
 		}
-		n.metrics.chunksFetched.Add(float64(len(blocks)))
-		f.stored(p, got, time.Now())
+	}
+}
+
+// received is a batch of chunks read from a peer, not yet verified.
+type received struct {
+	peer peer.ID
+	idx  []int
+	data [][]byte
+}
+
+// release gives the batch's chunks back to the scheduler and frees its buffers.
+func (rb received) release(f *fetch) {
+	f.release(rb.idx)
+	rb.free()
+}
+
+func (rb received) free() {
+	for _, d := range rb.data {
+		putBuf(d)
+	}
+}
+
+// storer verifies received chunks against their CIDs and stores them. A
+// batch with a bad chunk gets its peer penalised and none of it stored.
+func (n *Node) storer(ctx context.Context, f *fetch) {
+	for rb := range f.store {
+		blocks := make([]chunk.Block, 0, len(rb.idx))
+		var bad error
+		for k, i := range rb.idx {
+			blk, err := chunk.Verify(f.refs[i].CID, rb.data[k])
+			if err != nil {
+				bad = err
+				break
+			}
+			blocks = append(blocks, blk)
+		}
+		switch {
+		case bad != nil:
+			n.penalize(rb.peer, bad)
+			rb.release(f)
+		default:
+			if err := n.db.Put(ctx, blocks...); err != nil {
+				n.log.Warn("fetch: store chunks", "err", err)
+				f.fail(fmt.Errorf("store chunks: %w", err))
+				rb.release(f)
+				continue
+			}
+			n.metrics.chunksFetched.Add(float64(len(blocks)))
+			f.stored(rb.peer, rb.idx, time.Now())
+			rb.free()
+		}
+	}
+}
+
+// Chunk buffers up to the default maximum chunk size are reused.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 256<<10); return &b }}
+
+func getBuf(n int) []byte {
+	if n > 256<<10 {
+		return make([]byte, 0, n)
+	}
+	return (*bufPool.Get().(*[]byte))[:0]
+}
+
+func putBuf(b []byte) {
+	if cap(b) == 256<<10 {
+		b = b[:0]
+		bufPool.Put(&b)
 	}
 }
 
@@ -416,9 +499,16 @@ func (n *Node) Fetch(ctx context.Context, ref string, emit Emit) (*api.FetchResu
 // runFetch keeps a worker on every connected peer until f is complete.
 func (n *Node) runFetch(ctx context.Context, f *fetch, name chunk.Name, emit Emit) error {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	var storers, wg sync.WaitGroup
+	for range storerCount {
+		storers.Go(func() { n.storer(ctx, f) })
+	}
+	defer func() { // workers stop, then the storers drain what they handed over
+		cancel()
+		wg.Wait()
+		close(f.store)
+		storers.Wait()
+	}()
 	tick := time.NewTicker(respawnEvery)
 	defer tick.Stop()
 	var reported time.Time
@@ -434,8 +524,11 @@ func (n *Node) runFetch(ctx context.Context, f *fetch, name chunk.Name, emit Emi
 	}
 	for {
 		f.mu.Lock()
-		left, last := f.remaining, f.last
+		left, last, ferr := f.remaining, f.last, f.err
 		f.mu.Unlock()
+		if ferr != nil {
+			return ferr
+		}
 		if left == 0 {
 			reported = time.Time{}
 			report()
@@ -446,23 +539,24 @@ func (n *Node) runFetch(ctx context.Context, f *fetch, name chunk.Name, emit Emi
 		}
 		for _, p := range n.candidates(f.id) {
 			f.mu.Lock()
-			busy := f.workers[p]
-			f.workers[p] = true
+			start := streamsPerPeer - f.workers[p]
+			f.workers[p] = streamsPerPeer
 			f.mu.Unlock()
-			if busy {
-				continue
+			for range start {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					err := n.fetchFrom(ctx, f, p)
+					if err != nil && ctx.Err() == nil {
+						n.log.Debug("fetch worker stopped", "layer", name.String(), "peer", p.String(), "err", err)
+					}
+					f.mu.Lock()
+					if f.workers[p]--; f.workers[p] == 0 {
+						delete(f.workers, p)
+					}
+					f.mu.Unlock()
+				}()
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				err := n.fetchFrom(ctx, f, p)
-				if err != nil && ctx.Err() == nil {
-					n.log.Debug("fetch worker stopped", "layer", name.String(), "peer", p.String(), "err", err)
-				}
-				f.mu.Lock()
-				delete(f.workers, p)
-				f.mu.Unlock()
-			}()
 		}
 		report()
 		select {

@@ -239,7 +239,7 @@ func (n *Node) dialXchg(ctx context.Context, p peer.ID) (*xconn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &xconn{s: s, br: bufio.NewReaderSize(s, 256<<10), bw: bufio.NewWriterSize(s, 16<<10)}, nil
+	return &xconn{s: s, br: bufio.NewReaderSize(s, 16<<10), bw: bufio.NewWriterSize(s, 16<<10)}, nil // reads of whole chunks bypass the small buffer
 }
 
 func (c *xconn) close() { c.s.Close() }

@@ -1,7 +1,6 @@
 package badgerstore
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/ipfs/go-cid"
+	"golang.org/x/sys/unix"
 
 	"github.com/p2pimg/p2pimg/chunk"
 )
@@ -150,29 +150,59 @@ func (p *packs) append(recs []record) ([]loc, error) {
 	}
 	f := p.files[p.active]
 	start := p.size
-	w := bufio.NewWriterSize(io.NewOffsetWriter(f, start), 1<<20)
 	locs := make([]loc, len(recs))
+	iov := make([][]byte, 0, 2*len(recs))
+	hdrs := make([]byte, 0, len(recs)*(1+64+4)) // never reallocated: ids are at most 64 bytes
 	off := start
-	var hdr [1 + 64 + 4]byte
 	for i, r := range recs {
+		h := len(hdrs)
 		idb := r.id.Bytes()
-		hdr[0] = byte(len(idb))
-		copy(hdr[1:], idb)
-		binary.BigEndian.PutUint32(hdr[1+len(idb):], uint32(len(r.data)))
-		h := hdr[:1+len(idb)+4]
-		w.Write(h)
-		w.Write(r.data)
-		off += int64(len(h))
+		hdrs = append(hdrs, byte(len(idb)))
+		hdrs = append(hdrs, idb...)
+		hdrs = binary.BigEndian.AppendUint32(hdrs, uint32(len(r.data)))
+		off += int64(len(hdrs) - h)
+		iov = append(iov, hdrs[h:], r.data)
 		locs[i] = loc{p.active, off, uint32(len(r.data)), crc32.Checksum(r.data, castagnoli)}
 		off += int64(len(r.data))
 	}
-	if err := w.Flush(); err != nil {
+	// Headers and chunk data go to the kernel straight from where they are.
+	if err := pwritevAll(f, iov, start); err != nil {
 		f.Truncate(start)
 		return nil, fmt.Errorf("write pack %d: %w", p.active, err)
 	}
 	p.size = off
 	p.dirty[p.active] = true
+	// Start writing back now, without waiting, so the sync that makes a
+	// layer complete has little left to do.
+	unix.SyncFileRange(int(f.Fd()), start, off-start, unix.SYNC_FILE_RANGE_WRITE)
 	return locs, nil
+}
+
+// pwritevAll writes every buffer at off, in order, resuming after short writes.
+func pwritevAll(f *os.File, iov [][]byte, off int64) error {
+	const iovMax = 1024
+	fd := int(f.Fd())
+	for len(iov) > 0 {
+		batch := iov[:min(len(iov), iovMax)]
+		n, err := unix.Pwritev(fd, batch, off)
+		if err != nil {
+			return err
+		}
+		off += int64(n)
+		for n > 0 && len(iov) > 0 {
+			if n >= len(iov[0]) {
+				n -= len(iov[0])
+				iov = iov[1:]
+			} else {
+				iov[0] = iov[0][n:]
+				n = 0
+			}
+		}
+		for len(iov) > 0 && len(iov[0]) == 0 {
+			iov = iov[1:]
+		}
+	}
+	return nil
 }
 
 // read returns a chunk's data. Bytes that fail their CRC come back with an

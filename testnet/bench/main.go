@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -84,7 +85,13 @@ func run(ctx context.Context) error {
 	bin := flag.String("bin", "bin/p2pimg", "p2pimg binary")
 	dir := flag.String("dir", "", "work directory (default: a new temporary one, removed after)")
 	runs := flag.Int("runs", 3, "runs per figure (the median is reported)")
+	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch")
+	role := flag.String("role", "", "internal: run as a sender for the ceiling measurements")
 	flag.Parse()
+	if *role != "" {
+		return serveRole(*role, *size)
+	}
+	want := func(part string) bool { return *only == "" || strings.Contains(","+*only+",", ","+part+",") }
 	if _, err := os.Stat(*bin); err != nil {
 		return fmt.Errorf("binary %s: %w (run `make build` first)", *bin, err)
 	}
@@ -104,14 +111,25 @@ func run(ctx context.Context) error {
 		return err
 	}
 	t := &table{}
-	if err := benchChunking(ctx, t, base, *size, *runs); err != nil {
-		return err
+	if want("chunk") || want("add") {
+		if err := benchChunking(ctx, t, base, *size, *runs); err != nil {
+			return err
+		}
 	}
-	if err := benchAdd(ctx, t, *bin, *dir, base, *size, *runs); err != nil {
-		return err
+	if want("add") {
+		if err := benchAdd(ctx, t, *bin, *dir, base, *size, *runs); err != nil {
+			return err
+		}
 	}
-	if err := benchUpdates(ctx, t, *bin, *dir, base, clustered, scattered, *size); err != nil {
-		return err
+	if want("update") {
+		if err := benchUpdates(ctx, t, *bin, *dir, base, clustered, scattered, *size); err != nil {
+			return err
+		}
+	}
+	if want("fetch") {
+		if err := benchFetch(ctx, t, *bin, *dir, base, clustered, *size, *runs); err != nil {
+			return err
+		}
 	}
 	fmt.Printf("\np2pimg bench: %d MiB reference image, %d cores, median of %d runs\n\n", *size>>20, runtime.NumCPU(), *runs)
 	t.print()

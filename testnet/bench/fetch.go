@@ -1,0 +1,321 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/testnet"
+)
+
+const streamProto = "/p2pimg-bench/stream/1"
+
+// serveRole runs this binary as a sender for the ceiling measurements:
+// "libp2p" (one TLS-secured stream, as the daemons use) or "tcp" (plain).
+// It prints its address and sends size bytes to each connection.
+func serveRole(role string, size int64) error {
+	buf := make([]byte, 1<<20)
+	rand.Read(buf)
+	send := func(w io.Writer) {
+		for left := size; left > 0; {
+			n := min(left, int64(len(buf)))
+			if _, err := w.Write(buf[:n]); err != nil {
+				return
+			}
+			left -= n
+		}
+	}
+	switch role {
+	case "libp2p":
+		h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
+			libp2p.Security(libp2ptls.ID, libp2ptls.New), libp2p.Transport(tcp.NewTCPTransport), libp2p.DisableRelay())
+		if err != nil {
+			return err
+		}
+		h.SetStreamHandler(streamProto, func(s network.Stream) { send(s); s.Close() })
+		fmt.Printf("%s/p2p/%s\n", h.Addrs()[0], h.ID())
+	case "tcp":
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() { send(c); c.Close() }()
+			}
+		}()
+		fmt.Println(ln.Addr().String())
+	default:
+		return fmt.Errorf("unknown role %q", role)
+	}
+	select {} // until killed
+}
+
+// sender starts this binary in a role and returns its address.
+func sender(role string, size int64) (string, func(), error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command(self, "-role", role, "-size", strconv.FormatInt(size, 10))
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	stop := func() { cmd.Process.Kill(); cmd.Wait() }
+	if err != nil {
+		stop()
+		return "", nil, fmt.Errorf("%s sender: %w", role, err)
+	}
+	return strings.TrimSpace(line), stop, nil
+}
+
+func bareLibp2p(ctx context.Context, addr string) (int64, error) {
+	h, err := libp2p.New(libp2p.NoListenAddrs, libp2p.Security(libp2ptls.ID, libp2ptls.New), libp2p.Transport(tcp.NewTCPTransport))
+	if err != nil {
+		return 0, err
+	}
+	defer h.Close()
+	a, _ := ma.NewMultiaddr(addr)
+	ai, _ := peer.AddrInfoFromP2pAddr(a)
+	if err := h.Connect(ctx, *ai); err != nil {
+		return 0, err
+	}
+	s, err := h.NewStream(ctx, ai.ID, streamProto)
+	if err != nil {
+		return 0, err
+	}
+	defer s.Close()
+	return io.CopyBuffer(io.Discard, s, make([]byte, 1<<20))
+}
+
+func rawTCP(addr string) (int64, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return io.CopyBuffer(io.Discard, c, make([]byte, 1<<20))
+}
+
+// rsyncd runs an rsync daemon on loopback serving dir as module "img".
+func rsyncd(dir, work string) (string, func(), error) {
+	if _, err := exec.LookPath("rsync"); err != nil {
+		return "", nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	conf := filepath.Join(work, "rsyncd.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf("use chroot = no\nuid = root\ngid = root\n[img]\npath = %s\nread only = yes\n", dir)), 0o600)
+	cmd := exec.Command("rsync", "--daemon", "--no-detach", "--address", "127.0.0.1", "--port", strconv.Itoa(port), "--config", conf)
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	stop := func() { cmd.Process.Kill(); cmd.Wait() }
+	url := fmt.Sprintf("rsync://127.0.0.1:%d/img/", port)
+	for range 100 { // wait until it answers
+		if exec.Command("rsync", url).Run() == nil {
+			return url, stop, nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stop()
+	return "", nil, fmt.Errorf("rsync daemon did not start")
+}
+
+var receivedRE = regexp.MustCompile(`Total bytes received: ([\d,]+)`)
+
+// rsyncPull copies url+name to dest and returns the bytes received.
+func rsyncPull(url, name, dest string) (int64, time.Duration, error) {
+	start := time.Now()
+	out, err := exec.Command("rsync", "--stats", "--inplace", url+name, dest).CombinedOutput()
+	el := time.Since(start)
+	if err != nil {
+		return 0, 0, fmt.Errorf("rsync: %v: %s", err, out)
+	}
+	m := receivedRE.FindSubmatch(out)
+	if m == nil {
+		return 0, 0, fmt.Errorf("rsync printed no byte count: %s", out)
+	}
+	n, _ := strconv.ParseInt(strings.ReplaceAll(string(m[1]), ",", ""), 10, 64)
+	return n, el, nil
+}
+
+func startPeer(ctx context.Context, bin, data string, a *testnet.Daemon) (*testnet.Daemon, error) {
+	id, err := a.Client.Identity(ctx)
+	if err != nil {
+		return nil, err
+	}
+	b, err := testnet.StartDaemon(ctx, bin, data, "--peer", id.Addrs[0], "--announce-interval", "200ms")
+	if err != nil {
+		return nil, err
+	}
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cl, err := b.Client.Catalog(ctx); err == nil && len(cl) > 0 {
+			return b, nil
+		}
+	}
+	b.Stop()
+	return nil, fmt.Errorf("peer never saw the catalogue")
+}
+
+func benchFetch(ctx context.Context, t *table, bin, dir, base, clustered string, size int64, runs int) error {
+	fmt.Fprintln(os.Stderr, "fetch between two daemons, and its ceilings")
+	a, err := testnet.StartDaemon(ctx, bin, filepath.Join(dir, "seed"), "--announce-interval", "200ms")
+	if err != nil {
+		return err
+	}
+	defer a.Stop()
+	if _, err := a.Client.Add(ctx, api.AddRequest{Name: "ref:base", Path: base, Chunking: "cdc"}, nil); err != nil {
+		return err
+	}
+	var fetchRates []float64
+	for i := range runs {
+		data := filepath.Join(dir, fmt.Sprintf("peer-%d", i))
+		b, err := startPeer(ctx, bin, data, a)
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		_, err = b.Client.Fetch(ctx, "ref:base", nil)
+		el := time.Since(start)
+		b.Stop()
+		os.RemoveAll(data)
+		if err != nil {
+			return err
+		}
+		fetchRates = append(fetchRates, float64(size)/el.Seconds()/1e6)
+	}
+	fetchRate := median(fetchRates)
+
+	lp, stopLP, err := sender("libp2p", size)
+	if err != nil {
+		return err
+	}
+	bare, err := rate(runs, size, func() error { _, err := bareLibp2p(ctx, lp); return err })
+	stopLP()
+	if err != nil {
+		return err
+	}
+	tcpAddr, stopTCP, err := sender("tcp", size)
+	if err != nil {
+		return err
+	}
+	raw, err := rate(runs, size, func() error { _, err := rawTCP(tcpAddr); return err })
+	stopTCP()
+	if err != nil {
+		return err
+	}
+	t.add("fetch 1 image A->B, two daemon processes", fmt.Sprintf("%.0f MB/s = %.0f%% of bare libp2p", fetchRate, 100*fetchRate/bare), ">= 70% of bare libp2p", check(fetchRate >= 0.7*bare))
+	t.add("  bare libp2p stream (TLS, TCP), two processes", fmt.Sprintf("%.0f MB/s", bare), "", nil)
+	t.add("  raw TCP copy, two processes", fmt.Sprintf("%.0f MB/s", raw), "", nil)
+
+	url, stopRsync, rerr := rsyncd(filepath.Dir(base), dir)
+	if rerr == nil {
+		defer stopRsync()
+		var rs []float64
+		for range runs {
+			dest := filepath.Join(dir, "rsync-full")
+			_, el, err := rsyncPull(url, filepath.Base(base), dest)
+			os.Remove(dest)
+			if err != nil {
+				return err
+			}
+			rs = append(rs, float64(size)/el.Seconds()/1e6)
+		}
+		r := median(rs)
+		t.add("  rsync daemon, full copy", fmt.Sprintf("%.0f MB/s", r), "fetch faster", check(fetchRate > r))
+	} else {
+		t.add("  rsync daemon, full copy", "skipped: "+rerr.Error()+" (apt-get install rsync)", "", nil)
+	}
+
+	// Update: B holds v1 and fetches v2.
+	data := filepath.Join(dir, "peer-upd")
+	b, err := startPeer(ctx, bin, data, a)
+	if err != nil {
+		return err
+	}
+	defer func() { b.Stop(); os.RemoveAll(data) }()
+	if _, err := b.Client.Fetch(ctx, "ref:base", nil); err != nil {
+		return err
+	}
+	v2, err := a.Client.Add(ctx, api.AddRequest{Name: "ref:clustered", Path: clustered, Chunking: "cdc"}, nil)
+	if err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		cl, _ := b.Client.Catalog(ctx)
+		if len(cl) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("v2 never reached the peer's catalogue")
+		}
+	}
+	start := time.Now()
+	res, err := b.Client.Fetch(ctx, "ref:clustered", nil)
+	el := time.Since(start)
+	if err != nil {
+		return err
+	}
+	ratio := float64(res.FetchedBytes) / float64(v2.NewBytes)
+	t.add("update fetch (B has v1, fetches v2): bytes moved", fmt.Sprintf("%.1f MiB in %s = %.2fx the new chunks", float64(res.FetchedBytes)/(1<<20), el.Round(time.Millisecond), ratio), "<= 1.2x new chunks", check(ratio <= 1.2))
+	if rerr == nil {
+		dest := filepath.Join(dir, "rsync-delta")
+		if err := copyFile(base, dest); err != nil {
+			return err
+		}
+		n, el, err := rsyncPull(url, filepath.Base(clustered), dest)
+		os.Remove(dest)
+		if err != nil {
+			return err
+		}
+		t.add("  rsync delta transfer of the same update", fmt.Sprintf("%.1f MiB in %s", float64(n)/(1<<20), el.Round(time.Millisecond)), "fetch moves fewer bytes", check(res.FetchedBytes < n))
+	}
+	return nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
