@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -40,6 +41,9 @@ type fetch struct {
 	have      []bool
 	inflight  []uint8   // requests outstanding (at most 2: one more in the endgame)
 	owner     []peer.ID // who was asked first
+	avail     []uint16  // how many peers are known to have each chunk
+	rank      int       // this host's place among the hosts fetching the layer
+	parts     int       // how many hosts are fetching it (1: just us)
 	remaining int
 	done      int64 // bytes stored by this fetch
 	total     int64 // bytes of the layer's distinct chunks
@@ -63,9 +67,9 @@ func (f *fetch) fail(err error) {
 }
 
 func newFetch(id cid.Cid, refs []chunk.Ref, have []bool, now time.Time) *fetch {
-	f := &fetch{id: id, refs: refs, have: have, inflight: make([]uint8, len(refs)), owner: make([]peer.ID, len(refs)),
+	f := &fetch{id: id, refs: refs, have: have, inflight: make([]uint8, len(refs)), owner: make([]peer.ID, len(refs)), avail: make([]uint16, len(refs)),
 		last: now, changed: make(chan struct{}), workers: map[peer.ID]int{}, perPeer: map[peer.ID]int64{},
-		store: make(chan received, 2*pipelineDepth)}
+		store: make(chan received, 2*pipelineDepth), parts: 1}
 	for i, r := range refs {
 		f.total += int64(r.Size)
 		if !have[i] {
@@ -88,19 +92,43 @@ func (f *fetch) wait() <-chan struct{} {
 	return f.changed
 }
 
-// pick chooses up to max chunks for peer p, which has peerHas, starting at
-// *cursor. With endgame set it may choose chunks in flight at another peer.
-func (f *fetch) pick(p peer.ID, peerHas []bool, cursor *int, max int, endgame bool) []int {
+// pick chooses up to max chunks for peer p, which has peerHas (all of the
+// layer when complete), starting at *cursor. With endgame set it may choose
+// chunks in flight at another peer.
+//
+// Rarest first: chunks no other peer is known to have come before chunks
+// others could send too. And when several hosts fetch the layer at once,
+// each takes from a complete peer (a seed) only its own share of the
+// chunks: the hosts then trade shares, so the seed's upload carries each
+// chunk about once instead of once per host.
+func (f *fetch) pick(p peer.ID, peerHas []bool, complete bool, cursor *int, max int, endgame bool) []int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []int
 	n := len(f.refs)
-	for k := 0; k < n && len(out) < max; k++ {
-		i := (*cursor + k) % n
-		if !f.have[i] && peerHas[i] && f.inflight[i] == 0 {
-			out = append(out, i)
-			f.owner[i] = p
+	mine := func(i int) bool { return f.parts <= 1 || i%f.parts == f.rank }
+	passes := []func(i int) bool{
+		func(i int) bool { return f.avail[i] <= 1 && mine(i) },
+		func(i int) bool { return f.avail[i] <= 1 },
+		func(i int) bool { return true },
+	}
+	for pass, ok := range passes {
+		if pass > 0 && complete && len(out) > 0 {
+			// From a complete peer, other hosts' shares only once ours is
+			// all here or on its way: they will trade them to us.
+			break
 		}
+		for k := 0; k < n && len(out) < max; k++ {
+			i := (*cursor + k) % n
+			if !f.have[i] && peerHas[i] && f.inflight[i] == 0 && ok(i) {
+				out = append(out, i)
+				f.owner[i] = p
+				f.inflight[i]++ // taken: a later pass must not take it again
+			}
+		}
+	}
+	for _, i := range out {
+		f.inflight[i]--
 	}
 	if len(out) == 0 && endgame {
 		for k := 0; k < n && len(out) < max; k++ {
@@ -176,13 +204,13 @@ func unpackBits(b []byte, n int) ([]bool, error) {
 
 // fetchFrom runs one worker on peer p until the layer is complete, the peer
 // fails (a storer that catches it lying closes the connection), or ctx ends.
-func (n *Node) fetchFrom(ctx context.Context, f *fetch, p peer.ID) error {
+func (n *Node) fetchFrom(ctx context.Context, f *fetch, p peer.ID, stream int) error {
 	c, err := n.dialXchg(ctx, p)
 	if err != nil {
 		return err
 	}
 	defer c.close()
-	var peerHas []bool
+	var peerHas, counted []bool
 	var peerComplete bool
 	var hasAt time.Time
 	refresh := func() error {
@@ -195,9 +223,15 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, p peer.ID) error {
 		if err != nil {
 			return err
 		}
-		if peerHas, err = unpackBits(bm, len(f.refs)); err != nil {
+		now, err := unpackBits(bm, len(f.refs))
+		if err != nil {
 			return err
 		}
+		if stream == 0 { // one count per peer, not per stream
+			f.seen(counted, now)
+			counted = now
+		}
+		peerHas = append(peerHas[:0], now...)
 		peerComplete = true
 		for _, v := range peerHas {
 			peerComplete = peerComplete && v
@@ -207,6 +241,11 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, p peer.ID) error {
 	if err := refresh(); err != nil {
 		return err
 	}
+	defer func() {
+		if counted != nil {
+			f.seen(counted, make([]bool, len(f.refs)))
+		}
+	}()
 	cursor := rand.IntN(len(f.refs))
 	var pending [][]int
 	defer func() {
@@ -216,7 +255,7 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, p peer.ID) error {
 	}()
 	for {
 		for len(pending) < pipelineDepth {
-			b := f.pick(p, peerHas, &cursor, batchChunks, len(pending) == 0)
+			b := f.pick(p, peerHas, peerComplete, &cursor, batchChunks, len(pending) == 0)
 			if len(b) == 0 {
 				break
 			}
@@ -301,6 +340,20 @@ type received struct {
 	data [][]byte
 }
 
+// seen records a peer's new bitmap in the availability counts.
+func (f *fetch) seen(old, now []bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := range now {
+		switch {
+		case now[i] && (old == nil || !old[i]):
+			f.avail[i]++
+		case !now[i] && old != nil && old[i]:
+			f.avail[i]--
+		}
+	}
+}
+
 // release gives the batch's chunks back to the scheduler and frees its buffers.
 func (rb received) release(f *fetch) {
 	f.release(rb.idx)
@@ -369,6 +422,22 @@ func (n *Node) penalize(p peer.ID, why error) {
 	n.gater.block(p, badPeerBlock)
 	n.catalog.forget(p)
 	n.host.Network().ClosePeer(p)
+}
+
+// shares sets this host's rank among the connected hosts fetching f's
+// layer (its partial holders), which splits a seed's chunks between them.
+func (n *Node) shares(f *fetch) {
+	me := n.host.ID()
+	ids := []peer.ID{me}
+	for p, complete := range n.catalog.holdings(f.id.String()) {
+		if !complete && p != me && len(n.host.Network().ConnsToPeer(p)) > 0 {
+			ids = append(ids, p)
+		}
+	}
+	slices.Sort(ids)
+	f.mu.Lock()
+	f.rank, f.parts = slices.Index(ids, me), len(ids)
+	f.mu.Unlock()
 }
 
 // candidates are the connected peers, holders of the layer first.
@@ -537,16 +606,17 @@ func (n *Node) runFetch(ctx context.Context, f *fetch, name chunk.Name, emit Emi
 		if time.Since(last) > n.cfg.StallTimeout {
 			return fmt.Errorf("stalled: %d of %d chunks still missing and no connected peer sent any for %s; the layer stays incomplete, run fetch again when a host that has it is reachable", left, len(f.refs), n.cfg.StallTimeout)
 		}
+		n.shares(f)
 		for _, p := range n.candidates(f.id) {
 			f.mu.Lock()
-			start := streamsPerPeer - f.workers[p]
+			running := f.workers[p]
 			f.workers[p] = streamsPerPeer
 			f.mu.Unlock()
-			for range start {
+			for stream := running; stream < streamsPerPeer; stream++ {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					err := n.fetchFrom(ctx, f, p)
+					err := n.fetchFrom(ctx, f, p, stream)
 					if err != nil && ctx.Err() == nil {
 						n.log.Debug("fetch worker stopped", "layer", name.String(), "peer", p.String(), "err", err)
 					}

@@ -12,9 +12,13 @@ import (
 func TestWrongPSKCannotConnect(t *testing.T) {
 	c1, _ := node.NewCluster("test", nil)
 	c2, _ := node.NewCluster("test", nil) // same name, another key
-	net := testnet.New(t, 2, testnet.WithCluster(c1))
-	outsider := testnet.New(t, 1, testnet.WithCluster(c2))
-	err := outsider.Nodes[0].Node().Connect(ctx, net.Nodes[0].Node().Addrs()[0])
+	net := testnet.New(t, 3, testnet.Isolated(2), testnet.WithConfig(func(i int, c *node.Config) {
+		c.Cluster = c1
+		if i == 2 {
+			c.Cluster = c2
+		}
+	}))
+	err := net.Nodes[2].Node().Connect(ctx, net.Nodes[0].Node().Addrs()[0])
 	if err == nil {
 		t.Fatal("a host with another PSK connected")
 	}
@@ -27,16 +31,16 @@ func TestWrongPSKCannotConnect(t *testing.T) {
 // A host that is not on the members list is refused after authentication,
 // and what it publishes never reaches the members.
 func TestNonMemberRefused(t *testing.T) {
-	net := testnet.New(t, 2, testnet.WithMembersOnly())
-	outsider := testnet.New(t, 1)
+	net := testnet.New(t, 3, testnet.WithMembersOnly(2), testnet.Isolated(2))
+	outsider := net.Nodes[2]
 	img := image(t, 1<<20, 9)
-	add(t, outsider.Nodes[0], "evil:1", img)
-	target := net.Nodes[0].Node()
-	outsider.Nodes[0].Node().Connect(ctx, target.Addrs()[0]) // may fail, or be closed at once
+	// The outsider holds the cluster file but is not on its members list.
+	add(t, outsider, "evil:1", img)
+	outsider.Node().Connect(ctx, net.Nodes[0].Node().Addrs()[0])
 	net.Eventually(10*time.Second, "the member has no connection to the outsider", func() bool {
 		ps, _ := net.Nodes[0].Client.Peers(ctx)
 		for _, p := range ps {
-			if p.PeerID == outsider.Nodes[0].Node().ID().String() {
+			if p.PeerID == outsider.Node().ID().String() {
 				return false
 			}
 		}

@@ -37,7 +37,8 @@ type Node struct {
 
 type options struct {
 	cluster  *node.ClusterConfig
-	members  bool
+	members  int          // WithMembersOnly: how many nodes are members
+	isolated map[int]bool // nodes given no peers and not waited for
 	announce time.Duration
 	stall    time.Duration
 	tweak    func(i int, c *node.Config)
@@ -50,9 +51,14 @@ type Option func(*options)
 // WithCluster puts every node in the cluster c.
 func WithCluster(c *node.ClusterConfig) Option { return func(o *options) { o.cluster = c } }
 
-// WithMembersOnly closes the cluster to the net's own nodes: their host
-// keys are made first and listed as the cluster's members.
-func WithMembersOnly() Option { return func(o *options) { o.members = true } }
+// WithMembersOnly closes the cluster to the first k nodes: their host keys
+// are made first and listed as the members. The other nodes are outsiders
+// (see Isolated).
+func WithMembersOnly(k int) Option { return func(o *options) { o.members = k } }
+
+// Isolated starts node i with no peers and leaves it out of the wait for
+// a full mesh: an outsider for tests of who may connect.
+func Isolated(i int) Option { return func(o *options) { o.isolated[i] = true } }
 
 // WithConfig lets a test change node i's config (rate caps, a lying peer).
 func WithConfig(f func(i int, c *node.Config)) Option { return func(o *options) { o.tweak = f } }
@@ -69,7 +75,7 @@ func Verbose() Option { return func(o *options) { o.verbose = true } }
 func New(t testing.TB, n int, opts ...Option) *Net {
 	t.Helper()
 	leaks := goleak.IgnoreCurrent()
-	o := options{announce: 200 * time.Millisecond, stall: 20 * time.Second}
+	o := options{announce: 200 * time.Millisecond, stall: 20 * time.Second, isolated: map[int]bool{}}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -83,9 +89,9 @@ func New(t testing.TB, n int, opts ...Option) *Net {
 			t.Errorf("goroutines leaked by the testnet: %v", err)
 		}
 	})
-	if o.members {
+	if o.members > 0 {
 		var ids []string
-		for i := range n {
+		for i := range o.members {
 			k, err := node.LoadIdentity(filepath.Join(base, fmt.Sprintf("n%d", i)))
 			if err != nil {
 				t.Fatal(err)
@@ -129,6 +135,9 @@ func (net *Net) start(nd *Node) error {
 	cfg := nd.cfg
 	cfg.Peers = nil
 	for _, o := range net.Nodes {
+		if net.opts.isolated[nd.Index] || net.opts.isolated[o.Index] {
+			continue
+		}
 		if o != nd && o.d != nil && o.d.Node() != nil {
 			cfg.Peers = append(cfg.Peers, o.d.Node().Addrs()...)
 		}
@@ -197,12 +206,12 @@ func (net *Net) WaitConnected() {
 	net.Eventually(20*time.Second, "every node connected to every other", func() bool {
 		running := 0
 		for _, nd := range net.Nodes {
-			if nd.d != nil {
+			if nd.d != nil && !net.opts.isolated[nd.Index] {
 				running++
 			}
 		}
 		for _, nd := range net.Nodes {
-			if nd.d == nil {
+			if nd.d == nil || net.opts.isolated[nd.Index] {
 				continue
 			}
 			ps, err := nd.Client.Peers(context.Background())
