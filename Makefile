@@ -26,7 +26,8 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 	./.ci/layering.sh
 
-# The figures of the issues, as one table (reference image: 1 GiB).
+# The figures of the issues, as one table (reference image: 1 GiB). The
+# rsync rows need rsync, the fan-out rows root (network namespaces, tc).
 bench: build
 	$(GO) run ./testnet/bench -bin $(BIN)
 
@@ -40,7 +41,10 @@ demo: build
 
 # Every decoder of untrusted bytes, each for FUZZTIME.
 fuzz:
-	$(GO) test -run xxx -fuzz FuzzDecodeManifest -fuzztime $(FUZZTIME) ./chunk/
+	$(GO) test -run xxx -fuzz '^FuzzDecodeManifest$$' -fuzztime $(FUZZTIME) ./chunk/
+	$(GO) test -run xxx -fuzz '^FuzzDecodeSnapshot$$' -fuzztime $(FUZZTIME) ./node/
+	$(GO) test -run xxx -fuzz '^FuzzDecodeChunkRequest$$' -fuzztime $(FUZZTIME) ./node/
+	$(GO) test -run xxx -fuzz '^FuzzReadFrames$$' -fuzztime $(FUZZTIME) ./node/
 
 clean:
 	rm -rf bin

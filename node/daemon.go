@@ -206,6 +206,13 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("GET "+v+"/catalog", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
 		return n.Catalog(), nil
 	}))
+	mux.HandleFunc("POST "+v+"/partition", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
+		var req api.PartitionRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return struct{}{}, n.Partition(req.Peers)
+	}))
 	mux.HandleFunc("POST "+v+"/fetch", d.stream(func(ctx context.Context, n *Node, r *http.Request, emit Emit) (any, error) {
 		var req api.FetchRequest
 		if err := decode(r, &req); err != nil {

@@ -59,11 +59,12 @@ type gater struct {
 	now     func() time.Time
 
 	mu      sync.Mutex
-	blocked map[peer.ID]time.Time // until
+	blocked map[peer.ID]time.Time // until: peers caught sending bad data
+	cut     map[peer.ID]bool      // a testnet partition
 }
 
 func newGater(c *ClusterConfig, now func() time.Time) *gater {
-	return &gater{cluster: c, now: now, blocked: map[peer.ID]time.Time{}}
+	return &gater{cluster: c, now: now, blocked: map[peer.ID]time.Time{}, cut: map[peer.ID]bool{}}
 }
 
 func (g *gater) block(p peer.ID, d time.Duration) {
@@ -72,12 +73,25 @@ func (g *gater) block(p peer.ID, d time.Duration) {
 	g.mu.Unlock()
 }
 
+// partition replaces the set of peers cut off from this host.
+func (g *gater) partition(ps []peer.ID) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.cut = map[peer.ID]bool{}
+	for _, p := range ps {
+		g.cut[p] = true
+	}
+}
+
 func (g *gater) allowed(p peer.ID) bool {
 	if !g.cluster.IsMember(p) {
 		return false
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.cut[p] {
+		return false
+	}
 	until, ok := g.blocked[p]
 	if ok && g.now().After(until) {
 		delete(g.blocked, p)

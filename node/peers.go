@@ -89,3 +89,24 @@ func (n *Node) Catalog() []api.ClusterLayer {
 	}
 	return out
 }
+
+// Partition cuts this host off from the given peers (and only them): open
+// connections close and new ones are refused until the next Partition.
+// An empty list heals. It is how a testnet partitions hosts on loopback.
+func (n *Node) Partition(ids []string) error {
+	var ps []peer.ID
+	for _, s := range ids {
+		p, err := peer.Decode(s)
+		if err != nil {
+			return badRequestf("partition: %q is not a peer id", s)
+		}
+		ps = append(ps, p)
+	}
+	n.gater.partition(ps)
+	for _, p := range ps {
+		n.host.Network().ClosePeer(p)
+		n.catalog.forget(p)
+	}
+	n.log.Info("partition set", "cut_off", len(ps))
+	return nil
+}

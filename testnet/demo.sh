@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
-# The walk-through behind `make demo`: one daemon on this machine, a sample VM
-# image, an update of it, and what p2pimg stores and gives back. It removes
-# everything it made, also when interrupted.
+# The walk-through behind `make demo`: a 3-node testnet on this machine, a
+# sample VM image published on node 1 and fetched by the others, an update
+# that moves only what changed, and proof that every node has the same bytes.
+# It removes everything it made, also when interrupted.
 set -euo pipefail
 BIN=$(realpath "${1:-bin/p2pimg}")
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/p2pimg-demo.XXXXXX")
-DPID=""
+TN="$WORK/testnet"
 cleanup() {
-  if [ -n "$DPID" ] && kill -0 "$DPID" 2>/dev/null; then
-    kill "$DPID" 2>/dev/null || true
-    wait "$DPID" 2>/dev/null || true
-  fi
+  "$BIN" testnet down --testnet-dir "$TN" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -18,17 +16,12 @@ trap 'exit 130' INT TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
-export P2PIMG_SOCKET="$WORK/node1/p2pimg.sock"
+p() { "$BIN" --testnet-dir "$TN" "$@"; }
+show() { printf '$ p2pimg %s\n' "$*"; p "$@"; }
 
-say "1. Start a daemon (its store and API socket live in $WORK/node1)"
-"$BIN" daemon --data "$WORK/node1" --log-level warn &
-DPID=$!
-for _ in $(seq 200); do
-  "$BIN" layers >/dev/null 2>&1 && break
-  kill -0 "$DPID" 2>/dev/null || { echo "the daemon exited"; exit 1; }
-  sleep 0.05
-done
-run "$BIN" layers
+say "1. Start a testnet of 3 daemons (own data, socket, key and port each; one cluster with a PSK and members list)"
+printf '$ p2pimg testnet up -n 3\n'
+p testnet up -n 3
 
 say "2. Make a 192 MiB sample VM disk: random data, a repeated region and a zero run"
 mkdir -p "$WORK/images"
@@ -38,29 +31,35 @@ head -c $((96 << 20)) /dev/urandom > "$WORK/rand"
 rm "$WORK/rand"
 ls -l "$img"
 
-say "3. Add it as layer demo-vm:1 (content-defined chunks; repeated and zero data stored once)"
-run "$BIN" add demo-vm:1 "$img" --chunking cdc
-run "$BIN" stats
+say "3. Add it on node 1 as layer demo-vm:1; the cluster hears of it over gossip"
+show --node 1 add demo-vm:1 "$img" --chunking cdc
+for _ in $(seq 100); do p --node 3 layers --all 2>/dev/null | grep -q demo-vm:1 && break; sleep 0.1; done
+show --node 3 layers --all
 
-say "4. Patch the image (1 MiB rewritten in the middle, 4 KiB inserted near the start) and add it as demo-vm:2"
+say "4. Nodes 2 and 3 fetch it at the same time: only missing chunks, each verified, from every node that has them"
+p --node 2 fetch demo-vm:1 & f2=$!
+p --node 3 fetch demo-vm:1 & f3=$!
+wait $f2 $f3
+show --node 3 peers
+
+say "5. Patch the image (1 MiB rewritten, 4 KiB inserted) and publish demo-vm:2 on node 1; node 2 fetches only what changed"
 upd="$WORK/images/vm-patched.raw"
 { head -c $((10 << 20)) "$img"; head -c 4096 /dev/urandom; tail -c +$(((10 << 20) + 1)) "$img"; } > "$upd"
 dd if=/dev/urandom of="$upd" bs=1M count=1 seek=100 conv=notrunc status=none
-run "$BIN" add demo-vm:2 "$upd" --chunking cdc
-echo "(only the chunks around the two changes were new: see 'new' above)"
-run "$BIN" layers
-run "$BIN" stats
+show --node 1 add demo-vm:2 "$upd" --chunking cdc
+for _ in $(seq 100); do p --node 2 layers --all 2>/dev/null | grep -q demo-vm:2 && break; sleep 0.1; done
+show --node 2 fetch demo-vm:2
 
-say "5. Check out demo-vm:2 and compare it with the patched image byte for byte"
-run "$BIN" checkout demo-vm:2 "$WORK/out"
-run cmp "$upd" "$WORK/out/vm-patched.raw"
-echo "identical"
+say "6. Every node has the same bytes: check out demo-vm:1 on each and compare with the source"
+for k in 1 2 3; do
+  p --node "$k" checkout demo-vm:1 "$WORK/out$k" >/dev/null
+  run cmp "$img" "$WORK/out$k/vm.raw"
+done
+echo "identical on nodes 1, 2 and 3"
+show --node 2 stats
+show testnet status
 
-say "6. Forget demo-vm:1, collect garbage, and verify every stored chunk"
-run "$BIN" rm demo-vm:1
-run "$BIN" gc
-run "$BIN" verify
-
-say "7. Stop the daemon and remove everything the demo made"
-kill "$DPID"; wait "$DPID" || true; DPID=""
-echo "done: p2pimg chunked, deduplicated, stored and gave back an image and its update."
+say "7. Stop the testnet and remove everything the demo made"
+printf '$ p2pimg testnet down\n'
+p testnet down
+echo "done: one host published an image, the cluster replicated it peer to peer, and an update moved only its new chunks."

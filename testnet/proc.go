@@ -44,6 +44,8 @@ func StartDaemon(ctx context.Context, bin, data string, extra ...string) (*Daemo
 	args := []string{"daemon", "--data", data, "--socket", sock, "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--log-level", "debug"}
 	cmd := exec.Command(bin, append(args, extra...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// A test or bench that dies (a timeout, a panic) takes its daemons with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return nil, err

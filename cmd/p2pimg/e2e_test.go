@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -425,5 +426,76 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		case <-tick.C:
 		}
+	}
+}
+
+// The testnet for people: up, kill, restart, partition, heal and down,
+// through the CLI, leaving no process or file behind.
+func TestTestnetCLI(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "tn")
+	tn := func(args ...string) string {
+		t.Helper()
+		return mustCLI(t, nil, append([]string{"--testnet-dir", dir}, args...)...)
+	}
+	tn("testnet", "up", "-n", "3")
+	l, err := testnet.OpenLocal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Down(context.Background(), true) })
+	status := func() []testnet.NodeStatus {
+		var st []testnet.NodeStatus
+		if err := json.Unmarshal([]byte(tn("testnet", "status", "--json")), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	peersAre := func(want ...int) func() bool {
+		return func() bool {
+			st := status()
+			for i, s := range st {
+				if s.Peers != want[i] {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	waitFor(t, "a full mesh", peersAre(2, 2, 2))
+	if out := tn("--node", "2", "id"); !strings.Contains(out, l.Nodes[1].PeerID) {
+		t.Fatalf("--node 2 reached another node: %s", out)
+	}
+	if env := tn("testnet", "env", "3"); env != "export P2PIMG_SOCKET="+l.Nodes[2].Socket+"\n" {
+		t.Fatalf("env 3 = %q", env)
+	}
+
+	tn("testnet", "kill", "2")
+	if st := status(); st[1].Up || !st[0].Up || !st[2].Up {
+		t.Fatalf("after kill 2: %+v", st)
+	}
+	waitFor(t, "the others to drop node 2", peersAre(1, 0, 1))
+	tn("testnet", "restart", "2")
+	waitFor(t, "node 2 back in the mesh", peersAre(2, 2, 2))
+
+	tn("testnet", "partition", "1", "2,3")
+	waitFor(t, "node 1 cut off from 2 and 3", peersAre(0, 1, 1))
+	tn("testnet", "heal")
+	waitFor(t, "the mesh healed", peersAre(2, 2, 2))
+
+	tn("testnet", "kill", "3") // down copes with a dead node
+	tn("testnet", "down")
+	for _, nd := range l.Nodes {
+		if err := syscall.Kill(nd.PID, 0); err == nil {
+			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", nd.PID)); !strings.Contains(string(b), ") Z ") {
+				t.Errorf("node %d (pid %d) still runs after down", nd.Index, nd.PID)
+			}
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("down left %s behind", dir)
+	}
+	if _, errOut, code := cli(t, nil, "--testnet-dir", dir, "testnet", "status"); code != 1 || !strings.Contains(errOut, "no testnet") {
+		t.Fatalf("status after down: %d %s", code, errOut)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/p2pimg/p2pimg/node/client"
+	"github.com/p2pimg/p2pimg/testnet"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -23,6 +24,8 @@ type app struct {
 	stdout, stderr io.Writer
 	socket         string
 	json           bool
+	node           int    // --node K: talk to testnet node K
+	testnetDir     string // --testnet-dir
 }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
@@ -44,18 +47,29 @@ other command talks to the local daemon over its socket.`,
 	})
 	root.PersistentFlags().StringVar(&a.socket, "socket", "", "daemon API socket (default $P2PIMG_SOCKET or "+filepath.Join(DefaultDataDir, "p2pimg.sock")+")")
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print machine-readable JSON")
+	root.PersistentFlags().IntVar(&a.node, "node", 0, "talk to node K of the local testnet (see `p2pimg testnet`)")
+	root.PersistentFlags().StringVar(&a.testnetDir, "testnet-dir", testnet.DefaultDir(), "the local testnet's directory")
 	root.AddCommand(
 		a.daemonCmd(),
 		a.addCmd(), a.layersCmd(), a.checkoutCmd(), a.rmCmd(),
 		a.gcCmd(), a.verifyCmd(), a.statsCmd(),
-		a.fetchCmd(), a.idCmd(), a.peersCmd(), a.clusterCmd(), a.identityCmd(),
+		a.fetchCmd(), a.idCmd(), a.peersCmd(), a.clusterCmd(), a.identityCmd(), a.testnetCmd(),
 	)
 	return root
 }
 
-// client returns a client for the socket chosen by flag, environment or default.
+// client returns a client for the socket chosen by flag (--socket, or
+// --node K of the local testnet), environment or default.
 func (a *app) client() *client.Client {
 	s := a.socket
+	if a.node > 0 && s == "" {
+		if l, err := testnet.OpenLocal(a.testnetDir); err == nil {
+			s, _ = l.Socket(a.node)
+		}
+		if s == "" {
+			s = filepath.Join(a.testnetDir, fmt.Sprintf("node%d", a.node), "p2pimg.sock")
+		}
+	}
 	if s == "" {
 		s = os.Getenv("P2PIMG_SOCKET")
 	}

@@ -157,3 +157,9 @@ type Stats struct {
 	StoredBytes  int64   `json:"stored_bytes"`
 	DedupRatio   float64 `json:"dedup_ratio"`
 }
+
+// PartitionRequest is POST /v1/partition: the peers this host is cut off
+// from (empty: heal).
+type PartitionRequest struct {
+	Peers []string `json:"peers"`
+}

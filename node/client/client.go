@@ -196,3 +196,9 @@ func (c *Client) Catalog(ctx context.Context) ([]api.ClusterLayer, error) {
 	var r []api.ClusterLayer
 	return r, c.call(ctx, http.MethodGet, "/catalog", nil, &r)
 }
+
+// Partition cuts the daemon off from these peers; none heals.
+func (c *Client) Partition(ctx context.Context, peers []string) error {
+	var out struct{}
+	return c.call(ctx, http.MethodPost, "/partition", api.PartitionRequest{Peers: peers}, &out)
+}

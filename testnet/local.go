@@ -1,0 +1,316 @@
+package testnet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/p2pimg/p2pimg/node"
+	"github.com/p2pimg/p2pimg/node/client"
+)
+
+// DefaultDir is where `p2pimg testnet` keeps its nodes unless told otherwise.
+func DefaultDir() string { return filepath.Join(os.TempDir(), "p2pimg-testnet") }
+
+// Local is a testnet of daemon processes on this machine: one directory
+// holding the cluster file, each node's data and socket, and testnet.json.
+// The daemons outlive the command that started them; Down stops them.
+type Local struct {
+	Dir   string      `json:"-"`
+	Bin   string      `json:"bin"`
+	Nodes []LocalNode `json:"nodes"`
+}
+
+// LocalNode is one daemon of a Local testnet (numbered from 1).
+type LocalNode struct {
+	Index  int    `json:"index"`
+	Data   string `json:"data"`
+	Socket string `json:"socket"`
+	PeerID string `json:"peer_id"`
+	PID    int    `json:"pid"`
+}
+
+func (l *Local) save() error {
+	b, _ := json.MarshalIndent(l, "", "  ")
+	return os.WriteFile(filepath.Join(l.Dir, "testnet.json"), b, 0o600)
+}
+
+// OpenLocal reads the testnet in dir.
+func OpenLocal(dir string) (*Local, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "testnet.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no testnet in %s: start one with `p2pimg testnet up -n 3`", dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	l := &Local{Dir: dir}
+	if err := json.Unmarshal(b, l); err != nil {
+		return nil, fmt.Errorf("testnet state %s: %w", dir, err)
+	}
+	return l, nil
+}
+
+// Up starts n daemons in dir, one cluster with a fresh PSK and a members
+// list of exactly these nodes, each connected to every other.
+func Up(ctx context.Context, bin, dir string, n int) (*Local, error) {
+	if n < 1 || n > 64 {
+		return nil, fmt.Errorf("testnet up: -n %d: want 1 to 64 nodes", n)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "testnet.json")); err == nil {
+		return nil, fmt.Errorf("testnet up: %s already holds a testnet; `p2pimg testnet down` first, or use --dir", dir)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	l := &Local{Dir: dir, Bin: bin}
+	var ids []string
+	for i := 1; i <= n; i++ {
+		data := filepath.Join(dir, fmt.Sprintf("node%d", i))
+		k, err := node.LoadIdentity(data)
+		if err != nil {
+			return nil, err
+		}
+		id, _ := node.PeerID(k)
+		ids = append(ids, id.String())
+		l.Nodes = append(l.Nodes, LocalNode{Index: i, Data: data, Socket: filepath.Join(data, "p2pimg.sock"), PeerID: id.String()})
+	}
+	c, err := node.NewCluster("testnet", ids)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Write(filepath.Join(dir, "cluster.toml")); err != nil {
+		return nil, err
+	}
+	for i := range l.Nodes {
+		if err := l.start(ctx, i); err != nil {
+			l.Down(ctx, false)
+			return nil, err
+		}
+	}
+	return l, l.save()
+}
+
+// start runs node i (0-based) with every running node as its peer.
+func (l *Local) start(ctx context.Context, i int) error {
+	nd := &l.Nodes[i]
+	args := []string{"daemon", "--data", nd.Data, "--socket", nd.Socket, "--cluster", filepath.Join(l.Dir, "cluster.toml"),
+		"--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--announce-interval", "1s"}
+	for j := range l.Nodes {
+		if j != i && l.alive(j) {
+			if id, err := client.New(l.Nodes[j].Socket).Identity(ctx); err == nil && len(id.Addrs) > 0 {
+				args = append(args, "--peer", id.Addrs[0])
+			}
+		}
+	}
+	logf, err := os.OpenFile(filepath.Join(nd.Data, "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(l.Bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // outlives this command and its terminal
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start node %d: %w", nd.Index, err)
+	}
+	nd.PID = cmd.Process.Pid
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }() // reaps it if it dies while we wait
+	cl := client.New(nd.Socket)
+	deadline := time.After(30 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if st, err := cl.Status(ctx); err == nil && st.PID == nd.PID && st.State == "ready" {
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("node %d exited while starting; see %s", nd.Index, filepath.Join(nd.Data, "daemon.log"))
+		case <-deadline:
+			return fmt.Errorf("node %d not ready after 30s; see %s", nd.Index, filepath.Join(nd.Data, "daemon.log"))
+		case <-tick.C:
+		}
+	}
+}
+
+// alive reports whether node i's process is running (not gone or a zombie).
+func (l *Local) alive(i int) bool { return pidAlive(l.Nodes[i].PID) }
+
+func pidAlive(pid int) bool {
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name in parentheses.
+	s := string(b)
+	k := strings.LastIndexByte(s, ')')
+	return k < 0 || k+2 >= len(s) || s[k+2] != 'Z'
+}
+
+func (l *Local) index(k int) (int, error) {
+	if k < 1 || k > len(l.Nodes) {
+		return 0, fmt.Errorf("no node %d: this testnet has nodes 1 to %d", k, len(l.Nodes))
+	}
+	return k - 1, nil
+}
+
+// Socket is node k's API socket (k from 1).
+func (l *Local) Socket(k int) (string, error) {
+	i, err := l.index(k)
+	if err != nil {
+		return "", err
+	}
+	return l.Nodes[i].Socket, nil
+}
+
+// Kill sends SIGKILL to node k.
+func (l *Local) Kill(k int) error {
+	i, err := l.index(k)
+	if err != nil {
+		return err
+	}
+	if !l.alive(i) {
+		return fmt.Errorf("node %d is not running", k)
+	}
+	syscall.Kill(l.Nodes[i].PID, syscall.SIGKILL)
+	return waitGone(l.Nodes[i].PID, 10*time.Second)
+}
+
+// Restart starts node k again (stopping it first if it runs).
+func (l *Local) Restart(ctx context.Context, k int) error {
+	i, err := l.index(k)
+	if err != nil {
+		return err
+	}
+	if l.alive(i) {
+		syscall.Kill(l.Nodes[i].PID, syscall.SIGTERM)
+		if err := waitGone(l.Nodes[i].PID, 15*time.Second); err != nil {
+			return err
+		}
+	}
+	if err := l.start(ctx, i); err != nil {
+		return err
+	}
+	return l.save()
+}
+
+func waitGone(pid int, d time.Duration) error {
+	deadline := time.After(d)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for pidAlive(pid) {
+		select {
+		case <-deadline:
+			return fmt.Errorf("process %d still running after %s", pid, d)
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// Down stops every node (SIGTERM, then SIGKILL after 15 s) and, unless
+// keep, removes the testnet's directory.
+func (l *Local) Down(ctx context.Context, keep bool) error {
+	var errs []error
+	for i := range l.Nodes {
+		if l.alive(i) {
+			syscall.Kill(l.Nodes[i].PID, syscall.SIGTERM)
+		}
+	}
+	for i := range l.Nodes {
+		if err := waitGone(l.Nodes[i].PID, 15*time.Second); err != nil {
+			syscall.Kill(l.Nodes[i].PID, syscall.SIGKILL)
+			errs = append(errs, waitGone(l.Nodes[i].PID, 5*time.Second))
+		}
+	}
+	if !keep {
+		errs = append(errs, os.RemoveAll(l.Dir))
+	}
+	return errors.Join(errs...)
+}
+
+// NodeStatus is one line of `p2pimg testnet status`.
+type NodeStatus struct {
+	Index  int    `json:"index"`
+	Up     bool   `json:"up"`
+	PeerID string `json:"peer_id"`
+	PID    int    `json:"pid"`
+	Peers  int    `json:"peers"`
+	Layers int    `json:"layers"`
+	Socket string `json:"socket"`
+}
+
+// Status asks every node how it is.
+func (l *Local) Status(ctx context.Context) []NodeStatus {
+	var out []NodeStatus
+	for i, nd := range l.Nodes {
+		st := NodeStatus{Index: nd.Index, PeerID: nd.PeerID, PID: nd.PID, Socket: nd.Socket}
+		if l.alive(i) {
+			cl := client.New(nd.Socket)
+			if ps, err := cl.Peers(ctx); err == nil {
+				st.Up, st.Peers = true, len(ps)
+			}
+			if ls, err := cl.Layers(ctx); err == nil {
+				st.Layers = len(ls)
+			}
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// Partition splits the nodes into groups (node numbers from 1) that cannot
+// reach each other; nodes in no group keep talking to everyone.
+func (l *Local) Partition(ctx context.Context, groups [][]int) error {
+	group := map[int]int{}
+	for g, ks := range groups {
+		for _, k := range ks {
+			if _, err := l.index(k); err != nil {
+				return err
+			}
+			if _, dup := group[k]; dup {
+				return fmt.Errorf("partition: node %d is in two groups", k)
+			}
+			group[k] = g
+		}
+	}
+	for _, nd := range l.Nodes {
+		var cut []string
+		g, in := group[nd.Index]
+		for _, o := range l.Nodes {
+			if og, oin := group[o.Index]; in && oin && og != g {
+				cut = append(cut, o.PeerID)
+			}
+		}
+		if err := client.New(nd.Socket).Partition(ctx, cut); err != nil {
+			return fmt.Errorf("node %d: %w", nd.Index, err)
+		}
+	}
+	return nil
+}
+
+// ParseGroup reads a partition group such as "1,2".
+func ParseGroup(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		k, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return nil, fmt.Errorf("partition group %q: want node numbers such as 1,2", s)
+		}
+		out = append(out, k)
+	}
+	return out, nil
+}
