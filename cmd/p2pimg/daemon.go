@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/BurntSushi/toml"
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
@@ -17,7 +18,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var listen, peers []string
 	var noMDNS, corrupt bool
 	var announce, stall time.Duration
-	var maxUp, maxDown string
+	var maxUp, maxDown, configFile string
 	c := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run this host's p2pimg daemon",
@@ -26,6 +27,11 @@ local API on a unix socket (default DATA/p2pimg.sock, only for this user).
 It stops cleanly on SIGINT or SIGTERM.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
+			if configFile != "" {
+				if err := applyConfig(c, configFile); err != nil {
+					return err
+				}
+			}
 			var lv slog.Level
 			if err := lv.UnmarshalText([]byte(level)); err != nil {
 				return usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", level)}
@@ -69,6 +75,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 			return d.Run(c.Context())
 		},
 	}
+	c.Flags().StringVar(&configFile, "config", "", "TOML file with any of these flags as keys (e.g. data = \"/srv/p2pimg\", peer = [\"/ip4/...\"]); flags given on the command line win")
 	c.Flags().StringVar(&data, "data", DefaultDataDir, "data directory (store, keys, socket)")
 	c.Flags().StringVar(&level, "log-level", "info", "log level: debug, info, warn, error")
 	c.Flags().StringVar(&format, "log-format", "text", "log format: text or json")
@@ -96,4 +103,32 @@ func parseRate(flag, s string) (int64, error) {
 		return 0, usageError{fmt.Errorf("%s %q: want bytes per second, such as 50MB or 1GiB", flag, s)}
 	}
 	return int64(n), nil
+}
+
+// applyConfig sets every flag named in a TOML file that the command line
+// did not set. Keys are flag names; lists set repeatable flags.
+func applyConfig(c *cobra.Command, path string) error {
+	var m map[string]any
+	if _, err := toml.DecodeFile(path, &m); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	for k, v := range m {
+		f := c.Flags().Lookup(k)
+		if f == nil || k == "config" || f.Hidden {
+			return fmt.Errorf("config file %s: unknown setting %q (settings are the daemon's flag names; see `p2pimg daemon --help`)", path, k)
+		}
+		if f.Changed {
+			continue // the command line wins
+		}
+		vals := []any{v}
+		if list, ok := v.([]any); ok {
+			vals = list
+		}
+		for _, x := range vals {
+			if err := c.Flags().Set(k, fmt.Sprint(x)); err != nil {
+				return fmt.Errorf("config file %s: %s = %v: %w", path, k, x, err)
+			}
+		}
+	}
+	return nil
 }

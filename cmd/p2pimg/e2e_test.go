@@ -19,6 +19,7 @@ import (
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/client"
 	"github.com/p2pimg/p2pimg/testnet"
 	"github.com/p2pimg/p2pimg/testnet/refimage"
 )
@@ -497,5 +498,49 @@ func TestTestnetCLI(t *testing.T) {
 	}
 	if _, errOut, code := cli(t, nil, "--testnet-dir", dir, "testnet", "status"); code != 1 || !strings.Contains(errOut, "no testnet") {
 		t.Fatalf("status after down: %d %s", code, errOut)
+	}
+}
+
+// The daemon takes its settings from a config file; bad ones are named.
+func TestDaemonConfigFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "daemon.toml")
+	data := filepath.Join(dir, "data")
+	os.WriteFile(conf, []byte(fmt.Sprintf("data = %q\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nno-mdns = true\nmax-upload = \"10MB\"\nannounce-interval = \"2s\"\n", data)), 0o600)
+	d, err := testnet.StartDaemon(context.Background(), bin, filepath.Join(dir, "ignored"), "--config", conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Kill()
+	st, err := d.Client.Status(context.Background())
+	if err != nil || st.DataDir == data {
+		// --data on the command line (from StartDaemon) wins over the file.
+		t.Fatalf("status %+v, %v", st, err)
+	}
+	// With only --config, the file's settings are the daemon's.
+	sock := filepath.Join(dir, "from-file.sock")
+	os.WriteFile(conf, []byte(fmt.Sprintf("data = %q\nsocket = %q\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nno-mdns = true\n", data, sock)), 0o600)
+	cmd := exec.Command(bin, "daemon", "--config", conf)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	fromFile := client.New(sock)
+	waitFor(t, "the daemon configured by file", func() bool {
+		st, err := fromFile.Status(context.Background())
+		return err == nil && st.State == "ready" && st.DataDir == data
+	})
+	for _, tc := range []struct{ body, want string }{
+		{"colour = \"blue\"\n", `unknown setting "colour"`},
+		{"max-upload = \"lots\"\n", "--max-upload"},
+		{"announce-interval = \"soon\"\n", "announce-interval"},
+		{"data = \n", "config file"},
+	} {
+		os.WriteFile(conf, []byte(tc.body), 0o600)
+		_, errOut, code := cli(t, nil, "daemon", "--config", conf, "--data", filepath.Join(dir, "x"))
+		if code == 0 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("config %q: exit %d, %q; want %q", tc.body, code, errOut, tc.want)
+		}
 	}
 }
