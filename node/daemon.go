@@ -260,12 +260,21 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
+// ready returns the node, or answers "starting" and returns nil while the
+// store is still opening.
+func (d *Daemon) ready(w http.ResponseWriter) *Node {
+	n := d.node.Load()
+	if n == nil {
+		e := apiError(errStarting)
+		writeJSON(w, status(e), e)
+	}
+	return n
+}
+
 func (d *Daemon) plain(fn func(context.Context, *Node, *http.Request) (any, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		n := d.node.Load()
+		n := d.ready(w)
 		if n == nil {
-			e := apiError(errStarting)
-			writeJSON(w, status(e), e)
 			return
 		}
 		v, err := fn(r.Context(), n, r)
@@ -283,10 +292,8 @@ func (d *Daemon) plain(fn func(context.Context, *Node, *http.Request) (any, erro
 // result or the error.
 func (d *Daemon) stream(fn func(context.Context, *Node, *http.Request, Emit) (any, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		n := d.node.Load()
+		n := d.ready(w)
 		if n == nil {
-			e := apiError(errStarting)
-			writeJSON(w, status(e), e)
 			return
 		}
 		w.Header().Set("Content-Type", "application/x-ndjson")

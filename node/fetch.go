@@ -524,12 +524,7 @@ func (n *Node) Fetch(ctx context.Context, ref string, emit Emit) (*api.FetchResu
 	if err := n.db.PutLayer(ctx, rec); err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", name, err)
 	}
-	refs := m.UniqueRefs()
-	ids := make([]cid.Cid, len(refs))
-	for i, r := range refs {
-		ids[i] = r.CID
-	}
-	have, err := n.db.HasMany(ctx, ids)
+	refs, have, err := n.present(ctx, m)
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", name, err)
 	}

@@ -525,16 +525,22 @@ func (n *Node) haveBitmap(ctx context.Context, id cid.Cid) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	_, has, err := n.present(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	return packBits(has), nil
+}
+
+// present lists a layer's distinct chunks and which of them the store has.
+func (n *Node) present(ctx context.Context, m *chunk.Manifest) ([]chunk.Ref, []bool, error) {
 	refs := m.UniqueRefs()
 	ids := make([]cid.Cid, len(refs))
 	for i, r := range refs {
 		ids[i] = r.CID
 	}
 	has, err := n.db.HasMany(ctx, ids)
-	if err != nil {
-		return nil, err
-	}
-	return packBits(has), nil
+	return refs, has, err
 }
 
 var errStarting = &codedError{api.CodeStarting, errors.New("the daemon is starting (opening its store); try again in a moment")}

@@ -74,9 +74,9 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.loadCatalog(ctx); err != nil {
 		return err
 	}
+	// A new connection gets our snapshot at once: a late joiner catches up.
 	n.host.Network().Notify(&network.NotifyBundle{
-		ConnectedF:    func(network.Network, network.Conn) { n.announceSoon() },
-		DisconnectedF: func(_ network.Network, c network.Conn) {},
+		ConnectedF: func(network.Network, network.Conn) { n.announceSoon() },
 	})
 	var wg sync.WaitGroup
 	wg.Go(func() { n.receive(ctx, sub) })
