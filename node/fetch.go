@@ -547,12 +547,15 @@ func (n *Node) Fetch(ctx context.Context, ref string, emit Emit) (*api.FetchResu
 		return nil, fmt.Errorf("fetch %s: %w", name, err)
 	}
 	rec.State = chunk.Complete
+	commit := time.Now()
 	if err := n.db.PutLayer(ctx, rec); err != nil { // syncs the chunks first
 		return nil, fmt.Errorf("fetch %s: %w", name, err)
 	}
-	n.metrics.fetchSeconds.Observe(time.Since(start).Seconds())
+	done := time.Now()
+	n.metrics.fetchSeconds.Observe(done.Sub(start).Seconds())
 	n.log.Info("layer fetched", "layer", name.String(), "cid", id.String(), "chunks", f.fetched, "bytes", f.done, "seconds", time.Since(start).Seconds())
-	res := &api.FetchResult{Layer: rec, FetchedChunks: f.fetched, Peers: map[string]int64{}}
+	res := &api.FetchResult{Layer: rec, FetchedChunks: f.fetched, Peers: map[string]int64{},
+		Seconds: done.Sub(start).Seconds(), CommitSeconds: done.Sub(commit).Seconds()}
 	for p, b := range f.perPeer {
 		res.Peers[p.String()] = b
 		res.FetchedBytes += b

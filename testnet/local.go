@@ -27,6 +27,15 @@ type Local struct {
 	Dir   string      `json:"-"`
 	Bin   string      `json:"bin"`
 	Nodes []LocalNode `json:"nodes"`
+	// NetNS, when set, runs node k in its own network namespace behind a
+	// shaped link instead of on 127.0.0.1.
+	NetNS *NetNS `json:"netns,omitempty"`
+}
+
+// UpOptions adjust Up.
+type UpOptions struct {
+	NetNS bool   // each node in its own network namespace (root only)
+	Rate  string // with NetNS: each node's link rate, e.g. 400mbit
 }
 
 // LocalNode is one daemon of a Local testnet (numbered from 1).
@@ -61,17 +70,39 @@ func OpenLocal(dir string) (*Local, error) {
 
 // Up starts n daemons in dir, one cluster with a fresh PSK and a members
 // list of exactly these nodes, each connected to every other.
-func Up(ctx context.Context, bin, dir string, n int) (*Local, error) {
+func Up(ctx context.Context, bin, dir string, n int, o UpOptions) (*Local, error) {
 	if n < 1 || n > 64 {
 		return nil, fmt.Errorf("testnet up: -n %d: want 1 to 64 nodes", n)
 	}
+	if o.Rate != "" && !o.NetNS {
+		return nil, fmt.Errorf("testnet up: --rate shapes the links of --netns hosts; add --netns")
+	}
+	if o.NetNS && os.Geteuid() != 0 {
+		return nil, fmt.Errorf("testnet up: --netns needs root (it makes network namespaces, veth links and tc shaping)")
+	}
 	if _, err := os.Stat(filepath.Join(dir, "testnet.json")); err == nil {
-		return nil, fmt.Errorf("testnet up: %s already holds a testnet; `p2pimg testnet down` first, or use --dir", dir)
+		return nil, fmt.Errorf("testnet up: %s already holds a testnet; `p2pimg testnet down` first, or use --testnet-dir", dir)
+	}
+	// down removes the directory, so it must be the testnet's own.
+	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
+		return nil, fmt.Errorf("testnet up: %s is not empty; give an empty or new directory with --testnet-dir", dir)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
 	l := &Local{Dir: dir, Bin: bin}
+	ok := false
+	defer func() {
+		if !ok {
+			l.Down(ctx, false) // stops what started, removes namespaces and the directory
+		}
+	}()
+	if o.NetNS {
+		l.NetNS = &NetNS{Prefix: "p2pimg-t", Subnet: "10.234.78.", Hosts: n, Rate: o.Rate}
+		if err := l.NetNS.Up(); err != nil {
+			return nil, fmt.Errorf("testnet up: %w", err)
+		}
+	}
 	var ids []string
 	for i := 1; i <= n; i++ {
 		data := filepath.Join(dir, fmt.Sprintf("node%d", i))
@@ -92,18 +123,25 @@ func Up(ctx context.Context, bin, dir string, n int) (*Local, error) {
 	}
 	for i := range l.Nodes {
 		if err := l.start(ctx, i); err != nil {
-			l.Down(ctx, false)
 			return nil, err
 		}
 	}
-	return l, l.save()
+	if err := l.save(); err != nil {
+		return nil, err
+	}
+	ok = true
+	return l, nil
 }
 
 // start runs node i (0-based) with every running node as its peer.
 func (l *Local) start(ctx context.Context, i int) error {
 	nd := &l.Nodes[i]
-	args := []string{"daemon", "--data", nd.Data, "--socket", nd.Socket, "--cluster", filepath.Join(l.Dir, "cluster.toml"),
-		"--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--announce-interval", "1s"}
+	listen := "/ip4/127.0.0.1/tcp/0"
+	if l.NetNS != nil {
+		listen = "/ip4/" + l.NetNS.Addr(i) + "/tcp/4001"
+	}
+	args := []string{l.Bin, "daemon", "--data", nd.Data, "--socket", nd.Socket, "--cluster", filepath.Join(l.Dir, "cluster.toml"),
+		"--listen", listen, "--no-mdns", "--announce-interval", "1s"}
 	for j := range l.Nodes {
 		if j != i && l.alive(j) {
 			if id, err := client.New(l.Nodes[j].Socket).Identity(ctx); err == nil && len(id.Addrs) > 0 {
@@ -116,7 +154,10 @@ func (l *Local) start(ctx context.Context, i int) error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(l.Bin, args...)
+	if l.NetNS != nil {
+		args = l.NetNS.Exec(i, args...) // ip netns exec replaces itself with the daemon: same pid
+	}
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // outlives this command and its terminal
 	if err := cmd.Start(); err != nil {
@@ -235,6 +276,9 @@ func (l *Local) Down(ctx context.Context, keep bool) error {
 			syscall.Kill(l.Nodes[i].PID, syscall.SIGKILL)
 			errs = append(errs, waitGone(l.Nodes[i].PID, 5*time.Second))
 		}
+	}
+	if l.NetNS != nil {
+		l.NetNS.Down()
 	}
 	if !keep {
 		errs = append(errs, os.RemoveAll(l.Dir))

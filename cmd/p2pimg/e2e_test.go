@@ -544,3 +544,39 @@ func TestDaemonConfigFile(t *testing.T) {
 		}
 	}
 }
+
+// --netns puts each daemon in its own network namespace behind a shaped
+// link; down removes the namespaces too. Needs root.
+func TestTestnetNetns(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	dir := filepath.Join(t.TempDir(), "tn")
+	tn := func(args ...string) string {
+		t.Helper()
+		return mustCLI(t, nil, append([]string{"--testnet-dir", dir}, args...)...)
+	}
+	tn("testnet", "up", "-n", "2", "--netns", "--rate", "200mbit")
+	l, err := testnet.OpenLocal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Down(context.Background(), true) })
+	src := t.TempDir()
+	writeTree(t, src)
+	tn("--node", "1", "add", "web:1", src)
+	waitFor(t, "web:1 in node 2's catalogue", func() bool {
+		out, _, code := cli(t, nil, "--testnet-dir", dir, "--node", "2", "layers", "--all")
+		return code == 0 && strings.Contains(out, "web:1")
+	})
+	tn("--node", "2", "fetch", "web:1")
+	var ps []api.Peer
+	json.Unmarshal([]byte(tn("--node", "2", "peers", "--json")), &ps)
+	if len(ps) != 1 || !strings.Contains(strings.Join(ps[0].Addrs, " "), "/ip4/10.234.78.1/") {
+		t.Fatalf("node 2 should reach node 1 over its namespace link: %+v", ps)
+	}
+	tn("testnet", "down")
+	if l.NetNS.Exists() {
+		t.Fatal("down left network namespaces behind")
+	}
+}

@@ -21,6 +21,7 @@ list). Talk to node K with 'p2pimg --node K ...' or 'eval $(p2pimg testnet env K
 	}
 	var n int
 	var keep bool
+	var opts testnet.UpOptions
 	up := &cobra.Command{
 		Use:   "up",
 		Short: "Start N daemons",
@@ -30,7 +31,7 @@ list). Talk to node K with 'p2pimg --node K ...' or 'eval $(p2pimg testnet env K
 			if err != nil {
 				return err
 			}
-			l, err := testnet.Up(c.Context(), bin, a.testnetDir, n)
+			l, err := testnet.Up(c.Context(), bin, a.testnetDir, n, opts)
 			if err != nil {
 				return err
 			}
@@ -43,6 +44,8 @@ list). Talk to node K with 'p2pimg --node K ...' or 'eval $(p2pimg testnet env K
 		},
 	}
 	up.Flags().IntVarP(&n, "nodes", "n", 3, "how many daemons")
+	up.Flags().BoolVar(&opts.NetNS, "netns", false, "run each daemon in its own network namespace behind a veth link to a bridge (root only)")
+	up.Flags().StringVar(&opts.Rate, "rate", "", "with --netns: limit each host's link with tc tbf, e.g. 400mbit")
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Stop every daemon and remove the testnet's directory",

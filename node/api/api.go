@@ -59,6 +59,8 @@ type FetchResult struct {
 	FetchedChunks int              `json:"fetched_chunks"`
 	FetchedBytes  int64            `json:"fetched_bytes"`
 	Peers         map[string]int64 `json:"peers,omitempty"` // bytes received from each
+	Seconds       float64          `json:"seconds"`         // the whole fetch
+	CommitSeconds float64          `json:"commit_seconds"`  // of which: making it durable (fsync)
 }
 
 // Identity is GET /v1/id.

@@ -6,76 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/client"
+	"github.com/p2pimg/p2pimg/testnet"
 )
-
-// The fan-out benchmark runs hosts in network namespaces joined by veth
-// pairs to a bridge, every host's link shaped with tc tbf in both
-// directions, so they behave like hosts with NICs. The addresses belong to
-// these namespaces only; nothing leaves the machine.
-const (
-	nsPrefix = "p2pimg-b"
-	subnet   = "10.234.77."
-)
-
-func sh(args ...string) error {
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
-type nsNet struct{ hosts int }
-
-func ns(i int) string { return fmt.Sprintf("%s%d", nsPrefix, i) }
-
-func addr(i int) string { return fmt.Sprintf("%s%d", subnet, i+1) }
-
-// setupNS makes the bridge namespace and hosts namespaces with rate-limited links.
-func setupNS(hosts int, rate string) (*nsNet, error) {
-	teardownNS(hosts)
-	br := nsPrefix + "br"
-	steps := [][]string{
-		{"ip", "netns", "add", br},
-		{"ip", "-n", br, "link", "add", "br0", "type", "bridge"},
-		{"ip", "-n", br, "link", "set", "br0", "up"},
-	}
-	for i := range hosts {
-		h, a, b := ns(i), fmt.Sprintf("v%da", i), fmt.Sprintf("v%db", i)
-		steps = append(steps,
-			[]string{"ip", "netns", "add", h},
-			[]string{"ip", "-n", h, "link", "set", "lo", "up"},
-			[]string{"ip", "link", "add", a, "netns", h, "type", "veth", "peer", "name", b, "netns", br},
-			[]string{"ip", "-n", h, "addr", "add", addr(i) + "/24", "dev", a},
-			[]string{"ip", "-n", h, "link", "set", a, "up"},
-			[]string{"ip", "-n", br, "link", "set", b, "master", "br0"},
-			[]string{"ip", "-n", br, "link", "set", b, "up"},
-			// upload (host side) and download (bridge side) of host i's link
-			[]string{"ip", "netns", "exec", h, "tc", "qdisc", "add", "dev", a, "root", "tbf", "rate", rate, "burst", "512kb", "latency", "100ms"},
-			[]string{"ip", "netns", "exec", br, "tc", "qdisc", "add", "dev", b, "root", "tbf", "rate", rate, "burst", "512kb", "latency", "100ms"},
-		)
-	}
-	for _, s := range steps {
-		if err := sh(s...); err != nil {
-			teardownNS(hosts)
-			return nil, err
-		}
-	}
-	return &nsNet{hosts: hosts}, nil
-}
-
-func teardownNS(hosts int) {
-	for i := range hosts {
-		exec.Command("ip", "netns", "del", ns(i)).Run()
-	}
-	exec.Command("ip", "netns", "del", nsPrefix+"br").Run()
-}
 
 // nsDaemon starts a daemon inside host i's namespace.
 type nsDaemon struct {
@@ -83,11 +20,11 @@ type nsDaemon struct {
 	cl  *client.Client
 }
 
-func startNSDaemon(ctx context.Context, bin, data string, i int, peers []string) (*nsDaemon, error) {
+func startNSDaemon(ctx context.Context, nn testnet.NetNS, bin, data string, i int, peers []string) (*nsDaemon, error) {
 	os.MkdirAll(data, 0o700)
 	sock := filepath.Join(data, "p2pimg.sock")
-	args := []string{"netns", "exec", ns(i), bin, "daemon", "--data", data, "--socket", sock, "--no-mdns",
-		"--listen", "/ip4/" + addr(i) + "/tcp/4001", "--announce-interval", "200ms"}
+	args := []string{"netns", "exec", nn.NS(i), bin, "daemon", "--data", data, "--socket", sock, "--no-mdns",
+		"--listen", "/ip4/" + nn.Addr(i) + "/tcp/4001", "--announce-interval", "200ms"}
 	for _, p := range peers {
 		args = append(args, "--peer", p)
 	}
@@ -106,7 +43,7 @@ func startNSDaemon(ctx context.Context, bin, data string, i int, peers []string)
 		time.Sleep(20 * time.Millisecond)
 	}
 	d.stop()
-	return nil, fmt.Errorf("daemon in %s did not start", ns(i))
+	return nil, fmt.Errorf("daemon in %s did not start", nn.NS(i))
 }
 
 func (d *nsDaemon) stop() { d.cmd.Process.Signal(os.Interrupt); d.cmd.Wait() }
@@ -117,17 +54,19 @@ func benchFanOut(ctx context.Context, t *table, bin, dir, img string, size int64
 		t.add("fan-out 1 -> 4", "skipped: needs root for network namespaces", "", nil)
 		return nil
 	}
-	if _, err := setupNS(fetchers+1, rate); err != nil {
+	// The hosts run in network namespaces with every link shaped like a NIC.
+	nn := testnet.NetNS{Prefix: "p2pimg-b", Subnet: "10.234.77.", Hosts: fetchers + 1, Rate: rate}
+	if err := nn.Up(); err != nil {
 		t.add("fan-out 1 -> 4", "skipped: "+err.Error(), "", nil)
 		return nil
 	}
-	defer teardownNS(fetchers + 1)
+	defer nn.Down()
 
 	// p2pimg: the seed has the image; time one fetch alone, then all at once.
 	round := func(n int) (time.Duration, error) {
 		root := filepath.Join(dir, fmt.Sprintf("fan-%d", n))
 		defer os.RemoveAll(root)
-		seed, err := startNSDaemon(ctx, bin, filepath.Join(root, "seed"), 0, nil)
+		seed, err := startNSDaemon(ctx, nn, bin, filepath.Join(root, "seed"), 0, nil)
 		if err != nil {
 			return 0, err
 		}
@@ -142,12 +81,12 @@ func benchFanOut(ctx context.Context, t *table, bin, dir, img string, size int64
 		var ds []*nsDaemon
 		for i := 1; i <= n; i++ {
 			var peers []string
-			peers = append(peers, "/ip4/"+addr(0)+"/tcp/4001/p2p/"+id.PeerID)
+			peers = append(peers, "/ip4/"+nn.Addr(0)+"/tcp/4001/p2p/"+id.PeerID)
 			for _, o := range ds {
 				oid, _ := o.cl.Identity(ctx)
 				peers = append(peers, oid.Addrs[0])
 			}
-			d, err := startNSDaemon(ctx, bin, filepath.Join(root, fmt.Sprintf("h%d", i)), i, peers)
+			d, err := startNSDaemon(ctx, nn, bin, filepath.Join(root, fmt.Sprintf("h%d", i)), i, peers)
 			if err != nil {
 				return 0, err
 			}
@@ -191,13 +130,13 @@ func benchFanOut(ctx context.Context, t *table, bin, dir, img string, size int64
 	ratio := all.Seconds() / one.Seconds()
 
 	// HTTP: one server, the same clients, the same links.
-	srv := exec.Command("ip", "netns", "exec", ns(0), "python3", "-m", "http.server", "8080", "--bind", addr(0), "--directory", filepath.Dir(img))
+	srv := exec.Command("ip", "netns", "exec", nn.NS(0), "python3", "-m", "http.server", "8080", "--bind", nn.Addr(0), "--directory", filepath.Dir(img))
 	if err := srv.Start(); err != nil {
 		return err
 	}
 	defer func() { srv.Process.Kill(); srv.Wait() }()
-	url := "http://" + addr(0) + ":8080/" + filepath.Base(img)
-	for deadline := time.Now().Add(10 * time.Second); exec.Command("ip", "netns", "exec", ns(1), "curl", "-sfI", url).Run() != nil; time.Sleep(50 * time.Millisecond) {
+	url := "http://" + nn.Addr(0) + ":8080/" + filepath.Base(img)
+	for deadline := time.Now().Add(10 * time.Second); exec.Command("ip", "netns", "exec", nn.NS(1), "curl", "-sfI", url).Run() != nil; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("http server did not start")
 		}
@@ -206,7 +145,7 @@ func benchFanOut(ctx context.Context, t *table, bin, dir, img string, size int64
 		start := time.Now()
 		var wg sync.WaitGroup
 		for i := 1; i <= n; i++ {
-			wg.Go(func() { exec.Command("ip", "netns", "exec", ns(i), "curl", "-sf", "-o", "/dev/null", url).Run() })
+			wg.Go(func() { exec.Command("ip", "netns", "exec", nn.NS(i), "curl", "-sf", "-o", "/dev/null", url).Run() })
 		}
 		wg.Wait()
 		return time.Since(start)
