@@ -64,9 +64,12 @@ type Holding struct {
 // Seq (unix nanoseconds at sending) only grows per host, so a replayed or
 // reordered older snapshot is ignored.
 type snapshot struct {
-	Seq      int64     `json:"seq"`
-	Mappings []Mapping `json:"mappings"`
-	Holdings []Holding `json:"holdings"`
+	Seq         int64             `json:"seq"`
+	Mappings    []Mapping         `json:"mappings"`
+	Holdings    []Holding         `json:"holdings"`
+	Activations []Activation      `json:"activations,omitempty"`
+	States      []HostState       `json:"states,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
 }
 
 const (
@@ -77,7 +80,8 @@ const (
 
 // decodeSnapshot parses and checks a snapshot without any state: strict
 // JSON, sizes, names, ids and every mapping's signature and publisher.
-func decodeSnapshot(data []byte, mayPublish func(peer.ID) bool) (*snapshot, error) {
+func decodeSnapshot(data []byte, c *ClusterConfig) (*snapshot, error) {
+	mayPublish := c.MayPublish
 	if len(data) > maxSnapshotBytes {
 		return nil, fmt.Errorf("snapshot of %d bytes, at most %d", len(data), maxSnapshotBytes)
 	}
@@ -90,8 +94,25 @@ func decodeSnapshot(data []byte, mayPublish func(peer.ID) bool) (*snapshot, erro
 	if dec.More() {
 		return nil, errors.New("snapshot: trailing data")
 	}
-	if s.Seq <= 0 || len(s.Mappings) > maxSnapshotItems || len(s.Holdings) > maxSnapshotItems {
-		return nil, fmt.Errorf("snapshot: seq %d, %d mappings, %d holdings", s.Seq, len(s.Mappings), len(s.Holdings))
+	if s.Seq <= 0 || len(s.Mappings) > maxSnapshotItems || len(s.Holdings) > maxSnapshotItems ||
+		len(s.Activations) > maxSnapshotItems || len(s.States) > maxSnapshotItems || len(s.Labels) > 64 {
+		return nil, fmt.Errorf("snapshot: seq %d, %d mappings, %d holdings, %d activations, %d states, %d labels",
+			s.Seq, len(s.Mappings), len(s.Holdings), len(s.Activations), len(s.States), len(s.Labels))
+	}
+	for i := range s.Activations {
+		if err := checkActivation(&s.Activations[i], c); err != nil {
+			return nil, fmt.Errorf("snapshot: activation %d: %w", i, err)
+		}
+	}
+	for _, st := range s.States {
+		if _, err := chunk.ParseName(st.Layer); err != nil || len(st.Detail) > 1024 || len(st.At) > 4096 || len(st.State) > 32 {
+			return nil, fmt.Errorf("snapshot: malformed state for %.60q", st.Layer)
+		}
+	}
+	for k, v := range s.Labels {
+		if _, _, err := ParseLabel(k + "=" + v); err != nil {
+			return nil, fmt.Errorf("snapshot: %w", err)
+		}
 	}
 	for i := range s.Mappings {
 		if err := checkMapping(&s.Mappings[i], mayPublish); err != nil {
@@ -153,12 +174,16 @@ type catalog struct {
 	held     map[peer.ID][]Holding       // each host's last holdings
 	seen     map[peer.ID]int64           // last accepted seq per host
 	heard    map[peer.ID]time.Time       // when
+	acts     map[string]Activation       // newest per layer and selector
+	states   map[peer.ID][]HostState     // each host's last report
+	labels   map[peer.ID]map[string]string
 }
 
 func newCatalog() *catalog {
 	return &catalog{
 		mappings: map[string]Mapping{}, holders: map[string]map[peer.ID]bool{},
 		held: map[peer.ID][]Holding{}, seen: map[peer.ID]int64{}, heard: map[peer.ID]time.Time{},
+		acts: map[string]Activation{}, states: map[peer.ID][]HostState{}, labels: map[peer.ID]map[string]string{},
 	}
 }
 
@@ -195,9 +220,53 @@ func (c *catalog) apply(from peer.ID, s *snapshot, now time.Time) {
 		c.merge(m)
 	}
 	c.setHoldings(from, s.Holdings)
+	for _, a := range s.Activations {
+		c.mergeActivation(a)
+	}
 	c.mu.Lock()
 	c.heard[from] = now
+	c.states[from] = s.States
+	c.labels[from] = s.Labels
 	c.mu.Unlock()
+}
+
+// mergeActivation keeps a if it is the newest for its layer and selector;
+// it reports whether it did.
+func (c *catalog) mergeActivation(a Activation) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old, ok := c.acts[a.key()]; ok && !a.newer(old) {
+		return false
+	}
+	c.acts[a.key()] = a
+	return true
+}
+
+func (c *catalog) activations() []Activation {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Activation, 0, len(c.acts))
+	for _, a := range c.acts {
+		out = append(out, a)
+	}
+	return out
+}
+
+// hostView is what a host last told about itself.
+type hostView struct {
+	labels map[string]string
+	states []HostState
+}
+
+// hosts are the other hosts heard from, with their labels and states.
+func (c *catalog) hosts() map[peer.ID]hostView {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[peer.ID]hostView{}
+	for p := range c.heard {
+		out[p] = hostView{c.labels[p], c.states[p]}
+	}
+	return out
 }
 
 func (c *catalog) setHoldings(from peer.ID, hs []Holding) {

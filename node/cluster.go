@@ -25,10 +25,14 @@ type ClusterConfig struct {
 	// Publishers lists the peer ids whose layer announcements are accepted;
 	// empty = any member may publish.
 	Publishers []string `toml:"publishers,omitempty"`
+	// Operators lists the keys (in peer id form, from `p2pimg cluster
+	// operator-key`) whose activations every host obeys.
+	Operators []string `toml:"operators,omitempty"`
 
 	psk        pnet.PSK
 	members    map[peer.ID]bool
 	publishers map[peer.ID]bool
+	operators  map[peer.ID]bool
 }
 
 var clusterNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -57,10 +61,10 @@ func DefaultCluster() *ClusterConfig {
 }
 
 // NewCluster makes a cluster config with a fresh PSK.
-func NewCluster(name string, members []string) (*ClusterConfig, error) {
+func NewCluster(name string, members, operators []string) (*ClusterConfig, error) {
 	key := make([]byte, 32)
 	rand.Read(key)
-	c := &ClusterConfig{Name: name, PSK: hex.EncodeToString(key), Members: members}
+	c := &ClusterConfig{Name: name, PSK: hex.EncodeToString(key), Members: members, Operators: operators}
 	return c, c.check()
 }
 
@@ -81,9 +85,15 @@ func (c *ClusterConfig) check() error {
 	if c.members, err = peerSet("members", c.Members); err != nil {
 		return err
 	}
-	c.publishers, err = peerSet("publishers", c.Publishers)
+	if c.publishers, err = peerSet("publishers", c.Publishers); err != nil {
+		return err
+	}
+	c.operators, err = peerSet("operators", c.Operators)
 	return err
 }
+
+// IsOperator reports whether k's activations are obeyed.
+func (c *ClusterConfig) IsOperator(k peer.ID) bool { return c.operators[k] }
 
 func peerSet(field string, ids []string) (map[peer.ID]bool, error) {
 	set := map[peer.ID]bool{}

@@ -206,6 +206,20 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("GET "+v+"/catalog", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
 		return n.Catalog(), nil
 	}))
+	mux.HandleFunc("POST "+v+"/activate", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
+		var req api.ActivateRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return n.Activate(ctx, req)
+	}))
+	mux.HandleFunc("GET "+v+"/activations", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
+		return n.Activations(), nil
+	}))
+	mux.HandleFunc("GET "+v+"/resolve/{name...}", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
+		id, err := n.ResolveLayer(ctx, r.PathValue("name"))
+		return map[string]string{"cid": id}, err
+	}))
 	mux.HandleFunc("POST "+v+"/partition", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
 		var req api.PartitionRequest
 		if err := decode(r, &req); err != nil {

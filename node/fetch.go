@@ -499,6 +499,11 @@ func (n *Node) Fetch(ctx context.Context, ref string, emit Emit) (*api.FetchResu
 	if !ok {
 		return nil, fmt.Errorf("fetch %s: the cluster catalogue has no such layer (see `p2pimg layers --all`): %w", name, chunk.ErrNotFound)
 	}
+	return n.fetchMapping(ctx, name, mp, emit)
+}
+
+// fetchMapping makes layer name complete here as the manifest mp.CID.
+func (n *Node) fetchMapping(ctx context.Context, name chunk.Name, mp Mapping, emit Emit) (*api.FetchResult, error) {
 	id, err := cid.Decode(mp.CID)
 	if err != nil {
 		return nil, err

@@ -50,7 +50,10 @@ func TestSnapshotValidation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	onlyPub := func(p peer.ID) bool { return p == pub }
+	onlyPub := &ClusterConfig{Name: "t", Publishers: []string{pub.String()}}
+	if err := onlyPub.check(); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		data func() []byte
@@ -95,7 +98,9 @@ func TestSnapshotValidation(t *testing.T) {
 		})
 	}
 	// The same mapping signed by a host that is not a publisher is refused.
-	_, err = decodeSnapshot(snapshotBytes(t, snapshot{Seq: 1, Mappings: []Mapping{good}}), func(peer.ID) bool { return false })
+	otherPub := &ClusterConfig{Name: "t", Publishers: []string{other.String()}}
+	otherPub.check()
+	_, err = decodeSnapshot(snapshotBytes(t, snapshot{Seq: 1, Mappings: []Mapping{good}}), otherPub)
 	if err == nil {
 		t.Fatal("a mapping from a non-publisher was accepted")
 	}
@@ -155,7 +160,7 @@ func FuzzDecodeSnapshot(f *testing.F) {
 	f.Add(snapshotBytes(f, snapshot{Seq: 1, Mappings: []Mapping{m}, Holdings: []Holding{{CID: m.CID, Complete: true}}}))
 	f.Add([]byte(`{"seq":5,"mappings":[],"holdings":[]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		s, err := decodeSnapshot(data, func(peer.ID) bool { return true })
+		s, err := decodeSnapshot(data, DefaultCluster())
 		if err != nil {
 			return
 		}
@@ -199,4 +204,34 @@ func FuzzReadFrames(f *testing.F) {
 			t.Fatal("bad item accepted")
 		}
 	})
+}
+
+func TestSnapshotActivationsChecked(t *testing.T) {
+	t.Parallel()
+	opKey, op := testKey(t)
+	forger, _ := testKey(t)
+	c := &ClusterConfig{Name: "t", Operators: []string{op.String()}}
+	if err := c.check(); err != nil {
+		t.Fatal(err)
+	}
+	base := Activation{Layer: "app:1", CID: manifestID(t), At: "/opt/app", Hosts: "all", Op: OpActivate, Time: 1}
+	good, _ := SignActivation(opKey, base)
+	forged, _ := SignActivation(forger, base)
+	edited := good
+	edited.At = "/etc"
+	badPath, _ := SignActivation(opKey, Activation{Layer: "app:1", CID: manifestID(t), At: "relative", Hosts: "all", Op: OpActivate, Time: 1})
+	for name, tc := range map[string]struct {
+		a    Activation
+		want string
+	}{
+		"operator":     {good, ""},
+		"non-operator": {forged, "not an operator"},
+		"edited":       {edited, "bad signature"},
+		"bad path":     {badPath, "absolute"},
+	} {
+		_, err := decodeSnapshot(snapshotBytes(t, snapshot{Seq: 1, Activations: []Activation{tc.a}}), c)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: got %v, want %q", name, err, tc.want)
+		}
+	}
 }

@@ -41,6 +41,11 @@ type Config struct {
 	AnnounceInterval time.Duration
 	// StallTimeout fails a fetch after this long without progress (default 60s).
 	StallTimeout time.Duration
+	// Root is where activation paths live (default /): a testnet gives each
+	// node its own, so several daemons on one machine do not collide.
+	Root string
+	// Labels describe the host; activations select hosts by them.
+	Labels map[string]string
 	// MaxUpload and MaxDownload cap chunk bytes per second served and
 	// fetched (0 = no cap).
 	MaxUpload, MaxDownload int64
@@ -65,7 +70,10 @@ type Node struct {
 	metrics *metrics
 	stats   *peerStats
 	kick    chan struct{} // asks the announcer to gossip now
-	up      *rate.Limiter // nil: no cap
+	actKick chan struct{} // asks the reconciler to look at activations now
+	stMu    sync.Mutex
+	states  map[string]HostState // this host's activation states, by layer
+	up      *rate.Limiter        // nil: no cap
 	down    *rate.Limiter
 
 	fetchMu sync.Mutex
@@ -94,6 +102,9 @@ func Open(cfg Config) (*Node, error) {
 	if cfg.StallTimeout <= 0 {
 		cfg.StallTimeout = 60 * time.Second
 	}
+	if cfg.Root == "" {
+		cfg.Root = "/"
+	}
 	if cfg.Cluster.psk != nil {
 		var tcpOnly []string
 		for _, a := range cfg.Listen {
@@ -118,6 +129,7 @@ func Open(cfg Config) (*Node, error) {
 		cfg: cfg, log: cfg.Log, dataDir: cfg.DataDir, db: db, key: key,
 		gater: newGater(cfg.Cluster, time.Now), catalog: newCatalog(), metrics: newMetrics(),
 		stats: newPeerStats(), kick: make(chan struct{}, 1), fetches: map[cid.Cid]*fetch{},
+		actKick: make(chan struct{}, 1), states: map[string]HostState{},
 	}
 	n.up, n.down = limiter(cfg.MaxUpload), limiter(cfg.MaxDownload)
 	if n.host, err = newHost(key, cfg.Listen, cfg.Cluster, n.gater); err != nil {

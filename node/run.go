@@ -82,6 +82,7 @@ func (n *Node) Run(ctx context.Context) error {
 	wg.Go(func() { n.receive(ctx, sub) })
 	wg.Go(func() { n.announcer(ctx) })
 	wg.Go(func() { n.keepConnected(ctx) })
+	wg.Go(func() { n.reconciler(ctx) })
 	if n.cfg.MDNS {
 		svc := mdns.NewMdnsService(n.host, "p2pimg-"+n.cfg.Cluster.Name, mdnsNotifee{n, ctx})
 		if err := svc.Start(); err != nil {
@@ -103,7 +104,7 @@ func (n *Node) validate(_ context.Context, from peer.ID, msg *pubsub.Message) pu
 		n.log.Warn("gossip from a non-member rejected", "origin", origin.String(), "via", from.String())
 		return pubsub.ValidationReject
 	}
-	s, err := decodeSnapshot(msg.Data, n.cfg.Cluster.MayPublish)
+	s, err := decodeSnapshot(msg.Data, n.cfg.Cluster)
 	if err != nil {
 		n.log.Warn("gossip rejected", "origin", origin.String(), "err", err)
 		return pubsub.ValidationReject
@@ -123,8 +124,25 @@ func (n *Node) receive(ctx context.Context, sub *pubsub.Subscription) {
 		}
 		if s, ok := msg.ValidatorData.(*snapshot); ok && msg.GetFrom() != n.host.ID() {
 			n.catalog.apply(msg.GetFrom(), s, time.Now())
+			if len(s.Activations) > 0 {
+				n.reconcileSoon()
+			}
 		}
 	}
+}
+
+func (n *Node) reconcileSoon() {
+	select {
+	case n.actKick <- struct{}{}:
+	default:
+	}
+}
+
+// setStates records this host's state for a layer.
+func (n *Node) setStates(st HostState) {
+	n.stMu.Lock()
+	n.states[st.Layer] = st
+	n.stMu.Unlock()
 }
 
 func (n *Node) announceSoon() {
@@ -169,7 +187,12 @@ func (n *Node) snapshot(ctx context.Context) (*snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &snapshot{Mappings: n.catalog.all()}
+	s := &snapshot{Mappings: n.catalog.all(), Activations: n.catalog.activations(), Labels: n.cfg.Labels}
+	n.stMu.Lock()
+	for _, st := range n.states {
+		s.States = append(s.States, st)
+	}
+	n.stMu.Unlock()
 	seen := map[string]bool{}
 	for _, l := range ls {
 		if !seen[l.CID] {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The walk-through behind `make demo`: a 3-node testnet on this machine, a
 # sample VM image published on node 1 and fetched by the others, an update
-# that moves only what changed, and proof that every node has the same bytes.
+# that moves only what changed, and an activation on every node, undone.
 # It removes everything it made, also when interrupted.
 set -euo pipefail
 BIN=$(realpath "${1:-bin/p2pimg}")
@@ -50,16 +50,22 @@ show --node 1 add demo-vm:2 "$upd" --chunking cdc
 for _ in $(seq 100); do p --node 2 layers --all 2>/dev/null | grep -q demo-vm:2 && break; sleep 0.1; done
 show --node 2 fetch demo-vm:2
 
-say "6. Every node has the same bytes: check out demo-vm:1 on each and compare with the source"
+say "6. Activate demo-vm:2 at /opt/vm on every node (signed by the testnet's operator key) and wait until all are active"
+mkdir -p "$TN/node2/root/opt/vm" && echo "node 2's own file" > "$TN/node2/root/opt/vm/notes.txt"
+show --node 1 activate demo-vm:2 --at /opt/vm --hosts all --wait
+show --node 1 status
 for k in 1 2 3; do
-  p --node "$k" checkout demo-vm:1 "$WORK/out$k" >/dev/null
-  run cmp "$img" "$WORK/out$k/vm.raw"
+  run cmp "$upd" "$TN/node$k/root/opt/vm/vm-patched.raw"
 done
-echo "identical on nodes 1, 2 and 3"
+echo "identical on nodes 1, 2 and 3 (each node's /opt/vm lives under its own --root)"
+
+say "7. Deactivate it: /opt/vm shows what was there before (node 2 had a file of its own)"
+show --node 3 deactivate demo-vm:2 --wait
+run cat "$TN/node2/root/opt/vm/notes.txt"
 show --node 2 stats
 show testnet status
 
-say "7. Stop the testnet and remove everything the demo made"
+say "8. Stop the testnet and remove everything the demo made"
 printf '$ p2pimg testnet down\n'
 p testnet down
-echo "done: one host published an image, the cluster replicated it peer to peer, and an update moved only its new chunks."
+echo "done: one host published an image, the cluster replicated it peer to peer, an update moved only its new chunks, and an activation put it live everywhere and came off cleanly."

@@ -52,6 +52,13 @@ func (l *Local) save() error {
 	return os.WriteFile(filepath.Join(l.Dir, "testnet.json"), b, 0o600)
 }
 
+// OperatorKey is the testnet's operator key file: it signs activations.
+func OperatorKey(dir string) string { return filepath.Join(dir, "operator.key") }
+
+// Root is node k's activation root: `activate --at /opt/app` on node k lands
+// in Root/opt/app.
+func (nd LocalNode) Root() string { return filepath.Join(nd.Data, "root") }
+
 // OpenLocal reads the testnet in dir.
 func OpenLocal(dir string) (*Local, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "testnet.json"))
@@ -114,7 +121,11 @@ func Up(ctx context.Context, bin, dir string, n int, o UpOptions) (*Local, error
 		ids = append(ids, id.String())
 		l.Nodes = append(l.Nodes, LocalNode{Index: i, Data: data, Socket: filepath.Join(data, "p2pimg.sock"), PeerID: id.String()})
 	}
-	c, err := node.NewCluster("testnet", ids)
+	op, err := node.NewKeyFile(OperatorKey(dir))
+	if err != nil {
+		return nil, err
+	}
+	c, err := node.NewCluster("testnet", ids, []string{op.String()})
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +152,8 @@ func (l *Local) start(ctx context.Context, i int) error {
 		listen = "/ip4/" + l.NetNS.Addr(i) + "/tcp/4001"
 	}
 	args := []string{l.Bin, "daemon", "--data", nd.Data, "--socket", nd.Socket, "--cluster", filepath.Join(l.Dir, "cluster.toml"),
-		"--listen", listen, "--no-mdns", "--announce-interval", "1s"}
+		"--listen", listen, "--no-mdns", "--announce-interval", "1s", "--root", nd.Root(),
+		"--label", fmt.Sprintf("node=%d", nd.Index)}
 	for j := range l.Nodes {
 		if j != i && l.alive(j) {
 			if id, err := client.New(l.Nodes[j].Socket).Identity(ctx); err == nil && len(id.Addrs) > 0 {

@@ -99,7 +99,7 @@ func New(t testing.TB, n int, opts ...Option) *Net {
 			id, _ := node.PeerID(k)
 			ids = append(ids, id.String())
 		}
-		c, err := node.NewCluster("test", ids)
+		c, err := node.NewCluster("test", ids, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -113,7 +113,7 @@ func New(t testing.TB, n int, opts ...Option) *Net {
 		}
 		nd.cfg = node.DaemonConfig{
 			Config: node.Config{
-				DataDir: nd.Data, Log: log, Cluster: o.cluster,
+				DataDir: nd.Data, Log: log, Cluster: o.cluster, Root: filepath.Join(nd.Data, "root"),
 				Listen: []string{"/ip4/127.0.0.1/tcp/0"}, AnnounceInterval: o.announce, StallTimeout: o.stall,
 			},
 			Socket: filepath.Join(nd.Data, "p2pimg.sock"),

@@ -30,6 +30,7 @@ const (
 	pChunk    = 'c' // chunk id -> loc in a pack
 	pManifest = 'm'
 	pLayer    = 'l'
+	pRecord   = 'r' // the daemon's small records, by key
 )
 
 // DB is the store: a chunk.Store and a chunk.Catalog.
@@ -481,3 +482,39 @@ func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error(fmt.Sprintf(f, a.
 func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(fmt.Sprintf(f, a...), "part", "badger") }
 func (b badgerLogger) Infof(f string, a ...any)    { b.l.Debug(fmt.Sprintf(f, a...), "part", "badger") }
 func (b badgerLogger) Debugf(f string, a ...any)   { b.l.Debug(fmt.Sprintf(f, a...), "part", "badger") }
+
+// PutRecord durably stores one of the daemon's small records.
+func (s *DB) PutRecord(key string, v []byte) error {
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(append([]byte{pRecord}, key...), v) }); err != nil {
+		return fmt.Errorf("write record %s: %w", key, err)
+	}
+	return s.db.Sync()
+}
+
+// DeleteRecord removes a record. Idempotent.
+func (s *DB) DeleteRecord(key string) error {
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(append([]byte{pRecord}, key...)) }); err != nil {
+		return err
+	}
+	return s.db.Sync()
+}
+
+// Records returns every record whose key starts with prefix.
+func (s *DB) Records(prefix string) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	err := s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.Prefix = append([]byte{pRecord}, prefix...)
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			out[string(it.Item().Key()[1:])] = v
+		}
+		return nil
+	})
+	return out, err
+}

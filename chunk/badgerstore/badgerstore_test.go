@@ -146,3 +146,26 @@ func TestTornPackTailIsHarmless(t *testing.T) {
 		}
 	}
 }
+
+func TestRecords(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	db, err := Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{"a/x": "1", "a/y": "2", "b/z": "3"} {
+		if err := db.PutRecord(k, []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.DeleteRecord("a/y")
+	db.DeleteRecord("a/absent")
+	db.Close()
+	db, _ = Open(dir, nil)
+	defer db.Close()
+	got, err := db.Records("a/")
+	if err != nil || len(got) != 1 || string(got["a/x"]) != "1" {
+		t.Fatalf("records after reopen: %v %v", got, err)
+	}
+}

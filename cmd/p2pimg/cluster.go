@@ -17,7 +17,7 @@ import (
 func (a *app) clusterCmd() *cobra.Command {
 	c := &cobra.Command{Use: "cluster", Short: "Make and inspect cluster files"}
 	var name, out string
-	var members []string
+	var members, operators []string
 	initCmd := &cobra.Command{
 		Use:   "init",
 		Short: "Write a new cluster file with a fresh private-network key",
@@ -27,7 +27,7 @@ allowed in (peer ids, from 'p2pimg identity --data DIR' on each host). Copy
 the same file to every host and start each daemon with --cluster FILE.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
-			cc, err := node.NewCluster(name, members)
+			cc, err := node.NewCluster(name, members, operators)
 			if err != nil {
 				return usageError{err}
 			}
@@ -41,7 +41,24 @@ the same file to every host and start each daemon with --cluster FILE.`,
 	initCmd.Flags().StringVar(&name, "name", "default", "cluster name")
 	initCmd.Flags().StringVarP(&out, "out", "o", "cluster.toml", "file to write (must not exist)")
 	initCmd.Flags().StringSliceVar(&members, "members", nil, "peer ids allowed in the cluster (comma-separated)")
-	c.AddCommand(initCmd)
+	var keyOut string
+	opKey := &cobra.Command{
+		Use:   "operator-key",
+		Short: "Make an operator key (it signs activations) and print the id to list under operators",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			id, err := node.NewKeyFile(keyOut)
+			if err != nil {
+				return fmt.Errorf("operator key: %w", err)
+			}
+			fmt.Fprintln(a.stdout, id)
+			fmt.Fprintf(a.stderr, "wrote %s; add %s to operators = [...] in the cluster file, and keep the key file off the hosts\n", keyOut, id)
+			return nil
+		},
+	}
+	opKey.Flags().StringVarP(&keyOut, "out", "o", "operator.key", "key file to write (must not exist)")
+	initCmd.Flags().StringSliceVar(&operators, "operators", nil, "operator ids (from `p2pimg cluster operator-key`) whose activations hosts obey")
+	c.AddCommand(initCmd, opKey)
 	return c
 }
 

@@ -18,7 +18,8 @@ func (a *app) daemonCmd() *cobra.Command {
 	var listen, peers []string
 	var noMDNS, corrupt bool
 	var announce, stall time.Duration
-	var maxUp, maxDown, configFile string
+	var maxUp, maxDown, configFile, root string
+	var labels []string
 	c := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run this host's p2pimg daemon",
@@ -54,6 +55,14 @@ It stops cleanly on SIGINT or SIGTERM.`,
 			if err != nil {
 				return err
 			}
+			lbl := map[string]string{}
+			for _, l := range labels {
+				k, v, err := node.ParseLabel(l)
+				if err != nil {
+					return usageError{fmt.Errorf("--label: %w", err)}
+				}
+				lbl[k] = v
+			}
 			cluster := node.DefaultCluster()
 			if clusterFile != "" {
 				var err error
@@ -65,7 +74,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cluster, Listen: listen, Peers: peers,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, TestCorruptServe: corrupt,
-					MaxUpload: up, MaxDownload: down,
+					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl,
 				},
 				Socket: a.socket, Metrics: metrics, Version: version,
 			})
@@ -88,6 +97,8 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().DurationVar(&stall, "stall-timeout", 60*time.Second, "fail a fetch after this long without progress")
 	c.Flags().StringVar(&maxUp, "max-upload", "", "cap on chunk bytes served per second, e.g. 50MB (default: none)")
 	c.Flags().StringVar(&maxDown, "max-download", "", "cap on chunk bytes fetched per second, e.g. 100MB (default: none)")
+	c.Flags().StringVar(&root, "root", "/", "directory that activation paths are relative to (a testnet gives each node its own)")
+	c.Flags().StringArrayVar(&labels, "label", nil, "host label key=value, announced to the cluster for --hosts key=value (repeatable)")
 	c.Flags().BoolVar(&corrupt, "test-corrupt-serve", false, "TESTING ONLY: corrupt every chunk served")
 	c.Flags().MarkHidden("test-corrupt-serve")
 	return c

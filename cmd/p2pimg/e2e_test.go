@@ -467,7 +467,7 @@ func TestTestnetCLI(t *testing.T) {
 	if out := tn("--node", "2", "id"); !strings.Contains(out, l.Nodes[1].PeerID) {
 		t.Fatalf("--node 2 reached another node: %s", out)
 	}
-	if env := tn("testnet", "env", "3"); env != "export P2PIMG_SOCKET="+l.Nodes[2].Socket+"\n" {
+	if env := tn("testnet", "env", "3"); env != "export P2PIMG_SOCKET="+l.Nodes[2].Socket+" P2PIMG_OPERATOR_KEY="+testnet.OperatorKey(dir)+"\n" {
 		t.Fatalf("env 3 = %q", env)
 	}
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/client"
 	"github.com/p2pimg/p2pimg/testnet"
 )
@@ -54,6 +55,7 @@ other command talks to the local daemon over its socket.`,
 		a.addCmd(), a.layersCmd(), a.checkoutCmd(), a.rmCmd(),
 		a.gcCmd(), a.verifyCmd(), a.statsCmd(),
 		a.fetchCmd(), a.idCmd(), a.peersCmd(), a.clusterCmd(), a.identityCmd(), a.testnetCmd(),
+		a.activationCmd(node.OpActivate), a.activationCmd(node.OpDeactivate), a.statusCmd(),
 	)
 	return root
 }

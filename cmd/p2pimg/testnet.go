@@ -39,6 +39,7 @@ list). Talk to node K with 'p2pimg --node K ...' or 'eval $(p2pimg testnet env K
 			for _, nd := range l.Nodes {
 				fmt.Fprintf(a.stdout, "  node %d  %s  p2pimg --node %d ...   (or: eval $(p2pimg testnet env %d))\n", nd.Index, nd.PeerID, nd.Index, nd.Index)
 			}
+			fmt.Fprintf(a.stdout, "activation paths of node K live under %s/nodeK/root; each node carries the label node=K\n", l.Dir)
 			fmt.Fprintln(a.stdout, "stop it with: p2pimg testnet down")
 			return nil
 		},
@@ -109,7 +110,7 @@ list). Talk to node K with 'p2pimg --node K ...' or 'eval $(p2pimg testnet env K
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "export P2PIMG_SOCKET=%s\n", s)
+			fmt.Fprintf(a.stdout, "export P2PIMG_SOCKET=%s P2PIMG_OPERATOR_KEY=%s\n", s, testnet.OperatorKey(l.Dir))
 			return nil
 		},
 	}

@@ -6,6 +6,7 @@
 package api
 
 import (
+	"encoding/json"
 	"time"
 
 	"github.com/p2pimg/p2pimg/chunk"
@@ -164,4 +165,34 @@ type Stats struct {
 // from (empty: heal).
 type PartitionRequest struct {
 	Peers []string `json:"peers"`
+}
+
+// ActivateRequest is POST /v1/activate. Signed, when set, is an activation
+// signed by an operator key (the CLI signs it); otherwise the daemon signs
+// with its own key, which may only act on its own host (Hosts "self").
+type ActivateRequest struct {
+	Layer  string          `json:"layer,omitempty"`
+	At     string          `json:"at,omitempty"`
+	Hosts  string          `json:"hosts,omitempty"`
+	Op     string          `json:"op,omitempty"`
+	Signed json.RawMessage `json:"signed,omitempty"`
+}
+
+// ActivateResult says what was published and which known hosts it selects.
+type ActivateResult struct {
+	Activation json.RawMessage `json:"activation"`
+	Time       int64           `json:"time"`
+	Targets    []string        `json:"targets"`
+}
+
+// HostActivation is one cell of GET /v1/activations: a host's state for a layer.
+type HostActivation struct {
+	Host   string `json:"host"`
+	Layer  string `json:"layer"`
+	CID    string `json:"cid"`
+	At     string `json:"at,omitempty"`
+	State  string `json:"state"`
+	Detail string `json:"detail,omitempty"`
+	Time   int64  `json:"time"`
+	Mode   string `json:"mode,omitempty"`
 }

@@ -202,3 +202,22 @@ func (c *Client) Partition(ctx context.Context, peers []string) error {
 	var out struct{}
 	return c.call(ctx, http.MethodPost, "/partition", api.PartitionRequest{Peers: peers}, &out)
 }
+
+// Activate publishes an activation (see api.ActivateRequest).
+func (c *Client) Activate(ctx context.Context, req api.ActivateRequest) (api.ActivateResult, error) {
+	var r api.ActivateResult
+	return r, c.call(ctx, http.MethodPost, "/activate", req, &r)
+}
+
+// Activations lists every known host's activation states.
+func (c *Client) Activations(ctx context.Context) ([]api.HostActivation, error) {
+	var r []api.HostActivation
+	return r, c.call(ctx, http.MethodGet, "/activations", nil, &r)
+}
+
+// Resolve is the manifest CID a layer name stands for in the cluster.
+func (c *Client) Resolve(ctx context.Context, name string) (string, error) {
+	var r map[string]string
+	err := c.call(ctx, http.MethodGet, "/resolve/"+url.PathEscape(name), nil, &r)
+	return r["cid"], err
+}

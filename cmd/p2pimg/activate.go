@@ -1,0 +1,202 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node"
+	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/testnet"
+)
+
+// operatorKey finds the key that signs activations: --key, else
+// $P2PIMG_OPERATOR_KEY, else (with --node) the local testnet's.
+func (a *app) operatorKey(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if k := os.Getenv("P2PIMG_OPERATOR_KEY"); k != "" {
+		return k
+	}
+	if a.node > 0 {
+		if _, err := os.Stat(testnet.OperatorKey(a.testnetDir)); err == nil {
+			return testnet.OperatorKey(a.testnetDir)
+		}
+	}
+	return ""
+}
+
+func (a *app) activationCmd(op string) *cobra.Command {
+	var at, hosts, keyFile string
+	var wait bool
+	var timeout time.Duration
+	use, short := "activate NAME[:TAG] --at PATH", "Make a layer live at PATH on a set of hosts, cluster-wide"
+	if op == node.OpDeactivate {
+		use, short = "deactivate NAME[:TAG]", "Undo an activation: PATH shows what was there before"
+	}
+	c := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Long: short + `.
+
+The request is signed (by an operator key from the cluster file: --key FILE or
+$P2PIMG_OPERATOR_KEY; without one a host may only act on itself with
+--hosts self) and gossiped. Each selected host fetches the layer if needed,
+verifies it, and swaps it in at PATH (under its --root); deactivation swaps
+the previous contents back. --wait follows every selected host until it
+settles and fails if any host failed.`,
+		Args: exactArgs(1, "a layer name"),
+		RunE: func(c *cobra.Command, args []string) error {
+			name, err := chunk.ParseName(args[0])
+			if err != nil {
+				return usageError{err}
+			}
+			if op == node.OpActivate && (at == "" || !filepath.IsAbs(at)) {
+				return usageError{fmt.Errorf("activate: --at must be an absolute path, e.g. --at /opt/app")}
+			}
+			cl := a.client()
+			req := api.ActivateRequest{Layer: name.String(), At: filepath.Clean(at), Hosts: hosts, Op: op}
+			if op == node.OpDeactivate {
+				req.At = ""
+			}
+			if kf := a.operatorKey(keyFile); kf != "" && hosts != "self" {
+				key, err := node.LoadKeyFile(kf)
+				if err != nil {
+					return err
+				}
+				id, err := cl.Resolve(c.Context(), name.String())
+				if err != nil {
+					return err
+				}
+				act, err := node.SignActivation(key, node.Activation{Layer: name.String(), CID: id, At: req.At, Hosts: hosts, Op: op, Time: time.Now().UnixNano()})
+				if err != nil {
+					return err
+				}
+				req = api.ActivateRequest{}
+				req.Signed, _ = json.Marshal(act)
+			}
+			res, err := cl.Activate(c.Context(), req)
+			if err != nil {
+				return err
+			}
+			if !wait {
+				if a.json {
+					return a.printJSON(res)
+				}
+				fmt.Fprintf(a.stdout, "%s of %s published to %d known host(s); see `p2pimg status`\n", op, name, len(res.Targets))
+				return nil
+			}
+			return a.waitSettled(c, name.String(), op, res, timeout)
+		},
+	}
+	if op == node.OpActivate {
+		c.Flags().StringVar(&at, "at", "", "absolute path where the layer appears on each host (under its --root)")
+	}
+	c.Flags().StringVar(&hosts, "hosts", "all", "which hosts: all, ID,ID,..., key=value (a label), or self")
+	c.Flags().StringVar(&keyFile, "key", "", "operator key file (default $P2PIMG_OPERATOR_KEY)")
+	c.Flags().BoolVar(&wait, "wait", false, "follow every selected host until it settles; fail if any failed")
+	c.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "with --wait: give up after this long")
+	return c
+}
+
+// waitSettled follows the selected hosts' states for this activation.
+func (a *app) waitSettled(c *cobra.Command, layer, op string, res api.ActivateResult, timeout time.Duration) error {
+	want := map[string]bool{node.StateActive: true}
+	if op == node.OpDeactivate {
+		want = map[string]bool{node.StateInactive: true}
+	}
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	last := ""
+	for {
+		states, err := a.client().Activations(c.Context())
+		if err != nil {
+			return err
+		}
+		byHost := map[string]api.HostActivation{}
+		for _, s := range states {
+			if s.Layer == layer && s.Time == res.Time {
+				byHost[s.Host] = s
+			}
+		}
+		var pending, failed []string
+		var lines []string
+		for _, h := range res.Targets {
+			s, ok := byHost[h]
+			st := "requested"
+			if ok {
+				st = s.State
+			}
+			switch {
+			case ok && want[s.State]:
+			case ok && s.State == node.StateFailed:
+				failed = append(failed, fmt.Sprintf("%s: %s", short(h), s.Detail))
+			default:
+				pending = append(pending, short(h))
+			}
+			lines = append(lines, fmt.Sprintf("%s=%s", short(h), st))
+		}
+		sort.Strings(lines)
+		if l := strings.Join(lines, " "); l != last && !a.json {
+			fmt.Fprintln(a.stderr, l)
+			last = l
+		}
+		if len(pending) == 0 {
+			if len(failed) > 0 {
+				return fmt.Errorf("%s of %s failed on %d host(s): %s", op, layer, len(failed), strings.Join(failed, "; "))
+			}
+			if a.json {
+				return a.printJSON(byHost)
+			}
+			fmt.Fprintf(a.stdout, "%s of %s settled on all %d host(s)\n", op, layer, len(res.Targets))
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s of %s: not settled after %s on: %s", op, layer, timeout, strings.Join(pending, ", "))
+		}
+		select {
+		case <-c.Context().Done():
+			return c.Context().Err()
+		case <-tick.C:
+		}
+	}
+}
+
+func (a *app) statusCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show every layer's activation state on every host",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			states, err := a.client().Activations(c.Context())
+			if err != nil {
+				return err
+			}
+			sort.Slice(states, func(i, j int) bool {
+				if states[i].Layer != states[j].Layer {
+					return states[i].Layer < states[j].Layer
+				}
+				return states[i].Host < states[j].Host
+			})
+			if a.json {
+				return a.printJSON(states)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "LAYER\tHOST\tSTATE\tPATH\tMODE\tDETAIL")
+			for _, s := range states {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Layer, short(s.Host), s.State, s.At, s.Mode, s.Detail)
+			}
+			return tw.Flush()
+		},
+	}
+}

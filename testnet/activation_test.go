@@ -1,0 +1,202 @@
+package testnet_test
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+
+	"github.com/p2pimg/p2pimg/node"
+	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/testnet"
+)
+
+// opNet is a testnet whose cluster obeys one operator key; node i carries
+// the label node=i.
+func opNet(t *testing.T, n int) (*testnet.Net, crypto.PrivKey) {
+	t.Helper()
+	kf := filepath.Join(t.TempDir(), "op.key")
+	id, err := node.NewKeyFile(kf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := node.LoadKeyFile(kf)
+	c, err := node.NewCluster("test", nil, []string{id.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	net := testnet.New(t, n, testnet.WithCluster(c), testnet.WithConfig(func(i int, cfg *node.Config) {
+		cfg.Labels = map[string]string{"node": string(rune('0' + i))}
+	}))
+	return net, key
+}
+
+// act signs and publishes an activation through node via's API.
+func act(t *testing.T, key crypto.PrivKey, via *testnet.Node, layer, at, hosts, op string) api.ActivateResult {
+	t.Helper()
+	id, err := via.Client.Resolve(ctx, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := node.SignActivation(key, node.Activation{Layer: layer, CID: id, At: at, Hosts: hosts, Op: op, Time: time.Now().UnixNano()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(a)
+	res, err := via.Client.Activate(ctx, api.ActivateRequest{Signed: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// settled waits until every host in hosts reports state for the activation.
+func settled(t *testing.T, net *testnet.Net, res api.ActivateResult, layer, state string, hosts ...*testnet.Node) {
+	t.Helper()
+	net.Eventually(20*time.Second, layer+" "+state+" on the selected hosts", func() bool {
+		for _, h := range hosts {
+			sts, err := h.Client.Activations(ctx)
+			if err != nil {
+				return false
+			}
+			ok := false
+			for _, s := range sts {
+				if s.Host == h.Node().ID().String() && s.Layer == layer && s.Time == res.Time && s.State == state {
+					ok = true
+				}
+			}
+			if !ok {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func tree(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for p, body := range files {
+		os.MkdirAll(filepath.Join(dir, filepath.Dir(p)), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, p), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func readAt(nd *testnet.Node, p string) string {
+	b, err := os.ReadFile(filepath.Join(nd.Data, "root", p))
+	if err != nil {
+		return "<" + err.Error() + ">"
+	}
+	return string(b)
+}
+
+func TestActivateAllAndDeactivateRestores(t *testing.T) {
+	net, key := opNet(t, 3)
+	src := tree(t, map[string]string{"etc/app.conf": "port=80\n", "bin/app": "v1"})
+	add(t, net.Nodes[0], "app:1", src)
+	waitCatalog(t, net, net.Nodes[2], "app:1", mustResolve(t, net.Nodes[0], "app:1"))
+	// Node 1 had something of its own at /opt/app.
+	prev := filepath.Join(net.Nodes[1].Data, "root", "opt", "app", "local.txt")
+	os.MkdirAll(filepath.Dir(prev), 0o755)
+	os.WriteFile(prev, []byte("mine"), 0o600)
+
+	res := act(t, key, net.Nodes[2], "app:1", "/opt/app", "all", node.OpActivate)
+	if len(res.Targets) != 3 {
+		t.Fatalf("activation selects %d hosts, want 3", len(res.Targets))
+	}
+	settled(t, net, res, "app:1", node.StateActive, net.Nodes...)
+	for _, nd := range net.Nodes {
+		if got := readAt(nd, "opt/app/etc/app.conf"); got != "port=80\n" {
+			t.Fatalf("node %d: /opt/app/etc/app.conf = %q", nd.Index, got)
+		}
+	}
+	res = act(t, key, net.Nodes[0], "app:1", "", "all", node.OpDeactivate)
+	settled(t, net, res, "app:1", node.StateInactive, net.Nodes...)
+	if got := readAt(net.Nodes[1], "opt/app/local.txt"); got != "mine" {
+		t.Fatalf("node 1's own /opt/app was not restored: %q", got)
+	}
+	for _, nd := range []*testnet.Node{net.Nodes[0], net.Nodes[2]} {
+		if _, err := os.Lstat(filepath.Join(nd.Data, "root", "opt", "app")); !os.IsNotExist(err) {
+			t.Fatalf("node %d: /opt/app still there after deactivation (%v)", nd.Index, err)
+		}
+	}
+}
+
+func mustResolve(t *testing.T, nd *testnet.Node, name string) string {
+	t.Helper()
+	id, err := nd.Client.Resolve(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func TestActivateByIDAndLabel(t *testing.T) {
+	net, key := opNet(t, 3)
+	add(t, net.Nodes[0], "app:1", tree(t, map[string]string{"f": "x"}))
+	waitCatalog(t, net, net.Nodes[1], "app:1", mustResolve(t, net.Nodes[0], "app:1"))
+	res := act(t, key, net.Nodes[0], "app:1", "/srv/a", net.Nodes[1].Node().ID().String(), node.OpActivate)
+	settled(t, net, res, "app:1", node.StateActive, net.Nodes[1])
+	res = act(t, key, net.Nodes[0], "app:1", "/srv/b", "node=2", node.OpActivate)
+	settled(t, net, res, "app:1", node.StateActive, net.Nodes[2])
+	if readAt(net.Nodes[1], "srv/a/f") != "x" || readAt(net.Nodes[2], "srv/b/f") != "x" {
+		t.Fatal("the selected hosts do not show the layer")
+	}
+	for _, p := range []string{"srv/a", "srv/b"} {
+		if _, err := os.Lstat(filepath.Join(net.Nodes[0].Data, "root", p)); !os.IsNotExist(err) {
+			t.Fatalf("node 0 was not selected but has %s", p)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(net.Nodes[1].Data, "root", "srv", "b")); !os.IsNotExist(err) {
+		t.Fatal("node 1 applied the label activation meant for node=2")
+	}
+}
+
+// An activation signed by a key that is not an operator changes nothing.
+func TestForgedActivationRefused(t *testing.T) {
+	net, _ := opNet(t, 2)
+	add(t, net.Nodes[0], "app:1", tree(t, map[string]string{"f": "x"}))
+	forger, _, _ := crypto.GenerateEd25519Key(nil)
+	id := mustResolve(t, net.Nodes[0], "app:1")
+	a, _ := node.SignActivation(forger, node.Activation{Layer: "app:1", CID: id, At: "/opt/x", Hosts: "all", Op: node.OpActivate, Time: time.Now().UnixNano()})
+	b, _ := json.Marshal(a)
+	_, err := net.Nodes[0].Client.Activate(ctx, api.ActivateRequest{Signed: b})
+	if err == nil || !strings.Contains(err.Error(), "not an operator") {
+		t.Fatalf("forged activation: %v", err)
+	}
+	// Without a key a host may act on itself only.
+	if _, err := net.Nodes[0].Client.Activate(ctx, api.ActivateRequest{Layer: "app:1", At: "/opt/x", Hosts: "all", Op: node.OpActivate}); err == nil {
+		t.Fatal("an unsigned activation of every host was accepted")
+	}
+	sts, _ := net.Nodes[1].Client.Activations(ctx)
+	if len(sts) != 0 {
+		t.Fatalf("states after refused activations: %+v", sts)
+	}
+}
+
+// A host that was down when the activation went out applies it when it
+// comes back; a restarted host keeps its active layer.
+func TestOfflineHostConvergesAndRestartKeepsActive(t *testing.T) {
+	net, key := opNet(t, 3)
+	add(t, net.Nodes[0], "app:1", tree(t, map[string]string{"f": "x"}))
+	waitCatalog(t, net, net.Nodes[1], "app:1", mustResolve(t, net.Nodes[0], "app:1"))
+	net.Stop(2)
+	res := act(t, key, net.Nodes[0], "app:1", "/opt/app", "all", node.OpActivate)
+	settled(t, net, res, "app:1", node.StateActive, net.Nodes[0], net.Nodes[1])
+	net.Restart(2)
+	settled(t, net, res, "app:1", node.StateActive, net.Nodes[2])
+	net.Restart(1)
+	settled(t, net, res, "app:1", node.StateActive, net.Nodes[1])
+	for _, nd := range net.Nodes {
+		if readAt(nd, "opt/app/f") != "x" {
+			t.Fatalf("node %d does not show the layer", nd.Index)
+		}
+	}
+}
