@@ -200,3 +200,31 @@ func TestOfflineHostConvergesAndRestartKeepsActive(t *testing.T) {
 		}
 	}
 }
+
+// Activating a layer whose chunks no reachable peer has: the host reports
+// the failure with its reason, and recovers when a peer with them returns.
+func TestActivationRecoversWhenChunksAppear(t *testing.T) {
+	kf := filepath.Join(t.TempDir(), "op.key")
+	id, _ := node.NewKeyFile(kf)
+	key, _ := node.LoadKeyFile(kf)
+	c, _ := node.NewCluster("test", nil, []string{id.String()})
+	net := testnet.New(t, 2, testnet.WithCluster(c), testnet.WithStallTimeout(time.Second))
+	add(t, net.Nodes[0], "app:1", tree(t, map[string]string{"f": "x"}))
+	waitCatalog(t, net, net.Nodes[1], "app:1", mustResolve(t, net.Nodes[0], "app:1"))
+	net.Stop(0)
+	res := act(t, key, net.Nodes[1], "app:1", "/opt/app", net.Nodes[1].Node().ID().String(), node.OpActivate)
+	net.Eventually(20*time.Second, "node 1 reports the failure with a reason", func() bool {
+		sts, _ := net.Nodes[1].Client.Activations(ctx)
+		for _, s := range sts {
+			if s.Layer == "app:1" && s.State == node.StateFailed && strings.Contains(s.Detail, "no connected peer") {
+				return true
+			}
+		}
+		return false
+	})
+	net.Restart(0)
+	settled(t, net, res, "app:1", node.StateActive, net.Nodes[1])
+	if readAt(net.Nodes[1], "opt/app/f") != "x" {
+		t.Fatal("the layer is not exposed after recovering")
+	}
+}
