@@ -180,9 +180,10 @@ type HostState struct {
 // be undone after a restart.
 type exposed struct {
 	HostState
-	Path   string    `json:"path"`   // the full path under --root
-	Backup bool      `json:"backup"` // Path's previous contents are at Path + baseSuffix
-	Failed time.Time `json:"failed,omitempty"`
+	Path    string    `json:"path"`    // the full path under --root
+	Backup  bool      `json:"backup"`  // materialized: Path's previous contents are at Path + baseSuffix
+	Created bool      `json:"created"` // overlay: Path was made for the mount
+	Failed  time.Time `json:"failed,omitempty"`
 }
 
 const (
@@ -223,6 +224,9 @@ func exchange(a, b string) error {
 // swapped in with one atomic rename. What was at the path before is kept
 // beside it and comes back on deactivation.
 func (n *Node) expose(ctx context.Context, e *exposed, m *chunk.Manifest) error {
+	if e.Mode == ModeOverlay {
+		return n.mountOverlay(ctx, e, m)
+	}
 	if err := os.MkdirAll(filepath.Dir(e.Path), 0o755); err != nil {
 		return err
 	}
@@ -255,6 +259,9 @@ func (n *Node) expose(ctx context.Context, e *exposed, m *chunk.Manifest) error 
 
 // unexpose puts back what was at the path before the layer.
 func (n *Node) unexpose(e *exposed) error {
+	if e.Mode == ModeOverlay {
+		return n.unmountOverlay(e)
+	}
 	if !e.Backup {
 		return os.RemoveAll(e.Path)
 	}
@@ -323,16 +330,18 @@ func (n *Node) step(ctx context.Context, e *exposed, a Activation) {
 		n.log.Info("layer deactivated", "layer", e.Layer)
 	case OpActivate:
 		path := filepath.Join(n.cfg.Root, a.At)
-		if e.Time == a.Time && (e.State == StateActive || (e.State == StateFailed && time.Since(e.Failed) < retryAfter)) {
+		lost := e.State == StateActive && e.Mode == ModeOverlay && !Mounted(e.Path) // e.g. after a reboot
+		if e.Time == a.Time && !lost && (e.State == StateActive || (e.State == StateFailed && time.Since(e.Failed) < retryAfter)) {
 			return
 		}
-		if exposedNow && e.Path != "" && e.Path != path { // moved: undo the old place first
+		if exposedNow && e.Path != "" && (e.Path != path || (e.Mode != "" && e.Mode != n.exposeMode())) {
+			// moved, or exposed another way: undo the old exposure first
 			if err := n.unexpose(e); err != nil {
 				report(StateFailed, err.Error())
 				return
 			}
 		}
-		e.Time, e.CID, e.At, e.Path, e.Mode = a.Time, a.CID, a.At, path, "materialized"
+		e.Time, e.CID, e.At, e.Path, e.Mode = a.Time, a.CID, a.At, path, n.exposeMode()
 		report(StateFetching, "")
 		m, err := n.ensureLayer(ctx, a)
 		if err == nil {

@@ -46,6 +46,10 @@ type Config struct {
 	Root string
 	// Labels describe the host; activations select hosts by them.
 	Labels map[string]string
+	// Expose is how activated layers appear: overlay (a mount; needs root
+	// and overlayfs), materialized (a directory swapped in), or auto (the
+	// default: overlay where the host allows it).
+	Expose string
 	// MaxUpload and MaxDownload cap chunk bytes per second served and
 	// fetched (0 = no cap).
 	MaxUpload, MaxDownload int64

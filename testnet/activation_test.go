@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,7 +18,7 @@ import (
 
 // opNet is a testnet whose cluster obeys one operator key; node i carries
 // the label node=i.
-func opNet(t *testing.T, n int) (*testnet.Net, crypto.PrivKey) {
+func opNet(t *testing.T, n int, mode ...string) (*testnet.Net, crypto.PrivKey) {
 	t.Helper()
 	kf := filepath.Join(t.TempDir(), "op.key")
 	id, err := node.NewKeyFile(kf)
@@ -31,6 +32,9 @@ func opNet(t *testing.T, n int) (*testnet.Net, crypto.PrivKey) {
 	}
 	net := testnet.New(t, n, testnet.WithCluster(c), testnet.WithConfig(func(i int, cfg *node.Config) {
 		cfg.Labels = map[string]string{"node": string(rune('0' + i))}
+		if len(mode) > 0 {
+			cfg.Expose = mode[0]
+		}
 	}))
 	return net, key
 }
@@ -98,7 +102,18 @@ func readAt(nd *testnet.Node, p string) string {
 }
 
 func TestActivateAllAndDeactivateRestores(t *testing.T) {
-	net, key := opNet(t, 3)
+	for _, mode := range []string{node.ModeMaterialized, node.ModeOverlay} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == node.ModeOverlay && os.Geteuid() != 0 {
+				t.Skip("overlay mode needs root")
+			}
+			activateAllAndDeactivate(t, mode)
+		})
+	}
+}
+
+func activateAllAndDeactivate(t *testing.T, mode string) {
+	net, key := opNet(t, 3, mode)
 	src := tree(t, map[string]string{"etc/app.conf": "port=80\n", "bin/app": "v1"})
 	add(t, net.Nodes[0], "app:1", src)
 	waitCatalog(t, net, net.Nodes[2], "app:1", mustResolve(t, net.Nodes[0], "app:1"))
@@ -116,6 +131,27 @@ func TestActivateAllAndDeactivateRestores(t *testing.T) {
 		if got := readAt(nd, "opt/app/etc/app.conf"); got != "port=80\n" {
 			t.Fatalf("node %d: /opt/app/etc/app.conf = %q", nd.Index, got)
 		}
+		path := filepath.Join(nd.Data, "root", "opt", "app")
+		if node.Mounted(path) != (mode == node.ModeOverlay) {
+			t.Fatalf("node %d: %s mounted=%v in %s mode", nd.Index, path, node.Mounted(path), mode)
+		}
+	}
+	sts, _ := net.Nodes[0].Client.Activations(ctx)
+	for _, s := range sts {
+		if s.Mode != mode {
+			t.Fatalf("host %s reports mode %q, want %q", s.Host, s.Mode, mode)
+		}
+	}
+	if mode == node.ModeOverlay { // node 1's own files show through, under the layer
+		if got := readAt(net.Nodes[1], "opt/app/local.txt"); got != "mine" {
+			t.Fatalf("overlay hides node 1's own file: %q", got)
+		}
+		// A mount lost behind the daemon's back (a reboot) is made again.
+		path := filepath.Join(net.Nodes[0].Data, "root", "opt", "app")
+		if err := syscall.Unmount(path, 0); err != nil {
+			t.Fatal(err)
+		}
+		net.Eventually(10*time.Second, "the overlay mounted again", func() bool { return node.Mounted(path) })
 	}
 	res = act(t, key, net.Nodes[0], "app:1", "", "all", node.OpDeactivate)
 	settled(t, net, res, "app:1", node.StateInactive, net.Nodes...)

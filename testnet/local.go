@@ -289,6 +289,7 @@ func (l *Local) Down(ctx context.Context, keep bool) error {
 			errs = append(errs, waitGone(l.Nodes[i].PID, 5*time.Second))
 		}
 	}
+	unmountUnder(l.Dir) // overlays of activated layers
 	if l.NetNS != nil {
 		l.NetNS.Down()
 	}
@@ -369,4 +370,11 @@ func ParseGroup(s string) ([]int, error) {
 		out = append(out, k)
 	}
 	return out, nil
+}
+
+// unmountUnder detaches every mount at or below dir, deepest first.
+func unmountUnder(dir string) {
+	for _, m := range node.MountsUnder(dir) {
+		syscall.Unmount(m, syscall.MNT_DETACH)
+	}
 }

@@ -85,6 +85,7 @@ func New(t testing.TB, n int, opts ...Option) *Net {
 		for _, nd := range net.Nodes {
 			nd.stop()
 		}
+		unmountUnder(base) // overlays of activated layers
 		if err := goleak.Find(leaks); err != nil {
 			t.Errorf("goroutines leaked by the testnet: %v", err)
 		}

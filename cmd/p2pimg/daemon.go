@@ -18,7 +18,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var listen, peers []string
 	var noMDNS, corrupt bool
 	var announce, stall time.Duration
-	var maxUp, maxDown, configFile, root string
+	var maxUp, maxDown, configFile, root, expose string
 	var labels []string
 	c := &cobra.Command{
 		Use:   "daemon",
@@ -55,6 +55,9 @@ It stops cleanly on SIGINT or SIGTERM.`,
 			if err != nil {
 				return err
 			}
+			if expose != node.ModeAuto && expose != node.ModeOverlay && expose != node.ModeMaterialized {
+				return usageError{fmt.Errorf("--expose %q: want auto, overlay or materialized", expose)}
+			}
 			lbl := map[string]string{}
 			for _, l := range labels {
 				k, v, err := node.ParseLabel(l)
@@ -74,7 +77,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cluster, Listen: listen, Peers: peers,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, TestCorruptServe: corrupt,
-					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl,
+					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: expose,
 				},
 				Socket: a.socket, Metrics: metrics, Version: version,
 			})
@@ -98,6 +101,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&maxUp, "max-upload", "", "cap on chunk bytes served per second, e.g. 50MB (default: none)")
 	c.Flags().StringVar(&maxDown, "max-download", "", "cap on chunk bytes fetched per second, e.g. 100MB (default: none)")
 	c.Flags().StringVar(&root, "root", "/", "directory that activation paths are relative to (a testnet gives each node its own)")
+	c.Flags().StringVar(&expose, "expose", node.ModeAuto, "how activated layers appear: overlay (mount; root and overlayfs), materialized (a directory swapped in), or auto")
 	c.Flags().StringArrayVar(&labels, "label", nil, "host label key=value, announced to the cluster for --hosts key=value (repeatable)")
 	c.Flags().BoolVar(&corrupt, "test-corrupt-serve", false, "TESTING ONLY: corrupt every chunk served")
 	c.Flags().MarkHidden("test-corrupt-serve")

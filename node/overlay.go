@@ -1,0 +1,165 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/chunk/tree"
+)
+
+// Exposure modes.
+const (
+	ModeAuto         = "auto"
+	ModeOverlay      = "overlay"
+	ModeMaterialized = "materialized"
+)
+
+// overlayAvailable reports whether this host can mount overlays: root and
+// overlayfs in the kernel.
+func overlayAvailable() bool {
+	if os.Geteuid() != 0 {
+		return false
+	}
+	b, err := os.ReadFile("/proc/filesystems")
+	return err == nil && strings.Contains(string(b), "\toverlay\n")
+}
+
+// exposeMode is the mode this host uses for new activations.
+func (n *Node) exposeMode() string {
+	switch n.cfg.Expose {
+	case ModeOverlay, ModeMaterialized:
+		return n.cfg.Expose
+	}
+	if overlayAvailable() {
+		return ModeOverlay
+	}
+	return ModeMaterialized
+}
+
+// Mounted reports whether path is a mount point.
+func Mounted(path string) bool {
+	for _, m := range MountsUnder(path) {
+		if m == path {
+			return true
+		}
+	}
+	return false
+}
+
+// MountsUnder lists the mount points at or below dir, deepest first.
+func MountsUnder(dir string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMount(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var c byte
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%3o", &c); err == nil {
+				b.WriteByte(c)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// view is the read-only checkout of a layer that overlays share.
+func (n *Node) view(ctx context.Context, cidStr string, m *chunk.Manifest) (string, error) {
+	dir := filepath.Join(n.dataDir, "views", cidStr)
+	if _, err := os.Stat(filepath.Join(dir, ".complete")); err == nil {
+		return filepath.Join(dir, "tree"), nil
+	}
+	os.RemoveAll(dir)
+	if err := tree.Checkout(ctx, n.db, m, filepath.Join(dir, "tree"), tree.CheckoutOptions{Owners: os.Geteuid() == 0}); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, ".complete"), nil, 0o600); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "tree"), nil
+}
+
+// mountOverlay mounts the layer's view over e.Path, with what is at the
+// path as the lowest layer and a writable upper directory in the data dir.
+func (n *Node) mountOverlay(ctx context.Context, e *exposed, m *chunk.Manifest) error {
+	lower, err := n.view(ctx, e.CID, m)
+	if err != nil {
+		return err
+	}
+	if Mounted(e.Path) { // a previous version: replace it
+		if err := n.unmountOverlay(e); err != nil {
+			return err
+		}
+	}
+	if _, err := os.Lstat(e.Path); os.IsNotExist(err) {
+		if err := os.MkdirAll(e.Path, 0o755); err != nil {
+			return err
+		}
+		e.Created = true
+	}
+	work := filepath.Join(n.dataDir, "overlay", strings.ReplaceAll(e.Layer, "/", "_"))
+	os.RemoveAll(work)
+	for _, d := range []string{"upper", "work"} {
+		if err := os.MkdirAll(filepath.Join(work, d), 0o755); err != nil {
+			return err
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s:%s,upperdir=%s,workdir=%s", lower, e.Path, filepath.Join(work, "upper"), filepath.Join(work, "work"))
+	if err := unix.Mount("overlay", e.Path, "overlay", 0, opts); err != nil {
+		return fmt.Errorf("mount overlay at %s: %w", e.Path, err)
+	}
+	return nil
+}
+
+// unmountOverlay removes the overlay; the path shows its old contents again.
+func (n *Node) unmountOverlay(e *exposed) error {
+	if Mounted(e.Path) {
+		if err := unix.Unmount(e.Path, 0); err != nil {
+			if err := unix.Unmount(e.Path, unix.MNT_DETACH); err != nil {
+				return fmt.Errorf("unmount %s: %w", e.Path, err)
+			}
+		}
+	}
+	os.RemoveAll(filepath.Join(n.dataDir, "overlay", strings.ReplaceAll(e.Layer, "/", "_")))
+	if e.Created {
+		os.Remove(e.Path) // only if still empty: it was made for the mount
+		e.Created = false
+	}
+	return nil
+}
