@@ -43,19 +43,22 @@ const (
 // host's own key when it selects only that host. For each layer, every host
 // applies the newest activation that selects it.
 type Activation struct {
-	Layer  string `json:"layer"`  // NAME:TAG
-	CID    string `json:"cid"`    // the manifest, pinned when issued
-	At     string `json:"at"`     // absolute path, under the host's --root
-	Hosts  string `json:"hosts"`  // "all", "ID,ID,...", or "key=value" (a label)
-	Op     string `json:"op"`     // activate or deactivate
-	Time   int64  `json:"time"`   // unix nanoseconds
-	Signer string `json:"signer"` // peer id form of the signing key
-	Sig    []byte `json:"sig"`
+	Layer string `json:"layer"` // NAME:TAG
+	CID   string `json:"cid"`   // the manifest, pinned when issued
+	At    string `json:"at"`    // absolute path, under the host's --root
+	Hosts string `json:"hosts"` // "all", "ID,ID,...", or "key=value" (a label)
+	// Maps are SRC=DST pairs: while the layer is active, the host path SRC
+	// (under --root) resolves to DST inside the layer.
+	Maps   []string `json:"maps,omitempty"`
+	Op     string   `json:"op"`     // activate or deactivate
+	Time   int64    `json:"time"`   // unix nanoseconds
+	Signer string   `json:"signer"` // peer id form of the signing key
+	Sig    []byte   `json:"sig"`
 }
 
 func (a *Activation) signedBytes() []byte {
 	return []byte("p2pimg activation v1\n" + a.Layer + "\n" + a.CID + "\n" + a.At + "\n" + a.Hosts + "\n" +
-		a.Op + "\n" + strconv.FormatInt(a.Time, 10) + "\n" + a.Signer)
+		a.Op + "\n" + strconv.FormatInt(a.Time, 10) + "\n" + a.Signer + "\n" + strings.Join(a.Maps, "\x00"))
 }
 
 // SignActivation signs a with key (which becomes its signer).
@@ -145,6 +148,14 @@ func checkActivation(a *Activation, c *ClusterConfig) error {
 	if err := checkSelector(a.Hosts); err != nil {
 		return err
 	}
+	if len(a.Maps) > 64 {
+		return fmt.Errorf("activation of %s: %d maps, at most 64", a.Layer, len(a.Maps))
+	}
+	for _, m := range a.Maps {
+		if _, _, err := ParseMap(m); err != nil {
+			return fmt.Errorf("activation of %s: %w", a.Layer, err)
+		}
+	}
 	if a.Time <= 0 {
 		return fmt.Errorf("activation of %s: time %d", a.Layer, a.Time)
 	}
@@ -165,6 +176,19 @@ func checkActivation(a *Activation, c *ClusterConfig) error {
 	return nil
 }
 
+// ParseMap reads SRC=DST: SRC an absolute host path, DST a path inside the layer.
+func ParseMap(s string) (src, dst string, err error) {
+	src, dst, ok := strings.Cut(s, "=")
+	dst = strings.TrimPrefix(dst, "/")
+	if !ok || !filepath.IsAbs(src) || filepath.Clean(src) != src || src == "/" || len(src) > 4096 {
+		return "", "", fmt.Errorf("map %.80q: want SRC=DST with SRC an absolute, clean host path", s)
+	}
+	if err := chunk.CheckPath(dst); err != nil {
+		return "", "", fmt.Errorf("map %.80q: DST: %v", s, err)
+	}
+	return src, dst, nil
+}
+
 // HostState is a host's report on one layer's activation.
 type HostState struct {
 	Layer  string `json:"layer"`
@@ -183,6 +207,7 @@ type exposed struct {
 	Path    string    `json:"path"`    // the full path under --root
 	Backup  bool      `json:"backup"`  // materialized: Path's previous contents are at Path + baseSuffix
 	Created bool      `json:"created"` // overlay: Path was made for the mount
+	Maps    []mapped  `json:"maps,omitempty"`
 	Failed  time.Time `json:"failed,omitempty"`
 }
 
@@ -319,6 +344,10 @@ func (n *Node) step(ctx context.Context, e *exposed, a Activation) {
 			return
 		}
 		e.Time, e.CID = a.Time, a.CID
+		if err := n.unmapAll(e); err != nil {
+			report(StateFailed, err.Error())
+			return
+		}
 		if exposedNow && e.Path != "" {
 			if err := n.unexpose(e); err != nil {
 				report(StateFailed, err.Error())
@@ -334,6 +363,10 @@ func (n *Node) step(ctx context.Context, e *exposed, a Activation) {
 		if e.Time == a.Time && !lost && (e.State == StateActive || (e.State == StateFailed && time.Since(e.Failed) < retryAfter)) {
 			return
 		}
+		if err := n.unmapAll(e); err != nil { // maps are made again for this activation
+			report(StateFailed, err.Error())
+			return
+		}
 		if exposedNow && e.Path != "" && (e.Path != path || (e.Mode != "" && e.Mode != n.exposeMode())) {
 			// moved, or exposed another way: undo the old exposure first
 			if err := n.unexpose(e); err != nil {
@@ -346,6 +379,9 @@ func (n *Node) step(ctx context.Context, e *exposed, a Activation) {
 		m, err := n.ensureLayer(ctx, a)
 		if err == nil {
 			err = n.expose(ctx, e, m)
+		}
+		if err == nil {
+			err = n.mapAll(e, a.Maps)
 		}
 		if err != nil {
 			if ctx.Err() == nil {
@@ -458,7 +494,7 @@ func (n *Node) Activate(ctx context.Context, req api.ActivateRequest) (*api.Acti
 		if err != nil {
 			return nil, err
 		}
-		a = Activation{Layer: name.String(), CID: id, At: req.At, Hosts: n.host.ID().String(), Op: req.Op, Time: time.Now().UnixNano()}
+		a = Activation{Layer: name.String(), CID: id, At: req.At, Hosts: n.host.ID().String(), Maps: req.Maps, Op: req.Op, Time: time.Now().UnixNano()}
 		if a, err = SignActivation(n.key, a); err != nil {
 			return nil, err
 		}

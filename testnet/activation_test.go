@@ -40,13 +40,13 @@ func opNet(t *testing.T, n int, mode ...string) (*testnet.Net, crypto.PrivKey) {
 }
 
 // act signs and publishes an activation through node via's API.
-func act(t *testing.T, key crypto.PrivKey, via *testnet.Node, layer, at, hosts, op string) api.ActivateResult {
+func act(t *testing.T, key crypto.PrivKey, via *testnet.Node, layer, at, hosts, op string, maps ...string) api.ActivateResult {
 	t.Helper()
 	id, err := via.Client.Resolve(ctx, layer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := node.SignActivation(key, node.Activation{Layer: layer, CID: id, At: at, Hosts: hosts, Op: op, Time: time.Now().UnixNano()})
+	a, err := node.SignActivation(key, node.Activation{Layer: layer, CID: id, At: at, Hosts: hosts, Maps: maps, Op: op, Time: time.Now().UnixNano()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,8 +121,12 @@ func activateAllAndDeactivate(t *testing.T, mode string) {
 	prev := filepath.Join(net.Nodes[1].Data, "root", "opt", "app", "local.txt")
 	os.MkdirAll(filepath.Dir(prev), 0o755)
 	os.WriteFile(prev, []byte("mine"), 0o600)
+	// ... and an /etc/app.conf of its own, which the layer's replaces while active.
+	orig := filepath.Join(net.Nodes[1].Data, "root", "etc", "app.conf")
+	os.MkdirAll(filepath.Dir(orig), 0o755)
+	os.WriteFile(orig, []byte("port=22\n"), 0o644)
 
-	res := act(t, key, net.Nodes[2], "app:1", "/opt/app", "all", node.OpActivate)
+	res := act(t, key, net.Nodes[2], "app:1", "/opt/app", "all", node.OpActivate, "/etc/app.conf=etc/app.conf")
 	if len(res.Targets) != 3 {
 		t.Fatalf("activation selects %d hosts, want 3", len(res.Targets))
 	}
@@ -134,6 +138,11 @@ func activateAllAndDeactivate(t *testing.T, mode string) {
 		path := filepath.Join(nd.Data, "root", "opt", "app")
 		if node.Mounted(path) != (mode == node.ModeOverlay) {
 			t.Fatalf("node %d: %s mounted=%v in %s mode", nd.Index, path, node.Mounted(path), mode)
+		}
+	}
+	for _, nd := range net.Nodes { // the mapped path resolves into the layer
+		if got := readAt(nd, "etc/app.conf"); got != "port=80\n" {
+			t.Fatalf("node %d: mapped /etc/app.conf = %q", nd.Index, got)
 		}
 	}
 	sts, _ := net.Nodes[0].Client.Activations(ctx)
@@ -157,6 +166,12 @@ func activateAllAndDeactivate(t *testing.T, mode string) {
 	settled(t, net, res, "app:1", node.StateInactive, net.Nodes...)
 	if got := readAt(net.Nodes[1], "opt/app/local.txt"); got != "mine" {
 		t.Fatalf("node 1's own /opt/app was not restored: %q", got)
+	}
+	if got := readAt(net.Nodes[1], "etc/app.conf"); got != "port=22\n" {
+		t.Fatalf("node 1's own /etc/app.conf was not restored: %q", got)
+	}
+	if _, err := os.Lstat(filepath.Join(net.Nodes[0].Data, "root", "etc", "app.conf")); !os.IsNotExist(err) {
+		t.Fatalf("node 0: the mapped path outlived the activation (%v)", err)
 	}
 	for _, nd := range []*testnet.Node{net.Nodes[0], net.Nodes[2]} {
 		if _, err := os.Lstat(filepath.Join(nd.Data, "root", "opt", "app")); !os.IsNotExist(err) {

@@ -37,6 +37,7 @@ func (a *app) operatorKey(flag string) string {
 
 func (a *app) activationCmd(op string) *cobra.Command {
 	var at, hosts, keyFile string
+	var maps []string
 	var wait bool
 	var timeout time.Duration
 	use, short := "activate NAME[:TAG] --at PATH", "Make a layer live at PATH on a set of hosts, cluster-wide"
@@ -64,7 +65,12 @@ settles and fails if any host failed.`,
 				return usageError{fmt.Errorf("activate: --at must be an absolute path, e.g. --at /opt/app")}
 			}
 			cl := a.client()
-			req := api.ActivateRequest{Layer: name.String(), At: filepath.Clean(at), Hosts: hosts, Op: op}
+			for _, m := range maps {
+				if _, _, err := node.ParseMap(m); err != nil {
+					return usageError{err}
+				}
+			}
+			req := api.ActivateRequest{Layer: name.String(), At: filepath.Clean(at), Hosts: hosts, Maps: maps, Op: op}
 			if op == node.OpDeactivate {
 				req.At = ""
 			}
@@ -77,7 +83,7 @@ settles and fails if any host failed.`,
 				if err != nil {
 					return err
 				}
-				act, err := node.SignActivation(key, node.Activation{Layer: name.String(), CID: id, At: req.At, Hosts: hosts, Op: op, Time: time.Now().UnixNano()})
+				act, err := node.SignActivation(key, node.Activation{Layer: name.String(), CID: id, At: req.At, Hosts: hosts, Maps: req.Maps, Op: op, Time: time.Now().UnixNano()})
 				if err != nil {
 					return err
 				}
@@ -100,6 +106,7 @@ settles and fails if any host failed.`,
 	}
 	if op == node.OpActivate {
 		c.Flags().StringVar(&at, "at", "", "absolute path where the layer appears on each host (under its --root)")
+		c.Flags().StringArrayVar(&maps, "map", nil, "SRC=DST: while active, host path SRC resolves to DST inside the layer (bind mount or symlink; repeatable)")
 	}
 	c.Flags().StringVar(&hosts, "hosts", "all", "which hosts: all, ID,ID,..., key=value (a label), or self")
 	c.Flags().StringVar(&keyFile, "key", "", "operator key file (default $P2PIMG_OPERATOR_KEY)")

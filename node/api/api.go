@@ -174,6 +174,7 @@ type ActivateRequest struct {
 	Layer  string          `json:"layer,omitempty"`
 	At     string          `json:"at,omitempty"`
 	Hosts  string          `json:"hosts,omitempty"`
+	Maps   []string        `json:"maps,omitempty"`
 	Op     string          `json:"op,omitempty"`
 	Signed json.RawMessage `json:"signed,omitempty"`
 }
