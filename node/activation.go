@@ -31,11 +31,12 @@ const (
 
 // Host states of an activation, as each host reports them.
 const (
-	StateRequested = "requested"
-	StateFetching  = "fetching"
-	StateActive    = "active"
-	StateInactive  = "inactive"
-	StateFailed    = "failed"
+	StateRequested    = "requested"
+	StateFetching     = "fetching"
+	StateDeactivating = "deactivating"
+	StateActive       = "active"
+	StateInactive     = "inactive"
+	StateFailed       = "failed"
 )
 
 // Activation asks the hosts it selects to expose a layer at a path (or to
@@ -344,6 +345,9 @@ func (n *Node) step(ctx context.Context, e *exposed, a Activation) {
 			return
 		}
 		e.Time, e.CID = a.Time, a.CID
+		if exposedNow {
+			report(StateDeactivating, "")
+		}
 		if err := n.unmapAll(e); err != nil {
 			report(StateFailed, err.Error())
 			return
@@ -376,7 +380,13 @@ func (n *Node) step(ctx context.Context, e *exposed, a Activation) {
 		}
 		e.Time, e.CID, e.At, e.Path, e.Mode = a.Time, a.CID, a.At, path, n.exposeMode()
 		report(StateFetching, "")
-		m, err := n.ensureLayer(ctx, a)
+		m, err := n.ensureLayer(ctx, a, func(ev api.Event) {
+			if p := ev.Progress; p != nil {
+				n.setStates(HostState{Layer: e.Layer, CID: e.CID, At: e.At, State: StateFetching, Time: e.Time, Mode: e.Mode,
+					Detail: fmt.Sprintf("%d of %d bytes from %d peer(s)", p.Done, p.Total, p.Peers)})
+				n.announceSoon()
+			}
+		})
 		if err == nil {
 			err = n.expose(ctx, e, m)
 		}
@@ -396,7 +406,7 @@ func (n *Node) step(ctx context.Context, e *exposed, a Activation) {
 }
 
 // ensureLayer makes the activation's pinned layer complete here.
-func (n *Node) ensureLayer(ctx context.Context, a Activation) (*chunk.Manifest, error) {
+func (n *Node) ensureLayer(ctx context.Context, a Activation, emit Emit) (*chunk.Manifest, error) {
 	name, _ := chunk.ParseName(a.Layer)
 	id, err := cid.Decode(a.CID)
 	if err != nil {
@@ -406,7 +416,7 @@ func (n *Node) ensureLayer(ctx context.Context, a Activation) (*chunk.Manifest, 
 	if !ok || mp.CID != a.CID {
 		mp = Mapping{Name: name.String(), CID: a.CID}
 	}
-	if _, err := n.fetchMapping(ctx, name, mp, func(api.Event) {}); err != nil {
+	if _, err := n.fetchMapping(ctx, name, mp, emit); err != nil {
 		return nil, err
 	}
 	return n.db.GetManifest(ctx, id)
