@@ -206,6 +206,7 @@ type HostState struct {
 type exposed struct {
 	HostState
 	Path    string    `json:"path"`    // the full path under --root
+	Exposed bool      `json:"exposed"` // Path shows the layer now (our mount or our directory)
 	Backup  bool      `json:"backup"`  // materialized: Path's previous contents are at Path + baseSuffix
 	Created bool      `json:"created"` // overlay: Path was made for the mount
 	Maps    []mapped  `json:"maps,omitempty"`
@@ -265,7 +266,11 @@ func (n *Node) expose(ctx context.Context, e *exposed, m *chunk.Manifest) error 
 	_, err := os.Lstat(e.Path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		return os.Rename(tmp, e.Path)
+		if err := os.Rename(tmp, e.Path); err != nil {
+			return err
+		}
+		e.Exposed = true
+		return nil
 	case err != nil:
 		return err
 	}
@@ -273,7 +278,9 @@ func (n *Node) expose(ctx context.Context, e *exposed, m *chunk.Manifest) error 
 		os.RemoveAll(tmp)
 		return fmt.Errorf("swap %s in: %w", e.Path, err)
 	}
-	if e.Backup { // tmp now holds the previous version of this layer
+	wasOurs := e.Exposed
+	e.Exposed = true
+	if wasOurs { // tmp now holds our previous exposure, not the host's own
 		return os.RemoveAll(tmp)
 	}
 	if err := os.Rename(tmp, e.Path+baseSuffix); err != nil {
@@ -286,16 +293,24 @@ func (n *Node) expose(ctx context.Context, e *exposed, m *chunk.Manifest) error 
 // unexpose puts back what was at the path before the layer.
 func (n *Node) unexpose(e *exposed) error {
 	if e.Mode == ModeOverlay {
-		return n.unmountOverlay(e)
+		if err := n.unmountOverlay(e); err != nil {
+			return err
+		}
+		e.Exposed = false
+		return nil
 	}
 	if !e.Backup {
-		return os.RemoveAll(e.Path)
+		if err := os.RemoveAll(e.Path); err != nil {
+			return err
+		}
+		e.Exposed = false
+		return nil
 	}
 	base := e.Path + baseSuffix
 	if err := exchange(base, e.Path); err != nil {
 		return fmt.Errorf("restore %s: %w", e.Path, err)
 	}
-	e.Backup = false
+	e.Backup, e.Exposed = false, false
 	return os.RemoveAll(base) // it holds the layer now
 }
 
@@ -338,7 +353,7 @@ func (n *Node) step(ctx context.Context, e *exposed, a Activation) {
 		n.setStates(e.HostState)
 		n.announceSoon()
 	}
-	exposedNow := e.State == StateActive || e.Backup || (e.Path != "" && e.State != StateInactive)
+	exposedNow := e.Exposed
 	switch a.Op {
 	case OpDeactivate:
 		if e.Time == a.Time && e.State == StateInactive {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,8 +32,17 @@ func (n *Node) mapAll(e *exposed, maps []string) error {
 			return err
 		}
 		mp := mapped{Src: filepath.Join(n.cfg.Root, src), Dst: filepath.Join(e.Path, dst), Bind: e.Mode == ModeOverlay}
-		if _, err := os.Lstat(mp.Dst); err != nil {
+		// DST must stay inside the layer even through symlinks the layer holds.
+		real, err := filepath.EvalSymlinks(mp.Dst)
+		if err != nil {
 			return fmt.Errorf("map %s: %s is not in the layer: %w", m, dst, err)
+		}
+		top, err := filepath.EvalSymlinks(e.Path)
+		if err != nil {
+			return err
+		}
+		if real != top && !strings.HasPrefix(real, top+"/") {
+			return fmt.Errorf("map %s: %s leads outside the layer (to %s)", m, dst, real)
 		}
 		if mp.Bind {
 			if _, err := os.Lstat(mp.Src); errors.Is(err, os.ErrNotExist) {

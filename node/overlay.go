@@ -144,6 +144,7 @@ func (n *Node) mountOverlay(ctx context.Context, e *exposed, m *chunk.Manifest) 
 	if err := unix.Mount("overlay", e.Path, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mount overlay at %s: %w", e.Path, err)
 	}
+	e.Exposed = true
 	return nil
 }
 

@@ -279,3 +279,33 @@ func TestActivationRecoversWhenChunksAppear(t *testing.T) {
 		t.Fatal("the layer is not exposed after recovering")
 	}
 }
+
+// A map whose DST is a symlink in the layer leading out of it is refused.
+func TestMapCannotEscapeTheLayer(t *testing.T) {
+	net, key := opNet(t, 1, node.ModeMaterialized)
+	src := tree(t, map[string]string{"f": "x"})
+	os.Symlink("/etc", filepath.Join(src, "escape"))
+	add(t, net.Nodes[0], "app:1", src)
+	res := act(t, key, net.Nodes[0], "app:1", "/opt/app", "all", node.OpActivate, "/etc/passwd=escape/passwd")
+	net.Eventually(10*time.Second, "the activation fails naming the escape", func() bool {
+		sts, _ := net.Nodes[0].Client.Activations(ctx)
+		return len(sts) == 1 && sts[0].Time == res.Time && sts[0].State == node.StateFailed && strings.Contains(sts[0].Detail, "leads outside the layer")
+	})
+	if _, err := os.Lstat(filepath.Join(net.Nodes[0].Data, "root", "etc", "passwd")); !os.IsNotExist(err) {
+		t.Fatalf("something was made at the mapped path: %v", err)
+	}
+	// It is retried (and fails again); deactivation then leaves nothing at
+	// /opt/app, where nothing was before: no retry may pass the host's
+	// earlier exposure off as its original contents.
+	net.Eventually(15*time.Second, "a retry", func() bool {
+		sts, _ := net.Nodes[0].Client.Activations(ctx)
+		return len(sts) == 1 && sts[0].State == node.StateFailed && time.Since(time.Unix(0, res.Time)) > 6*time.Second
+	})
+	res = act(t, key, net.Nodes[0], "app:1", "", "all", node.OpDeactivate)
+	settled(t, net, res, "app:1", node.StateInactive, net.Nodes[0])
+	for _, p := range []string{"opt/app", "opt/app" + ".p2pimg-base"} {
+		if _, err := os.Lstat(filepath.Join(net.Nodes[0].Data, "root", p)); !os.IsNotExist(err) {
+			t.Fatalf("%s is there after deactivation (%v)", p, err)
+		}
+	}
+}
