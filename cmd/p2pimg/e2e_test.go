@@ -471,6 +471,35 @@ func TestTestnetCLI(t *testing.T) {
 		t.Fatalf("env 3 = %q", env)
 	}
 
+	// Activation across the three daemon processes, followed with --wait.
+	src := t.TempDir()
+	writeTree(t, src)
+	tn("--node", "1", "add", "web:1", src)
+	waitFor(t, "web:1 in node 3's catalogue", func() bool {
+		out, _, code := cli(t, nil, "--testnet-dir", dir, "--node", "3", "layers", "--all")
+		return code == 0 && strings.Contains(out, "web:1")
+	})
+	if out := tn("--node", "2", "activate", "web:1", "--at", "/opt/web", "--hosts", "all", "--wait"); !strings.Contains(out, "settled on all 3 host(s)") {
+		t.Fatalf("activate --wait: %s", out)
+	}
+	for _, nd := range l.Nodes {
+		if b, err := os.ReadFile(filepath.Join(nd.Root(), "opt", "web", "etc", "app.conf")); err != nil || string(b) != "port=80\n" {
+			t.Fatalf("node %d: /opt/web/etc/app.conf = %q, %v", nd.Index, b, err)
+		}
+	}
+	if out := tn("--node", "1", "status"); strings.Count(out, " active ") != 3 {
+		t.Fatalf("status:\n%s", out)
+	}
+	tn("--node", "3", "deactivate", "web:1", "--wait")
+	for _, nd := range l.Nodes {
+		if _, err := os.Lstat(filepath.Join(nd.Root(), "opt", "web")); !os.IsNotExist(err) {
+			t.Fatalf("node %d: /opt/web after deactivation: %v", nd.Index, err)
+		}
+	}
+	if _, errOut, code := cli(t, nil, "--testnet-dir", dir, "--node", "1", "activate", "web:1", "--at", "relative"); code != 2 || !strings.Contains(errOut, "--at must be an absolute path") {
+		t.Fatalf("activate with a relative path: %d %s", code, errOut)
+	}
+
 	tn("testnet", "kill", "2")
 	if st := status(); st[1].Up || !st[0].Up || !st[2].Up {
 		t.Fatalf("after kill 2: %+v", st)
