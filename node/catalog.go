@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -245,11 +247,7 @@ func (c *catalog) mergeActivation(a Activation) bool {
 func (c *catalog) activations() []Activation {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]Activation, 0, len(c.acts))
-	for _, a := range c.acts {
-		out = append(out, a)
-	}
-	return out
+	return slices.Collect(maps.Values(c.acts))
 }
 
 // hostView is what a host last told about itself.
@@ -312,19 +310,8 @@ func (c *catalog) holdersOf(id string) []peer.ID {
 func (c *catalog) all() []Mapping {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]Mapping, 0, len(c.mappings))
-	for _, m := range c.mappings {
-		out = append(out, m)
-	}
-	slices.SortFunc(out, func(a, b Mapping) int {
-		if a.Name < b.Name {
-			return -1
-		}
-		if a.Name > b.Name {
-			return 1
-		}
-		return 0
-	})
+	out := slices.Collect(maps.Values(c.mappings))
+	slices.SortFunc(out, func(a, b Mapping) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
