@@ -51,3 +51,25 @@ func TestNonMemberRefused(t *testing.T) {
 		t.Fatalf("the outsider's layer reached a member: %+v", cl)
 	}
 }
+
+// A partition changes what each node can reach and nothing else; Heal
+// brings the mesh back.
+func TestPartitionAndHeal(t *testing.T) {
+	net := testnet.New(t, 4)
+	peers := func(i int) int {
+		ps, _ := net.Nodes[i].Client.Peers(ctx)
+		return len(ps)
+	}
+	net.Partition([]int{0, 1}, []int{2})
+	net.Eventually(10*time.Second, "groups {0,1} and {2} apart, 3 with everyone", func() bool {
+		return peers(0) == 2 && peers(1) == 2 && peers(2) == 1 && peers(3) == 3
+	})
+	// Gossip still flows around the cut (through node 3); only direct links are refused.
+	res := add(t, net.Nodes[0], "p:1", image(t, 1<<20, 5))
+	waitCatalog(t, net, net.Nodes[3], "p:1", res.Layer.CID)
+	if err := net.Nodes[2].Node().Connect(ctx, net.Nodes[0].Node().Addrs()[0]); err == nil {
+		t.Fatal("node 2 could dial across the partition")
+	}
+	net.Heal()
+	waitCatalog(t, net, net.Nodes[2], "p:1", res.Layer.CID)
+}

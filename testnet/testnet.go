@@ -238,3 +238,42 @@ func (net *Net) Eventually(timeout time.Duration, what string, cond func() bool)
 		}
 	}
 }
+
+// Partition splits the running nodes into groups (node indexes) that cannot
+// reach each other; nodes in no group keep talking to everyone.
+func (net *Net) Partition(groups ...[]int) {
+	net.t.Helper()
+	group := map[int]int{}
+	for g, is := range groups {
+		for _, i := range is {
+			group[i] = g
+		}
+	}
+	for _, nd := range net.Nodes {
+		if nd.d == nil {
+			continue
+		}
+		var cut []string
+		g, in := group[nd.Index]
+		for _, o := range net.Nodes {
+			if og, oin := group[o.Index]; in && oin && og != g && o.Node() != nil {
+				cut = append(cut, o.Node().ID().String())
+			}
+		}
+		if err := nd.Node().Partition(cut); err != nil {
+			net.t.Fatalf("partition node %d: %v", nd.Index, err)
+		}
+	}
+}
+
+// Heal undoes Partition and waits until every running node is connected to
+// every other again.
+func (net *Net) Heal() {
+	net.t.Helper()
+	for _, nd := range net.Nodes {
+		if nd.d != nil {
+			nd.Node().Partition(nil)
+		}
+	}
+	net.WaitConnected()
+}
