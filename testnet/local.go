@@ -344,14 +344,26 @@ func (l *Local) Partition(ctx context.Context, groups [][]int) error {
 			group[k] = g
 		}
 	}
-	for _, nd := range l.Nodes {
+	for i, nd := range l.Nodes {
 		var cut []string
+		var addrs []string
 		g, in := group[nd.Index]
-		for _, o := range l.Nodes {
+		for j, o := range l.Nodes {
 			if og, oin := group[o.Index]; in && oin && og != g {
 				cut = append(cut, o.PeerID)
+				if l.NetNS != nil {
+					addrs = append(addrs, l.NetNS.Addr(j))
+				}
 			}
 		}
+		if l.NetNS != nil {
+			// In namespaces the network itself is cut: packets to the other
+			// groups are dropped by blackhole routes in this host's namespace.
+			if err := l.NetNS.Blackhole(i, addrs); err != nil {
+				return fmt.Errorf("node %d: %w", nd.Index, err)
+			}
+		}
+		// The gater closes open connections at once (and is the only cut on loopback).
 		if err := client.New(nd.Socket).Partition(ctx, cut); err != nil {
 			return fmt.Errorf("node %d: %w", nd.Index, err)
 		}

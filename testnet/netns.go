@@ -92,3 +92,15 @@ func (n NetNS) Exists() bool {
 	}
 	return false
 }
+
+// Blackhole makes host i drop every packet to addrs, replacing the
+// blackholes it had; no addrs heals.
+func (n NetNS) Blackhole(i int, addrs []string) error {
+	exec.Command("ip", "-n", n.NS(i), "route", "flush", "type", "blackhole").Run()
+	for _, a := range addrs {
+		if err := run("ip", "-n", n.NS(i), "route", "add", "blackhole", a+"/32"); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -604,6 +604,20 @@ func TestTestnetNetns(t *testing.T) {
 	if len(ps) != 1 || !strings.Contains(strings.Join(ps[0].Addrs, " "), "/ip4/10.234.78.1/") {
 		t.Fatalf("node 2 should reach node 1 over its namespace link: %+v", ps)
 	}
+	// A partition in namespaces cuts the network itself: blackhole routes.
+	tn("testnet", "partition", "1", "2")
+	if out, _ := exec.Command("ip", "-n", l.NetNS.NS(1), "route", "show", "type", "blackhole").CombinedOutput(); !strings.Contains(string(out), l.NetNS.Addr(0)) {
+		t.Fatalf("no blackhole route to node 1 in node 2's namespace: %s", out)
+	}
+	waitFor(t, "node 2 cut off", func() bool {
+		json.Unmarshal([]byte(tn("--node", "2", "peers", "--json")), &ps)
+		return len(ps) == 0
+	})
+	tn("testnet", "heal")
+	waitFor(t, "node 2 reconnected", func() bool {
+		json.Unmarshal([]byte(tn("--node", "2", "peers", "--json")), &ps)
+		return len(ps) == 1
+	})
 	tn("testnet", "down")
 	if l.NetNS.Exists() {
 		t.Fatal("down left network namespaces behind")
