@@ -173,7 +173,7 @@ func (p *packs) append(recs []record) ([]loc, error) {
 	p.size = off
 	p.dirty[p.active] = true
 	// Start writing back now, without waiting, so the sync that makes a
-	// layer complete has little left to do.
+	// layer complete has less left to do.
 	unix.SyncFileRange(int(f.Fd()), start, off-start, unix.SYNC_FILE_RANGE_WRITE)
 	return locs, nil
 }
@@ -235,7 +235,9 @@ func (p *packs) sync() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for n := range p.dirty {
-		if err := p.files[n].Sync(); err != nil {
+		// fdatasync: the data plus what is needed to read it back (size,
+		// allocation), without timestamps.
+		if err := unix.Fdatasync(int(p.files[n].Fd())); err != nil {
 			return fmt.Errorf("sync pack %d: %w", n, err)
 		}
 		delete(p.dirty, n)
