@@ -2,8 +2,6 @@ package testnet_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -31,18 +29,6 @@ func image(t *testing.T, size int64, seed uint64) string {
 	}
 	f.Close()
 	return p
-}
-
-func hashFile(t *testing.T, p string) [32]byte {
-	t.Helper()
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	io.Copy(h, f)
-	return [32]byte(h.Sum(nil))
 }
 
 func add(t *testing.T, nd *testnet.Node, name, path string) api.AddResult {
@@ -77,7 +63,7 @@ func checkoutSame(t *testing.T, nd *testnet.Node, name, src string) {
 	if _, err := nd.Client.Checkout(ctx, api.CheckoutRequest{Name: name, Dir: out}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if hashFile(t, src) != hashFile(t, filepath.Join(out, filepath.Base(src))) {
+	if testnet.HashFile(t, src) != testnet.HashFile(t, filepath.Join(out, filepath.Base(src))) {
 		t.Fatalf("%s on %s differs from the source", name, nd.Data)
 	}
 }

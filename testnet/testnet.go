@@ -2,7 +2,9 @@ package testnet
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -276,4 +278,19 @@ func (net *Net) Heal() {
 		}
 	}
 	net.WaitConnected()
+}
+
+// HashFile is the sha256 of a file's contents, for tests that compare files.
+func HashFile(t testing.TB, path string) [32]byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return [32]byte(h.Sum(nil))
 }

@@ -3,11 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,18 +82,6 @@ func mustCLI(t *testing.T, d *testnet.Daemon, args ...string) string {
 	return out
 }
 
-func fileHash(t *testing.T, p string) [32]byte {
-	t.Helper()
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	io.Copy(h, f)
-	return [32]byte(h.Sum(nil))
-}
-
 func writeTree(t *testing.T, dir string) {
 	t.Helper()
 	for p, body := range map[string]string{"etc/app.conf": "port=80\n", "bin/app": strings.Repeat("binary", 50000), "README": "hi"} {
@@ -136,7 +122,7 @@ func TestCLIWorkflow(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "out")
 	mustCLI(t, d, "checkout", "web:1", out)
 	for _, p := range []string{"etc/app.conf", "bin/app", "README"} {
-		if fileHash(t, filepath.Join(src, p)) != fileHash(t, filepath.Join(out, p)) {
+		if testnet.HashFile(t, filepath.Join(src, p)) != testnet.HashFile(t, filepath.Join(out, p)) {
 			t.Fatalf("%s differs after checkout", p)
 		}
 	}
@@ -259,7 +245,7 @@ func TestCrashDuringAdd(t *testing.T) {
 	}
 	out := filepath.Join(t.TempDir(), "o")
 	mustCLI(t, d, "checkout", "before:1", out)
-	if fileHash(t, filepath.Join(src, "bin/app")) != fileHash(t, filepath.Join(out, "bin/app")) {
+	if testnet.HashFile(t, filepath.Join(src, "bin/app")) != testnet.HashFile(t, filepath.Join(out, "bin/app")) {
 		t.Fatal("layer completed before the crash differs")
 	}
 	var res api.AddResult
@@ -348,7 +334,7 @@ func TestDiskFullDuringAdd(t *testing.T) {
 	mustCLI(t, d, "add", "big:1", img)
 	out := filepath.Join(t.TempDir(), "big")
 	mustCLI(t, d, "checkout", "big:1", out)
-	if fileHash(t, img) != fileHash(t, filepath.Join(out, "big.raw")) {
+	if testnet.HashFile(t, img) != testnet.HashFile(t, filepath.Join(out, "big.raw")) {
 		t.Fatal("image differs after the add that followed a full disk")
 	}
 }
@@ -411,7 +397,7 @@ func TestKillDuringFetchResumes(t *testing.T) {
 	}
 	out := filepath.Join(t.TempDir(), "o")
 	mustCLI(t, b, "checkout", "vm:1", out)
-	if fileHash(t, img) != fileHash(t, filepath.Join(out, "disk.raw")) {
+	if testnet.HashFile(t, img) != testnet.HashFile(t, filepath.Join(out, "disk.raw")) {
 		t.Fatal("resumed fetch differs from the image")
 	}
 }
