@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/client"
 	"github.com/p2pimg/p2pimg/testnet"
@@ -499,8 +500,13 @@ func TestTestnetCLI(t *testing.T) {
 	tn("testnet", "heal")
 	waitFor(t, "the mesh healed", peersAre(2, 2, 2))
 
+	// down also undoes what is still active (an overlay mount when root).
+	tn("--node", "1", "activate", "web:1", "--at", "/opt/web", "--hosts", "all", "--wait")
 	tn("testnet", "kill", "3") // down copes with a dead node
 	tn("testnet", "down")
+	if m := node.MountsUnder(dir); len(m) > 0 {
+		t.Fatalf("down left mounts behind: %v", m)
+	}
 	for _, nd := range l.Nodes {
 		if err := syscall.Kill(nd.PID, 0); err == nil {
 			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", nd.PID)); !strings.Contains(string(b), ") Z ") {
