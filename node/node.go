@@ -77,8 +77,11 @@ type Node struct {
 	actKick chan struct{} // asks the reconciler to look at activations now
 	stMu    sync.Mutex
 	states  map[string]HostState // this host's activation states, by layer
-	up      *rate.Limiter        // nil: no cap
-	down    *rate.Limiter
+
+	probeOnce sync.Once
+	autoMode  string        // exposure mode chosen by the probe, for Expose auto
+	up        *rate.Limiter // nil: no cap
+	down      *rate.Limiter
 
 	fetchMu sync.Mutex
 	fetches map[cid.Cid]*fetch

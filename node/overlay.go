@@ -21,26 +21,46 @@ const (
 	ModeMaterialized = "materialized"
 )
 
-// overlayAvailable reports whether this host can mount overlays: root and
-// overlayfs in the kernel.
-func overlayAvailable() bool {
+// OverlayWorks mounts and unmounts a small overlay in a scratch directory
+// under dir: the only sure way to know this host may mount overlays (root
+// in a sandbox may still be refused).
+func OverlayWorks(dir string) error {
 	if os.Geteuid() != 0 {
-		return false
+		return fmt.Errorf("not root")
 	}
-	b, err := os.ReadFile("/proc/filesystems")
-	return err == nil && strings.Contains(string(b), "\toverlay\n")
+	tmp, err := os.MkdirTemp(dir, ".overlay-probe-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	for _, d := range []string{"lower", "upper", "work", "mnt"} {
+		if err := os.Mkdir(filepath.Join(tmp, d), 0o700); err != nil {
+			return err
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", filepath.Join(tmp, "lower"), filepath.Join(tmp, "upper"), filepath.Join(tmp, "work"))
+	if err := unix.Mount("overlay", filepath.Join(tmp, "mnt"), "overlay", 0, opts); err != nil {
+		return err
+	}
+	return unix.Unmount(filepath.Join(tmp, "mnt"), unix.MNT_DETACH)
 }
 
-// exposeMode is the mode this host uses for new activations.
+// exposeMode is the mode this host uses for new activations: the one
+// configured, or for auto, overlay if a probe mount works (checked once).
 func (n *Node) exposeMode() string {
 	switch n.cfg.Expose {
 	case ModeOverlay, ModeMaterialized:
 		return n.cfg.Expose
 	}
-	if overlayAvailable() {
-		return ModeOverlay
-	}
-	return ModeMaterialized
+	n.probeOnce.Do(func() {
+		n.autoMode = ModeMaterialized
+		if err := OverlayWorks(n.dataDir); err != nil {
+			n.log.Info("activations use materialized directories: overlay mounts unavailable", "reason", err.Error())
+			return
+		}
+		n.autoMode = ModeOverlay
+	})
+	return n.autoMode
 }
 
 // Mounted reports whether path is a mount point.

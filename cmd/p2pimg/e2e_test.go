@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -572,6 +573,11 @@ func TestTestnetNetns(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
 	}
+	probe := "p2pimg-probe-" + strconv.Itoa(os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", probe).CombinedOutput(); err != nil {
+		t.Skipf("cannot make network namespaces here: %v %s", err, out)
+	}
+	exec.Command("ip", "netns", "del", probe).Run()
 	dir := filepath.Join(t.TempDir(), "tn")
 	tn := func(args ...string) string {
 		t.Helper()
