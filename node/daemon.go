@@ -180,6 +180,9 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("POST "+v+"/gc", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
 		return n.GC(ctx)
 	}))
+	mux.HandleFunc("GET "+v+"/common", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
+		return n.Common(ctx, r.URL.Query()["layer"])
+	}))
 	mux.HandleFunc("GET "+v+"/stats", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
 		return n.Stats(ctx)
 	}))

@@ -329,6 +329,23 @@ func (n *Node) Checkout(ctx context.Context, req api.CheckoutRequest, emit Emit)
 	return &api.CheckoutResult{Layer: l, Dir: req.Dir}, nil
 }
 
+// Common compares this host's layers: identical files and shared chunks.
+func (n *Node) Common(ctx context.Context, refs []string) (*api.CommonResult, error) {
+	if len(refs) < 2 {
+		return nil, badRequestf("common: name at least two layers")
+	}
+	var ms []*chunk.Manifest
+	for _, ref := range refs {
+		_, m, err := n.layer(ctx, ref)
+		if err != nil {
+			return nil, err
+		}
+		ms = append(ms, m)
+	}
+	r := chunk.Common(ms...)
+	return &api.CommonResult{Layers: refs, CommonReport: r}, nil
+}
+
 // Layers lists this host's layers.
 func (n *Node) Layers(ctx context.Context) ([]chunk.Layer, error) {
 	ls, err := n.db.Layers(ctx)

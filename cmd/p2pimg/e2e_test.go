@@ -621,3 +621,30 @@ func TestTestnetNetns(t *testing.T) {
 		t.Fatal("down left network namespaces behind")
 	}
 }
+
+func TestCLICommon(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir())
+	a, b := t.TempDir(), t.TempDir()
+	for _, dir := range []string{a, b} {
+		writeTree(t, dir) // etc/app.conf, bin/app, README, app -> bin/app
+	}
+	os.WriteFile(filepath.Join(b, "README"), []byte("changed"), 0o644)
+	os.WriteFile(filepath.Join(b, "extra"), bytes.Repeat([]byte("e"), 5000), 0o644)
+	mustCLI(t, d, "add", "img-a:1", a)
+	mustCLI(t, d, "add", "img-b:1", b)
+	var r api.CommonResult
+	if err := json.Unmarshal([]byte(mustCLI(t, d, "common", "img-a:1", "img-b:1", "--json")), &r); err != nil {
+		t.Fatal(err)
+	}
+	// etc/app.conf (8 bytes) and bin/app (300000 bytes) are identical.
+	if r.Files != 2 || r.FileBytes != 300008 || r.ChunkBytes < 300000 {
+		t.Fatalf("common: %+v", r)
+	}
+	if out := mustCLI(t, d, "common", "img-a:1", "img-b:1"); !strings.Contains(out, "2 files") {
+		t.Fatalf("common table:\n%s", out)
+	}
+	if _, errOut, code := cli(t, d, "common", "img-a:1"); code != 2 || !strings.Contains(errOut, "takes two or more layer names") {
+		t.Fatalf("common with one layer: %d %s", code, errOut)
+	}
+}

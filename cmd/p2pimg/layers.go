@@ -225,3 +225,33 @@ func (a *app) statsCmd() *cobra.Command {
 		},
 	}
 }
+
+func (a *app) commonCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "common A B [C ...]",
+		Short: "Report what images share: identical files (count, bytes, share of each) and shared chunk bytes",
+		Args:  minArgs(2, "two or more layer names"),
+		RunE: func(c *cobra.Command, args []string) error {
+			for _, n := range args {
+				if _, err := chunk.ParseName(n); err != nil {
+					return usageError{err}
+				}
+			}
+			r, err := a.client().Common(c.Context(), args)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(r)
+			}
+			fmt.Fprintf(a.stdout, "identical in all %d: %d files (%s), %d entries in all\n", len(args), r.Files, humanize.IBytes(uint64(r.FileBytes)), r.Entries)
+			fmt.Fprintf(a.stdout, "chunks used by all: %s\n", humanize.IBytes(uint64(r.ChunkBytes)))
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "LAYER\tFILE BYTES\tCOMMON SHARE")
+			for i, n := range r.Layers {
+				fmt.Fprintf(tw, "%s\t%s\t%.1f%%\n", n, humanize.IBytes(uint64(r.Sizes[i])), 100*r.Share[i])
+			}
+			return tw.Flush()
+		},
+	}
+}

@@ -53,7 +53,7 @@ other command talks to the local daemon over its socket.`,
 	root.AddCommand(
 		a.daemonCmd(),
 		a.addCmd(), a.layersCmd(), a.checkoutCmd(), a.rmCmd(),
-		a.gcCmd(), a.verifyCmd(), a.statsCmd(),
+		a.gcCmd(), a.verifyCmd(), a.statsCmd(), a.commonCmd(),
 		a.fetchCmd(), a.idCmd(), a.peersCmd(), a.clusterCmd(), a.identityCmd(), a.testnetCmd(),
 		a.activationCmd(node.OpActivate), a.activationCmd(node.OpDeactivate), a.statusCmd(),
 	)
@@ -91,6 +91,16 @@ func (a *app) printJSON(v any) error {
 func exactArgs(n int, what string) cobra.PositionalArgs {
 	return func(c *cobra.Command, args []string) error {
 		if len(args) != n {
+			return usageError{fmt.Errorf("%s takes %s (got %d argument(s)); see `%s --help`", c.CommandPath(), what, len(args), c.CommandPath())}
+		}
+		return nil
+	}
+}
+
+// minArgs is cobra.MinimumNArgs with an error that names what is expected.
+func minArgs(n int, what string) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if len(args) < n {
 			return usageError{fmt.Errorf("%s takes %s (got %d argument(s)); see `%s --help`", c.CommandPath(), what, len(args), c.CommandPath())}
 		}
 		return nil

@@ -142,7 +142,7 @@ list). Talk to node K with 'p2pimg --node K ...' or 'eval $(p2pimg testnet env K
 		Use:     "partition GROUP GROUP...",
 		Short:   "Split the nodes into groups that cannot reach each other",
 		Example: "  p2pimg testnet partition 1,2 3,4,5",
-		Args:    cobra.MinimumNArgs(2),
+		Args:    minArgs(2, "two or more groups such as 1,2 3"),
 		RunE: func(c *cobra.Command, args []string) error {
 			var groups [][]int
 			for _, s := range args {

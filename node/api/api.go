@@ -197,3 +197,9 @@ type HostActivation struct {
 	Time   int64  `json:"time"`
 	Mode   string `json:"mode,omitempty"`
 }
+
+// CommonResult is GET /v1/common?layer=A&layer=B...
+type CommonResult struct {
+	Layers []string `json:"layers"`
+	chunk.CommonReport
+}

@@ -221,3 +221,10 @@ func (c *Client) Resolve(ctx context.Context, name string) (string, error) {
 	err := c.call(ctx, http.MethodGet, "/resolve/"+url.PathEscape(name), nil, &r)
 	return r["cid"], err
 }
+
+// Common compares layers on the daemon's host.
+func (c *Client) Common(ctx context.Context, layers []string) (api.CommonResult, error) {
+	var r api.CommonResult
+	q := url.Values{"layer": layers}
+	return r, c.call(ctx, http.MethodGet, "/common?"+q.Encode(), nil, &r)
+}
