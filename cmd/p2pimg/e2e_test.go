@@ -463,10 +463,7 @@ func TestTestnetCLI(t *testing.T) {
 	src := t.TempDir()
 	writeTree(t, src)
 	tn("--node", "1", "add", "web:1", src)
-	waitFor(t, "web:1 in node 3's catalogue", func() bool {
-		out, _, code := cli(t, nil, "--testnet-dir", dir, "--node", "3", "layers", "--all")
-		return code == 0 && strings.Contains(out, "web:1")
-	})
+	waitCatalogCLI(t, dir, 3, "web:1")
 	if out := tn("--node", "2", "activate", "web:1", "--at", "/opt/web", "--hosts", "all", "--wait"); !strings.Contains(out, "settled on all 3 host(s)") {
 		t.Fatalf("activate --wait: %s", out)
 	}
@@ -592,10 +589,7 @@ func TestTestnetNetns(t *testing.T) {
 	src := t.TempDir()
 	writeTree(t, src)
 	tn("--node", "1", "add", "web:1", src)
-	waitFor(t, "web:1 in node 2's catalogue", func() bool {
-		out, _, code := cli(t, nil, "--testnet-dir", dir, "--node", "2", "layers", "--all")
-		return code == 0 && strings.Contains(out, "web:1")
-	})
+	waitCatalogCLI(t, dir, 2, "web:1")
 	tn("--node", "2", "fetch", "web:1")
 	var ps []api.Peer
 	json.Unmarshal([]byte(tn("--node", "2", "peers", "--json")), &ps)
@@ -647,4 +641,13 @@ func TestCLICommon(t *testing.T) {
 	if _, errOut, code := cli(t, d, "common", "img-a:1"); code != 2 || !strings.Contains(errOut, "takes two or more layer names") {
 		t.Fatalf("common with one layer: %d %s", code, errOut)
 	}
+}
+
+// waitCatalogCLI waits until testnet node k's `layers --all` lists layer.
+func waitCatalogCLI(t *testing.T, dir string, k int, layer string) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%s in node %d's catalogue", layer, k), func() bool {
+		out, _, code := cli(t, nil, "--testnet-dir", dir, "--node", strconv.Itoa(k), "layers", "--all")
+		return code == 0 && strings.Contains(out, layer)
+	})
 }

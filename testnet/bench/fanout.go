@@ -48,7 +48,7 @@ func startNSDaemon(ctx context.Context, nn testnet.NetNS, bin, data string, i in
 
 func (d *nsDaemon) stop() { d.cmd.Process.Signal(os.Interrupt); d.cmd.Wait() }
 
-func benchFanOut(ctx context.Context, t *table, bin, dir, img string, size int64, rate string, fetchers int) error {
+func benchFanOut(ctx context.Context, t *table, bin, dir, img string, rate string, fetchers int) error {
 	fmt.Fprintf(os.Stderr, "fan-out over %s links (network namespaces)\n", rate)
 	if os.Geteuid() != 0 {
 		t.add("fan-out 1 -> 4", "skipped: needs root for network namespaces", "", nil)
@@ -156,6 +156,5 @@ func benchFanOut(ctx context.Context, t *table, bin, dir, img string, size int64
 		fmt.Sprintf("%.2f (%s / %s)", ratio, all.Round(10*time.Millisecond), one.Round(10*time.Millisecond)), "<= 1.5", check(ratio <= 1.5))
 	t.add(fmt.Sprintf("  one HTTP server to %d curl clients, same links", fetchers),
 		fmt.Sprintf("%.2f (%s / %s)", hRatio, hAll.Round(10*time.Millisecond), hOne.Round(10*time.Millisecond)), "", nil)
-	_ = size
 	return nil
 }

@@ -150,7 +150,7 @@ func run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := benchFanOut(ctx, t, *bin, *dir, img, *fanSize, *fanRate, 4); err != nil {
+		if err := benchFanOut(ctx, t, *bin, *dir, img, *fanRate, 4); err != nil {
 			return err
 		}
 	}
