@@ -160,6 +160,12 @@ func TestSeatTable(t *testing.T) {
 	// A's second VM shares A's seat (share 2); the third needs a new seat.
 	if r := f.claim("A", "vm2", time.Second); r.Seat == nil || r.Seat.Token != a1.Seat.Token {
 		t.Fatalf("shared claim: %+v", r)
+	} else {
+		// A result shares nothing with the table.
+		r.Seat.Consumers[0] = "changed"
+		if s, _ := f.tab.Lookup(a1.Seat.Token); s.Consumers[0] != "vm1" {
+			t.Fatal("changing a result changed the table")
+		}
 	}
 	if r := f.claim("A", "vm1", time.Second); r.Seat == nil || r.Seat.Token != a1.Seat.Token || len(r.Seat.Consumers) != 2 {
 		t.Fatalf("repeated claim is not idempotent: %+v", r)

@@ -246,7 +246,7 @@ func (t *Table) claim(index uint64, c Command, r Rules) Result {
 					sort.Strings(s.Consumers)
 				}
 				s.Expires = c.Now + int64(r.TTL)
-				cp := *s
+				cp := s.clone()
 				return Result{Seat: &cp}
 			}
 		}
@@ -268,7 +268,8 @@ func (t *Table) claim(index uint64, c Command, r Rules) Result {
 	s := Seat{Product: c.Product, N: n, Host: c.Host, Session: c.Session, Consumers: []string{c.Consumer}, Token: index, Expires: c.Now + int64(r.TTL)}
 	t.Seats = append(t.Seats, s)
 	t.sortSeats()
-	return Result{Seat: &s, Freed: freed}
+	cp := s.clone()
+	return Result{Seat: &cp, Freed: freed}
 }
 
 // renew extends every listed seat the host still holds. A seat whose lease
@@ -299,11 +300,11 @@ func (t *Table) release(c Command) Result {
 	var res Result
 	kept := t.Seats[:0]
 	for _, s := range t.Seats {
-		if s.Host == c.Host && (slices.Contains(c.Tokens, s.Token) ||
+			if s.Host == c.Host && (slices.Contains(c.Tokens, s.Token) ||
 			(s.Product == c.Product && s.Session == c.Session && slices.Contains(s.Consumers, c.Consumer))) {
 			s.Consumers = slices.DeleteFunc(s.Consumers, func(x string) bool { return x == c.Consumer || len(c.Tokens) > 0 })
 			if len(s.Consumers) == 0 {
-				res.Freed = append(res.Freed, s)
+				res.Freed = append(res.Freed, s.clone())
 				continue
 			}
 		}
@@ -320,7 +321,7 @@ func (t *Table) expire(product string, now int64, r Rules) []Seat {
 	kept := t.Seats[:0]
 	for _, s := range t.Seats {
 		if (product == "" || s.Product == product) && s.Expires+int64(r.Margin) <= now {
-			freed = append(freed, s)
+			freed = append(freed, s.clone())
 			continue
 		}
 		kept = append(kept, s)
@@ -349,11 +350,18 @@ func (t *Table) sortSeats() {
 	})
 }
 
+// clone is a copy that shares nothing with the table: results leave the
+// state machine, and what callers do with them must not change it.
+func (s Seat) clone() Seat {
+	s.Consumers = slices.Clone(s.Consumers)
+	return s
+}
+
 // Lookup finds the seat granted with token.
 func (t *Table) Lookup(token uint64) (Seat, bool) {
 	for _, s := range t.Seats {
 		if s.Token == token {
-			return s, true
+			return s.clone(), true
 		}
 	}
 	return Seat{}, false
@@ -380,8 +388,7 @@ func (t *Table) Clone() *Table {
 		c.Licenses[p] = l
 	}
 	for _, s := range t.Seats {
-		s.Consumers = slices.Clone(s.Consumers)
-		c.Seats = append(c.Seats, s)
+		c.Seats = append(c.Seats, s.clone())
 	}
 	return c
 }

@@ -6,11 +6,15 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
+
+	"github.com/p2pimg/p2pimg/license"
 )
 
 // ClusterConfig is the cluster file: the same on every host.
@@ -28,11 +32,26 @@ type ClusterConfig struct {
 	// Operators lists the keys (in peer id form, from `p2pimg cluster
 	// operator-key`) whose activations every host obeys.
 	Operators []string `toml:"operators,omitempty"`
+	// Keepers lists the peer ids of the hosts that keep the seat table in a
+	// Raft group: 1, 3 or 5 (3 or 5 in production). Empty = no licence
+	// seats in this cluster.
+	Keepers []string `toml:"keepers,omitempty"`
+	// Issuers lists the licence issuer public keys (64 hex digits, from
+	// `p2pimg license issuer-key`) whose licences are accepted.
+	Issuers []string `toml:"issuers,omitempty"`
+	// SeatTTL is a seat lease's length (default 30s); holders renew every
+	// third of it. SeatMargin is how long after a lease ends the keepers
+	// wait before freeing the seat (default 5s): it must exceed the clock
+	// difference between keepers.
+	SeatTTL    string `toml:"seat_ttl,omitempty"`
+	SeatMargin string `toml:"seat_margin,omitempty"`
 
 	psk        pnet.PSK
 	members    map[peer.ID]bool
 	publishers map[peer.ID]bool
 	operators  map[peer.ID]bool
+	keepers    []peer.ID
+	rules      license.Rules
 }
 
 var clusterNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -88,9 +107,61 @@ func (c *ClusterConfig) check() error {
 	if c.publishers, err = peerSet("publishers", c.Publishers); err != nil {
 		return err
 	}
-	c.operators, err = peerSet("operators", c.Operators)
-	return err
+	if c.operators, err = peerSet("operators", c.Operators); err != nil {
+		return err
+	}
+	return c.checkSeats()
 }
+
+func (c *ClusterConfig) checkSeats() error {
+	ks, err := peerSet("keepers", c.Keepers)
+	if err != nil {
+		return err
+	}
+	switch len(ks) {
+	case 0, 1, 3, 5:
+	default:
+		return fmt.Errorf("field keepers: %d distinct keepers; want 1, 3 or 5 (a Raft group needs an odd number, 3 or 5 in production)", len(ks))
+	}
+	c.keepers = nil
+	for _, s := range c.Keepers {
+		id, _ := peer.Decode(s)
+		if !c.IsMember(id) {
+			return fmt.Errorf("field keepers: %s is not in members", s)
+		}
+		if !slices.Contains(c.keepers, id) {
+			c.keepers = append(c.keepers, id)
+		}
+	}
+	c.rules = license.Rules{TTL: 30 * time.Second, Margin: 5 * time.Second}
+	if c.SeatTTL != "" {
+		if c.rules.TTL, err = time.ParseDuration(c.SeatTTL); err != nil {
+			return fmt.Errorf("field seat_ttl: %v", err)
+		}
+	}
+	if c.SeatMargin != "" {
+		if c.rules.Margin, err = time.ParseDuration(c.SeatMargin); err != nil {
+			return fmt.Errorf("field seat_margin: %v", err)
+		}
+	}
+	if err := c.rules.Check(); err != nil {
+		return fmt.Errorf("seat lease rules: %v", err)
+	}
+	for i, s := range c.Issuers {
+		k, err := license.ParsePublic(s)
+		if err != nil {
+			return fmt.Errorf("field issuers[%d]: %v", i, err)
+		}
+		c.rules.Trusted = append(c.rules.Trusted, k)
+	}
+	return nil
+}
+
+// IsKeeper reports whether p keeps the seat table.
+func (c *ClusterConfig) IsKeeper(p peer.ID) bool { return slices.Contains(c.keepers, p) }
+
+// SeatRules are the lease rules of the cluster.
+func (c *ClusterConfig) SeatRules() license.Rules { return c.rules }
 
 // IsOperator reports whether k's activations are obeyed.
 func (c *ClusterConfig) IsOperator(k peer.ID) bool { return c.operators[k] }
@@ -134,3 +205,6 @@ func (c *ClusterConfig) Write(path string) error {
 	}
 	return f.Close()
 }
+
+// Check validates the fields (after a program changed them).
+func (c *ClusterConfig) Check() error { return c.check() }

@@ -12,6 +12,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -239,6 +240,37 @@ func (d *Daemon) routes() http.Handler {
 	}))
 	mux.HandleFunc("POST "+v+"/verify", d.stream(func(ctx context.Context, n *Node, _ *http.Request, emit Emit) (any, error) {
 		return n.Verify(ctx, emit)
+	}))
+	mux.HandleFunc("POST "+v+"/license/install", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
+		var req api.LicenseInstallRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return n.InstallLicense(ctx, req.License)
+	}))
+	mux.HandleFunc("POST "+v+"/license/claim", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
+		var req api.ClaimRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return n.Claim(ctx, req)
+	}))
+	mux.HandleFunc("POST "+v+"/license/release", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
+		var req api.ReleaseRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return n.Release(ctx, req)
+	}))
+	mux.HandleFunc("GET "+v+"/license/check", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
+		tok, err := strconv.ParseUint(r.URL.Query().Get("token"), 10, 64)
+		if err != nil || tok == 0 {
+			return nil, badRequestf("check: token %q is not a grant token (a positive number from `p2pimg license claim`)", r.URL.Query().Get("token"))
+		}
+		return n.Check(ctx, tok)
+	}))
+	mux.HandleFunc("GET "+v+"/license", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
+		return n.Licenses(ctx)
 	}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, &api.Error{Code: api.CodeNotFound, Message: fmt.Sprintf("no API endpoint %s %s (this daemon speaks %s)", r.Method, r.URL.Path, api.Version)})

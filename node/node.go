@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -56,6 +57,10 @@ type Config struct {
 	// TestCorruptServe flips a byte in every chunk served: for tests of
 	// what the cluster does with a lying peer. Never set it in production.
 	TestCorruptServe bool
+	// SeatJournal, when set, is a file where this host appends every
+	// interval during which it treated a seat grant as valid: the record
+	// the seat fault tests check for over-allocation.
+	SeatJournal string
 }
 
 // Node is one host: its store, its libp2p host and its view of the cluster.
@@ -65,18 +70,21 @@ type Node struct {
 	dataDir string
 	db      *badgerstore.DB
 
-	key     crypto.PrivKey
-	host    host.Host
-	gater   *gater
-	ps      *pubsub.PubSub
-	topic   *pubsub.Topic
-	catalog *catalog
-	metrics *metrics
-	stats   *peerStats
-	kick    chan struct{} // asks the announcer to gossip now
-	actKick chan struct{} // asks the reconciler to look at activations now
-	stMu    sync.Mutex
-	states  map[string]HostState // this host's activation states, by layer
+	key      crypto.PrivKey
+	host     host.Host
+	gater    *gater
+	ps       *pubsub.PubSub
+	topic    *pubsub.Topic
+	catalog  *catalog
+	metrics  *metrics
+	stats    *peerStats
+	kick     chan struct{}          // asks the announcer to gossip now
+	actKick  chan struct{}          // asks the reconciler to look at activations now
+	keeper   atomic.Pointer[keeper] // set in Run when this host is a keeper
+	seats    *seats
+	seatKick chan struct{}
+	stMu     sync.Mutex
+	states   map[string]HostState // this host's activation states, by layer
 
 	probeOnce sync.Once
 	autoMode  string        // exposure mode chosen by the probe, for Expose auto
@@ -137,6 +145,13 @@ func Open(cfg Config) (*Node, error) {
 		gater: newGater(cfg.Cluster, time.Now), catalog: newCatalog(), metrics: newMetrics(),
 		stats: newPeerStats(), kick: make(chan struct{}, 1), fetches: map[cid.Cid]*fetch{},
 		actKick: make(chan struct{}, 1), states: map[string]HostState{},
+		seats: newSeats(), seatKick: make(chan struct{}, 1),
+	}
+	if cfg.SeatJournal != "" {
+		if n.seats.journal, err = os.OpenFile(cfg.SeatJournal, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("seat journal: %w", err)
+		}
 	}
 	n.up, n.down = limiter(cfg.MaxUpload), limiter(cfg.MaxDownload)
 	if n.host, err = newHost(key, cfg.Listen, cfg.Cluster, n.gater); err != nil {
@@ -173,7 +188,11 @@ func (n *Node) Connect(ctx context.Context, addr string) error {
 
 // Close stops the host and closes the store.
 func (n *Node) Close() error {
-	return errors.Join(n.host.Close(), n.db.Close())
+	var jerr error
+	if n.seats.journal != nil {
+		jerr = n.seats.journal.Close()
+	}
+	return errors.Join(n.host.Close(), n.db.Close(), jerr)
 }
 
 // ID is the node's peer id.

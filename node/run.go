@@ -79,6 +79,13 @@ func (n *Node) Run(ctx context.Context) error {
 		ConnectedF: func(network.Network, network.Conn) { n.announceSoon() },
 	})
 	var wg sync.WaitGroup
+	if len(n.cfg.Cluster.keepers) > 0 {
+		stop, err := n.runSeats(ctx, ps, &wg)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	wg.Go(func() { n.receive(ctx, sub) })
 	wg.Go(func() { n.announcer(ctx) })
 	wg.Go(func() { n.keepConnected(ctx) })
@@ -94,6 +101,48 @@ func (n *Node) Run(ctx context.Context) error {
 	<-ctx.Done()
 	wg.Wait()
 	return nil
+}
+
+// runSeats starts this host's keeper (when it is one), the seat gossip
+// and the lease renewer. stop shuts the keeper down after the goroutines
+// in wg ended.
+func (n *Node) runSeats(ctx context.Context, ps *pubsub.PubSub, wg *sync.WaitGroup) (stop func(), err error) {
+	if n.cfg.Cluster.IsKeeper(n.host.ID()) {
+		k, err := n.startKeeper()
+		if err != nil {
+			return nil, err
+		}
+		n.keeper.Store(k)
+		wg.Go(func() { k.run(ctx) })
+	}
+	stop = func() {
+		wg.Wait()
+		if k := n.keeper.Swap(nil); k != nil {
+			if err := k.close(); err != nil {
+				n.log.Warn("keeper shutdown", "err", err)
+			}
+		}
+	}
+	fail := func(err error) (func(), error) {
+		if k := n.keeper.Swap(nil); k != nil {
+			k.close()
+		}
+		return nil, err
+	}
+	if err := ps.RegisterTopicValidator(n.seatTopicName(), n.validateSeats); err != nil {
+		return fail(err)
+	}
+	topic, err := ps.Join(n.seatTopicName())
+	if err != nil {
+		return fail(err)
+	}
+	sub, err := topic.Subscribe()
+	if err != nil {
+		return fail(err)
+	}
+	wg.Go(func() { defer sub.Cancel(); n.seatGossip(ctx, topic, sub) })
+	wg.Go(func() { n.renewer(ctx) })
+	return stop, nil
 }
 
 // validate is the gossip validator: strict schema and size, signer a

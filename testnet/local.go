@@ -2,6 +2,7 @@ package testnet
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/p2pimg/p2pimg/license"
 	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/client"
 )
@@ -36,6 +38,11 @@ type Local struct {
 type UpOptions struct {
 	NetNS bool   // each node in its own network namespace (root only)
 	Rate  string // with NetNS: each node's link rate, e.g. 400mbit
+	// Keepers: nodes 1..Keepers keep the seat table (default 3, or 1 with
+	// fewer than 3 nodes).
+	Keepers int
+	// SeatTTL is the seat lease length (default: the cluster default, 30s).
+	SeatTTL string
 }
 
 // LocalNode is one daemon of a Local testnet (numbered from 1).
@@ -54,6 +61,9 @@ func (l *Local) save() error {
 
 // OperatorKey is the testnet's operator key file: it signs activations.
 func OperatorKey(dir string) string { return filepath.Join(dir, "operator.key") }
+
+// IssuerKey is the testnet's licence issuer key file; the cluster trusts it.
+func IssuerKey(dir string) string { return filepath.Join(dir, "issuer.key") }
 
 // Root is node k's activation root: `activate --at /opt/app` on node k lands
 // in Root/opt/app.
@@ -129,6 +139,9 @@ func Up(ctx context.Context, bin, dir string, n int, o UpOptions) (*Local, error
 	if err != nil {
 		return nil, err
 	}
+	if err := seatConfig(c, dir, ids, o); err != nil {
+		return nil, err
+	}
 	if err := c.Write(filepath.Join(dir, "cluster.toml")); err != nil {
 		return nil, err
 	}
@@ -142,6 +155,34 @@ func Up(ctx context.Context, bin, dir string, n int, o UpOptions) (*Local, error
 	}
 	ok = true
 	return l, nil
+}
+
+// seatConfig makes the testnet's issuer key and names its keepers.
+func seatConfig(c *node.ClusterConfig, dir string, ids []string, o UpOptions) error {
+	k := o.Keepers
+	if k == 0 {
+		k = 3
+		if len(ids) < 3 {
+			k = 1
+		}
+	}
+	if k > len(ids) {
+		return fmt.Errorf("testnet up: --keepers %d: only %d nodes", k, len(ids))
+	}
+	priv, pemBytes, err := license.NewIssuerKey()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(IssuerKey(dir), pemBytes, 0o600); err != nil {
+		return err
+	}
+	c.Keepers = ids[:k]
+	c.Issuers = []string{license.PublicText(priv.Public().(ed25519.PublicKey))}
+	c.SeatTTL = o.SeatTTL
+	if err := c.Check(); err != nil {
+		return fmt.Errorf("testnet up: %w", err)
+	}
+	return nil
 }
 
 // start runs node i (0-based) with every running node as its peer.

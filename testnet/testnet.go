@@ -45,6 +45,8 @@ type options struct {
 	stall    time.Duration
 	tweak    func(i int, c *node.Config)
 	verbose  bool
+	keepers  int
+	seats    func(c *node.ClusterConfig)
 }
 
 // Option adjusts a Net.
@@ -67,6 +69,13 @@ func WithConfig(f func(i int, c *node.Config)) Option { return func(o *options) 
 
 // WithStallTimeout sets how long fetches wait without progress.
 func WithStallTimeout(d time.Duration) Option { return func(o *options) { o.stall = d } }
+
+// WithKeepers closes the cluster to the n nodes and makes the first k of
+// them keepers of the seat table; edit may set the issuers and lease
+// rules.
+func WithKeepers(k int, edit func(c *node.ClusterConfig)) Option {
+	return func(o *options) { o.keepers, o.seats = k, edit }
+}
 
 // Verbose sends the nodes' logs to stderr.
 func Verbose() Option { return func(o *options) { o.verbose = true } }
@@ -92,6 +101,9 @@ func New(t testing.TB, n int, opts ...Option) *Net {
 			t.Errorf("goroutines leaked by the testnet: %v", err)
 		}
 	})
+	if o.keepers > 0 {
+		o.members = n
+	}
 	if o.members > 0 {
 		var ids []string
 		for i := range o.members {
@@ -105,6 +117,15 @@ func New(t testing.TB, n int, opts ...Option) *Net {
 		c, err := node.NewCluster("test", ids, nil)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if o.keepers > 0 {
+			c.Keepers = ids[:o.keepers]
+			if o.seats != nil {
+				o.seats(c)
+			}
+			if err := c.Check(); err != nil {
+				t.Fatal(err)
+			}
 		}
 		o.cluster = c
 	}

@@ -18,7 +18,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var listen, peers []string
 	var noMDNS, corrupt bool
 	var announce, stall time.Duration
-	var maxUp, maxDown, configFile, root, expose string
+	var maxUp, maxDown, configFile, root, expose, seatJournal string
 	var labels []string
 	c := &cobra.Command{
 		Use:   "daemon",
@@ -76,7 +76,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 			d, err := node.NewDaemon(node.DaemonConfig{
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cluster, Listen: listen, Peers: peers,
-					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, TestCorruptServe: corrupt,
+					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, TestCorruptServe: corrupt, SeatJournal: seatJournal,
 					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: expose,
 				},
 				Socket: a.socket, Metrics: metrics, Version: version,
@@ -105,6 +105,8 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringArrayVar(&labels, "label", nil, "host label key=value, announced to the cluster for --hosts key=value (repeatable)")
 	c.Flags().BoolVar(&corrupt, "test-corrupt-serve", false, "TESTING ONLY: corrupt every chunk served")
 	c.Flags().MarkHidden("test-corrupt-serve")
+	c.Flags().StringVar(&seatJournal, "test-seat-journal", "", "TESTING ONLY: append every interval a seat grant was valid here to FILE")
+	c.Flags().MarkHidden("test-seat-journal")
 	return c
 }
 

@@ -47,6 +47,8 @@ list). Talk to node K with 'p2pimg --node K ...' or 'eval $(p2pimg testnet env K
 	up.Flags().IntVarP(&n, "nodes", "n", 3, "how many daemons")
 	up.Flags().BoolVar(&opts.NetNS, "netns", false, "run each daemon in its own network namespace behind a veth link to a bridge (root only)")
 	up.Flags().StringVar(&opts.Rate, "rate", "", "with --netns: limit each host's link with tc tbf, e.g. 400mbit")
+	up.Flags().IntVar(&opts.Keepers, "keepers", 0, "nodes 1..K keep the licence seat table (default 3, or 1 with fewer nodes)")
+	up.Flags().StringVar(&opts.SeatTTL, "seat-ttl", "", "seat lease length (default 30s)")
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Stop every daemon and remove the testnet's directory",

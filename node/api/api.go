@@ -203,3 +203,73 @@ type CommonResult struct {
 	Layers []string `json:"layers"`
 	chunk.CommonReport
 }
+
+// LicenseInstallRequest is POST /v1/license/install: the licence's file form.
+type LicenseInstallRequest struct {
+	License string `json:"license"`
+}
+
+// LicenseInfo describes an installed licence and its seats in use.
+type LicenseInfo struct {
+	ID      string    `json:"id"`
+	Product string    `json:"product"`
+	Seats   int       `json:"seats"`
+	Share   int       `json:"share"`
+	KeyID   string    `json:"key_id"`
+	Issued  time.Time `json:"issued"`
+	Expires time.Time `json:"expires,omitzero"`
+	Used    int       `json:"used"`
+	Free    int       `json:"free"`
+}
+
+// ClaimRequest is POST /v1/license/claim.
+type ClaimRequest struct {
+	Product  string `json:"product"`
+	Consumer string `json:"consumer"`
+	// Wait retries while no seat is free, until the request's timeout.
+	Wait bool `json:"wait,omitempty"`
+}
+
+// Grant is a seat held by a host: its seat number, fencing token, the
+// consumers sharing it and until when it is valid.
+type Grant struct {
+	Product    string    `json:"product"`
+	Seat       int       `json:"seat"`
+	Token      uint64    `json:"token"`
+	Host       string    `json:"host"`
+	Consumers  []string  `json:"consumers,omitempty"`
+	ValidUntil time.Time `json:"valid_until,omitzero"`
+	Valid      bool      `json:"valid,omitempty"`
+}
+
+// ReleaseRequest is POST /v1/license/release: a consumer's use of its
+// seat, or a whole seat by token.
+type ReleaseRequest struct {
+	Product  string `json:"product,omitempty"`
+	Consumer string `json:"consumer,omitempty"`
+	Token    uint64 `json:"token,omitempty"`
+}
+
+// ReleaseResult lists the seats the release freed.
+type ReleaseResult struct {
+	Freed []Grant `json:"freed"`
+}
+
+// CheckResult is GET /v1/license/check?token=N.
+type CheckResult struct {
+	Token   uint64 `json:"token"`
+	Current bool   `json:"current"`
+	Reason  string `json:"reason,omitempty"`
+	Seat    *Grant `json:"seat,omitempty"`
+}
+
+// LicenseList is GET /v1/license: licences, every held seat, and the
+// grants this host holds.
+type LicenseList struct {
+	Index uint64 `json:"index"`
+	// Leader is the keepers' leader as this host knows it (empty: none).
+	Leader   string        `json:"leader,omitempty"`
+	Licenses []LicenseInfo `json:"licenses"`
+	Holders  []Grant       `json:"holders"`
+	Held     []Grant       `json:"held"`
+}

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"syscall"
 
 	"github.com/p2pimg/p2pimg/chunk"
@@ -227,4 +228,34 @@ func (c *Client) Common(ctx context.Context, layers []string) (api.CommonResult,
 	var r api.CommonResult
 	q := url.Values{"layer": layers}
 	return r, c.call(ctx, http.MethodGet, "/common?"+q.Encode(), nil, &r)
+}
+
+// InstallLicense has the keepers install a licence (its file form).
+func (c *Client) InstallLicense(ctx context.Context, text string) (api.LicenseInfo, error) {
+	var r api.LicenseInfo
+	return r, c.call(ctx, http.MethodPost, "/license/install", api.LicenseInstallRequest{License: text}, &r)
+}
+
+// Claim asks for a seat; with req.Wait it waits (until ctx ends) while none is free.
+func (c *Client) Claim(ctx context.Context, req api.ClaimRequest) (api.Grant, error) {
+	var r api.Grant
+	return r, c.call(ctx, http.MethodPost, "/license/claim", req, &r)
+}
+
+// Release gives up a consumer's seat (or a whole seat by token).
+func (c *Client) Release(ctx context.Context, req api.ReleaseRequest) (api.ReleaseResult, error) {
+	var r api.ReleaseResult
+	return r, c.call(ctx, http.MethodPost, "/license/release", req, &r)
+}
+
+// Check reports whether a grant token is still current.
+func (c *Client) Check(ctx context.Context, token uint64) (api.CheckResult, error) {
+	var r api.CheckResult
+	return r, c.call(ctx, http.MethodGet, "/license/check?token="+strconv.FormatUint(token, 10), nil, &r)
+}
+
+// Licenses lists licences, held seats and this host's grants.
+func (c *Client) Licenses(ctx context.Context) (api.LicenseList, error) {
+	var r api.LicenseList
+	return r, c.call(ctx, http.MethodGet, "/license", nil, &r)
 }
