@@ -300,7 +300,7 @@ func (t *Table) release(c Command) Result {
 	var res Result
 	kept := t.Seats[:0]
 	for _, s := range t.Seats {
-			if s.Host == c.Host && (slices.Contains(c.Tokens, s.Token) ||
+		if s.Host == c.Host && (slices.Contains(c.Tokens, s.Token) ||
 			(s.Product == c.Product && s.Session == c.Session && slices.Contains(s.Consumers, c.Consumer))) {
 			s.Consumers = slices.DeleteFunc(s.Consumers, func(x string) bool { return x == c.Consumer || len(c.Tokens) > 0 })
 			if len(s.Consumers) == 0 {

@@ -3,9 +3,9 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
-	"io"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
