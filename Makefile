@@ -5,7 +5,9 @@ VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME  ?= 30s
 
-.PHONY: all build test test-short lint bench bench-micro demo fuzz clean
+SOAKTIME  ?= 10m
+
+.PHONY: all build test test-short lint bench bench-micro demo fuzz soak clean
 
 all: build
 
@@ -45,6 +47,14 @@ fuzz:
 	$(GO) test -run xxx -fuzz '^FuzzDecodeSnapshot$$' -fuzztime $(FUZZTIME) ./node/
 	$(GO) test -run xxx -fuzz '^FuzzDecodeChunkRequest$$' -fuzztime $(FUZZTIME) ./node/
 	$(GO) test -run xxx -fuzz '^FuzzReadFrames$$' -fuzztime $(FUZZTIME) ./node/
+	$(GO) test -run xxx -fuzz '^FuzzSeatRequest$$' -fuzztime $(FUZZTIME) ./node/
+	$(GO) test -run xxx -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./license/
+	$(GO) test -run xxx -fuzz '^FuzzDecodeSeats$$' -fuzztime $(FUZZTIME) ./license/
+
+# The seat fault test (kills, pauses, partitions; checked for
+# over-allocation) for SOAKTIME instead of its short run in `make test`.
+soak:
+	$(GO) test -count=1 -timeout 0 -run '^TestSeatFaults$$' -v ./cmd/p2pimg -seat-soak $(SOAKTIME)
 
 clean:
 	rm -rf bin

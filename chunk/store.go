@@ -70,6 +70,9 @@ type Layer struct {
 	Publisher string `json:"publisher,omitempty"`
 	Published int64  `json:"published,omitempty"`
 	Signature []byte `json:"signature,omitempty"`
+	// Product is the licensed product the layer needs (part of the
+	// signed mapping): activating it claims a seat first.
+	Product string `json:"product,omitempty"`
 }
 
 // Catalog keeps manifests and the NAME:TAG records that point at them.

@@ -202,6 +202,14 @@ func TestSeatTable(t *testing.T) {
 	if _, err := f.tab.Current(c1.Seat.Token, t0.Add(38*time.Second).UnixNano()); err != nil {
 		t.Fatal(err)
 	}
+	// A restarted C (a new session) cannot renew or release what its
+	// previous run holds: that comes back only when the lease ends.
+	if r := f.apply(Command{Op: OpRenew, Now: t0.Add(38 * time.Second).UnixNano(), Host: "C", Session: "run2", Tokens: []uint64{c1.Seat.Token}}); len(r.Lost) != 1 {
+		t.Fatalf("a new session renewed the old one's seat: %+v", r)
+	}
+	if r := f.apply(Command{Op: OpRelease, Host: "C", Session: "run2", Tokens: []uint64{c1.Seat.Token}}); len(r.Freed) != 0 {
+		t.Fatalf("a new session released the old one's seat: %+v", r)
+	}
 	// Another host cannot renew or release C's seat.
 	f.apply(Command{Op: OpRelease, Host: "A", Tokens: []uint64{c1.Seat.Token}})
 	if _, ok := f.tab.Lookup(c1.Seat.Token); !ok {

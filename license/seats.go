@@ -292,16 +292,18 @@ func (t *Table) renew(c Command, r Rules) Result {
 	return res
 }
 
-// release drops a consumer of the host's session (or, with Tokens, whole
-// seats of the host, from any of its runs: how an operator frees what a
-// crashed run held); a seat with no consumer left is freed. Releasing what
-// is not held is not an error: a release is safe to retry.
+// release drops a consumer (or, with Tokens, whole seats) of the host's
+// session; a seat with no consumer left is freed. A restarted daemon
+// cannot release what its previous run held: that run's seats come back
+// when their leases end, so a grant is never cut short behind a holder's
+// back. Releasing what is not held is not an error: a release is safe to
+// retry.
 func (t *Table) release(c Command) Result {
 	var res Result
 	kept := t.Seats[:0]
 	for _, s := range t.Seats {
-		if s.Host == c.Host && (slices.Contains(c.Tokens, s.Token) ||
-			(s.Product == c.Product && s.Session == c.Session && slices.Contains(s.Consumers, c.Consumer))) {
+		if s.Host == c.Host && s.Session == c.Session && (slices.Contains(c.Tokens, s.Token) ||
+			(s.Product == c.Product && slices.Contains(s.Consumers, c.Consumer))) {
 			s.Consumers = slices.DeleteFunc(s.Consumers, func(x string) bool { return x == c.Consumer || len(c.Tokens) > 0 })
 			if len(s.Consumers) == 0 {
 				res.Freed = append(res.Freed, s.clone())

@@ -37,6 +37,7 @@ const (
 	StateActive       = "active"
 	StateInactive     = "inactive"
 	StateFailed       = "failed"
+	StateWaitingSeat  = "waiting-for-seat"
 )
 
 // Activation asks the hosts it selects to expose a layer at a path (or to
@@ -211,6 +212,8 @@ type exposed struct {
 	Created bool      `json:"created"` // overlay: Path was made for the mount
 	Maps    []mapped  `json:"maps,omitempty"`
 	Failed  time.Time `json:"failed,omitempty"`
+	// Product: the layer needed a seat of it, held for consumer "layer:NAME".
+	Product string `json:"product,omitempty"`
 }
 
 const (
@@ -373,14 +376,29 @@ func (n *Node) step(ctx context.Context, e *exposed, a Activation) {
 				return
 			}
 		}
+		n.releaseLayerSeat(ctx, e)
 		e.Path, e.At = "", ""
 		report(StateInactive, "")
 		n.log.Info("layer deactivated", "layer", e.Layer)
 	case OpActivate:
 		path := filepath.Join(n.cfg.Root, a.At)
 		lost := e.State == StateActive && e.Mode == ModeOverlay && !Mounted(e.Path) // e.g. after a reboot
-		if e.Time == a.Time && !lost && (e.State == StateActive || (e.State == StateFailed && time.Since(e.Failed) < retryAfter)) {
+		product := n.layerProduct(a)
+		seated := product == "" || n.holdsSeat(product, seatConsumer(a.Layer))
+		if e.Time == a.Time && !lost && seated && (e.State == StateActive || (e.State == StateFailed && time.Since(e.Failed) < retryAfter)) {
 			return
+		}
+		if !seated {
+			// A licensed layer: a seat first, before anything is exposed.
+			// (After a daemon restart the seat is claimed again; the layer
+			// stays exposed meanwhile.)
+			if !n.claimLayerSeat(ctx, e, a, product) {
+				return
+			}
+			if e.Time == a.Time && e.CID == a.CID && e.Exposed && e.Path == path && !lost && e.State == StateActive {
+				report(StateActive, "")
+				return
+			}
 		}
 		if err := n.unmapAll(e); err != nil { // maps are made again for this activation
 			report(StateFailed, err.Error())

@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/license"
 )
 
 // Mapping says that layer NAME:TAG is the manifest CID, signed by the host
@@ -29,12 +30,19 @@ type Mapping struct {
 	Size      int64  `json:"size"`
 	Published int64  `json:"published"` // unix nanoseconds
 	Publisher string `json:"publisher"` // peer id
-	Sig       []byte `json:"sig"`
+	// Product names the licensed product the layer needs: activating it
+	// claims a seat on each host first.
+	Product string `json:"product,omitempty"`
+	Sig     []byte `json:"sig"`
 }
 
 func (m *Mapping) signedBytes() []byte {
-	return []byte("p2pimg mapping v1\n" + m.Name + "\n" + m.CID + "\n" + strconv.FormatInt(m.Size, 10) + "\n" +
-		strconv.FormatInt(m.Published, 10) + "\n" + m.Publisher)
+	b := "p2pimg mapping v1\n" + m.Name + "\n" + m.CID + "\n" + strconv.FormatInt(m.Size, 10) + "\n" +
+		strconv.FormatInt(m.Published, 10) + "\n" + m.Publisher
+	if m.Product != "" {
+		b += "\nproduct " + m.Product
+	}
+	return []byte(b)
 }
 
 func signMapping(key crypto.PrivKey, m Mapping) (Mapping, error) {
@@ -149,6 +157,11 @@ func checkMapping(m *Mapping, mayPublish func(peer.ID) bool) error {
 	}
 	if m.Size < 0 || m.Published <= 0 {
 		return fmt.Errorf("%s: size %d, published %d", m.Name, m.Size, m.Published)
+	}
+	if m.Product != "" {
+		if err := license.CheckProduct(m.Product); err != nil {
+			return fmt.Errorf("%s: %v", m.Name, err)
+		}
 	}
 	pub, err := peer.Decode(m.Publisher)
 	if err != nil {

@@ -118,7 +118,7 @@ type seatFSM struct {
 	rules   license.Rules
 	mu      sync.Mutex
 	tab     *license.Table
-	changed func(*license.Table) // after every change, with a copy
+	changed func() // after every change
 }
 
 func (f *seatFSM) Apply(l *raft.Log) any {
@@ -135,7 +135,7 @@ func (f *seatFSM) Apply(l *raft.Log) any {
 	// A refused claim changes nothing: telling waiters would have them
 	// claim again at once, in a loop through the log.
 	if r.Code == "" || len(r.Freed) > 0 {
-		f.changed(f.table())
+		f.changed()
 	}
 	return r
 }
@@ -163,7 +163,7 @@ func (f *seatFSM) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	f.tab = t
 	f.mu.Unlock()
-	f.changed(f.table())
+	f.changed()
 	return nil
 }
 
@@ -252,6 +252,7 @@ func (n *Node) startKeeper() (*keeper, error) {
 	rc.Logger = logger
 	rc.SnapshotThreshold = 1024
 	rc.CommitTimeout = 5 * time.Millisecond
+	rc.BatchApplyCh = true // concurrent claims share a log append and its fsync
 	k.raft, err = raft.NewRaft(rc, k.fsm, store, store, snaps, k.trans)
 	if err != nil {
 		k.trans.Close()

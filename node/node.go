@@ -24,6 +24,7 @@ import (
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/chunk/badgerstore"
 	"github.com/p2pimg/p2pimg/chunk/tree"
+	"github.com/p2pimg/p2pimg/license"
 	"github.com/p2pimg/p2pimg/node/api"
 )
 
@@ -278,11 +279,16 @@ func (n *Node) Add(ctx context.Context, req api.AddRequest, emit Emit) (*api.Add
 		return nil, fmt.Errorf("add %s: %w", name, err)
 	}
 	l := layerRecord(name, res.CID, res.Manifest, chunk.Complete)
-	mp, err := signMapping(n.key, Mapping{Name: name.String(), CID: res.CID.String(), Size: l.Size, Published: time.Now().UnixNano()})
+	if req.Product != "" {
+		if err := license.CheckProduct(req.Product); err != nil {
+			return nil, badRequest(fmt.Errorf("add %s: %w", name, err))
+		}
+	}
+	mp, err := signMapping(n.key, Mapping{Name: name.String(), CID: res.CID.String(), Size: l.Size, Published: time.Now().UnixNano(), Product: req.Product})
 	if err != nil {
 		return nil, fmt.Errorf("add %s: sign: %w", name, err)
 	}
-	l.Publisher, l.Published, l.Signature = mp.Publisher, mp.Published, mp.Sig
+	l.Publisher, l.Published, l.Signature, l.Product = mp.Publisher, mp.Published, mp.Sig, mp.Product
 	if err := n.db.PutLayer(ctx, l); err != nil {
 		return nil, fmt.Errorf("add %s: %w", name, err)
 	}

@@ -71,7 +71,7 @@ func (n *Node) Catalog() []api.ClusterLayer {
 		}
 	}
 	for _, m := range n.catalog.all() {
-		cl := api.ClusterLayer{Name: m.Name, CID: m.CID, Size: m.Size, Publisher: m.Publisher,
+		cl := api.ClusterLayer{Name: m.Name, CID: m.CID, Size: m.Size, Publisher: m.Publisher, Product: m.Product,
 			Published: time.Unix(0, m.Published).UTC(), Holders: map[string]string{}}
 		state := func(complete bool) string {
 			if complete {

@@ -268,7 +268,7 @@ func (n *Node) loadCatalog(ctx context.Context) error {
 		if l.Signature == nil {
 			continue
 		}
-		m := Mapping{Name: l.Name, CID: l.CID, Size: l.Size, Published: l.Published, Publisher: l.Publisher, Sig: l.Signature}
+		m := Mapping{Name: l.Name, CID: l.CID, Size: l.Size, Published: l.Published, Publisher: l.Publisher, Product: l.Product, Sig: l.Signature}
 		if err := checkMapping(&m, n.cfg.Cluster.MayPublish); err != nil {
 			n.log.Warn("local layer's mapping not announced", "layer", l.Name, "err", err)
 			continue
@@ -329,4 +329,12 @@ func (m mdnsNotifee) HandlePeerFound(ai peer.AddrInfo) {
 	if err := m.n.host.Connect(ctx, ai); err != nil {
 		m.n.log.Debug("mdns peer not reachable", "peer", ai.ID.String(), "err", err)
 	}
+}
+
+// stateOf is this host's last reported state for a layer.
+func (n *Node) stateOf(layer string) (HostState, bool) {
+	n.stMu.Lock()
+	defer n.stMu.Unlock()
+	st, ok := n.states[layer]
+	return st, ok
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
 	"os"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/license"
 	"github.com/p2pimg/p2pimg/node/api"
 )
@@ -34,6 +36,64 @@ type seats struct {
 	hint    peer.ID        // the keeper that answered last
 	changed chan struct{}  // closed and replaced when the view changes
 	journal *os.File       // test: every valid interval, for the checker
+
+	// A claim for a consumer waits for the keepers to confirm the
+	// consumer's previous release: a release still in flight must not
+	// free the seat a newer claim got back. pending holds the releases not
+	// confirmed yet, by product and consumer (consumer "*": a whole seat,
+	// released by token). locks orders the claims and releases of one
+	// product on this host: a whole-seat release excludes them all, the
+	// others exclude only their consumer's.
+	pending map[string]seatReq
+	keyMu   sync.Mutex
+	locks   map[string]*sync.RWMutex
+}
+
+func seatKey(product, consumer string) string { return product + "\x00" + consumer }
+
+func (s *seats) rw(key string) *sync.RWMutex {
+	s.keyMu.Lock()
+	defer s.keyMu.Unlock()
+	m := s.locks[key]
+	if m == nil {
+		m = &sync.RWMutex{}
+		s.locks[key] = m
+	}
+	return m
+}
+
+// lock orders an operation on product for consumer ("*": every consumer,
+// a whole seat). It returns the unlock.
+func (s *seats) lock(product, consumer string) func() {
+	all := s.rw(seatKey(product, "*"))
+	if consumer == "*" {
+		all.Lock()
+		return all.Unlock
+	}
+	all.RLock()
+	one := s.rw(seatKey(product, consumer))
+	one.Lock()
+	return func() { one.Unlock(); all.RUnlock() }
+}
+
+// confirmRelease re-sends the consumer's unconfirmed release, if any, and
+// succeeds once the keepers have applied it.
+func (n *Node) confirmRelease(ctx context.Context, key string) error {
+	n.seats.mu.Lock()
+	sr, ok := n.seats.pending[key]
+	n.seats.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, decideTimeout)
+	defer cancel()
+	if _, err := n.seatCall(rctx, sr); err != nil {
+		return fmt.Errorf("the previous release of this consumer is not confirmed by the keepers yet: %w", err)
+	}
+	n.seats.mu.Lock()
+	delete(n.seats.pending, key)
+	n.seats.mu.Unlock()
+	return nil
 }
 
 type grant struct {
@@ -44,15 +104,16 @@ type grant struct {
 func newSeats() *seats {
 	b := make([]byte, 8)
 	rand.Read(b)
-	return &seats{session: hex.EncodeToString(b), grants: map[uint64]*grant{}, changed: make(chan struct{})}
+	return &seats{session: hex.EncodeToString(b), grants: map[uint64]*grant{}, changed: make(chan struct{}),
+		pending: map[string]seatReq{}, locks: map[string]*sync.RWMutex{}}
 }
 
 func (n *Node) seatTopicName() string { return "p2pimg/" + n.cfg.Cluster.Name + "/seats/1" }
 
-// seatsChanged runs after the local keeper applied a command: its table is
-// gossiped, and local waiters look again.
-func (n *Node) seatsChanged(t *license.Table) {
-	n.adoptTable(t)
+// seatsChanged runs after the local keeper applied a command: the seat
+// gossip loop picks the table up (a burst of changes at once), gossips it
+// and wakes local waiters.
+func (n *Node) seatsChanged() {
 	select {
 	case n.seatKick <- struct{}{}:
 	default:
@@ -106,10 +167,6 @@ func (n *Node) seatGossip(ctx context.Context, topic *pubsub.Topic, sub *pubsub.
 			}
 			if t, ok := msg.ValidatorData.(*license.Table); ok {
 				n.adoptTable(t)
-				select {
-				case n.seatKick <- struct{}{}:
-				default:
-				}
 			}
 		}
 	}()
@@ -126,10 +183,17 @@ func (n *Node) seatGossip(ctx context.Context, topic *pubsub.Topic, sub *pubsub.
 		case <-ctx.Done():
 			return
 		case <-n.seatKick:
+			// Let a burst of commands land: one table for all of them.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
 		case <-t.C:
 			last = 0
 		}
 		tab := k.fsm.table()
+		n.adoptTable(tab)
 		if tab.Index == last {
 			continue
 		}
@@ -208,6 +272,7 @@ func (n *Node) askKeeper(ctx context.Context, k peer.ID, req seatReq) (*seatResp
 	if dl, ok := sctx.Deadline(); ok {
 		s.SetDeadline(dl)
 	}
+	defer context.AfterFunc(sctx, func() { s.Reset() })()
 	if err := writeMsg(s, req); err != nil {
 		s.Reset()
 		return nil, err
@@ -231,6 +296,41 @@ type journalLine struct {
 	End     time.Time `json:"end,omitzero"` // the holder stopped treating it as valid
 }
 
+// ReadSeatJournal turns a seat journal (Config.SeatJournal) into the
+// intervals during which the host treated each grant as valid: each
+// recorded lease, cut short where the host stopped using the grant. A
+// torn last line (the host was killed while writing) is skipped.
+func ReadSeatJournal(r io.Reader) ([]license.Interval, error) {
+	var lines []journalLine
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		var l journalLine
+		if json.Unmarshal(sc.Bytes(), &l) == nil {
+			lines = append(lines, l)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	var out []license.Interval
+	for i, l := range lines {
+		if l.End.IsZero() {
+			iv := license.Interval{Product: l.Product, Holder: l.Holder, Token: l.Token, From: l.From, To: l.To}
+			// The first end of this grant recorded after the interval began cuts it.
+			for _, e := range lines[i+1:] {
+				if !e.End.IsZero() && e.Token == l.Token && e.Holder == l.Holder {
+					if e.End.Before(iv.To) {
+						iv.To = e.End
+					}
+					break
+				}
+			}
+			out = append(out, iv)
+		}
+	}
+	return out, nil
+}
+
 func (n *Node) journal(l journalLine) {
 	if n.seats.journal == nil {
 		return
@@ -240,11 +340,8 @@ func (n *Node) journal(l journalLine) {
 	n.seats.journal.Write(append(b, '\n'))
 }
 
-// hold records a grant from a claim or renewal sent at sent.
+// hold records a grant from a claim sent at sent.
 func (n *Node) hold(s license.Seat, sent time.Time) *grant {
-	rules := n.cfg.Cluster.SeatRules()
-	end := rules.LeaseEnd(sent)
-	now := time.Now()
 	n.seats.mu.Lock()
 	defer n.seats.mu.Unlock()
 	g := n.seats.grants[s.Token]
@@ -253,13 +350,22 @@ func (n *Node) hold(s license.Seat, sent time.Time) *grant {
 		n.seats.grants[s.Token] = g
 	}
 	g.seat = s
+	n.extendLocked(g, sent)
+	return g
+}
+
+// extendLocked moves a held grant's end to the lease end of a claim or
+// renewal sent at sent. It never brings back a grant that was released
+// meanwhile: the caller found g in the grants under the same lock.
+func (n *Node) extendLocked(g *grant, sent time.Time) {
+	end := n.cfg.Cluster.SeatRules().LeaseEnd(sent)
+	now := time.Now()
 	if end.After(g.until) {
 		g.until = end
 	}
 	if end.After(now) {
-		n.journal(journalLine{Product: s.Product, Token: s.Token, From: now, To: end.Round(0)})
+		n.journal(journalLine{Product: g.seat.Product, Token: g.seat.Token, From: now, To: end.Round(0)})
 	}
-	return g
 }
 
 func (n *Node) grantAPI(g *grant) api.Grant {
@@ -283,7 +389,14 @@ func (n *Node) Claim(ctx context.Context, req api.ClaimRequest) (*api.Grant, err
 	if err := license.CheckConsumer(req.Consumer); err != nil {
 		return nil, badRequest(err)
 	}
+	key := seatKey(req.Product, req.Consumer)
+	defer n.seats.lock(req.Product, req.Consumer)()
 	for {
+		for _, k := range []string{seatKey(req.Product, "*"), key} {
+			if err := n.confirmRelease(ctx, k); err != nil {
+				return nil, fmt.Errorf("claim %s for %s: %w", req.Product, req.Consumer, err)
+			}
+		}
 		n.seats.mu.Lock()
 		changed := n.seats.changed
 		n.seats.mu.Unlock()
@@ -299,6 +412,14 @@ func (n *Node) Claim(ctx context.Context, req api.ClaimRequest) (*api.Grant, err
 			return nil, fmt.Errorf("claim %s for %s: %w", req.Product, req.Consumer, err)
 		}
 		if r := resp.Result; r.Code == "" && r.Seat != nil {
+			if ctx.Err() != nil {
+				// Nobody is waiting for this grant: give it back, and have
+				// the next claim of the consumer confirm that first.
+				n.seats.mu.Lock()
+				n.seats.pending[key] = seatReq{Op: license.OpRelease, Product: req.Product, Consumer: req.Consumer, Session: n.seats.session}
+				n.seats.mu.Unlock()
+				return nil, ctx.Err()
+			}
 			g := n.hold(*r.Seat, sent)
 			n.log.Info("seat granted", "product", req.Product, "consumer", req.Consumer, "seat", r.Seat.N, "token", r.Seat.Token)
 			n.seats.mu.Lock()
@@ -337,6 +458,25 @@ func (n *Node) Release(ctx context.Context, req api.ReleaseRequest) (*api.Releas
 	} else if err := license.CheckConsumer(req.Consumer); err != nil {
 		return nil, badRequest(err)
 	}
+	// Order the release with the claims it could race; a whole seat is
+	// locked by product (a token names a seat of this host's product).
+	product, consumer := req.Product, req.Consumer
+	if req.Token != 0 {
+		n.seats.mu.Lock()
+		if g := n.seats.grants[req.Token]; g != nil {
+			product = g.seat.Product
+		} else if n.seats.view != nil {
+			if s, ok := n.seats.view.Lookup(req.Token); ok {
+				product = s.Product
+			}
+		}
+		n.seats.mu.Unlock()
+		consumer = "*"
+	}
+	key := seatKey(product, consumer)
+	if product != "" {
+		defer n.seats.lock(product, consumer)()
+	}
 	n.seats.mu.Lock()
 	for tok, g := range n.seats.grants {
 		if tok == req.Token || (g.seat.Product == req.Product && slices.Contains(g.seat.Consumers, req.Consumer)) {
@@ -347,13 +487,19 @@ func (n *Node) Release(ctx context.Context, req api.ReleaseRequest) (*api.Releas
 			}
 		}
 	}
+	if product != "" {
+		n.seats.pending[key] = sr
+	}
 	n.seats.mu.Unlock()
 	rctx, cancel := context.WithTimeout(ctx, decideTimeout)
 	defer cancel()
 	resp, err := n.seatCall(rctx, sr)
 	if err != nil {
-		return nil, fmt.Errorf("release: %w (this host no longer uses the seat; the keepers free it when its lease ends)", err)
+		return nil, fmt.Errorf("release: %w (this host no longer uses the seat; the keepers free it when its lease ends, and the next claim of this consumer first confirms the release)", err)
 	}
+	n.seats.mu.Lock()
+	delete(n.seats.pending, key)
+	n.seats.mu.Unlock()
 	out := &api.ReleaseResult{}
 	for _, s := range resp.Result.Freed {
 		out.Freed = append(out.Freed, api.Grant{Product: s.Product, Seat: s.N, Token: s.Token, Host: s.Host})
@@ -395,11 +541,10 @@ func (n *Node) renewer(ctx context.Context) {
 			continue
 		}
 		n.seats.mu.Lock()
-		var renewed []license.Seat
 		for _, tok := range toks {
 			g := n.seats.grants[tok]
 			if g == nil {
-				continue // released meanwhile
+				continue // released meanwhile: it stays released
 			}
 			if slices.Contains(resp.Result.Lost, tok) {
 				delete(n.seats.grants, tok)
@@ -407,12 +552,9 @@ func (n *Node) renewer(ctx context.Context) {
 				n.log.Warn("seat lost: the keepers freed it (its lease ran out)", "product", g.seat.Product, "seat", g.seat.N, "token", tok)
 				continue
 			}
-			renewed = append(renewed, g.seat)
+			n.extendLocked(g, sent)
 		}
 		n.seats.mu.Unlock()
-		for _, s := range renewed {
-			n.hold(s, sent)
-		}
 	}
 }
 
@@ -486,12 +628,15 @@ func licenseInfo(l *license.License, seats []license.Seat) api.LicenseInfo {
 	return info
 }
 
-// Licenses is the seat table as this host last heard it (from gossip, or
-// its own keeper), asking a keeper when it has heard nothing yet.
+// Licenses is the seat table as this host knows it: a keeper's own, else
+// the last one gossiped (asking a keeper when it has heard none yet).
 func (n *Node) Licenses(ctx context.Context) (*api.LicenseList, error) {
 	n.seats.mu.Lock()
 	t := n.seats.view
 	n.seats.mu.Unlock()
+	if k := n.keeper.Load(); k != nil {
+		t = k.fsm.table() // a keeper's own table is the freshest it can know
+	}
 	if t == nil {
 		if len(n.cfg.Cluster.keepers) == 0 {
 			return &api.LicenseList{}, nil
@@ -533,4 +678,73 @@ func (n *Node) seatLeader() string {
 	n.seats.mu.Lock()
 	defer n.seats.mu.Unlock()
 	return n.seats.hint.String()
+}
+
+// seatConsumer is the consumer id under which an activated layer holds its
+// seat on a host.
+func seatConsumer(layer string) string { return "layer:" + layer }
+
+// layerProduct is the licensed product the activated layer needs, from its
+// signed mapping ("" when none).
+func (n *Node) layerProduct(a Activation) string {
+	if mp, ok := n.catalog.lookup(a.Layer); ok && mp.CID == a.CID {
+		return mp.Product
+	}
+	if name, err := chunk.ParseName(a.Layer); err == nil {
+		if l, err := n.db.GetLayer(context.Background(), name); err == nil && l.CID == a.CID {
+			return l.Product
+		}
+	}
+	return ""
+}
+
+// holdsSeat reports whether this host holds a valid seat of product for
+// consumer.
+func (n *Node) holdsSeat(product, consumer string) bool {
+	n.seats.mu.Lock()
+	defer n.seats.mu.Unlock()
+	for _, g := range n.seats.grants {
+		if g.seat.Product == product && slices.Contains(g.seat.Consumers, consumer) && time.Now().Before(g.until) {
+			return true
+		}
+	}
+	return false
+}
+
+// claimLayerSeat claims the seat an activation needs. While none is free
+// the host reports waiting-for-seat (and the reconciler tries again each
+// second); other failures report failed.
+func (n *Node) claimLayerSeat(ctx context.Context, e *exposed, a Activation, product string) bool {
+	cctx, cancel := context.WithTimeout(ctx, decideTimeout)
+	defer cancel()
+	_, err := n.Claim(cctx, api.ClaimRequest{Product: product, Consumer: seatConsumer(a.Layer)})
+	if err == nil {
+		e.Product = product
+		return true
+	}
+	st := HostState{Layer: e.Layer, CID: a.CID, At: a.At, State: StateWaitingSeat, Time: a.Time, Mode: n.exposeMode(), Detail: err.Error()}
+	var ce *codedError
+	if !errors.As(err, &ce) || ce.code != api.CodeConflict {
+		if ctx.Err() != nil {
+			return false
+		}
+		st.State = StateFailed
+		e.Failed = time.Now()
+	}
+	if cur, ok := n.stateOf(e.Layer); !ok || cur != st {
+		n.setStates(st)
+		n.announceSoon()
+	}
+	return false
+}
+
+// releaseLayerSeat gives back the seat a deactivated layer held.
+func (n *Node) releaseLayerSeat(ctx context.Context, e *exposed) {
+	if e.Product == "" {
+		return
+	}
+	if _, err := n.Release(ctx, api.ReleaseRequest{Product: e.Product, Consumer: seatConsumer(e.Layer)}); err != nil {
+		n.log.Warn("seat release of a deactivated layer failed; it lapses at its lease end", "layer", e.Layer, "err", err)
+	}
+	e.Product = ""
 }

@@ -65,7 +65,17 @@ run cat "$TN/node2/root/opt/vm/notes.txt"
 show --node 2 stats
 show testnet status
 
-say "8. Stop the testnet and remove everything the demo made"
+say "8. Licence seats: a 1-seat licence, claimed on node 2; node 3 is refused; a release frees it"
+p --node 1 license issue --product demo-os --seats 1 > "$WORK/demo-os.lic"
+show --node 3 license install "$WORK/demo-os.lic"
+show --node 2 license claim demo-os --for vm-a
+printf '$ p2pimg --node 3 license claim demo-os --for vm-b\n'
+p --node 3 license claim demo-os --for vm-b || true
+show --node 1 license ls
+show --node 2 license release demo-os --for vm-a
+show --node 3 license claim demo-os --for vm-b
+
+say "9. Stop the testnet and remove everything the demo made"
 printf '$ p2pimg testnet down\n'
 p testnet down
-echo "done: one host published an image, the cluster replicated it peer to peer, an update moved only its new chunks, and an activation put it live everywhere and came off cleanly."
+echo "done: one host published an image, the cluster replicated it peer to peer, an update moved only its new chunks, and an activation put it live everywhere and came off cleanly, and a licence seat went to one host at a time."

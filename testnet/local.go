@@ -32,6 +32,9 @@ type Local struct {
 	// NetNS, when set, runs node k in its own network namespace behind a
 	// shaped link instead of on 127.0.0.1.
 	NetNS *NetNS `json:"netns,omitempty"`
+	// SeatJournal: every daemon records its valid seat intervals in
+	// DATA/seats.journal (for the seat fault tests).
+	SeatJournal bool `json:"seat_journal,omitempty"`
 }
 
 // UpOptions adjust Up.
@@ -43,6 +46,8 @@ type UpOptions struct {
 	Keepers int
 	// SeatTTL is the seat lease length (default: the cluster default, 30s).
 	SeatTTL string
+	// SeatJournal: see Local.SeatJournal.
+	SeatJournal bool
 }
 
 // LocalNode is one daemon of a Local testnet (numbered from 1).
@@ -64,6 +69,9 @@ func OperatorKey(dir string) string { return filepath.Join(dir, "operator.key") 
 
 // IssuerKey is the testnet's licence issuer key file; the cluster trusts it.
 func IssuerKey(dir string) string { return filepath.Join(dir, "issuer.key") }
+
+// SeatJournal is where node nd records its valid seat intervals.
+func SeatJournal(nd LocalNode) string { return filepath.Join(nd.Data, "seats.journal") }
 
 // Root is node k's activation root: `activate --at /opt/app` on node k lands
 // in Root/opt/app.
@@ -107,7 +115,7 @@ func Up(ctx context.Context, bin, dir string, n int, o UpOptions) (*Local, error
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	l := &Local{Dir: dir, Bin: bin}
+	l := &Local{Dir: dir, Bin: bin, SeatJournal: o.SeatJournal}
 	ok := false
 	defer func() {
 		if !ok {
@@ -195,6 +203,9 @@ func (l *Local) start(ctx context.Context, i int) error {
 	args := []string{l.Bin, "daemon", "--data", nd.Data, "--socket", nd.Socket, "--cluster", filepath.Join(l.Dir, "cluster.toml"),
 		"--listen", listen, "--no-mdns", "--announce-interval", "1s", "--root", nd.Root(),
 		"--label", fmt.Sprintf("node=%d", nd.Index)}
+	if l.SeatJournal {
+		args = append(args, "--test-seat-journal", SeatJournal(*nd))
+	}
 	for j := range l.Nodes {
 		if j != i && l.alive(j) {
 			if id, err := client.New(l.Nodes[j].Socket).Identity(ctx); err == nil && len(id.Addrs) > 0 {
@@ -430,4 +441,13 @@ func unmountUnder(dir string) {
 	for _, m := range node.MountsUnder(dir) {
 		syscall.Unmount(m, syscall.MNT_DETACH)
 	}
+}
+
+// Clients returns an API client for every node, in order.
+func (l *Local) Clients() []*client.Client {
+	cls := make([]*client.Client, len(l.Nodes))
+	for i, nd := range l.Nodes {
+		cls[i] = client.New(nd.Socket)
+	}
+	return cls
 }

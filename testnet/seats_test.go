@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -244,5 +246,77 @@ func TestLicenceRefusals(t *testing.T) {
 	}
 	if _, err := net.Nodes[1].Client.Claim(ctx, api.ClaimRequest{Product: "winsrv", Consumer: "bad id"}); err == nil {
 		t.Fatal("bad consumer id accepted")
+	}
+}
+
+// A layer published for a licensed product activates only with a seat:
+// with one seat and two selected hosts, one is active and the other waits;
+// deactivating the first hands the seat to the second.
+func TestLicensedActivation(t *testing.T) {
+	key, _, _ := license.NewIssuerKey()
+	kf := filepath.Join(t.TempDir(), "op.key")
+	opID, err := node.NewKeyFile(kf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opKey, _ := node.LoadKeyFile(kf)
+	net := testnet.New(t, 4, testnet.WithKeepers(3, func(c *node.ClusterConfig) {
+		c.Issuers = []string{license.PublicText(key.Public().(ed25519.PublicKey))}
+		c.SeatTTL, c.SeatMargin = "2s", "1s"
+		c.Operators = []string{opID.String()}
+	}))
+	l, _ := license.Issue(key, "winsrv", 1, 1, time.Now(), time.Time{})
+	if _, err := net.Nodes[0].Client.InstallLicense(ctx, l.Text()); err != nil {
+		t.Fatal(err)
+	}
+	src := tree(t, map[string]string{"app.exe": "licensed"})
+	if _, err := net.Nodes[0].Client.Add(ctx, api.AddRequest{Name: "app:1", Path: src, Product: "winsrv"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	id := mustResolve(t, net.Nodes[0], "app:1")
+	for _, nd := range net.Nodes[1:] {
+		waitCatalog(t, net, nd, "app:1", id)
+	}
+	a, b := net.Nodes[1], net.Nodes[3]
+	res := act(t, opKey, net.Nodes[0], "app:1", "/opt/app", a.Node().ID().String()+","+b.Node().ID().String(), node.OpActivate)
+	states := func() map[string]string {
+		out := map[string]string{}
+		sts, _ := net.Nodes[0].Client.Activations(ctx)
+		for _, s := range sts {
+			if s.Layer == "app:1" && s.Time == res.Time {
+				out[s.Host] = s.State
+			}
+		}
+		return out
+	}
+	var active, waiting *testnet.Node
+	net.Eventually(20*time.Second, "one host active, the other waiting for a seat", func() bool {
+		st := states()
+		sa, sb := st[a.Node().ID().String()], st[b.Node().ID().String()]
+		switch {
+		case sa == node.StateActive && sb == node.StateWaitingSeat:
+			active, waiting = a, b
+		case sb == node.StateActive && sa == node.StateWaitingSeat:
+			active, waiting = b, a
+		default:
+			return false
+		}
+		return true
+	})
+	if readAt(active, "opt/app/app.exe") != "licensed" {
+		t.Fatal("the active host does not show the layer")
+	}
+	if _, err := os.Lstat(filepath.Join(waiting.Data, "root", "opt", "app")); !os.IsNotExist(err) {
+		t.Fatal("the host without a seat exposed the layer")
+	}
+	ls, _ := net.Nodes[2].Client.Licenses(ctx)
+	if len(ls.Holders) != 1 || ls.Holders[0].Host != active.Node().ID().String() || ls.Holders[0].Consumers[0] != "layer:app:1" {
+		t.Fatalf("holders: %+v", ls.Holders)
+	}
+	off := act(t, opKey, net.Nodes[0], "app:1", "", active.Node().ID().String(), node.OpDeactivate)
+	settled(t, net, off, "app:1", node.StateInactive, active)
+	settled(t, net, res, "app:1", node.StateActive, waiting)
+	if readAt(waiting, "opt/app/app.exe") != "licensed" {
+		t.Fatal("the host that got the seat does not show the layer")
 	}
 }

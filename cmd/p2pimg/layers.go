@@ -60,6 +60,7 @@ min/avg/max 16K/64K/256K), where insertions move at most two boundaries.`,
 	}
 	c.Flags().StringVar(&req.Chunking, "chunking", "", "cdc or fixed (default: fixed for .img/.raw files, cdc otherwise)")
 	c.Flags().StringVar(&req.ChunkSize, "chunk-size", "", "average chunk size (cdc) or block size (fixed), a power of two: 4K to 8M")
+	c.Flags().StringVar(&req.Product, "product", "", "licensed product the layer needs: activating it claims a seat of it on each host first")
 	c.Flags().StringVar(&req.Hash, "hash", "", "content hash: sha2-256 (default) or blake3")
 	return c
 }

@@ -88,6 +88,7 @@ type ClusterLayer struct {
 	Size      int64             `json:"size"`
 	Publisher string            `json:"publisher"`
 	Published time.Time         `json:"published"`
+	Product   string            `json:"product,omitempty"`
 	Holders   map[string]string `json:"holders"` // peer id -> complete | partial
 }
 
@@ -107,6 +108,7 @@ type AddRequest struct {
 	Chunking  string `json:"chunking,omitempty"`   // cdc, fixed, or "" for the default per input
 	ChunkSize string `json:"chunk_size,omitempty"` // e.g. 64K
 	Hash      string `json:"hash,omitempty"`       // sha2-256 (default) or blake3
+	Product   string `json:"product,omitempty"`    // licensed product the layer needs
 }
 
 // AddResult is the result of an add.

@@ -10,7 +10,6 @@ import (
 
 	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/api"
-	"github.com/p2pimg/p2pimg/node/client"
 	"github.com/p2pimg/p2pimg/testnet"
 	"github.com/p2pimg/p2pimg/testnet/refimage"
 )
@@ -27,10 +26,7 @@ func benchActivation(ctx context.Context, t *table, bin, dir string) error {
 		return err
 	}
 	defer l.Down(ctx, false)
-	cls := make([]*client.Client, len(l.Nodes))
-	for i, nd := range l.Nodes {
-		cls[i] = client.New(nd.Socket)
-	}
+	cls := l.Clients()
 	img := filepath.Join(dir, "act.img")
 	f, err := os.Create(img)
 	if err != nil {

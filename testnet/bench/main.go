@@ -85,7 +85,7 @@ func run(ctx context.Context) error {
 	bin := flag.String("bin", "bin/p2pimg", "p2pimg binary")
 	dir := flag.String("dir", "", "work directory (default: a new temporary one, removed after)")
 	runs := flag.Int("runs", 3, "runs per figure (the median is reported)")
-	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate")
+	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats")
 	fanSize := flag.Int64("fanout-size", 256<<20, "image size for the fan-out part")
 	fanRate := flag.String("fanout-rate", "400mbit", "link rate for the fan-out part (tc tbf)")
 	role := flag.String("role", "", "internal: run as a sender for the ceiling measurements")
@@ -107,10 +107,13 @@ func run(ctx context.Context) error {
 		defer os.RemoveAll(d)
 		*dir = d
 	}
-	fmt.Fprintf(os.Stderr, "writing the reference image (%d MiB) and its updates in %s\n", *size>>20, *dir)
-	base, clustered, scattered, err := refimage.Files(*dir, *size, 1)
-	if err != nil {
-		return err
+	var base, clustered, scattered string
+	if want("chunk") || want("add") || want("update") || want("fetch") {
+		fmt.Fprintf(os.Stderr, "writing the reference image (%d MiB) and its updates in %s\n", *size>>20, *dir)
+		var err error
+		if base, clustered, scattered, err = refimage.Files(*dir, *size, 1); err != nil {
+			return err
+		}
 	}
 	t := &table{}
 	if want("chunk") || want("add") {
@@ -135,6 +138,11 @@ func run(ctx context.Context) error {
 	}
 	if want("activate") {
 		if err := benchActivation(ctx, t, *bin, *dir); err != nil {
+			return err
+		}
+	}
+	if want("seats") {
+		if err := benchSeats(ctx, t, *bin, *dir); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/p2pimg/p2pimg/license"
+	"github.com/p2pimg/p2pimg/node"
+	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/client"
+	"github.com/p2pimg/p2pimg/testnet"
+)
+
+var seatSoak = flag.Duration("seat-soak", 0, "run TestSeatFaults this long (make soak); default a short run")
+
+// seatTestnet starts 5 daemon processes (3 keepers, 2 s leases) and
+// installs a licence of 2 seats through the CLI.
+func seatTestnet(t *testing.T, journal bool) (*testnet.Local, func(args ...string) (string, string, int)) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "tn")
+	l, err := testnet.Up(context.Background(), bin, dir, 5, testnet.UpOptions{Keepers: 3, SeatTTL: "2s", SeatJournal: journal})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, nd := range l.Nodes {
+			syscall.Kill(nd.PID, syscall.SIGCONT)
+		}
+		l.Down(context.Background(), true)
+	})
+	tn := func(args ...string) (string, string, int) {
+		t.Helper()
+		return cli(t, nil, append([]string{"--testnet-dir", dir}, args...)...)
+	}
+	lic, errOut, code := tn("--node", "1", "license", "issue", "--product", "winsrv", "--seats", "2")
+	if code != 0 {
+		t.Fatalf("issue: %s", errOut)
+	}
+	licFile := filepath.Join(t.TempDir(), "winsrv.lic")
+	os.WriteFile(licFile, []byte(lic), 0o600)
+	if out, errOut, code := tn("--node", "4", "license", "install", licFile); code != 0 || !strings.Contains(out, "installed licence") {
+		t.Fatalf("install: %s %s", out, errOut)
+	}
+	return l, tn
+}
+
+// Kill -9 a holder: its seat goes to a waiter after the lease and the
+// margin; the old token is refused by check, also on the restarted holder.
+func TestSeatHolderKilled(t *testing.T) {
+	t.Parallel()
+	l, tn := seatTestnet(t, false)
+	var tokens []string
+	for _, k := range []string{"4", "5"} {
+		out, errOut, code := tn("--node", k, "license", "claim", "winsrv", "--for", "vm-"+k)
+		if code != 0 {
+			t.Fatalf("claim on node %s: %s", k, errOut)
+		}
+		f := strings.Fields(out[strings.Index(out, "token ")+6:])
+		tokens = append(tokens, strings.TrimSuffix(f[0], ","))
+	}
+	if _, errOut, code := tn("--node", "3", "license", "claim", "winsrv", "--for", "vm-3"); code != 1 || !strings.Contains(errOut, "no free seat of winsrv: 2 of 2 held") {
+		t.Fatalf("third claim: exit %d, %s", code, errOut)
+	}
+	if out, _, code := tn("--node", "5", "license", "check", tokens[1]); code != 0 || !strings.Contains(out, "current") {
+		t.Fatalf("check on the holder: %d %s", code, out)
+	}
+	if err := l.Kill(5); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := tn("--node", "3", "license", "claim", "winsrv", "--for", "vm-3", "--wait", "--timeout", "30s")
+	if code != 0 || !strings.Contains(out, "granted seat 2 of winsrv") {
+		t.Fatalf("waiter: exit %d: %s %s", code, out, errOut)
+	}
+	if _, errOut, code := tn("--node", "1", "license", "check", tokens[1]); code != 1 || !strings.Contains(errOut, "not current") {
+		t.Fatalf("old token of the killed holder: exit %d %s", code, errOut)
+	}
+	if err := l.Restart(context.Background(), 5); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := tn("--node", "5", "license", "check", tokens[1]); code != 1 || !strings.Contains(errOut, "not current") {
+		t.Fatalf("old token on the restarted holder: exit %d %s", code, errOut)
+	}
+	ls, _, _ := tn("--node", "2", "license", "ls")
+	if !strings.Contains(ls, "winsrv   2      2     0") {
+		t.Fatalf("license ls:\n%s", ls)
+	}
+}
+
+// TestSeatFaults is the randomised fault test: every host claims and
+// releases in a loop while a nemesis kills (-9) and restarts hosts, pauses
+// them (SIGSTOP) past the lease, and partitions the cluster. Every host
+// journals when it treated a grant as valid; the checker asserts that at no
+// instant more grants were valid than there are seats. `make soak` runs it
+// for longer (-seat-soak 10m).
+func TestSeatFaults(t *testing.T) {
+	t.Parallel()
+	dur := 25 * time.Second
+	if *seatSoak > 0 {
+		dur = *seatSoak
+	}
+	l, _ := seatTestnet(t, true)
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d, %v", seed, dur)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), dur)
+	defer cancel()
+
+	var grants, refused, failed atomic.Int64
+	holding := make([]atomic.Bool, len(l.Nodes)) // the nemesis aims at holders
+	var mu sync.Mutex                            // guards l (restarts change pids)
+	var wg sync.WaitGroup
+	for i := range l.Nodes {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(seed, uint64(i)+2))
+			for ctx.Err() == nil {
+				mu.Lock()
+				cl := client.New(l.Nodes[i].Socket)
+				mu.Unlock()
+				cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
+				g, err := cl.Claim(cctx, api.ClaimRequest{Product: "winsrv", Consumer: "vm"})
+				ccancel()
+				switch {
+				case err == nil:
+					grants.Add(1)
+					holding[i].Store(true)
+					sleepCtx(ctx, time.Duration(r.IntN(4000))*time.Millisecond)
+					holding[i].Store(false)
+					rctx, rcancel := context.WithTimeout(context.Background(), 3*time.Second)
+					cl.Release(rctx, api.ReleaseRequest{Token: g.Token})
+					rcancel()
+				case strings.Contains(err.Error(), "no free seat"):
+					refused.Add(1)
+				default:
+					failed.Add(1)
+				}
+				sleepCtx(ctx, time.Duration(r.IntN(300))*time.Millisecond)
+			}
+		})
+	}
+	var kills, pauses, partitions int
+	for ctx.Err() == nil {
+		sleepCtx(ctx, time.Duration(500+rng.IntN(1500))*time.Millisecond)
+		k := 1 + rng.IntN(len(l.Nodes))
+		for j := range holding {
+			if holding[j].Load() && rng.IntN(2) == 0 {
+				k = j + 1
+			}
+		}
+		switch rng.IntN(3) {
+		case 0: // crash and come back
+			mu.Lock()
+			l.Kill(k)
+			mu.Unlock()
+			kills++
+			sleepCtx(ctx, time.Duration(rng.IntN(3000))*time.Millisecond)
+			mu.Lock()
+			if err := l.Restart(context.Background(), k); err != nil {
+				t.Errorf("restart node %d: %v", k, err)
+			}
+			mu.Unlock()
+		case 1: // pause past the lease and the margin
+			mu.Lock()
+			pid := l.Nodes[k-1].PID
+			mu.Unlock()
+			syscall.Kill(pid, syscall.SIGSTOP)
+			pauses++
+			time.Sleep(time.Duration(2000+rng.IntN(3000)) * time.Millisecond)
+			syscall.Kill(pid, syscall.SIGCONT)
+		case 2: // split the hosts in two
+			// k (often a holder) and a random set of others against the rest.
+			a, b := []int{k}, []int{}
+			for j := 1; j <= len(l.Nodes); j++ {
+				if j != k && rng.IntN(3) == 0 {
+					a = append(a, j)
+				} else if j != k {
+					b = append(b, j)
+				}
+			}
+			if len(b) == 0 {
+				b, a = a[len(a)-1:], a[:len(a)-1]
+			}
+			mu.Lock()
+			l.Partition(context.Background(), [][]int{a, b})
+			mu.Unlock()
+			partitions++
+			sleepCtx(ctx, time.Duration(2000+rng.IntN(3000))*time.Millisecond)
+			mu.Lock()
+			l.Partition(context.Background(), nil)
+			mu.Unlock()
+		}
+	}
+	wg.Wait()
+	// Stop every daemon so the journals are complete, then check them.
+	l.Down(context.Background(), true)
+	var ivs []license.Interval
+	for _, nd := range l.Nodes {
+		f, err := os.Open(testnet.SeatJournal(nd))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := node.ReadSeatJournal(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ivs = append(ivs, got...)
+	}
+	t.Logf("%d grants, %d refused (no seat), %d undecided; nemesis: %d kills, %d pauses, %d partitions; %d valid intervals checked",
+		grants.Load(), refused.Load(), failed.Load(), kills, pauses, partitions, len(ivs))
+	if grants.Load() < 5 || len(ivs) < 5 {
+		t.Fatalf("too few grants (%d) for the check to mean anything", grants.Load())
+	}
+	if err := license.CheckIntervals(ivs, map[string]int{"winsrv": 2}); err != nil {
+		keep := filepath.Join(os.TempDir(), fmt.Sprintf("p2pimg-seatfail-%d", seed))
+		exec.Command("cp", "-a", l.Dir, keep).Run()
+		t.Fatalf("%v\n(journals and daemon logs kept in %s)", err, keep)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
