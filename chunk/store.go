@@ -73,6 +73,9 @@ type Layer struct {
 	// Product is the licensed product the layer needs (part of the
 	// signed mapping): activating it claims a seat first.
 	Product string `json:"product,omitempty"`
+	// Policy is the layer policy of the signed mapping (JSON), kept so the
+	// mapping can be passed on after a restart.
+	Policy []byte `json:"policy,omitempty"`
 }
 
 // Catalog keeps manifests and the NAME:TAG records that point at them.

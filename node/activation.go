@@ -214,6 +214,10 @@ type exposed struct {
 	Failed  time.Time `json:"failed,omitempty"`
 	// Product: the layer needed a seat of it, held for consumer "layer:NAME".
 	Product string `json:"product,omitempty"`
+	// Restored counts the drifted paths mirror mode put back.
+	Restored int `json:"restored,omitempty"`
+
+	checked time.Time // last mirror check
 }
 
 const (
@@ -340,6 +344,7 @@ func (n *Node) reconcile(ctx context.Context, local map[string]*exposed) {
 			local[layer] = e
 		}
 		n.step(ctx, e, a)
+		n.mirrorCheck(ctx, e)
 	}
 }
 
@@ -386,6 +391,17 @@ func (n *Node) step(ctx context.Context, e *exposed, a Activation) {
 		product := n.layerProduct(a)
 		seated := product == "" || n.holdsSeat(product, seatConsumer(a.Layer))
 		if e.Time == a.Time && !lost && seated && (e.State == StateActive || (e.State == StateFailed && time.Since(e.Failed) < retryAfter)) {
+			return
+		}
+		if eff, c, ok := n.effective(a.Layer); ok && (c != nil || !eff.MayActivate) {
+			reason := "the layer policy does not allow activation on this host (activate=...)"
+			if c != nil {
+				reason = c.Error()
+			}
+			if e.State != StateFailed || e.Detail != "policy: "+reason || e.Time != a.Time {
+				e.Time, e.CID = a.Time, a.CID
+				report(StateFailed, "policy: "+reason)
+			}
 			return
 		}
 		if !seated {

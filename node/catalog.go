@@ -2,6 +2,8 @@ package node
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/license"
+	"github.com/p2pimg/p2pimg/policy"
 )
 
 // Mapping says that layer NAME:TAG is the manifest CID, signed by the host
@@ -33,7 +36,10 @@ type Mapping struct {
 	// Product names the licensed product the layer needs: activating it
 	// claims a seat on each host first.
 	Product string `json:"product,omitempty"`
-	Sig     []byte `json:"sig"`
+	// Policy is the layer policy (policy.Layer, canonical JSON) its
+	// publisher set: who holds it, sync mode, minimum copies.
+	Policy json.RawMessage `json:"policy,omitempty"`
+	Sig    []byte          `json:"sig"`
 }
 
 func (m *Mapping) signedBytes() []byte {
@@ -41,6 +47,10 @@ func (m *Mapping) signedBytes() []byte {
 		strconv.FormatInt(m.Published, 10) + "\n" + m.Publisher
 	if m.Product != "" {
 		b += "\nproduct " + m.Product
+	}
+	if len(m.Policy) > 0 {
+		h := sha256.Sum256(m.Policy)
+		b += "\npolicy " + hex.EncodeToString(h[:])
 	}
 	return []byte(b)
 }
@@ -80,6 +90,8 @@ type snapshot struct {
 	Activations []Activation      `json:"activations,omitempty"`
 	States      []HostState       `json:"states,omitempty"`
 	Labels      map[string]string `json:"labels,omitempty"`
+	// HostPolicy is the sender's host policy (policy.Host, JSON).
+	HostPolicy json.RawMessage `json:"host_policy,omitempty"`
 }
 
 const (
@@ -134,6 +146,11 @@ func decodeSnapshot(data []byte, c *ClusterConfig) (*snapshot, error) {
 			return nil, fmt.Errorf("snapshot: holding: %w", err)
 		}
 	}
+	if len(s.HostPolicy) > 0 {
+		if _, err := policy.DecodeHost(s.HostPolicy); err != nil {
+			return nil, fmt.Errorf("snapshot: %w", err)
+		}
+	}
 	return &s, nil
 }
 
@@ -160,6 +177,11 @@ func checkMapping(m *Mapping, mayPublish func(peer.ID) bool) error {
 	}
 	if m.Product != "" {
 		if err := license.CheckProduct(m.Product); err != nil {
+			return fmt.Errorf("%s: %v", m.Name, err)
+		}
+	}
+	if len(m.Policy) > 0 {
+		if _, err := layerPolicy(m.Policy); err != nil {
 			return fmt.Errorf("%s: %v", m.Name, err)
 		}
 	}
@@ -192,6 +214,7 @@ type catalog struct {
 	acts     map[string]Activation       // newest per layer and selector
 	states   map[peer.ID][]HostState     // each host's last report
 	labels   map[peer.ID]map[string]string
+	policies map[peer.ID]policy.Host // each host's host policy
 }
 
 func newCatalog() *catalog {
@@ -199,6 +222,7 @@ func newCatalog() *catalog {
 		mappings: map[string]Mapping{}, holders: map[string]map[peer.ID]bool{},
 		held: map[peer.ID][]Holding{}, seen: map[peer.ID]int64{}, heard: map[peer.ID]time.Time{},
 		acts: map[string]Activation{}, states: map[peer.ID][]HostState{}, labels: map[peer.ID]map[string]string{},
+		policies: map[peer.ID]policy.Host{},
 	}
 }
 
@@ -242,6 +266,10 @@ func (c *catalog) apply(from peer.ID, s *snapshot, now time.Time) {
 	c.heard[from] = now
 	c.states[from] = s.States
 	c.labels[from] = s.Labels
+	c.policies[from], _ = policy.DecodeHost(s.HostPolicy)
+	if len(s.HostPolicy) == 0 {
+		c.policies[from] = policy.Host{}
+	}
 	c.mu.Unlock()
 }
 
@@ -267,6 +295,7 @@ func (c *catalog) activations() []Activation {
 type hostView struct {
 	labels map[string]string
 	states []HostState
+	policy policy.Host
 }
 
 // hosts are the other hosts heard from, with their labels and states.
@@ -275,7 +304,7 @@ func (c *catalog) hosts() map[peer.ID]hostView {
 	defer c.mu.Unlock()
 	out := map[peer.ID]hostView{}
 	for p := range c.heard {
-		out[p] = hostView{c.labels[p], c.states[p]}
+		out[p] = hostView{c.labels[p], c.states[p], c.policies[p]}
 	}
 	return out
 }

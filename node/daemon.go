@@ -272,6 +272,29 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("GET "+v+"/license", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
 		return n.Licenses(ctx)
 	}))
+	mux.HandleFunc("POST "+v+"/policy/host", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
+		var req api.PolicyRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return n.SetHostPolicy(ctx, req.Policy)
+	}))
+	mux.HandleFunc("POST "+v+"/policy/layer", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
+		var req api.PolicyRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return n.SetLayerPolicy(ctx, req.Name, req.Policy)
+	}))
+	mux.HandleFunc("GET "+v+"/policy/show", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
+		return n.PolicyShow(ctx, r.URL.Query().Get("name"), r.URL.Query().Get("host"))
+	}))
+	mux.HandleFunc("GET "+v+"/policy/check", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
+		return n.PolicyCheck(ctx), nil
+	}))
+	mux.HandleFunc("GET "+v+"/diff/{name...}", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
+		return n.Diff(ctx, r.PathValue("name"))
+	}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, &api.Error{Code: api.CodeNotFound, Message: fmt.Sprintf("no API endpoint %s %s (this daemon speaks %s)", r.Method, r.URL.Path, api.Version)})
 	})

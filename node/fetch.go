@@ -525,7 +525,7 @@ func (n *Node) fetchMapping(ctx context.Context, name chunk.Name, mp Mapping, em
 		return nil, fmt.Errorf("fetch %s: %w", name, err)
 	}
 	rec := layerRecord(name, id, m, chunk.Incomplete)
-	rec.Publisher, rec.Published, rec.Signature, rec.Product = mp.Publisher, mp.Published, mp.Sig, mp.Product
+	rec.Publisher, rec.Published, rec.Signature, rec.Product, rec.Policy = mp.Publisher, mp.Published, mp.Sig, mp.Product, mp.Policy
 	if err := n.db.PutLayer(ctx, rec); err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", name, err)
 	}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,7 @@ import (
 	"github.com/p2pimg/p2pimg/chunk/tree"
 	"github.com/p2pimg/p2pimg/license"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/policy"
 )
 
 // Config configures a node.
@@ -58,6 +60,9 @@ type Config struct {
 	// TestCorruptServe flips a byte in every chunk served: for tests of
 	// what the cluster does with a lying peer. Never set it in production.
 	TestCorruptServe bool
+	// HostPolicy is this host's policy (TOML text); empty keeps the one
+	// stored by `p2pimg policy set-host`.
+	HostPolicy string
 	// SeatJournal, when set, is a file where this host appends every
 	// interval during which it treated a seat grant as valid: the record
 	// the seat fault tests check for over-allocation.
@@ -83,6 +88,7 @@ type Node struct {
 	actKick  chan struct{}          // asks the reconciler to look at activations now
 	keeper   atomic.Pointer[keeper] // set in Run when this host is a keeper
 	seats    *seats
+	policies *hostPolicies
 	seatKick chan struct{}
 	stMu     sync.Mutex
 	states   map[string]HostState // this host's activation states, by layer
@@ -146,7 +152,11 @@ func Open(cfg Config) (*Node, error) {
 		gater: newGater(cfg.Cluster, time.Now), catalog: newCatalog(), metrics: newMetrics(),
 		stats: newPeerStats(), kick: make(chan struct{}, 1), fetches: map[cid.Cid]*fetch{},
 		actKick: make(chan struct{}, 1), states: map[string]HostState{},
-		seats: newSeats(), seatKick: make(chan struct{}, 1),
+		seats: newSeats(), seatKick: make(chan struct{}, 1), policies: newHostPolicies(),
+	}
+	if err := n.loadHostPolicy(cfg.HostPolicy); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("host policy: %w", err)
 	}
 	if cfg.SeatJournal != "" {
 		if n.seats.journal, err = os.OpenFile(cfg.SeatJournal, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err != nil {
@@ -284,11 +294,22 @@ func (n *Node) Add(ctx context.Context, req api.AddRequest, emit Emit) (*api.Add
 			return nil, badRequest(fmt.Errorf("add %s: %w", name, err))
 		}
 	}
-	mp, err := signMapping(n.key, Mapping{Name: name.String(), CID: res.CID.String(), Size: l.Size, Published: time.Now().UnixNano(), Product: req.Product})
+	mp := Mapping{Name: name.String(), CID: res.CID.String(), Size: l.Size, Published: time.Now().UnixNano(), Product: req.Product}
+	if req.Policy != "" {
+		lp, err := policy.ParseLayer([]byte(req.Policy))
+		if err != nil {
+			return nil, badRequest(fmt.Errorf("add %s: %w", name, err))
+		}
+		mp.Policy, _ = json.Marshal(lp)
+		if lp.Product != "" && mp.Product == "" {
+			mp.Product = lp.Product
+		}
+	}
+	mp, err = signMapping(n.key, mp)
 	if err != nil {
 		return nil, fmt.Errorf("add %s: sign: %w", name, err)
 	}
-	l.Publisher, l.Published, l.Signature, l.Product = mp.Publisher, mp.Published, mp.Sig, mp.Product
+	l.Publisher, l.Published, l.Signature, l.Product, l.Policy = mp.Publisher, mp.Published, mp.Sig, mp.Product, mp.Policy
 	if err := n.db.PutLayer(ctx, l); err != nil {
 		return nil, fmt.Errorf("add %s: %w", name, err)
 	}
@@ -385,6 +406,11 @@ func (n *Node) Remove(ctx context.Context, ref string) error {
 	name, err := chunk.ParseName(ref)
 	if err != nil {
 		return badRequest(err)
+	}
+	if l, err := n.db.GetLayer(ctx, name); err == nil {
+		if err := n.keeps(name.String(), l.CID); err != nil {
+			return &codedError{api.CodeConflict, fmt.Errorf("rm refused: %w", err)}
+		}
 	}
 	if err := n.db.DeleteLayer(ctx, name); err != nil {
 		return fmt.Errorf("%w (see `p2pimg layers`)", err)

@@ -90,6 +90,7 @@ func (n *Node) Run(ctx context.Context) error {
 	wg.Go(func() { n.announcer(ctx) })
 	wg.Go(func() { n.keepConnected(ctx) })
 	wg.Go(func() { n.reconciler(ctx) })
+	wg.Go(func() { n.policySyncer(ctx) })
 	if n.cfg.MDNS {
 		svc := mdns.NewMdnsService(n.host, "p2pimg-"+n.cfg.Cluster.Name, mdnsNotifee{n, ctx})
 		if err := svc.Start(); err != nil {
@@ -237,6 +238,9 @@ func (n *Node) snapshot(ctx context.Context) (*snapshot, error) {
 		return nil, err
 	}
 	s := &snapshot{Mappings: n.catalog.all(), Activations: n.catalog.activations(), Labels: n.cfg.Labels}
+	n.policies.mu.Lock()
+	s.HostPolicy = n.policies.raw
+	n.policies.mu.Unlock()
 	n.stMu.Lock()
 	for _, st := range n.states {
 		s.States = append(s.States, st)
@@ -268,7 +272,7 @@ func (n *Node) loadCatalog(ctx context.Context) error {
 		if l.Signature == nil {
 			continue
 		}
-		m := Mapping{Name: l.Name, CID: l.CID, Size: l.Size, Published: l.Published, Publisher: l.Publisher, Product: l.Product, Sig: l.Signature}
+		m := Mapping{Name: l.Name, CID: l.CID, Size: l.Size, Published: l.Published, Publisher: l.Publisher, Product: l.Product, Policy: l.Policy, Sig: l.Signature}
 		if err := checkMapping(&m, n.cfg.Cluster.MayPublish); err != nil {
 			n.log.Warn("local layer's mapping not announced", "layer", l.Name, "err", err)
 			continue

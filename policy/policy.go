@@ -58,42 +58,42 @@ func (w Window) String() string {
 
 // Layer is the policy a publisher sets for a layer.
 type Layer struct {
-	Hold      Selector // hosts that should hold the layer even when it is not active
-	MinCopies int      // complete copies the cluster must keep
-	Mode      Mode     // how holders keep it in sync (default on-activate)
-	Locked    []string // paths no commit or host may change
-	Activate  Selector // hosts the layer may be activated on ("" = all)
-	Product   string   // licensed product: activation needs a seat
-	Bandwidth int64    // bytes per second for background sync (0 = no cap)
-	Windows   []Window // when background sync may run (none = any time)
+	Hold      Selector `json:"hold,omitempty"`       // hosts that should hold the layer even when it is not active
+	MinCopies int      `json:"min_copies,omitempty"` // complete copies the cluster must keep
+	Mode      Mode     `json:"mode,omitempty"`       // how holders keep it in sync (default on-activate)
+	Locked    []string `json:"locked,omitempty"`     // paths no commit or host may change
+	Activate  Selector `json:"activate,omitempty"`   // hosts the layer may be activated on ("" = all)
+	Product   string   `json:"product,omitempty"`    // licensed product: activation needs a seat
+	Bandwidth int64    `json:"bandwidth,omitempty"`  // bytes per second for background sync (0 = no cap)
+	Windows   []Window `json:"windows,omitempty"`    // when background sync may run (none = any time)
 }
 
 // Host is the policy set for one host.
 type Host struct {
-	Quota     int64    // bytes of layers the host may hold (0 = no limit)
-	Allow     []string // layer name patterns (path.Match) the host accepts; none = all
-	Deny      []string // layer name patterns the host refuses
-	Modes     []Mode   // sync modes the host accepts; none = all
-	Bandwidth int64    // bytes per second for background sync (0 = no cap)
-	Windows   []Window // when background sync may run (none = any time)
+	Quota     int64    `json:"quota,omitempty"`     // bytes of layers the host may hold (0 = no limit)
+	Allow     []string `json:"allow,omitempty"`     // layer name patterns (path.Match) the host accepts; none = all
+	Deny      []string `json:"deny,omitempty"`      // layer name patterns the host refuses
+	Modes     []Mode   `json:"modes,omitempty"`     // sync modes the host accepts; none = all
+	Bandwidth int64    `json:"bandwidth,omitempty"` // bytes per second for background sync (0 = no cap)
+	Windows   []Window `json:"windows,omitempty"`   // when background sync may run (none = any time)
 }
 
 // Effective is what a host does about a layer.
 type Effective struct {
-	Hold        bool     // fetch and keep it even when not active
-	Mode        Mode     //
-	MayActivate bool     // an activation on this host is allowed
-	Locked      []string //
-	Product     string   //
-	Bandwidth   int64    // the lower of the two caps (0 = none)
-	Windows     []Window // when both policies allow background sync (none = any time)
+	Hold        bool     `json:"hold"`         // fetch and keep it even when not active
+	Mode        Mode     `json:"mode"`         //
+	MayActivate bool     `json:"may_activate"` // an activation on this host is allowed
+	Locked      []string `json:"locked,omitempty"`
+	Product     string   `json:"product,omitempty"`
+	Bandwidth   int64    `json:"bandwidth,omitempty"` // the lower of the two caps (0 = none)
+	Windows     []Window `json:"windows,omitempty"`   // when both policies allow background sync (none = any time)
 }
 
 // Conflict says why a host refuses to sync a layer: the layer's rule and
 // the host's rule that disagree.
 type Conflict struct {
-	LayerRule string
-	HostRule  string
+	LayerRule string `json:"layer_rule"`
+	HostRule  string `json:"host_rule"`
 }
 
 func (c *Conflict) Error() string {

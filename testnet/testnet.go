@@ -315,3 +315,6 @@ func HashFile(t testing.TB, path string) [32]byte {
 	}
 	return [32]byte(h.Sum(nil))
 }
+
+// Configure changes node i's config for its next start (see Restart).
+func (nd *Node) Configure(f func(c *node.Config)) { f(&nd.cfg.Config) }

@@ -203,7 +203,17 @@ func (a *app) statusCmd() *cobra.Command {
 			for _, s := range states {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Layer, short(s.Host), s.State, s.At, s.Mode, s.Detail)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			// Policy conflicts: pairs the hosts refuse to sync.
+			if cs, err := a.client().PolicyCheck(c.Context()); err == nil && len(cs) > 0 {
+				fmt.Fprintf(a.stdout, "\npolicy conflicts (not synced):\n")
+				for _, r := range cs {
+					fmt.Fprintf(a.stdout, "  %s on %s: %s\n", r.Layer, short(r.Host), r.Conflict.Error())
+				}
+			}
+			return nil
 		},
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/p2pimg/p2pimg/node"
+	"github.com/p2pimg/p2pimg/policy"
 )
 
 func (a *app) daemonCmd() *cobra.Command {
@@ -18,7 +20,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var listen, peers []string
 	var noMDNS, corrupt bool
 	var announce, stall time.Duration
-	var maxUp, maxDown, configFile, root, expose, seatJournal string
+	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy string
 	var labels []string
 	c := &cobra.Command{
 		Use:   "daemon",
@@ -66,6 +68,17 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				}
 				lbl[k] = v
 			}
+			var hostPolicyText string
+			if hostPolicy != "" {
+				b, err := os.ReadFile(hostPolicy)
+				if err != nil {
+					return usageError{fmt.Errorf("--host-policy: %w", err)}
+				}
+				if _, err := policy.ParseHost(b); err != nil {
+					return usageError{fmt.Errorf("--host-policy %s: %w", hostPolicy, err)}
+				}
+				hostPolicyText = string(b)
+			}
 			cluster := node.DefaultCluster()
 			if clusterFile != "" {
 				var err error
@@ -77,7 +90,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cluster, Listen: listen, Peers: peers,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, TestCorruptServe: corrupt, SeatJournal: seatJournal,
-					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: expose,
+					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: expose, HostPolicy: hostPolicyText,
 				},
 				Socket: a.socket, Metrics: metrics, Version: version,
 			})
@@ -105,6 +118,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringArrayVar(&labels, "label", nil, "host label key=value, announced to the cluster for --hosts key=value (repeatable)")
 	c.Flags().BoolVar(&corrupt, "test-corrupt-serve", false, "TESTING ONLY: corrupt every chunk served")
 	c.Flags().MarkHidden("test-corrupt-serve")
+	c.Flags().StringVar(&hostPolicy, "host-policy", "", "this host's policy file (TOML; replaces the one set with `p2pimg policy set-host`)")
 	c.Flags().StringVar(&seatJournal, "test-seat-journal", "", "TESTING ONLY: append every interval a seat grant was valid here to FILE")
 	c.Flags().MarkHidden("test-seat-journal")
 	return c

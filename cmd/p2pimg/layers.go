@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"text/tabwriter"
 
@@ -14,6 +15,7 @@ import (
 
 func (a *app) addCmd() *cobra.Command {
 	var req api.AddRequest
+	var policyFile string
 	c := &cobra.Command{
 		Use:   "add NAME[:TAG] PATH",
 		Short: "Chunk a file or directory into a layer and print its manifest CID",
@@ -39,6 +41,13 @@ min/avg/max 16K/64K/256K), where insertions move at most two boundaries.`,
 				return err
 			}
 			req.Name, req.Path = args[0], path
+			if policyFile != "" {
+				b, err := os.ReadFile(policyFile)
+				if err != nil {
+					return usageError{fmt.Errorf("--policy: %w", err)}
+				}
+				req.Policy = string(b)
+			}
 			on, done := a.events("add " + args[0])
 			res, err := a.client().Add(c.Context(), req, on)
 			done()
@@ -60,6 +69,7 @@ min/avg/max 16K/64K/256K), where insertions move at most two boundaries.`,
 	}
 	c.Flags().StringVar(&req.Chunking, "chunking", "", "cdc or fixed (default: fixed for .img/.raw files, cdc otherwise)")
 	c.Flags().StringVar(&req.ChunkSize, "chunk-size", "", "average chunk size (cdc) or block size (fixed), a power of two: 4K to 8M")
+	c.Flags().StringVar(&policyFile, "policy", "", "layer policy file (TOML; see `p2pimg policy --help`)")
 	c.Flags().StringVar(&req.Product, "product", "", "licensed product the layer needs: activating it claims a seat of it on each host first")
 	c.Flags().StringVar(&req.Hash, "hash", "", "content hash: sha2-256 (default) or blake3")
 	return c

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/chunk/tree"
+	"github.com/p2pimg/p2pimg/policy"
 )
 
 // Version prefix of every path.
@@ -109,6 +111,7 @@ type AddRequest struct {
 	ChunkSize string `json:"chunk_size,omitempty"` // e.g. 64K
 	Hash      string `json:"hash,omitempty"`       // sha2-256 (default) or blake3
 	Product   string `json:"product,omitempty"`    // licensed product the layer needs
+	Policy    string `json:"policy,omitempty"`     // layer policy (TOML text)
 }
 
 // AddResult is the result of an add.
@@ -274,4 +277,29 @@ type LicenseList struct {
 	Licenses []LicenseInfo `json:"licenses"`
 	Holders  []Grant       `json:"holders"`
 	Held     []Grant       `json:"held"`
+}
+
+// PolicyRequest is POST /v1/policy/layer (Name set) or /v1/policy/host.
+type PolicyRequest struct {
+	Name   string `json:"name,omitempty"`
+	Policy string `json:"policy"` // TOML text
+}
+
+// PolicyResult is the effective policy of a layer on a host, or the
+// conflict that refuses syncing it.
+type PolicyResult struct {
+	Layer       string            `json:"layer"`
+	Host        string            `json:"host"`
+	LayerPolicy policy.Layer      `json:"layer_policy"`
+	HostPolicy  policy.Host       `json:"host_policy"`
+	Effective   *policy.Effective `json:"effective,omitempty"`
+	Conflict    *policy.Conflict  `json:"conflict,omitempty"`
+}
+
+// DiffResult is GET /v1/diff/NAME: how the exposed view differs from the layer.
+type DiffResult struct {
+	Layer   string        `json:"layer"`
+	CID     string        `json:"cid"`
+	Path    string        `json:"path"`
+	Changes []tree.Change `json:"changes"`
 }

@@ -259,3 +259,34 @@ func (c *Client) Licenses(ctx context.Context) (api.LicenseList, error) {
 	var r api.LicenseList
 	return r, c.call(ctx, http.MethodGet, "/license", nil, &r)
 }
+
+// SetHostPolicy replaces the daemon host's policy (TOML text).
+func (c *Client) SetHostPolicy(ctx context.Context, text string) error {
+	var r json.RawMessage
+	return c.call(ctx, http.MethodPost, "/policy/host", api.PolicyRequest{Policy: text}, &r)
+}
+
+// SetLayerPolicy publishes a layer again with a new layer policy (TOML text).
+func (c *Client) SetLayerPolicy(ctx context.Context, name, text string) (api.ClusterLayer, error) {
+	var r api.ClusterLayer
+	return r, c.call(ctx, http.MethodPost, "/policy/layer", api.PolicyRequest{Name: name, Policy: text}, &r)
+}
+
+// PolicyShow is a layer's effective policy on a host ("" = the daemon's).
+func (c *Client) PolicyShow(ctx context.Context, name, host string) (api.PolicyResult, error) {
+	var r api.PolicyResult
+	q := url.Values{"name": {name}, "host": {host}}
+	return r, c.call(ctx, http.MethodGet, "/policy/show?"+q.Encode(), nil, &r)
+}
+
+// PolicyCheck lists every host and layer pair that conflicts.
+func (c *Client) PolicyCheck(ctx context.Context) ([]api.PolicyResult, error) {
+	var r []api.PolicyResult
+	return r, c.call(ctx, http.MethodGet, "/policy/check", nil, &r)
+}
+
+// Diff shows how the daemon host's exposed view of a layer differs from it.
+func (c *Client) Diff(ctx context.Context, name string) (api.DiffResult, error) {
+	var r api.DiffResult
+	return r, c.call(ctx, http.MethodGet, "/diff/"+url.PathEscape(name), nil, &r)
+}

@@ -1,0 +1,457 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/chunk/tree"
+	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/policy"
+)
+
+// Policies: a layer's policy travels in its signed mapping (set by whoever
+// may publish it); a host's policy is set on the host, kept in its store
+// and gossiped in its snapshot, so any host can resolve any pair. The
+// policy syncer fetches what the effective policy says to hold; the
+// activation reconciler refuses what it forbids and undoes drift in mirror
+// mode.
+
+const hostPolicyKey = "policy/host"
+
+// hostPolicies is this host's policy and the conflicts it last found.
+type hostPolicies struct {
+	mu        sync.Mutex
+	host      policy.Host
+	raw       json.RawMessage // canonical JSON of host, gossiped
+	conflicts map[string]*policy.Conflict
+	kick      chan struct{}
+}
+
+func newHostPolicies() *hostPolicies {
+	return &hostPolicies{conflicts: map[string]*policy.Conflict{}, kick: make(chan struct{}, 1)}
+}
+
+// layerPolicy decodes the policy of a mapping; only the canonical form is
+// accepted, so one policy has one signed encoding.
+func layerPolicy(raw json.RawMessage) (policy.Layer, error) {
+	if len(raw) == 0 {
+		return policy.Layer{}, nil
+	}
+	l, err := policy.DecodeLayer(raw)
+	if err != nil {
+		return l, err
+	}
+	if again, _ := json.Marshal(l); !bytes.Equal(again, raw) {
+		return l, errors.New("layer policy: not in canonical form")
+	}
+	return l, nil
+}
+
+// loadHostPolicy takes the policy file given at start (if any), else the
+// one stored by `policy set-host`.
+func (n *Node) loadHostPolicy(text string) error {
+	if text != "" {
+		_, err := n.setHostPolicy(text)
+		return err
+	}
+	recs, err := n.db.Records(hostPolicyKey)
+	if err != nil {
+		return err
+	}
+	if b, ok := recs[hostPolicyKey]; ok {
+		h, err := policy.DecodeHost(b)
+		if err != nil {
+			return fmt.Errorf("stored host policy: %w", err)
+		}
+		n.policies.mu.Lock()
+		n.policies.host, n.policies.raw = h, b
+		n.policies.mu.Unlock()
+	}
+	return nil
+}
+
+func (n *Node) setHostPolicy(text string) (policy.Host, error) {
+	h, err := policy.ParseHost([]byte(text))
+	if err != nil {
+		return h, badRequest(err)
+	}
+	raw, _ := json.Marshal(h)
+	if err := n.db.PutRecord(hostPolicyKey, raw); err != nil {
+		return h, err
+	}
+	n.policies.mu.Lock()
+	n.policies.host, n.policies.raw = h, raw
+	n.policies.mu.Unlock()
+	return h, nil
+}
+
+// SetHostPolicy replaces this host's policy (TOML text) and applies it.
+func (n *Node) SetHostPolicy(ctx context.Context, text string) (*policy.Host, error) {
+	h, err := n.setHostPolicy(text)
+	if err != nil {
+		return nil, err
+	}
+	n.log.Info("host policy set")
+	n.announceSoon()
+	n.policySoon()
+	n.reconcileSoon()
+	return &h, nil
+}
+
+// SetLayerPolicy publishes NAME:TAG again, same content, with a new layer
+// policy (TOML text). Only a host that may publish can.
+func (n *Node) SetLayerPolicy(ctx context.Context, name, text string) (*api.ClusterLayer, error) {
+	nm, err := chunk.ParseName(name)
+	if err != nil {
+		return nil, badRequest(err)
+	}
+	l, err := policy.ParseLayer([]byte(text))
+	if err != nil {
+		return nil, badRequest(err)
+	}
+	if !n.cfg.Cluster.MayPublish(n.host.ID()) {
+		return nil, badRequestf("policy set-layer %s: this host may not publish layers in this cluster (publishers = [...])", nm)
+	}
+	mp, ok := n.catalog.lookup(nm.String())
+	if !ok {
+		return nil, &codedError{api.CodeNotFound, fmt.Errorf("policy set-layer: no layer %s in the cluster catalogue", nm)}
+	}
+	raw, _ := json.Marshal(l)
+	mp.Policy, mp.Published, mp.Sig = raw, max(time.Now().UnixNano(), mp.Published+1), nil
+	if l.Product != "" {
+		mp.Product = l.Product
+	}
+	if mp, err = signMapping(n.key, mp); err != nil {
+		return nil, err
+	}
+	n.catalog.merge(mp)
+	if rec, err := n.db.GetLayer(ctx, nm); err == nil && rec.CID == mp.CID {
+		rec.Publisher, rec.Published, rec.Signature, rec.Product, rec.Policy = mp.Publisher, mp.Published, mp.Sig, mp.Product, mp.Policy
+		if err := n.db.PutLayer(ctx, rec); err != nil {
+			return nil, err
+		}
+	}
+	n.announceSoon()
+	n.policySoon()
+	n.log.Info("layer policy set", "layer", nm.String())
+	return &api.ClusterLayer{Name: mp.Name, CID: mp.CID, Size: mp.Size, Publisher: mp.Publisher, Product: mp.Product}, nil
+}
+
+func (n *Node) policySoon() {
+	select {
+	case n.policies.kick <- struct{}{}:
+	default:
+	}
+}
+
+// hostFacts is what resolution needs to know about a host.
+type hostFacts struct {
+	labels map[string]string
+	policy policy.Host
+	held   map[string]bool // manifest CIDs held complete
+}
+
+// facts gathers every known host: this one and those heard from.
+func (n *Node) facts() map[peer.ID]hostFacts {
+	out := map[peer.ID]hostFacts{}
+	for p, v := range n.catalog.hosts() {
+		out[p] = hostFacts{labels: v.labels, policy: v.policy, held: map[string]bool{}}
+	}
+	n.policies.mu.Lock()
+	out[n.host.ID()] = hostFacts{labels: n.cfg.Labels, policy: n.policies.host, held: map[string]bool{}}
+	n.policies.mu.Unlock()
+	for _, mp := range n.catalog.all() {
+		for p, complete := range n.catalog.holdings(mp.CID) {
+			if f, ok := out[p]; ok && complete {
+				f.held[mp.CID] = true
+			}
+		}
+	}
+	if ls, err := n.db.Layers(context.Background()); err == nil {
+		for _, l := range ls {
+			if l.State == chunk.Complete {
+				out[n.host.ID()].held[l.CID] = true
+			}
+		}
+	}
+	return out
+}
+
+// resolve is the effective policy of mapping mp on host id.
+func resolve(id peer.ID, f hostFacts, mp Mapping, all []Mapping) (policy.Effective, *policy.Conflict) {
+	lp, _ := layerPolicy(mp.Policy)
+	if lp.Product == "" {
+		lp.Product = mp.Product
+	}
+	var held int64
+	for _, o := range all {
+		if o.CID != mp.CID && f.held[o.CID] {
+			held += o.Size
+		}
+	}
+	return policy.Resolve(policy.Subject{Layer: mp.Name, Size: mp.Size, Host: id.String(), Labels: f.labels, Held: held}, lp, f.policy)
+}
+
+// effective is the effective policy of a layer on this host (ok false:
+// the cluster has no mapping for it).
+func (n *Node) effective(layer string) (policy.Effective, *policy.Conflict, bool) {
+	mp, ok := n.catalog.lookup(layer)
+	if !ok {
+		return policy.Effective{}, nil, false
+	}
+	me := n.host.ID()
+	e, c := resolve(me, n.facts()[me], mp, n.catalog.all())
+	return e, c, true
+}
+
+// PolicyShow is the effective policy of a layer on a host (this one when
+// host is empty), or the conflict.
+func (n *Node) PolicyShow(ctx context.Context, name, host string) (*api.PolicyResult, error) {
+	nm, err := chunk.ParseName(name)
+	if err != nil {
+		return nil, badRequest(err)
+	}
+	mp, ok := n.catalog.lookup(nm.String())
+	if !ok {
+		return nil, &codedError{api.CodeNotFound, fmt.Errorf("no layer %s in the cluster catalogue", nm)}
+	}
+	id := n.host.ID()
+	if host != "" {
+		if id, err = peer.Decode(host); err != nil {
+			return nil, badRequestf("--host %q: %v", host, err)
+		}
+	}
+	f, ok := n.facts()[id]
+	if !ok {
+		return nil, &codedError{api.CodeNotFound, fmt.Errorf("host %s: not heard from", host)}
+	}
+	lp, _ := layerPolicy(mp.Policy)
+	e, c := resolve(id, f, mp, n.catalog.all())
+	r := &api.PolicyResult{Layer: mp.Name, Host: id.String(), LayerPolicy: lp, HostPolicy: f.policy, Conflict: c}
+	if c == nil {
+		r.Effective = &e
+	}
+	return r, nil
+}
+
+// PolicyCheck lists every host and layer pair that conflicts.
+func (n *Node) PolicyCheck(ctx context.Context) []api.PolicyResult {
+	all := n.catalog.all()
+	out := []api.PolicyResult{}
+	for id, f := range n.facts() {
+		for _, mp := range all {
+			if _, c := resolve(id, f, mp, all); c != nil {
+				out = append(out, api.PolicyResult{Layer: mp.Name, Host: id.String(), Conflict: c})
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Layer != out[j].Layer {
+			return out[i].Layer < out[j].Layer
+		}
+		return out[i].Host < out[j].Host
+	})
+	return out
+}
+
+// inWindow reports whether background sync may run now.
+func inWindow(ws []policy.Window, now time.Time) bool {
+	if len(ws) == 0 {
+		return true
+	}
+	m := now.UTC().Hour()*60 + now.UTC().Minute()
+	for _, w := range ws {
+		if (w.Start <= w.End && m >= w.Start && m < w.End) || (w.Start > w.End && (m >= w.Start || m < w.End)) {
+			return true
+		}
+	}
+	return false
+}
+
+// policySyncer fetches every layer the effective policy says this host
+// holds, on every change and every few seconds, and records conflicts.
+func (n *Node) policySyncer(ctx context.Context) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		n.syncPolicies(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-n.policies.kick:
+		}
+	}
+}
+
+func (n *Node) syncPolicies(ctx context.Context) {
+	me := n.host.ID()
+	all := n.catalog.all()
+	f := n.facts()[me]
+	conflicts := map[string]*policy.Conflict{}
+	for _, mp := range all {
+		e, c := resolve(me, f, mp, all)
+		if c != nil {
+			conflicts[mp.Name] = c
+			continue
+		}
+		if !e.Hold || f.held[mp.CID] || !inWindow(e.Windows, time.Now()) || ctx.Err() != nil {
+			continue
+		}
+		name, _ := chunk.ParseName(mp.Name)
+		if l, err := n.db.GetLayer(ctx, name); err == nil && l.CID == mp.CID && l.State == chunk.Complete {
+			continue
+		}
+		n.log.Info("policy: fetching a layer this host holds", "layer", mp.Name)
+		if _, err := n.fetchMapping(ctx, name, mp, func(api.Event) {}); err != nil && ctx.Err() == nil {
+			n.log.Warn("policy: fetch failed; trying again", "layer", mp.Name, "err", err)
+		}
+	}
+	n.policies.mu.Lock()
+	changed := len(conflicts) != len(n.policies.conflicts)
+	for k, c := range conflicts {
+		if o := n.policies.conflicts[k]; o == nil || *o != *c {
+			changed = true
+			n.log.Warn("policy conflict: this host does not sync the layer", "layer", k, "layer_rule", c.LayerRule, "host_rule", c.HostRule)
+		}
+	}
+	n.policies.conflicts = conflicts
+	n.policies.mu.Unlock()
+	if changed {
+		n.announceSoon()
+	}
+}
+
+// keeps reports why this host must not drop a layer: its policy holds it
+// here, or the cluster would fall below the layer's minimum copies.
+func (n *Node) keeps(name string, id string) error {
+	mp, ok := n.catalog.lookup(name)
+	if !ok || mp.CID != id {
+		return nil
+	}
+	lp, _ := layerPolicy(mp.Policy)
+	if e, c, _ := n.effective(name); c == nil && e.Hold {
+		return fmt.Errorf("layer %s: its policy holds it on this host (hold=%s); change the layer or host policy first", name, lp.Hold)
+	}
+	if lp.MinCopies > 0 {
+		copies := 0
+		for p, complete := range n.catalog.holdings(mp.CID) {
+			if complete && p != n.host.ID() {
+				copies++
+			}
+		}
+		if name, err := chunk.ParseName(name); err == nil {
+			if l, err := n.db.GetLayer(context.Background(), name); err == nil && l.CID == mp.CID && l.State == chunk.Complete {
+				copies++ // this host's own copy
+			}
+		}
+		if copies <= lp.MinCopies {
+			return fmt.Errorf("layer %s: the cluster holds %d complete copies and its policy wants at least %d (min_copies)", name, copies, lp.MinCopies)
+		}
+	}
+	return nil
+}
+
+// mirrorCheck undoes drift in an exposed view of a mirror-mode layer: it
+// compares the view with the manifest and, when they differ, swaps a fresh
+// copy in. It runs on the reconciler goroutine.
+func (n *Node) mirrorCheck(ctx context.Context, e *exposed) {
+	if e.State != StateActive || !e.Exposed || e.Mode != ModeMaterialized || time.Since(e.checked) < mirrorEvery {
+		return
+	}
+	eff, c, ok := n.effective(e.Layer)
+	if !ok || c != nil || eff.Mode != policy.Mirror {
+		return
+	}
+	e.checked = time.Now()
+	id, err := cid.Decode(e.CID)
+	if err != nil {
+		return
+	}
+	m, err := n.db.GetManifest(ctx, id)
+	if err != nil {
+		return
+	}
+	changes, err := tree.Diff(ctx, m, e.Path)
+	if err != nil || len(changes) == 0 {
+		return
+	}
+	var paths []string
+	for _, ch := range changes {
+		paths = append(paths, ch.Path)
+	}
+	n.log.Warn("mirror: the exposed view drifted; restoring it", "layer", e.Layer, "paths", slices.Compact(paths))
+	if err := n.expose(ctx, e, m); err != nil {
+		n.log.Warn("mirror: restore failed", "layer", e.Layer, "err", err)
+		return
+	}
+	if err := n.saveExposed(e); err != nil {
+		n.log.Warn("activation record", "layer", e.Layer, "err", err)
+	}
+	e.Restored += len(changes)
+	n.setStates(e.HostState)
+}
+
+const mirrorEvery = 2 * time.Second
+
+// Diff shows how this host's exposed view of a layer differs from the
+// published manifest.
+func (n *Node) Diff(ctx context.Context, name string) (*api.DiffResult, error) {
+	nm, err := chunk.ParseName(name)
+	if err != nil {
+		return nil, badRequest(err)
+	}
+	recs, err := n.db.Records(actKey(nm.String()))
+	if err != nil {
+		return nil, err
+	}
+	b, ok := recs[actKey(nm.String())]
+	var e exposed
+	if !ok || json.Unmarshal(b, &e) != nil || !e.Exposed {
+		return nil, &codedError{api.CodeConflict, fmt.Errorf("layer %s is not exposed on this host: nothing to compare (activate it, or check it out and compare yourself)", nm)}
+	}
+	id, err := cid.Decode(e.CID)
+	if err != nil {
+		return nil, err
+	}
+	m, err := n.db.GetManifest(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if e.Mode == ModeOverlay {
+		return nil, &codedError{api.CodeConflict, fmt.Errorf("layer %s is an overlay mount at %s: its changes are the upper directory in the data dir", nm, e.Path)}
+	}
+	// The reconciler may swap a restored copy in while we read: look again.
+	var changes []tree.Change
+	for try := 0; ; try++ {
+		if changes, err = tree.Diff(ctx, m, e.Path); err == nil || try == 3 {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("diff %s: %w", nm, err)
+	}
+	return &api.DiffResult{Layer: nm.String(), CID: e.CID, Path: e.Path, Changes: changes}, nil
+}
+
+// Conflicts are this host's policy conflicts, by layer.
+func (n *Node) Conflicts() map[string]*policy.Conflict {
+	n.policies.mu.Lock()
+	defer n.policies.mu.Unlock()
+	out := map[string]*policy.Conflict{}
+	for k, v := range n.policies.conflicts {
+		out[k] = v
+	}
+	return out
+}
