@@ -468,7 +468,11 @@ func (n *Node) ensureLayer(ctx context.Context, a Activation, emit Emit) (*chunk
 	if _, err := n.fetchMapping(ctx, name, mp, emit); err != nil {
 		return nil, err
 	}
-	return n.db.GetManifest(ctx, id)
+	m, err := n.db.GetManifest(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return n.flat(ctx, m)
 }
 
 // reconciler runs reconcile on every change and every second.

@@ -295,6 +295,20 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("GET "+v+"/diff/{name...}", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
 		return n.Diff(ctx, r.PathValue("name"))
 	}))
+	mux.HandleFunc("POST "+v+"/commit", d.stream(func(ctx context.Context, n *Node, r *http.Request, emit Emit) (any, error) {
+		var req api.CommitRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return n.Commit(ctx, req, emit)
+	}))
+	mux.HandleFunc("POST "+v+"/split", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
+		var req api.SplitRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return n.Split(ctx, req)
+	}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, &api.Error{Code: api.CodeNotFound, Message: fmt.Sprintf("no API endpoint %s %s (this daemon speaks %s)", r.Method, r.URL.Path, api.Version)})
 	})

@@ -529,27 +529,31 @@ func (n *Node) fetchMapping(ctx context.Context, name chunk.Name, mp Mapping, em
 	if err := n.db.PutLayer(ctx, rec); err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", name, err)
 	}
-	refs, have, err := n.present(ctx, m)
+	f, err := n.fetchChunks(ctx, id, m, name, emit)
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", name, err)
 	}
-	f := newFetch(id, refs, have, time.Now())
-	n.fetchMu.Lock()
-	if n.fetches[id] != nil {
-		n.fetchMu.Unlock()
-		return nil, &codedError{api.CodeConflict, fmt.Errorf("fetch %s: already being fetched", name)}
-	}
-	n.fetches[id] = f
-	n.fetchMu.Unlock()
-	defer func() {
-		n.fetchMu.Lock()
-		delete(n.fetches, id)
-		n.fetchMu.Unlock()
-		n.announceSoon()
-	}()
-	n.announceSoon()
-	if err := n.runFetch(ctx, f, name, emit); err != nil {
-		return nil, fmt.Errorf("fetch %s: %w", name, err)
+	// A stacked layer is complete when the layers under it are.
+	for pid := m.Parent; pid.Defined(); {
+		pm, err := n.db.GetManifest(ctx, pid)
+		if errors.Is(err, chunk.ErrNotFound) {
+			var data []byte
+			if pm, data, err = n.fetchManifest(ctx, pid); err == nil {
+				err = n.db.PutManifest(ctx, pid, data)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("fetch %s: parent layer %s: %w", name, pid, err)
+		}
+		pf, err := n.fetchChunks(ctx, pid, pm, name, emit)
+		if err != nil {
+			return nil, fmt.Errorf("fetch %s: parent layer %s: %w", name, pid, err)
+		}
+		f.fetched += pf.fetched
+		for p, b := range pf.perPeer {
+			f.perPeer[p] += b
+		}
+		pid = pm.Parent
 	}
 	rec.State = chunk.Complete
 	commit := time.Now()
@@ -566,6 +570,30 @@ func (n *Node) fetchMapping(ctx context.Context, name chunk.Name, mp Mapping, em
 		res.FetchedBytes += b
 	}
 	return res, nil
+}
+
+// fetchChunks fetches the chunks of manifest id that the store lacks.
+func (n *Node) fetchChunks(ctx context.Context, id cid.Cid, m *chunk.Manifest, name chunk.Name, emit Emit) (*fetch, error) {
+	refs, have, err := n.present(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	f := newFetch(id, refs, have, time.Now())
+	n.fetchMu.Lock()
+	if n.fetches[id] != nil {
+		n.fetchMu.Unlock()
+		return nil, &codedError{api.CodeConflict, fmt.Errorf("layer %s is already being fetched", id)}
+	}
+	n.fetches[id] = f
+	n.fetchMu.Unlock()
+	defer func() {
+		n.fetchMu.Lock()
+		delete(n.fetches, id)
+		n.fetchMu.Unlock()
+		n.announceSoon()
+	}()
+	n.announceSoon()
+	return f, n.runFetch(ctx, f, name, emit)
 }
 
 // runFetch keeps a worker on every connected peer until f is complete.

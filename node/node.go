@@ -285,16 +285,12 @@ func (n *Node) Add(ctx context.Context, req api.AddRequest, emit Emit) (*api.Add
 	for _, s := range res.Skipped {
 		emit(api.Event{Warning: fmt.Sprintf("skipped %s: %s", s.Path, s.Reason)})
 	}
-	if err := n.db.PutManifest(ctx, res.CID, res.Encoded); err != nil {
-		return nil, fmt.Errorf("add %s: %w", name, err)
-	}
-	l := layerRecord(name, res.CID, res.Manifest, chunk.Complete)
+	mp := Mapping{Product: req.Product}
 	if req.Product != "" {
 		if err := license.CheckProduct(req.Product); err != nil {
 			return nil, badRequest(fmt.Errorf("add %s: %w", name, err))
 		}
 	}
-	mp := Mapping{Name: name.String(), CID: res.CID.String(), Size: l.Size, Published: time.Now().UnixNano(), Product: req.Product}
 	if req.Policy != "" {
 		lp, err := policy.ParseLayer([]byte(req.Policy))
 		if err != nil {
@@ -305,22 +301,40 @@ func (n *Node) Add(ctx context.Context, req api.AddRequest, emit Emit) (*api.Add
 			mp.Product = lp.Product
 		}
 	}
-	mp, err = signMapping(n.key, mp)
+	l, err := n.publish(ctx, name, res.CID, res.Encoded, res.Manifest, mp)
 	if err != nil {
-		return nil, fmt.Errorf("add %s: sign: %w", name, err)
-	}
-	l.Publisher, l.Published, l.Signature, l.Product, l.Policy = mp.Publisher, mp.Published, mp.Sig, mp.Product, mp.Policy
-	if err := n.db.PutLayer(ctx, l); err != nil {
 		return nil, fmt.Errorf("add %s: %w", name, err)
 	}
-	n.catalog.merge(mp)
-	n.announceSoon()
 	n.log.Info("layer added", "layer", name.String(), "cid", res.CID.String(), "size", l.Size, "new_bytes", res.NewBytes)
 	out := &api.AddResult{Layer: l, NewChunks: res.NewChunks, NewBytes: res.NewBytes}
 	for _, s := range res.Skipped {
 		out.Skipped = append(out.Skipped, api.SkippedPath{Path: s.Path, Reason: s.Reason})
 	}
 	return out, nil
+}
+
+// publish stores a manifest, records it complete as name and announces
+// the signed mapping; tmpl carries the product and policy to keep.
+func (n *Node) publish(ctx context.Context, name chunk.Name, id cid.Cid, encoded []byte, m *chunk.Manifest, tmpl Mapping) (chunk.Layer, error) {
+	if err := n.db.PutManifest(ctx, id, encoded); err != nil {
+		return chunk.Layer{}, err
+	}
+	l := layerRecord(name, id, m, chunk.Complete)
+	mp := Mapping{Name: name.String(), CID: id.String(), Size: l.Size, Published: time.Now().UnixNano(), Product: tmpl.Product, Policy: tmpl.Policy}
+	if old, ok := n.catalog.lookup(name.String()); ok && mp.Published <= old.Published {
+		mp.Published = old.Published + 1 // a new version always wins
+	}
+	mp, err := signMapping(n.key, mp)
+	if err != nil {
+		return l, fmt.Errorf("sign: %w", err)
+	}
+	l.Publisher, l.Published, l.Signature, l.Product, l.Policy = mp.Publisher, mp.Published, mp.Sig, mp.Product, mp.Policy
+	if err := n.db.PutLayer(ctx, l); err != nil {
+		return l, err
+	}
+	n.catalog.merge(mp)
+	n.announceSoon()
+	return l, nil
 }
 
 func layerRecord(name chunk.Name, id cid.Cid, m *chunk.Manifest, state chunk.LayerState) chunk.Layer {
@@ -366,6 +380,9 @@ func (n *Node) Checkout(ctx context.Context, req api.CheckoutRequest, emit Emit)
 	if l.State != chunk.Complete {
 		return nil, &codedError{api.CodeConflict, fmt.Errorf("layer %s is %s: some chunks are missing; fetch it first", l.Name, l.State)}
 	}
+	if m, err = n.flat(ctx, m); err != nil {
+		return nil, fmt.Errorf("checkout %s: %w", l.Name, err)
+	}
 	err = tree.Checkout(ctx, n.db, m, req.Dir, tree.CheckoutOptions{
 		Force: req.Force, Owners: os.Geteuid() == 0, Progress: progress(emit, "checkout"),
 	})
@@ -383,6 +400,9 @@ func (n *Node) Common(ctx context.Context, refs []string) (*api.CommonResult, er
 	var ms []*chunk.Manifest
 	for _, ref := range refs {
 		_, m, err := n.layer(ctx, ref)
+		if err == nil {
+			m, err = n.flat(ctx, m) // a stacked layer is compared as the image it represents
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -431,15 +451,22 @@ func (n *Node) referenced(ctx context.Context) (map[cid.Cid]bool, map[cid.Cid]bo
 		if err != nil {
 			return nil, nil, fmt.Errorf("layer %s: %w", l.Name, err)
 		}
-		m, err := n.db.GetManifest(ctx, id)
-		if err != nil {
-			return nil, nil, fmt.Errorf("layer %s: %w", l.Name, err)
-		}
-		manifests[id] = true
-		for _, e := range m.Entries {
-			for _, r := range e.Chunks {
-				chunks[r.CID] = true
+		// A layer keeps the layers it is stacked on.
+		for id.Defined() && !manifests[id] {
+			m, err := n.db.GetManifest(ctx, id)
+			if errors.Is(err, chunk.ErrNotFound) && l.State != chunk.Complete {
+				break // an incomplete fetch has not got its parents yet
 			}
+			if err != nil {
+				return nil, nil, fmt.Errorf("layer %s: %w", l.Name, err)
+			}
+			manifests[id] = true
+			for _, e := range m.Entries {
+				for _, r := range e.Chunks {
+					chunks[r.CID] = true
+				}
+			}
+			id = m.Parent
 		}
 	}
 	return chunks, manifests, nil

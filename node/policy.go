@@ -380,6 +380,9 @@ func (n *Node) mirrorCheck(ctx context.Context, e *exposed) {
 		return
 	}
 	m, err := n.db.GetManifest(ctx, id)
+	if err == nil {
+		m, err = n.flat(ctx, m)
+	}
 	if err != nil {
 		return
 	}
@@ -426,6 +429,9 @@ func (n *Node) Diff(ctx context.Context, name string) (*api.DiffResult, error) {
 		return nil, err
 	}
 	m, err := n.db.GetManifest(ctx, id)
+	if err == nil {
+		m, err = n.flat(ctx, m)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -8,12 +8,15 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
 
 	"github.com/ipfs/go-cid"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/p2pimg/p2pimg/chunk"
 )
@@ -56,6 +59,14 @@ const batchBytes = 8 << 20
 // chunks, sorted, and what it skips. A root that is a regular file gives a
 // one-entry layer named after the file.
 func Scan(root string) (entries []chunk.Entry, sources []string, skipped []Skipped, err error) {
+	return scan(root, false)
+}
+
+// scan is Scan; with upper, root is an overlayfs upper directory: a
+// whiteout (a character device 0/0) becomes an empty .wh.NAME entry and an
+// opaque directory (xattr trusted.overlay.opaque=y) gets a .wh..wh..opq
+// entry, the OCI forms. Such entries have no source.
+func scan(root string, upper bool) (entries []chunk.Entry, sources []string, skipped []Skipped, err error) {
 	fi, err := os.Lstat(root)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("add %s: %w", root, err)
@@ -92,7 +103,18 @@ func Scan(root string) (entries []chunk.Entry, sources []string, skipped []Skipp
 			}
 			return nil
 		}
+		marker := func(rel string) item {
+			e := entryFor(rel, fi)
+			e.Type, e.Size, e.Mode, e.Target = chunk.File, 0, 0o644, ""
+			return item{e, ""}
+		}
 		switch t := fi.Mode().Type(); {
+		case upper && t&fs.ModeCharDevice != 0 && fi.Sys().(*syscall.Stat_t).Rdev == 0:
+			items = append(items, marker(path.Join(path.Dir(rel), chunk.WhiteoutPrefix+path.Base(rel))))
+			return nil
+		case upper && t == fs.ModeDir && isOpaque(p):
+			items = append(items, item{entryFor(rel, fi), p}, marker(path.Join(rel, chunk.OpaqueMarker)))
+			return nil
 		case t == 0, t == fs.ModeDir, t == fs.ModeSymlink:
 			e := entryFor(rel, fi)
 			if t == fs.ModeSymlink {
@@ -123,6 +145,12 @@ func Scan(root string) (entries []chunk.Entry, sources []string, skipped []Skipp
 		sources = append(sources, it.src)
 	}
 	return entries, sources, skipped, nil
+}
+
+func isOpaque(p string) bool {
+	buf := make([]byte, 8)
+	n, err := unix.Lgetxattr(p, "trusted.overlay.opaque", buf)
+	return err == nil && n == 1 && buf[0] == 'y'
 }
 
 func typeName(t fs.FileMode) string {
@@ -158,10 +186,21 @@ func entryFor(rel string, fi fs.FileInfo) chunk.Entry {
 // layer record: the caller does, after the chunks are in place. The chunks it
 // writes are not synced (chunk.Catalog.PutLayer does that).
 func Add(ctx context.Context, store chunk.Store, root string, p chunk.Params, progress Progress) (*AddResult, error) {
+	return add(ctx, store, root, p, progress, cid.Undef, false)
+}
+
+// AddUpper is Add for an overlayfs upper directory (or any directory of
+// changes with OCI whiteouts) stacked on the layer parent: whiteout devices
+// and opaque directories become OCI whiteout entries.
+func AddUpper(ctx context.Context, store chunk.Store, root string, p chunk.Params, parent cid.Cid, progress Progress) (*AddResult, error) {
+	return add(ctx, store, root, p, progress, parent, true)
+}
+
+func add(ctx context.Context, store chunk.Store, root string, p chunk.Params, progress Progress, parent cid.Cid, upper bool) (*AddResult, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	entries, sources, skipped, err := Scan(root)
+	entries, sources, skipped, err := scan(root, upper)
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +224,7 @@ func Add(ctx context.Context, store chunk.Store, root string, p chunk.Params, pr
 	}
 	for i := range entries {
 		e := &entries[i]
-		if e.Type != chunk.File {
+		if e.Type != chunk.File || sources[i] == "" {
 			continue
 		}
 		f, err := os.Open(sources[i])
@@ -229,7 +268,7 @@ func Add(ctx context.Context, store chunk.Store, root string, p chunk.Params, pr
 	if err := flush(); err != nil {
 		return nil, err
 	}
-	m := &chunk.Manifest{Params: p, Entries: entries}
+	m := &chunk.Manifest{Params: p, Parent: parent, Entries: entries}
 	res.Encoded, res.CID, err = m.Encode()
 	if err != nil {
 		return nil, err

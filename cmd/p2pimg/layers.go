@@ -237,6 +237,76 @@ func (a *app) statsCmd() *cobra.Command {
 	}
 }
 
+func (a *app) splitCmd() *cobra.Command {
+	var common string
+	c := &cobra.Command{
+		Use:   "split A B [C ...] --common NAME[:TAG]",
+		Short: "Move the files identical in all the images into a common layer; republish each as a thin layer on it",
+		Long: `Create the common layer NAME[:TAG] with the files (and symlinks) identical in
+all the given images, and publish new versions of the images that hold only
+their own files, stacked on it. Each new version checks out byte-identical
+to the image it replaces. Run it again after the same change was applied to
+all of them to fold that change into a new common version.`,
+		Args: minArgs(2, "two or more layer names"),
+		RunE: func(c *cobra.Command, args []string) error {
+			if common == "" {
+				return usageError{fmt.Errorf("split: --common NAME[:TAG] is required")}
+			}
+			r, err := a.client().Split(c.Context(), api.SplitRequest{Layers: args, Common: common})
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(r)
+			}
+			fmt.Fprintf(a.stdout, "common layer %s %s: %d entries, %s\n", r.Common.Name, r.Common.CID, r.Common.Entries, humanize.IBytes(uint64(r.Common.Size)))
+			for _, l := range r.Layers {
+				fmt.Fprintf(a.stdout, "  %s %s: %d entries of its own, %s\n", l.Name, l.CID, l.Entries, humanize.IBytes(uint64(l.Size)))
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&common, "common", "", "name of the common layer to create")
+	return c
+}
+
+func (a *app) commitCmd() *cobra.Command {
+	var base, upper string
+	c := &cobra.Command{
+		Use:   "commit --base NAME[:TAG] --upper DIR NAME2[:TAG]",
+		Short: "Capture an overlayfs upper directory as a new layer on top of a base layer",
+		Long: `Capture DIR, an overlayfs upper directory (or any directory of changes), as
+the layer NAME2[:TAG] stacked on the base: files and directories as they are,
+removals (character devices 0/0) and opaque directories (xattr
+trusted.overlay.opaque=y) as OCI whiteouts, .wh. files as they are. A commit
+that changes a path the base's layer policy locks is refused.`,
+		Args: exactArgs(1, "the new layer's name"),
+		RunE: func(c *cobra.Command, args []string) error {
+			if base == "" || upper == "" {
+				return usageError{fmt.Errorf("commit: --base NAME[:TAG] and --upper DIR are required")}
+			}
+			dir, err := filepath.Abs(upper)
+			if err != nil {
+				return err
+			}
+			on, done := a.events("commit " + args[0])
+			r, err := a.client().Commit(c.Context(), api.CommitRequest{Name: args[0], Base: base, Upper: dir}, on)
+			done()
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(r)
+			}
+			fmt.Fprintf(a.stdout, "%s %s on %s: %d entries, %s new\n", r.Layer.Name, r.Layer.CID, base, r.Layer.Entries, humanize.IBytes(uint64(r.NewBytes)))
+			return nil
+		},
+	}
+	c.Flags().StringVar(&base, "base", "", "the layer the upper directory was over")
+	c.Flags().StringVar(&upper, "upper", "", "the overlayfs upper directory")
+	return c
+}
+
 func (a *app) commonCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "common A B [C ...]",

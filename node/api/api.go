@@ -303,3 +303,23 @@ type DiffResult struct {
 	Path    string        `json:"path"`
 	Changes []tree.Change `json:"changes"`
 }
+
+// CommitRequest is POST /v1/commit: an overlayfs upper directory captured
+// as a layer on top of Base.
+type CommitRequest struct {
+	Name  string `json:"name"`
+	Base  string `json:"base"`
+	Upper string `json:"upper"` // absolute, read by the daemon
+}
+
+// SplitRequest is POST /v1/split.
+type SplitRequest struct {
+	Layers []string `json:"layers"`
+	Common string   `json:"common"`
+}
+
+// SplitResult is the common layer and the new versions of the inputs.
+type SplitResult struct {
+	Common chunk.Layer   `json:"common"`
+	Layers []chunk.Layer `json:"layers"`
+}

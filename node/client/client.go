@@ -290,3 +290,15 @@ func (c *Client) Diff(ctx context.Context, name string) (api.DiffResult, error) 
 	var r api.DiffResult
 	return r, c.call(ctx, http.MethodGet, "/diff/"+url.PathEscape(name), nil, &r)
 }
+
+// Commit captures an overlayfs upper directory as a layer on a base.
+func (c *Client) Commit(ctx context.Context, req api.CommitRequest, on Events) (api.AddResult, error) {
+	var r api.AddResult
+	return r, c.stream(ctx, "/commit", req, &r, on)
+}
+
+// Split makes a common layer of what the layers share and thin new versions of them.
+func (c *Client) Split(ctx context.Context, req api.SplitRequest) (api.SplitResult, error) {
+	var r api.SplitResult
+	return r, c.call(ctx, http.MethodPost, "/split", req, &r)
+}

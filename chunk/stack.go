@@ -1,0 +1,128 @@
+package chunk
+
+import (
+	"path"
+	"sort"
+	"strings"
+)
+
+// Whiteouts follow the OCI image layer conventions: in a layer stacked on
+// others, an empty file named .wh.NAME deletes NAME (and everything under
+// it) from the layers below, and .wh..wh..opq in a directory hides
+// everything the layers below have in that directory.
+const (
+	WhiteoutPrefix = ".wh."
+	OpaqueMarker   = ".wh..wh..opq"
+)
+
+// IsWhiteout reports whether a layer path is a whiteout or opaque marker.
+func IsWhiteout(p string) bool { return strings.HasPrefix(path.Base(p), WhiteoutPrefix) }
+
+// Flatten composes a stack of layers, base first, into the one tree it
+// represents: upper entries win, whiteouts delete from the layers below
+// and are not part of the result. The result has the top layer's
+// parameters and no parent; it is for checkout, not for storing.
+func Flatten(stack []*Manifest) *Manifest {
+	if len(stack) == 0 {
+		return &Manifest{}
+	}
+	tree := map[string]Entry{}
+	for _, m := range stack {
+		for _, e := range m.Entries {
+			base, dir := path.Base(e.Path), path.Dir(e.Path)
+			switch {
+			case base == OpaqueMarker:
+				removeUnder(tree, dir, false)
+			case strings.HasPrefix(base, WhiteoutPrefix):
+				removeUnder(tree, path.Join(dir, strings.TrimPrefix(base, WhiteoutPrefix)), true)
+			}
+		}
+		for _, e := range m.Entries {
+			if IsWhiteout(e.Path) {
+				continue
+			}
+			if old, ok := tree[e.Path]; ok && old.Type == Dir && e.Type != Dir {
+				removeUnder(tree, e.Path, false) // a file replaces a directory
+			}
+			tree[e.Path] = e
+		}
+	}
+	top := stack[len(stack)-1]
+	out := &Manifest{Params: top.Params, Meta: top.Meta, Entries: make([]Entry, 0, len(tree))}
+	for _, e := range tree {
+		out.Entries = append(out.Entries, e)
+	}
+	sort.Slice(out.Entries, func(i, j int) bool { return out.Entries[i].Path < out.Entries[j].Path })
+	return out
+}
+
+// removeUnder deletes everything below p, and p itself when self is set.
+func removeUnder(tree map[string]Entry, p string, self bool) {
+	if self {
+		delete(tree, p)
+	}
+	prefix := p + "/"
+	if p == "." {
+		prefix = ""
+	}
+	for k := range tree {
+		if strings.HasPrefix(k, prefix) {
+			delete(tree, k)
+		}
+	}
+}
+
+// SplitCommon splits layers (flattened trees) into a common layer that
+// holds the files and symlinks identical in all of them (mtime included)
+// with their directories, and one thin layer per input holding everything
+// else of it: its own files and all its directories, so its directory
+// metadata wins. Flatten(common, thin[i]) is input i exactly. The caller
+// sets each thin layer's Parent to the common layer's id.
+func SplitCommon(ms ...*Manifest) (common *Manifest, thin []*Manifest) {
+	common = &Manifest{}
+	if len(ms) == 0 {
+		return common, nil
+	}
+	common.Params = ms[0].Params
+	byPath := make([]map[string]*Entry, len(ms))
+	for i, m := range ms {
+		byPath[i] = make(map[string]*Entry, len(m.Entries))
+		for k := range m.Entries {
+			byPath[i][m.Entries[k].Path] = &m.Entries[k]
+		}
+	}
+	shared := map[string]bool{}
+	dirs := map[string]bool{}
+	for k := range ms[0].Entries {
+		e := &ms[0].Entries[k]
+		if e.Type == Dir {
+			continue
+		}
+		same := true
+		for i := 1; i < len(ms) && same; i++ {
+			o, ok := byPath[i][e.Path]
+			same = ok && sameEntry(e, o) && e.MTime == o.MTime
+		}
+		if same {
+			shared[e.Path] = true
+			for d := path.Dir(e.Path); d != "."; d = path.Dir(d) {
+				dirs[d] = true
+			}
+		}
+	}
+	for _, e := range ms[0].Entries {
+		if shared[e.Path] || (e.Type == Dir && dirs[e.Path]) {
+			common.Entries = append(common.Entries, e)
+		}
+	}
+	for _, m := range ms {
+		t := &Manifest{Params: m.Params, Meta: m.Meta}
+		for _, e := range m.Entries {
+			if !shared[e.Path] {
+				t.Entries = append(t.Entries, e)
+			}
+		}
+		thin = append(thin, t)
+	}
+	return common, thin
+}

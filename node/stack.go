@@ -1,0 +1,183 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/chunk/tree"
+	"github.com/p2pimg/p2pimg/node/api"
+)
+
+// maxStack bounds how many layers one image may be stacked from.
+const maxStack = 64
+
+// chain is the stack a layer stands on, base first, ending with m; every
+// manifest must be in the local store.
+func (n *Node) chain(ctx context.Context, m *chunk.Manifest) ([]*chunk.Manifest, error) {
+	out := []*chunk.Manifest{m}
+	seen := map[cid.Cid]bool{}
+	for id := m.Parent; id.Defined(); {
+		if seen[id] || len(out) >= maxStack {
+			return nil, fmt.Errorf("layer stack: parent %s loops or is deeper than %d", id, maxStack)
+		}
+		seen[id] = true
+		p, err := n.db.GetManifest(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("parent layer %s: %w", id, err)
+		}
+		out = append(out, p)
+		id = p.Parent
+	}
+	slices.Reverse(out)
+	return out, nil
+}
+
+// flat is the tree a layer represents: itself, or its stack composed.
+func (n *Node) flat(ctx context.Context, m *chunk.Manifest) (*chunk.Manifest, error) {
+	if !m.Parent.Defined() {
+		return m, nil
+	}
+	st, err := n.chain(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	return chunk.Flatten(st), nil
+}
+
+// Commit captures an overlayfs upper directory as a new layer on top of
+// base, refused when it touches a path the base's layer policy locks.
+func (n *Node) Commit(ctx context.Context, req api.CommitRequest, emit Emit) (*api.AddResult, error) {
+	name, err := chunk.ParseName(req.Name)
+	if err != nil {
+		return nil, badRequest(err)
+	}
+	if !filepath.IsAbs(req.Upper) {
+		return nil, badRequestf("commit %s: upper directory %q must be absolute", name, req.Upper)
+	}
+	n.gcMu.RLock()
+	defer n.gcMu.RUnlock()
+	bl, bm, err := n.layer(ctx, req.Base)
+	if err != nil {
+		return nil, err
+	}
+	if bl.State != chunk.Complete {
+		return nil, &codedError{api.CodeConflict, fmt.Errorf("commit %s: base %s is %s; fetch it first", name, bl.Name, bl.State)}
+	}
+	baseID, _ := cid.Decode(bl.CID)
+	res, err := tree.AddUpper(ctx, n.db, req.Upper, bm.Params, baseID, progress(emit, "commit"))
+	if err != nil {
+		return nil, fmt.Errorf("commit %s: %w", name, err)
+	}
+	if mp, ok := n.catalog.lookup(bl.Name); ok && mp.CID == bl.CID {
+		if lp, _ := layerPolicy(mp.Policy); len(lp.Locked) > 0 {
+			if p := touchesLocked(res.Manifest, lp.Locked); p != "" {
+				return nil, &codedError{api.CodeConflict, fmt.Errorf("commit %s refused: it changes %s, which the layer policy of %s locks", name, p, bl.Name)}
+			}
+		}
+	}
+	l, err := n.publish(ctx, name, res.CID, res.Encoded, res.Manifest, Mapping{Product: bl.Product})
+	if err != nil {
+		return nil, fmt.Errorf("commit %s: %w", name, err)
+	}
+	n.log.Info("layer committed", "layer", name.String(), "base", bl.Name, "cid", res.CID.String(), "new_bytes", res.NewBytes)
+	return &api.AddResult{Layer: l, NewChunks: res.NewChunks, NewBytes: res.NewBytes}, nil
+}
+
+// touchesLocked returns the first locked path (absolute, as in policies)
+// that a layer's entries change, add or white out; "" when none.
+func touchesLocked(m *chunk.Manifest, locked []string) string {
+	for _, e := range m.Entries {
+		p := "/" + e.Path
+		if chunk.IsWhiteout(e.Path) {
+			b := path.Base(e.Path)
+			if b == chunk.OpaqueMarker {
+				p = "/" + path.Dir(e.Path)
+			} else {
+				p = "/" + path.Join(path.Dir(e.Path), strings.TrimPrefix(b, chunk.WhiteoutPrefix))
+			}
+			p = path.Clean(p)
+		}
+		if e.Type == chunk.Dir {
+			continue // a directory entry is there for its children
+		}
+		for _, l := range locked {
+			if p == l || strings.HasPrefix(p, l+"/") || strings.HasPrefix(l, p+"/") {
+				return l
+			}
+		}
+	}
+	return ""
+}
+
+// Split makes a common layer of the files identical in all the given
+// layers and publishes new versions of them holding only their own files
+// on top of it. Each new version checks out byte-identical to the layer it
+// replaces.
+func (n *Node) Split(ctx context.Context, req api.SplitRequest) (*api.SplitResult, error) {
+	if len(req.Layers) < 2 {
+		return nil, badRequestf("split: give at least two layers")
+	}
+	common, err := chunk.ParseName(req.Common)
+	if err != nil {
+		return nil, badRequest(err)
+	}
+	n.gcMu.RLock()
+	defer n.gcMu.RUnlock()
+	var recs []chunk.Layer
+	var flats []*chunk.Manifest
+	for _, ref := range req.Layers {
+		l, m, err := n.layer(ctx, ref)
+		if err != nil {
+			return nil, err
+		}
+		if l.State != chunk.Complete {
+			return nil, &codedError{api.CodeConflict, fmt.Errorf("split: layer %s is %s; fetch it first", l.Name, l.State)}
+		}
+		if l.Name == common.String() {
+			return nil, badRequestf("split: the common layer %s is one of the inputs", common)
+		}
+		f, err := n.flat(ctx, m)
+		if err != nil {
+			return nil, fmt.Errorf("split: %s: %w", l.Name, err)
+		}
+		recs, flats = append(recs, l), append(flats, f)
+	}
+	for i := 1; i < len(flats); i++ {
+		if flats[i].Params.Hash != flats[0].Params.Hash {
+			return nil, badRequestf("split: %s and %s use different hashes", recs[0].Name, recs[i].Name)
+		}
+	}
+	cm, thin := chunk.SplitCommon(flats...)
+	enc, commonID, err := cm.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("split: common layer: %w", err)
+	}
+	cl, err := n.publish(ctx, common, commonID, enc, cm, Mapping{})
+	if err != nil {
+		return nil, fmt.Errorf("split: %w", err)
+	}
+	out := &api.SplitResult{Common: cl}
+	for i, t := range thin {
+		t.Parent = commonID
+		enc, id, err := t.Encode()
+		if err != nil {
+			return nil, fmt.Errorf("split: %s: %w", recs[i].Name, err)
+		}
+		name, _ := chunk.ParseName(recs[i].Name)
+		tmpl := Mapping{Product: recs[i].Product, Policy: recs[i].Policy}
+		l, err := n.publish(ctx, name, id, enc, t, tmpl)
+		if err != nil {
+			return nil, fmt.Errorf("split: %s: %w", recs[i].Name, err)
+		}
+		out.Layers = append(out.Layers, l)
+	}
+	n.log.Info("layers split", "common", common.String(), "cid", commonID.String(), "layers", req.Layers)
+	return out, nil
+}
