@@ -2,6 +2,7 @@ package chunk
 
 import (
 	"path"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -125,4 +126,50 @@ func SplitCommon(ms ...*Manifest) (common *Manifest, thin []*Manifest) {
 		thin = append(thin, t)
 	}
 	return common, thin
+}
+
+// Conflicts lists the paths a thin layer changes (its files, symlinks and
+// whiteouts) that also differ between its old base and a new one (both
+// flattened): rebasing the layer would silently override or lose one of
+// the two changes.
+func Conflicts(thin, oldBase, newBase *Manifest) []string {
+	changed := map[string]bool{}
+	oldBy := map[string]*Entry{}
+	for i := range oldBase.Entries {
+		oldBy[oldBase.Entries[i].Path] = &oldBase.Entries[i]
+	}
+	seen := map[string]bool{}
+	for i := range newBase.Entries {
+		e := &newBase.Entries[i]
+		seen[e.Path] = true
+		if o, ok := oldBy[e.Path]; !ok || !sameEntry(o, e) || o.MTime != e.MTime {
+			if e.Type != Dir || !ok {
+				changed[e.Path] = true
+			}
+		}
+	}
+	for p, e := range oldBy {
+		if !seen[p] && e.Type != Dir {
+			changed[p] = true
+		}
+	}
+	var out []string
+	for _, e := range thin.Entries {
+		if e.Type == Dir {
+			continue
+		}
+		p, under := e.Path, false
+		if b := path.Base(e.Path); b == OpaqueMarker {
+			p, under = path.Dir(e.Path), true
+		} else if strings.HasPrefix(b, WhiteoutPrefix) {
+			p, under = path.Join(path.Dir(e.Path), strings.TrimPrefix(b, WhiteoutPrefix)), true
+		}
+		for c := range changed {
+			if c == p || (under && strings.HasPrefix(c, p+"/")) {
+				out = append(out, c)
+			}
+		}
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
 }

@@ -309,6 +309,13 @@ func (d *Daemon) routes() http.Handler {
 		}
 		return n.Split(ctx, req)
 	}))
+	mux.HandleFunc("POST "+v+"/rebase", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
+		var req api.RebaseRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return n.Rebase(ctx, req)
+	}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, &api.Error{Code: api.CodeNotFound, Message: fmt.Sprintf("no API endpoint %s %s (this daemon speaks %s)", r.Method, r.URL.Path, api.Version)})
 	})

@@ -514,13 +514,7 @@ func (n *Node) fetchMapping(ctx context.Context, name chunk.Name, mp Mapping, em
 	if l, err := n.db.GetLayer(ctx, name); err == nil && l.CID == mp.CID && l.State == chunk.Complete {
 		return &api.FetchResult{Layer: l}, nil
 	}
-	m, err := n.db.GetManifest(ctx, id)
-	if errors.Is(err, chunk.ErrNotFound) {
-		var data []byte
-		if m, data, err = n.fetchManifest(ctx, id); err == nil {
-			err = n.db.PutManifest(ctx, id, data)
-		}
-	}
+	m, err := n.manifest(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", name, err)
 	}
@@ -535,13 +529,7 @@ func (n *Node) fetchMapping(ctx context.Context, name chunk.Name, mp Mapping, em
 	}
 	// A stacked layer is complete when the layers under it are.
 	for pid := m.Parent; pid.Defined(); {
-		pm, err := n.db.GetManifest(ctx, pid)
-		if errors.Is(err, chunk.ErrNotFound) {
-			var data []byte
-			if pm, data, err = n.fetchManifest(ctx, pid); err == nil {
-				err = n.db.PutManifest(ctx, pid, data)
-			}
-		}
+		pm, err := n.manifest(ctx, pid)
 		if err != nil {
 			return nil, fmt.Errorf("fetch %s: parent layer %s: %w", name, pid, err)
 		}
@@ -570,6 +558,18 @@ func (n *Node) fetchMapping(ctx context.Context, name chunk.Name, mp Mapping, em
 		res.FetchedBytes += b
 	}
 	return res, nil
+}
+
+// manifest is a manifest from the store, else fetched (and stored).
+func (n *Node) manifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, error) {
+	m, err := n.db.GetManifest(ctx, id)
+	if errors.Is(err, chunk.ErrNotFound) {
+		var data []byte
+		if m, data, err = n.fetchManifest(ctx, id); err == nil {
+			err = n.db.PutManifest(ctx, id, data)
+		}
+	}
+	return m, err
 }
 
 // fetchChunks fetches the chunks of manifest id that the store lacks.

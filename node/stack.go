@@ -181,3 +181,56 @@ func (n *Node) Split(ctx context.Context, req api.SplitRequest) (*api.SplitResul
 	n.log.Info("layers split", "common", common.String(), "cid", commonID.String(), "layers", req.Layers)
 	return out, nil
 }
+
+// Rebase re-points the thin layer name at a new version of its base,
+// refused with the paths named where the layer and the new base both
+// change something (relative to the old base).
+func (n *Node) Rebase(ctx context.Context, req api.RebaseRequest) (*chunk.Layer, error) {
+	n.gcMu.RLock()
+	defer n.gcMu.RUnlock()
+	tl, tm, err := n.layer(ctx, req.Name)
+	if err != nil {
+		return nil, err
+	}
+	if !tm.Parent.Defined() {
+		return nil, badRequestf("rebase %s: it is not stacked on another layer", tl.Name)
+	}
+	bl, bm, err := n.layer(ctx, req.Onto)
+	if err != nil {
+		return nil, err
+	}
+	if tl.State != chunk.Complete || bl.State != chunk.Complete {
+		return nil, &codedError{api.CodeConflict, fmt.Errorf("rebase %s onto %s: both must be complete here; fetch them first", tl.Name, bl.Name)}
+	}
+	old, err := n.db.GetManifest(ctx, tm.Parent)
+	if err == nil {
+		old, err = n.flat(ctx, old)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("rebase %s: its current base: %w", tl.Name, err)
+	}
+	newFlat, err := n.flat(ctx, bm)
+	if err != nil {
+		return nil, fmt.Errorf("rebase %s: %w", tl.Name, err)
+	}
+	if clash := chunk.Conflicts(tm, old, newFlat); len(clash) > 0 {
+		more := ""
+		if len(clash) > 10 {
+			clash, more = clash[:10], fmt.Sprintf(" and %d more", len(clash)-10)
+		}
+		return nil, &codedError{api.CodeConflict, fmt.Errorf("rebase %s onto %s refused: both change %s%s", tl.Name, bl.Name, strings.Join(clash, ", "), more)}
+	}
+	next := *tm
+	next.Parent, _ = cid.Decode(bl.CID)
+	enc, id, err := next.Encode()
+	if err != nil {
+		return nil, err
+	}
+	name, _ := chunk.ParseName(tl.Name)
+	l, err := n.publish(ctx, name, id, enc, &next, Mapping{Product: tl.Product, Policy: tl.Policy})
+	if err != nil {
+		return nil, fmt.Errorf("rebase %s: %w", tl.Name, err)
+	}
+	n.log.Info("layer rebased", "layer", tl.Name, "onto", bl.Name, "cid", id.String())
+	return &l, nil
+}

@@ -116,6 +116,30 @@ func TestSplitFetchAndCommit(t *testing.T) {
 	}
 	sameFiles(t, "img-a:1 fetched", checkoutTree(t, n1, "img-a:1"), wantA)
 
+	// A security patch committed to the common layer reaches img-a by a
+	// rebase; img-b, which changed the same file itself, is refused.
+	libc := tree(t, map[string]string{"usr/lib/libc.so": "libc patched"})
+	if _, err := n0.Client.Commit(ctx, api.CommitRequest{Name: "base:2", Base: "base:1", Upper: libc}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n0.Client.Rebase(ctx, "img-a:1", "base:2"); err != nil {
+		t.Fatal(err)
+	}
+	patched := map[string]string{}
+	for k, v := range wantA {
+		patched[k] = v
+	}
+	patched["usr/lib/libc.so"] = "libc patched"
+	sameFiles(t, "img-a:1 rebased", checkoutTree(t, n0, "img-a:1"), patched)
+	osr := tree(t, map[string]string{"etc/os-release": "os 1.1"})
+	if _, err := n0.Client.Commit(ctx, api.CommitRequest{Name: "base:3", Base: "base:1", Upper: osr}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n0.Client.Rebase(ctx, "img-b:1", "base:3"); err == nil || !strings.Contains(err.Error(), "etc/os-release") {
+		t.Fatalf("conflicting rebase: %v", err)
+	}
+	sameFiles(t, "img-b:1 after a refused rebase", checkoutTree(t, n0, "img-b:1"), wantB)
+
 	// Commit: an upper directory that changes a file, adds one, removes
 	// etc/a.conf and makes opt/a opaque (everything below it replaced).
 	upper := tree(t, map[string]string{"etc/os-release": "os 2", "opt/a/new": "new app", "srv/data": "d"})
@@ -134,7 +158,7 @@ func TestSplitFetchAndCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	want2 := map[string]string{}
-	for k, v := range wantA {
+	for k, v := range patched {
 		want2[k] = v
 	}
 	delete(want2, "etc/a.conf")

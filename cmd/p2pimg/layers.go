@@ -307,6 +307,31 @@ that changes a path the base's layer policy locks is refused.`,
 	return c
 }
 
+func (a *app) rebaseCmd() *cobra.Command {
+	var onto string
+	c := &cobra.Command{
+		Use:   "rebase NAME[:TAG] --onto BASE[:TAG]",
+		Short: "Re-point a thin layer at a new version of its base (refused where both changed the same path)",
+		Args:  exactArgs(1, "a layer name"),
+		RunE: func(c *cobra.Command, args []string) error {
+			if onto == "" {
+				return usageError{fmt.Errorf("rebase: --onto BASE[:TAG] is required")}
+			}
+			l, err := a.client().Rebase(c.Context(), args[0], onto)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(l)
+			}
+			fmt.Fprintf(a.stdout, "%s %s now on %s\n", l.Name, l.CID, onto)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&onto, "onto", "", "the new base layer")
+	return c
+}
+
 func (a *app) commonCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "common A B [C ...]",

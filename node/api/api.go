@@ -323,3 +323,9 @@ type SplitResult struct {
 	Common chunk.Layer   `json:"common"`
 	Layers []chunk.Layer `json:"layers"`
 }
+
+// RebaseRequest is POST /v1/rebase: re-point a thin layer at a new base.
+type RebaseRequest struct {
+	Name string `json:"name"`
+	Onto string `json:"onto"`
+}

@@ -302,3 +302,9 @@ func (c *Client) Split(ctx context.Context, req api.SplitRequest) (api.SplitResu
 	var r api.SplitResult
 	return r, c.call(ctx, http.MethodPost, "/split", req, &r)
 }
+
+// Rebase re-points a thin layer at a new version of its base.
+func (c *Client) Rebase(ctx context.Context, name, onto string) (chunk.Layer, error) {
+	var r chunk.Layer
+	return r, c.call(ctx, http.MethodPost, "/rebase", api.RebaseRequest{Name: name, Onto: onto}, &r)
+}
