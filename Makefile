@@ -50,6 +50,7 @@ fuzz:
 	$(GO) test -run xxx -fuzz '^FuzzSeatRequest$$' -fuzztime $(FUZZTIME) ./node/
 	$(GO) test -run xxx -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./license/
 	$(GO) test -run xxx -fuzz '^FuzzDecodeSeats$$' -fuzztime $(FUZZTIME) ./license/
+	$(GO) test -run xxx -fuzz '^FuzzUntar$$' -fuzztime $(FUZZTIME) ./chunk/oci/
 
 # The seat fault test (kills, pauses, partitions; checked for
 # over-allocation) for SOAKTIME instead of its short run in `make test`.

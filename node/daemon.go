@@ -316,6 +316,13 @@ func (d *Daemon) routes() http.Handler {
 		}
 		return n.Rebase(ctx, req)
 	}))
+	mux.HandleFunc("POST "+v+"/import", d.stream(func(ctx context.Context, n *Node, r *http.Request, emit Emit) (any, error) {
+		var req api.ImportRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return n.Import(ctx, req, emit)
+	}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, &api.Error{Code: api.CodeNotFound, Message: fmt.Sprintf("no API endpoint %s %s (this daemon speaks %s)", r.Method, r.URL.Path, api.Version)})
 	})

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"os"
 	"path"
 	"path/filepath"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"github.com/ipfs/go-cid"
 
 	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/chunk/oci"
 	"github.com/p2pimg/p2pimg/chunk/tree"
 	"github.com/p2pimg/p2pimg/node/api"
 )
@@ -233,4 +235,91 @@ func (n *Node) Rebase(ctx context.Context, req api.RebaseRequest) (*chunk.Layer,
 	}
 	n.log.Info("layer rebased", "layer", tl.Name, "onto", bl.Name, "cid", id.String())
 	return &l, nil
+}
+
+// Import reads a container image (a `docker save` tar, or an OCI image
+// layout as a directory or a tar) and publishes one layer per image layer,
+// each stacked on the one before; the top one is named req.Name (default:
+// the image's own reference), the others NAME-layerK:TAG.
+func (n *Node) Import(ctx context.Context, req api.ImportRequest, emit Emit) (*api.ImportResult, error) {
+	if !filepath.IsAbs(req.Path) {
+		return nil, badRequestf("import: path %q must be absolute", req.Path)
+	}
+	fi, err := os.Stat(req.Path)
+	if err != nil {
+		return nil, badRequest(fmt.Errorf("import: %w", err))
+	}
+	tmp := filepath.Join(n.dataDir, "tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return nil, err
+	}
+	work, err := os.MkdirTemp(tmp, "import-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	owners := os.Geteuid() == 0
+	dir := req.Path
+	if !fi.IsDir() {
+		dir = filepath.Join(work, "archive")
+		os.Mkdir(dir, 0o700)
+		f, err := os.Open(req.Path)
+		if err != nil {
+			return nil, badRequest(fmt.Errorf("import: %w", err))
+		}
+		_, err = oci.Untar(f, dir, false)
+		f.Close()
+		if err != nil {
+			return nil, badRequest(fmt.Errorf("import %s: %w", req.Path, err))
+		}
+	}
+	img, err := oci.Open(dir)
+	if err != nil {
+		return nil, badRequest(fmt.Errorf("import %s: %w", req.Path, err))
+	}
+	ref := req.Name
+	if ref == "" {
+		ref = img.Ref
+	}
+	name, err := chunk.ParseName(ref)
+	if err != nil {
+		return nil, badRequest(fmt.Errorf("import %s: the image is saved as %q; give a layer name with --name NAME[:TAG] (%v)", req.Path, img.Ref, err))
+	}
+	if len(img.Layers) == 0 || len(img.Layers) > maxStack {
+		return nil, badRequestf("import %s: %d layers; want 1 to %d", req.Path, len(img.Layers), maxStack)
+	}
+	n.gcMu.RLock()
+	defer n.gcMu.RUnlock()
+	out := &api.ImportResult{}
+	parent := cid.Undef
+	for i := range img.Layers {
+		ldir := filepath.Join(work, fmt.Sprintf("layer%d", i+1))
+		if err := os.Mkdir(ldir, 0o755); err != nil {
+			return nil, err
+		}
+		skipped, err := img.ExtractLayer(i, ldir, owners)
+		if err != nil {
+			return nil, badRequest(fmt.Errorf("import %s: %w", req.Path, err))
+		}
+		for _, s := range skipped {
+			emit(api.Event{Warning: fmt.Sprintf("layer %d: skipped %s (devices and fifos are not stored)", i+1, s)})
+		}
+		res, err := tree.AddUpper(ctx, n.db, ldir, chunk.DefaultParams(), parent, progress(emit, fmt.Sprintf("layer %d of %d", i+1, len(img.Layers))))
+		if err != nil {
+			return nil, fmt.Errorf("import %s: layer %d: %w", req.Path, i+1, err)
+		}
+		lname := name
+		if i < len(img.Layers)-1 {
+			lname = chunk.Name{Repo: fmt.Sprintf("%s-layer%d", name.Repo, i+1), Tag: name.Tag}
+		}
+		l, err := n.publish(ctx, lname, res.CID, res.Encoded, res.Manifest, Mapping{})
+		if err != nil {
+			return nil, fmt.Errorf("import %s: layer %d: %w", req.Path, i+1, err)
+		}
+		out.Layers = append(out.Layers, l)
+		parent = res.CID
+		os.RemoveAll(ldir)
+	}
+	n.log.Info("image imported", "path", req.Path, "layer", name.String(), "layers", len(out.Layers))
+	return out, nil
 }

@@ -332,6 +332,36 @@ func (a *app) rebaseCmd() *cobra.Command {
 	return c
 }
 
+func (a *app) importCmd() *cobra.Command {
+	var name string
+	c := &cobra.Command{
+		Use:   "import FILE [--name NAME[:TAG]]",
+		Short: "Make stacked layers of a container image: a `docker save` tar or an OCI image layout (directory or tar)",
+		Args:  exactArgs(1, "an image archive or layout directory"),
+		RunE: func(c *cobra.Command, args []string) error {
+			p, err := filepath.Abs(args[0])
+			if err != nil {
+				return err
+			}
+			on, done := a.events("import " + args[0])
+			r, err := a.client().Import(c.Context(), api.ImportRequest{Path: p, Name: name}, on)
+			done()
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(r)
+			}
+			for _, l := range r.Layers {
+				fmt.Fprintf(a.stdout, "%s %s: %d entries, %s\n", l.Name, l.CID, l.Entries, humanize.IBytes(uint64(l.Size)))
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&name, "name", "", "name of the top layer (default: the image's own reference)")
+	return c
+}
+
 func (a *app) commonCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "common A B [C ...]",

@@ -56,7 +56,7 @@ other command talks to the local daemon over its socket.`,
 		a.gcCmd(), a.verifyCmd(), a.statsCmd(), a.commonCmd(),
 		a.fetchCmd(), a.idCmd(), a.peersCmd(), a.clusterCmd(), a.identityCmd(), a.testnetCmd(),
 		a.activationCmd(node.OpActivate), a.activationCmd(node.OpDeactivate), a.statusCmd(),
-		a.licenseCmd(), a.policyCmd(), a.diffCmd(), a.splitCmd(), a.commitCmd(), a.rebaseCmd(),
+		a.licenseCmd(), a.policyCmd(), a.diffCmd(), a.splitCmd(), a.commitCmd(), a.rebaseCmd(), a.importCmd(),
 	)
 	return root
 }

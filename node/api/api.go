@@ -329,3 +329,14 @@ type RebaseRequest struct {
 	Name string `json:"name"`
 	Onto string `json:"onto"`
 }
+
+// ImportRequest is POST /v1/import: a docker save tar or an OCI layout.
+type ImportRequest struct {
+	Path string `json:"path"`           // absolute, read by the daemon
+	Name string `json:"name,omitempty"` // NAME[:TAG] of the top layer; default the image's reference
+}
+
+// ImportResult lists the layers made, base first.
+type ImportResult struct {
+	Layers []chunk.Layer `json:"layers"`
+}

@@ -308,3 +308,9 @@ func (c *Client) Rebase(ctx context.Context, name, onto string) (chunk.Layer, er
 	var r chunk.Layer
 	return r, c.call(ctx, http.MethodPost, "/rebase", api.RebaseRequest{Name: name, Onto: onto}, &r)
 }
+
+// Import makes layers of a container image (docker save tar or OCI layout).
+func (c *Client) Import(ctx context.Context, req api.ImportRequest, on Events) (api.ImportResult, error) {
+	var r api.ImportResult
+	return r, c.stream(ctx, "/import", req, &r, on)
+}

@@ -1,0 +1,162 @@
+package testnet_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/p2pimg/p2pimg/chunk/oci"
+	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/testnet"
+)
+
+type tarEntry struct {
+	name, body, link string
+	typ              byte
+}
+
+func tarOf(t *testing.T, es []tarEntry, gz bool) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	var w *tar.Writer
+	var zw *gzip.Writer
+	if gz {
+		zw = gzip.NewWriter(&buf)
+		w = tar.NewWriter(zw)
+	} else {
+		w = tar.NewWriter(&buf)
+	}
+	for _, e := range es {
+		h := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: 0o644, Size: int64(len(e.body)), Linkname: e.link, ModTime: time.Unix(1700000000, 0)}
+		if e.typ == tar.TypeDir {
+			h.Mode = 0o755
+		}
+		if e.typ != tar.TypeReg {
+			h.Size = 0
+		}
+		if err := w.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		w.Write([]byte(e.body))
+	}
+	w.Close()
+	if zw != nil {
+		zw.Close()
+	}
+	return buf.Bytes()
+}
+
+// ociLayout writes an OCI image layout with the given layer blobs and
+// returns it as one tar file.
+func ociLayout(t *testing.T, ref string, layers ...[]byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "blobs", "sha256"), 0o755)
+	blob := func(b []byte) string {
+		s := sha256.Sum256(b)
+		h := hex.EncodeToString(s[:])
+		os.WriteFile(filepath.Join(dir, "blobs", "sha256", h), b, 0o644)
+		return "sha256:" + h
+	}
+	type desc struct {
+		MediaType   string            `json:"mediaType"`
+		Digest      string            `json:"digest"`
+		Size        int               `json:"size"`
+		Annotations map[string]string `json:"annotations,omitempty"`
+	}
+	cfg := []byte(`{}`)
+	man := map[string]any{"schemaVersion": 2, "config": desc{"application/vnd.oci.image.config.v1+json", blob(cfg), len(cfg), nil}}
+	var ls []desc
+	for _, l := range layers {
+		mt := "application/vnd.oci.image.layer.v1.tar"
+		if l[0] == 0x1f {
+			mt += "+gzip"
+		}
+		ls = append(ls, desc{mt, blob(l), len(l), nil})
+	}
+	man["layers"] = ls
+	mb, _ := json.Marshal(man)
+	idx := map[string]any{"schemaVersion": 2, "manifests": []desc{{"application/vnd.oci.image.manifest.v1+json", blob(mb), len(mb), map[string]string{"org.opencontainers.image.ref.name": ref}}}}
+	ib, _ := json.Marshal(idx)
+	os.WriteFile(filepath.Join(dir, "index.json"), ib, 0o644)
+	os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644)
+	// Tar the layout directory.
+	var es []tarEntry
+	filepath.Walk(dir, func(p string, fi os.FileInfo, _ error) error {
+		rel, _ := filepath.Rel(dir, p)
+		if rel == "." {
+			return nil
+		}
+		if fi.IsDir() {
+			es = append(es, tarEntry{name: rel + "/", typ: tar.TypeDir})
+		} else {
+			b, _ := os.ReadFile(p)
+			es = append(es, tarEntry{name: rel, body: string(b), typ: tar.TypeReg})
+		}
+		return nil
+	})
+	out := filepath.Join(t.TempDir(), "image.tar")
+	os.WriteFile(out, tarOf(t, es, false), 0o644)
+	return out
+}
+
+// Import a small OCI image built here (a gzip layer and a plain one with a
+// whiteout and a hard link): one p2pimg layer per image layer, stacked, and
+// the top one checks out as the image's root file system. A tampered blob
+// is refused.
+func TestImportOCILayout(t *testing.T) {
+	net := testnet.New(t, 1)
+	n0 := net.Nodes[0]
+	l1 := tarOf(t, []tarEntry{
+		{name: "etc/", typ: tar.TypeDir}, {name: "bin/", typ: tar.TypeDir},
+		{name: "etc/os-release", body: "alpine", typ: tar.TypeReg}, {name: "etc/passwd", body: "root", typ: tar.TypeReg},
+		{name: "bin/sh", body: "sh", typ: tar.TypeReg}, {name: "bin/ash", link: "sh", typ: tar.TypeSymlink},
+	}, true)
+	l2 := tarOf(t, []tarEntry{
+		{name: "etc/", typ: tar.TypeDir}, {name: "etc/.wh.passwd", typ: tar.TypeReg},
+		{name: "etc/os-release", body: "alpine 2", typ: tar.TypeReg},
+		{name: "opt/", typ: tar.TypeDir}, {name: "opt/app", body: "app", typ: tar.TypeReg},
+		{name: "opt/app2", link: "opt/app", typ: tar.TypeLink},
+	}, false)
+	img := ociLayout(t, "demo:1", l1, l2)
+	r, err := n0.Client.Import(ctx, api.ImportRequest{Path: img}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Layers) != 2 || r.Layers[1].Name != "demo:1" || r.Layers[0].Name != "demo-layer1:1" {
+		t.Fatalf("layers: %+v", r.Layers)
+	}
+	want := map[string]string{
+		"etc/": "", "etc/os-release": "alpine 2", "bin/": "", "bin/sh": "sh", "bin/ash": "-> sh",
+		"opt/": "", "opt/app": "app", "opt/app2": "app",
+	}
+	sameFiles(t, "imported image", checkoutTree(t, n0, "demo:1"), want)
+
+	// A flipped byte in a layer blob: refused, naming the digest.
+	dir := t.TempDir()
+	f, _ := os.Open(img)
+	if _, err := oci.Untar(f, dir, false); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	blobs, _ := filepath.Glob(filepath.Join(dir, "blobs", "sha256", "*"))
+	for _, b := range blobs {
+		data, _ := os.ReadFile(b)
+		if len(data) == len(l2) {
+			data[len(data)/2] ^= 1
+			os.WriteFile(b, data, 0o644)
+		}
+	}
+	_, err = n0.Client.Import(ctx, api.ImportRequest{Path: dir, Name: "bad:1"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "tampered") {
+		t.Fatalf("tampered layer: %v", err)
+	}
+}
