@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/testnet"
 )
@@ -142,17 +143,13 @@ func TestSplitFetchAndCommit(t *testing.T) {
 
 	// Commit: an upper directory that changes a file, adds one, removes
 	// etc/a.conf and makes opt/a opaque (everything below it replaced).
-	upper := tree(t, map[string]string{"etc/os-release": "os 2", "opt/a/new": "new app", "srv/data": "d"})
-	if os.Geteuid() == 0 {
-		if err := syscall.Mknod(filepath.Join(upper, "etc", "a.conf"), syscall.S_IFCHR, 0); err != nil {
-			t.Fatal(err)
-		}
-		if err := unix.Setxattr(filepath.Join(upper, "opt", "a"), "trusted.overlay.opaque", []byte("y"), 0); err != nil {
-			t.Skipf("trusted xattrs refused here: %v", err)
-		}
-	} else { // the same changes, already in OCI form
-		os.WriteFile(filepath.Join(upper, "etc", ".wh.a.conf"), nil, 0o644)
-		os.WriteFile(filepath.Join(upper, "opt", "a", ".wh..wh..opq"), nil, 0o644)
+	var upper string
+	if node.OverlayWorks(t.TempDir()) == nil {
+		// A real overlayfs: the kernel writes the whiteout and the opaque
+		// directory into the upper directory.
+		upper = overlayChanges(t, n0, "img-a:1")
+	} else {
+		upper = syntheticUpper(t)
 	}
 	if _, err := n0.Client.Commit(ctx, api.CommitRequest{Name: "img-a:2", Base: "img-a:1", Upper: upper}, nil); err != nil {
 		t.Fatal(err)
@@ -165,6 +162,55 @@ func TestSplitFetchAndCommit(t *testing.T) {
 	delete(want2, "opt/a/app")
 	want2["etc/os-release"], want2["opt/a/new"], want2["srv/"], want2["srv/data"] = "os 2", "new app", "", "d"
 	sameFiles(t, "img-a:2", checkoutTree(t, n0, "img-a:2"), want2)
+}
+
+// overlayChanges mounts an overlay over a checkout of layer, makes the
+// commit test's changes through it and returns the upper directory.
+func overlayChanges(t *testing.T, nd *testnet.Node, layer string) string {
+	t.Helper()
+	base := t.TempDir()
+	lower, upper, work, merged := filepath.Join(base, "lower"), filepath.Join(base, "upper"), filepath.Join(base, "work"), filepath.Join(base, "merged")
+	if _, err := nd.Client.Checkout(ctx, api.CheckoutRequest{Name: layer, Dir: lower}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{upper, work, merged} {
+		os.Mkdir(d, 0o755)
+	}
+	if err := unix.Mount("overlay", merged, "overlay", 0, "lowerdir="+lower+",upperdir="+upper+",workdir="+work); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(merged, 0)
+	m := func(p string) string { return filepath.Join(merged, p) }
+	must := func(err error) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.WriteFile(m("etc/os-release"), []byte("os 2"), 0o644))
+	must(os.Remove(m("etc/a.conf")))
+	must(os.RemoveAll(m("opt/a")))
+	must(os.Mkdir(m("opt/a"), 0o755))
+	must(os.WriteFile(m("opt/a/new"), []byte("new app"), 0o644))
+	must(os.Mkdir(m("srv"), 0o755))
+	must(os.WriteFile(m("srv/data"), []byte("d"), 0o644))
+	return upper
+}
+
+// syntheticUpper is the same changes written as an upper directory by hand.
+func syntheticUpper(t *testing.T) string {
+	upper := tree(t, map[string]string{"etc/os-release": "os 2", "opt/a/new": "new app", "srv/data": "d"})
+	if os.Geteuid() == 0 {
+		if err := syscall.Mknod(filepath.Join(upper, "etc", "a.conf"), syscall.S_IFCHR, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Setxattr(filepath.Join(upper, "opt", "a"), "trusted.overlay.opaque", []byte("y"), 0); err != nil {
+			t.Skipf("trusted xattrs refused here: %v", err)
+		}
+	} else { // the same changes, already in OCI form
+		os.WriteFile(filepath.Join(upper, "etc", ".wh.a.conf"), nil, 0o644)
+		os.WriteFile(filepath.Join(upper, "opt", "a", ".wh..wh..opq"), nil, 0o644)
+	}
+	return upper
 }
 
 // A commit that touches a path the base's layer policy locks is refused
