@@ -160,3 +160,28 @@ func TestImportOCILayout(t *testing.T) {
 		t.Fatalf("tampered layer: %v", err)
 	}
 }
+
+// The same image as a `docker save` archive (manifest.json, layer.tar per
+// layer directory, a repository tag).
+func TestImportDockerSave(t *testing.T) {
+	net := testnet.New(t, 1)
+	n0 := net.Nodes[0]
+	l1 := tarOf(t, []tarEntry{{name: "etc/", typ: tar.TypeDir}, {name: "etc/a", body: "a", typ: tar.TypeReg}, {name: "etc/b", body: "b", typ: tar.TypeReg}}, false)
+	l2 := tarOf(t, []tarEntry{{name: "etc/", typ: tar.TypeDir}, {name: "etc/.wh.a", typ: tar.TypeReg}, {name: "etc/c", body: "c", typ: tar.TypeReg}}, false)
+	man := `[{"Config":"config.json","RepoTags":["web/app:2.1"],"Layers":["l1/layer.tar","l2/layer.tar"]}]`
+	archive := tarOf(t, []tarEntry{
+		{name: "manifest.json", body: man, typ: tar.TypeReg}, {name: "config.json", body: "{}", typ: tar.TypeReg},
+		{name: "l1/", typ: tar.TypeDir}, {name: "l1/layer.tar", body: string(l1), typ: tar.TypeReg},
+		{name: "l2/", typ: tar.TypeDir}, {name: "l2/layer.tar", body: string(l2), typ: tar.TypeReg},
+	}, false)
+	p := filepath.Join(t.TempDir(), "save.tar")
+	os.WriteFile(p, archive, 0o644)
+	r, err := n0.Client.Import(ctx, api.ImportRequest{Path: p}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Layers) != 2 || r.Layers[1].Name != "web/app:2.1" {
+		t.Fatalf("layers: %+v", r.Layers)
+	}
+	sameFiles(t, "docker save import", checkoutTree(t, n0, "web/app:2.1"), map[string]string{"etc/": "", "etc/b": "b", "etc/c": "c"})
+}

@@ -625,6 +625,12 @@ func TestCLICommon(t *testing.T) {
 	}
 	os.WriteFile(filepath.Join(b, "README"), []byte("changed"), 0o644)
 	os.WriteFile(filepath.Join(b, "extra"), bytes.Repeat([]byte("e"), 5000), 0o644)
+	same := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, p := range []string{"etc/app.conf", "bin/app"} {
+		for _, dir := range []string{a, b} {
+			os.Chtimes(filepath.Join(dir, p), same, same)
+		}
+	}
 	mustCLI(t, d, "add", "img-a:1", a)
 	mustCLI(t, d, "add", "img-b:1", b)
 	var r api.CommonResult
@@ -640,6 +646,23 @@ func TestCLICommon(t *testing.T) {
 	}
 	if _, errOut, code := cli(t, d, "common", "img-a:1"); code != 2 || !strings.Contains(errOut, "takes two or more layer names") {
 		t.Fatalf("common with one layer: %d %s", code, errOut)
+	}
+	// Split them: the common layer holds the two identical files, and each
+	// image still checks out as before.
+	if out := mustCLI(t, d, "split", "img-a:1", "img-b:1", "--common", "base:1"); !strings.Contains(out, "common layer base:1") {
+		t.Fatalf("split:\n%s", out)
+	}
+	for name, src := range map[string]string{"img-a:1": a, "img-b:1": b} {
+		out := filepath.Join(t.TempDir(), "out")
+		mustCLI(t, d, "checkout", name, out)
+		for _, p := range []string{"etc/app.conf", "bin/app", "README"} {
+			if testnet.HashFile(t, filepath.Join(src, p)) != testnet.HashFile(t, filepath.Join(out, p)) {
+				t.Fatalf("%s after split: %s differs", name, p)
+			}
+		}
+	}
+	if _, errOut, code := cli(t, d, "split", "img-a:1", "img-b:1"); code != 2 || !strings.Contains(errOut, "--common") {
+		t.Fatalf("split without --common: %d %s", code, errOut)
 	}
 }
 
