@@ -216,6 +216,8 @@ type exposed struct {
 	Product string `json:"product,omitempty"`
 	// Restored counts the drifted paths mirror mode put back.
 	Restored int `json:"restored,omitempty"`
+	// Locked are the read-only binds over locked paths in an overlay.
+	Locked []string `json:"locked,omitempty"`
 
 	checked time.Time // last mirror check
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"golang.org/x/time/rate"
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
@@ -308,8 +309,11 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, p peer.ID, stream int) e
 				putBuf(data)
 				continue
 			}
-			if n.down != nil {
-				if err := n.down.WaitN(ctx, len(data)); err != nil {
+			for _, lim := range []*rate.Limiter{n.down, capFrom(ctx)} {
+				if lim == nil {
+					continue
+				}
+				if err := lim.WaitN(ctx, len(data)); err != nil {
 					putBuf(data)
 					rb.free()
 					return err
@@ -558,6 +562,22 @@ func (n *Node) fetchMapping(ctx context.Context, name chunk.Name, mp Mapping, em
 		res.FetchedBytes += b
 	}
 	return res, nil
+}
+
+type capKey struct{}
+
+// withCap caps the chunk bytes per second of the fetches run with ctx (a
+// layer policy's bandwidth for background sync), on top of --max-download.
+func withCap(ctx context.Context, bps int64) context.Context {
+	if bps <= 0 {
+		return ctx
+	}
+	return context.WithValue(ctx, capKey{}, limiter(bps))
+}
+
+func capFrom(ctx context.Context) *rate.Limiter {
+	l, _ := ctx.Value(capKey{}).(*rate.Limiter)
+	return l
 }
 
 // manifest is a manifest from the store, else fetched (and stored).

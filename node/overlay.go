@@ -165,11 +165,41 @@ func (n *Node) mountOverlay(ctx context.Context, e *exposed, m *chunk.Manifest) 
 		return fmt.Errorf("mount overlay at %s: %w", e.Path, err)
 	}
 	e.Exposed = true
+	return n.lockPaths(e)
+}
+
+// lockPaths makes the paths the layer policy locks read-only in the
+// overlay (a read-only bind of each onto itself): writes there fail with
+// EROFS.
+func (n *Node) lockPaths(e *exposed) error {
+	eff, c, ok := n.effective(e.Layer)
+	if !ok || c != nil {
+		return nil
+	}
+	for _, l := range eff.Locked {
+		p := filepath.Join(e.Path, filepath.FromSlash(l))
+		if fi, err := os.Lstat(p); err != nil || fi.Mode()&os.ModeSymlink != 0 {
+			continue // not in the layer, or a symlink that could lead elsewhere
+		}
+		if err := unix.Mount(p, p, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("lock %s: %w", l, err)
+		}
+		e.Locked = append(e.Locked, p)
+		if err := unix.Mount("", p, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			return fmt.Errorf("lock %s read-only: %w", l, err)
+		}
+	}
 	return nil
 }
 
 // unmountOverlay removes the overlay; the path shows its old contents again.
 func (n *Node) unmountOverlay(e *exposed) error {
+	for i := len(e.Locked) - 1; i >= 0; i-- {
+		if err := unix.Unmount(e.Locked[i], 0); err != nil {
+			unix.Unmount(e.Locked[i], unix.MNT_DETACH)
+		}
+	}
+	e.Locked = nil
 	if Mounted(e.Path) {
 		if err := unix.Unmount(e.Path, 0); err != nil {
 			if err := unix.Unmount(e.Path, unix.MNT_DETACH); err != nil {

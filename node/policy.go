@@ -6,8 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path"
+	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -314,7 +318,7 @@ func (n *Node) syncPolicies(ctx context.Context) {
 			continue
 		}
 		n.log.Info("policy: fetching a layer this host holds", "layer", mp.Name)
-		if _, err := n.fetchMapping(ctx, name, mp, func(api.Event) {}); err != nil && ctx.Err() == nil {
+		if _, err := n.fetchMapping(withCap(ctx, e.Bandwidth), name, mp, func(api.Event) {}); err != nil && ctx.Err() == nil {
 			n.log.Warn("policy: fetch failed; trying again", "layer", mp.Name, "err", err)
 		}
 	}
@@ -371,7 +375,7 @@ func (n *Node) mirrorCheck(ctx context.Context, e *exposed) {
 		return
 	}
 	eff, c, ok := n.effective(e.Layer)
-	if !ok || c != nil || eff.Mode != policy.Mirror {
+	if !ok || c != nil || (eff.Mode != policy.Mirror && len(eff.Locked) == 0) {
 		return
 	}
 	e.checked = time.Now()
@@ -387,16 +391,31 @@ func (n *Node) mirrorCheck(ctx context.Context, e *exposed) {
 		return
 	}
 	changes, err := tree.Diff(ctx, m, e.Path)
-	if err != nil || len(changes) == 0 {
+	if err != nil {
+		return
+	}
+	if eff.Mode != policy.Mirror { // only locked paths are kept
+		changes = slices.DeleteFunc(changes, func(ch tree.Change) bool { return !isLocked("/"+ch.Path, eff.Locked) })
+	}
+	if len(changes) == 0 {
 		return
 	}
 	var paths []string
 	for _, ch := range changes {
 		paths = append(paths, ch.Path)
 	}
-	n.log.Warn("mirror: the exposed view drifted; restoring it", "layer", e.Layer, "paths", slices.Compact(paths))
-	if err := n.expose(ctx, e, m); err != nil {
-		n.log.Warn("mirror: restore failed", "layer", e.Layer, "err", err)
+	what := "the exposed view drifted"
+	if eff.Mode != policy.Mirror {
+		what = "locked paths were changed"
+	}
+	n.log.Warn("policy: "+what+"; restoring the layer", "layer", e.Layer, "paths", slices.Compact(paths))
+	e.Detail = fmt.Sprintf("%s: %s; restored at %s", what, strings.Join(paths, ", "), time.Now().UTC().Format(time.TimeOnly))
+	restore := func() error { return n.expose(ctx, e, m) }
+	if eff.Mode != policy.Mirror {
+		restore = func() error { return n.restorePaths(ctx, e.Path, m, changes) }
+	}
+	if err := restore(); err != nil {
+		n.log.Warn("policy: restore failed", "layer", e.Layer, "err", err)
 		return
 	}
 	if err := n.saveExposed(e); err != nil {
@@ -407,6 +426,62 @@ func (n *Node) mirrorCheck(ctx context.Context, e *exposed) {
 }
 
 const mirrorEvery = 2 * time.Second
+
+// restorePaths puts back the changed paths of a materialized view, one by
+// one: the layer's versions are checked out beside the view and renamed
+// over the changed ones; paths the layer does not have are removed.
+func (n *Node) restorePaths(ctx context.Context, dir string, m *chunk.Manifest, changes []tree.Change) error {
+	want := map[string]bool{}
+	for _, ch := range changes {
+		want[ch.Path] = true
+		for d := path.Dir(ch.Path); d != "."; d = path.Dir(d) {
+			want[d] = true
+		}
+	}
+	sub := &chunk.Manifest{Params: m.Params}
+	for _, e := range m.Entries {
+		if want[e.Path] {
+			sub.Entries = append(sub.Entries, e)
+		}
+	}
+	tmp := dir + ".p2pimg-fix"
+	os.RemoveAll(tmp)
+	defer os.RemoveAll(tmp)
+	if err := tree.Checkout(ctx, n.db, sub, tmp, tree.CheckoutOptions{Owners: os.Geteuid() == 0}); err != nil {
+		return err
+	}
+	for _, ch := range changes {
+		dst := filepath.Join(dir, filepath.FromSlash(ch.Path))
+		if ch.Kind == "extra" {
+			if err := os.RemoveAll(dst); err != nil {
+				return err
+			}
+			continue
+		}
+		src := filepath.Join(tmp, filepath.FromSlash(ch.Path))
+		if fi, err := os.Lstat(src); err == nil && fi.IsDir() {
+			if err := os.Chmod(dst, fi.Mode().Perm()); err != nil { // a directory's mode
+				return err
+			}
+			continue
+		}
+		os.RemoveAll(dst)
+		if err := os.Rename(src, dst); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// isLocked reports whether p (absolute) is, or is under, a locked path.
+func isLocked(p string, locked []string) bool {
+	for _, l := range locked {
+		if p == l || strings.HasPrefix(p, l+"/") {
+			return true
+		}
+	}
+	return false
+}
 
 // Diff shows how this host's exposed view of a layer differs from the
 // published manifest.

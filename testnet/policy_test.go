@@ -175,3 +175,51 @@ func TestMinCopiesSurvivesGC(t *testing.T) {
 		return net.Nodes[2].Client.Remove(ctx, "keep:1") == nil
 	})
 }
+
+// Locked paths: in a materialized view a change to one is undone (and
+// reported) while other local changes stay; in an overlay a write to one
+// fails.
+func TestLockedPaths(t *testing.T) {
+	for _, mode := range []string{node.ModeMaterialized, node.ModeOverlay} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == node.ModeOverlay && node.OverlayWorks(t.TempDir()) != nil {
+				t.Skip("overlay mounts need root and overlayfs")
+			}
+			net, key := opNet(t, 2, mode)
+			src := tree(t, map[string]string{"etc/app.conf": "port=80\n", "bin/app": "binary"})
+			if _, err := net.Nodes[0].Client.Add(ctx, api.AddRequest{Name: "app:1", Path: src, Policy: `locked = ["/etc/app.conf"]`}, nil); err != nil {
+				t.Fatal(err)
+			}
+			waitCatalog(t, net, net.Nodes[1], "app:1", mustResolve(t, net.Nodes[0], "app:1"))
+			res := act(t, key, net.Nodes[0], "app:1", "/opt/app", net.Nodes[1].Node().ID().String(), node.OpActivate)
+			settled(t, net, res, "app:1", node.StateActive, net.Nodes[1])
+			view := filepath.Join(net.Nodes[1].Data, "root", "opt", "app")
+			conf, bin := filepath.Join(view, "etc", "app.conf"), filepath.Join(view, "bin", "app")
+			if err := os.WriteFile(bin, []byte("patched locally"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			err := os.WriteFile(conf, []byte("port=8080\n"), 0o644)
+			if mode == node.ModeOverlay {
+				if err == nil || !strings.Contains(err.Error(), "read-only") {
+					t.Fatalf("write to a locked path in an overlay: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			net.Eventually(20*time.Second, "the locked file restored and reported", func() bool {
+				b, _ := os.ReadFile(conf)
+				sts, _ := net.Nodes[1].Client.Activations(ctx)
+				reported := false
+				for _, s := range sts {
+					reported = reported || (s.Layer == "app:1" && strings.Contains(s.Detail, "etc/app.conf"))
+				}
+				return string(b) == "port=80\n" && reported
+			})
+			if b, _ := os.ReadFile(bin); string(b) != "patched locally" {
+				t.Fatalf("an unlocked local change was undone: %q", b)
+			}
+		})
+	}
+}
