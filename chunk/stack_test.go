@@ -101,3 +101,23 @@ func sortEntries(m *Manifest) {
 		}
 	}
 }
+
+// Running split again after the same change reached every image folds the
+// change into the new common layer.
+func TestSplitAgainFoldsSharedChange(t *testing.T) {
+	t.Parallel()
+	a := &Manifest{Params: DefaultParams(), Entries: []Entry{dir("d"), file("d/lib", "lib"), file("d/own", "a")}}
+	b := &Manifest{Params: DefaultParams(), Entries: []Entry{dir("d"), file("d/lib", "lib"), file("d/own", "b")}}
+	common, thin := SplitCommon(a, b)
+	patch := file("d/patch", "security fix")
+	var again []*Manifest
+	for _, t := range thin {
+		t.Entries = append(t.Entries, patch) // the same commit applied to each
+		sortEntries(t)
+		again = append(again, Flatten([]*Manifest{common, t}))
+	}
+	common2, _ := SplitCommon(again...)
+	if got := paths(common2); !reflect.DeepEqual(got, []string{"d", "d/lib", "d/patch"}) {
+		t.Fatalf("second common layer: %v", got)
+	}
+}

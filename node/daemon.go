@@ -293,7 +293,7 @@ func (d *Daemon) routes() http.Handler {
 		return n.PolicyCheck(ctx), nil
 	}))
 	mux.HandleFunc("GET "+v+"/diff/{name...}", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		return n.Diff(ctx, r.PathValue("name"))
+		return n.Diff(ctx, r.PathValue("name"), r.URL.Query().Get("host"))
 	}))
 	mux.HandleFunc("POST "+v+"/commit", d.stream(func(ctx context.Context, n *Node, r *http.Request, emit Emit) (any, error) {
 		var req api.CommitRequest

@@ -170,6 +170,7 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.host.SetStreamHandler(xchgProto, n.handleXchg)
+	n.host.SetStreamHandler(diffProto, n.handleDiff)
 	if cfg.Cluster.Open() {
 		n.log.Warn("OPEN CLUSTER: no members list, any host that can reach this one (and has the PSK, if set) may join")
 	}

@@ -153,7 +153,7 @@ func (n *Node) mountOverlay(ctx context.Context, e *exposed, m *chunk.Manifest) 
 		}
 		e.Created = true
 	}
-	work := filepath.Join(n.dataDir, "overlay", strings.ReplaceAll(e.Layer, "/", "_"))
+	work := filepath.Dir(n.upperDir(e.Layer))
 	os.RemoveAll(work)
 	for _, d := range []string{"upper", "work"} {
 		if err := os.MkdirAll(filepath.Join(work, d), 0o755); err != nil {
@@ -190,6 +190,11 @@ func (n *Node) lockPaths(e *exposed) error {
 		}
 	}
 	return nil
+}
+
+// upperDir is where an overlay keeps the writes made to a layer's view.
+func (n *Node) upperDir(layer string) string {
+	return filepath.Join(n.dataDir, "overlay", strings.ReplaceAll(layer, "/", "_"), "upper")
 }
 
 // unmountOverlay removes the overlay; the path shows its old contents again.

@@ -1,11 +1,13 @@
 package node
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -16,7 +18,9 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/chunk/tree"
@@ -371,7 +375,7 @@ func (n *Node) keeps(name string, id string) error {
 // compares the view with the manifest and, when they differ, swaps a fresh
 // copy in. It runs on the reconciler goroutine.
 func (n *Node) mirrorCheck(ctx context.Context, e *exposed) {
-	if e.State != StateActive || !e.Exposed || e.Mode != ModeMaterialized || time.Since(e.checked) < mirrorEvery {
+	if e.State != StateActive || !e.Exposed || time.Since(e.checked) < mirrorEvery {
 		return
 	}
 	eff, c, ok := n.effective(e.Layer)
@@ -388,6 +392,25 @@ func (n *Node) mirrorCheck(ctx context.Context, e *exposed) {
 		m, err = n.flat(ctx, m)
 	}
 	if err != nil {
+		return
+	}
+	if e.Mode == ModeOverlay {
+		if eff.Mode != policy.Mirror {
+			return // locked paths are read-only binds there
+		}
+		changes, err := tree.UpperChanges(m, n.upperDir(e.Layer))
+		if err != nil || len(changes) == 0 {
+			return
+		}
+		n.log.Warn("policy: the overlay drifted; mounting it again without the changes", "layer", e.Layer, "changes", len(changes))
+		e.Detail = fmt.Sprintf("the exposed view drifted in %d path(s); restored at %s", len(changes), time.Now().UTC().Format(time.TimeOnly))
+		if err := n.expose(ctx, e, m); err != nil {
+			n.log.Warn("policy: restore failed", "layer", e.Layer, "err", err)
+			return
+		}
+		n.saveExposed(e)
+		e.Restored += len(changes)
+		n.setStates(e.HostState)
 		return
 	}
 	changes, err := tree.Diff(ctx, m, e.Path)
@@ -485,10 +508,13 @@ func isLocked(p string, locked []string) bool {
 
 // Diff shows how this host's exposed view of a layer differs from the
 // published manifest.
-func (n *Node) Diff(ctx context.Context, name string) (*api.DiffResult, error) {
+func (n *Node) Diff(ctx context.Context, name, host string) (*api.DiffResult, error) {
 	nm, err := chunk.ParseName(name)
 	if err != nil {
 		return nil, badRequest(err)
+	}
+	if host != "" && host != n.host.ID().String() {
+		return n.remoteDiff(ctx, nm.String(), host)
 	}
 	recs, err := n.db.Records(actKey(nm.String()))
 	if err != nil {
@@ -511,7 +537,11 @@ func (n *Node) Diff(ctx context.Context, name string) (*api.DiffResult, error) {
 		return nil, err
 	}
 	if e.Mode == ModeOverlay {
-		return nil, &codedError{api.CodeConflict, fmt.Errorf("layer %s is an overlay mount at %s: its changes are the upper directory in the data dir", nm, e.Path)}
+		changes, err := tree.UpperChanges(m, n.upperDir(e.Layer))
+		if err != nil {
+			return nil, fmt.Errorf("diff %s: %w", nm, err)
+		}
+		return &api.DiffResult{Layer: nm.String(), CID: e.CID, Path: e.Path, Changes: changes}, nil
 	}
 	// The reconciler may swap a restored copy in while we read: look again.
 	var changes []tree.Change
@@ -535,4 +565,56 @@ func (n *Node) Conflicts() map[string]*policy.Conflict {
 		out[k] = v
 	}
 	return out
+}
+
+// diffProto asks another host for its diff of a layer (`diff --host`):
+// request a layer name (one line), answer one JSON object, a DiffResult
+// or {"error": "..."}.
+const diffProto = protocol.ID("/p2pimg/diff/1.0.0")
+
+func (n *Node) handleDiff(s network.Stream) {
+	defer s.Close()
+	s.SetDeadline(time.Now().Add(time.Minute))
+	line, err := bufio.NewReader(io.LimitReader(s, 512)).ReadString('\n')
+	if err != nil {
+		s.Reset()
+		return
+	}
+	r, err := n.Diff(context.Background(), strings.TrimSpace(line), "")
+	var out any = r
+	if err != nil {
+		out = map[string]string{"error": err.Error()}
+	}
+	json.NewEncoder(s).Encode(out)
+}
+
+func (n *Node) remoteDiff(ctx context.Context, name, host string) (*api.DiffResult, error) {
+	id, err := peer.Decode(host)
+	if err != nil {
+		return nil, badRequestf("--host %q: %v", host, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	s, err := n.host.NewStream(ctx, id, diffProto)
+	if err != nil {
+		return nil, fmt.Errorf("diff on %s: %w", shortID(id), err)
+	}
+	defer s.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		s.SetDeadline(dl)
+	}
+	if _, err := io.WriteString(s, name+"\n"); err != nil {
+		return nil, err
+	}
+	var resp struct {
+		api.DiffResult
+		Error string `json:"error"`
+	}
+	if err := json.NewDecoder(io.LimitReader(s, 16<<20)).Decode(&resp); err != nil {
+		return nil, fmt.Errorf("diff on %s: %w", shortID(id), err)
+	}
+	if resp.Error != "" {
+		return nil, &codedError{api.CodeConflict, fmt.Errorf("on %s: %s", shortID(id), resp.Error)}
+	}
+	return &resp.DiffResult, nil
 }

@@ -635,7 +635,9 @@ func (n *Node) Licenses(ctx context.Context) (*api.LicenseList, error) {
 	t := n.seats.view
 	n.seats.mu.Unlock()
 	if k := n.keeper.Load(); k != nil {
-		t = k.fsm.table() // a keeper's own table is the freshest it can know
+		if own := k.fsm.table(); t == nil || own.Index > t.Index {
+			t = own // a keeper's own table, unless gossip brought a newer one
+		}
 	}
 	if t == nil {
 		if len(n.cfg.Cluster.keepers) == 0 {

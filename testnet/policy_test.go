@@ -88,7 +88,18 @@ func TestPolicyHoldAndConflict(t *testing.T) {
 // Mirror mode: a file changed in an exposed view shows in diff, and the
 // daemon puts it back.
 func TestMirrorModeRestoresDrift(t *testing.T) {
-	net, key := opNet(t, 2, node.ModeMaterialized)
+	for _, mode := range []string{node.ModeMaterialized, node.ModeOverlay} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == node.ModeOverlay && node.OverlayWorks(t.TempDir()) != nil {
+				t.Skip("overlay mounts need root and overlayfs")
+			}
+			mirrorDrift(t, mode)
+		})
+	}
+}
+
+func mirrorDrift(t *testing.T, mode string) {
+	net, key := opNet(t, 2, mode)
 	src := tree(t, map[string]string{"etc/app.conf": "port=80\n", "bin/app": "binary"})
 	if _, err := net.Nodes[0].Client.Add(ctx, api.AddRequest{Name: "app:1", Path: src, Policy: `mode = "mirror"`}, nil); err != nil {
 		t.Fatal(err)
@@ -96,7 +107,9 @@ func TestMirrorModeRestoresDrift(t *testing.T) {
 	waitCatalog(t, net, net.Nodes[1], "app:1", mustResolve(t, net.Nodes[0], "app:1"))
 	res := act(t, key, net.Nodes[0], "app:1", "/opt/app", net.Nodes[1].Node().ID().String(), node.OpActivate)
 	settled(t, net, res, "app:1", node.StateActive, net.Nodes[1])
-	if d, err := net.Nodes[1].Client.Diff(ctx, "app:1"); err != nil || len(d.Changes) != 0 {
+	// Asked from the other host (diff --host) ...
+	remote := net.Nodes[1].Node().ID().String()
+	if d, err := net.Nodes[0].Client.Diff(ctx, "app:1", remote); err != nil || len(d.Changes) != 0 {
 		t.Fatalf("fresh view differs: %v %+v", err, d)
 	}
 	conf := filepath.Join(net.Nodes[1].Data, "root", "opt", "app", "etc", "app.conf")
@@ -105,7 +118,7 @@ func TestMirrorModeRestoresDrift(t *testing.T) {
 		if err := os.WriteFile(conf, []byte("port=8080\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		d, err := net.Nodes[1].Client.Diff(ctx, "app:1")
+		d, err := net.Nodes[0].Client.Diff(ctx, "app:1", remote)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,7 +132,7 @@ func TestMirrorModeRestoresDrift(t *testing.T) {
 	}
 	net.Eventually(20*time.Second, "the drifted file restored", func() bool {
 		b, _ := os.ReadFile(conf)
-		d, err := net.Nodes[1].Client.Diff(ctx, "app:1")
+		d, err := net.Nodes[1].Client.Diff(ctx, "app:1", "") // ... and on the host itself
 		return string(b) == "port=80\n" && err == nil && len(d.Changes) == 0
 	})
 }

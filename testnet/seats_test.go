@@ -237,10 +237,10 @@ func TestLicenceRefusals(t *testing.T) {
 			t.Errorf("%s: got %v, want an error with %q", c.name, err, c.want)
 		}
 	}
-	l, _ := net.Nodes[1].Client.Licenses(ctx)
-	if len(l.Licenses) != 1 || l.Licenses[0].Seats != 1 {
-		t.Fatalf("licences after refusals: %+v", l.Licenses)
-	}
+	net.Eventually(10*time.Second, "the list shows the one good licence", func() bool {
+		l, err := net.Nodes[1].Client.Licenses(ctx)
+		return err == nil && len(l.Licenses) == 1 && l.Licenses[0].Seats == 1
+	})
 	if _, err := net.Nodes[1].Client.Claim(ctx, api.ClaimRequest{Product: "other", Consumer: "vm1"}); err == nil || !strings.Contains(err.Error(), "no licence") {
 		t.Fatalf("claim without a licence: %v", err)
 	}
@@ -309,10 +309,10 @@ func TestLicensedActivation(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(waiting.Data, "root", "opt", "app")); !os.IsNotExist(err) {
 		t.Fatal("the host without a seat exposed the layer")
 	}
-	ls, _ := net.Nodes[2].Client.Licenses(ctx)
-	if len(ls.Holders) != 1 || ls.Holders[0].Host != active.Node().ID().String() || ls.Holders[0].Consumers[0] != "layer:app:1" {
-		t.Fatalf("holders: %+v", ls.Holders)
-	}
+	net.Eventually(10*time.Second, "the active host holds the seat for the layer", func() bool {
+		ls, err := net.Nodes[2].Client.Licenses(ctx)
+		return err == nil && len(ls.Holders) == 1 && ls.Holders[0].Host == active.Node().ID().String() && ls.Holders[0].Consumers[0] == "layer:app:1"
+	})
 	off := act(t, opKey, net.Nodes[0], "app:1", "", active.Node().ID().String(), node.OpDeactivate)
 	settled(t, net, off, "app:1", node.StateInactive, active)
 	settled(t, net, res, "app:1", node.StateActive, waiting)

@@ -116,3 +116,45 @@ func sameContent(root *os.Root, e chunk.Entry, buf []byte) (bool, error) {
 	}
 	return true, nil
 }
+
+// UpperChanges lists what an overlayfs upper directory changes over the
+// layer m: removals (whiteout devices), opaque directories, and files or
+// symlinks written (content when the layer has the path, extra when not).
+// Directories that are only there for their children are not changes.
+func UpperChanges(m *chunk.Manifest, upper string) ([]Change, error) {
+	has := map[string]bool{}
+	for _, e := range m.Entries {
+		has[e.Path] = true
+	}
+	var out []Change
+	err := filepath.WalkDir(upper, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == upper {
+			return err
+		}
+		rel, _ := filepath.Rel(upper, p)
+		rel = filepath.ToSlash(rel)
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch t := fi.Mode().Type(); {
+		case t&fs.ModeCharDevice != 0:
+			out = append(out, Change{Path: rel, Kind: "missing", Detail: "removed"})
+		case t == fs.ModeDir:
+			if isOpaque(p) {
+				out = append(out, Change{Path: rel, Kind: "content", Detail: "directory replaced"})
+			} else if !has[rel] {
+				out = append(out, Change{Path: rel, Kind: "extra"})
+				return fs.SkipDir
+			}
+		default:
+			kind := "content"
+			if !has[rel] {
+				kind = "extra"
+			}
+			out = append(out, Change{Path: rel, Kind: kind})
+		}
+		return nil
+	})
+	return out, err
+}

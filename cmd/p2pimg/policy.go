@@ -145,12 +145,13 @@ windows) the host does not sync the layer and reports the conflict.`,
 }
 
 func (a *app) diffCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "diff NAME[:TAG]",
-		Short: "Show how this host's exposed view of a layer differs from the published layer; exit 1 if it does",
+	var host string
+	c := &cobra.Command{
+		Use:   "diff NAME[:TAG] [--host ID]",
+		Short: "Show how a host's exposed view of a layer differs from the published layer; exit 1 if it does",
 		Args:  exactArgs(1, "a layer name"),
 		RunE: func(c *cobra.Command, args []string) error {
-			r, err := a.client().Diff(c.Context(), args[0])
+			r, err := a.client().Diff(c.Context(), args[0], host)
 			if err != nil {
 				return err
 			}
@@ -167,4 +168,6 @@ func (a *app) diffCmd() *cobra.Command {
 			return nil
 		},
 	}
+	c.Flags().StringVar(&host, "host", "", "peer id of another host to ask")
+	return c
 }

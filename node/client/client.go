@@ -285,10 +285,11 @@ func (c *Client) PolicyCheck(ctx context.Context) ([]api.PolicyResult, error) {
 	return r, c.call(ctx, http.MethodGet, "/policy/check", nil, &r)
 }
 
-// Diff shows how the daemon host's exposed view of a layer differs from it.
-func (c *Client) Diff(ctx context.Context, name string) (api.DiffResult, error) {
+// Diff shows how a host's exposed view of a layer differs from it (host
+// "" = the daemon's own).
+func (c *Client) Diff(ctx context.Context, name, host string) (api.DiffResult, error) {
 	var r api.DiffResult
-	return r, c.call(ctx, http.MethodGet, "/diff/"+url.PathEscape(name), nil, &r)
+	return r, c.call(ctx, http.MethodGet, "/diff/"+url.PathEscape(name)+"?"+url.Values{"host": {host}}.Encode(), nil, &r)
 }
 
 // Commit captures an overlayfs upper directory as a layer on a base.
