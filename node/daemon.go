@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -24,10 +25,13 @@ import (
 
 // DaemonConfig configures a daemon.
 type DaemonConfig struct {
-	Config         // the node's; DataDir is required
-	Socket  string // default DataDir/p2pimg.sock
-	Metrics string // address for Prometheus metrics (host:port); empty = off
-	Version string
+	Config        // the node's; DataDir is required
+	Socket string // default DataDir/p2pimg.sock
+	// SocketGroup, when set, may use the API too (socket mode 0660 and
+	// owned by that group); otherwise only the daemon's user may.
+	SocketGroup string
+	Metrics     string // address for Prometheus metrics (host:port); empty = off
+	Version     string
 }
 
 // Daemon serves one Node on the local API socket.
@@ -70,7 +74,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if err := os.MkdirAll(d.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("daemon: data directory: %w", err)
 	}
-	ln, err := listen(d.cfg.Socket)
+	ln, err := listen(d.cfg.Socket, d.cfg.SocketGroup)
 	if err != nil {
 		return err
 	}
@@ -138,7 +142,17 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 
 // listen opens the unix socket, replacing a stale one but never one that a
 // running daemon still answers on.
-func listen(path string) (net.Listener, error) {
+func listen(path, group string) (net.Listener, error) {
+	gid := -1
+	if group != "" {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			return nil, fmt.Errorf("daemon: socket group %q: %w", group, err)
+		}
+		if gid, err = strconv.Atoi(g.Gid); err != nil {
+			return nil, fmt.Errorf("daemon: socket group %q: gid %q", group, g.Gid)
+		}
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("daemon: socket directory: %w", err)
 	}
@@ -156,6 +170,16 @@ func listen(path string) (net.Listener, error) {
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("daemon: socket permissions: %w", err)
+	}
+	if gid >= 0 {
+		if err := os.Chown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("daemon: socket group %q: %w", group, err)
+		}
+		if err := os.Chmod(path, 0o660); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("daemon: socket permissions: %w", err)
+		}
 	}
 	return ln, nil
 }

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -52,4 +53,22 @@ windows = ["22:30-05:00"]`))
 	if _, err := DecodeHost([]byte(`{"quota":1,"extra":2}`)); err == nil || !strings.Contains(err.Error(), "unknown field") {
 		t.Fatalf("unknown wire field: %v", err)
 	}
+}
+
+func FuzzPolicy(f *testing.F) {
+	f.Add([]byte("hold = \"gpu=true\"\nmode = \"mirror\"\nwindows = [\"01:00-05:00\"]"))
+	f.Add([]byte(`{"hold":"all","min_copies":2,"windows":["01:00-02:00"]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ParseLayer(b)
+		ParseHost(b)
+		if l, err := DecodeLayer(b); err == nil {
+			again, _ := json.Marshal(l)
+			back, err := DecodeLayer(again)
+			twice, _ := json.Marshal(back)
+			if err != nil || !bytes.Equal(again, twice) {
+				t.Fatalf("layer policy does not round trip: %v", err)
+			}
+		}
+		DecodeHost(b)
+	})
 }

@@ -20,7 +20,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var listen, peers []string
 	var noMDNS, corrupt bool
 	var announce, stall time.Duration
-	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy string
+	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup string
 	var labels []string
 	c := &cobra.Command{
 		Use:   "daemon",
@@ -92,7 +92,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, TestCorruptServe: corrupt, SeatJournal: seatJournal,
 					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: expose, HostPolicy: hostPolicyText,
 				},
-				Socket: a.socket, Metrics: metrics, Version: version,
+				Socket: a.socket, SocketGroup: socketGroup, Metrics: metrics, Version: version,
 			})
 			if err != nil {
 				return err
@@ -118,6 +118,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringArrayVar(&labels, "label", nil, "host label key=value, announced to the cluster for --hosts key=value (repeatable)")
 	c.Flags().BoolVar(&corrupt, "test-corrupt-serve", false, "TESTING ONLY: corrupt every chunk served")
 	c.Flags().MarkHidden("test-corrupt-serve")
+	c.Flags().StringVar(&socketGroup, "socket-group", "", "a group whose members may use the API socket too (mode 0660); default: only this user")
 	c.Flags().StringVar(&hostPolicy, "host-policy", "", "this host's policy file (TOML; replaces the one set with `p2pimg policy set-host`)")
 	c.Flags().StringVar(&seatJournal, "test-seat-journal", "", "TESTING ONLY: append every interval a seat grant was valid here to FILE")
 	c.Flags().MarkHidden("test-seat-journal")

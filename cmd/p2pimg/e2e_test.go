@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -43,9 +44,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func startDaemon(t *testing.T, data string) *testnet.Daemon {
+func startDaemon(t *testing.T, data string, extra ...string) *testnet.Daemon {
 	t.Helper()
-	d, err := testnet.StartDaemon(context.Background(), bin, data)
+	d, err := testnet.StartDaemon(context.Background(), bin, data, extra...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -673,4 +674,27 @@ func waitCatalogCLI(t *testing.T, dir string, k int, layer string) {
 		out, _, code := cli(t, nil, "--testnet-dir", dir, "--node", strconv.Itoa(k), "layers", "--all")
 		return code == 0 && strings.Contains(out, layer)
 	})
+}
+
+// The API socket is the daemon user's alone, unless a group is named; an
+// unknown group is refused at start.
+func TestSocketAccess(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir())
+	fi, err := os.Stat(d.Client.Socket())
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v (%v), want 0600", fi.Mode().Perm(), err)
+	}
+	if _, errOut, code := cli(t, nil, "daemon", "--data", t.TempDir(), "--socket-group", "no-such-group-p2pimg"); code == 0 || !strings.Contains(errOut, "no-such-group-p2pimg") {
+		t.Fatalf("unknown socket group: %d %s", code, errOut)
+	}
+	g, err := user.LookupGroup("daemon")
+	if err != nil || os.Geteuid() != 0 {
+		t.Skip("needs root and a group named daemon")
+	}
+	gd := startDaemon(t, t.TempDir(), "--socket-group", "daemon")
+	fi, err = os.Stat(gd.Client.Socket())
+	if err != nil || fi.Mode().Perm() != 0o660 || strconv.Itoa(int(fi.Sys().(*syscall.Stat_t).Gid)) != g.Gid {
+		t.Fatalf("socket with a group: mode %v gid %v (%v)", fi.Mode().Perm(), fi.Sys().(*syscall.Stat_t).Gid, err)
+	}
 }
