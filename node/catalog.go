@@ -215,6 +215,8 @@ type catalog struct {
 	states   map[peer.ID][]HostState     // each host's last report
 	labels   map[peer.ID]map[string]string
 	policies map[peer.ID]policy.Host // each host's host policy
+	buckets  map[peer.ID]*bucket     // gossip flood limit per host
+	dropped  int64                   // snapshots dropped by the flood limit
 }
 
 func newCatalog() *catalog {
@@ -222,7 +224,7 @@ func newCatalog() *catalog {
 		mappings: map[string]Mapping{}, holders: map[string]map[peer.ID]bool{},
 		held: map[peer.ID][]Holding{}, seen: map[peer.ID]int64{}, heard: map[peer.ID]time.Time{},
 		acts: map[string]Activation{}, states: map[peer.ID][]HostState{}, labels: map[peer.ID]map[string]string{},
-		policies: map[peer.ID]policy.Host{},
+		policies: map[peer.ID]policy.Host{}, buckets: map[peer.ID]*bucket{},
 	}
 }
 
@@ -237,8 +239,36 @@ func (c *catalog) admit(from peer.ID, seq int64, now time.Time) pubsub.Validatio
 	if seq <= c.seen[from] {
 		return pubsub.ValidationIgnore
 	}
+	// A host that floods the topic: what it sends beyond its share is
+	// dropped before anything is merged (its valid snapshots still count,
+	// and a later one carries everything).
+	b := c.buckets[from]
+	if b == nil {
+		b = &bucket{tokens: floodBurst, at: now}
+		c.buckets[from] = b
+	}
+	b.tokens = min(floodBurst, b.tokens+now.Sub(b.at).Seconds()*floodRate)
+	b.at = now
+	if b.tokens < 1 {
+		c.dropped++
+		return pubsub.ValidationIgnore
+	}
+	b.tokens--
 	c.seen[from] = seq
 	return pubsub.ValidationAccept
+}
+
+// Each host may gossip floodRate snapshots a second, in bursts of up to
+// floodBurst; a snapshot carries a host's whole state, so dropping one
+// loses nothing the next does not bring.
+const (
+	floodRate  = 20.0
+	floodBurst = 100.0
+)
+
+type bucket struct {
+	tokens float64
+	at     time.Time
 }
 
 // merge takes in a mapping; it reports whether the catalogue changed.

@@ -235,3 +235,34 @@ func TestSnapshotActivationsChecked(t *testing.T) {
 		}
 	}
 }
+
+// A host that floods the catalogue topic gets its share and no more; the
+// others are not affected.
+func TestGossipFloodLimited(t *testing.T) {
+	c := newCatalog()
+	_, flooder := testKey(t)
+	_, quiet := testKey(t)
+	now := time.Now()
+	accepted := 0
+	for i := range 5000 {
+		if c.admit(flooder, now.UnixNano()+int64(i)+1, now) == pubsub.ValidationAccept {
+			accepted++
+		}
+	}
+	if accepted != int(floodBurst) {
+		t.Fatalf("%d of 5000 flooded snapshots accepted at one instant, want the burst of %d", accepted, int(floodBurst))
+	}
+	if c.admit(quiet, now.UnixNano(), now) != pubsub.ValidationAccept {
+		t.Fatal("a quiet host was limited by another's flood")
+	}
+	later := now.Add(time.Second)
+	accepted = 0
+	for i := range 1000 {
+		if c.admit(flooder, later.UnixNano()+int64(i)+1, later) == pubsub.ValidationAccept {
+			accepted++
+		}
+	}
+	if accepted != int(floodRate) {
+		t.Fatalf("%d accepted a second later, want the rate of %d", accepted, int(floodRate))
+	}
+}

@@ -165,6 +165,13 @@ func Open(cfg Config) (*Node, error) {
 		}
 	}
 	n.up, n.down = limiter(cfg.MaxUpload), limiter(cfg.MaxDownload)
+	n.metrics.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "p2pimg_gossip_flood_dropped_total", Help: "Catalogue snapshots dropped because their host sent more than its share.",
+	}, func() float64 {
+		n.catalog.mu.Lock()
+		defer n.catalog.mu.Unlock()
+		return float64(n.catalog.dropped)
+	}))
 	if n.host, err = newHost(key, cfg.Listen, cfg.Cluster, n.gater); err != nil {
 		db.Close()
 		return nil, err
