@@ -54,10 +54,12 @@ fuzz:
 	$(GO) test -run xxx -fuzz '^FuzzPolicy$$' -fuzztime $(FUZZTIME) ./policy/
 	$(GO) test -run xxx -fuzz '^FuzzAPIJSON$$' -fuzztime $(FUZZTIME) ./node/
 
-# The seat fault test (kills, pauses, partitions; checked for
-# over-allocation) for SOAKTIME instead of its short run in `make test`.
+# The fault tests for SOAKTIME each instead of their short runs in `make
+# test`: seats under kills, pauses and partitions (checked for
+# over-allocation), then the 6-host churn of layers, activations and seats
+# (checked for convergence, store integrity, memory and over-allocation).
 soak:
-	$(GO) test -count=1 -timeout 0 -run '^TestSeatFaults$$' -v ./cmd/p2pimg -seat-soak $(SOAKTIME)
+	$(GO) test -count=1 -timeout 0 -run '^(TestSeatFaults|TestChurn)$$' -v ./cmd/p2pimg -seat-soak $(SOAKTIME) -churn-soak $(SOAKTIME)
 
 clean:
 	rm -rf bin

@@ -24,12 +24,12 @@ import (
 
 var seatSoak = flag.Duration("seat-soak", 0, "run TestSeatFaults this long (make soak); default a short run")
 
-// seatTestnet starts 5 daemon processes (3 keepers, 2 s leases) and
+// seatTestnet starts daemon processes (3 keepers, 2 s leases) and
 // installs a licence of 2 seats through the CLI.
-func seatTestnet(t *testing.T, journal bool) (*testnet.Local, func(args ...string) (string, string, int)) {
+func seatTestnet(t *testing.T, nodes int, journal bool) (*testnet.Local, func(args ...string) (string, string, int)) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "tn")
-	l, err := testnet.Up(context.Background(), bin, dir, 5, testnet.UpOptions{Keepers: 3, SeatTTL: "2s", SeatJournal: journal})
+	l, err := testnet.Up(context.Background(), bin, dir, nodes, testnet.UpOptions{Keepers: 3, SeatTTL: "2s", SeatJournal: journal})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func seatTestnet(t *testing.T, journal bool) (*testnet.Local, func(args ...strin
 // margin; the old token is refused by check, also on the restarted holder.
 func TestSeatHolderKilled(t *testing.T) {
 	t.Parallel()
-	l, tn := seatTestnet(t, false)
+	l, tn := seatTestnet(t, 5, false)
 	var tokens []string
 	for _, k := range []string{"4", "5"} {
 		out, errOut, code := tn("--node", k, "license", "claim", "winsrv", "--for", "vm-"+k)
@@ -97,6 +97,146 @@ func TestSeatHolderKilled(t *testing.T) {
 	}
 }
 
+// chaos runs seat workers on every host and a nemesis against a process
+// testnet, and checks the hosts' seat journals afterwards.
+type chaos struct {
+	t    *testing.T
+	l    *testnet.Local
+	seed uint64
+	mu   sync.Mutex // guards l (restarts change pids)
+
+	grants, refused, undecided atomic.Int64
+	holding                    []atomic.Bool // the nemesis aims at holders
+	kills, pauses, partitions  int
+}
+
+func newChaos(t *testing.T, l *testnet.Local) *chaos {
+	c := &chaos{t: t, l: l, seed: uint64(time.Now().UnixNano()), holding: make([]atomic.Bool, len(l.Nodes))}
+	t.Logf("seed %d", c.seed)
+	return c
+}
+
+func (c *chaos) client(i int) *client.Client {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return client.New(c.l.Nodes[i].Socket)
+}
+
+// seatWorker claims a seat on host i, holds it a while and releases it,
+// until ctx ends.
+func (c *chaos) seatWorker(ctx context.Context, i int) {
+	r := rand.New(rand.NewPCG(c.seed, uint64(i)+2))
+	for ctx.Err() == nil {
+		cl := c.client(i)
+		cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
+		g, err := cl.Claim(cctx, api.ClaimRequest{Product: "winsrv", Consumer: "vm"})
+		ccancel()
+		switch {
+		case err == nil:
+			c.grants.Add(1)
+			c.holding[i].Store(true)
+			sleepCtx(ctx, time.Duration(r.IntN(4000))*time.Millisecond)
+			c.holding[i].Store(false)
+			rctx, rcancel := context.WithTimeout(context.Background(), 3*time.Second)
+			cl.Release(rctx, api.ReleaseRequest{Token: g.Token})
+			rcancel()
+		case strings.Contains(err.Error(), "no free seat"):
+			c.refused.Add(1)
+		default:
+			c.undecided.Add(1)
+		}
+		sleepCtx(ctx, time.Duration(r.IntN(300))*time.Millisecond)
+	}
+}
+
+// nemesis kills (-9) and restarts hosts, pauses them (SIGSTOP) past the
+// lease, and partitions the cluster, until ctx ends; it leaves every host
+// running and the network whole.
+func (c *chaos) nemesis(ctx context.Context) {
+	rng := rand.New(rand.NewPCG(c.seed, 1))
+	n := len(c.l.Nodes)
+	for ctx.Err() == nil {
+		sleepCtx(ctx, time.Duration(500+rng.IntN(1500))*time.Millisecond)
+		k := 1 + rng.IntN(n)
+		for j := range c.holding {
+			if c.holding[j].Load() && rng.IntN(2) == 0 {
+				k = j + 1
+			}
+		}
+		switch rng.IntN(3) {
+		case 0: // crash and come back
+			c.mu.Lock()
+			c.l.Kill(k)
+			c.mu.Unlock()
+			c.kills++
+			sleepCtx(ctx, time.Duration(rng.IntN(3000))*time.Millisecond)
+			c.mu.Lock()
+			if err := c.l.Restart(context.Background(), k); err != nil {
+				c.t.Errorf("restart node %d: %v", k, err)
+			}
+			c.mu.Unlock()
+		case 1: // pause past the lease and the margin
+			c.mu.Lock()
+			pid := c.l.Nodes[k-1].PID
+			c.mu.Unlock()
+			syscall.Kill(pid, syscall.SIGSTOP)
+			c.pauses++
+			time.Sleep(time.Duration(2000+rng.IntN(3000)) * time.Millisecond)
+			syscall.Kill(pid, syscall.SIGCONT)
+		case 2: // k (often a holder) and a random set of others against the rest
+			a, b := []int{k}, []int{}
+			for j := 1; j <= n; j++ {
+				if j != k && rng.IntN(3) == 0 {
+					a = append(a, j)
+				} else if j != k {
+					b = append(b, j)
+				}
+			}
+			if len(b) == 0 {
+				b, a = a[len(a)-1:], a[:len(a)-1]
+			}
+			c.mu.Lock()
+			c.l.Partition(context.Background(), [][]int{a, b})
+			c.mu.Unlock()
+			c.partitions++
+			sleepCtx(ctx, time.Duration(2000+rng.IntN(3000))*time.Millisecond)
+			c.mu.Lock()
+			c.l.Partition(context.Background(), nil)
+			c.mu.Unlock()
+		}
+	}
+}
+
+// checkJournals stops every daemon (so the journals are complete) and
+// runs the over-allocation checker on them; it returns how many intervals
+// it checked.
+func (c *chaos) checkJournals(seats int) int {
+	t := c.t
+	c.l.Down(context.Background(), true)
+	var ivs []license.Interval
+	for _, nd := range c.l.Nodes {
+		f, err := os.Open(testnet.SeatJournal(nd))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := node.ReadSeatJournal(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ivs = append(ivs, got...)
+	}
+	if c.grants.Load() < 5 || len(ivs) < 5 {
+		t.Fatalf("too few grants (%d) for the check to mean anything", c.grants.Load())
+	}
+	if err := license.CheckIntervals(ivs, map[string]int{"winsrv": seats}); err != nil {
+		keep := filepath.Join(os.TempDir(), fmt.Sprintf("p2pimg-seatfail-%d", c.seed))
+		exec.Command("cp", "-a", c.l.Dir, keep).Run()
+		t.Fatalf("%v\n(journals and daemon logs kept in %s)", err, keep)
+	}
+	return len(ivs)
+}
+
 // TestSeatFaults is the randomised fault test: every host claims and
 // releases in a loop while a nemesis kills (-9) and restarts hosts, pauses
 // them (SIGSTOP) past the lease, and partitions the cluster. Every host
@@ -109,123 +249,19 @@ func TestSeatFaults(t *testing.T) {
 	if *seatSoak > 0 {
 		dur = *seatSoak
 	}
-	l, _ := seatTestnet(t, true)
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d, %v", seed, dur)
-	rng := rand.New(rand.NewPCG(seed, 1))
+	l, _ := seatTestnet(t, 5, true)
+	c := newChaos(t, l)
 	ctx, cancel := context.WithTimeout(context.Background(), dur)
 	defer cancel()
-
-	var grants, refused, failed atomic.Int64
-	holding := make([]atomic.Bool, len(l.Nodes)) // the nemesis aims at holders
-	var mu sync.Mutex                            // guards l (restarts change pids)
 	var wg sync.WaitGroup
 	for i := range l.Nodes {
-		wg.Go(func() {
-			r := rand.New(rand.NewPCG(seed, uint64(i)+2))
-			for ctx.Err() == nil {
-				mu.Lock()
-				cl := client.New(l.Nodes[i].Socket)
-				mu.Unlock()
-				cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
-				g, err := cl.Claim(cctx, api.ClaimRequest{Product: "winsrv", Consumer: "vm"})
-				ccancel()
-				switch {
-				case err == nil:
-					grants.Add(1)
-					holding[i].Store(true)
-					sleepCtx(ctx, time.Duration(r.IntN(4000))*time.Millisecond)
-					holding[i].Store(false)
-					rctx, rcancel := context.WithTimeout(context.Background(), 3*time.Second)
-					cl.Release(rctx, api.ReleaseRequest{Token: g.Token})
-					rcancel()
-				case strings.Contains(err.Error(), "no free seat"):
-					refused.Add(1)
-				default:
-					failed.Add(1)
-				}
-				sleepCtx(ctx, time.Duration(r.IntN(300))*time.Millisecond)
-			}
-		})
+		wg.Go(func() { c.seatWorker(ctx, i) })
 	}
-	var kills, pauses, partitions int
-	for ctx.Err() == nil {
-		sleepCtx(ctx, time.Duration(500+rng.IntN(1500))*time.Millisecond)
-		k := 1 + rng.IntN(len(l.Nodes))
-		for j := range holding {
-			if holding[j].Load() && rng.IntN(2) == 0 {
-				k = j + 1
-			}
-		}
-		switch rng.IntN(3) {
-		case 0: // crash and come back
-			mu.Lock()
-			l.Kill(k)
-			mu.Unlock()
-			kills++
-			sleepCtx(ctx, time.Duration(rng.IntN(3000))*time.Millisecond)
-			mu.Lock()
-			if err := l.Restart(context.Background(), k); err != nil {
-				t.Errorf("restart node %d: %v", k, err)
-			}
-			mu.Unlock()
-		case 1: // pause past the lease and the margin
-			mu.Lock()
-			pid := l.Nodes[k-1].PID
-			mu.Unlock()
-			syscall.Kill(pid, syscall.SIGSTOP)
-			pauses++
-			time.Sleep(time.Duration(2000+rng.IntN(3000)) * time.Millisecond)
-			syscall.Kill(pid, syscall.SIGCONT)
-		case 2: // split the hosts in two
-			// k (often a holder) and a random set of others against the rest.
-			a, b := []int{k}, []int{}
-			for j := 1; j <= len(l.Nodes); j++ {
-				if j != k && rng.IntN(3) == 0 {
-					a = append(a, j)
-				} else if j != k {
-					b = append(b, j)
-				}
-			}
-			if len(b) == 0 {
-				b, a = a[len(a)-1:], a[:len(a)-1]
-			}
-			mu.Lock()
-			l.Partition(context.Background(), [][]int{a, b})
-			mu.Unlock()
-			partitions++
-			sleepCtx(ctx, time.Duration(2000+rng.IntN(3000))*time.Millisecond)
-			mu.Lock()
-			l.Partition(context.Background(), nil)
-			mu.Unlock()
-		}
-	}
+	c.nemesis(ctx)
 	wg.Wait()
-	// Stop every daemon so the journals are complete, then check them.
-	l.Down(context.Background(), true)
-	var ivs []license.Interval
-	for _, nd := range l.Nodes {
-		f, err := os.Open(testnet.SeatJournal(nd))
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := node.ReadSeatJournal(f)
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		ivs = append(ivs, got...)
-	}
+	n := c.checkJournals(2)
 	t.Logf("%d grants, %d refused (no seat), %d undecided; nemesis: %d kills, %d pauses, %d partitions; %d valid intervals checked",
-		grants.Load(), refused.Load(), failed.Load(), kills, pauses, partitions, len(ivs))
-	if grants.Load() < 5 || len(ivs) < 5 {
-		t.Fatalf("too few grants (%d) for the check to mean anything", grants.Load())
-	}
-	if err := license.CheckIntervals(ivs, map[string]int{"winsrv": 2}); err != nil {
-		keep := filepath.Join(os.TempDir(), fmt.Sprintf("p2pimg-seatfail-%d", seed))
-		exec.Command("cp", "-a", l.Dir, keep).Run()
-		t.Fatalf("%v\n(journals and daemon logs kept in %s)", err, keep)
-	}
+		c.grants.Load(), c.refused.Load(), c.undecided.Load(), c.kills, c.pauses, c.partitions, n)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/p2pimg/p2pimg/node/api"
+)
+
+var churnSoak = flag.Duration("churn-soak", 0, "run TestChurn this long (make soak); default a short run")
+
+// TestChurn runs a 6-node testnet under the nemesis (kill -9 and restart,
+// SIGSTOP past the lease, partitions) while layers are published, fetched
+// and activated everywhere and seats are claimed and released. Afterwards
+// every host must converge on the newest activation, every store must
+// verify, no seat may ever have been over-allocated, and daemon memory must
+// stay bounded. `make soak` runs it for longer (-churn-soak 10m).
+func TestChurn(t *testing.T) {
+	dur := 30 * time.Second
+	if *churnSoak > 0 {
+		dur = *churnSoak
+	}
+	l, tn := seatTestnet(t, 6, true)
+	c := newChaos(t, l)
+	ctx, cancel := context.WithTimeout(context.Background(), dur)
+	defer cancel()
+	var adds, fetches, acts, opErrors atomic.Int64
+	var wg sync.WaitGroup
+	for i := range l.Nodes {
+		wg.Go(func() { c.seatWorker(ctx, i) })
+	}
+	wg.Go(func() { // publish a new version of churn:live, and fetch it elsewhere
+		r := rand.New(rand.NewPCG(c.seed, 100))
+		for v := 0; ctx.Err() == nil; v++ {
+			src := filepath.Join(t.TempDir(), "src")
+			for f := range 3 {
+				b := make([]byte, 64<<10+r.IntN(448<<10))
+				for k := range b {
+					b[k] = byte(r.Uint32())
+				}
+				os.MkdirAll(filepath.Join(src, "d"), 0o755)
+				os.WriteFile(filepath.Join(src, "d", fmt.Sprintf("f%d", f)), b, 0o644)
+			}
+			os.WriteFile(filepath.Join(src, "version"), []byte(strconv.Itoa(v)), 0o644)
+			octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
+			if _, err := c.client(r.IntN(len(l.Nodes))).Add(octx, api.AddRequest{Name: "churn:live", Path: src}, nil); err == nil {
+				adds.Add(1)
+			} else {
+				opErrors.Add(1)
+			}
+			if _, err := c.client(r.IntN(len(l.Nodes))).Fetch(octx, "churn:live", nil); err == nil {
+				fetches.Add(1)
+			} else {
+				opErrors.Add(1)
+			}
+			ocancel()
+			sleepCtx(ctx, time.Duration(500+r.IntN(1500))*time.Millisecond)
+		}
+	})
+	wg.Go(func() { // activate it on every host, from a random host
+		r := rand.New(rand.NewPCG(c.seed, 101))
+		for ctx.Err() == nil {
+			sleepCtx(ctx, time.Duration(1000+r.IntN(2000))*time.Millisecond)
+			actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+			cmd := exec.CommandContext(actx, bin, "--testnet-dir", l.Dir, "--node", strconv.Itoa(1+r.IntN(len(l.Nodes))),
+				"activate", "churn:live", "--at", "/opt/churn", "--hosts", "all")
+			if cmd.Run() == nil {
+				acts.Add(1)
+			} else {
+				opErrors.Add(1)
+			}
+			acancel()
+		}
+	})
+	c.nemesis(ctx)
+	wg.Wait()
+
+	// The nemesis left every host up and the network whole: one last
+	// activation must settle everywhere, on one version of the layer.
+	calm := time.Now()
+	out, errOut, code := tn("--node", "1", "activate", "churn:live", "--at", "/opt/churn", "--hosts", "all", "--wait", "--timeout", "90s")
+	if code != 0 || !strings.Contains(out, "settled on all 6 host(s)") {
+		t.Fatalf("no convergence after the last fault: %s %s", out, errOut)
+	}
+	converged := time.Since(calm)
+	want, err := c.client(0).Resolve(context.Background(), "churn:live")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var maxRSS int64
+	for i, nd := range l.Nodes {
+		cl := c.client(i)
+		if id, err := cl.Resolve(context.Background(), "churn:live"); err != nil || id != want {
+			t.Errorf("node %d maps churn:live to %s (%v), node 1 to %s", i+1, id, err, want)
+		}
+		v, err := cl.Verify(context.Background(), nil)
+		if err != nil || len(v.Corrupt) > 0 {
+			t.Errorf("node %d store: %v, corrupt %v", i+1, err, v.Corrupt)
+		}
+		maxRSS = max(maxRSS, rssKiB(nd.PID))
+	}
+	if maxRSS > 400<<10 {
+		t.Errorf("a daemon grew to %d MiB", maxRSS>>10)
+	}
+	n := c.checkJournals(2)
+	t.Logf("churn %v, 6 hosts: %d layer versions published, %d fetches, %d activations, %d grants (%d refused), %d operations failed under faults",
+		dur, adds.Load(), fetches.Load(), acts.Load(), c.grants.Load(), c.refused.Load(), opErrors.Load()+c.undecided.Load())
+	t.Logf("faults: %d kills, %d pauses, %d partitions; violations: 0 over-allocations in %d intervals, 0 corrupt chunks; converged %.1fs after the last fault; max daemon RSS %d MiB",
+		c.kills, c.pauses, c.partitions, n, converged.Seconds(), maxRSS>>10)
+	if adds.Load() < 3 || acts.Load() < 2 {
+		t.Fatalf("too little work done under churn (%d adds, %d activations) for the checks to mean anything", adds.Load(), acts.Load())
+	}
+}
+
+// rssKiB is a process's resident set size.
+func rssKiB(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			v, _ := strconv.ParseInt(f[1], 10, 64)
+			return v
+		}
+	}
+	return 0
+}
