@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,19 +26,9 @@ var churnSoak = flag.Duration("churn-soak", 0, "run TestChurn this long (make so
 // verify, no seat may ever have been over-allocated, and daemon memory must
 // stay bounded. `make soak` runs it for longer (-churn-soak 10m).
 func TestChurn(t *testing.T) {
-	dur := 30 * time.Second
-	if *churnSoak > 0 {
-		dur = *churnSoak
-	}
-	l, tn := seatTestnet(t, 6, true)
-	c := newChaos(t, l)
-	ctx, cancel := context.WithTimeout(context.Background(), dur)
-	defer cancel()
+	c, ctx, wg, tn := startChaos(t, 6, 30*time.Second, *churnSoak)
+	l := c.l
 	var adds, fetches, acts, opErrors atomic.Int64
-	var wg sync.WaitGroup
-	for i := range l.Nodes {
-		wg.Go(func() { c.seatWorker(ctx, i) })
-	}
 	wg.Go(func() { // publish a new version of churn:live, and fetch it elsewhere
 		r := rand.New(rand.NewPCG(c.seed, 100))
 		for v := 0; ctx.Err() == nil; v++ {
@@ -114,8 +103,8 @@ func TestChurn(t *testing.T) {
 		t.Errorf("a daemon grew to %d MiB", maxRSS>>10)
 	}
 	n := c.checkJournals(2)
-	t.Logf("churn %v, 6 hosts: %d layer versions published, %d fetches, %d activations, %d grants (%d refused), %d operations failed under faults",
-		dur, adds.Load(), fetches.Load(), acts.Load(), c.grants.Load(), c.refused.Load(), opErrors.Load()+c.undecided.Load())
+	t.Logf("churn, 6 hosts: %d layer versions published, %d fetches, %d activations, %d grants (%d refused), %d operations failed under faults",
+		adds.Load(), fetches.Load(), acts.Load(), c.grants.Load(), c.refused.Load(), opErrors.Load()+c.undecided.Load())
 	t.Logf("faults: %d kills, %d pauses, %d partitions; violations: 0 over-allocations in %d intervals, 0 corrupt chunks; converged %.1fs after the last fault; max daemon RSS %d MiB",
 		c.kills, c.pauses, c.partitions, n, converged.Seconds(), maxRSS>>10)
 	if adds.Load() < 3 || acts.Load() < 2 {

@@ -110,10 +110,23 @@ type chaos struct {
 	kills, pauses, partitions  int
 }
 
-func newChaos(t *testing.T, l *testnet.Local) *chaos {
+// startChaos starts a seat testnet of n journaling hosts with a seat
+// worker on each, for d (soak instead, when set). The caller runs the
+// nemesis with ctx and waits for wg.
+func startChaos(t *testing.T, n int, d, soak time.Duration) (*chaos, context.Context, *sync.WaitGroup, func(args ...string) (string, string, int)) {
+	if soak > 0 {
+		d = soak
+	}
+	l, tn := seatTestnet(t, n, true)
 	c := &chaos{t: t, l: l, seed: uint64(time.Now().UnixNano()), holding: make([]atomic.Bool, len(l.Nodes))}
-	t.Logf("seed %d", c.seed)
-	return c
+	t.Logf("seed %d, %v", c.seed, d)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	wg := &sync.WaitGroup{}
+	for i := range l.Nodes {
+		wg.Go(func() { c.seatWorker(ctx, i) })
+	}
+	return c, ctx, wg, tn
 }
 
 func (c *chaos) client(i int) *client.Client {
@@ -245,18 +258,7 @@ func (c *chaos) checkJournals(seats int) int {
 // for longer (-seat-soak 10m).
 func TestSeatFaults(t *testing.T) {
 	t.Parallel()
-	dur := 25 * time.Second
-	if *seatSoak > 0 {
-		dur = *seatSoak
-	}
-	l, _ := seatTestnet(t, 5, true)
-	c := newChaos(t, l)
-	ctx, cancel := context.WithTimeout(context.Background(), dur)
-	defer cancel()
-	var wg sync.WaitGroup
-	for i := range l.Nodes {
-		wg.Go(func() { c.seatWorker(ctx, i) })
-	}
+	c, ctx, wg, _ := startChaos(t, 5, 25*time.Second, *seatSoak)
 	c.nemesis(ctx)
 	wg.Wait()
 	n := c.checkJournals(2)
