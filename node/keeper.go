@@ -275,6 +275,10 @@ func (n *Node) startKeeper() (*keeper, error) {
 	return k, nil
 }
 
+// now is the keeper's clock, the one it stamps commands with (shifted by
+// Config.TestClockOffset in the clock-skew tests).
+func (k *keeper) now() int64 { return time.Now().Add(k.n.cfg.TestClockOffset).UnixNano() }
+
 func (k *keeper) close() error {
 	k.n.host.RemoveStreamHandler(seatProto)
 	err := k.raft.Shutdown().Error()
@@ -291,7 +295,7 @@ func (k *keeper) run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		now := time.Now().UnixNano()
+		now := k.now()
 		if k.raft.State() == raft.Leader && k.fsm.table().Expired(now, k.fsm.rules) {
 			k.propose(license.Command{Op: license.OpExpire, Now: now})
 		}
@@ -331,7 +335,7 @@ func (k *keeper) serve(from peer.ID, req seatReq) seatResp {
 		if len(req.Tokens) != 1 {
 			return seatResp{Err: "check: want exactly one token"}
 		}
-		s, err := k.fsm.table().Current(req.Tokens[0], time.Now().UnixNano())
+		s, err := k.fsm.table().Current(req.Tokens[0], k.now())
 		resp := seatResp{}
 		if s.Token != 0 {
 			resp.Seat = &s
@@ -348,7 +352,7 @@ func (k *keeper) serve(from peer.ID, req seatReq) seatResp {
 		return k.notLeader()
 	}
 	return k.propose(license.Command{
-		Op: req.Op, Now: time.Now().UnixNano(), Host: from.String(), Session: req.Session,
+		Op: req.Op, Now: k.now(), Host: from.String(), Session: req.Session,
 		Product: req.Product, Consumer: req.Consumer, Tokens: req.Tokens, License: req.License,
 	})
 }

@@ -63,6 +63,10 @@ type Config struct {
 	// HostPolicy is this host's policy (TOML text); empty keeps the one
 	// stored by `p2pimg policy set-host`.
 	HostPolicy string
+	// TestClockOffset shifts the clock this host's keeper stamps seat
+	// commands with: for tests of clock skew between keepers. Never set it
+	// in production.
+	TestClockOffset time.Duration
 	// SeatJournal, when set, is a file where this host appends every
 	// interval during which it treated a seat grant as valid: the record
 	// the seat fault tests check for over-allocation.

@@ -35,6 +35,8 @@ type Local struct {
 	// SeatJournal: every daemon records its valid seat intervals in
 	// DATA/seats.journal (for the seat fault tests).
 	SeatJournal bool `json:"seat_journal,omitempty"`
+	// ClockSkew: see UpOptions.ClockSkew.
+	ClockSkew time.Duration `json:"clock_skew,omitempty"`
 }
 
 // UpOptions adjust Up.
@@ -48,6 +50,9 @@ type UpOptions struct {
 	SeatTTL string
 	// SeatJournal: see Local.SeatJournal.
 	SeatJournal bool
+	// ClockSkew, for tests: the keepers' clocks are set -skew, 0, +skew,
+	// ... apart (see the daemon's hidden --test-clock-offset).
+	ClockSkew time.Duration
 }
 
 // LocalNode is one daemon of a Local testnet (numbered from 1).
@@ -115,7 +120,7 @@ func Up(ctx context.Context, bin, dir string, n int, o UpOptions) (*Local, error
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	l := &Local{Dir: dir, Bin: bin, SeatJournal: o.SeatJournal}
+	l := &Local{Dir: dir, Bin: bin, SeatJournal: o.SeatJournal, ClockSkew: o.ClockSkew}
 	ok := false
 	defer func() {
 		if !ok {
@@ -205,6 +210,9 @@ func (l *Local) start(ctx context.Context, i int) error {
 		"--label", fmt.Sprintf("node=%d", nd.Index)}
 	if l.SeatJournal {
 		args = append(args, "--test-seat-journal", SeatJournal(*nd))
+	}
+	if l.ClockSkew != 0 {
+		args = append(args, "--test-clock-offset", (time.Duration(i%3-1) * l.ClockSkew).String())
 	}
 	for j := range l.Nodes {
 		if j != i && l.alive(j) {

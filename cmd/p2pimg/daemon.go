@@ -19,7 +19,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var data, level, format, clusterFile, metrics string
 	var listen, peers []string
 	var noMDNS, corrupt bool
-	var announce, stall time.Duration
+	var announce, stall, clockOffset time.Duration
 	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup string
 	var labels []string
 	c := &cobra.Command{
@@ -89,7 +89,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 			d, err := node.NewDaemon(node.DaemonConfig{
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cluster, Listen: listen, Peers: peers,
-					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, TestCorruptServe: corrupt, SeatJournal: seatJournal,
+					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, TestCorruptServe: corrupt, SeatJournal: seatJournal, TestClockOffset: clockOffset,
 					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: expose, HostPolicy: hostPolicyText,
 				},
 				Socket: a.socket, SocketGroup: socketGroup, Metrics: metrics, Version: version,
@@ -120,6 +120,8 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().MarkHidden("test-corrupt-serve")
 	c.Flags().StringVar(&socketGroup, "socket-group", "", "a group whose members may use the API socket too (mode 0660); default: only this user")
 	c.Flags().StringVar(&hostPolicy, "host-policy", "", "this host's policy file (TOML; replaces the one set with `p2pimg policy set-host`)")
+	c.Flags().DurationVar(&clockOffset, "test-clock-offset", 0, "TESTING ONLY: shift this host's keeper clock")
+	c.Flags().MarkHidden("test-clock-offset")
 	c.Flags().StringVar(&seatJournal, "test-seat-journal", "", "TESTING ONLY: append every interval a seat grant was valid here to FILE")
 	c.Flags().MarkHidden("test-seat-journal")
 	return c
