@@ -222,3 +222,39 @@ func TestLyingPeerIsBlocked(t *testing.T) {
 	}
 	checkoutSame(t, net.Nodes[2], "vm:1", img)
 }
+
+// Flipped bytes in a host's store: verify finds and removes them, the
+// damaged chunks are never served, and a fetch takes them again from a
+// peer.
+func TestCorruptChunksRefetchedFromPeer(t *testing.T) {
+	net := testnet.New(t, 2)
+	img := image(t, 8<<20, 5)
+	res := add(t, net.Nodes[0], "vm:1", img)
+	waitCatalog(t, net, net.Nodes[1], "vm:1", res.Layer.CID)
+	if _, err := net.Nodes[1].Client.Fetch(ctx, "vm:1", nil); err != nil {
+		t.Fatal(err)
+	}
+	net.Stop(1)
+	packs, _ := filepath.Glob(filepath.Join(net.Nodes[1].Data, "store", "packs", "*.pack"))
+	for _, p := range packs {
+		f, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, _ := f.Stat()
+		f.WriteAt([]byte("CORRUPT"), fi.Size()/3)
+		f.Close()
+	}
+	net.Restart(1)
+	v, err := net.Nodes[1].Client.Verify(ctx, nil)
+	if err != nil || len(v.Corrupt) == 0 || len(v.LayersAffected) != 1 {
+		t.Fatalf("verify: %v %+v", err, v)
+	}
+	if _, err := net.Nodes[1].Client.Fetch(ctx, "vm:1", nil); err != nil {
+		t.Fatal(err)
+	}
+	checkoutSame(t, net.Nodes[1], "vm:1", img)
+	if v, err := net.Nodes[1].Client.Verify(ctx, nil); err != nil || len(v.Corrupt) != 0 {
+		t.Fatalf("verify after the refetch: %v %+v", err, v)
+	}
+}

@@ -698,3 +698,52 @@ func TestSocketAccess(t *testing.T) {
 		t.Fatalf("socket with a group: mode %v gid %v (%v)", fi.Mode().Perm(), fi.Sys().(*syscall.Stat_t).Gid, err)
 	}
 }
+
+// A fetch that fills the disk fails with a clear error and leaves the store
+// consistent; once there is room again the same fetch resumes and
+// completes, byte-identical.
+func TestDiskFullDuringFetch(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	t.Parallel()
+	a := startDaemon(t, t.TempDir())
+	img := filepath.Join(t.TempDir(), "big.raw")
+	f, _ := os.Create(img)
+	refimage.Write(f, 96<<20, 4)
+	f.Close()
+	mustCLI(t, a, "add", "big:1", img, "--chunking", "cdc")
+	id, err := a.Client.Identity(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(t.TempDir(), "data")
+	os.MkdirAll(data, 0o700)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", data).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", data).Run() })
+	b := startDaemon(t, data, "--peer", id.Addrs[0])
+	waitFor(t, "node b hears of big:1", func() bool {
+		out, _, _ := cli(t, b, "layers", "--all")
+		return strings.Contains(out, "big:1")
+	})
+	_, errOut, code := cli(t, b, "fetch", "big:1")
+	if code != 1 || !strings.Contains(errOut, "disk holding the data directory is full") {
+		t.Fatalf("fetch onto a full disk: exit %d, %s", code, errOut)
+	}
+	if out := mustCLI(t, b, "verify"); !strings.Contains(out, " 0 corrupt") {
+		t.Fatalf("store after a failed fetch: %s", out)
+	}
+	if out, err := exec.Command("mount", "-o", "remount,size=256m", data).CombinedOutput(); err != nil {
+		t.Fatalf("grow tmpfs: %v %s", err, out)
+	}
+	if out := mustCLI(t, b, "fetch", "big:1"); !strings.Contains(out, "complete") {
+		t.Fatalf("fetch after space returned: %s", out)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	mustCLI(t, b, "checkout", "big:1", out)
+	if testnet.HashFile(t, img) != testnet.HashFile(t, filepath.Join(out, "big.raw")) {
+		t.Fatal("the resumed fetch is not byte-identical")
+	}
+}
