@@ -211,6 +211,8 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, p peer.ID, stream int) e
 		return err
 	}
 	defer c.close()
+	// When the fetch ends, a read from a peer that stalls ends with it.
+	defer context.AfterFunc(ctx, func() { c.s.Reset() })()
 	var peerHas, counted []bool
 	var peerComplete bool
 	var hasAt time.Time

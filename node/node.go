@@ -60,6 +60,9 @@ type Config struct {
 	// TestCorruptServe flips a byte in every chunk served: for tests of
 	// what the cluster does with a lying peer. Never set it in production.
 	TestCorruptServe bool
+	// TestStallServe never answers chunk requests (it says it has the
+	// chunks): for tests of a stalled peer. Never set it in production.
+	TestStallServe bool
 	// HostPolicy is this host's policy (TOML text); empty keeps the one
 	// stored by `p2pimg policy set-host`.
 	HostPolicy string

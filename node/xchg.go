@@ -188,6 +188,10 @@ func (n *Node) handleXchg(s network.Stream) {
 				s.Reset()
 				return
 			}
+			if n.cfg.TestStallServe {
+				io.Copy(io.Discard, s) // holds the stream, answers nothing, until it closes
+				return
+			}
 			for _, id := range ids {
 				data, err := n.db.Get(ctx, id)
 				if err != nil {

@@ -258,3 +258,28 @@ func TestCorruptChunksRefetchedFromPeer(t *testing.T) {
 		t.Fatalf("verify after the refetch: %v %+v", err, v)
 	}
 }
+
+// A peer that says it has the chunks and then never sends them: the fetch
+// completes from the honest peer (through the endgame), without waiting
+// out the stalled requests.
+func TestStalledPeer(t *testing.T) {
+	net := testnet.New(t, 3, testnet.WithConfig(func(i int, c *node.Config) { c.TestStallServe = i == 0 }))
+	img := image(t, 16<<20, 6)
+	res := add(t, net.Nodes[0], "vm:1", img)
+	waitCatalog(t, net, net.Nodes[1], "vm:1", res.Layer.CID)
+	if _, err := net.Nodes[1].Client.Add(ctx, api.AddRequest{Name: "vm:1", Path: img, Chunking: "cdc"}, nil); err != nil {
+		t.Fatal(err) // the honest peer holds the same layer
+	}
+	waitCatalog(t, net, net.Nodes[2], "vm:1", res.Layer.CID)
+	start := time.Now()
+	r, err := net.Nodes[2].Client.Fetch(ctx, "vm:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	honest := net.Nodes[1].Node().ID().String()
+	if r.Peers[honest] != r.FetchedBytes || r.FetchedBytes == 0 {
+		t.Fatalf("bytes by peer %v, want all %d from the honest one", r.Peers, r.FetchedBytes)
+	}
+	t.Logf("fetched %d MiB in %v with a stalled peer in the cluster", r.FetchedBytes>>20, time.Since(start).Round(time.Millisecond))
+	checkoutSame(t, net.Nodes[2], "vm:1", img)
+}
