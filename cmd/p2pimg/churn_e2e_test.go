@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"text/tabwriter"
 	"time"
 
 	"github.com/p2pimg/p2pimg/node/api"
@@ -57,14 +58,18 @@ func TestChurn(t *testing.T) {
 			sleepCtx(ctx, time.Duration(500+r.IntN(1500))*time.Millisecond)
 		}
 	})
-	wg.Go(func() { // activate it on every host, from a random host
+	wg.Go(func() { // activate it on every host (or deactivate it), from a random host
 		r := rand.New(rand.NewPCG(c.seed, 101))
 		for ctx.Err() == nil {
 			sleepCtx(ctx, time.Duration(1000+r.IntN(2000))*time.Millisecond)
 			actx, acancel := context.WithTimeout(ctx, 10*time.Second)
-			cmd := exec.CommandContext(actx, bin, "--testnet-dir", l.Dir, "--node", strconv.Itoa(1+r.IntN(len(l.Nodes))),
-				"activate", "churn:live", "--at", "/opt/churn", "--hosts", "all")
-			if cmd.Run() == nil {
+			args := []string{"--testnet-dir", l.Dir, "--node", strconv.Itoa(1 + r.IntN(len(l.Nodes)))}
+			if r.IntN(4) == 0 {
+				args = append(args, "deactivate", "churn:live", "--hosts", "all")
+			} else {
+				args = append(args, "activate", "churn:live", "--at", "/opt/churn", "--hosts", "all")
+			}
+			if exec.CommandContext(actx, bin, args...).Run() == nil {
 				acts.Add(1)
 			} else {
 				opErrors.Add(1)
@@ -88,13 +93,16 @@ func TestChurn(t *testing.T) {
 		t.Fatal(err)
 	}
 	var maxRSS int64
+	var diverged, corrupt int
 	for i, nd := range l.Nodes {
 		cl := c.client(i)
 		if id, err := cl.Resolve(context.Background(), "churn:live"); err != nil || id != want {
+			diverged++
 			t.Errorf("node %d maps churn:live to %s (%v), node 1 to %s", i+1, id, err, want)
 		}
 		v, err := cl.Verify(context.Background(), nil)
 		if err != nil || len(v.Corrupt) > 0 {
+			corrupt += len(v.Corrupt)
 			t.Errorf("node %d store: %v, corrupt %v", i+1, err, v.Corrupt)
 		}
 		maxRSS = max(maxRSS, rssKiB(nd.PID))
@@ -103,10 +111,18 @@ func TestChurn(t *testing.T) {
 		t.Errorf("a daemon grew to %d MiB", maxRSS>>10)
 	}
 	n := c.checkJournals(2)
-	t.Logf("churn, 6 hosts: %d layer versions published, %d fetches, %d activations, %d grants (%d refused), %d operations failed under faults",
-		adds.Load(), fetches.Load(), acts.Load(), c.grants.Load(), c.refused.Load(), opErrors.Load()+c.undecided.Load())
-	t.Logf("faults: %d kills, %d pauses, %d partitions; violations: 0 over-allocations in %d intervals, 0 corrupt chunks; converged %.1fs after the last fault; max daemon RSS %d MiB",
-		c.kills, c.pauses, c.partitions, n, converged.Seconds(), maxRSS>>10)
+	var tab strings.Builder
+	tw := tabwriter.NewWriter(&tab, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "churn, 6 hosts\tvalue\n")
+	fmt.Fprintf(tw, "layer versions published / fetches / (de)activations\t%d / %d / %d\n", adds.Load(), fetches.Load(), acts.Load())
+	fmt.Fprintf(tw, "seat grants / refused (no seat)\t%d / %d\n", c.grants.Load(), c.refused.Load())
+	fmt.Fprintf(tw, "operations failed under faults (retried later)\t%d\n", opErrors.Load()+c.undecided.Load())
+	fmt.Fprintf(tw, "faults: kills / pauses / partitions\t%d / %d / %d\n", c.kills, c.pauses, c.partitions)
+	fmt.Fprintf(tw, "violations: over-allocations (checked %d intervals) / corrupt chunks / hosts diverged\t0 / %d / %d\n", n, corrupt, diverged)
+	fmt.Fprintf(tw, "convergence after the last fault\t%.1f s\n", converged.Seconds())
+	fmt.Fprintf(tw, "largest daemon RSS at the end\t%d MiB\n", maxRSS>>10)
+	tw.Flush()
+	t.Logf("\n%s", tab.String())
 	if adds.Load() < 3 || acts.Load() < 2 {
 		t.Fatalf("too little work done under churn (%d adds, %d activations) for the checks to mean anything", adds.Load(), acts.Load())
 	}

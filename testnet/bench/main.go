@@ -85,7 +85,7 @@ func run(ctx context.Context) error {
 	bin := flag.String("bin", "bin/p2pimg", "p2pimg binary")
 	dir := flag.String("dir", "", "work directory (default: a new temporary one, removed after)")
 	runs := flag.Int("runs", 3, "runs per figure (the median is reported)")
-	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers")
+	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers")
 	fanSize := flag.Int64("fanout-size", 256<<20, "image size for the fan-out part")
 	fanRate := flag.String("fanout-rate", "400mbit", "link rate for the fan-out part (tc tbf)")
 	role := flag.String("role", "", "internal: run as a sender for the ceiling measurements")
@@ -138,6 +138,11 @@ func run(ctx context.Context) error {
 	}
 	if want("activate") {
 		if err := benchActivation(ctx, t, *bin, *dir); err != nil {
+			return err
+		}
+	}
+	if want("badpeers") {
+		if err := benchBadPeers(ctx, t, *bin, *dir, 256<<20); err != nil {
 			return err
 		}
 	}
