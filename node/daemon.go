@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -190,7 +191,10 @@ func (d *Daemon) routes() http.Handler {
 	mux := http.NewServeMux()
 	v := api.Version
 	mux.HandleFunc("GET "+v+"/status", func(w http.ResponseWriter, r *http.Request) {
-		st := api.Status{State: "starting", PID: os.Getpid(), DataDir: d.cfg.DataDir, Started: d.started, Version: d.cfg.Version}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		st := api.Status{State: "starting", PID: os.Getpid(), DataDir: d.cfg.DataDir, Started: d.started, Version: d.cfg.Version,
+			Goroutines: runtime.NumGoroutine(), HeapBytes: ms.HeapAlloc}
 		if d.node.Load() != nil {
 			st.State = "ready"
 		}

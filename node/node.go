@@ -63,6 +63,9 @@ type Config struct {
 	// TestStallServe never answers chunk requests (it says it has the
 	// chunks): for tests of a stalled peer. Never set it in production.
 	TestStallServe bool
+	// TestGossipFlood publishes this host's snapshot as fast as it can: a
+	// flooding peer for tests. Never set it in production.
+	TestGossipFlood bool
 	// HostPolicy is this host's policy (TOML text); empty keeps the one
 	// stored by `p2pimg policy set-host`.
 	HostPolicy string

@@ -88,6 +88,17 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	wg.Go(func() { n.receive(ctx, sub) })
 	wg.Go(func() { n.announcer(ctx) })
+	if n.cfg.TestGossipFlood {
+		wg.Go(func() {
+			for seq := time.Now().UnixNano(); ctx.Err() == nil; seq++ {
+				if s, err := n.snapshot(ctx); err == nil {
+					s.Seq = seq
+					b, _ := json.Marshal(s)
+					n.topic.Publish(ctx, b)
+				}
+			}
+		})
+	}
 	wg.Go(func() { n.keepConnected(ctx) })
 	wg.Go(func() { n.reconciler(ctx) })
 	wg.Go(func() { n.policySyncer(ctx) })

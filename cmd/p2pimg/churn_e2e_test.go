@@ -93,7 +93,7 @@ func TestChurn(t *testing.T) {
 		t.Fatal(err)
 	}
 	var maxRSS int64
-	var diverged, corrupt int
+	var diverged, corrupt, maxG int
 	for i, nd := range l.Nodes {
 		cl := c.client(i)
 		if id, err := cl.Resolve(context.Background(), "churn:live"); err != nil || id != want {
@@ -106,6 +106,12 @@ func TestChurn(t *testing.T) {
 			t.Errorf("node %d store: %v, corrupt %v", i+1, err, v.Corrupt)
 		}
 		maxRSS = max(maxRSS, rssKiB(nd.PID))
+		if st, err := cl.Status(context.Background()); err == nil {
+			maxG = max(maxG, st.Goroutines)
+		}
+	}
+	if maxG > 5000 {
+		t.Errorf("a daemon runs %d goroutines after the churn", maxG)
 	}
 	if maxRSS > 400<<10 {
 		t.Errorf("a daemon grew to %d MiB", maxRSS>>10)
@@ -120,7 +126,7 @@ func TestChurn(t *testing.T) {
 	fmt.Fprintf(tw, "faults: kills / pauses / partitions\t%d / %d / %d\n", c.kills, c.pauses, c.partitions)
 	fmt.Fprintf(tw, "violations: over-allocations (checked %d intervals) / corrupt chunks / hosts diverged\t0 / %d / %d\n", n, corrupt, diverged)
 	fmt.Fprintf(tw, "convergence after the last fault\t%.1f s\n", converged.Seconds())
-	fmt.Fprintf(tw, "largest daemon RSS at the end\t%d MiB\n", maxRSS>>10)
+	fmt.Fprintf(tw, "largest daemon RSS / goroutines at the end\t%d MiB / %d\n", maxRSS>>10, maxG)
 	tw.Flush()
 	t.Logf("\n%s", tab.String())
 	if adds.Load() < 3 || acts.Load() < 2 {

@@ -18,7 +18,7 @@ import (
 func (a *app) daemonCmd() *cobra.Command {
 	var data, level, format, clusterFile, metrics string
 	var listen, peers []string
-	var noMDNS, corrupt, stallServe bool
+	var noMDNS, corrupt, stallServe, flood bool
 	var announce, stall, clockOffset time.Duration
 	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup string
 	var labels []string
@@ -89,7 +89,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 			d, err := node.NewDaemon(node.DaemonConfig{
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cluster, Listen: listen, Peers: peers,
-					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, TestCorruptServe: corrupt, TestStallServe: stallServe, SeatJournal: seatJournal, TestClockOffset: clockOffset,
+					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, TestCorruptServe: corrupt, TestStallServe: stallServe, TestGossipFlood: flood, SeatJournal: seatJournal, TestClockOffset: clockOffset,
 					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: expose, HostPolicy: hostPolicyText,
 				},
 				Socket: a.socket, SocketGroup: socketGroup, Metrics: metrics, Version: version,
@@ -120,6 +120,8 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().MarkHidden("test-corrupt-serve")
 	c.Flags().BoolVar(&stallServe, "test-stall-serve", false, "TESTING ONLY: never answer chunk requests")
 	c.Flags().MarkHidden("test-stall-serve")
+	c.Flags().BoolVar(&flood, "test-gossip-flood", false, "TESTING ONLY: gossip as fast as possible")
+	c.Flags().MarkHidden("test-gossip-flood")
 	c.Flags().StringVar(&socketGroup, "socket-group", "", "a group whose members may use the API socket too (mode 0660); default: only this user")
 	c.Flags().StringVar(&hostPolicy, "host-policy", "", "this host's policy file (TOML; replaces the one set with `p2pimg policy set-host`)")
 	c.Flags().DurationVar(&clockOffset, "test-clock-offset", 0, "TESTING ONLY: shift this host's keeper clock")

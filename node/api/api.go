@@ -101,6 +101,9 @@ type Status struct {
 	DataDir string    `json:"data_dir"`
 	Started time.Time `json:"started"`
 	Version string    `json:"version"`
+	// Goroutines and HeapBytes show whether a long-running daemon grows.
+	Goroutines int    `json:"goroutines"`
+	HeapBytes  uint64 `json:"heap_bytes"`
 }
 
 // AddRequest is POST /v1/layers.

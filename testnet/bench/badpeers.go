@@ -95,3 +95,67 @@ func benchBadPeers(ctx context.Context, t *table, bin, dir string, size int64) e
 	t.add("  the same with a stalled and a lying holder beside it", fmt.Sprintf("%.2f s (%.2fx; %d peers sent bytes)", with.Seconds(), ratio, len(r.Peers)), "completes, verified", check(r.Layer.State == "complete"))
 	return nil
 }
+
+// benchGossipFlood times how long a new layer takes to reach another
+// host's catalogue, with and without a member that gossips as fast as it
+// can.
+func benchGossipFlood(ctx context.Context, t *table, bin, dir string) error {
+	fmt.Fprintln(os.Stderr, "gossip delivery with a flooding peer")
+	work := filepath.Join(dir, "flood")
+	defer os.RemoveAll(work)
+	src := filepath.Join(work, "src")
+	os.MkdirAll(src, 0o755)
+	a, err := testnet.StartDaemon(ctx, bin, filepath.Join(work, "a"), "--announce-interval", "1s")
+	if err != nil {
+		return err
+	}
+	defer a.Stop()
+	id, err := a.Client.Identity(ctx)
+	if err != nil {
+		return err
+	}
+	b, err := testnet.StartDaemon(ctx, bin, filepath.Join(work, "b"), "--announce-interval", "1s", "--peer", id.Addrs[0])
+	if err != nil {
+		return err
+	}
+	defer b.Stop()
+	delivery := func(tag string) (float64, error) {
+		var ms []float64
+		for i := range 10 {
+			os.WriteFile(filepath.Join(src, "f"), []byte(fmt.Sprintf("%s %d", tag, i)), 0o644)
+			name := fmt.Sprintf("flood-%s:%d", tag, i)
+			t0 := time.Now()
+			if _, err := a.Client.Add(ctx, api.AddRequest{Name: name, Path: src}, nil); err != nil {
+				return 0, err
+			}
+			for {
+				if _, err := b.Client.Resolve(ctx, name); err == nil {
+					break
+				}
+				if time.Since(t0) > 30*time.Second {
+					return 0, fmt.Errorf("%s never reached the other host", name)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			ms = append(ms, float64(time.Since(t0).Microseconds())/1000)
+		}
+		return median(ms), nil
+	}
+	quiet, err := delivery("quiet")
+	if err != nil {
+		return err
+	}
+	f, err := testnet.StartDaemon(ctx, bin, filepath.Join(work, "f"), "--peer", id.Addrs[0], "--test-gossip-flood")
+	if err != nil {
+		return err
+	}
+	defer f.Stop()
+	time.Sleep(time.Second) // let the flood start
+	flooded, err := delivery("flood")
+	if err != nil {
+		return err
+	}
+	t.add("gossip delivery of a new layer to another host, median of 10", fmt.Sprintf("%.0f ms", quiet), "", nil)
+	t.add("  the same while a member floods the topic", fmt.Sprintf("%.0f ms (%.2fx)", flooded, flooded/quiet), "", nil)
+	return nil
+}

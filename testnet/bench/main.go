@@ -145,6 +145,9 @@ func run(ctx context.Context) error {
 		if err := benchBadPeers(ctx, t, *bin, *dir, 256<<20); err != nil {
 			return err
 		}
+		if err := benchGossipFlood(ctx, t, *bin, *dir); err != nil {
+			return err
+		}
 	}
 	if want("layers") {
 		if err := benchLayers(ctx, t, *bin, *dir, *size); err != nil {
