@@ -414,8 +414,9 @@ func (s *DB) PutLayer(_ context.Context, l chunk.Layer) error {
 		return err
 	}
 	// Everything before this record (its chunks and manifest) must be on
-	// disk before the record is, so that a complete layer is never missing data.
-	if err := s.db.Sync(); err != nil {
+	// disk before the record is, so that a complete layer is never missing
+	// data: the packs, then the index.
+	if err := s.Sync(); err != nil {
 		return fmt.Errorf("sync before layer %s: %w", l.Name, err)
 	}
 	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(layerKey(n), v) }); err != nil {

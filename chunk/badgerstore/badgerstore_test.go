@@ -1,6 +1,7 @@
 package badgerstore
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -167,5 +168,42 @@ func TestRecords(t *testing.T) {
 	got, err := db.Records("a/")
 	if err != nil || len(got) != 1 || string(got["a/x"]) != "1" {
 		t.Fatalf("records after reopen: %v %v", got, err)
+	}
+}
+
+// A layer record is written only after the packs holding its chunks are
+// synced, and packs that fill up are synced while writing goes on.
+func TestPutLayerSyncsPacks(t *testing.T) {
+	t.Parallel()
+	db, err := OpenWith(t.TempDir(), Options{PackSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	var blocks []chunk.Block
+	for i := range 40 { // 40 x 64 KiB: several packs of 1 MiB
+		b, _ := chunk.Sum(bytes.Repeat([]byte{byte(i), 1}, 32<<10), chunk.SHA256)
+		blocks = append(blocks, b)
+	}
+	for _, b := range blocks {
+		if err := db.Put(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.packs.mu.Lock()
+	dirty := len(db.packs.dirty)
+	db.packs.mu.Unlock()
+	if dirty != 1 {
+		t.Fatalf("%d packs dirty after filling several: full packs should be synced in the background, leaving only the active one", dirty)
+	}
+	if err := db.PutLayer(ctx, chunk.Layer{Name: "x:1", CID: "c", State: chunk.Complete}); err != nil {
+		t.Fatal(err)
+	}
+	db.packs.mu.Lock()
+	dirty = len(db.packs.dirty)
+	db.packs.mu.Unlock()
+	if dirty != 0 {
+		t.Fatalf("%d packs still dirty after a layer was recorded", dirty)
 	}
 }

@@ -68,6 +68,11 @@ type packs struct {
 	active uint32
 	size   int64           // of the active pack
 	dirty  map[uint32]bool // written since the last sync
+
+	// A pack that fills up is synced in the background while writing goes
+	// on in the next one; sync waits for those before it returns.
+	bg    sync.WaitGroup
+	bgErr error // guarded by mu
 }
 
 func openPacks(dir string, target int64) (*packs, error) {
@@ -139,8 +144,20 @@ func (p *packs) append(recs []record) ([]loc, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.size >= p.target {
+		full := p.active
 		if err := p.rotate(p.active + 1); err != nil {
 			return nil, err
+		}
+		if p.dirty[full] {
+			delete(p.dirty, full)
+			f := p.files[full]
+			p.bg.Go(func() {
+				if err := unix.Fdatasync(int(f.Fd())); err != nil {
+					p.mu.Lock()
+					p.dirty[full], p.bgErr = true, fmt.Errorf("sync pack %d: %w", full, err)
+					p.mu.Unlock()
+				}
+			})
 		}
 	}
 	for _, r := range recs {
@@ -232,8 +249,13 @@ func (p *packs) read(l loc, buf []byte) ([]byte, error) {
 
 // sync makes every pack written since the last sync durable.
 func (p *packs) sync() error {
+	p.bg.Wait()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if err := p.bgErr; err != nil {
+		p.bgErr = nil
+		return err
+	}
 	for n := range p.dirty {
 		// fdatasync: the data plus what is needed to read it back (size,
 		// allocation), without timestamps.
@@ -247,6 +269,7 @@ func (p *packs) sync() error {
 
 // remove deletes a pack that holds no live chunk. The active pack is never removed.
 func (p *packs) remove(n uint32) error {
+	p.bg.Wait()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if n == p.active {
@@ -287,6 +310,7 @@ func (p *packs) list() (nums []uint32, active uint32) {
 }
 
 func (p *packs) close() error {
+	p.bg.Wait()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var errs []error
