@@ -44,10 +44,15 @@ type hostPolicies struct {
 	raw       json.RawMessage // canonical JSON of host, gossiped
 	conflicts map[string]*policy.Conflict
 	kick      chan struct{}
+	failed    map[string]time.Time // held layers whose fetch failed, when (tried again after policyRetry)
 }
 
+// policyRetry is how long the syncer leaves a held layer whose fetch
+// failed (no peer had it, say) before it tries again.
+const policyRetry = 30 * time.Second
+
 func newHostPolicies() *hostPolicies {
-	return &hostPolicies{conflicts: map[string]*policy.Conflict{}, kick: make(chan struct{}, 1)}
+	return &hostPolicies{conflicts: map[string]*policy.Conflict{}, kick: make(chan struct{}, 1), failed: map[string]time.Time{}}
 }
 
 // layerPolicy decodes the policy of a mapping; only the canonical form is
@@ -321,10 +326,23 @@ func (n *Node) syncPolicies(ctx context.Context) {
 		if l, err := n.db.GetLayer(ctx, name); err == nil && l.CID == mp.CID && l.State == chunk.Complete {
 			continue
 		}
-		n.log.Info("policy: fetching a layer this host holds", "layer", mp.Name)
-		if _, err := n.fetchMapping(withCap(ctx, e.Bandwidth), name, mp, func(api.Event) {}); err != nil && ctx.Err() == nil {
-			n.log.Warn("policy: fetch failed; trying again", "layer", mp.Name, "err", err)
+		key := mp.Name + "@" + mp.CID
+		n.policies.mu.Lock()
+		last, failedBefore := n.policies.failed[key]
+		n.policies.mu.Unlock()
+		if failedBefore && time.Since(last) < policyRetry {
+			continue
 		}
+		n.log.Info("policy: fetching a layer this host holds", "layer", mp.Name)
+		_, err := n.fetchMapping(withCap(ctx, e.Bandwidth), name, mp, func(api.Event) {})
+		n.policies.mu.Lock()
+		if err != nil && ctx.Err() == nil {
+			n.policies.failed[key] = time.Now()
+			n.log.Warn("policy: fetch of a held layer failed; trying again later", "layer", mp.Name, "retry_in", policyRetry, "err", err)
+		} else {
+			delete(n.policies.failed, key)
+		}
+		n.policies.mu.Unlock()
 	}
 	n.policies.mu.Lock()
 	changed := len(conflicts) != len(n.policies.conflicts)
