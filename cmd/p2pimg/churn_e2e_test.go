@@ -80,9 +80,26 @@ func TestChurn(t *testing.T) {
 	c.nemesis(ctx)
 	wg.Wait()
 
-	// The nemesis left every host up and the network whole: one last
-	// activation must settle everywhere, on one version of the layer.
+	// The nemesis left every host up and the network whole: every host's
+	// catalogue must agree on the newest version, and one last activation
+	// must settle everywhere.
 	calm := time.Now()
+	agree := func() bool {
+		first := ""
+		for i := range l.Nodes {
+			id, err := c.client(i).Resolve(context.Background(), "churn:live")
+			if err != nil || (first != "" && id != first) {
+				return false
+			}
+			first = id
+		}
+		return true
+	}
+	for deadline := time.Now().Add(60 * time.Second); !agree(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the hosts' catalogues do not agree on churn:live 60 s after the last fault")
+		}
+	}
 	out, errOut, code := tn("--node", "1", "activate", "churn:live", "--at", "/opt/churn", "--hosts", "all", "--wait", "--timeout", "90s")
 	if code != 0 || !strings.Contains(out, "settled on all 6 host(s)") {
 		t.Fatalf("no convergence after the last fault: %s %s", out, errOut)
