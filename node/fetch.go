@@ -465,8 +465,27 @@ func (n *Node) candidates(id cid.Cid) []peer.ID {
 	return out
 }
 
+// dialHolders connects to the hosts the catalogue says hold id and that
+// are not connected now (after a partition or a restart, before the
+// periodic redial gets there), each for at most 2 s, in parallel.
+func (n *Node) dialHolders(ctx context.Context, id cid.Cid) {
+	var wg sync.WaitGroup
+	for _, p := range n.catalog.holdersOf(id.String()) {
+		if p == n.host.ID() || len(n.host.Network().ConnsToPeer(p)) > 0 || !n.gater.allowed(p) {
+			continue
+		}
+		wg.Go(func() {
+			dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			n.host.Connect(dctx, peer.AddrInfo{ID: p}) // addresses from the peerstore
+		})
+	}
+	wg.Wait()
+}
+
 // fetchManifest gets a manifest from whichever peer has it, and checks it.
 func (n *Node) fetchManifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, []byte, error) {
+	n.dialHolders(ctx, id)
 	var errs []error
 	for _, p := range n.candidates(id) {
 		c, err := n.dialXchg(ctx, p)

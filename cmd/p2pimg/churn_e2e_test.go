@@ -95,9 +95,18 @@ func TestChurn(t *testing.T) {
 		}
 		return true
 	}
-	for deadline := time.Now().Add(60 * time.Second); !agree(); time.Sleep(50 * time.Millisecond) {
+	mesh := func() bool { // every host connected to every other again
+		for i := range l.Nodes {
+			ps, err := c.client(i).Peers(context.Background())
+			if err != nil || len(ps) < len(l.Nodes)-1 {
+				return false
+			}
+		}
+		return true
+	}
+	for deadline := time.Now().Add(60 * time.Second); !mesh() || !agree(); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatal("the hosts' catalogues do not agree on churn:live 60 s after the last fault")
+			t.Fatal("60 s after the last fault the hosts are not all connected, or their catalogues disagree on churn:live")
 		}
 	}
 	out, errOut, code := tn("--node", "1", "activate", "churn:live", "--at", "/opt/churn", "--hosts", "all", "--wait", "--timeout", "90s")
