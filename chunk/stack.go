@@ -19,6 +19,20 @@ const (
 // IsWhiteout reports whether a layer path is a whiteout or opaque marker.
 func IsWhiteout(p string) bool { return strings.HasPrefix(path.Base(p), WhiteoutPrefix) }
 
+// Whiteout reads a whiteout entry: the path it deletes from the layers
+// below, and whether it is an opaque marker (which deletes everything under
+// target, not target itself). ok is false for any other path.
+func Whiteout(p string) (target string, opaque, ok bool) {
+	base, dir := path.Base(p), path.Dir(p)
+	switch {
+	case base == OpaqueMarker:
+		return dir, true, true
+	case strings.HasPrefix(base, WhiteoutPrefix):
+		return path.Join(dir, strings.TrimPrefix(base, WhiteoutPrefix)), false, true
+	}
+	return p, false, false
+}
+
 // Flatten composes a stack of layers, base first, into the one tree it
 // represents: upper entries win, whiteouts delete from the layers below
 // and are not part of the result. The result has the top layer's
@@ -30,12 +44,8 @@ func Flatten(stack []*Manifest) *Manifest {
 	tree := map[string]Entry{}
 	for _, m := range stack {
 		for _, e := range m.Entries {
-			base, dir := path.Base(e.Path), path.Dir(e.Path)
-			switch {
-			case base == OpaqueMarker:
-				removeUnder(tree, dir, false)
-			case strings.HasPrefix(base, WhiteoutPrefix):
-				removeUnder(tree, path.Join(dir, strings.TrimPrefix(base, WhiteoutPrefix)), true)
+			if target, opaque, ok := Whiteout(e.Path); ok {
+				removeUnder(tree, target, !opaque)
 			}
 		}
 		for _, e := range m.Entries {
@@ -159,10 +169,8 @@ func Conflicts(thin, oldBase, newBase *Manifest) []string {
 			continue
 		}
 		p, under := e.Path, false
-		if b := path.Base(e.Path); b == OpaqueMarker {
-			p, under = path.Dir(e.Path), true
-		} else if strings.HasPrefix(b, WhiteoutPrefix) {
-			p, under = path.Join(path.Dir(e.Path), strings.TrimPrefix(b, WhiteoutPrefix)), true
+		if target, _, ok := Whiteout(e.Path); ok {
+			p, under = target, true
 		}
 		for c := range changed {
 			if c == p || (under && strings.HasPrefix(c, p+"/")) {

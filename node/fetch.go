@@ -213,6 +213,12 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, p peer.ID, stream int) e
 	defer c.close()
 	// When the fetch ends, a read from a peer that stalls ends with it.
 	defer context.AfterFunc(ctx, func() { c.s.Reset() })()
+	var lims []*rate.Limiter // --max-download, and a layer policy's cap
+	for _, l := range []*rate.Limiter{n.down, capFrom(ctx)} {
+		if l != nil {
+			lims = append(lims, l)
+		}
+	}
 	var peerHas, counted []bool
 	var peerComplete bool
 	var hasAt time.Time
@@ -311,10 +317,7 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, p peer.ID, stream int) e
 				putBuf(data)
 				continue
 			}
-			for _, lim := range []*rate.Limiter{n.down, capFrom(ctx)} {
-				if lim == nil {
-					continue
-				}
+			for _, lim := range lims {
 				if err := lim.WaitN(ctx, len(data)); err != nil {
 					putBuf(data)
 					rb.free()

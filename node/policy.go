@@ -280,16 +280,7 @@ func (n *Node) PolicyCheck(ctx context.Context) []api.PolicyResult {
 
 // inWindow reports whether background sync may run now.
 func inWindow(ws []policy.Window, now time.Time) bool {
-	if len(ws) == 0 {
-		return true
-	}
-	m := now.UTC().Hour()*60 + now.UTC().Minute()
-	for _, w := range ws {
-		if (w.Start <= w.End && m >= w.Start && m < w.End) || (w.Start > w.End && (m >= w.Start || m < w.End)) {
-			return true
-		}
-	}
-	return false
+	return policy.Allows(ws, now.UTC().Hour()*60+now.UTC().Minute())
 }
 
 // policySyncer fetches every layer the effective policy says this host
@@ -412,49 +403,32 @@ func (n *Node) mirrorCheck(ctx context.Context, e *exposed) {
 	if err != nil {
 		return
 	}
-	if e.Mode == ModeOverlay {
+	// What differs, and how to put it back: an overlay is mounted again
+	// without its upper directory; a materialized view gets a fresh copy
+	// (mirror) or just its locked paths back.
+	var changes []tree.Change
+	what, restore := "the exposed view drifted", func() error { return n.expose(ctx, e, m) }
+	switch {
+	case e.Mode == ModeOverlay && eff.Mode != policy.Mirror:
+		return // locked paths are read-only binds there
+	case e.Mode == ModeOverlay:
+		changes, err = tree.UpperChanges(m, n.upperDir(e.Layer))
+	default:
+		changes, err = tree.Diff(ctx, m, e.Path)
 		if eff.Mode != policy.Mirror {
-			return // locked paths are read-only binds there
+			changes = slices.DeleteFunc(changes, func(ch tree.Change) bool { return !isLocked("/"+ch.Path, eff.Locked) })
+			what, restore = "locked paths were changed", func() error { return n.restorePaths(ctx, e.Path, m, changes) }
 		}
-		changes, err := tree.UpperChanges(m, n.upperDir(e.Layer))
-		if err != nil || len(changes) == 0 {
-			return
-		}
-		n.log.Warn("policy: the overlay drifted; mounting it again without the changes", "layer", e.Layer, "changes", len(changes))
-		e.Detail = fmt.Sprintf("the exposed view drifted in %d path(s); restored at %s", len(changes), time.Now().UTC().Format(time.TimeOnly))
-		if err := n.expose(ctx, e, m); err != nil {
-			n.log.Warn("policy: restore failed", "layer", e.Layer, "err", err)
-			return
-		}
-		n.saveExposed(e)
-		e.Restored += len(changes)
-		n.setStates(e.HostState)
-		return
 	}
-	changes, err := tree.Diff(ctx, m, e.Path)
-	if err != nil {
-		return
-	}
-	if eff.Mode != policy.Mirror { // only locked paths are kept
-		changes = slices.DeleteFunc(changes, func(ch tree.Change) bool { return !isLocked("/"+ch.Path, eff.Locked) })
-	}
-	if len(changes) == 0 {
+	if err != nil || len(changes) == 0 {
 		return
 	}
 	var paths []string
 	for _, ch := range changes {
 		paths = append(paths, ch.Path)
 	}
-	what := "the exposed view drifted"
-	if eff.Mode != policy.Mirror {
-		what = "locked paths were changed"
-	}
-	n.log.Warn("policy: "+what+"; restoring the layer", "layer", e.Layer, "paths", slices.Compact(paths))
+	n.log.Warn("policy: "+what+"; restoring the layer", "layer", e.Layer, "paths", paths)
 	e.Detail = fmt.Sprintf("%s: %s; restored at %s", what, strings.Join(paths, ", "), time.Now().UTC().Format(time.TimeOnly))
-	restore := func() error { return n.expose(ctx, e, m) }
-	if eff.Mode != policy.Mirror {
-		restore = func() error { return n.restorePaths(ctx, e.Path, m, changes) }
-	}
 	if err := restore(); err != nil {
 		n.log.Warn("policy: restore failed", "layer", e.Layer, "err", err)
 		return

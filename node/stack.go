@@ -96,16 +96,8 @@ func (n *Node) Commit(ctx context.Context, req api.CommitRequest, emit Emit) (*a
 // that a layer's entries change, add or white out; "" when none.
 func touchesLocked(m *chunk.Manifest, locked []string) string {
 	for _, e := range m.Entries {
-		p := "/" + e.Path
-		if chunk.IsWhiteout(e.Path) {
-			b := path.Base(e.Path)
-			if b == chunk.OpaqueMarker {
-				p = "/" + path.Dir(e.Path)
-			} else {
-				p = "/" + path.Join(path.Dir(e.Path), strings.TrimPrefix(b, chunk.WhiteoutPrefix))
-			}
-			p = path.Clean(p)
-		}
+		target, _, _ := chunk.Whiteout(e.Path)
+		p := path.Clean("/" + target)
 		if e.Type == chunk.Dir {
 			continue // a directory entry is there for its children
 		}

@@ -199,6 +199,10 @@ func intersect(a, b []Window) ([]Window, bool) {
 	return out, len(out) > 0
 }
 
+// Allows reports whether windows (none = any time) allow minute m of the
+// day (UTC).
+func Allows(ws []Window, m int) bool { return len(ws) == 0 || anyCovers(ws, m) }
+
 func anyCovers(ws []Window, m int) bool {
 	for _, w := range ws {
 		if w.covers(m) {

@@ -224,7 +224,7 @@ func Untar(r io.Reader, dst string, owners bool) (skipped []string, err error) {
 				return skipped, fmt.Errorf("tar entry %q: %w", h.Name, err)
 			}
 		}
-		mode := fs.FileMode(h.Mode) & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+		mode := fs.FileMode(h.Mode) & fs.ModePerm
 		if h.Mode&0o4000 != 0 {
 			mode |= fs.ModeSetuid
 		}

@@ -132,7 +132,7 @@ func (a *app) installCmd() *cobra.Command {
 			var b []byte
 			var err error
 			if args[0] == "-" {
-				b, err = readAll(os.Stdin)
+				b, err = io.ReadAll(io.LimitReader(os.Stdin, 1<<20))
 			} else {
 				b, err = os.ReadFile(args[0])
 			}
@@ -151,8 +151,6 @@ func (a *app) installCmd() *cobra.Command {
 		},
 	}
 }
-
-func readAll(f *os.File) ([]byte, error) { return io.ReadAll(io.LimitReader(f, 1<<20)) }
 
 func expiry(t time.Time) string {
 	if t.IsZero() {
