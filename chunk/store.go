@@ -19,6 +19,9 @@ type Store interface {
 	// Get returns a copy of the chunk's data, or an error wrapping
 	// ErrNotFound, or ErrCorrupt for bytes damaged on disk.
 	Get(ctx context.Context, id cid.Cid) ([]byte, error)
+	// GetInto is Get reading into buf's storage when it has room for the
+	// chunk (a new slice otherwise), so a server can reuse one buffer.
+	GetInto(ctx context.Context, id cid.Cid, buf []byte) ([]byte, error)
 	// Put stores verified blocks. Idempotent: storing a chunk again is a no-op
 	// apart from cost. Only Blocks can be stored, and a Block is always
 	// verified, so nothing from an untrusted source reaches the store unchecked.
@@ -84,6 +87,9 @@ type Catalog interface {
 	PutManifest(ctx context.Context, id cid.Cid, data []byte) error
 	// GetManifest returns a stored manifest, or an error wrapping ErrNotFound.
 	GetManifest(ctx context.Context, id cid.Cid) (*Manifest, error)
+	// ManifestBytes returns a stored manifest's encoding, checked against
+	// its id but not decoded (what a server sends), or ErrNotFound.
+	ManifestBytes(ctx context.Context, id cid.Cid) ([]byte, error)
 	// Manifests lists the ids of every stored manifest.
 	Manifests(ctx context.Context) ([]cid.Cid, error)
 	// DeleteManifest removes a manifest. Idempotent.

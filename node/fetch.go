@@ -219,6 +219,7 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, p peer.ID, stream int) e
 			lims = append(lims, l)
 		}
 	}
+	got := n.metrics.bytesIn.WithLabelValues(p.String())
 	var peerHas, counted []bool
 	var peerComplete bool
 	var hasAt time.Time
@@ -327,7 +328,7 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, p peer.ID, stream int) e
 			rb.idx = append(rb.idx, i)
 			rb.data = append(rb.data, data)
 			n.stats.add(p, int64(len(data)), 0)
-			n.metrics.bytesIn.WithLabelValues(p.String()).Add(float64(len(data)))
+			got.Add(float64(len(data)))
 		}
 		pending = pending[1:]
 		f.release(missing)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -110,6 +111,10 @@ type Node struct {
 
 	fetchMu sync.Mutex
 	fetches map[cid.Cid]*fetch
+	// chunkIDs caches the distinct chunk ids of recently served manifests,
+	// so answering every fetcher's have-request does not decode the manifest
+	// again (manifests are immutable: an id always has the same chunks).
+	chunkIDs *lru.Cache[cid.Cid, []cid.Cid]
 
 	// gcMu keeps gc from deleting chunks an add, fetch or checkout is
 	// using: those hold it shared, gc holds it exclusively.
@@ -157,10 +162,11 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	chunkIDs, _ := lru.New[cid.Cid, []cid.Cid](16) // errs only for a size below 1
 	n := &Node{
 		cfg: cfg, log: cfg.Log, dataDir: cfg.DataDir, db: db, key: key,
 		gater: newGater(cfg.Cluster, time.Now), catalog: newCatalog(), metrics: newMetrics(),
-		stats: newPeerStats(), kick: make(chan struct{}, 1), fetches: map[cid.Cid]*fetch{},
+		stats: newPeerStats(), kick: make(chan struct{}, 1), fetches: map[cid.Cid]*fetch{}, chunkIDs: chunkIDs,
 		actKick: make(chan struct{}, 1), states: map[string]HostState{},
 		seats: newSeats(), seatKick: make(chan struct{}, 1), policies: newHostPolicies(),
 	}
@@ -637,12 +643,7 @@ func (n *Node) Stats(ctx context.Context) (*api.Stats, error) {
 
 // manifestBytes returns the canonical encoding of a stored manifest.
 func (n *Node) manifestBytes(ctx context.Context, id cid.Cid) ([]byte, error) {
-	m, err := n.db.GetManifest(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	b, _, err := m.Encode()
-	return b, err
+	return n.db.ManifestBytes(ctx, id)
 }
 
 // haveBitmap says which of a layer's distinct chunks this host has.
@@ -653,11 +654,16 @@ func (n *Node) haveBitmap(ctx context.Context, id cid.Cid) ([]byte, error) {
 	if f != nil {
 		return f.bitmap(), nil
 	}
-	m, err := n.db.GetManifest(ctx, id)
-	if err != nil {
-		return nil, err
+	ids, ok := n.chunkIDs.Get(id)
+	if !ok {
+		m, err := n.db.GetManifest(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		ids = refIDs(m.UniqueRefs())
+		n.chunkIDs.Add(id, ids)
 	}
-	_, has, err := n.present(ctx, m)
+	has, err := n.db.HasMany(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -667,12 +673,16 @@ func (n *Node) haveBitmap(ctx context.Context, id cid.Cid) ([]byte, error) {
 // present lists a layer's distinct chunks and which of them the store has.
 func (n *Node) present(ctx context.Context, m *chunk.Manifest) ([]chunk.Ref, []bool, error) {
 	refs := m.UniqueRefs()
+	has, err := n.db.HasMany(ctx, refIDs(refs))
+	return refs, has, err
+}
+
+func refIDs(refs []chunk.Ref) []cid.Cid {
 	ids := make([]cid.Cid, len(refs))
 	for i, r := range refs {
 		ids[i] = r.CID
 	}
-	has, err := n.db.HasMany(ctx, ids)
-	return refs, has, err
+	return ids
 }
 
 var errStarting = &codedError{api.CodeStarting, errors.New("the daemon is starting (opening its store); try again in a moment")}

@@ -152,6 +152,8 @@ func (n *Node) handleXchg(s network.Stream) {
 	br := bufio.NewReaderSize(s, 16<<10)
 	bw := bufio.NewWriterSize(s, 256<<10)
 	ctx := context.Background()
+	sent := n.metrics.bytesOut.WithLabelValues(p.String())
+	buf := make([]byte, 0, 256<<10) // the default maximum chunk size; larger ones get their own
 	for {
 		s.SetReadDeadline(time.Now().Add(idleTimeout))
 		typ, payload, err := readReq(br)
@@ -193,7 +195,7 @@ func (n *Node) handleXchg(s network.Stream) {
 				return
 			}
 			for _, id := range ids {
-				data, err := n.db.Get(ctx, id)
+				data, err := n.db.GetInto(ctx, id, buf)
 				if err != nil {
 					if errors.Is(err, chunk.ErrCorrupt) {
 						n.log.Warn("not serving a chunk damaged on disk", "cid", id.String())
@@ -217,7 +219,7 @@ func (n *Node) handleXchg(s network.Stream) {
 				}
 				n.metrics.chunksServed.Inc()
 				n.stats.add(p, 0, int64(len(data)))
-				n.metrics.bytesOut.WithLabelValues(p.String()).Add(float64(len(data)))
+				sent.Add(float64(len(data)))
 			}
 		default:
 			n.log.Debug("xchg: unknown request", "peer", p, "type", typ)

@@ -142,7 +142,11 @@ func (s *DB) HasMany(_ context.Context, ids []cid.Cid) ([]bool, error) {
 	return out, err
 }
 
-func (s *DB) Get(_ context.Context, id cid.Cid) ([]byte, error) {
+func (s *DB) Get(ctx context.Context, id cid.Cid) ([]byte, error) {
+	return s.GetInto(ctx, id, nil)
+}
+
+func (s *DB) GetInto(_ context.Context, id cid.Cid, buf []byte) ([]byte, error) {
 	// Compaction may move a chunk between our lookup and our read; then the
 	// second lookup finds its new place.
 	var err error
@@ -152,7 +156,7 @@ func (s *DB) Get(_ context.Context, id cid.Cid) ([]byte, error) {
 		if err = s.db.View(func(txn *badger.Txn) (e error) { l, e = s.lookup(txn, id); return }); err != nil {
 			return nil, err
 		}
-		if data, err = s.packs.read(l, nil); err == nil || errors.Is(err, chunk.ErrCorrupt) {
+		if data, err = s.packs.read(l, buf); err == nil || errors.Is(err, chunk.ErrCorrupt) {
 			break
 		}
 	}
@@ -356,7 +360,15 @@ func (s *DB) PutManifest(_ context.Context, id cid.Cid, data []byte) error {
 	return s.db.Update(func(txn *badger.Txn) error { return txn.Set(key(pManifest, id), data) })
 }
 
-func (s *DB) GetManifest(_ context.Context, id cid.Cid) (*chunk.Manifest, error) {
+func (s *DB) GetManifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, error) {
+	data, err := s.ManifestBytes(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return chunk.DecodeManifest(data)
+}
+
+func (s *DB) ManifestBytes(_ context.Context, id cid.Cid) ([]byte, error) {
 	var data []byte
 	err := s.db.View(func(txn *badger.Txn) error {
 		it, err := txn.Get(key(pManifest, id))
@@ -375,7 +387,7 @@ func (s *DB) GetManifest(_ context.Context, id cid.Cid) (*chunk.Manifest, error)
 	if got := chunk.ManifestCID(data); !got.Equals(id) {
 		return nil, fmt.Errorf("manifest %s: stored bytes hash to %s: %w", id, got, chunk.ErrHashMismatch)
 	}
-	return chunk.DecodeManifest(data)
+	return data, nil
 }
 
 func (s *DB) Manifests(_ context.Context) ([]cid.Cid, error) {

@@ -70,10 +70,19 @@ type packs struct {
 	dirty  map[uint32]bool // written since the last sync
 
 	// A pack that fills up is synced in the background while writing goes
-	// on in the next one; sync waits for those before it returns.
-	bg    sync.WaitGroup
-	bgErr error // guarded by mu
+	// on in the next one, and so is the active pack every syncEvery bytes;
+	// sync waits for those before it returns.
+	bg        sync.WaitGroup
+	bgErr     error // guarded by mu
+	unsynced  int64 // bytes appended to the active pack since its last background sync
+	bgSyncing bool  // a background sync of the active pack is running
 }
+
+// syncEvery is how much an append may leave unsynced in the active pack
+// before a background sync starts. The final sync of a fetch or an add then
+// has at most about this much left to flush: on a VM whose disk caches
+// writes in the hypervisor, flushing 256 MiB at the end took 90 ms.
+const syncEvery = 64 << 20
 
 func openPacks(dir string, target int64) (*packs, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -128,7 +137,7 @@ func (p *packs) rotate(n uint32) error {
 	if err != nil {
 		return fmt.Errorf("new pack: %w", err)
 	}
-	p.files[n], p.active, p.size = f, n, 0
+	p.files[n], p.active, p.size, p.unsynced = f, n, 0, 0
 	return nil
 }
 
@@ -189,6 +198,19 @@ func (p *packs) append(recs []record) ([]loc, error) {
 	}
 	p.size = off
 	p.dirty[p.active] = true
+	if p.unsynced += off - start; p.unsynced >= syncEvery && !p.bgSyncing {
+		p.unsynced, p.bgSyncing = 0, true
+		n := p.active
+		p.bg.Go(func() {
+			err := unix.Fdatasync(int(f.Fd()))
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			p.bgSyncing = false
+			if err != nil {
+				p.bgErr = fmt.Errorf("sync pack %d: %w", n, err)
+			}
+		})
+	}
 	// Start writing back now, without waiting, so the sync that makes a
 	// layer complete has less left to do.
 	unix.SyncFileRange(int(f.Fd()), start, off-start, unix.SYNC_FILE_RANGE_WRITE)

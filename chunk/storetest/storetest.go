@@ -60,6 +60,14 @@ func Run(t *testing.T, open func(t *testing.T) Storage) {
 		if again, _ := s.Get(ctx, a.CID()); string(again) != string(a.Data()) {
 			t.Fatal("Get returned the store's own buffer")
 		}
+		buf := make([]byte, 0, 65536)
+		into, err := s.GetInto(ctx, b.CID(), buf)
+		if err != nil || string(into) != string(b.Data()) || &into[0] != &buf[:1][0] {
+			t.Fatalf("GetInto a buffer with room = %d bytes, %v (its own storage: %v)", len(into), err, err == nil && &into[0] == &buf[:1][0])
+		}
+		if into, err := s.GetInto(ctx, a.CID(), make([]byte, 0, 10)); err != nil || string(into) != string(a.Data()) {
+			t.Fatalf("GetInto a small buffer = %d bytes, %v", len(into), err)
+		}
 		c := block(t, 3, 10)
 		has, err := s.HasMany(ctx, []cid.Cid{b.CID(), c.CID(), a.CID()})
 		if err != nil || fmt.Sprint(has) != "[true false true]" {
@@ -159,6 +167,12 @@ func Run(t *testing.T, open func(t *testing.T) Storage) {
 		got, err := s.GetManifest(ctx, id)
 		if err != nil || got.Entries[0].Path != "f" {
 			t.Fatalf("GetManifest: %v", err)
+		}
+		if raw, err := s.ManifestBytes(ctx, id); err != nil || string(raw) != string(data) {
+			t.Fatalf("ManifestBytes = %d bytes, %v; want the %d stored", len(raw), err, len(data))
+		}
+		if _, err := s.ManifestBytes(ctx, a.CID()); !errors.Is(err, chunk.ErrNotFound) {
+			t.Fatalf("ManifestBytes of an absent manifest: %v", err)
 		}
 		if ids, err := s.Manifests(ctx); err != nil || len(ids) != 1 || !ids[0].Equals(id) {
 			t.Fatalf("Manifests = %v, %v", ids, err)
