@@ -9,6 +9,8 @@ import (
 	"github.com/ipfs/go-cid"
 	mh "github.com/multiformats/go-multihash"
 	"github.com/zeebo/blake3"
+
+	"github.com/p2pimg/p2pimg/chunk/internal/sha256x16"
 )
 
 // Errors shared by every store and decoder in the system.
@@ -90,6 +92,52 @@ func Verify(id cid.Cid, data []byte) (Block, error) {
 		return Block{}, fmt.Errorf("chunk %s: %w (data hashes to %s)", id, ErrHashMismatch, got)
 	}
 	return Block{id: id, data: data}, nil
+}
+
+// VerifyMany checks that data[i] hashes to ids[i] for every i and returns
+// the verified blocks, in order. The sha2-256 chunks are hashed together
+// (sixteen side by side on CPUs with AVX-512, several times faster than one
+// by one), so a fetcher verifies a batch with one call. It fails at the first
+// chunk that does not match, naming it, and then returns no block.
+func VerifyMany(ids []cid.Cid, data [][]byte) ([]Block, error) {
+	if len(ids) != len(data) {
+		return nil, fmt.Errorf("verify: %d chunk ids for %d chunks", len(ids), len(data))
+	}
+	hashes := make([]uint64, len(ids))
+	var shaMsgs [][]byte
+	for i, id := range ids {
+		if err := CheckCID(id); err != nil {
+			return nil, err
+		}
+		if hashes[i] = id.Prefix().MhType; hashes[i] == SHA256 {
+			shaMsgs = append(shaMsgs, data[i])
+		}
+	}
+	sums := make([][32]byte, len(shaMsgs))
+	sha256x16.Sum256Many(shaMsgs, sums)
+	blocks := make([]Block, len(ids))
+	k := 0
+	for i, id := range ids {
+		var got cid.Cid
+		if hashes[i] == SHA256 {
+			m, err := mh.Encode(sums[k][:], SHA256)
+			if err != nil {
+				return nil, err
+			}
+			k++
+			got = cid.NewCidV1(cid.Raw, m)
+		} else {
+			var err error
+			if got, err = SumCID(data[i], hashes[i]); err != nil {
+				return nil, err
+			}
+		}
+		if !got.Equals(id) {
+			return nil, fmt.Errorf("chunk %s: %w (data hashes to %s)", id, ErrHashMismatch, got)
+		}
+		blocks[i] = Block{id: id, data: data[i]}
+	}
+	return blocks, nil
 }
 
 // zeros is read-only: a run of zero bytes to compare against.

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/ipfs/go-cid"
@@ -151,6 +154,47 @@ func TestVerifyRejects(t *testing.T) {
 	}
 	if _, err := Verify(cid.NewCidV0(b.CID().Hash()), []byte("hello")); err == nil {
 		t.Fatal("verify accepted a CIDv0")
+	}
+}
+
+func TestVerifyMany(t *testing.T) {
+	t.Parallel()
+	var ids []cid.Cid
+	var data [][]byte
+	for i := range 40 {
+		d := bytes.Repeat([]byte{byte(i), byte(i >> 3), 7}, 1000*i+i)
+		h := uint64(SHA256)
+		if i%5 == 0 {
+			h = BLAKE3
+		}
+		b, err := Sum(d, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, data = append(ids, b.CID()), append(data, d)
+	}
+	blocks, err := VerifyMany(ids, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range blocks {
+		if !b.CID().Equals(ids[i]) || !bytes.Equal(b.Data(), data[i]) {
+			t.Fatalf("block %d is not chunk %d", i, i)
+		}
+	}
+	for _, bad := range []int{0, 7, 39} { // blake3, sha2-256, the last
+		alt := slices.Clone(data)
+		alt[bad] = append([]byte{1}, data[bad]...)
+		_, err := VerifyMany(ids, alt)
+		if !errors.Is(err, ErrHashMismatch) || !strings.Contains(err.Error(), ids[bad].String()) {
+			t.Errorf("chunk %d altered: err %v, want a hash mismatch naming it", bad, err)
+		}
+	}
+	if _, err := VerifyMany(ids[:3], data[:2]); err == nil {
+		t.Error("verify accepted 3 ids for 2 chunks")
+	}
+	if _, err := VerifyMany([]cid.Cid{cid.NewCidV0(ids[1].Hash())}, data[1:2]); !errors.Is(err, ErrBadCID) {
+		t.Errorf("CIDv0: err %v, want ErrBadCID", err)
 	}
 }
 
