@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sync/singleflight"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -115,6 +116,7 @@ type Node struct {
 	// so answering every fetcher's have-request does not decode the manifest
 	// again (manifests are immutable: an id always has the same chunks).
 	chunkIDs *lru.Cache[cid.Cid, []cid.Cid]
+	decoding singleflight.Group
 
 	// gcMu keeps gc from deleting chunks an add, fetch or checkout is
 	// using: those hold it shared, gc holds it exclusively.
@@ -656,12 +658,21 @@ func (n *Node) haveBitmap(ctx context.Context, id cid.Cid) ([]byte, error) {
 	}
 	ids, ok := n.chunkIDs.Get(id)
 	if !ok {
-		m, err := n.db.GetManifest(ctx, id)
+		// Every stream of every fetcher asks at once when a fetch starts:
+		// one of them decodes the manifest, the others wait for it.
+		v, err, _ := n.decoding.Do(id.KeyString(), func() (any, error) {
+			m, err := n.db.GetManifest(ctx, id)
+			if err != nil {
+				return nil, err
+			}
+			ids := refIDs(m.UniqueRefs())
+			n.chunkIDs.Add(id, ids)
+			return ids, nil
+		})
 		if err != nil {
 			return nil, err
 		}
-		ids = refIDs(m.UniqueRefs())
-		n.chunkIDs.Add(id, ids)
+		ids = v.([]cid.Cid)
 	}
 	has, err := n.db.HasMany(ctx, ids)
 	if err != nil {

@@ -197,6 +197,11 @@ func benchFetch(ctx context.Context, t *table, bin, dir, base, clustered string,
 	if _, err := a.Client.Add(ctx, api.AddRequest{Name: "ref:base", Path: base, Chunking: "cdc"}, nil); err != nil {
 		return err
 	}
+	// The same image with the design's optional chunk hash, for comparison:
+	// verifying every chunk is the fetcher's largest cost.
+	if _, err := a.Client.Add(ctx, api.AddRequest{Name: "ref:blake3", Path: base, Chunking: "cdc", Hash: "blake3"}, nil); err != nil {
+		return err
+	}
 	lp, stopLP, err := sender("libp2p", size)
 	if err != nil {
 		return err
@@ -221,17 +226,23 @@ func benchFetch(ctx context.Context, t *table, bin, dir, base, clustered string,
 	// One round runs each transfer once, back to back, so the machine's
 	// noise falls on all of them alike; the table gives medians, and the
 	// median of the rounds' ratios.
-	var fetchRates, commits, bares, raws, rsyncs, rsyncSyncs, ofBare, ofRsync []float64
-	for i := range runs {
-		data := filepath.Join(dir, fmt.Sprintf("peer-%d", i))
+	fetch := func(name string) (rate float64, res api.FetchResult, err error) {
+		data := filepath.Join(dir, "peer")
 		b, err := startPeer(ctx, bin, data, a)
+		if err != nil {
+			return 0, res, err
+		}
+		defer func() { b.Stop(); os.RemoveAll(data) }()
+		rate, err = timed(func() (err error) { res, err = b.Client.Fetch(ctx, name, nil); return })
+		return rate, res, err
+	}
+	var fetchRates, commits, b3s, bares, raws, rsyncs, rsyncSyncs, ofBare, b3OfBare, ofRsync []float64
+	for i := range runs {
+		f, res, err := fetch("ref:base")
 		if err != nil {
 			return err
 		}
-		var res api.FetchResult
-		f, err := timed(func() (err error) { res, err = b.Client.Fetch(ctx, "ref:base", nil); return })
-		b.Stop()
-		os.RemoveAll(data)
+		b3, _, err := fetch("ref:blake3")
 		if err != nil {
 			return err
 		}
@@ -244,8 +255,8 @@ func benchFetch(ctx context.Context, t *table, bin, dir, base, clustered string,
 			return err
 		}
 		fetchRates, commits, bares, raws = append(fetchRates, f), append(commits, res.CommitSeconds), append(bares, bare), append(raws, raw)
-		ofBare = append(ofBare, f/bare)
-		line := fmt.Sprintf("  round %d: fetch %.0f MB/s, bare libp2p %.0f, raw TCP %.0f", i+1, f, bare, raw)
+		ofBare, b3s, b3OfBare = append(ofBare, f/bare), append(b3s, b3), append(b3OfBare, b3/bare)
+		line := fmt.Sprintf("  round %d: fetch %.0f MB/s (blake3 %.0f), bare libp2p %.0f, raw TCP %.0f", i+1, f, b3, bare, raw)
 		if rerr == nil {
 			var rs [2]float64
 			for k, flags := range [][]string{nil, {"--fsync"}} {
@@ -264,6 +275,7 @@ func benchFetch(ctx context.Context, t *table, bin, dir, base, clustered string,
 	fetchRate, bare, ratio := median(fetchRates), median(bares), median(ofBare)
 	t.add("fetch 1 image A->B, two daemon processes", fmt.Sprintf("%.0f MB/s = %.0f%% of bare libp2p", fetchRate, 100*ratio), ">= 70% of bare libp2p", check(ratio >= 0.7))
 	t.add("  of which the durable commit (fsync of the new chunks)", fmt.Sprintf("%.0f ms", 1000*median(commits)), "", nil)
+	t.add("  the same image added with --hash blake3", fmt.Sprintf("%.0f MB/s = %.0f%% of bare libp2p", median(b3s), 100*median(b3OfBare)), "", nil)
 	t.add("  bare libp2p stream (TLS, TCP), two processes", fmt.Sprintf("%.0f MB/s", bare), "", nil)
 	t.add("  raw TCP copy, two processes", fmt.Sprintf("%.0f MB/s", median(raws)), "", nil)
 	if rerr == nil {
