@@ -53,6 +53,7 @@ fuzz:
 	$(GO) test -run xxx -fuzz '^FuzzUntar$$' -fuzztime $(FUZZTIME) ./chunk/oci/
 	$(GO) test -run xxx -fuzz '^FuzzPolicy$$' -fuzztime $(FUZZTIME) ./policy/
 	$(GO) test -run xxx -fuzz '^FuzzAPIJSON$$' -fuzztime $(FUZZTIME) ./node/
+	$(GO) test -run xxx -fuzz '^FuzzSum256Many$$' -fuzztime $(FUZZTIME) ./chunk/internal/sha256x16/
 
 # The fault tests for SOAKTIME each instead of their short runs in `make
 # test`: seats under kills, pauses and partitions (checked for

@@ -84,7 +84,7 @@ func run(ctx context.Context) error {
 	size := flag.Int64("size", 1<<30, "reference image size in bytes")
 	bin := flag.String("bin", "bin/p2pimg", "p2pimg binary")
 	dir := flag.String("dir", "", "work directory (default: a new temporary one, removed after)")
-	runs := flag.Int("runs", 3, "runs per figure (the median is reported)")
+	runs := flag.Int("runs", 5, "runs per figure (the median is reported)")
 	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers")
 	fanSize := flag.Int64("fanout-size", 256<<20, "image size for the fan-out part")
 	fanRate := flag.String("fanout-rate", "400mbit", "link rate for the fan-out part (tc tbf)")
