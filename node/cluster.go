@@ -72,6 +72,58 @@ func LoadCluster(path string) (*ClusterConfig, error) {
 	return &c, nil
 }
 
+// ReadPSKFile reads a private-network key for --psk: a libp2p swarm key
+// file (/key/swarm/psk/1.0.0/, /base16/, then the key) or the 64 hex
+// digits alone. It returns the key as 64 hex digits, as the cluster file
+// holds it.
+func ReadPSKFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("psk file: %w", err)
+	}
+	text := strings.TrimSpace(string(b))
+	if strings.HasPrefix(text, "/key/swarm/psk/1.0.0/") {
+		k, err := pnet.DecodeV1PSK(strings.NewReader(text))
+		if err != nil {
+			return "", fmt.Errorf("psk file %s: %w", path, err)
+		}
+		if len(k) != 32 {
+			return "", fmt.Errorf("psk file %s: a %d-byte key, want 32", path, len(k))
+		}
+		return hex.EncodeToString(k), nil
+	}
+	if k, err := hex.DecodeString(text); err != nil || len(k) != 32 {
+		return "", fmt.Errorf("psk file %s: want a libp2p swarm key file or 64 hex digits (32 bytes)", path)
+	}
+	return text, nil
+}
+
+// ReadMembersFile reads a members list for --members: one peer id per line
+// (as `p2pimg identity` prints them); blank lines and # comments are
+// ignored. A file with no peer id is refused: an open cluster is the
+// absence of a list, never an empty one.
+func ReadMembersFile(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("members file: %w", err)
+	}
+	var ids []string
+	for i, line := range strings.Split(string(b), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		if line = strings.TrimSpace(line); line == "" {
+			continue
+		}
+		if _, err := peer.Decode(line); err != nil {
+			return nil, fmt.Errorf("members file %s, line %d: %q is not a peer id", path, i+1, line)
+		}
+		ids = append(ids, line)
+	}
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("members file %s: no peer id in it", path)
+	}
+	return ids, nil
+}
+
 // DefaultCluster is an open cluster named "default" with no PSK.
 func DefaultCluster() *ClusterConfig {
 	c := &ClusterConfig{Name: "default"}

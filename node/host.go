@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -57,14 +58,15 @@ func LoadIdentity(dataDir string) (crypto.PrivKey, error) {
 type gater struct {
 	cluster *ClusterConfig
 	now     func() time.Time
+	log     *slog.Logger
 
 	mu      sync.Mutex
 	blocked map[peer.ID]time.Time // until: peers caught sending bad data
 	cut     map[peer.ID]bool      // a testnet partition
 }
 
-func newGater(c *ClusterConfig, now func() time.Time) *gater {
-	return &gater{cluster: c, now: now, blocked: map[peer.ID]time.Time{}, cut: map[peer.ID]bool{}}
+func newGater(c *ClusterConfig, now func() time.Time, log *slog.Logger) *gater {
+	return &gater{cluster: c, now: now, log: log, blocked: map[peer.ID]time.Time{}, cut: map[peer.ID]bool{}}
 }
 
 func (g *gater) block(p peer.ID, d time.Duration) {
@@ -103,7 +105,12 @@ func (g *gater) allowed(p peer.ID) bool {
 func (g *gater) InterceptPeerDial(p peer.ID) bool                 { return g.allowed(p) }
 func (g *gater) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return g.allowed(p) }
 func (g *gater) InterceptAccept(network.ConnMultiaddrs) bool      { return true }
-func (g *gater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+func (g *gater) InterceptSecured(dir network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+	if !g.cluster.IsMember(p) {
+		// Debug, not more: an outsider that keeps dialing would flood the log.
+		g.log.Debug("refused a connection: not a cluster member", "peer", p.String(), "inbound", dir == network.DirInbound)
+		return false
+	}
 	return g.allowed(p)
 }
 func (g *gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }

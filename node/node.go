@@ -167,7 +167,7 @@ func Open(cfg Config) (*Node, error) {
 	chunkIDs, _ := lru.New[cid.Cid, []cid.Cid](16) // errs only for a size below 1
 	n := &Node{
 		cfg: cfg, log: cfg.Log, dataDir: cfg.DataDir, db: db, key: key,
-		gater: newGater(cfg.Cluster, time.Now), catalog: newCatalog(), metrics: newMetrics(),
+		gater: newGater(cfg.Cluster, time.Now, cfg.Log), catalog: newCatalog(), metrics: newMetrics(),
 		stats: newPeerStats(), kick: make(chan struct{}, 1), fetches: map[cid.Cid]*fetch{}, chunkIDs: chunkIDs,
 		actKick: make(chan struct{}, 1), states: map[string]HostState{},
 		seats: newSeats(), seatKick: make(chan struct{}, 1), policies: newHostPolicies(),

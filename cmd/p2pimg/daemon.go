@@ -20,7 +20,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var listen, peers []string
 	var noMDNS, corrupt, stallServe, flood bool
 	var announce, stall, clockOffset time.Duration
-	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup string
+	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup, pskFile, membersFile string
 	var labels []string
 	c := &cobra.Command{
 		Use:   "daemon",
@@ -86,6 +86,23 @@ It stops cleanly on SIGINT or SIGTERM.`,
 					return err
 				}
 			}
+			if pskFile != "" {
+				k, err := node.ReadPSKFile(pskFile)
+				if err != nil {
+					return usageError{fmt.Errorf("--psk: %w", err)}
+				}
+				cluster.PSK = k
+			}
+			if membersFile != "" {
+				m, err := node.ReadMembersFile(membersFile)
+				if err != nil {
+					return usageError{fmt.Errorf("--members: %w", err)}
+				}
+				cluster.Members = m
+			}
+			if err := cluster.Check(); err != nil {
+				return usageError{fmt.Errorf("--psk / --members with the cluster file: %w", err)}
+			}
 			d, err := node.NewDaemon(node.DaemonConfig{
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cluster, Listen: listen, Peers: peers,
@@ -105,6 +122,8 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&level, "log-level", "info", "log level: debug, info, warn, error")
 	c.Flags().StringVar(&format, "log-format", "text", "log format: text or json")
 	c.Flags().StringVar(&clusterFile, "cluster", "", "cluster file (name, PSK, members, publishers); default: an open cluster named \"default\"")
+	c.Flags().StringVar(&pskFile, "psk", "", "private-network key file (libp2p swarm key, or 64 hex digits): only hosts with the key connect; TCP only (QUIC is off); overrides the cluster file's psk")
+	c.Flags().StringVar(&membersFile, "members", "", "file of the peer ids allowed in (one per line), enforced after the handshake; overrides the cluster file's members")
 	c.Flags().StringSliceVar(&listen, "listen", nil, "libp2p listen multiaddrs (default /ip4/0.0.0.0/tcp/4001 and /ip4/0.0.0.0/udp/4001/quic-v1)")
 	c.Flags().StringArrayVar(&peers, "peer", nil, "peer to keep connected, a multiaddr ending in /p2p/PEERID (repeatable)")
 	c.Flags().BoolVar(&noMDNS, "no-mdns", false, "do not discover peers on the LAN with mDNS")

@@ -747,3 +747,82 @@ func TestDiskFullDuringFetch(t *testing.T) {
 		t.Fatal("the resumed fetch is not byte-identical")
 	}
 }
+
+// --psk and --members on the command line: hosts with the key and on the
+// list replicate; a host with another key, or with the key but not on the
+// list, is refused (its dial fails) and never becomes a peer. Malformed
+// files stop the daemon with the flag named.
+func TestPSKAndMembersFlags(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	datas := map[string]string{}
+	ids := map[string]string{}
+	for _, h := range []string{"a", "b", "c", "d"} {
+		datas[h] = filepath.Join(dir, h)
+		ids[h] = strings.TrimSpace(mustCLI(t, nil, "identity", "--data", datas[h]))
+	}
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(body), 0o600)
+		return p
+	}
+	key := write("swarm.key", "/key/swarm/psk/1.0.0/\n/base16/\n"+strings.Repeat("ab", 32)+"\n")
+	other := write("other.key", strings.Repeat("cd", 32)+"\n")
+	members := write("members", "# the cluster\n"+ids["a"]+"\n\n"+ids["b"]+" # host b\n"+ids["c"]+"\n")
+	start := func(h string, extra ...string) *testnet.Daemon {
+		d, err := testnet.StartDaemon(context.Background(), bin, datas[h], append([]string{"--announce-interval", "200ms"}, extra...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(d.Kill)
+		return d
+	}
+	a := start("a", "--psk", key, "--members", members)
+	id, err := a.Client.Identity(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "disk.raw")
+	os.WriteFile(img, bytes.Repeat([]byte("p2pimg"), 100000), 0o600)
+	mustCLI(t, a, "add", "vm:1", img)
+	b := start("b", "--psk", key, "--members", members, "--peer", id.Addrs[0])
+	c := start("c", "--psk", other, "--members", members, "--peer", id.Addrs[0]) // a member with another key
+	d := start("d", "--psk", key, "--peer", id.Addrs[0])                         // the key, not a member
+	waitFor(t, "vm:1 in b's catalogue", func() bool {
+		cl, err := b.Client.Catalog(context.Background())
+		return err == nil && len(cl) == 1
+	})
+	logHas := func(d *testnet.Daemon, what string) func() bool {
+		return func() bool {
+			log, _ := os.ReadFile(filepath.Join(d.Data, "daemon.log"))
+			return bytes.Contains(log, []byte(what))
+		}
+	}
+	// c's handshake fails on the key; d's completes, and a's gater refuses it.
+	waitFor(t, "c's dial to fail", logHas(c, "peer not reachable"))
+	waitFor(t, "a to refuse d", logHas(a, `not a cluster member" peer=`+ids["d"]))
+	for _, h := range []*testnet.Daemon{c, d} {
+		if cl, _ := h.Client.Catalog(context.Background()); len(cl) != 0 {
+			t.Errorf("%s got the cluster's catalogue: %+v", h.Data, cl)
+		}
+	}
+	ps, err := a.Client.Peers(context.Background())
+	if err != nil || len(ps) != 1 || ps[0].PeerID != ids["b"] {
+		t.Fatalf("a's peers: %+v, %v; want only b", ps, err)
+	}
+	for _, tc := range []struct {
+		flags []string
+		want  string
+	}{
+		{[]string{"--psk", filepath.Join(dir, "absent")}, "--psk"},
+		{[]string{"--psk", write("short.key", "abcd\n")}, "64 hex digits"},
+		{[]string{"--psk", write("bad.key", "/key/swarm/psk/1.0.0/\n/base99/\nzz\n")}, "--psk"},
+		{[]string{"--members", write("bad-members", ids["a"]+"\nnot-a-peer\n")}, `line 2: "not-a-peer"`},
+		{[]string{"--members", write("empty-members", "# nobody\n")}, "no peer id"},
+	} {
+		_, errOut, code := cli(t, nil, append([]string{"daemon", "--data", filepath.Join(dir, "x")}, tc.flags...)...)
+		if code != 2 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("daemon %v: exit %d, %q; want exit 2 and %q", tc.flags, code, errOut, tc.want)
+		}
+	}
+}
