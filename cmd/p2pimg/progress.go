@@ -38,6 +38,9 @@ func (a *app) events(what string) (client.Events, func()) {
 					progressbar.OptionClearOnFinish(),
 				)
 			}
+			if p.Peers > 0 { // a fetch: from how many peers at the moment
+				bar.Describe(fmt.Sprintf("%s from %d peer%s", what, p.Peers, map[bool]string{true: "s"}[p.Peers > 1]))
+			}
 			bar.ChangeMax64(p.Total)
 			bar.Set64(p.Done)
 		}
