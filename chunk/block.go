@@ -56,6 +56,11 @@ func SumCID(data []byte, hash uint64) (cid.Cid, error) {
 	default:
 		return cid.Undef, fmt.Errorf("unsupported hash 0x%x", hash)
 	}
+	return cidOf(d, hash)
+}
+
+// cidOf makes the chunk content id of a digest.
+func cidOf(d [32]byte, hash uint64) (cid.Cid, error) {
 	m, err := mh.Encode(d[:], hash)
 	if err != nil {
 		return cid.Undef, err
@@ -120,12 +125,11 @@ func VerifyMany(ids []cid.Cid, data [][]byte) ([]Block, error) {
 	for i, id := range ids {
 		var got cid.Cid
 		if hashes[i] == SHA256 {
-			m, err := mh.Encode(sums[k][:], SHA256)
-			if err != nil {
+			var err error
+			if got, err = cidOf(sums[k], SHA256); err != nil {
 				return nil, err
 			}
 			k++
-			got = cid.NewCidV1(cid.Raw, m)
 		} else {
 			var err error
 			if got, err = SumCID(data[i], hashes[i]); err != nil {
