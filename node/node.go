@@ -564,15 +564,37 @@ func (n *Node) Verify(ctx context.Context, emit Emit) (*api.VerifyResult, error)
 	res := &api.VerifyResult{}
 	var corrupt []cid.Cid
 	prog := progress(emit, "verify")
-	err = n.db.Walk(ctx, true, func(id cid.Cid, _ int, data []byte) error {
-		res.Checked++
-		if _, err := chunk.Verify(id, data); err != nil {
-			n.log.Warn("corrupt chunk", "cid", id.String(), "err", err)
-			corrupt = append(corrupt, id)
+	// Chunks are checked in batches (Walk's buffer is reused, so each is
+	// copied): hashing them side by side is several times cheaper. A batch
+	// that fails is checked chunk by chunk to find the corrupt ones.
+	var ids []cid.Cid
+	var datas [][]byte
+	var buf []byte
+	check := func() {
+		if _, err := chunk.VerifyMany(ids, datas); err != nil {
+			for i, id := range ids {
+				if _, err := chunk.Verify(id, datas[i]); err != nil {
+					n.log.Warn("corrupt chunk", "cid", id.String(), "err", err)
+					corrupt = append(corrupt, id)
+				}
+			}
 		}
+		res.Checked += int64(len(ids))
 		prog(res.Checked, max(st.Chunks, res.Checked))
+		ids, datas, buf = ids[:0], datas[:0], buf[:0]
+	}
+	err = n.db.Walk(ctx, true, func(id cid.Cid, _ int, data []byte) error {
+		start := len(buf)
+		buf = append(buf, data...)
+		ids, datas = append(ids, id), append(datas, buf[start:len(buf):len(buf)])
+		if len(ids) == 16 {
+			check()
+		}
 		return nil
 	})
+	if err == nil && len(ids) > 0 {
+		check()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}

@@ -1,8 +1,8 @@
 // Package sha256x16 computes the SHA-256 of many messages at once: on CPUs
 // with AVX-512 it runs sixteen messages side by side, one per vector lane,
 // which here hashes about 2.5-3x faster than one message at a time with the
-// SHA extensions. Verifying fetched chunks is a fetcher's largest cost, so
-// the fetch verifies a batch of chunks with one call.
+// SHA extensions. Hashing is most of the work of `add`, of verifying
+// fetched chunks and of `verify`, so each of them hashes chunks in batches.
 //
 // The sixteen-lane kernel is github.com/minio/sha256-simd's (Intel's
 // multi-buffer code), reached by its symbol: that module only exposes it
