@@ -393,7 +393,8 @@ func (n *Node) storer(ctx context.Context, f *fetch) {
 			n.penalize(rb.peer, bad)
 			rb.release(f)
 		default:
-			if err := n.db.Put(ctx, blocks...); err != nil {
+			// Fetched chunks leave the page cache once synced (PutUncached).
+			if err := n.db.PutUncached(ctx, blocks...); err != nil {
 				n.log.Warn("fetch: store chunks", "err", err)
 				f.fail(fmt.Errorf("store chunks: %w", err))
 				rb.release(f)

@@ -166,7 +166,18 @@ func (s *DB) GetInto(_ context.Context, id cid.Cid, buf []byte) ([]byte, error) 
 	return nil, fmt.Errorf("chunk %s: %w", id, err)
 }
 
-func (s *DB) Put(_ context.Context, blocks ...chunk.Block) error {
+func (s *DB) Put(_ context.Context, blocks ...chunk.Block) error { return s.put(blocks, false) }
+
+// PutUncached is Put for data this host will not read again soon: once the
+// chunks are synced (in the background as packs fill, or by Sync), their
+// pages leave the OS page cache. A fetch stores chunks this way, so
+// replicating a large image does not push a hypervisor's own cache out,
+// and its writes keep reusing the same memory instead of claiming more.
+func (s *DB) PutUncached(_ context.Context, blocks ...chunk.Block) error {
+	return s.put(blocks, true)
+}
+
+func (s *DB) put(blocks []chunk.Block, uncached bool) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	recs := make([]record, 0, len(blocks))
@@ -189,12 +200,12 @@ func (s *DB) Put(_ context.Context, blocks ...chunk.Block) error {
 	if err != nil || len(recs) == 0 {
 		return err
 	}
-	return s.index(recs)
+	return s.index(recs, uncached)
 }
 
 // index appends records to the packs and points the index at them. Callers hold writeMu.
-func (s *DB) index(recs []record) error {
-	locs, err := s.packs.append(recs)
+func (s *DB) index(recs []record, uncached bool) error {
+	locs, err := s.packs.append(recs, uncached)
 	if err != nil {
 		return fmt.Errorf("store %d chunks: %w", len(recs), err)
 	}
@@ -319,7 +330,7 @@ func (s *DB) Compact(ctx context.Context) (int64, error) {
 		if len(recs) == 0 {
 			return nil
 		}
-		err := s.index(recs)
+		err := s.index(recs, false)
 		recs, batch = recs[:0], 0
 		return err
 	}

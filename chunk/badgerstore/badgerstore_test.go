@@ -6,8 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"unsafe"
 
 	"github.com/ipfs/go-cid"
+	"golang.org/x/sys/unix"
 
 	"github.com/p2pimg/p2pimg/chunk"
 
@@ -173,19 +175,27 @@ func TestRecords(t *testing.T) {
 
 // A layer record is written only after the packs holding its chunks are
 // synced, and packs that fill up are synced while writing goes on.
-func TestPutLayerSyncsPacks(t *testing.T) {
-	t.Parallel()
-	db, err := OpenWith(t.TempDir(), Options{PackSize: 1 << 20})
+// smallPacks opens a store in dir with 1 MiB packs, and makes 40 chunks of
+// 64 KiB to fill several of them.
+func smallPacks(t *testing.T, dir string) (*DB, []chunk.Block) {
+	t.Helper()
+	db, err := OpenWith(dir, Options{PackSize: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
-	ctx := context.Background()
+	t.Cleanup(func() { db.Close() })
 	var blocks []chunk.Block
-	for i := range 40 { // 40 x 64 KiB: several packs of 1 MiB
-		b, _ := chunk.Sum(bytes.Repeat([]byte{byte(i), 1}, 32<<10), chunk.SHA256)
+	for i := range 40 {
+		b, _ := chunk.Sum(fill(i, 64<<10), chunk.SHA256)
 		blocks = append(blocks, b)
 	}
+	return db, blocks
+}
+
+func TestPutLayerSyncsPacks(t *testing.T) {
+	t.Parallel()
+	db, blocks := smallPacks(t, t.TempDir())
+	ctx := context.Background()
 	for _, b := range blocks {
 		if err := db.Put(ctx, b); err != nil {
 			t.Fatal(err)
@@ -205,5 +215,70 @@ func TestPutLayerSyncsPacks(t *testing.T) {
 	db.packs.mu.Unlock()
 	if dirty != 0 {
 		t.Fatalf("%d packs still dirty after a layer was recorded", dirty)
+	}
+}
+
+// resident counts the pages of a file that are in the page cache.
+func resident(t *testing.T, path string) (in, total int) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	if fi.Size() == 0 {
+		return 0, 0
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		t.Fatal(errno)
+	}
+	for _, v := range vec {
+		if v&1 != 0 {
+			in++
+		}
+	}
+	return in, len(vec)
+}
+
+// Chunks stored with PutUncached (a fetch) read back like any others, and
+// once Sync has made them durable their pages are out of the page cache.
+func TestPutUncachedLeavesPageCache(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	var st unix.Statfs_t
+	if unix.Statfs(dir, &st) == nil && st.Type == unix.TMPFS_MAGIC {
+		t.Skip("tmpfs pages cannot leave the page cache")
+	}
+	db, blocks := smallPacks(t, dir)
+	ctx := context.Background()
+	for i := 0; i < len(blocks); i += 4 {
+		if err := db.PutUncached(ctx, blocks[i:i+4]...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	packs, _ := filepath.Glob(filepath.Join(dir, "packs", "*.pack"))
+	if len(packs) < 3 {
+		t.Fatalf("%d packs, want several", len(packs))
+	}
+	for _, p := range packs {
+		if in, total := resident(t, p); in > 0 {
+			t.Errorf("%s: %d of %d pages still cached after the sync", filepath.Base(p), in, total)
+		}
+	}
+	for _, b := range blocks {
+		got, err := db.Get(ctx, b.CID())
+		if err != nil || !bytes.Equal(got, b.Data()) {
+			t.Fatalf("chunk %s after PutUncached: %v", b.CID(), err)
+		}
 	}
 }

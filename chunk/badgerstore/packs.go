@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -72,6 +73,11 @@ type packs struct {
 	// A pack that fills up is synced in the background while writing goes
 	// on in the next one, and so is the active pack every syncEvery bytes;
 	// sync waits for those before it returns.
+	// uncached is, per pack, the span appended with uncached set whose
+	// pages have not been dropped from the page cache yet; a sync drops
+	// what it made durable (only clean pages can be dropped).
+	uncached map[uint32]span
+
 	bg        sync.WaitGroup
 	bgErr     error // guarded by mu
 	unsynced  int64 // bytes appended to the active pack since its last background sync
@@ -84,6 +90,12 @@ type packs struct {
 // writes in the hypervisor, flushing 256 MiB at the end took 90 ms.
 const syncEvery = 64 << 20
 
+// keepCached is how much of the newest uncached data a background sync
+// leaves in the page cache: hosts fetching a layer at the same time ask
+// each other for the chunks they got last, and those are served from
+// memory. Sync drops the rest.
+const keepCached = 64 << 20
+
 func openPacks(dir string, target int64) (*packs, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -92,7 +104,7 @@ func openPacks(dir string, target int64) (*packs, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &packs{dir: dir, target: target, files: map[uint32]*os.File{}, dirty: map[uint32]bool{}}
+	p := &packs{dir: dir, target: target, files: map[uint32]*os.File{}, dirty: map[uint32]bool{}, uncached: map[uint32]span{}}
 	var nums []uint32
 	for _, e := range ents {
 		name, ok := strings.CutSuffix(e.Name(), ".pack")
@@ -146,14 +158,38 @@ type record struct {
 	data []byte
 }
 
+// span is a byte range [lo, hi) of a pack.
+type span struct{ lo, hi int64 }
+
+// dropSynced drops pack n's uncached pages below upto, which a sync has
+// just made durable, from the page cache. Callers hold mu.
+func (p *packs) dropSynced(n uint32, upto int64) {
+	s, ok := p.uncached[n]
+	if !ok || upto <= s.lo {
+		return
+	}
+	hi := min(s.hi, upto)
+	if hi == s.hi {
+		delete(p.uncached, n)
+	} else {
+		p.uncached[n] = span{hi, s.hi}
+	}
+	if f := p.files[n]; f != nil {
+		// Advice only: pages still dirty (written after the sync began)
+		// stay, and a failure costs memory, never data.
+		unix.Fadvise(int(f.Fd()), s.lo, hi-s.lo, unix.FADV_DONTNEED)
+	}
+}
+
 // append writes records to the active pack and returns where each one's
-// data is. On error nothing it wrote stays (the pack is cut back), so a
-// full disk leaves no half-written record.
-func (p *packs) append(recs []record) ([]loc, error) {
+// data is; with uncached set, their pages leave the page cache once synced.
+// On error nothing it wrote stays (the pack is cut back), so a full disk
+// leaves no half-written record.
+func (p *packs) append(recs []record, uncached bool) ([]loc, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.size >= p.target {
-		full := p.active
+		full, fullSize := p.active, p.size
 		if err := p.rotate(p.active + 1); err != nil {
 			return nil, err
 		}
@@ -161,11 +197,14 @@ func (p *packs) append(recs []record) ([]loc, error) {
 			delete(p.dirty, full)
 			f := p.files[full]
 			p.bg.Go(func() {
-				if err := unix.Fdatasync(int(f.Fd())); err != nil {
-					p.mu.Lock()
+				err := unix.Fdatasync(int(f.Fd()))
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				if err != nil {
 					p.dirty[full], p.bgErr = true, fmt.Errorf("sync pack %d: %w", full, err)
-					p.mu.Unlock()
+					return
 				}
+				p.dropSynced(full, fullSize-keepCached)
 			})
 		}
 	}
@@ -198,6 +237,14 @@ func (p *packs) append(recs []record) ([]loc, error) {
 	}
 	p.size = off
 	p.dirty[p.active] = true
+	if uncached {
+		s, ok := p.uncached[p.active]
+		if !ok {
+			s.lo = start
+		}
+		s.lo, s.hi = min(s.lo, start), max(s.hi, off)
+		p.uncached[p.active] = s
+	}
 	if p.unsynced += off - start; p.unsynced >= syncEvery && !p.bgSyncing {
 		p.unsynced, p.bgSyncing = 0, true
 		n := p.active
@@ -208,7 +255,9 @@ func (p *packs) append(recs []record) ([]loc, error) {
 			p.bgSyncing = false
 			if err != nil {
 				p.bgErr = fmt.Errorf("sync pack %d: %w", n, err)
+				return
 			}
+			p.dropSynced(n, off-keepCached)
 		})
 	}
 	// Start writing back now, without waiting, so the sync that makes a
@@ -286,6 +335,10 @@ func (p *packs) sync() error {
 		}
 		delete(p.dirty, n)
 	}
+	// Everything is durable now (mu is held: nothing was appended since).
+	for n := range p.uncached {
+		p.dropSynced(n, math.MaxInt64)
+	}
 	return nil
 }
 
@@ -301,6 +354,7 @@ func (p *packs) remove(n uint32) error {
 		f.Close()
 		delete(p.files, n)
 		delete(p.dirty, n)
+		delete(p.uncached, n)
 	}
 	return os.Remove(p.path(n))
 }
