@@ -70,14 +70,14 @@ type packs struct {
 	size   int64           // of the active pack
 	dirty  map[uint32]bool // written since the last sync
 
-	// A pack that fills up is synced in the background while writing goes
-	// on in the next one, and so is the active pack every syncEvery bytes;
-	// sync waits for those before it returns.
 	// uncached is, per pack, the span appended with uncached set whose
 	// pages have not been dropped from the page cache yet; a sync drops
 	// what it made durable (only clean pages can be dropped).
 	uncached map[uint32]span
 
+	// A pack that fills up is synced in the background while writing goes
+	// on in the next one, and so is the active pack every syncEvery bytes;
+	// sync waits for those before it returns.
 	bg        sync.WaitGroup
 	bgErr     error // guarded by mu
 	unsynced  int64 // bytes appended to the active pack since its last background sync
