@@ -86,17 +86,11 @@ func CheckCID(id cid.Cid) error {
 
 // Verify checks that data hashes to id and returns the verified block.
 func Verify(id cid.Cid, data []byte) (Block, error) {
-	if err := CheckCID(id); err != nil {
-		return Block{}, err
-	}
-	got, err := SumCID(data, id.Prefix().MhType)
+	bs, err := VerifyMany([]cid.Cid{id}, [][]byte{data})
 	if err != nil {
 		return Block{}, err
 	}
-	if !got.Equals(id) {
-		return Block{}, fmt.Errorf("chunk %s: %w (data hashes to %s)", id, ErrHashMismatch, got)
-	}
-	return Block{id: id, data: data}, nil
+	return bs[0], nil
 }
 
 // VerifyMany checks that data[i] hashes to ids[i] for every i and returns
@@ -124,17 +118,15 @@ func VerifyMany(ids []cid.Cid, data [][]byte) ([]Block, error) {
 	k := 0
 	for i, id := range ids {
 		var got cid.Cid
+		var err error
 		if hashes[i] == SHA256 {
-			var err error
-			if got, err = cidOf(sums[k], SHA256); err != nil {
-				return nil, err
-			}
+			got, err = cidOf(sums[k], SHA256)
 			k++
 		} else {
-			var err error
-			if got, err = SumCID(data[i], hashes[i]); err != nil {
-				return nil, err
-			}
+			got, err = SumCID(data[i], hashes[i])
+		}
+		if err != nil {
+			return nil, err
 		}
 		if !got.Equals(id) {
 			return nil, fmt.Errorf("chunk %s: %w (data hashes to %s)", id, ErrHashMismatch, got)

@@ -100,8 +100,10 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				}
 				cluster.Members = m
 			}
-			if err := cluster.Check(); err != nil {
-				return usageError{fmt.Errorf("--psk / --members with the cluster file: %w", err)}
+			if pskFile != "" || membersFile != "" {
+				if err := cluster.Check(); err != nil {
+					return usageError{fmt.Errorf("--psk / --members with the cluster file: %w", err)}
+				}
 			}
 			d, err := node.NewDaemon(node.DaemonConfig{
 				Config: node.Config{

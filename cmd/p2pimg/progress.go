@@ -38,8 +38,11 @@ func (a *app) events(what string) (client.Events, func()) {
 					progressbar.OptionClearOnFinish(),
 				)
 			}
-			if p.Peers > 0 { // a fetch: from how many peers at the moment
-				bar.Describe(fmt.Sprintf("%s from %d peer%s", what, p.Peers, map[bool]string{true: "s"}[p.Peers > 1]))
+			switch { // a fetch: from how many peers at the moment
+			case p.Peers == 1:
+				bar.Describe(what + " from 1 peer")
+			case p.Peers > 1:
+				bar.Describe(fmt.Sprintf("%s from %d peers", what, p.Peers))
 			}
 			bar.ChangeMax64(p.Total)
 			bar.Set64(p.Done)
