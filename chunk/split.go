@@ -126,7 +126,7 @@ func Split(ctx context.Context, r io.Reader, p Params, fn func(Chunk) error) err
 	for range workers {
 		g.Go(func() error {
 			zeroIDs := map[int]cid.Cid{} // per worker: no locking
-			var batch []*job
+			var batch, hashed []*job
 			var msgs [][]byte
 			var sums [][32]byte
 			for j := range work {
@@ -146,29 +146,22 @@ func Split(ctx context.Context, r io.Reader, p Params, fn func(Chunk) error) err
 						break more
 					}
 				}
-				msgs = msgs[:0]
+				hashed, msgs = hashed[:0], msgs[:0]
 				for _, j := range batch {
-					j.id, j.err = cid.Undef, nil // jobs are reused
+					j.err = nil // jobs are reused
 					j.zero = IsZero(j.data)
 					if id, ok := zeroIDs[len(j.data)]; ok && j.zero {
 						j.id = id
 					} else if p.Hash == SHA256 {
-						msgs = append(msgs, j.data)
+						hashed, msgs = append(hashed, j), append(msgs, j.data)
 					} else {
 						j.id, j.err = SumCID(j.data, p.Hash)
 					}
 				}
-				if len(msgs) > 0 {
-					sums = append(sums[:0], make([][32]byte, len(msgs))...)
-					sha256x16.Sum256Many(msgs, sums)
-					k := 0
-					for _, j := range batch {
-						if j.id.Defined() || j.err != nil {
-							continue
-						}
-						j.id, j.err = cidOf(sums[k], SHA256)
-						k++
-					}
+				sums = append(sums[:0], make([][32]byte, len(msgs))...)
+				sha256x16.Sum256Many(msgs, sums)
+				for k, j := range hashed {
+					j.id, j.err = cidOf(sums[k], SHA256)
 				}
 				for _, j := range batch {
 					if j.zero && j.err == nil {

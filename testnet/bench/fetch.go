@@ -246,9 +246,9 @@ func benchFetch(ctx context.Context, t *table, bin, dir, base, clustered string,
 	}
 	var fetchRates, commits, b3s, bares, raws, rsyncs, rsyncSyncs, ofBare, b3OfBare, ofRsync []float64
 	for i := range runs {
-		// The two fetches take turns going first: on this VM the first
-		// write-heavy transfer after another one's files were deleted is
-		// often the slower.
+		// The two fetches take turns going first, so neither gains from its
+		// place in the round (on this VM the order of write-heavy transfers
+		// changes their speed).
 		var f, b3 float64
 		var res api.FetchResult
 		for k := range 2 {

@@ -7,6 +7,7 @@ import (
 	"encoding"
 	"encoding/binary"
 	"hash"
+	"math/bits"
 	"slices"
 	"sync"
 	_ "unsafe" // go:linkname
@@ -159,7 +160,7 @@ func (s *state) sum(msgs [][]byte, out [][32]byte) {
 				steps = min(steps, (l.body-l.pos)/64)
 			}
 		}
-		busy := popcount(active)
+		busy := bits.OnesCount64(active)
 		if busy == 0 {
 			return
 		}
@@ -216,12 +217,4 @@ func (s *state) finish(i int, m []byte, pos int) [32]byte {
 	var d [32]byte
 	s.h.Sum(d[:0])
 	return d
-}
-
-func popcount(x uint64) int {
-	n := 0
-	for ; x != 0; x &= x - 1 {
-		n++
-	}
-	return n
 }
