@@ -7,7 +7,7 @@ FUZZTIME  ?= 30s
 
 SOAKTIME  ?= 10m
 
-.PHONY: all build test test-short lint bench bench-micro demo fuzz soak clean
+.PHONY: all build test test-short lint bench bench-smoke bench-micro demo fuzz soak clean
 
 all: build
 
@@ -33,6 +33,12 @@ lint:
 bench: build
 	$(GO) run ./testnet/bench -bin $(BIN)
 
+# Every part of the bench once, on a 64 MiB image (32 MiB for the fan-out
+# and bad-peer parts) with fewer samples, in a few minutes: it fails only if
+# a part fails, never on a target (CI runs it after `make test`).
+bench-smoke: build
+	$(GO) run ./testnet/bench -bin $(BIN) -smoke
+
 # Go micro-benchmarks (chunker, hashing).
 bench-micro:
 	$(GO) test -run xxx -bench . -benchtime 5x ./chunk/
@@ -44,15 +50,15 @@ demo: build
 # Every decoder of untrusted bytes, each for FUZZTIME.
 fuzz:
 	$(GO) test -run xxx -fuzz '^FuzzDecodeManifest$$' -fuzztime $(FUZZTIME) ./chunk/
-	$(GO) test -run xxx -fuzz '^FuzzDecodeSnapshot$$' -fuzztime $(FUZZTIME) ./node/
-	$(GO) test -run xxx -fuzz '^FuzzDecodeChunkRequest$$' -fuzztime $(FUZZTIME) ./node/
-	$(GO) test -run xxx -fuzz '^FuzzReadFrames$$' -fuzztime $(FUZZTIME) ./node/
-	$(GO) test -run xxx -fuzz '^FuzzSeatRequest$$' -fuzztime $(FUZZTIME) ./node/
+	$(GO) test -run xxx -fuzz '^FuzzDecodeSnapshot$$' -fuzztime $(FUZZTIME) ./node/gossip/
+	$(GO) test -run xxx -fuzz '^FuzzDecodeChunkRequest$$' -fuzztime $(FUZZTIME) ./node/xchg/
+	$(GO) test -run xxx -fuzz '^FuzzReadFrames$$' -fuzztime $(FUZZTIME) ./node/xchg/
+	$(GO) test -run xxx -fuzz '^FuzzSeatRequest$$' -fuzztime $(FUZZTIME) ./node/seats/
 	$(GO) test -run xxx -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./license/
 	$(GO) test -run xxx -fuzz '^FuzzDecodeSeats$$' -fuzztime $(FUZZTIME) ./license/
 	$(GO) test -run xxx -fuzz '^FuzzUntar$$' -fuzztime $(FUZZTIME) ./chunk/oci/
 	$(GO) test -run xxx -fuzz '^FuzzPolicy$$' -fuzztime $(FUZZTIME) ./policy/
-	$(GO) test -run xxx -fuzz '^FuzzAPIJSON$$' -fuzztime $(FUZZTIME) ./node/
+	$(GO) test -run xxx -fuzz '^FuzzAPIJSON$$' -fuzztime $(FUZZTIME) ./node/localapi/
 	$(GO) test -run xxx -fuzz '^FuzzSum256Many$$' -fuzztime $(FUZZTIME) ./chunk/internal/sha256x16/
 
 # The fault tests for SOAKTIME each instead of their short runs in `make

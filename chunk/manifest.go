@@ -349,3 +349,12 @@ func (m *Manifest) UniqueRefs() []Ref {
 	}
 	return out
 }
+
+// RefIDs are the chunk ids of refs, in order.
+func RefIDs(refs []Ref) []cid.Cid {
+	ids := make([]cid.Cid, len(refs))
+	for i, r := range refs {
+		ids[i] = r.CID
+	}
+	return ids
+}

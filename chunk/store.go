@@ -104,3 +104,12 @@ type Catalog interface {
 	// DeleteLayer removes the record for a name; ErrNotFound if absent.
 	DeleteLayer(ctx context.Context, name Name) error
 }
+
+// NewLayer is the record of layer name as manifest id, added now.
+func NewLayer(name Name, id cid.Cid, m *Manifest, state LayerState) Layer {
+	return Layer{
+		Name: name.String(), CID: id.String(), State: state,
+		Size: m.Size(), Chunks: m.ChunkCount(), Entries: len(m.Entries),
+		Chunking: m.Params.String(), Added: time.Now().UTC(),
+	}
+}

@@ -1,9 +1,7 @@
 package node
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -30,7 +28,7 @@ func TestAPIRefusesBadRequests(t *testing.T) {
 			t.Fatal("daemon not ready")
 		}
 	}
-	h := d.routes()
+	h := d.Handler()
 	huge := `{"name":"a:1","path":"/` + strings.Repeat("x", 2<<20) + `"}`
 	cases := []struct {
 		method, path, body, want string
@@ -60,20 +58,4 @@ func TestAPIRefusesBadRequests(t *testing.T) {
 			t.Errorf("%s %s: %.300s, want bad_request naming %q", c.method, c.path, body, c.want)
 		}
 	}
-}
-
-// FuzzAPIJSON feeds arbitrary bodies to the request decoder of every API
-// request type: it must refuse or decode, never panic.
-func FuzzAPIJSON(f *testing.F) {
-	for _, v := range []any{api.AddRequest{Name: "a:1", Path: "/x"}, api.ActivateRequest{Layer: "a:1"}, api.ClaimRequest{Product: "p", Consumer: "c"}, api.ImportRequest{Path: "/x"}} {
-		b, _ := json.Marshal(v)
-		f.Add(b)
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		for _, v := range []any{&api.AddRequest{}, &api.CheckoutRequest{}, &api.ActivateRequest{}, &api.FetchRequest{},
-			&api.ClaimRequest{}, &api.ReleaseRequest{}, &api.LicenseInstallRequest{}, &api.PolicyRequest{},
-			&api.CommitRequest{}, &api.SplitRequest{}, &api.RebaseRequest{}, &api.ImportRequest{}, &api.PartitionRequest{}} {
-			decode(httptest.NewRequest("POST", "/", bytes.NewReader(data)), v)
-		}
-	})
 }

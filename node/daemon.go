@@ -2,10 +2,8 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -13,15 +11,13 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
-	"runtime"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/p2pimg/p2pimg/node/localapi"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/p2pimg/p2pimg/node/api"
+	"golang.org/x/sync/errgroup"
 )
 
 // DaemonConfig configures a daemon.
@@ -40,6 +36,17 @@ type Daemon struct {
 	cfg     DaemonConfig
 	node    atomic.Pointer[Node]
 	started time.Time
+}
+
+// Handler is the local API's HTTP handler for this daemon.
+func (d *Daemon) Handler() http.Handler {
+	return localapi.New(localapi.Config{DataDir: d.cfg.DataDir, Version: d.cfg.Version, Started: d.started, Log: d.cfg.Log},
+		func() localapi.Node {
+			if n := d.node.Load(); n != nil {
+				return n
+			}
+			return nil
+		}).Handler()
 }
 
 // NewDaemon checks the config and fills in defaults. It starts nothing.
@@ -69,7 +76,9 @@ func (d *Daemon) Socket() string { return d.cfg.Socket }
 
 // Run opens the API socket first (so clients see "starting" rather than
 // "connection refused"), then the store, and serves until ctx ends. It
-// closes everything it opened. Cancellation is not an error.
+// closes everything it opened. A part that fails (the node, the API
+// server, the metrics server) stops the others and is the error.
+// Cancellation is not an error.
 func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.started = time.Now().UTC()
 	if err := os.MkdirAll(d.cfg.DataDir, 0o700); err != nil {
@@ -79,66 +88,75 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	defer os.Remove(d.cfg.Socket)
+	// Requests run until the daemon stops, not until ctx ends: in-flight
+	// adds and checkouts are cancelled when the node shuts down.
 	opCtx, cancelOps := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelOps()
 	srv := &http.Server{
-		Handler:           d.routes(),
+		Handler:           d.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return opCtx },
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	d.cfg.Log.Info("api listening", "socket", d.cfg.Socket)
-
-	defer func() {
-		cancelOps() // in-flight adds and checkouts stop
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("daemon: api server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		cancelOps()
 		shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		err = errors.Join(err, srv.Shutdown(shutCtx))
-		if n := d.node.Load(); n != nil {
-			err = errors.Join(err, n.Close())
-		}
-		os.Remove(d.cfg.Socket)
-		if e := <-served; !errors.Is(e, http.ErrServerClosed) {
-			err = errors.Join(err, e)
-		}
-		d.cfg.Log.Info("daemon stopped")
-	}()
+		return srv.Shutdown(shutCtx)
+	})
+	d.cfg.Log.Info("api listening", "socket", d.cfg.Socket)
+	g.Go(func() error { return d.runNode(gctx) })
+	err = g.Wait()
+	d.cfg.Log.Info("daemon stopped")
+	return err
+}
 
+// runNode opens the node, runs it (and the metrics server) until ctx ends,
+// and closes it.
+func (d *Daemon) runNode(ctx context.Context) (err error) {
 	n, err := Open(d.cfg.Config)
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
-	d.node.Store(n)
-	runCtx, stopRun := context.WithCancel(ctx)
-	defer stopRun()
-	ran := make(chan error, 1)
-	go func() { ran <- n.Run(runCtx) }()
-	defer func() { stopRun(); err = errors.Join(err, <-ran) }()
+	defer func() { err = errors.Join(err, n.Close()) }()
+	var mln net.Listener
 	if d.cfg.Metrics != "" {
+		if mln, err = net.Listen("tcp", d.cfg.Metrics); err != nil {
+			return fmt.Errorf("daemon: metrics on %s: %w", d.cfg.Metrics, err)
+		}
+	}
+	d.node.Store(n)
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := n.Run(ctx); err != nil {
+			return fmt.Errorf("daemon: node: %w", err)
+		}
+		return nil
+	})
+	if mln != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(n.Registry(), promhttp.HandlerOpts{}))
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		ms := &http.Server{Addr: d.cfg.Metrics, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		mln, err := net.Listen("tcp", d.cfg.Metrics)
-		if err != nil {
-			return fmt.Errorf("daemon: metrics on %s: %w", d.cfg.Metrics, err)
-		}
-		go ms.Serve(mln)
-		defer ms.Close()
+		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		g.Go(func() error {
+			if err := ms.Serve(mln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("daemon: metrics server: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error { <-ctx.Done(); return ms.Close() })
 	}
 	d.cfg.Log.Info("daemon ready", "data", d.cfg.DataDir, "peer", n.ID().String(), "addrs", n.Addrs())
-	select {
-	case <-ctx.Done():
-		return nil
-	case e := <-ran:
-		ran <- e
-		return fmt.Errorf("daemon: node: %w", e)
-	case e := <-served:
-		served <- e
-		return fmt.Errorf("daemon: api server: %w", e)
-	}
+	return g.Wait()
 }
 
 // listen opens the unix socket, replacing a stale one but never one that a
@@ -183,266 +201,4 @@ func listen(path, group string) (net.Listener, error) {
 		}
 	}
 	return ln, nil
-}
-
-const maxBody = 1 << 20
-
-func (d *Daemon) routes() http.Handler {
-	mux := http.NewServeMux()
-	v := api.Version
-	mux.HandleFunc("GET "+v+"/status", func(w http.ResponseWriter, r *http.Request) {
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		st := api.Status{State: "starting", PID: os.Getpid(), DataDir: d.cfg.DataDir, Started: d.started, Version: d.cfg.Version,
-			Goroutines: runtime.NumGoroutine(), HeapBytes: ms.HeapAlloc}
-		if d.node.Load() != nil {
-			st.State = "ready"
-		}
-		writeJSON(w, http.StatusOK, st)
-	})
-	mux.HandleFunc("GET "+v+"/layers", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
-		return n.Layers(ctx)
-	}))
-	mux.HandleFunc("DELETE "+v+"/layers/{name...}", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		return struct{}{}, n.Remove(ctx, r.PathValue("name"))
-	}))
-	mux.HandleFunc("POST "+v+"/gc", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
-		return n.GC(ctx)
-	}))
-	mux.HandleFunc("GET "+v+"/common", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		return n.Common(ctx, r.URL.Query()["layer"])
-	}))
-	mux.HandleFunc("GET "+v+"/stats", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
-		return n.Stats(ctx)
-	}))
-	mux.HandleFunc("POST "+v+"/layers", d.stream(func(ctx context.Context, n *Node, r *http.Request, emit Emit) (any, error) {
-		var req api.AddRequest
-		if err := decode(r, &req); err != nil {
-			return nil, err
-		}
-		return n.Add(ctx, req, emit)
-	}))
-	mux.HandleFunc("POST "+v+"/checkout", d.stream(func(ctx context.Context, n *Node, r *http.Request, emit Emit) (any, error) {
-		var req api.CheckoutRequest
-		if err := decode(r, &req); err != nil {
-			return nil, err
-		}
-		return n.Checkout(ctx, req, emit)
-	}))
-	mux.HandleFunc("GET "+v+"/id", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
-		return n.Identity(), nil
-	}))
-	mux.HandleFunc("GET "+v+"/peers", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
-		return n.Peers(), nil
-	}))
-	mux.HandleFunc("GET "+v+"/catalog", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
-		return n.Catalog(), nil
-	}))
-	mux.HandleFunc("POST "+v+"/activate", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		var req api.ActivateRequest
-		if err := decode(r, &req); err != nil {
-			return nil, err
-		}
-		return n.Activate(ctx, req)
-	}))
-	mux.HandleFunc("GET "+v+"/activations", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
-		return n.Activations(), nil
-	}))
-	mux.HandleFunc("GET "+v+"/resolve/{name...}", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		id, err := n.ResolveLayer(ctx, r.PathValue("name"))
-		return map[string]string{"cid": id}, err
-	}))
-	mux.HandleFunc("POST "+v+"/partition", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		var req api.PartitionRequest
-		if err := decode(r, &req); err != nil {
-			return nil, err
-		}
-		return struct{}{}, n.Partition(req.Peers)
-	}))
-	mux.HandleFunc("POST "+v+"/fetch", d.stream(func(ctx context.Context, n *Node, r *http.Request, emit Emit) (any, error) {
-		var req api.FetchRequest
-		if err := decode(r, &req); err != nil {
-			return nil, err
-		}
-		return n.Fetch(ctx, req.Name, emit)
-	}))
-	mux.HandleFunc("POST "+v+"/verify", d.stream(func(ctx context.Context, n *Node, _ *http.Request, emit Emit) (any, error) {
-		return n.Verify(ctx, emit)
-	}))
-	mux.HandleFunc("POST "+v+"/license/install", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		var req api.LicenseInstallRequest
-		if err := decode(r, &req); err != nil {
-			return nil, err
-		}
-		return n.InstallLicense(ctx, req.License)
-	}))
-	mux.HandleFunc("POST "+v+"/license/claim", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		var req api.ClaimRequest
-		if err := decode(r, &req); err != nil {
-			return nil, err
-		}
-		return n.Claim(ctx, req)
-	}))
-	mux.HandleFunc("POST "+v+"/license/release", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		var req api.ReleaseRequest
-		if err := decode(r, &req); err != nil {
-			return nil, err
-		}
-		return n.Release(ctx, req)
-	}))
-	mux.HandleFunc("GET "+v+"/license/check", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		tok, err := strconv.ParseUint(r.URL.Query().Get("token"), 10, 64)
-		if err != nil || tok == 0 {
-			return nil, badRequestf("check: token %q is not a grant token (a positive number from `p2pimg license claim`)", r.URL.Query().Get("token"))
-		}
-		return n.Check(ctx, tok)
-	}))
-	mux.HandleFunc("GET "+v+"/license", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
-		return n.Licenses(ctx)
-	}))
-	mux.HandleFunc("POST "+v+"/policy/host", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		var req api.PolicyRequest
-		if err := decode(r, &req); err != nil {
-			return nil, err
-		}
-		return n.SetHostPolicy(ctx, req.Policy)
-	}))
-	mux.HandleFunc("POST "+v+"/policy/layer", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		var req api.PolicyRequest
-		if err := decode(r, &req); err != nil {
-			return nil, err
-		}
-		return n.SetLayerPolicy(ctx, req.Name, req.Policy)
-	}))
-	mux.HandleFunc("GET "+v+"/policy/show", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		return n.PolicyShow(ctx, r.URL.Query().Get("name"), r.URL.Query().Get("host"))
-	}))
-	mux.HandleFunc("GET "+v+"/policy/check", d.plain(func(ctx context.Context, n *Node, _ *http.Request) (any, error) {
-		return n.PolicyCheck(ctx), nil
-	}))
-	mux.HandleFunc("GET "+v+"/diff/{name...}", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		return n.Diff(ctx, r.PathValue("name"), r.URL.Query().Get("host"))
-	}))
-	mux.HandleFunc("POST "+v+"/commit", d.stream(func(ctx context.Context, n *Node, r *http.Request, emit Emit) (any, error) {
-		var req api.CommitRequest
-		if err := decode(r, &req); err != nil {
-			return nil, err
-		}
-		return n.Commit(ctx, req, emit)
-	}))
-	mux.HandleFunc("POST "+v+"/split", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		var req api.SplitRequest
-		if err := decode(r, &req); err != nil {
-			return nil, err
-		}
-		return n.Split(ctx, req)
-	}))
-	mux.HandleFunc("POST "+v+"/rebase", d.plain(func(ctx context.Context, n *Node, r *http.Request) (any, error) {
-		var req api.RebaseRequest
-		if err := decode(r, &req); err != nil {
-			return nil, err
-		}
-		return n.Rebase(ctx, req)
-	}))
-	mux.HandleFunc("POST "+v+"/import", d.stream(func(ctx context.Context, n *Node, r *http.Request, emit Emit) (any, error) {
-		var req api.ImportRequest
-		if err := decode(r, &req); err != nil {
-			return nil, err
-		}
-		return n.Import(ctx, req, emit)
-	}))
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusNotFound, &api.Error{Code: api.CodeNotFound, Message: fmt.Sprintf("no API endpoint %s %s (this daemon speaks %s)", r.Method, r.URL.Path, api.Version)})
-	})
-	return mux
-}
-
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return badRequestf("request body: %v", err)
-	}
-	return nil
-}
-
-func status(e *api.Error) int {
-	switch e.Code {
-	case api.CodeBadRequest:
-		return http.StatusBadRequest
-	case api.CodeNotFound:
-		return http.StatusNotFound
-	case api.CodeConflict:
-		return http.StatusConflict
-	case api.CodeStarting:
-		return http.StatusServiceUnavailable
-	case api.CodeNoSpace:
-		return http.StatusInsufficientStorage
-	}
-	return http.StatusInternalServerError
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
-// ready returns the node, or answers "starting" and returns nil while the
-// store is still opening.
-func (d *Daemon) ready(w http.ResponseWriter) *Node {
-	n := d.node.Load()
-	if n == nil {
-		e := apiError(errStarting)
-		writeJSON(w, status(e), e)
-	}
-	return n
-}
-
-func (d *Daemon) plain(fn func(context.Context, *Node, *http.Request) (any, error)) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		n := d.ready(w)
-		if n == nil {
-			return
-		}
-		v, err := fn(r.Context(), n, r)
-		if err != nil {
-			e := apiError(err)
-			d.cfg.Log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-			writeJSON(w, status(e), e)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	}
-}
-
-// stream answers with newline-delimited JSON events; the last one is the
-// result or the error.
-func (d *Daemon) stream(fn func(context.Context, *Node, *http.Request, Emit) (any, error)) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		n := d.ready(w)
-		if n == nil {
-			return
-		}
-		w.Header().Set("Content-Type", "application/x-ndjson")
-		w.WriteHeader(http.StatusOK)
-		var mu sync.Mutex
-		enc := json.NewEncoder(w)
-		flusher, _ := w.(http.Flusher)
-		emit := func(ev api.Event) {
-			mu.Lock()
-			defer mu.Unlock()
-			enc.Encode(ev)
-			if flusher != nil {
-				flusher.Flush()
-			}
-		}
-		v, err := fn(r.Context(), n, r, emit)
-		if err != nil {
-			d.cfg.Log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-			emit(api.Event{Error: apiError(err)})
-			return
-		}
-		emit(api.Event{Result: v})
-	}
 }

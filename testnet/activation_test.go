@@ -13,20 +13,23 @@ import (
 
 	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/cluster"
+	"github.com/p2pimg/p2pimg/node/expose"
+	"github.com/p2pimg/p2pimg/node/gossip"
 	"github.com/p2pimg/p2pimg/testnet"
 )
 
 // opNet is a testnet whose cluster obeys one operator key; node i carries
 // the label node=i.
-func opNet(t *testing.T, n int, mode ...string) (*testnet.Net, crypto.PrivKey) {
+func opNet(t *testing.T, n int, mode ...api.Mode) (*testnet.Net, crypto.PrivKey) {
 	t.Helper()
 	kf := filepath.Join(t.TempDir(), "op.key")
-	id, err := node.NewKeyFile(kf)
+	id, err := cluster.NewKeyFile(kf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, _ := node.LoadKeyFile(kf)
-	c, err := node.NewCluster("test", nil, []string{id.String()})
+	key, _ := cluster.LoadKeyFile(kf)
+	c, err := cluster.New("test", nil, []string{id.String()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,13 +43,13 @@ func opNet(t *testing.T, n int, mode ...string) (*testnet.Net, crypto.PrivKey) {
 }
 
 // act signs and publishes an activation through node via's API.
-func act(t *testing.T, key crypto.PrivKey, via *testnet.Node, layer, at, hosts, op string, maps ...string) api.ActivateResult {
+func act(t *testing.T, key crypto.PrivKey, via *testnet.Node, layer, at, hosts string, op api.Op, maps ...string) api.ActivateResult {
 	t.Helper()
 	id, err := via.Client.Resolve(ctx, layer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := node.SignActivation(key, node.Activation{Layer: layer, CID: id, At: at, Hosts: hosts, Maps: maps, Op: op, Time: time.Now().UnixNano()})
+	a, err := gossip.SignActivation(key, gossip.Activation{Layer: layer, CID: id, At: at, Hosts: hosts, Maps: maps, Op: op, Time: time.Now().UnixNano()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,9 +62,9 @@ func act(t *testing.T, key crypto.PrivKey, via *testnet.Node, layer, at, hosts, 
 }
 
 // settled waits until every host in hosts reports state for the activation.
-func settled(t *testing.T, net *testnet.Net, res api.ActivateResult, layer, state string, hosts ...*testnet.Node) {
+func settled(t *testing.T, net *testnet.Net, res api.ActivateResult, layer string, state api.State, hosts ...*testnet.Node) {
 	t.Helper()
-	net.Eventually(20*time.Second, layer+" "+state+" on the selected hosts", func() bool {
+	net.Eventually(20*time.Second, layer+" "+string(state)+" on the selected hosts", func() bool {
 		for _, h := range hosts {
 			sts, err := h.Client.Activations(ctx)
 			if err != nil {
@@ -102,10 +105,10 @@ func readAt(nd *testnet.Node, p string) string {
 }
 
 func TestActivateAllAndDeactivateRestores(t *testing.T) {
-	for _, mode := range []string{node.ModeMaterialized, node.ModeOverlay} {
-		t.Run(mode, func(t *testing.T) {
-			if mode == node.ModeOverlay {
-				if err := node.OverlayWorks(t.TempDir()); err != nil {
+	for _, mode := range []api.Mode{api.ModeMaterialized, api.ModeOverlay} {
+		t.Run(string(mode), func(t *testing.T) {
+			if mode == api.ModeOverlay {
+				if err := expose.OverlayWorks(t.TempDir()); err != nil {
 					t.Skipf("overlay mounts unavailable here: %v", err)
 				}
 			}
@@ -114,7 +117,7 @@ func TestActivateAllAndDeactivateRestores(t *testing.T) {
 	}
 }
 
-func activateAllAndDeactivate(t *testing.T, mode string) {
+func activateAllAndDeactivate(t *testing.T, mode api.Mode) {
 	net, key := opNet(t, 3, mode)
 	src := tree(t, map[string]string{"etc/app.conf": "port=80\n", "bin/app": "v1"})
 	add(t, net.Nodes[0], "app:1", src)
@@ -128,18 +131,18 @@ func activateAllAndDeactivate(t *testing.T, mode string) {
 	os.MkdirAll(filepath.Dir(orig), 0o755)
 	os.WriteFile(orig, []byte("port=22\n"), 0o644)
 
-	res := act(t, key, net.Nodes[2], "app:1", "/opt/app", "all", node.OpActivate, "/etc/app.conf=etc/app.conf")
+	res := act(t, key, net.Nodes[2], "app:1", "/opt/app", "all", api.OpActivate, "/etc/app.conf=etc/app.conf")
 	if len(res.Targets) != 3 {
 		t.Fatalf("activation selects %d hosts, want 3", len(res.Targets))
 	}
-	settled(t, net, res, "app:1", node.StateActive, net.Nodes...)
+	settled(t, net, res, "app:1", api.StateActive, net.Nodes...)
 	for _, nd := range net.Nodes {
 		if got := readAt(nd, "opt/app/etc/app.conf"); got != "port=80\n" {
 			t.Fatalf("node %d: /opt/app/etc/app.conf = %q", nd.Index, got)
 		}
 		path := filepath.Join(nd.Data, "root", "opt", "app")
-		if node.Mounted(path) != (mode == node.ModeOverlay) {
-			t.Fatalf("node %d: %s mounted=%v in %s mode", nd.Index, path, node.Mounted(path), mode)
+		if expose.Mounted(path) != (mode == api.ModeOverlay) {
+			t.Fatalf("node %d: %s mounted=%v in %s mode", nd.Index, path, expose.Mounted(path), mode)
 		}
 	}
 	for _, nd := range net.Nodes { // the mapped path resolves into the layer
@@ -153,7 +156,7 @@ func activateAllAndDeactivate(t *testing.T, mode string) {
 			t.Fatalf("host %s reports mode %q, want %q", s.Host, s.Mode, mode)
 		}
 	}
-	if mode == node.ModeOverlay { // node 1's own files show through, under the layer
+	if mode == api.ModeOverlay { // node 1's own files show through, under the layer
 		if got := readAt(net.Nodes[1], "opt/app/local.txt"); got != "mine" {
 			t.Fatalf("overlay hides node 1's own file: %q", got)
 		}
@@ -162,10 +165,10 @@ func activateAllAndDeactivate(t *testing.T, mode string) {
 		if err := syscall.Unmount(path, 0); err != nil {
 			t.Fatal(err)
 		}
-		net.Eventually(10*time.Second, "the overlay mounted again", func() bool { return node.Mounted(path) })
+		net.Eventually(10*time.Second, "the overlay mounted again", func() bool { return expose.Mounted(path) })
 	}
-	res = act(t, key, net.Nodes[0], "app:1", "", "all", node.OpDeactivate)
-	settled(t, net, res, "app:1", node.StateInactive, net.Nodes...)
+	res = act(t, key, net.Nodes[0], "app:1", "", "all", api.OpDeactivate)
+	settled(t, net, res, "app:1", api.StateInactive, net.Nodes...)
 	if got := readAt(net.Nodes[1], "opt/app/local.txt"); got != "mine" {
 		t.Fatalf("node 1's own /opt/app was not restored: %q", got)
 	}
@@ -195,10 +198,10 @@ func TestActivateByIDAndLabel(t *testing.T) {
 	net, key := opNet(t, 3)
 	add(t, net.Nodes[0], "app:1", tree(t, map[string]string{"f": "x"}))
 	waitCatalog(t, net, net.Nodes[1], "app:1", mustResolve(t, net.Nodes[0], "app:1"))
-	res := act(t, key, net.Nodes[0], "app:1", "/srv/a", net.Nodes[1].Node().ID().String(), node.OpActivate)
-	settled(t, net, res, "app:1", node.StateActive, net.Nodes[1])
-	res = act(t, key, net.Nodes[0], "app:1", "/srv/b", "node=2", node.OpActivate)
-	settled(t, net, res, "app:1", node.StateActive, net.Nodes[2])
+	res := act(t, key, net.Nodes[0], "app:1", "/srv/a", net.Nodes[1].Node().ID().String(), api.OpActivate)
+	settled(t, net, res, "app:1", api.StateActive, net.Nodes[1])
+	res = act(t, key, net.Nodes[0], "app:1", "/srv/b", "node=2", api.OpActivate)
+	settled(t, net, res, "app:1", api.StateActive, net.Nodes[2])
 	if readAt(net.Nodes[1], "srv/a/f") != "x" || readAt(net.Nodes[2], "srv/b/f") != "x" {
 		t.Fatal("the selected hosts do not show the layer")
 	}
@@ -218,14 +221,14 @@ func TestForgedActivationRefused(t *testing.T) {
 	add(t, net.Nodes[0], "app:1", tree(t, map[string]string{"f": "x"}))
 	forger, _, _ := crypto.GenerateEd25519Key(nil)
 	id := mustResolve(t, net.Nodes[0], "app:1")
-	a, _ := node.SignActivation(forger, node.Activation{Layer: "app:1", CID: id, At: "/opt/x", Hosts: "all", Op: node.OpActivate, Time: time.Now().UnixNano()})
+	a, _ := gossip.SignActivation(forger, gossip.Activation{Layer: "app:1", CID: id, At: "/opt/x", Hosts: "all", Op: api.OpActivate, Time: time.Now().UnixNano()})
 	b, _ := json.Marshal(a)
 	_, err := net.Nodes[0].Client.Activate(ctx, api.ActivateRequest{Signed: b})
 	if err == nil || !strings.Contains(err.Error(), "not an operator") {
 		t.Fatalf("forged activation: %v", err)
 	}
 	// Without a key a host may act on itself only.
-	if _, err := net.Nodes[0].Client.Activate(ctx, api.ActivateRequest{Layer: "app:1", At: "/opt/x", Hosts: "all", Op: node.OpActivate}); err == nil {
+	if _, err := net.Nodes[0].Client.Activate(ctx, api.ActivateRequest{Layer: "app:1", At: "/opt/x", Hosts: "all", Op: api.OpActivate}); err == nil {
 		t.Fatal("an unsigned activation of every host was accepted")
 	}
 	sts, _ := net.Nodes[1].Client.Activations(ctx)
@@ -241,12 +244,12 @@ func TestOfflineHostConvergesAndRestartKeepsActive(t *testing.T) {
 	add(t, net.Nodes[0], "app:1", tree(t, map[string]string{"f": "x"}))
 	waitCatalog(t, net, net.Nodes[1], "app:1", mustResolve(t, net.Nodes[0], "app:1"))
 	net.Stop(2)
-	res := act(t, key, net.Nodes[0], "app:1", "/opt/app", "all", node.OpActivate)
-	settled(t, net, res, "app:1", node.StateActive, net.Nodes[0], net.Nodes[1])
+	res := act(t, key, net.Nodes[0], "app:1", "/opt/app", "all", api.OpActivate)
+	settled(t, net, res, "app:1", api.StateActive, net.Nodes[0], net.Nodes[1])
 	net.Restart(2)
-	settled(t, net, res, "app:1", node.StateActive, net.Nodes[2])
+	settled(t, net, res, "app:1", api.StateActive, net.Nodes[2])
 	net.Restart(1)
-	settled(t, net, res, "app:1", node.StateActive, net.Nodes[1])
+	settled(t, net, res, "app:1", api.StateActive, net.Nodes[1])
 	for _, nd := range net.Nodes {
 		if readAt(nd, "opt/app/f") != "x" {
 			t.Fatalf("node %d does not show the layer", nd.Index)
@@ -258,25 +261,25 @@ func TestOfflineHostConvergesAndRestartKeepsActive(t *testing.T) {
 // the failure with its reason, and recovers when a peer with them returns.
 func TestActivationRecoversWhenChunksAppear(t *testing.T) {
 	kf := filepath.Join(t.TempDir(), "op.key")
-	id, _ := node.NewKeyFile(kf)
-	key, _ := node.LoadKeyFile(kf)
-	c, _ := node.NewCluster("test", nil, []string{id.String()})
+	id, _ := cluster.NewKeyFile(kf)
+	key, _ := cluster.LoadKeyFile(kf)
+	c, _ := cluster.New("test", nil, []string{id.String()})
 	net := testnet.New(t, 2, testnet.WithCluster(c), testnet.WithStallTimeout(time.Second))
 	add(t, net.Nodes[0], "app:1", tree(t, map[string]string{"f": "x"}))
 	waitCatalog(t, net, net.Nodes[1], "app:1", mustResolve(t, net.Nodes[0], "app:1"))
 	net.Stop(0)
-	res := act(t, key, net.Nodes[1], "app:1", "/opt/app", net.Nodes[1].Node().ID().String(), node.OpActivate)
+	res := act(t, key, net.Nodes[1], "app:1", "/opt/app", net.Nodes[1].Node().ID().String(), api.OpActivate)
 	net.Eventually(20*time.Second, "node 1 reports the failure with a reason", func() bool {
 		sts, _ := net.Nodes[1].Client.Activations(ctx)
 		for _, s := range sts {
-			if s.Layer == "app:1" && s.State == node.StateFailed && strings.Contains(s.Detail, "no connected peer") {
+			if s.Layer == "app:1" && s.State == api.StateFailed && strings.Contains(s.Detail, "no connected peer") {
 				return true
 			}
 		}
 		return false
 	})
 	net.Restart(0)
-	settled(t, net, res, "app:1", node.StateActive, net.Nodes[1])
+	settled(t, net, res, "app:1", api.StateActive, net.Nodes[1])
 	if readAt(net.Nodes[1], "opt/app/f") != "x" {
 		t.Fatal("the layer is not exposed after recovering")
 	}
@@ -284,14 +287,14 @@ func TestActivationRecoversWhenChunksAppear(t *testing.T) {
 
 // A map whose DST is a symlink in the layer leading out of it is refused.
 func TestMapCannotEscapeTheLayer(t *testing.T) {
-	net, key := opNet(t, 1, node.ModeMaterialized)
+	net, key := opNet(t, 1, api.ModeMaterialized)
 	src := tree(t, map[string]string{"f": "x"})
 	os.Symlink("/etc", filepath.Join(src, "escape"))
 	add(t, net.Nodes[0], "app:1", src)
-	res := act(t, key, net.Nodes[0], "app:1", "/opt/app", "all", node.OpActivate, "/etc/passwd=escape/passwd")
+	res := act(t, key, net.Nodes[0], "app:1", "/opt/app", "all", api.OpActivate, "/etc/passwd=escape/passwd")
 	net.Eventually(10*time.Second, "the activation fails naming the escape", func() bool {
 		sts, _ := net.Nodes[0].Client.Activations(ctx)
-		return len(sts) == 1 && sts[0].Time == res.Time && sts[0].State == node.StateFailed && strings.Contains(sts[0].Detail, "leads outside the layer")
+		return len(sts) == 1 && sts[0].Time == res.Time && sts[0].State == api.StateFailed && strings.Contains(sts[0].Detail, "leads outside the layer")
 	})
 	if _, err := os.Lstat(filepath.Join(net.Nodes[0].Data, "root", "etc", "passwd")); !os.IsNotExist(err) {
 		t.Fatalf("something was made at the mapped path: %v", err)
@@ -301,10 +304,10 @@ func TestMapCannotEscapeTheLayer(t *testing.T) {
 	// earlier exposure off as its original contents.
 	net.Eventually(15*time.Second, "a retry", func() bool {
 		sts, _ := net.Nodes[0].Client.Activations(ctx)
-		return len(sts) == 1 && sts[0].State == node.StateFailed && time.Since(time.Unix(0, res.Time)) > 6*time.Second
+		return len(sts) == 1 && sts[0].State == api.StateFailed && time.Since(time.Unix(0, res.Time)) > 6*time.Second
 	})
-	res = act(t, key, net.Nodes[0], "app:1", "", "all", node.OpDeactivate)
-	settled(t, net, res, "app:1", node.StateInactive, net.Nodes[0])
+	res = act(t, key, net.Nodes[0], "app:1", "", "all", api.OpDeactivate)
+	settled(t, net, res, "app:1", api.StateInactive, net.Nodes[0])
 	for _, p := range []string{"opt/app", "opt/app" + ".p2pimg-base"} {
 		if _, err := os.Lstat(filepath.Join(net.Nodes[0].Data, "root", p)); !os.IsNotExist(err) {
 			t.Fatalf("%s is there after deactivation (%v)", p, err)

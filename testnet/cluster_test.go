@@ -11,6 +11,7 @@ import (
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/faults"
 	"github.com/p2pimg/p2pimg/testnet"
 	"github.com/p2pimg/p2pimg/testnet/refimage"
 )
@@ -189,7 +190,9 @@ func bytesIn(t *testing.T, nd *testnet.Node) int64 {
 // the fetch completes from the honest peer and no bad chunk is stored.
 func TestLyingPeerIsBlocked(t *testing.T) {
 	net := testnet.New(t, 3, testnet.WithConfig(func(i int, c *node.Config) {
-		c.TestCorruptServe = i == 1
+		if i == 1 {
+			c.Faults = &faults.Faults{CorruptServe: true}
+		}
 	}))
 	img := image(t, 16<<20, 4)
 	res := add(t, net.Nodes[0], "vm:1", img)
@@ -263,7 +266,11 @@ func TestCorruptChunksRefetchedFromPeer(t *testing.T) {
 // completes from the honest peer (through the endgame), without waiting
 // out the stalled requests.
 func TestStalledPeer(t *testing.T) {
-	net := testnet.New(t, 3, testnet.WithConfig(func(i int, c *node.Config) { c.TestStallServe = i == 0 }))
+	net := testnet.New(t, 3, testnet.WithConfig(func(i int, c *node.Config) {
+		if i == 0 {
+			c.Faults = &faults.Faults{StallServe: true}
+		}
+	}))
 	img := image(t, 16<<20, 6)
 	res := add(t, net.Nodes[0], "vm:1", img)
 	waitCatalog(t, net, net.Nodes[1], "vm:1", res.Layer.CID)

@@ -15,8 +15,9 @@ import (
 	"time"
 
 	"github.com/p2pimg/p2pimg/license"
-	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/client"
+	"github.com/p2pimg/p2pimg/node/cluster"
+	"github.com/p2pimg/p2pimg/node/expose"
 )
 
 // DefaultDir is where `p2pimg testnet` keeps its nodes unless told otherwise.
@@ -136,19 +137,19 @@ func Up(ctx context.Context, bin, dir string, n int, o UpOptions) (*Local, error
 	var ids []string
 	for i := 1; i <= n; i++ {
 		data := filepath.Join(dir, fmt.Sprintf("node%d", i))
-		k, err := node.LoadIdentity(data)
+		k, err := cluster.LoadIdentity(data)
 		if err != nil {
 			return nil, err
 		}
-		id, _ := node.PeerID(k)
+		id, _ := cluster.PeerID(k)
 		ids = append(ids, id.String())
 		l.Nodes = append(l.Nodes, LocalNode{Index: i, Data: data, Socket: filepath.Join(data, "p2pimg.sock"), PeerID: id.String()})
 	}
-	op, err := node.NewKeyFile(OperatorKey(dir))
+	op, err := cluster.NewKeyFile(OperatorKey(dir))
 	if err != nil {
 		return nil, err
 	}
-	c, err := node.NewCluster("testnet", ids, []string{op.String()})
+	c, err := cluster.New("testnet", ids, []string{op.String()})
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +172,7 @@ func Up(ctx context.Context, bin, dir string, n int, o UpOptions) (*Local, error
 }
 
 // seatConfig makes the testnet's issuer key and names its keepers.
-func seatConfig(c *node.ClusterConfig, dir string, ids []string, o UpOptions) error {
+func seatConfig(c *cluster.Config, dir string, ids []string, o UpOptions) error {
 	k := o.Keepers
 	if k == 0 {
 		k = 3
@@ -446,7 +447,7 @@ func ParseGroup(s string) ([]int, error) {
 
 // unmountUnder detaches every mount at or below dir, deepest first.
 func unmountUnder(dir string) {
-	for _, m := range node.MountsUnder(dir) {
+	for _, m := range expose.MountsUnder(dir) {
 		syscall.Unmount(m, syscall.MNT_DETACH)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/expose"
 	"github.com/p2pimg/p2pimg/testnet"
 )
 
@@ -66,8 +67,8 @@ func TestPolicyHoldAndConflict(t *testing.T) {
 		t.Fatalf("the denying host fetched something: %+v", ls)
 	}
 	// An activation there is refused by policy, with the reason.
-	res := act(t, key, net.Nodes[0], "gpu-drv:1", "/opt/gpu", net.Nodes[2].Node().ID().String(), node.OpActivate)
-	settled(t, net, res, "gpu-drv:1", node.StateFailed, net.Nodes[2])
+	res := act(t, key, net.Nodes[0], "gpu-drv:1", "/opt/gpu", net.Nodes[2].Node().ID().String(), api.OpActivate)
+	settled(t, net, res, "gpu-drv:1", api.StateFailed, net.Nodes[2])
 	sts, _ := net.Nodes[2].Client.Activations(ctx)
 	for _, s := range sts {
 		if s.Host == net.Nodes[2].Node().ID().String() && s.Layer == "gpu-drv:1" && !strings.Contains(s.Detail, "deny=gpu-*") {
@@ -88,9 +89,9 @@ func TestPolicyHoldAndConflict(t *testing.T) {
 // Mirror mode: a file changed in an exposed view shows in diff, and the
 // daemon puts it back.
 func TestMirrorModeRestoresDrift(t *testing.T) {
-	for _, mode := range []string{node.ModeMaterialized, node.ModeOverlay} {
-		t.Run(mode, func(t *testing.T) {
-			if mode == node.ModeOverlay && node.OverlayWorks(t.TempDir()) != nil {
+	for _, mode := range []api.Mode{api.ModeMaterialized, api.ModeOverlay} {
+		t.Run(string(mode), func(t *testing.T) {
+			if mode == api.ModeOverlay && expose.OverlayWorks(t.TempDir()) != nil {
 				t.Skip("overlay mounts need root and overlayfs")
 			}
 			mirrorDrift(t, mode)
@@ -98,15 +99,15 @@ func TestMirrorModeRestoresDrift(t *testing.T) {
 	}
 }
 
-func mirrorDrift(t *testing.T, mode string) {
+func mirrorDrift(t *testing.T, mode api.Mode) {
 	net, key := opNet(t, 2, mode)
 	src := tree(t, map[string]string{"etc/app.conf": "port=80\n", "bin/app": "binary"})
 	if _, err := net.Nodes[0].Client.Add(ctx, api.AddRequest{Name: "app:1", Path: src, Policy: `mode = "mirror"`}, nil); err != nil {
 		t.Fatal(err)
 	}
 	waitCatalog(t, net, net.Nodes[1], "app:1", mustResolve(t, net.Nodes[0], "app:1"))
-	res := act(t, key, net.Nodes[0], "app:1", "/opt/app", net.Nodes[1].Node().ID().String(), node.OpActivate)
-	settled(t, net, res, "app:1", node.StateActive, net.Nodes[1])
+	res := act(t, key, net.Nodes[0], "app:1", "/opt/app", net.Nodes[1].Node().ID().String(), api.OpActivate)
+	settled(t, net, res, "app:1", api.StateActive, net.Nodes[1])
 	// Asked from the other host (diff --host) ...
 	remote := net.Nodes[1].Node().ID().String()
 	if d, err := net.Nodes[0].Client.Diff(ctx, "app:1", remote); err != nil || len(d.Changes) != 0 {
@@ -193,9 +194,9 @@ func TestMinCopiesSurvivesGC(t *testing.T) {
 // reported) while other local changes stay; in an overlay a write to one
 // fails.
 func TestLockedPaths(t *testing.T) {
-	for _, mode := range []string{node.ModeMaterialized, node.ModeOverlay} {
-		t.Run(mode, func(t *testing.T) {
-			if mode == node.ModeOverlay && node.OverlayWorks(t.TempDir()) != nil {
+	for _, mode := range []api.Mode{api.ModeMaterialized, api.ModeOverlay} {
+		t.Run(string(mode), func(t *testing.T) {
+			if mode == api.ModeOverlay && expose.OverlayWorks(t.TempDir()) != nil {
 				t.Skip("overlay mounts need root and overlayfs")
 			}
 			net, key := opNet(t, 2, mode)
@@ -204,15 +205,15 @@ func TestLockedPaths(t *testing.T) {
 				t.Fatal(err)
 			}
 			waitCatalog(t, net, net.Nodes[1], "app:1", mustResolve(t, net.Nodes[0], "app:1"))
-			res := act(t, key, net.Nodes[0], "app:1", "/opt/app", net.Nodes[1].Node().ID().String(), node.OpActivate)
-			settled(t, net, res, "app:1", node.StateActive, net.Nodes[1])
+			res := act(t, key, net.Nodes[0], "app:1", "/opt/app", net.Nodes[1].Node().ID().String(), api.OpActivate)
+			settled(t, net, res, "app:1", api.StateActive, net.Nodes[1])
 			view := filepath.Join(net.Nodes[1].Data, "root", "opt", "app")
 			conf, bin := filepath.Join(view, "etc", "app.conf"), filepath.Join(view, "bin", "app")
 			if err := os.WriteFile(bin, []byte("patched locally"), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			err := os.WriteFile(conf, []byte("port=8080\n"), 0o644)
-			if mode == node.ModeOverlay {
+			if mode == api.ModeOverlay {
 				if err == nil || !strings.Contains(err.Error(), "read-only") {
 					t.Fatalf("write to a locked path in an overlay: %v", err)
 				}

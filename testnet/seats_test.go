@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/p2pimg/p2pimg/license"
-	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/cluster"
 	"github.com/p2pimg/p2pimg/testnet"
 )
 
@@ -25,7 +25,7 @@ func seatNet(t *testing.T, n, seats, share int) (*testnet.Net, ed25519.PrivateKe
 	if err != nil {
 		t.Fatal(err)
 	}
-	net := testnet.New(t, n, testnet.WithKeepers(3, func(c *node.ClusterConfig) {
+	net := testnet.New(t, n, testnet.WithKeepers(3, func(c *cluster.Config) {
 		c.Issuers = []string{license.PublicText(key.Public().(ed25519.PublicKey))}
 		c.SeatTTL, c.SeatMargin = "2s", "1s"
 	}))
@@ -255,12 +255,12 @@ func TestLicenceRefusals(t *testing.T) {
 func TestLicensedActivation(t *testing.T) {
 	key, _, _ := license.NewIssuerKey()
 	kf := filepath.Join(t.TempDir(), "op.key")
-	opID, err := node.NewKeyFile(kf)
+	opID, err := cluster.NewKeyFile(kf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	opKey, _ := node.LoadKeyFile(kf)
-	net := testnet.New(t, 4, testnet.WithKeepers(3, func(c *node.ClusterConfig) {
+	opKey, _ := cluster.LoadKeyFile(kf)
+	net := testnet.New(t, 4, testnet.WithKeepers(3, func(c *cluster.Config) {
 		c.Issuers = []string{license.PublicText(key.Public().(ed25519.PublicKey))}
 		c.SeatTTL, c.SeatMargin = "2s", "1s"
 		c.Operators = []string{opID.String()}
@@ -278,9 +278,9 @@ func TestLicensedActivation(t *testing.T) {
 		waitCatalog(t, net, nd, "app:1", id)
 	}
 	a, b := net.Nodes[1], net.Nodes[3]
-	res := act(t, opKey, net.Nodes[0], "app:1", "/opt/app", a.Node().ID().String()+","+b.Node().ID().String(), node.OpActivate)
-	states := func() map[string]string {
-		out := map[string]string{}
+	res := act(t, opKey, net.Nodes[0], "app:1", "/opt/app", a.Node().ID().String()+","+b.Node().ID().String(), api.OpActivate)
+	states := func() map[string]api.State {
+		out := map[string]api.State{}
 		sts, _ := net.Nodes[0].Client.Activations(ctx)
 		for _, s := range sts {
 			if s.Layer == "app:1" && s.Time == res.Time {
@@ -294,9 +294,9 @@ func TestLicensedActivation(t *testing.T) {
 		st := states()
 		sa, sb := st[a.Node().ID().String()], st[b.Node().ID().String()]
 		switch {
-		case sa == node.StateActive && sb == node.StateWaitingSeat:
+		case sa == api.StateActive && sb == api.StateWaitingSeat:
 			active, waiting = a, b
-		case sb == node.StateActive && sa == node.StateWaitingSeat:
+		case sb == api.StateActive && sa == api.StateWaitingSeat:
 			active, waiting = b, a
 		default:
 			return false
@@ -313,9 +313,9 @@ func TestLicensedActivation(t *testing.T) {
 		ls, err := net.Nodes[2].Client.Licenses(ctx)
 		return err == nil && len(ls.Holders) == 1 && ls.Holders[0].Host == active.Node().ID().String() && ls.Holders[0].Consumers[0] == "layer:app:1"
 	})
-	off := act(t, opKey, net.Nodes[0], "app:1", "", active.Node().ID().String(), node.OpDeactivate)
-	settled(t, net, off, "app:1", node.StateInactive, active)
-	settled(t, net, res, "app:1", node.StateActive, waiting)
+	off := act(t, opKey, net.Nodes[0], "app:1", "", active.Node().ID().String(), api.OpDeactivate)
+	settled(t, net, off, "app:1", api.StateInactive, active)
+	settled(t, net, res, "app:1", api.StateActive, waiting)
 	if readAt(waiting, "opt/app/app.exe") != "licensed" {
 		t.Fatal("the host that got the seat does not show the layer")
 	}

@@ -5,13 +5,14 @@ import (
 	"time"
 
 	"github.com/p2pimg/p2pimg/node"
+	"github.com/p2pimg/p2pimg/node/cluster"
 	"github.com/p2pimg/p2pimg/testnet"
 )
 
 // A host without the cluster's PSK cannot connect at all.
 func TestWrongPSKCannotConnect(t *testing.T) {
-	c1, _ := node.NewCluster("test", nil, nil)
-	c2, _ := node.NewCluster("test", nil, nil) // same name, another key
+	c1, _ := cluster.New("test", nil, nil)
+	c2, _ := cluster.New("test", nil, nil) // same name, another key
 	net := testnet.New(t, 3, testnet.Isolated(2), testnet.WithConfig(func(i int, c *node.Config) {
 		c.Cluster = c1
 		if i == 2 {

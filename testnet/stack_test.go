@@ -11,8 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/expose"
 	"github.com/p2pimg/p2pimg/testnet"
 )
 
@@ -144,7 +144,7 @@ func TestSplitFetchAndCommit(t *testing.T) {
 	// Commit: an upper directory that changes a file, adds one, removes
 	// etc/a.conf and makes opt/a opaque (everything below it replaced).
 	var upper string
-	if node.OverlayWorks(t.TempDir()) == nil {
+	if expose.OverlayWorks(t.TempDir()) == nil {
 		// A real overlayfs: the kernel writes the whiteout and the opaque
 		// directory into the upper directory.
 		upper = overlayChanges(t, n0, "img-a:1")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/client"
+	"github.com/p2pimg/p2pimg/node/cluster"
 )
 
 // Net is n real nodes in this process: real libp2p hosts on 127.0.0.1 with
@@ -38,7 +39,7 @@ type Node struct {
 }
 
 type options struct {
-	cluster  *node.ClusterConfig
+	cluster  *cluster.Config
 	members  int          // WithMembersOnly: how many nodes are members
 	isolated map[int]bool // nodes given no peers and not waited for
 	announce time.Duration
@@ -46,14 +47,14 @@ type options struct {
 	tweak    func(i int, c *node.Config)
 	verbose  bool
 	keepers  int
-	seats    func(c *node.ClusterConfig)
+	seats    func(c *cluster.Config)
 }
 
 // Option adjusts a Net.
 type Option func(*options)
 
 // WithCluster puts every node in the cluster c.
-func WithCluster(c *node.ClusterConfig) Option { return func(o *options) { o.cluster = c } }
+func WithCluster(c *cluster.Config) Option { return func(o *options) { o.cluster = c } }
 
 // WithMembersOnly closes the cluster to the first k nodes: their host keys
 // are made first and listed as the members. The other nodes are outsiders
@@ -73,7 +74,7 @@ func WithStallTimeout(d time.Duration) Option { return func(o *options) { o.stal
 // WithKeepers closes the cluster to the n nodes and makes the first k of
 // them keepers of the seat table; edit may set the issuers and lease
 // rules.
-func WithKeepers(k int, edit func(c *node.ClusterConfig)) Option {
+func WithKeepers(k int, edit func(c *cluster.Config)) Option {
 	return func(o *options) { o.keepers, o.seats = k, edit }
 }
 
@@ -107,14 +108,14 @@ func New(t testing.TB, n int, opts ...Option) *Net {
 	if o.members > 0 {
 		var ids []string
 		for i := range o.members {
-			k, err := node.LoadIdentity(filepath.Join(base, fmt.Sprintf("n%d", i)))
+			k, err := cluster.LoadIdentity(filepath.Join(base, fmt.Sprintf("n%d", i)))
 			if err != nil {
 				t.Fatal(err)
 			}
-			id, _ := node.PeerID(k)
+			id, _ := cluster.PeerID(k)
 			ids = append(ids, id.String())
 		}
-		c, err := node.NewCluster("test", ids, nil)
+		c, err := cluster.New("test", ids, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

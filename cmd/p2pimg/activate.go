@@ -13,8 +13,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/p2pimg/p2pimg/chunk"
-	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/cluster"
+	"github.com/p2pimg/p2pimg/node/gossip"
 	"github.com/p2pimg/p2pimg/testnet"
 )
 
@@ -35,13 +36,13 @@ func (a *app) operatorKey(flag string) string {
 	return ""
 }
 
-func (a *app) activationCmd(op string) *cobra.Command {
+func (a *app) activationCmd(op api.Op) *cobra.Command {
 	var at, hosts, keyFile string
 	var maps []string
 	var wait bool
 	var timeout time.Duration
 	use, short := "activate NAME[:TAG] --at PATH", "Make a layer live at PATH on a set of hosts, cluster-wide"
-	if op == node.OpDeactivate {
+	if op == api.OpDeactivate {
 		use, short = "deactivate NAME[:TAG]", "Undo an activation: PATH shows what was there before"
 	}
 	c := &cobra.Command{
@@ -61,21 +62,21 @@ settles and fails if any host failed.`,
 			if err != nil {
 				return usageError{err}
 			}
-			if op == node.OpActivate && (at == "" || !filepath.IsAbs(at)) {
+			if op == api.OpActivate && (at == "" || !filepath.IsAbs(at)) {
 				return usageError{fmt.Errorf("activate: --at must be an absolute path, e.g. --at /opt/app")}
 			}
 			cl := a.client()
 			for _, m := range maps {
-				if _, _, err := node.ParseMap(m); err != nil {
+				if _, _, err := api.ParseMap(m); err != nil {
 					return usageError{err}
 				}
 			}
 			req := api.ActivateRequest{Layer: name.String(), At: filepath.Clean(at), Hosts: hosts, Maps: maps, Op: op}
-			if op == node.OpDeactivate {
+			if op == api.OpDeactivate {
 				req.At = ""
 			}
 			if kf := a.operatorKey(keyFile); kf != "" && hosts != "self" {
-				key, err := node.LoadKeyFile(kf)
+				key, err := cluster.LoadKeyFile(kf)
 				if err != nil {
 					return err
 				}
@@ -83,7 +84,7 @@ settles and fails if any host failed.`,
 				if err != nil {
 					return err
 				}
-				act, err := node.SignActivation(key, node.Activation{Layer: name.String(), CID: id, At: req.At, Hosts: hosts, Maps: req.Maps, Op: op, Time: time.Now().UnixNano()})
+				act, err := gossip.SignActivation(key, gossip.Activation{Layer: name.String(), CID: id, At: req.At, Hosts: hosts, Maps: req.Maps, Op: op, Time: time.Now().UnixNano()})
 				if err != nil {
 					return err
 				}
@@ -104,7 +105,7 @@ settles and fails if any host failed.`,
 			return a.waitSettled(c, name.String(), op, res, timeout)
 		},
 	}
-	if op == node.OpActivate {
+	if op == api.OpActivate {
 		c.Flags().StringVar(&at, "at", "", "absolute path where the layer appears on each host (under its --root)")
 		c.Flags().StringArrayVar(&maps, "map", nil, "SRC=DST: while active, host path SRC resolves to DST inside the layer (bind mount or symlink; repeatable)")
 	}
@@ -116,10 +117,10 @@ settles and fails if any host failed.`,
 }
 
 // waitSettled follows the selected hosts' states for this activation.
-func (a *app) waitSettled(c *cobra.Command, layer, op string, res api.ActivateResult, timeout time.Duration) error {
-	want := map[string]bool{node.StateActive: true}
-	if op == node.OpDeactivate {
-		want = map[string]bool{node.StateInactive: true}
+func (a *app) waitSettled(c *cobra.Command, layer string, op api.Op, res api.ActivateResult, timeout time.Duration) error {
+	want := map[api.State]bool{api.StateActive: true}
+	if op == api.OpDeactivate {
+		want = map[api.State]bool{api.StateInactive: true}
 	}
 	deadline := time.Now().Add(timeout)
 	tick := time.NewTicker(200 * time.Millisecond)
@@ -140,13 +141,13 @@ func (a *app) waitSettled(c *cobra.Command, layer, op string, res api.ActivateRe
 		var lines []string
 		for _, h := range res.Targets {
 			s, ok := byHost[h]
-			st := "requested"
+			st := api.StateRequested
 			if ok {
 				st = s.State
 			}
 			switch {
 			case ok && want[s.State]:
-			case ok && s.State == node.StateFailed:
+			case ok && s.State == api.StateFailed:
 				failed = append(failed, fmt.Sprintf("%s: %s", short(h), s.Detail))
 			default:
 				pending = append(pending, short(h))

@@ -11,7 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/p2pimg/p2pimg/chunk"
-	"github.com/p2pimg/p2pimg/node"
+	"github.com/p2pimg/p2pimg/node/cluster"
 )
 
 func (a *app) clusterCmd() *cobra.Command {
@@ -27,7 +27,7 @@ allowed in (peer ids, from 'p2pimg identity --data DIR' on each host). Copy
 the same file to every host and start each daemon with --cluster FILE.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
-			cc, err := node.NewCluster(name, members, operators)
+			cc, err := cluster.New(name, members, operators)
 			if err != nil {
 				return usageError{err}
 			}
@@ -47,7 +47,7 @@ the same file to every host and start each daemon with --cluster FILE.`,
 		Short: "Make an operator key (it signs activations) and print the id to list under operators",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
-			id, err := node.NewKeyFile(keyOut)
+			id, err := cluster.NewKeyFile(keyOut)
 			if err != nil {
 				return fmt.Errorf("operator key: %w", err)
 			}
@@ -69,11 +69,11 @@ func (a *app) identityCmd() *cobra.Command {
 		Short: "Print this host's peer id (creating its key if needed), without a daemon",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
-			k, err := node.LoadIdentity(data)
+			k, err := cluster.LoadIdentity(data)
 			if err != nil {
 				return err
 			}
-			id, err := node.PeerID(k)
+			id, err := cluster.PeerID(k)
 			if err != nil {
 				return err
 			}

@@ -12,6 +12,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/p2pimg/p2pimg/node"
+	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/cluster"
+	"github.com/p2pimg/p2pimg/node/faults"
 	"github.com/p2pimg/p2pimg/policy"
 )
 
@@ -57,12 +60,12 @@ It stops cleanly on SIGINT or SIGTERM.`,
 			if err != nil {
 				return err
 			}
-			if expose != node.ModeAuto && expose != node.ModeOverlay && expose != node.ModeMaterialized {
+			if m := api.Mode(expose); m != api.ModeAuto && m != api.ModeOverlay && m != api.ModeMaterialized {
 				return usageError{fmt.Errorf("--expose %q: want auto, overlay or materialized", expose)}
 			}
 			lbl := map[string]string{}
 			for _, l := range labels {
-				k, v, err := node.ParseLabel(l)
+				k, v, err := api.ParseLabel(l)
 				if err != nil {
 					return usageError{fmt.Errorf("--label: %w", err)}
 				}
@@ -79,37 +82,38 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				}
 				hostPolicyText = string(b)
 			}
-			cluster := node.DefaultCluster()
+			cc := cluster.Default()
 			if clusterFile != "" {
 				var err error
-				if cluster, err = node.LoadCluster(clusterFile); err != nil {
+				if cc, err = cluster.Load(clusterFile); err != nil {
 					return err
 				}
 			}
 			if pskFile != "" {
-				k, err := node.ReadPSKFile(pskFile)
+				k, err := cluster.ReadPSKFile(pskFile)
 				if err != nil {
 					return usageError{fmt.Errorf("--psk: %w", err)}
 				}
-				cluster.PSK = k
+				cc.PSK = k
 			}
 			if membersFile != "" {
-				m, err := node.ReadMembersFile(membersFile)
+				m, err := cluster.ReadMembersFile(membersFile)
 				if err != nil {
 					return usageError{fmt.Errorf("--members: %w", err)}
 				}
-				cluster.Members = m
+				cc.Members = m
 			}
 			if pskFile != "" || membersFile != "" {
-				if err := cluster.Check(); err != nil {
+				if err := cc.Check(); err != nil {
 					return usageError{fmt.Errorf("--psk / --members with the cluster file: %w", err)}
 				}
 			}
 			d, err := node.NewDaemon(node.DaemonConfig{
 				Config: node.Config{
-					DataDir: data, Log: slog.New(h), Cluster: cluster, Listen: listen, Peers: peers,
-					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, TestCorruptServe: corrupt, TestStallServe: stallServe, TestGossipFlood: flood, SeatJournal: seatJournal, TestClockOffset: clockOffset,
-					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: expose, HostPolicy: hostPolicyText,
+					DataDir: data, Log: slog.New(h), Cluster: cc, Listen: listen, Peers: peers,
+					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall,
+					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: api.Mode(expose), HostPolicy: hostPolicyText,
+					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset),
 				},
 				Socket: a.socket, SocketGroup: socketGroup, Metrics: metrics, Version: version,
 			})
@@ -135,7 +139,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&maxUp, "max-upload", "", "cap on chunk bytes served per second, e.g. 50MB (default: none)")
 	c.Flags().StringVar(&maxDown, "max-download", "", "cap on chunk bytes fetched per second, e.g. 100MB (default: none)")
 	c.Flags().StringVar(&root, "root", "/", "directory that activation paths are relative to (a testnet gives each node its own)")
-	c.Flags().StringVar(&expose, "expose", node.ModeAuto, "how activated layers appear: overlay (mount; root and overlayfs), materialized (a directory swapped in), or auto")
+	c.Flags().StringVar(&expose, "expose", string(api.ModeAuto), "how activated layers appear: overlay (mount; root and overlayfs), materialized (a directory swapped in), or auto")
 	c.Flags().StringArrayVar(&labels, "label", nil, "host label key=value, announced to the cluster for --hosts key=value (repeatable)")
 	c.Flags().BoolVar(&corrupt, "test-corrupt-serve", false, "TESTING ONLY: corrupt every chunk served")
 	c.Flags().MarkHidden("test-corrupt-serve")
@@ -190,4 +194,14 @@ func applyConfig(c *cobra.Command, path string) error {
 		}
 	}
 	return nil
+}
+
+// testFaults is the hidden --test-* flags as faults (nil when none is set,
+// as in production).
+func testFaults(corrupt, stall, flood bool, seatJournal string, clockOffset time.Duration) *faults.Faults {
+	f := faults.Faults{CorruptServe: corrupt, StallServe: stall, GossipFlood: flood, SeatJournal: seatJournal, ClockOffset: clockOffset}
+	if f == (faults.Faults{}) {
+		return nil
+	}
+	return &f
 }

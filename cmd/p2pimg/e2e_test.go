@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/p2pimg/p2pimg/chunk"
-	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/client"
+	"github.com/p2pimg/p2pimg/node/expose"
 	"github.com/p2pimg/p2pimg/testnet"
 	"github.com/p2pimg/p2pimg/testnet/refimage"
 )
@@ -503,7 +503,7 @@ func TestTestnetCLI(t *testing.T) {
 	tn("--node", "1", "activate", "web:1", "--at", "/opt/web", "--hosts", "all", "--wait")
 	tn("testnet", "kill", "3") // down copes with a dead node
 	tn("testnet", "down")
-	if m := node.MountsUnder(dir); len(m) > 0 {
+	if m := expose.MountsUnder(dir); len(m) > 0 {
 		t.Fatalf("down left mounts behind: %v", m)
 	}
 	for _, nd := range l.Nodes {

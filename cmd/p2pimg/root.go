@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/p2pimg/p2pimg/node"
+	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/client"
 	"github.com/p2pimg/p2pimg/testnet"
 )
@@ -55,7 +55,7 @@ other command talks to the local daemon over its socket.`,
 		a.addCmd(), a.layersCmd(), a.checkoutCmd(), a.rmCmd(),
 		a.gcCmd(), a.verifyCmd(), a.statsCmd(), a.commonCmd(),
 		a.fetchCmd(), a.idCmd(), a.peersCmd(), a.clusterCmd(), a.identityCmd(), a.testnetCmd(),
-		a.activationCmd(node.OpActivate), a.activationCmd(node.OpDeactivate), a.statusCmd(),
+		a.activationCmd(api.OpActivate), a.activationCmd(api.OpDeactivate), a.statusCmd(),
 		a.licenseCmd(), a.policyCmd(), a.diffCmd(), a.splitCmd(), a.commitCmd(), a.rebaseCmd(), a.importCmd(),
 	)
 	return root

@@ -16,9 +16,9 @@ import (
 	"time"
 
 	"github.com/p2pimg/p2pimg/license"
-	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/client"
+	"github.com/p2pimg/p2pimg/node/seats"
 	"github.com/p2pimg/p2pimg/testnet"
 )
 
@@ -227,7 +227,7 @@ func (c *chaos) nemesis(ctx context.Context) {
 // checkJournals stops every daemon (so the journals are complete) and
 // runs the over-allocation checker on them; it returns how many intervals
 // it checked.
-func (c *chaos) checkJournals(seats int) int {
+func (c *chaos) checkJournals(nseats int) int {
 	t := c.t
 	c.l.Down(context.Background(), true)
 	var ivs []license.Interval
@@ -236,7 +236,7 @@ func (c *chaos) checkJournals(seats int) int {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := node.ReadSeatJournal(f)
+		got, err := seats.ReadJournal(f)
 		f.Close()
 		if err != nil {
 			t.Fatal(err)
@@ -246,7 +246,7 @@ func (c *chaos) checkJournals(seats int) int {
 	if c.grants.Load() < 5 || len(ivs) < 5 {
 		t.Fatalf("too few grants (%d) for the check to mean anything", c.grants.Load())
 	}
-	if err := license.CheckIntervals(ivs, map[string]int{"winsrv": seats}); err != nil {
+	if err := license.CheckIntervals(ivs, map[string]int{"winsrv": nseats}); err != nil {
 		keep := filepath.Join(os.TempDir(), fmt.Sprintf("p2pimg-seatfail-%d", c.seed))
 		exec.Command("cp", "-a", c.l.Dir, keep).Run()
 		t.Fatalf("%v\n(journals and daemon logs kept in %s)", err, keep)

@@ -96,11 +96,11 @@ type ClusterLayer struct {
 
 // Status is GET /v1/status.
 type Status struct {
-	State   string    `json:"state"` // starting, ready
-	PID     int       `json:"pid"`
-	DataDir string    `json:"data_dir"`
-	Started time.Time `json:"started"`
-	Version string    `json:"version"`
+	State   DaemonState `json:"state"`
+	PID     int         `json:"pid"`
+	DataDir string      `json:"data_dir"`
+	Started time.Time   `json:"started"`
+	Version string      `json:"version"`
 	// Goroutines and HeapBytes show whether a long-running daemon grows.
 	Goroutines int    `json:"goroutines"`
 	HeapBytes  uint64 `json:"heap_bytes"`
@@ -183,7 +183,7 @@ type ActivateRequest struct {
 	At     string          `json:"at,omitempty"`
 	Hosts  string          `json:"hosts,omitempty"`
 	Maps   []string        `json:"maps,omitempty"`
-	Op     string          `json:"op,omitempty"`
+	Op     Op              `json:"op,omitempty"`
 	Signed json.RawMessage `json:"signed,omitempty"`
 }
 
@@ -200,10 +200,10 @@ type HostActivation struct {
 	Layer  string `json:"layer"`
 	CID    string `json:"cid"`
 	At     string `json:"at,omitempty"`
-	State  string `json:"state"`
+	State  State  `json:"state"`
 	Detail string `json:"detail,omitempty"`
 	Time   int64  `json:"time"`
-	Mode   string `json:"mode,omitempty"`
+	Mode   Mode   `json:"mode,omitempty"`
 }
 
 // CommonResult is GET /v1/common?layer=A&layer=B...

@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/testnet"
@@ -48,14 +47,16 @@ func benchLayers(ctx context.Context, t *table, bin, dir string, size int64) err
 	}
 	defer l.Down(ctx, false)
 	cls := l.Clients()
-	if _, err := cls[0].Add(ctx, api.AddRequest{Name: "img-a:1", Path: imgA}, nil); err != nil {
+	resA, err := cls[0].Add(ctx, api.AddRequest{Name: "img-a:1", Path: imgA}, nil)
+	if err != nil {
 		return err
 	}
 	one, err := cls[0].Stats(ctx)
 	if err != nil {
 		return err
 	}
-	if _, err := cls[0].Add(ctx, api.AddRequest{Name: "img-b:1", Path: imgB}, nil); err != nil {
+	resB, err := cls[0].Add(ctx, api.AddRequest{Name: "img-b:1", Path: imgB}, nil)
+	if err != nil {
 		return err
 	}
 	both, err := cls[0].Stats(ctx)
@@ -64,13 +65,13 @@ func benchLayers(ctx context.Context, t *table, bin, dir string, size int64) err
 	}
 	ratio := float64(both.StoredBytes) / float64(one.StoredBytes)
 	t.add("two 80%-shared images: stored bytes / one image", fmt.Sprintf("%.2fx (%d MiB / %d MiB)", ratio, both.StoredBytes>>20, one.StoredBytes>>20), "<= 1.25x", check(ratio <= 1.25))
-	for _, name := range []string{"img-a:1", "img-b:1"} {
-		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			if _, err := cls[1].Resolve(ctx, name); err == nil {
-				break
-			} else if time.Now().After(deadline) {
-				return err
-			}
+	id, err := cls[0].Identity(ctx)
+	if err != nil {
+		return err
+	}
+	for name, cid := range map[string]string{"img-a:1": resA.Layer.CID, "img-b:1": resB.Layer.CID} {
+		if err := waitLayer(ctx, cls[1], name, cid, id.PeerID); err != nil {
+			return err
 		}
 	}
 	if _, err := cls[1].Fetch(ctx, "img-a:1", nil); err != nil {

@@ -1,0 +1,102 @@
+package activate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/gossip"
+)
+
+// Activate publishes an activation: one signed by an operator (req.Signed),
+// or one for this host alone that the daemon signs itself.
+func (r *Reconciler) Activate(ctx context.Context, req api.ActivateRequest) (*api.ActivateResult, error) {
+	var a gossip.Activation
+	if len(req.Signed) > 0 {
+		dec := json.NewDecoder(bytes.NewReader(req.Signed))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&a); err != nil {
+			return nil, api.BadRequestf("activation: %v", err)
+		}
+	} else {
+		if req.Hosts != "self" && req.Hosts != r.cfg.Host.ID().String() {
+			return nil, api.BadRequestf("activating other hosts needs an operator key (--key FILE or P2PIMG_OPERATOR_KEY); without one a host may only act on itself (--hosts self)")
+		}
+		name, err := chunk.ParseName(req.Layer)
+		if err != nil {
+			return nil, api.BadRequest(err)
+		}
+		id, err := r.ResolveLayer(ctx, name.String())
+		if err != nil {
+			return nil, err
+		}
+		a = gossip.Activation{Layer: name.String(), CID: id, At: req.At, Hosts: r.cfg.Host.ID().String(), Maps: req.Maps, Op: req.Op, Time: time.Now().UnixNano()}
+		if a, err = gossip.SignActivation(r.cfg.Key, a); err != nil {
+			return nil, err
+		}
+	}
+	if err := gossip.CheckActivation(&a, r.cfg.Cluster); err != nil {
+		return nil, api.BadRequest(err)
+	}
+	r.cfg.Catalog.MergeActivation(a)
+	r.cfg.Announce.Notify()
+	r.cfg.Reconcile.Notify()
+	res := &api.ActivateResult{Time: a.Time, Targets: []string{}}
+	res.Activation, _ = json.Marshal(a)
+	if a.Selects(r.cfg.Host.ID(), r.cfg.Labels) {
+		res.Targets = append(res.Targets, r.cfg.Host.ID().String())
+	}
+	// Known hosts: those heard over gossip (with their labels) and those
+	// connected whose first snapshot has not arrived yet.
+	known := r.cfg.Catalog.Hosts()
+	for _, p := range r.cfg.Host.Network().Peers() {
+		if _, ok := known[p]; !ok {
+			known[p] = gossip.HostView{}
+		}
+	}
+	for p, h := range known {
+		if a.Selects(p, h.Labels) {
+			res.Targets = append(res.Targets, p.String())
+		}
+	}
+	r.cfg.Log.Info("activation published", "layer", a.Layer, "op", a.Op, "hosts", a.Hosts, "targets", len(res.Targets))
+	return res, nil
+}
+
+// ResolveLayer is the manifest CID a layer name stands for: the cluster
+// catalogue's, else this host's own record.
+func (r *Reconciler) ResolveLayer(ctx context.Context, name string) (string, error) {
+	if mp, ok := r.cfg.Catalog.Lookup(name); ok {
+		return mp.CID, nil
+	}
+	nm, err := chunk.ParseName(name)
+	if err != nil {
+		return "", api.BadRequest(err)
+	}
+	l, err := r.cfg.Store.GetLayer(ctx, nm)
+	if err != nil {
+		return "", fmt.Errorf("layer %s is not in the cluster catalogue or on this host: %w", name, chunk.ErrNotFound)
+	}
+	return l.CID, nil
+}
+
+// Activations is every known host's state for every layer it was asked about.
+func (r *Reconciler) Activations() []api.HostActivation {
+	out := []api.HostActivation{}
+	add := func(host string, st gossip.HostState) {
+		out = append(out, api.HostActivation{Host: host, Layer: st.Layer, CID: st.CID, At: st.At, State: st.State, Detail: st.Detail, Time: st.Time, Mode: st.Mode})
+	}
+	for _, st := range r.States() {
+		add(r.cfg.Host.ID().String(), st)
+	}
+	for p, h := range r.cfg.Catalog.Hosts() {
+		for _, st := range h.States {
+			add(p.String(), st)
+		}
+	}
+	return out
+}

@@ -1,0 +1,352 @@
+package activate
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	lcrypto "github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/cluster"
+	"github.com/p2pimg/p2pimg/node/expose"
+	"github.com/p2pimg/p2pimg/node/gossip"
+	"github.com/p2pimg/p2pimg/node/internal/notify"
+	"github.com/p2pimg/p2pimg/policy"
+)
+
+// Store is what the reconciler reads and writes.
+type Store interface {
+	chunk.ManifestGetter
+	// GetLayer is the record of a name; chunk.ErrNotFound when absent.
+	GetLayer(ctx context.Context, name chunk.Name) (chunk.Layer, error)
+	// Records are the small records under a key prefix.
+	Records(prefix string) (map[string][]byte, error)
+	// PutRecord writes a small record durably.
+	PutRecord(key string, v []byte) error
+}
+
+// Fetcher makes a layer complete on this host.
+type Fetcher interface {
+	// Fetch makes layer name complete here as manifest mp.CID; it resumes
+	// when retried.
+	Fetch(ctx context.Context, name chunk.Name, mp gossip.Mapping, emit api.Emit) (*api.FetchResult, error)
+}
+
+// Seats claims and releases the seats of licensed layers.
+type Seats interface {
+	// Claim asks the keepers for a seat; a conflict error (api.CodeOf)
+	// when none is free.
+	Claim(ctx context.Context, req api.ClaimRequest) (*api.Grant, error)
+	// Release gives a consumer's use of its seat back.
+	Release(ctx context.Context, req api.ReleaseRequest) (*api.ReleaseResult, error)
+	// HoldsSeat reports whether this host holds a valid seat of product
+	// for consumer.
+	HoldsSeat(product, consumer string) bool
+}
+
+// Policy is what the effective policies of this host say of a layer.
+type Policy interface {
+	// Effective is the layer's effective policy here, or the conflict
+	// that refuses it; ok false when the cluster has no mapping for it.
+	Effective(ctx context.Context, layer string) (policy.Effective, *policy.Conflict, bool)
+	// Locked are the paths the policy locks (none on a conflict).
+	Locked(ctx context.Context, layer string) []string
+	// Restore undoes drift in an exposed view when the policy asks for
+	// it; detail says what it found ("" when nothing).
+	Restore(ctx context.Context, layer, cidStr string, x *expose.Exposure) (detail string, restored int, err error)
+}
+
+// Config configures the reconciler.
+type Config struct {
+	Host    host.Host
+	Key     lcrypto.PrivKey // signs this host's own activations
+	Cluster *cluster.Config
+	Labels  map[string]string
+	Root    string // activation paths are under it
+	Catalog *gossip.Catalog
+	Store   Store
+	Fetcher Fetcher
+	Seats   Seats
+	Policy  Policy
+	Exposer *expose.Exposer
+	Log     *slog.Logger
+	// Announce is poked when this host's states change; Reconcile wakes
+	// the reconciler (an activation arrived or a policy changed).
+	Announce, Reconcile *notify.Signal
+}
+
+// Reconciler brings this host's exposures in line with the activations
+// that select it, and reports its states.
+type Reconciler struct {
+	cfg Config
+
+	mu     sync.Mutex
+	states map[string]gossip.HostState // this host's, by layer
+}
+
+// New returns the reconciler; it starts nothing.
+func New(cfg Config) *Reconciler {
+	return &Reconciler{cfg: cfg, states: map[string]gossip.HostState{}}
+}
+
+// States are this host's activation states, one per layer.
+func (r *Reconciler) States() []gossip.HostState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]gossip.HostState, 0, len(r.states))
+	for _, st := range r.states {
+		out = append(out, st)
+	}
+	return out
+}
+
+func (r *Reconciler) setState(st gossip.HostState) {
+	r.mu.Lock()
+	r.states[st.Layer] = st
+	r.mu.Unlock()
+}
+
+func (r *Reconciler) stateOf(layer string) (gossip.HostState, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st, ok := r.states[layer]
+	return st, ok
+}
+
+// Run reconciles on every change and every second until ctx ends. It
+// fails at once when the activation records cannot be read: a host that
+// cannot tell what it exposed must not go on. Cancellation is not an
+// error.
+func (r *Reconciler) Run(ctx context.Context) error {
+	local, err := r.loadRecords()
+	if err != nil {
+		return fmt.Errorf("reconciler: %w", err)
+	}
+	for _, e := range local {
+		r.setState(e.hostState())
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		r.reconcile(ctx, local)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-r.cfg.Reconcile.C():
+		}
+	}
+}
+
+// reconcile brings every layer's local exposure in line with the newest
+// activation that selects this host. It runs on the reconciler goroutine only.
+func (r *Reconciler) reconcile(ctx context.Context, local map[string]*record) {
+	me := r.cfg.Host.ID()
+	want := map[string]gossip.Activation{}
+	for _, a := range r.cfg.Catalog.Activations() {
+		if !a.Selects(me, r.cfg.Labels) {
+			continue
+		}
+		if cur, ok := want[a.Layer]; !ok || a.Newer(cur) {
+			want[a.Layer] = a
+		}
+	}
+	for layer, a := range want {
+		if ctx.Err() != nil {
+			return
+		}
+		e := local[layer]
+		if e == nil {
+			e = &record{Layer: layer, State: api.StateInactive}
+			local[layer] = e
+		}
+		switch a.Op {
+		case api.OpDeactivate:
+			r.deactivate(ctx, e, a)
+		case api.OpActivate:
+			r.activate(ctx, e, a)
+		}
+		r.mirrorCheck(ctx, e)
+	}
+}
+
+// report records a layer's new state durably and announces it.
+func (r *Reconciler) report(e *record, state api.State, detail string) {
+	e.State, e.Detail = state, detail
+	if state == api.StateFailed {
+		e.Failed = time.Now()
+	}
+	if err := r.save(e); err != nil {
+		r.cfg.Log.Warn("activation record", "layer", e.Layer, "err", err)
+	}
+	r.setState(e.hostState())
+	r.cfg.Announce.Notify()
+}
+
+func (r *Reconciler) fail(e *record, err error) { r.report(e, api.StateFailed, err.Error()) }
+
+// deactivate undoes what this host did for a layer.
+func (r *Reconciler) deactivate(ctx context.Context, e *record, a gossip.Activation) {
+	if e.Time == a.Time && e.State == api.StateInactive {
+		return
+	}
+	exposedNow := e.Exposed
+	e.Time, e.CID = a.Time, a.CID
+	if exposedNow {
+		r.report(e, api.StateDeactivating, "")
+	}
+	if err := r.cfg.Exposer.UnmapAll(&e.Exposure, func() error { return r.save(e) }); err != nil {
+		r.fail(e, err)
+		return
+	}
+	if exposedNow && e.Path != "" {
+		if err := r.cfg.Exposer.Unexpose(&e.Exposure, e.Layer); err != nil {
+			r.fail(e, err)
+			return
+		}
+	}
+	r.releaseSeat(ctx, e)
+	e.Path, e.At = "", ""
+	r.report(e, api.StateInactive, "")
+	r.cfg.Log.Info("layer deactivated", "layer", e.Layer)
+}
+
+// activate moves one layer toward what activation a asks of this host:
+// policy first, then a seat for a licensed layer, then fetch, expose, map.
+func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activation) {
+	path := filepath.Join(r.cfg.Root, a.At)
+	lost := e.State == api.StateActive && e.Mode == api.ModeOverlay && !expose.Mounted(e.Path) // e.g. after a reboot
+	product := r.layerProduct(ctx, a)
+	seated := product == "" || r.cfg.Seats.HoldsSeat(product, seatConsumer(a.Layer))
+	if e.Time == a.Time && !lost && seated && (e.State == api.StateActive || (e.State == api.StateFailed && time.Since(e.Failed) < retryAfter)) {
+		return
+	}
+	if r.refusedByPolicy(ctx, e, a) {
+		return
+	}
+	if !seated {
+		// A licensed layer: a seat first, before anything is exposed.
+		// (After a daemon restart the seat is claimed again; the layer
+		// stays exposed meanwhile.)
+		if !r.claimSeat(ctx, e, a, product) {
+			return
+		}
+		if e.Time == a.Time && e.CID == a.CID && e.Exposed && e.Path == path && !lost && e.State == api.StateActive {
+			r.report(e, api.StateActive, "")
+			return
+		}
+	}
+	if err := r.cfg.Exposer.UnmapAll(&e.Exposure, func() error { return r.save(e) }); err != nil { // maps are made again for this activation
+		r.fail(e, err)
+		return
+	}
+	mode := r.cfg.Exposer.Mode()
+	if e.Exposed && e.Path != "" && (e.Path != path || (e.Mode != "" && e.Mode != mode)) {
+		// moved, or exposed another way: undo the old exposure first
+		if err := r.cfg.Exposer.Unexpose(&e.Exposure, e.Layer); err != nil {
+			r.fail(e, err)
+			return
+		}
+	}
+	e.Time, e.CID, e.At, e.Path, e.Mode = a.Time, a.CID, a.At, path, mode
+	r.report(e, api.StateFetching, "")
+	if err := r.bringUp(ctx, e, a); err != nil {
+		if ctx.Err() == nil {
+			r.fail(e, err)
+			r.cfg.Log.Warn("activation failed", "layer", e.Layer, "err", err)
+		}
+		return
+	}
+	r.report(e, api.StateActive, "")
+	r.cfg.Log.Info("layer activated", "layer", e.Layer, "path", path)
+}
+
+// refusedByPolicy reports (once per activation) and returns true when the
+// layer's effective policy here forbids activating it.
+func (r *Reconciler) refusedByPolicy(ctx context.Context, e *record, a gossip.Activation) bool {
+	eff, c, ok := r.cfg.Policy.Effective(ctx, a.Layer)
+	if !ok || (c == nil && eff.MayActivate) {
+		return false
+	}
+	reason := "the layer policy does not allow activation on this host (activate=...)"
+	if c != nil {
+		reason = c.Error()
+	}
+	if e.State != api.StateFailed || e.Detail != "policy: "+reason || e.Time != a.Time {
+		e.Time, e.CID = a.Time, a.CID
+		r.report(e, api.StateFailed, "policy: "+reason)
+	}
+	return true
+}
+
+// bringUp fetches the pinned layer, exposes it and makes its maps.
+func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation) error {
+	m, err := r.ensureLayer(ctx, a, func(ev api.Event) {
+		if p := ev.Progress; p != nil {
+			st := e.hostState()
+			st.State, st.Detail = api.StateFetching, fmt.Sprintf("%d of %d bytes from %d peer(s)", p.Done, p.Total, p.Peers)
+			r.setState(st)
+			r.cfg.Announce.Notify()
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if err := r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer)); err != nil {
+		return err
+	}
+	return r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
+}
+
+// ensureLayer makes the activation's pinned layer complete here.
+func (r *Reconciler) ensureLayer(ctx context.Context, a gossip.Activation, emit api.Emit) (*chunk.Manifest, error) {
+	name, _ := chunk.ParseName(a.Layer)
+	id, err := cid.Decode(a.CID)
+	if err != nil {
+		return nil, fmt.Errorf("activate %s: manifest id %q: %w", a.Layer, a.CID, err)
+	}
+	mp, ok := r.cfg.Catalog.Lookup(name.String())
+	if !ok || mp.CID != a.CID {
+		mp = gossip.Mapping{Name: name.String(), CID: a.CID}
+	}
+	if _, err := r.cfg.Fetcher.Fetch(ctx, name, mp, emit); err != nil {
+		return nil, err
+	}
+	m, err := r.cfg.Store.GetManifest(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("activate %s: %w", a.Layer, err)
+	}
+	return chunk.Flat(ctx, r.cfg.Store, m)
+}
+
+const mirrorEvery = 2 * time.Second
+
+// mirrorCheck has the policy undo drift in an active exposure, every
+// mirrorEvery at most. It runs on the reconciler goroutine.
+func (r *Reconciler) mirrorCheck(ctx context.Context, e *record) {
+	if e.State != api.StateActive || !e.Exposed || time.Since(e.checked) < mirrorEvery {
+		return
+	}
+	e.checked = time.Now()
+	detail, restored, err := r.cfg.Policy.Restore(ctx, e.Layer, e.CID, &e.Exposure)
+	if detail == "" {
+		return
+	}
+	e.Detail = detail
+	if err != nil {
+		r.cfg.Log.Warn("policy: restore failed", "layer", e.Layer, "err", err)
+		return
+	}
+	if err := r.save(e); err != nil {
+		r.cfg.Log.Warn("activation record", "layer", e.Layer, "err", err)
+	}
+	e.Restored += restored
+	r.setState(e.hostState())
+}

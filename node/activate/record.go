@@ -1,0 +1,85 @@
+// Package activate is where a layer becomes visible at a path: the
+// reconciler that brings this host in line with the newest activation
+// that selects it (check policy, claim a seat if the layer is licensed,
+// fetch, expose, map paths; or undo it all), its per-layer state machine
+// and durable record, and the publishing of activations. It decides what
+// is exposed where; it never mounts or copies itself (package expose
+// does) and never grants a seat (package seats does).
+package activate
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/expose"
+	"github.com/p2pimg/p2pimg/node/gossip"
+)
+
+// record is what this host did for a layer, kept durably (under
+// "act/LAYER") so that it can be undone after a restart.
+type record struct {
+	Layer  string    `json:"layer"`
+	CID    string    `json:"cid"`
+	At     string    `json:"at,omitempty"`
+	State  api.State `json:"state"`
+	Detail string    `json:"detail,omitempty"`
+	Time   int64     `json:"time"` // of the activation it answers
+	expose.Exposure
+	Failed time.Time `json:"failed,omitempty"`
+	// Product: the layer needed a seat of it, held for consumer "layer:NAME".
+	Product string `json:"product,omitempty"`
+	// Restored counts the drifted paths mirror mode put back.
+	Restored int `json:"restored,omitempty"`
+
+	checked time.Time // last mirror check
+}
+
+// hostState is the record as this host reports it.
+func (e *record) hostState() gossip.HostState {
+	return gossip.HostState{Layer: e.Layer, CID: e.CID, At: e.At, State: e.State, Detail: e.Detail, Time: e.Time, Mode: e.Mode}
+}
+
+// retryAfter is how long a failed activation waits before it is tried again.
+const retryAfter = 5 * time.Second
+
+func recordKey(layer string) string { return "act/" + layer }
+
+func (r *Reconciler) loadRecords() (map[string]*record, error) {
+	recs, err := r.cfg.Store.Records("act/")
+	if err != nil {
+		return nil, fmt.Errorf("activation records: %w", err)
+	}
+	out := map[string]*record{}
+	for k, v := range recs {
+		var e record
+		if err := json.Unmarshal(v, &e); err != nil {
+			return nil, fmt.Errorf("activation record %s: %w", k, err)
+		}
+		out[e.Layer] = &e
+	}
+	return out, nil
+}
+
+func (r *Reconciler) save(e *record) error {
+	b, _ := json.Marshal(e)
+	return r.cfg.Store.PutRecord(recordKey(e.Layer), b)
+}
+
+// Exposure is how layer is exposed on this host now, from its durable
+// record: its manifest id and what was done; ok is false when it is not
+// exposed.
+func (r *Reconciler) Exposure(ctx context.Context, layer string) (cidStr string, x expose.Exposure, ok bool, err error) {
+	recs, err := r.cfg.Store.Records(recordKey(layer))
+	if err != nil {
+		return "", x, false, fmt.Errorf("activation record of %s: %w", layer, err)
+	}
+	b, found := recs[recordKey(layer)]
+	var e record
+	if !found || json.Unmarshal(b, &e) != nil || !e.Exposed {
+		return "", x, false, nil
+	}
+	return e.CID, e.Exposure, true, nil
+}

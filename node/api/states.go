@@ -1,0 +1,58 @@
+package api
+
+// State is a host's state for one layer's activation, as each host reports
+// it. The daemon and the CLI share these constants: a state is never
+// compared as free text, and a failure's reason is the Detail beside it,
+// never part of the state.
+type State string
+
+// Host states of an activation.
+const (
+	StateRequested    State = "requested"
+	StateFetching     State = "fetching"
+	StateDeactivating State = "deactivating"
+	StateActive       State = "active"
+	StateInactive     State = "inactive"
+	StateFailed       State = "failed"
+	StateWaitingSeat  State = "waiting-for-seat"
+)
+
+// Valid reports whether s is one of the states above.
+func (s State) Valid() bool {
+	switch s {
+	case StateRequested, StateFetching, StateDeactivating, StateActive, StateInactive, StateFailed, StateWaitingSeat:
+		return true
+	}
+	return false
+}
+
+// Op is what an activation asks of the hosts it selects.
+type Op string
+
+// Activation operations.
+const (
+	OpActivate   Op = "activate"
+	OpDeactivate Op = "deactivate"
+)
+
+// Mode is how an activated layer appears at its path.
+type Mode string
+
+// Exposure modes.
+const (
+	// ModeAuto is overlay where the host allows mounts, else materialized.
+	ModeAuto Mode = "auto"
+	// ModeOverlay mounts an overlay over the path.
+	ModeOverlay Mode = "overlay"
+	// ModeMaterialized swaps a directory in at the path.
+	ModeMaterialized Mode = "materialized"
+)
+
+// DaemonState is whether the daemon has opened its store yet.
+type DaemonState string
+
+// Daemon states of GET /v1/status.
+const (
+	DaemonStarting DaemonState = "starting"
+	DaemonReady    DaemonState = "ready"
+)

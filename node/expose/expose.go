@@ -1,0 +1,136 @@
+// Package expose makes a layer visible at a host path and takes it away
+// again: an overlay mount over the path, or a materialised directory
+// swapped in with one atomic rename, plus the path maps (bind mounts or
+// symlinks) that redirect original paths into an active layer. Every step
+// is recorded in an Exposure, so it can be undone exactly after a restart.
+// It never talks to the network and never decides what should be exposed
+// where (package activate does).
+package expose
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/chunk/tree"
+	"github.com/p2pimg/p2pimg/node/api"
+)
+
+// Config configures an Exposer.
+type Config struct {
+	Store   chunk.Store // the chunks that checkouts read
+	DataDir string      // views/ and overlay/ live here
+	Root    string      // map sources are under it
+	Mode    api.Mode    // auto (default), overlay or materialized
+	Log     *slog.Logger
+}
+
+// Exposer exposes layers on this host.
+type Exposer struct {
+	cfg       Config
+	probeOnce sync.Once
+	autoMode  api.Mode // chosen by the probe, for ModeAuto
+}
+
+// New returns an Exposer; it touches nothing until used.
+func New(cfg Config) *Exposer { return &Exposer{cfg: cfg} }
+
+// Exposure is what this host did to expose one layer, kept durably by the
+// caller (its JSON is part of the activation record) so that it can be
+// undone after a restart.
+type Exposure struct {
+	Mode    api.Mode `json:"mode,omitempty"`
+	Path    string   `json:"path"`    // the full path under --root
+	Exposed bool     `json:"exposed"` // Path shows the layer now (our mount or our directory)
+	Backup  bool     `json:"backup"`  // materialized: Path's previous contents are at Path + baseSuffix
+	Created bool     `json:"created"` // overlay: Path was made for the mount
+	Maps    []Mapped `json:"maps,omitempty"`
+	// Locked are the read-only binds over locked paths in an overlay.
+	Locked []string `json:"locked,omitempty"`
+}
+
+const (
+	newSuffix  = ".p2pimg-new"
+	baseSuffix = ".p2pimg-base"
+)
+
+// exchange swaps two paths atomically.
+func exchange(a, b string) error {
+	return unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_EXCHANGE)
+}
+
+// Expose shows layer (manifest cidStr, flattened to m) at e.Path in
+// e.Mode. An overlay is mounted over the path, with locked (absolute
+// paths in the layer) made read-only. A materialised view is checked out
+// next to the path, then swapped in with one atomic rename; what was at
+// the path before is kept beside it and comes back with Unexpose.
+func (x *Exposer) Expose(ctx context.Context, e *Exposure, layer, cidStr string, m *chunk.Manifest, locked []string) error {
+	if e.Mode == api.ModeOverlay {
+		return x.mountOverlay(ctx, e, layer, cidStr, m, locked)
+	}
+	if err := os.MkdirAll(filepath.Dir(e.Path), 0o755); err != nil {
+		return fmt.Errorf("expose %s: %w", layer, err)
+	}
+	tmp := e.Path + newSuffix
+	os.RemoveAll(tmp)
+	if err := tree.Checkout(ctx, x.cfg.Store, m, tmp, tree.CheckoutOptions{Owners: os.Geteuid() == 0}); err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("expose %s: %w", layer, err)
+	}
+	_, err := os.Lstat(e.Path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.Rename(tmp, e.Path); err != nil {
+			return fmt.Errorf("expose %s: %w", layer, err)
+		}
+		e.Exposed = true
+		return nil
+	case err != nil:
+		return fmt.Errorf("expose %s: %w", layer, err)
+	}
+	if err := exchange(tmp, e.Path); err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("swap %s in: %w", e.Path, err)
+	}
+	wasOurs := e.Exposed
+	e.Exposed = true
+	if wasOurs { // tmp now holds our previous exposure, not the host's own
+		return os.RemoveAll(tmp)
+	}
+	if err := os.Rename(tmp, e.Path+baseSuffix); err != nil {
+		return fmt.Errorf("expose %s: keep what was at %s: %w", layer, e.Path, err)
+	}
+	e.Backup = true
+	return nil
+}
+
+// Unexpose puts back what was at the path before the layer.
+func (x *Exposer) Unexpose(e *Exposure, layer string) error {
+	if e.Mode == api.ModeOverlay {
+		if err := x.unmountOverlay(e, layer); err != nil {
+			return err
+		}
+		e.Exposed = false
+		return nil
+	}
+	if !e.Backup {
+		if err := os.RemoveAll(e.Path); err != nil {
+			return fmt.Errorf("unexpose %s: %w", layer, err)
+		}
+		e.Exposed = false
+		return nil
+	}
+	base := e.Path + baseSuffix
+	if err := exchange(base, e.Path); err != nil {
+		return fmt.Errorf("restore %s: %w", e.Path, err)
+	}
+	e.Backup, e.Exposed = false, false
+	return os.RemoveAll(base) // it holds the layer now
+}

@@ -1,0 +1,211 @@
+package expose
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/chunk/tree"
+	"github.com/p2pimg/p2pimg/node/api"
+)
+
+// OverlayWorks mounts and unmounts a small overlay in a scratch directory
+// under dir: the only sure way to know this host may mount overlays (root
+// in a sandbox may still be refused).
+func OverlayWorks(dir string) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("not root")
+	}
+	tmp, err := os.MkdirTemp(dir, ".overlay-probe-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	for _, d := range []string{"lower", "upper", "work", "mnt"} {
+		if err := os.Mkdir(filepath.Join(tmp, d), 0o700); err != nil {
+			return err
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", filepath.Join(tmp, "lower"), filepath.Join(tmp, "upper"), filepath.Join(tmp, "work"))
+	if err := unix.Mount("overlay", filepath.Join(tmp, "mnt"), "overlay", 0, opts); err != nil {
+		return err
+	}
+	return unix.Unmount(filepath.Join(tmp, "mnt"), unix.MNT_DETACH)
+}
+
+// Mode is the mode this host uses for new activations: the one
+// configured, or for auto, overlay if a probe mount works (checked once).
+func (x *Exposer) Mode() api.Mode {
+	switch x.cfg.Mode {
+	case api.ModeOverlay, api.ModeMaterialized:
+		return x.cfg.Mode
+	}
+	x.probeOnce.Do(func() {
+		x.autoMode = api.ModeMaterialized
+		if err := OverlayWorks(x.cfg.DataDir); err != nil {
+			x.cfg.Log.Info("activations use materialized directories: overlay mounts unavailable", "reason", err.Error())
+			return
+		}
+		x.autoMode = api.ModeOverlay
+	})
+	return x.autoMode
+}
+
+// Mounted reports whether path is a mount point.
+func Mounted(path string) bool {
+	for _, m := range MountsUnder(path) {
+		if m == path {
+			return true
+		}
+	}
+	return false
+}
+
+// MountsUnder lists the mount points at or below dir, deepest first.
+func MountsUnder(dir string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMount(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var c byte
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%3o", &c); err == nil {
+				b.WriteByte(c)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// view is the read-only checkout of a layer that overlays share.
+func (x *Exposer) view(ctx context.Context, cidStr string, m *chunk.Manifest) (string, error) {
+	dir := filepath.Join(x.cfg.DataDir, "views", cidStr)
+	if _, err := os.Stat(filepath.Join(dir, ".complete")); err == nil {
+		return filepath.Join(dir, "tree"), nil
+	}
+	os.RemoveAll(dir)
+	if err := tree.Checkout(ctx, x.cfg.Store, m, filepath.Join(dir, "tree"), tree.CheckoutOptions{Owners: os.Geteuid() == 0}); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, ".complete"), nil, 0o600); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "tree"), nil
+}
+
+// mountOverlay mounts the layer's view over e.Path, with what is at the
+// path as the lowest layer and a writable upper directory in the data dir.
+func (x *Exposer) mountOverlay(ctx context.Context, e *Exposure, layer, cidStr string, m *chunk.Manifest, locked []string) error {
+	lower, err := x.view(ctx, cidStr, m)
+	if err != nil {
+		return err
+	}
+	if Mounted(e.Path) { // a previous version: replace it
+		if err := x.unmountOverlay(e, layer); err != nil {
+			return err
+		}
+	}
+	if _, err := os.Lstat(e.Path); os.IsNotExist(err) {
+		if err := os.MkdirAll(e.Path, 0o755); err != nil {
+			return err
+		}
+		e.Created = true
+	}
+	work := filepath.Dir(x.UpperDir(layer))
+	os.RemoveAll(work)
+	for _, d := range []string{"upper", "work"} {
+		if err := os.MkdirAll(filepath.Join(work, d), 0o755); err != nil {
+			return err
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s:%s,upperdir=%s,workdir=%s", lower, e.Path, filepath.Join(work, "upper"), filepath.Join(work, "work"))
+	if err := unix.Mount("overlay", e.Path, "overlay", 0, opts); err != nil {
+		return fmt.Errorf("mount overlay at %s: %w", e.Path, err)
+	}
+	e.Exposed = true
+	return lockPaths(e, locked)
+}
+
+// lockPaths makes the paths the layer policy locks read-only in the
+// overlay (a read-only bind of each onto itself): writes there fail with
+// EROFS.
+func lockPaths(e *Exposure, locked []string) error {
+	for _, l := range locked {
+		p := filepath.Join(e.Path, filepath.FromSlash(l))
+		if fi, err := os.Lstat(p); err != nil || fi.Mode()&os.ModeSymlink != 0 {
+			continue // not in the layer, or a symlink that could lead elsewhere
+		}
+		if err := unix.Mount(p, p, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("lock %s: %w", l, err)
+		}
+		e.Locked = append(e.Locked, p)
+		if err := unix.Mount("", p, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			return fmt.Errorf("lock %s read-only: %w", l, err)
+		}
+	}
+	return nil
+}
+
+// UpperDir is where an overlay keeps the writes made to a layer's view.
+func (x *Exposer) UpperDir(layer string) string {
+	return filepath.Join(x.cfg.DataDir, "overlay", strings.ReplaceAll(layer, "/", "_"), "upper")
+}
+
+// unmountOverlay removes the overlay; the path shows its old contents again.
+func (x *Exposer) unmountOverlay(e *Exposure, layer string) error {
+	for i := len(e.Locked) - 1; i >= 0; i-- {
+		if err := unix.Unmount(e.Locked[i], 0); err != nil {
+			unix.Unmount(e.Locked[i], unix.MNT_DETACH)
+		}
+	}
+	e.Locked = nil
+	if Mounted(e.Path) {
+		if err := unix.Unmount(e.Path, 0); err != nil {
+			if err := unix.Unmount(e.Path, unix.MNT_DETACH); err != nil {
+				return fmt.Errorf("unmount %s: %w", e.Path, err)
+			}
+		}
+	}
+	os.RemoveAll(filepath.Dir(x.UpperDir(layer)))
+	if e.Created {
+		os.Remove(e.Path) // only if still empty: it was made for the mount
+		e.Created = false
+	}
+	return nil
+}

@@ -1,0 +1,34 @@
+// Package faults is the one switchboard of fault injection: a lying or
+// stalled chunk server, a gossip flood, a skewed keeper clock and the seat
+// journal the fault tests check. Tests and benchmarks set it (the CLI
+// through hidden --test-* flags); in production it is nil, and each
+// service checks it in one place.
+package faults
+
+import "time"
+
+// Faults switches on misbehaviour for tests. A nil *Faults is production.
+type Faults struct {
+	// CorruptServe flips a byte in every chunk this host serves.
+	CorruptServe bool
+	// StallServe never answers chunk requests (the host still says it has
+	// the chunks).
+	StallServe bool
+	// GossipFlood publishes this host's snapshot as fast as it can.
+	GossipFlood bool
+	// ClockOffset shifts the clock this host's keeper stamps seat commands
+	// with (clock skew between keepers).
+	ClockOffset time.Duration
+	// SeatJournal, when set, is a file where this host appends every
+	// interval during which it treated a seat grant as valid: the record
+	// the seat fault tests check for over-allocation.
+	SeatJournal string
+}
+
+// Get is f, or the zero Faults (nothing injected) when f is nil.
+func (f *Faults) Get() Faults {
+	if f == nil {
+		return Faults{}
+	}
+	return *f
+}

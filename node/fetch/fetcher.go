@@ -1,0 +1,439 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/gossip"
+	"github.com/p2pimg/p2pimg/node/internal/notify"
+	"github.com/p2pimg/p2pimg/node/p2p"
+	"github.com/p2pimg/p2pimg/node/xchg"
+)
+
+// Store is what a fetch reads and writes.
+type Store interface {
+	// HasMany reports, for each id in order, whether it is stored.
+	HasMany(ctx context.Context, ids []cid.Cid) ([]bool, error)
+	// PutUncached stores verified blocks without keeping them in the page
+	// cache once synced. Idempotent.
+	PutUncached(ctx context.Context, blocks ...chunk.Block) error
+	// GetManifest is a stored manifest; chunk.ErrNotFound when absent.
+	GetManifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, error)
+	// PutManifest stores an encoded manifest (checked by the caller). Idempotent.
+	PutManifest(ctx context.Context, id cid.Cid, data []byte) error
+	// GetLayer is the record of a name; chunk.ErrNotFound when absent.
+	GetLayer(ctx context.Context, name chunk.Name) (chunk.Layer, error)
+	// PutLayer writes a record durably, after every earlier write.
+	PutLayer(ctx context.Context, l chunk.Layer) error
+}
+
+// Pinner keeps garbage collection from deleting chunks while a fetch
+// stores them.
+type Pinner interface {
+	// Pin holds gc off until the returned func is called.
+	Pin() (unpin func())
+}
+
+// Config configures a Fetcher.
+type Config struct {
+	Host    host.Host
+	Store   Store
+	Catalog *gossip.Catalog
+	Gater   *p2p.Gater
+	Stats   *p2p.Stats
+	Pins    Pinner
+	Log     *slog.Logger
+	// Down caps chunk bytes fetched per second (nil: no cap).
+	Down *rate.Limiter
+	// StallTimeout fails a fetch after this long without progress.
+	StallTimeout time.Duration
+	// Announce is poked when this host starts or ends a fetch (its
+	// holdings change).
+	Announce *notify.Signal
+	Reg      prometheus.Registerer
+}
+
+// Fetcher fetches layers from peers.
+type Fetcher struct {
+	cfg Config
+
+	mu      sync.Mutex
+	fetches map[cid.Cid]*fetch
+	// chunkIDs caches the distinct chunk ids of recently served manifests,
+	// so answering every fetcher's have-request does not decode the manifest
+	// again (manifests are immutable: an id always has the same chunks).
+	chunkIDs *lru.Cache[cid.Cid, []cid.Cid]
+	decoding singleflight.Group
+
+	bytesIn       *prometheus.CounterVec
+	chunksFetched prometheus.Counter
+	verifyFails   *prometheus.CounterVec
+	fetchSeconds  prometheus.Histogram
+}
+
+// New registers the fetcher's metrics; it starts nothing.
+func New(cfg Config) *Fetcher {
+	chunkIDs, _ := lru.New[cid.Cid, []cid.Cid](16) // errs only for a size below 1
+	fr := &Fetcher{cfg: cfg, fetches: map[cid.Cid]*fetch{}, chunkIDs: chunkIDs,
+		bytesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "p2pimg_chunk_bytes_in_total", Help: "Chunk bytes received, by peer.",
+		}, []string{"peer"}),
+		chunksFetched: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "p2pimg_chunks_fetched_total", Help: "Chunks fetched from peers and stored.",
+		}),
+		verifyFails: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "p2pimg_chunk_verify_failures_total", Help: "Chunks from peers that did not match their CID, by peer.",
+		}, []string{"peer"}),
+		fetchSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "p2pimg_fetch_duration_seconds", Help: "Time to fetch a layer.",
+			Buckets: prometheus.ExponentialBuckets(0.05, 2, 14),
+		}),
+	}
+	cfg.Reg.MustRegister(fr.bytesIn, fr.chunksFetched, fr.verifyFails, fr.fetchSeconds)
+	return fr
+}
+
+// Limiter caps bytes per second; bursts may be as large as one chunk. Nil
+// for no cap (bps <= 0).
+func Limiter(bps int64) *rate.Limiter {
+	if bps <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(bps), chunk.MaxChunkSize)
+}
+
+type capKey struct{}
+
+// WithCap caps the chunk bytes per second of the fetches run with ctx (a
+// layer policy's bandwidth for background sync), on top of --max-download.
+func WithCap(ctx context.Context, bps int64) context.Context {
+	if bps <= 0 {
+		return ctx
+	}
+	return context.WithValue(ctx, capKey{}, Limiter(bps))
+}
+
+func capFrom(ctx context.Context) *rate.Limiter {
+	l, _ := ctx.Value(capKey{}).(*rate.Limiter)
+	return l
+}
+
+// HaveBitmap says which of a layer's distinct chunks this host has: the
+// answer to a peer's have-request (xchg.Source).
+func (fr *Fetcher) HaveBitmap(ctx context.Context, id cid.Cid) ([]byte, error) {
+	fr.mu.Lock()
+	f := fr.fetches[id]
+	fr.mu.Unlock()
+	if f != nil {
+		return f.bitmap(), nil
+	}
+	ids, ok := fr.chunkIDs.Get(id)
+	if !ok {
+		// Every stream of every fetcher asks at once when a fetch starts:
+		// one of them decodes the manifest, the others wait for it.
+		v, err, _ := fr.decoding.Do(id.KeyString(), func() (any, error) {
+			m, err := fr.cfg.Store.GetManifest(ctx, id)
+			if err != nil {
+				return nil, err
+			}
+			ids := chunk.RefIDs(m.UniqueRefs())
+			fr.chunkIDs.Add(id, ids)
+			return ids, nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		ids = v.([]cid.Cid)
+	}
+	has, err := fr.cfg.Store.HasMany(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	return xchg.PackBits(has), nil
+}
+
+// FetchName makes NAME:TAG complete on this host, as the cluster
+// catalogue maps it, fetching only the chunks the store lacks.
+func (fr *Fetcher) FetchName(ctx context.Context, ref string, emit api.Emit) (*api.FetchResult, error) {
+	name, err := chunk.ParseName(ref)
+	if err != nil {
+		return nil, api.BadRequest(err)
+	}
+	mp, ok := fr.cfg.Catalog.Lookup(name.String())
+	if !ok {
+		return nil, fmt.Errorf("fetch %s: the cluster catalogue has no such layer (see `p2pimg layers --all`): %w", name, chunk.ErrNotFound)
+	}
+	return fr.Fetch(ctx, name, mp, emit)
+}
+
+// Fetch makes layer name complete here as the manifest mp.CID, with the
+// layer underneath when it is stacked. Safe to retry: it resumes.
+func (fr *Fetcher) Fetch(ctx context.Context, name chunk.Name, mp gossip.Mapping, emit api.Emit) (*api.FetchResult, error) {
+	id, err := cid.Decode(mp.CID)
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s: manifest id %q: %w", name, mp.CID, err)
+	}
+	start := time.Now()
+	defer fr.cfg.Pins.Pin()()
+	if l, err := fr.cfg.Store.GetLayer(ctx, name); err == nil && l.CID == mp.CID && l.State == chunk.Complete {
+		return &api.FetchResult{Layer: l}, nil
+	}
+	m, err := fr.Manifest(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s: %w", name, err)
+	}
+	rec := chunk.NewLayer(name, id, m, chunk.Incomplete)
+	rec.Publisher, rec.Published, rec.Signature, rec.Product, rec.Policy = mp.Publisher, mp.Published, mp.Sig, mp.Product, mp.Policy
+	if err := fr.cfg.Store.PutLayer(ctx, rec); err != nil {
+		return nil, fmt.Errorf("fetch %s: %w", name, err)
+	}
+	f, err := fr.fetchChunks(ctx, id, m, name, emit)
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s: %w", name, err)
+	}
+	// A stacked layer is complete when the layers under it are.
+	for pid := m.Parent; pid.Defined(); {
+		pm, err := fr.Manifest(ctx, pid)
+		if err != nil {
+			return nil, fmt.Errorf("fetch %s: parent layer %s: %w", name, pid, err)
+		}
+		pf, err := fr.fetchChunks(ctx, pid, pm, name, emit)
+		if err != nil {
+			return nil, fmt.Errorf("fetch %s: parent layer %s: %w", name, pid, err)
+		}
+		f.fetched += pf.fetched
+		for p, b := range pf.perPeer {
+			f.perPeer[p] += b
+		}
+		pid = pm.Parent
+	}
+	rec.State = chunk.Complete
+	commit := time.Now()
+	if err := fr.cfg.Store.PutLayer(ctx, rec); err != nil { // syncs the chunks first
+		return nil, fmt.Errorf("fetch %s: %w", name, err)
+	}
+	done := time.Now()
+	fr.fetchSeconds.Observe(done.Sub(start).Seconds())
+	fr.cfg.Log.Info("layer fetched", "layer", name.String(), "cid", id.String(), "chunks", f.fetched, "bytes", f.done, "seconds", time.Since(start).Seconds())
+	res := &api.FetchResult{Layer: rec, FetchedChunks: f.fetched, Peers: map[string]int64{},
+		Seconds: done.Sub(start).Seconds(), CommitSeconds: done.Sub(commit).Seconds()}
+	for p, b := range f.perPeer {
+		res.Peers[p.String()] = b
+		res.FetchedBytes += b
+	}
+	return res, nil
+}
+
+// Manifest is a manifest from the store, else fetched from a peer,
+// checked against its id, and stored.
+func (fr *Fetcher) Manifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, error) {
+	m, err := fr.cfg.Store.GetManifest(ctx, id)
+	if errors.Is(err, chunk.ErrNotFound) {
+		var data []byte
+		if m, data, err = fr.fetchManifest(ctx, id); err == nil {
+			err = fr.cfg.Store.PutManifest(ctx, id, data)
+		}
+	}
+	return m, err
+}
+
+// fetchManifest gets a manifest from whichever peer has it, and checks it.
+func (fr *Fetcher) fetchManifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, []byte, error) {
+	fr.dialHolders(ctx, id)
+	var errs []error
+	for _, p := range fr.candidates(id) {
+		c, err := xchg.Dial(ctx, fr.cfg.Host, p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("peer %s: %w", p, err))
+			continue
+		}
+		data, err := c.Ask(xchg.ReqManifest, id, chunk.MaxManifestSize, readTimeout)
+		c.Close()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("peer %s: %w", p, err))
+			continue
+		}
+		if got := chunk.ManifestCID(data); !got.Equals(id) {
+			fr.penalize(p, fmt.Errorf("manifest %s hashes to %s", id, got))
+			continue
+		}
+		m, err := chunk.DecodeManifest(data)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("peer %s: %w", p, err))
+			continue
+		}
+		return m, data, nil
+	}
+	return nil, nil, fmt.Errorf("manifest %s: no connected peer has it (%d tried): %w", id, len(errs), errors.Join(append(errs, chunk.ErrNotFound)...))
+}
+
+// shares sets this host's rank among the connected hosts fetching f's
+// layer (its partial holders), which splits a seed's chunks between them.
+func (fr *Fetcher) shares(f *fetch) {
+	me := fr.cfg.Host.ID()
+	ids := []peer.ID{me}
+	for p, complete := range fr.cfg.Catalog.Holdings(f.id.String()) {
+		if !complete && p != me && p2p.Connected(fr.cfg.Host, p) {
+			ids = append(ids, p)
+		}
+	}
+	slices.Sort(ids)
+	f.mu.Lock()
+	f.rank, f.parts = slices.Index(ids, me), len(ids)
+	f.mu.Unlock()
+}
+
+// candidates are the connected peers, holders of the layer first.
+func (fr *Fetcher) candidates(id cid.Cid) []peer.ID {
+	h := fr.cfg.Host
+	seen := map[peer.ID]bool{h.ID(): true}
+	var out []peer.ID
+	for _, p := range fr.cfg.Catalog.HoldersOf(id.String()) {
+		if !seen[p] && p2p.Connected(h, p) {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	for _, p := range h.Network().Peers() {
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// dialHolders connects to the hosts the catalogue says hold id and that
+// are not connected now (after a partition or a restart, before the
+// periodic redial gets there), each for at most 2 s, in parallel.
+func (fr *Fetcher) dialHolders(ctx context.Context, id cid.Cid) {
+	h := fr.cfg.Host
+	var wg sync.WaitGroup
+	for _, p := range fr.cfg.Catalog.HoldersOf(id.String()) {
+		if p == h.ID() || p2p.Connected(h, p) || !fr.cfg.Gater.Allowed(p) {
+			continue
+		}
+		wg.Go(func() {
+			dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			h.Connect(dctx, peer.AddrInfo{ID: p}) // addresses from the peerstore
+		})
+	}
+	wg.Wait()
+}
+
+// fetchChunks fetches the chunks of manifest id that the store lacks.
+func (fr *Fetcher) fetchChunks(ctx context.Context, id cid.Cid, m *chunk.Manifest, name chunk.Name, emit api.Emit) (*fetch, error) {
+	refs := m.UniqueRefs()
+	have, err := fr.cfg.Store.HasMany(ctx, chunk.RefIDs(refs))
+	if err != nil {
+		return nil, err
+	}
+	f := newFetch(id, refs, have, time.Now())
+	fr.mu.Lock()
+	if fr.fetches[id] != nil {
+		fr.mu.Unlock()
+		return nil, api.Conflictf("layer %s is already being fetched", id)
+	}
+	fr.fetches[id] = f
+	fr.mu.Unlock()
+	defer func() {
+		fr.mu.Lock()
+		delete(fr.fetches, id)
+		fr.mu.Unlock()
+		fr.cfg.Announce.Notify()
+	}()
+	fr.cfg.Announce.Notify()
+	return f, fr.runFetch(ctx, f, name, emit)
+}
+
+// runFetch keeps a worker on every connected peer until f is complete.
+func (fr *Fetcher) runFetch(ctx context.Context, f *fetch, name chunk.Name, emit api.Emit) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var storers, wg sync.WaitGroup
+	for range storerCount {
+		storers.Go(func() { fr.storer(ctx, f) })
+	}
+	defer func() { // workers stop, then the storers drain what they handed over
+		cancel()
+		wg.Wait()
+		close(f.store)
+		storers.Wait()
+	}()
+	tick := time.NewTicker(respawnEvery)
+	defer tick.Stop()
+	var reported time.Time
+	report := func() {
+		if time.Since(reported) < 200*time.Millisecond {
+			return
+		}
+		reported = time.Now()
+		f.mu.Lock()
+		p := &api.Progress{Phase: "fetch", Done: f.done, Total: f.total, Peers: len(f.workers)}
+		f.mu.Unlock()
+		emit(api.Event{Progress: p})
+	}
+	for {
+		f.mu.Lock()
+		left, last, ferr := f.remaining, f.last, f.err
+		f.mu.Unlock()
+		if ferr != nil {
+			return ferr
+		}
+		if left == 0 {
+			reported = time.Time{}
+			report()
+			return nil
+		}
+		if time.Since(last) > fr.cfg.StallTimeout {
+			return fmt.Errorf("stalled: %d of %d chunks still missing and no connected peer sent any for %s; the layer stays incomplete, run fetch again when a host that has it is reachable", left, len(f.refs), fr.cfg.StallTimeout)
+		}
+		fr.shares(f)
+		for _, p := range fr.candidates(f.id) {
+			fr.spawn(ctx, &wg, f, p, name)
+		}
+		report()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		case <-f.wait():
+		}
+	}
+}
+
+// spawn starts the workers peer p lacks (streamsPerPeer in all).
+func (fr *Fetcher) spawn(ctx context.Context, wg *sync.WaitGroup, f *fetch, p peer.ID, name chunk.Name) {
+	f.mu.Lock()
+	running := f.workers[p]
+	f.workers[p] = streamsPerPeer
+	f.mu.Unlock()
+	for stream := running; stream < streamsPerPeer; stream++ {
+		wg.Go(func() {
+			err := fr.fetchFrom(ctx, f, p, stream)
+			if err != nil && ctx.Err() == nil {
+				fr.cfg.Log.Debug("fetch worker stopped", "layer", name.String(), "peer", p.String(), "err", err)
+			}
+			f.mu.Lock()
+			if f.workers[p]--; f.workers[p] == 0 {
+				delete(f.workers, p)
+			}
+			f.mu.Unlock()
+		})
+	}
+}

@@ -1,0 +1,260 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/xchg"
+)
+
+// worker is one stream to one peer, fetching chunks of f.
+type worker struct {
+	fr     *Fetcher
+	f      *fetch
+	p      peer.ID
+	stream int
+	c      *xchg.Conn
+	lims   []*rate.Limiter // --max-download, and a layer policy's cap
+	got    prometheus.Counter
+
+	peerHas, counted []bool
+	peerComplete     bool
+	hasAt            time.Time
+	pending          [][]int // requested batches, not answered yet
+}
+
+// fetchFrom runs one worker on peer p until the layer is complete, the peer
+// fails (a storer that catches it lying closes the connection), or ctx ends.
+func (fr *Fetcher) fetchFrom(ctx context.Context, f *fetch, p peer.ID, stream int) error {
+	c, err := xchg.Dial(ctx, fr.cfg.Host, p)
+	if err != nil {
+		return fmt.Errorf("peer %s: %w", p, err)
+	}
+	defer c.Close()
+	// When the fetch ends, a read from a peer that stalls ends with it.
+	defer context.AfterFunc(ctx, c.Reset)()
+	w := &worker{fr: fr, f: f, p: p, stream: stream, c: c, got: fr.bytesIn.WithLabelValues(p.String())}
+	for _, l := range []*rate.Limiter{fr.cfg.Down, capFrom(ctx)} {
+		if l != nil {
+			w.lims = append(w.lims, l)
+		}
+	}
+	if err := w.refresh(); err != nil {
+		return err
+	}
+	defer func() {
+		if w.counted != nil {
+			f.seen(w.counted, make([]bool, len(f.refs)))
+		}
+		for _, b := range w.pending {
+			f.release(b)
+		}
+	}()
+	return w.loop(ctx)
+}
+
+// refresh asks the peer which of the layer's chunks it has now.
+func (w *worker) refresh() error {
+	f := w.f
+	w.hasAt = time.Now()
+	bm, err := w.c.Ask(xchg.ReqHave, f.id, (len(f.refs)+7)/8, readTimeout)
+	if errors.Is(err, chunk.ErrNotFound) {
+		w.peerHas = make([]bool, len(f.refs))
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("peer %s: have: %w", w.p, err)
+	}
+	now, err := xchg.UnpackBits(bm, len(f.refs))
+	if err != nil {
+		return fmt.Errorf("peer %s: have: %w", w.p, err)
+	}
+	if w.stream == 0 { // one count per peer, not per stream
+		f.seen(w.counted, now)
+		w.counted = now
+	}
+	w.peerHas = append(w.peerHas[:0], now...)
+	w.peerComplete = true
+	for _, v := range w.peerHas {
+		w.peerComplete = w.peerComplete && v
+	}
+	return nil
+}
+
+// loop keeps up to pipelineDepth batches in flight and reads their answers.
+func (w *worker) loop(ctx context.Context) error {
+	f := w.f
+	cursor := rand.IntN(len(f.refs))
+	for {
+		if err := w.fill(&cursor); err != nil {
+			return err
+		}
+		if len(w.pending) == 0 {
+			done, err := w.idle(ctx)
+			if done || err != nil {
+				return err
+			}
+			continue
+		}
+		if err := w.c.Flush(); err != nil {
+			return fmt.Errorf("peer %s: %w", w.p, err)
+		}
+		if err := w.readBatch(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// fill requests batches until the pipeline is full or nothing is left to ask.
+func (w *worker) fill(cursor *int) error {
+	f := w.f
+	for len(w.pending) < pipelineDepth {
+		b := f.pick(w.p, w.peerHas, w.peerComplete, cursor, batchChunks, len(w.pending) == 0)
+		if len(b) == 0 {
+			return nil
+		}
+		ids := make([]cid.Cid, len(b))
+		for k, i := range b {
+			ids[k] = f.refs[i].CID
+		}
+		w.pending = append(w.pending, b)
+		if err := w.c.RequestChunks(ids); err != nil {
+			return fmt.Errorf("peer %s: %w", w.p, err)
+		}
+	}
+	return nil
+}
+
+// idle waits for a change when there is nothing to ask this peer; done
+// once the layer is complete.
+func (w *worker) idle(ctx context.Context) (done bool, err error) {
+	f := w.f
+	f.mu.Lock()
+	left := f.remaining
+	f.mu.Unlock()
+	if left == 0 {
+		return true, nil
+	}
+	changed := f.wait()
+	select {
+	case <-ctx.Done():
+		return true, ctx.Err()
+	case <-changed:
+	case <-time.After(respawnEvery):
+	}
+	if !w.peerComplete && time.Since(w.hasAt) >= 300*time.Millisecond {
+		return false, w.refresh()
+	}
+	return false, nil
+}
+
+// readBatch reads the answers to the oldest batch and hands the chunks
+// to the storers.
+func (w *worker) readBatch(ctx context.Context) error {
+	f, b := w.f, w.pending[0]
+	w.c.SetReadTimeout(readTimeout)
+	rb := received{peer: w.p, idx: make([]int, 0, len(b)), data: make([][]byte, 0, len(b))}
+	var missing []int
+	for _, i := range b {
+		st, data, err := w.c.ReadChunk(chunk.MaxChunkSize, getBuf(int(f.refs[i].Size)))
+		if err != nil {
+			rb.free() // b is still pending: the deferred release covers it
+			return fmt.Errorf("peer %s: %w", w.p, err)
+		}
+		if st == xchg.StatusMissing {
+			w.peerHas[i] = false
+			missing = append(missing, i)
+			putBuf(data)
+			continue
+		}
+		for _, lim := range w.lims {
+			if err := lim.WaitN(ctx, len(data)); err != nil {
+				putBuf(data)
+				rb.free()
+				return err
+			}
+		}
+		rb.idx = append(rb.idx, i)
+		rb.data = append(rb.data, data)
+		w.fr.cfg.Stats.Add(w.p, int64(len(data)), 0)
+		w.got.Add(float64(len(data)))
+	}
+	w.pending = w.pending[1:]
+	f.release(missing)
+	// Verifying and storing happen on the storers, so this worker goes
+	// straight back to reading the stream.
+	select {
+	case f.store <- rb:
+		return nil
+	case <-ctx.Done():
+		rb.release(f)
+		return ctx.Err()
+	}
+}
+
+// storer verifies received chunks against their CIDs and stores them. A
+// batch with a bad chunk gets its peer penalised and none of it stored.
+func (fr *Fetcher) storer(ctx context.Context, f *fetch) {
+	for rb := range f.store {
+		ids := make([]cid.Cid, len(rb.idx))
+		for k, i := range rb.idx {
+			ids[k] = f.refs[i].CID
+		}
+		// The whole batch at once: hashing chunks side by side is several
+		// times cheaper than one by one, and verifying is most of a fetch's
+		// work.
+		blocks, bad := chunk.VerifyMany(ids, rb.data)
+		switch {
+		case bad != nil:
+			fr.penalize(rb.peer, bad)
+			rb.release(f)
+		default:
+			// Fetched chunks leave the page cache once synced (PutUncached).
+			if err := fr.cfg.Store.PutUncached(ctx, blocks...); err != nil {
+				fr.cfg.Log.Warn("fetch: store chunks", "err", err)
+				f.fail(fmt.Errorf("store chunks: %w", err))
+				rb.release(f)
+				continue
+			}
+			fr.chunksFetched.Add(float64(len(blocks)))
+			f.stored(rb.peer, rb.idx, time.Now())
+			rb.free()
+		}
+	}
+}
+
+// Chunk buffers up to the default maximum chunk size are reused.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 256<<10); return &b }}
+
+func getBuf(n int) []byte {
+	if n > 256<<10 {
+		return make([]byte, 0, n)
+	}
+	return (*bufPool.Get().(*[]byte))[:0]
+}
+
+func putBuf(b []byte) {
+	if cap(b) == 256<<10 {
+		b = b[:0]
+		bufPool.Put(&b)
+	}
+}
+
+// penalize disconnects and blocks a peer that sent bad data.
+func (fr *Fetcher) penalize(p peer.ID, why error) {
+	fr.cfg.Log.Warn("peer sent bad data: disconnecting and blocking it", "peer", p.String(), "for", badPeerBlock.String(), "err", why)
+	fr.verifyFails.WithLabelValues(p.String()).Inc()
+	fr.cfg.Gater.Block(p, badPeerBlock)
+	fr.cfg.Catalog.Forget(p)
+	fr.cfg.Host.Network().ClosePeer(p)
+}

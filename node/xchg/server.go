@@ -1,0 +1,175 @@
+package xchg
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/faults"
+	"github.com/p2pimg/p2pimg/node/p2p"
+)
+
+// Source is what the server serves.
+type Source interface {
+	// ManifestBytes is a stored manifest's encoding; an error wrapping
+	// chunk.ErrNotFound when absent.
+	ManifestBytes(ctx context.Context, id cid.Cid) ([]byte, error)
+	// HaveBitmap says which of manifest id's distinct chunks this host has
+	// (PackBits over its UniqueRefs); an error when the manifest is absent.
+	HaveBitmap(ctx context.Context, id cid.Cid) ([]byte, error)
+	// GetInto is a stored chunk read into buf's storage when it has room;
+	// chunk.ErrNotFound when absent, chunk.ErrCorrupt when damaged on disk.
+	GetInto(ctx context.Context, id cid.Cid, buf []byte) ([]byte, error)
+}
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	Host   host.Host
+	Source Source
+	Log    *slog.Logger
+	Stats  *p2p.Stats    // counts bytes served per peer
+	Up     *rate.Limiter // caps bytes served per second; nil: no cap
+	Reg    prometheus.Registerer
+	Faults *faults.Faults
+}
+
+// Server answers exchange streams from this host's store.
+type Server struct {
+	cfg           ServerConfig
+	faults        faults.Faults
+	bytesOut      *prometheus.CounterVec
+	chunksServed  prometheus.Counter
+	corruptOnDisk prometheus.Counter
+}
+
+// NewServer registers the server's metrics; it serves nothing until Run.
+func NewServer(cfg ServerConfig) *Server {
+	s := &Server{cfg: cfg, faults: cfg.Faults.Get(),
+		bytesOut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "p2pimg_chunk_bytes_out_total", Help: "Chunk bytes served, by peer.",
+		}, []string{"peer"}),
+		chunksServed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "p2pimg_chunks_served_total", Help: "Chunks served to peers.",
+		}),
+		corruptOnDisk: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "p2pimg_chunks_corrupt_on_disk_total", Help: "Stored chunks found damaged when read.",
+		}),
+	}
+	cfg.Reg.MustRegister(s.bytesOut, s.chunksServed, s.corruptOnDisk)
+	return s
+}
+
+// Run serves exchange streams until ctx ends; streams in progress end with
+// it. Cancellation is not an error.
+func (s *Server) Run(ctx context.Context) error {
+	s.cfg.Host.SetStreamHandler(Proto, func(st network.Stream) { s.serve(ctx, st) })
+	<-ctx.Done()
+	s.cfg.Host.RemoveStreamHandler(Proto)
+	return nil
+}
+
+// serve answers one peer's stream until it ends or ctx does.
+func (s *Server) serve(ctx context.Context, st network.Stream) {
+	defer st.Close()
+	defer context.AfterFunc(ctx, func() { st.Reset() })()
+	p := st.Conn().RemotePeer()
+	br := bufio.NewReaderSize(st, 16<<10)
+	bw := bufio.NewWriterSize(st, 256<<10)
+	sent := s.bytesOut.WithLabelValues(p.String())
+	buf := make([]byte, 0, 256<<10) // the default maximum chunk size; larger ones get their own
+	for {
+		st.SetReadDeadline(time.Now().Add(idleTimeout))
+		typ, payload, err := readReq(br)
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				s.cfg.Log.Debug("xchg: bad request", "peer", p, "err", err)
+				st.Reset()
+			}
+			return
+		}
+		st.SetReadDeadline(time.Time{})
+		switch typ {
+		case ReqManifest, ReqHave:
+			id, err := cid.Cast(payload)
+			if err != nil {
+				st.Reset()
+				return
+			}
+			var data []byte
+			if typ == ReqManifest {
+				data, err = s.cfg.Source.ManifestBytes(ctx, id)
+			} else {
+				data, err = s.cfg.Source.HaveBitmap(ctx, id)
+			}
+			if err != nil {
+				writeItem(bw, StatusMissing, nil)
+			} else {
+				writeItem(bw, StatusOK, data)
+			}
+		case ReqChunks:
+			ids, err := DecodeCIDs(payload)
+			if err != nil {
+				s.cfg.Log.Debug("xchg: bad chunk request", "peer", p, "err", err)
+				st.Reset()
+				return
+			}
+			if s.faults.StallServe {
+				io.Copy(io.Discard, st) // holds the stream, answers nothing, until it closes
+				return
+			}
+			if err := s.chunks(ctx, bw, p, ids, buf, sent); err != nil {
+				st.Reset()
+				return
+			}
+		default:
+			s.cfg.Log.Debug("xchg: unknown request", "peer", p, "type", typ)
+			st.Reset()
+			return
+		}
+		if err := bw.Flush(); err != nil {
+			st.Reset()
+			return
+		}
+	}
+}
+
+// chunks writes the answer items of one chunk request.
+func (s *Server) chunks(ctx context.Context, bw *bufio.Writer, p peer.ID, ids []cid.Cid, buf []byte, sent prometheus.Counter) error {
+	for _, id := range ids {
+		data, err := s.cfg.Source.GetInto(ctx, id, buf)
+		if err != nil {
+			if errors.Is(err, chunk.ErrCorrupt) {
+				s.cfg.Log.Warn("not serving a chunk damaged on disk", "cid", id.String())
+				s.corruptOnDisk.Inc()
+			}
+			writeItem(bw, StatusMissing, nil)
+			continue
+		}
+		if s.cfg.Up != nil {
+			if err := s.cfg.Up.WaitN(ctx, len(data)); err != nil {
+				return err
+			}
+		}
+		if s.faults.CorruptServe && len(data) > 0 {
+			data[len(data)/2] ^= 0xff
+		}
+		if err := writeItem(bw, StatusOK, data); err != nil {
+			return err
+		}
+		s.chunksServed.Inc()
+		s.cfg.Stats.Add(p, 0, int64(len(data)))
+		sent.Add(float64(len(data)))
+	}
+	return nil
+}
