@@ -9,9 +9,9 @@ import (
 	"path"
 	"strings"
 
-	"github.com/fxamacker/cbor/v2"
 	"github.com/ipfs/go-cid"
 	mh "github.com/multiformats/go-multihash"
+	"github.com/p2pimg/p2pimg/chunk/strictcbor"
 )
 
 // ManifestVersion is the manifest format this code writes and reads.
@@ -124,28 +124,8 @@ type wireManifest struct {
 const ManifestCodec = 0x51
 
 var (
-	encMode = func() cbor.EncMode {
-		m, err := cbor.CoreDetEncOptions().EncMode()
-		if err != nil {
-			panic(err)
-		}
-		return m
-	}()
-	decMode = func() cbor.DecMode {
-		m, err := cbor.DecOptions{
-			DupMapKey:         cbor.DupMapKeyEnforcedAPF,
-			ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
-			IndefLength:       cbor.IndefLengthForbidden,
-			TagsMd:            cbor.TagsForbidden,
-			MaxArrayElements:  1 << 28,
-			MaxMapPairs:       1 << 16,
-			MaxNestedLevels:   8,
-		}.DecMode()
-		if err != nil {
-			panic(err)
-		}
-		return m
-	}()
+	encMode = strictcbor.Encoder()
+	decMode = strictcbor.Decoder(1<<28, 1<<16)
 )
 
 // Encode validates m and returns its deterministic encoding and CID.

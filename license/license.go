@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fxamacker/cbor/v2"
+	"github.com/p2pimg/p2pimg/chunk/strictcbor"
 )
 
 // Errors a licence can be refused with; the returned error wraps one of them
@@ -50,28 +50,8 @@ func CheckProduct(s string) error {
 }
 
 var (
-	encMode = func() cbor.EncMode {
-		m, err := cbor.CoreDetEncOptions().EncMode()
-		if err != nil {
-			panic(err)
-		}
-		return m
-	}()
-	decMode = func() cbor.DecMode {
-		m, err := cbor.DecOptions{
-			DupMapKey:         cbor.DupMapKeyEnforcedAPF,
-			ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
-			IndefLength:       cbor.IndefLengthForbidden,
-			TagsMd:            cbor.TagsForbidden,
-			MaxArrayElements:  1 << 16,
-			MaxMapPairs:       1 << 12,
-			MaxNestedLevels:   8,
-		}.DecMode()
-		if err != nil {
-			panic(err)
-		}
-		return m
-	}()
+	encMode = strictcbor.Encoder()
+	decMode = strictcbor.Decoder(1<<16, 1<<12)
 )
 
 // decodeCanonical decodes b strictly into v and refuses any encoding that is

@@ -82,7 +82,7 @@ func (sv *Service) extendLocked(g *grant, sent time.Time) {
 		g.until = end
 	}
 	if end.After(now) {
-		sv.record(journalLine{Product: g.seat.Product, Token: g.seat.Token, From: now, To: end.Round(0)})
+		sv.record(journalLine{Interval: license.Interval{Product: g.seat.Product, Token: g.seat.Token, From: now, To: end.Round(0)}})
 	}
 }
 
@@ -201,7 +201,7 @@ func (sv *Service) Release(ctx context.Context, req api.ReleaseRequest) (*api.Re
 			g.seat.Consumers = slices.DeleteFunc(slices.Clone(g.seat.Consumers), func(c string) bool { return c == req.Consumer || req.Token != 0 })
 			if len(g.seat.Consumers) == 0 {
 				delete(sv.grants, tok)
-				sv.record(journalLine{Token: tok, End: time.Now()})
+				sv.record(journalLine{Interval: license.Interval{Token: tok}, End: time.Now()})
 			}
 		}
 	}
@@ -266,7 +266,7 @@ func (sv *Service) renewer(ctx context.Context) {
 			}
 			if slices.Contains(resp.Result.Lost, tok) {
 				delete(sv.grants, tok)
-				sv.record(journalLine{Token: tok, End: time.Now()})
+				sv.record(journalLine{Interval: license.Interval{Token: tok}, End: time.Now()})
 				sv.cfg.Log.Warn("seat lost: the keepers freed it (its lease ran out)", "product", g.seat.Product, "seat", g.seat.N, "token", tok)
 				continue
 			}

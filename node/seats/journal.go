@@ -12,12 +12,8 @@ import (
 // journalLine records one interval (or the end of a grant) for the fault
 // tests' checker.
 type journalLine struct {
-	Product string    `json:"product,omitempty"`
-	Holder  string    `json:"holder"`
-	Token   uint64    `json:"token"`
-	From    time.Time `json:"from,omitzero"`
-	To      time.Time `json:"to,omitzero"`
-	End     time.Time `json:"end,omitzero"` // the holder stopped treating it as valid
+	license.Interval
+	End time.Time `json:"end,omitzero"` // the holder stopped treating it as valid
 }
 
 // ReadJournal turns a seat journal (Config.SeatJournal) into the
@@ -39,7 +35,7 @@ func ReadJournal(r io.Reader) ([]license.Interval, error) {
 	var out []license.Interval
 	for i, l := range lines {
 		if l.End.IsZero() {
-			iv := license.Interval{Product: l.Product, Holder: l.Holder, Token: l.Token, From: l.From, To: l.To}
+			iv := l.Interval
 			// The first end of this grant recorded after the interval began cuts it.
 			for _, e := range lines[i+1:] {
 				if !e.End.IsZero() && e.Token == l.Token && e.Holder == l.Holder {

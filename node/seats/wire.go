@@ -10,6 +10,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/p2pimg/p2pimg/chunk/strictcbor"
 	"github.com/p2pimg/p2pimg/license"
 	"github.com/p2pimg/p2pimg/node/xchg"
 )
@@ -53,21 +54,7 @@ type seatResp struct {
 	Table     []byte         `cbor:"6,keyasint,omitempty"` // table: the keeper's seat table
 }
 
-var seatDec = func() cbor.DecMode {
-	m, err := cbor.DecOptions{
-		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
-		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
-		IndefLength:       cbor.IndefLengthForbidden,
-		TagsMd:            cbor.TagsForbidden,
-		MaxArrayElements:  4096,
-		MaxMapPairs:       256,
-		MaxNestedLevels:   8,
-	}.DecMode()
-	if err != nil {
-		panic(err)
-	}
-	return m
-}()
+var seatDec = strictcbor.Decoder(4096, 256)
 
 func writeMsg(w io.Writer, v any) error {
 	b, err := cbor.Marshal(v)
