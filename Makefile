@@ -50,7 +50,8 @@ demo: build
 # Every decoder of untrusted bytes, each for FUZZTIME.
 fuzz:
 	$(GO) test -run xxx -fuzz '^FuzzDecodeManifest$$' -fuzztime $(FUZZTIME) ./chunk/
-	$(GO) test -run xxx -fuzz '^FuzzDecodeSnapshot$$' -fuzztime $(FUZZTIME) ./node/gossip/
+	$(GO) test -run xxx -fuzz '^FuzzDecodeBatch$$' -fuzztime $(FUZZTIME) ./node/gossip/
+	$(GO) test -run xxx -fuzz '^FuzzSyncFrame$$' -fuzztime $(FUZZTIME) ./node/gossip/
 	$(GO) test -run xxx -fuzz '^FuzzDecodeChunkRequest$$' -fuzztime $(FUZZTIME) ./node/xchg/
 	$(GO) test -run xxx -fuzz '^FuzzReadFrames$$' -fuzztime $(FUZZTIME) ./node/xchg/
 	$(GO) test -run xxx -fuzz '^FuzzSeatRequest$$' -fuzztime $(FUZZTIME) ./node/seats/

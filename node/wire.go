@@ -45,7 +45,7 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 	}
 	n.act = activate.New(activate.Config{Host: h, Key: key, Cluster: cfg.Cluster, Labels: cfg.Labels, Root: cfg.Root, Catalog: n.catalog,
 		Store: db, Fetcher: n.fetch, Seats: n.seats, Policy: n.policy, Exposer: exposer, Log: cfg.Log, Announce: announce, Reconcile: reconcile})
-	n.gossip = gossip.New(gossip.Config{Host: h, Cluster: cfg.Cluster, Catalog: n.catalog, Store: db, Log: cfg.Log, Labels: cfg.Labels,
+	n.gossip = gossip.New(gossip.Config{Host: h, Key: key, Cluster: cfg.Cluster, Catalog: n.catalog, Store: db, Log: cfg.Log, Labels: cfg.Labels,
 		Interval: cfg.AnnounceInterval, Announce: announce, Activations: reconcile,
 		HostPolicy: func() json.RawMessage { return n.policy.HostPolicyJSON() }, States: n.act.States, Reg: n.reg, Faults: cfg.Faults})
 	return n, nil

@@ -1,6 +1,10 @@
 package gossip
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -13,118 +17,302 @@ import (
 	"github.com/p2pimg/p2pimg/policy"
 )
 
-// Catalog is this host's view of the cluster's layers, activations and
-// hosts. It is safe for concurrent use.
+// Catalog is this host's view of the cluster: every record it holds, by
+// origin, with their summaries for anti-entropy, and the views built from
+// them (the newest mapping of each name, who holds what, activations,
+// each host's states, labels, policy and when it was last seen). It is
+// safe for concurrent use.
 type Catalog struct {
-	mu       sync.Mutex
-	mappings map[string]Mapping          // by name
+	mu      sync.Mutex
+	self    peer.ID // this host: not one of the "other hosts"
+	origins map[peer.ID]*originSet
+	buckets [numBuckets]bucketSum
+	outbox  []Record // records originated here, not gossiped yet
+	limit   int      // records per origin, at most
+
+	// views
+	mappings map[string]Mapping          // by name: the newest
 	holders  map[string]map[peer.ID]bool // manifest cid -> host -> complete
-	held     map[peer.ID][]Holding       // each host's last holdings
-	seen     map[peer.ID]int64           // last accepted seq per host
-	heard    map[peer.ID]time.Time       // when
 	acts     map[string]Activation       // newest per layer and selector
-	states   map[peer.ID][]HostState     // each host's last report
+	states   map[peer.ID]map[string]HostState
 	labels   map[peer.ID]map[string]string
-	policies map[peer.ID]policy.Host // each host's host policy
-	buckets  map[peer.ID]*bucket     // gossip flood limit per host
-	dropped  int64                   // snapshots dropped by the flood limit
+	policies map[peer.ID]policy.Host
+	seen     map[peer.ID]time.Time // last sign of life, as this host learned it
+	forgot   map[peer.ID]time.Time // hosts forgotten by the operator: records up to then stay out
+
+	floods  map[peer.ID]*tokens // gossip flood limit per host
+	dropped int64               // messages dropped by the flood limit
+	refused map[string]int64    // records refused, by reason
+}
+
+// numBuckets splits the origins for the digest exchange: two summaries
+// that differ are compared bucket by bucket, then origin by origin.
+const numBuckets = 64
+
+// DefaultLimit is how many records one origin may have in a catalogue.
+const DefaultLimit = 1 << 20
+
+// ErrLimit is a record refused because its origin reached the limit.
+var ErrLimit = errors.New("catalogue limit reached")
+
+type originSet struct {
+	recs  map[string]*entry // by slot
+	sum   Summary
+	owner peer.ID
+}
+
+type entry struct {
+	rec Record
+	h   [32]byte
+	tie string // breaks a tie of versions the way the views do
+}
+
+// tieKey orders two records of one slot and version: the larger CID for a
+// mapping and the larger signature for an activation (as Newer does), the
+// larger digest for the others.
+func tieKey(r *checked, h [32]byte) string {
+	switch {
+	case r.mapping != nil:
+		return r.mapping.CID
+	case r.act != nil:
+		return string(r.act.Sig)
+	}
+	return string(h[:])
+}
+
+// Summary sums up one origin's records: two hosts with equal summaries
+// hold the same records of it.
+type Summary struct {
+	Origin string   `json:"o"`
+	Max    int64    `json:"max"`   // highest version
+	Count  int      `json:"count"` // records (deletions included)
+	XOR    [32]byte `json:"xor"`   // of the records' digests
+}
+
+type bucketSum struct {
+	dirty bool
+	h     [32]byte
 }
 
 // NewCatalog returns an empty catalogue.
 func NewCatalog() *Catalog {
 	return &Catalog{
+		origins: map[peer.ID]*originSet{}, limit: DefaultLimit,
 		mappings: map[string]Mapping{}, holders: map[string]map[peer.ID]bool{},
-		held: map[peer.ID][]Holding{}, seen: map[peer.ID]int64{}, heard: map[peer.ID]time.Time{},
-		acts: map[string]Activation{}, states: map[peer.ID][]HostState{}, labels: map[peer.ID]map[string]string{},
-		policies: map[peer.ID]policy.Host{}, buckets: map[peer.ID]*bucket{},
+		acts: map[string]Activation{}, states: map[peer.ID]map[string]HostState{}, labels: map[peer.ID]map[string]string{},
+		policies: map[peer.ID]policy.Host{}, seen: map[peer.ID]time.Time{}, forgot: map[peer.ID]time.Time{},
+		floods: map[peer.ID]*tokens{}, refused: map[string]int64{},
 	}
 }
 
-// Admit decides whether a snapshot from a host is new: replays and
-// reordered older snapshots are ignored; one from too far ahead is rejected.
-func (c *Catalog) Admit(from peer.ID, seq int64, now time.Time) pubsub.ValidationResult {
-	if seq > now.Add(maxFutureSkew).UnixNano() {
-		return pubsub.ValidationReject
+func bucketOf(p peer.ID) int {
+	h := sha256.Sum256([]byte(p))
+	return int(h[0]) % numBuckets
+}
+
+// put stores a checked record; it reports whether the catalogue changed.
+// Caller holds c.mu.
+func (c *Catalog) put(r *checked) (bool, error) {
+	if until, ok := c.forgot[r.origin]; ok && r.Version <= until.UnixNano() {
+		return false, nil
+	}
+	o := c.origins[r.origin]
+	if o == nil {
+		o = &originSet{recs: map[string]*entry{}, sum: Summary{Origin: r.Origin}, owner: r.origin}
+		c.origins[r.origin] = o
+	}
+	slot := r.slot()
+	old := o.recs[slot]
+	h := r.digest()
+	tie := tieKey(r, h)
+	if old != nil && (old.rec.Version > r.Version || (old.rec.Version == r.Version && old.tie >= tie)) {
+		return false, nil
+	}
+	if old == nil && o.sum.Count >= c.limit {
+		c.refused["limit"]++
+		return false, fmt.Errorf("%w: %s already has %d records here (at most %d)", ErrLimit, r.origin, o.sum.Count, c.limit)
+	}
+	if old != nil {
+		xorInto(&o.sum.XOR, old.h)
+	} else {
+		o.sum.Count++
+	}
+	xorInto(&o.sum.XOR, h)
+	o.sum.Max = max(o.sum.Max, r.Version)
+	o.recs[slot] = &entry{rec: r.Record, h: h, tie: tie}
+	c.buckets[bucketOf(r.origin)].dirty = true
+	c.view(r)
+	return true, nil
+}
+
+func xorInto(dst *[32]byte, h [32]byte) {
+	for i := range dst {
+		dst[i] ^= h[i]
+	}
+}
+
+// view updates the views with a record just stored. Caller holds c.mu.
+func (c *Catalog) view(r *checked) {
+	if t := time.Unix(0, r.Version); r.Kind != KindMapping && r.Kind != KindActivation && t.After(c.seen[r.origin]) {
+		c.seen[r.origin] = t
+	}
+	switch r.Kind {
+	case KindMapping:
+		if old, ok := c.mappings[r.mapping.Name]; !ok || r.mapping.Newer(old) {
+			c.mappings[r.mapping.Name] = *r.mapping
+		}
+	case KindActivation:
+		if old, ok := c.acts[r.act.Key()]; !ok || r.act.Newer(old) {
+			c.acts[r.act.Key()] = *r.act
+		}
+	case KindHolding:
+		if r.holding == nil {
+			delete(c.holders[r.Key], r.origin)
+			if len(c.holders[r.Key]) == 0 {
+				delete(c.holders, r.Key)
+			}
+			return
+		}
+		if c.holders[r.Key] == nil {
+			c.holders[r.Key] = map[peer.ID]bool{}
+		}
+		c.holders[r.Key][r.origin] = r.holding.Complete
+	case KindState:
+		if r.state == nil {
+			delete(c.states[r.origin], r.Key)
+			return
+		}
+		if c.states[r.origin] == nil {
+			c.states[r.origin] = map[string]HostState{}
+		}
+		c.states[r.origin][r.Key] = *r.state
+	case KindHost:
+		c.labels[r.origin] = r.host.Labels
+		c.policies[r.origin] = r.policy
+	}
+}
+
+// apply stores records checked elsewhere (gossip, a pull); it returns how
+// many changed the catalogue.
+func (c *Catalog) apply(rs []*checked) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, r := range rs {
+		if changed, _ := c.put(r); changed {
+			n++
+		}
+	}
+	return n
+}
+
+// local stores a record originated on this host and queues it for the
+// announcer.
+func (c *Catalog) local(r *checked) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	changed, err := c.put(r)
+	if changed {
+		c.outbox = append(c.outbox, r.Record)
+	}
+	return err
+}
+
+// takeOutbox returns the records waiting to be gossiped.
+func (c *Catalog) takeOutbox() []Record {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := c.outbox
+	c.outbox = nil
+	return out
+}
+
+// Merge takes in a mapping published (or re-signed) on this host and
+// queues it for gossip; it reports whether the catalogue changed. The
+// mapping must be signed; an error says why it was refused (ErrLimit).
+func (c *Catalog) Merge(m Mapping) (bool, error) {
+	r := mappingRecord(m)
+	ck := &checked{Record: r, mapping: &m}
+	var err error
+	if ck.origin, err = peer.Decode(m.Publisher); err != nil {
+		return false, fmt.Errorf("mapping %s: publisher: %w", m.Name, err)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if seq <= c.seen[from] {
-		return pubsub.ValidationIgnore
+	old, had := c.mappings[m.Name]
+	changed, err := c.put(ck)
+	if changed {
+		c.outbox = append(c.outbox, r)
 	}
-	// A host that floods the topic: what it sends beyond its share is
-	// dropped before anything is merged (its valid snapshots still count,
-	// and a later one carries everything).
-	b := c.buckets[from]
+	return changed && (!had || m.Newer(old)), err
+}
+
+// seed takes in a mapping this host already announced before a restart:
+// it is stored, not queued (anti-entropy carries it to who lacks it).
+func (c *Catalog) seed(m Mapping) error {
+	r := mappingRecord(m)
+	ck := &checked{Record: r, mapping: &m}
+	var err error
+	if ck.origin, err = peer.Decode(m.Publisher); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, err = c.put(ck)
+	return err
+}
+
+// MergeActivation takes in an activation given to this host (signed by an
+// operator, or by this host for itself) and queues it for gossip; it
+// reports whether it is the newest for its layer and selector.
+func (c *Catalog) MergeActivation(a Activation) bool {
+	r := activationRecord(a)
+	ck := &checked{Record: r, act: &a}
+	var err error
+	if ck.origin, err = peer.Decode(a.Signer); err != nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old, had := c.acts[a.Key()]
+	changed, _ := c.put(ck)
+	if changed {
+		c.outbox = append(c.outbox, r)
+	}
+	return changed && (!had || a.Newer(old))
+}
+
+// Admit applies the flood limit to a gossip message from a host: what it
+// sends beyond its share is dropped before anything is checked or merged
+// (anti-entropy brings what was dropped later).
+func (c *Catalog) Admit(from peer.ID, now time.Time) pubsub.ValidationResult {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.floods[from]
 	if b == nil {
-		b = &bucket{tokens: floodBurst, at: now}
-		c.buckets[from] = b
+		b = &tokens{n: floodBurst, at: now}
+		c.floods[from] = b
 	}
-	b.tokens = min(floodBurst, b.tokens+now.Sub(b.at).Seconds()*floodRate)
+	b.n = min(floodBurst, b.n+now.Sub(b.at).Seconds()*floodRate)
 	b.at = now
-	if b.tokens < 1 {
+	if b.n < 1 {
 		c.dropped++
 		return pubsub.ValidationIgnore
 	}
-	b.tokens--
-	c.seen[from] = seq
+	b.n--
 	return pubsub.ValidationAccept
 }
 
-// Each host may gossip floodRate snapshots a second, in bursts of up to
-// floodBurst; a snapshot carries a host's whole state, so dropping one
-// loses nothing the next does not bring.
+// Each host may gossip floodRate messages a second, in bursts of up to
+// floodBurst.
 const (
 	floodRate  = 20.0
 	floodBurst = 100.0
 )
 
-type bucket struct {
-	tokens float64
-	at     time.Time
-}
-
-// Merge takes in a mapping; it reports whether the catalogue changed.
-func (c *Catalog) Merge(m Mapping) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	old, ok := c.mappings[m.Name]
-	if ok && !m.Newer(old) {
-		return false
-	}
-	c.mappings[m.Name] = m
-	return true
-}
-
-// Apply takes in a validated snapshot from a host.
-func (c *Catalog) Apply(from peer.ID, s *Snapshot, now time.Time) {
-	for _, m := range s.Mappings {
-		c.Merge(m)
-	}
-	c.setHoldings(from, s.Holdings)
-	for _, a := range s.Activations {
-		c.MergeActivation(a)
-	}
-	c.mu.Lock()
-	c.heard[from] = now
-	c.states[from] = s.States
-	c.labels[from] = s.Labels
-	c.policies[from], _ = policy.DecodeHost(s.HostPolicy)
-	if len(s.HostPolicy) == 0 {
-		c.policies[from] = policy.Host{}
-	}
-	c.mu.Unlock()
-}
-
-// MergeActivation keeps a if it is the newest for its layer and selector;
-// it reports whether it did.
-func (c *Catalog) MergeActivation(a Activation) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if old, ok := c.acts[a.Key()]; ok && !a.Newer(old) {
-		return false
-	}
-	c.acts[a.Key()] = a
-	return true
+type tokens struct {
+	n  float64
+	at time.Time
 }
 
 // Activations is the newest activation of every layer and selector.
@@ -134,42 +322,96 @@ func (c *Catalog) Activations() []Activation {
 	return slices.Collect(maps.Values(c.acts))
 }
 
-// HostView is what a host last told about itself.
+// HostView is what a host last told about itself, and when this host
+// last had a sign of it.
 type HostView struct {
 	Labels map[string]string
 	States []HostState
 	Policy policy.Host
-	Heard  time.Time
+	Seen   time.Time
 }
 
-// Hosts are the other hosts heard from, with their labels and states.
+// Hosts are the other hosts known, with their labels, states and last
+// sign of life.
 func (c *Catalog) Hosts() map[peer.ID]HostView {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := map[peer.ID]HostView{}
-	for p, at := range c.heard {
-		out[p] = HostView{c.labels[p], c.states[p], c.policies[p], at}
+	for p, at := range c.seen {
+		if p == c.self {
+			continue
+		}
+		v := HostView{Labels: c.labels[p], Policy: c.policies[p], Seen: at}
+		for _, st := range c.states[p] {
+			v.States = append(v.States, st)
+		}
+		out[p] = v
 	}
 	return out
 }
 
-func (c *Catalog) setHoldings(from peer.ID, hs []Holding) {
+// SetSelf names this host: what it says of itself is not reported as
+// another host's.
+func (c *Catalog) SetSelf(p peer.ID) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, h := range c.held[from] {
-		delete(c.holders[h.CID], from)
+	c.self = p
+}
+
+// Seen records a sign of life of p at t (a connection, a peer's report).
+func (c *Catalog) Seen(p peer.ID, t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, gone := c.forgot[p]; gone {
+		return
 	}
-	c.held[from] = hs
-	for _, h := range hs {
-		if c.holders[h.CID] == nil {
-			c.holders[h.CID] = map[peer.ID]bool{}
-		}
-		c.holders[h.CID][from] = h.Complete
+	if t.After(c.seen[p]) {
+		c.seen[p] = t
 	}
 }
 
-// Forget drops a host's holdings (it left or was blocked).
-func (c *Catalog) Forget(p peer.ID) { c.setHoldings(p, nil) }
+// Forget drops a host's holdings (it left or was blocked); its other
+// records stay.
+func (c *Catalog) Forget(p peer.ID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for cid, hs := range c.holders {
+		delete(hs, p)
+		if len(hs) == 0 {
+			delete(c.holders, cid)
+		}
+	}
+}
+
+// Drop removes every record a host stated about itself, and keeps records
+// of it up to now out (an operator's `cluster forget`); mappings and
+// activations it signed stay, for they speak for the cluster.
+func (c *Catalog) Drop(p peer.ID, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.forgot[p] = now
+	if o := c.origins[p]; o != nil {
+		for slot, e := range o.recs {
+			if e.rec.Kind == KindMapping || e.rec.Kind == KindActivation {
+				continue
+			}
+			xorInto(&o.sum.XOR, e.h)
+			o.sum.Count--
+			delete(o.recs, slot)
+		}
+		c.buckets[bucketOf(p)].dirty = true
+	}
+	for cid, hs := range c.holders {
+		delete(hs, p)
+		if len(hs) == 0 {
+			delete(c.holders, cid)
+		}
+	}
+	delete(c.states, p)
+	delete(c.labels, p)
+	delete(c.policies, p)
+	delete(c.seen, p)
+}
 
 // Lookup is the newest mapping of a name.
 func (c *Catalog) Lookup(name string) (Mapping, bool) {
@@ -207,16 +449,168 @@ func (c *Catalog) All() []Mapping {
 func (c *Catalog) Holdings(id string) map[peer.ID]bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := map[peer.ID]bool{}
-	for p, v := range c.holders[id] {
-		out[p] = v
-	}
-	return out
+	return maps.Clone(c.holders[id])
 }
 
-// Dropped counts the snapshots dropped by the flood limit.
+// Dropped counts the gossip messages dropped by the flood limit.
 func (c *Catalog) Dropped() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.dropped
+}
+
+// Records counts the records held, by kind.
+func (c *Catalog) Records() map[Kind]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[Kind]int{}
+	for _, o := range c.origins {
+		for _, e := range o.recs {
+			out[e.rec.Kind]++
+		}
+	}
+	return out
+}
+
+// root is the digest of the whole catalogue (the hash of its buckets'),
+// and the buckets' own.
+func (c *Catalog) root() ([32]byte, [numBuckets][32]byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var all [numBuckets][32]byte
+	for b := range c.buckets {
+		if c.buckets[b].dirty {
+			c.buckets[b].h = c.bucketHash(b)
+			c.buckets[b].dirty = false
+		}
+		all[b] = c.buckets[b].h
+	}
+	h := sha256.New()
+	for _, b := range all {
+		h.Write(b[:])
+	}
+	var out [32]byte
+	h.Sum(out[:0])
+	return out, all
+}
+
+// bucketHash hashes the summaries of the origins in bucket b. Caller
+// holds c.mu.
+func (c *Catalog) bucketHash(b int) [32]byte {
+	sums := c.summariesLocked(func(p peer.ID) bool { return bucketOf(p) == b })
+	h := sha256.New()
+	var n [8]byte
+	for _, s := range sums {
+		h.Write([]byte(s.Origin))
+		binary.BigEndian.PutUint64(n[:], uint64(s.Max))
+		h.Write(n[:])
+		binary.BigEndian.PutUint64(n[:], uint64(s.Count))
+		h.Write(n[:])
+		h.Write(s.XOR[:])
+	}
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
+
+func (c *Catalog) summariesLocked(in func(peer.ID) bool) []Summary {
+	var out []Summary
+	for p, o := range c.origins {
+		if in(p) && o.sum.Count > 0 {
+			out = append(out, o.sum)
+		}
+	}
+	slices.SortFunc(out, func(a, b Summary) int { return strings.Compare(a.Origin, b.Origin) })
+	return out
+}
+
+// summaries are the summaries of the origins in the given buckets.
+func (c *Catalog) summaries(buckets []int) []Summary {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	want := map[int]bool{}
+	for _, b := range buckets {
+		want[b] = true
+	}
+	return c.summariesLocked(func(p peer.ID) bool { return want[bucketOf(p)] })
+}
+
+// since returns origin's records with a version above v (all with v < 0),
+// at most limit of them, lowest versions first.
+func (c *Catalog) since(origin peer.ID, v int64, limit int) []Record {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	o := c.origins[origin]
+	if o == nil {
+		return nil
+	}
+	var out []Record
+	for _, e := range o.recs {
+		if e.rec.Version > v {
+			out = append(out, e.rec)
+		}
+	}
+	slices.SortFunc(out, func(a, b Record) int { return cmpInt(a.Version, b.Version) })
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// summary is origin's summary here (zero when none).
+func (c *Catalog) summary(origin string) Summary {
+	p, err := peer.Decode(origin)
+	if err != nil {
+		return Summary{Origin: origin}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if o := c.origins[p]; o != nil {
+		return o.sum
+	}
+	return Summary{Origin: origin}
+}
+
+// stated is this host's own current record of a kind and key (ok false:
+// none yet).
+func (c *Catalog) stated(self peer.ID, k Kind, key string) (Record, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	o := c.origins[self]
+	if o == nil {
+		return Record{}, false
+	}
+	e := o.recs[string(rune(k))+key]
+	if e == nil {
+		return Record{}, false
+	}
+	return e.rec, true
+}
+
+// statedKeys are the keys of this host's own records of a kind that are
+// not deletions.
+func (c *Catalog) statedKeys(self peer.ID, k Kind) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	o := c.origins[self]
+	if o == nil {
+		return nil
+	}
+	var out []string
+	for _, e := range o.recs {
+		if e.rec.Kind == k && len(e.rec.Data) > 0 {
+			out = append(out, e.rec.Key)
+		}
+	}
+	return out
 }

@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"strings"
@@ -34,94 +35,137 @@ func manifestID(t testing.TB) string {
 	return id.String()
 }
 
-func snapshotBytes(t testing.TB, s Snapshot) []byte {
-	b, err := json.Marshal(s)
+func batchBytes(t testing.TB, rs ...Record) []byte {
+	b, err := json.Marshal(batch{Records: rs})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
 }
 
-func TestSnapshotValidation(t *testing.T) {
+func stated(t testing.TB, key crypto.PrivKey, k Kind, rkey string, version int64, data string) Record {
+	var d json.RawMessage
+	if data != "" {
+		d = json.RawMessage(data)
+	}
+	r, err := signRecord(key, Record{Kind: k, Key: rkey, Version: version, Data: d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestRecordValidation(t *testing.T) {
 	t.Parallel()
 	pubKey, pub := testKey(t)
-	_, other := testKey(t)
+	otherKey, other := testKey(t)
 	good, err := SignMapping(pubKey, Mapping{Name: "web:1", CID: manifestID(t), Size: 10, Published: time.Now().UnixNano()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	onlyPub := &cluster.Config{Name: "t", Publishers: []string{pub.String()}}
+	onlyPub := &cluster.Config{Name: "t", Publishers: []string{pub.String()}, Members: []string{pub.String(), other.String()}}
 	if err := onlyPub.Check(); err != nil {
 		t.Fatal(err)
 	}
+	_, outsider := testKey(t)
+	now := time.Now()
+	hold := stated(t, pubKey, KindHolding, manifestID(t), now.UnixNano(), `{"complete":true}`)
 	for _, tc := range []struct {
 		name string
 		data func() []byte
 		want string
 	}{
-		{"ok", func() []byte { return snapshotBytes(t, Snapshot{Seq: 1, Mappings: []Mapping{good}}) }, ""},
-		{"not json", func() []byte { return []byte("{nope") }, "snapshot"},
-		{"unknown field", func() []byte { return []byte(`{"seq":1,"evil":true}`) }, "unknown field"},
-		{"trailing data", func() []byte { return append(snapshotBytes(t, Snapshot{Seq: 1}), []byte(" {}")...) }, "trailing"},
-		{"oversized", func() []byte { return bytes.Repeat([]byte(" "), MaxSnapshotBytes+1) }, "at most"},
-		{"zero seq", func() []byte { return snapshotBytes(t, Snapshot{}) }, "seq 0"},
-		{"edited name", func() []byte {
-			m := good
-			m.Name = "web:2"
-			return snapshotBytes(t, Snapshot{Seq: 1, Mappings: []Mapping{m}})
-		}, "bad signature"},
-		{"edited cid", func() []byte {
+		{"ok", func() []byte { return batchBytes(t, mappingRecord(good), hold) }, ""},
+		{"not json", func() []byte { return []byte("{nope") }, "gossip message"},
+		{"unknown field", func() []byte { return []byte(`{"records":[],"evil":true}`) }, "unknown field"},
+		{"trailing data", func() []byte { return append(batchBytes(t, hold), []byte(" {}")...) }, "trailing"},
+		{"oversized", func() []byte { return bytes.Repeat([]byte(" "), MaxMessageBytes+1) }, "at most"},
+		{"empty", func() []byte { return batchBytes(t) }, "no records"},
+		{"edited mapping", func() []byte {
 			m := good
 			m.Size = 11
-			return snapshotBytes(t, Snapshot{Seq: 1, Mappings: []Mapping{m}})
+			return batchBytes(t, mappingRecord(m))
 		}, "bad signature"},
+		{"envelope does not match", func() []byte {
+			r := mappingRecord(good)
+			r.Key = "web:2"
+			return batchBytes(t, r)
+		}, "envelope"},
 		{"forged publisher", func() []byte {
 			m := good
 			m.Publisher = other.String()
-			return snapshotBytes(t, Snapshot{Seq: 1, Mappings: []Mapping{m}})
+			return batchBytes(t, mappingRecord(m))
 		}, "may not publish"},
+		{"edited holding", func() []byte {
+			r := hold
+			r.Data = json.RawMessage(`{"complete":false}`)
+			return batchBytes(t, r)
+		}, "bad signature"},
+		{"holding in another's name", func() []byte {
+			r := stated(t, otherKey, KindHolding, manifestID(t), now.UnixNano(), `{"complete":true}`)
+			r.Origin = pub.String()
+			return batchBytes(t, r)
+		}, "bad signature"},
+		{"outsider", func() []byte {
+			r := hold
+			r.Origin = outsider.String()
+			return batchBytes(t, r)
+		}, "not a member"},
 		{"chunk id as manifest", func() []byte {
 			c, _ := chunk.SumCID([]byte("x"), chunk.SHA256)
-			return snapshotBytes(t, Snapshot{Seq: 1, Holdings: []Holding{{CID: c.String()}}})
+			return batchBytes(t, stated(t, pubKey, KindHolding, c.String(), now.UnixNano(), `{"complete":true}`))
 		}, "not a manifest id"},
+		{"far future", func() []byte {
+			return batchBytes(t, stated(t, pubKey, KindHolding, manifestID(t), now.Add(time.Hour).UnixNano(), `{"complete":true}`))
+		}, "ahead"},
+		{"unknown kind", func() []byte { return batchBytes(t, stated(t, pubKey, 99, "x", now.UnixNano(), `{}`)) }, "unknown record kind"},
+		{"oversized record", func() []byte {
+			return batchBytes(t, stated(t, pubKey, KindState, "web:1", now.UnixNano(), `{"layer":"web:1","detail":"`+strings.Repeat("x", maxRecordData)+`"}`))
+		}, "at most"},
+		{"bad labels", func() []byte {
+			return batchBytes(t, stated(t, pubKey, KindHost, "", now.UnixNano(), `{"labels":{"a b":"c"}}`))
+		}, "label"},
 		{"bad name", func() []byte {
 			m := good
 			m.Name = "../etc"
-			return snapshotBytes(t, Snapshot{Seq: 1, Mappings: []Mapping{m}})
+			return batchBytes(t, mappingRecord(m))
 		}, "layer name"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := DecodeSnapshot(tc.data(), onlyPub)
+			_, err := decodeBatch(tc.data(), onlyPub, now)
 			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
 				t.Fatalf("got %v, want %q", err, tc.want)
 			}
 		})
 	}
-	// The same mapping signed by a host that is not a publisher is refused.
-	otherPub := &cluster.Config{Name: "t", Publishers: []string{other.String()}}
-	otherPub.Check()
-	_, err = DecodeSnapshot(snapshotBytes(t, Snapshot{Seq: 1, Mappings: []Mapping{good}}), otherPub)
-	if err == nil {
-		t.Fatal("a mapping from a non-publisher was accepted")
-	}
 }
 
-func TestReplayIgnoredAndFutureRejected(t *testing.T) {
+// A replayed or reordered older record changes nothing; a deletion is a
+// record like any other and wins over what it deletes.
+func TestOlderRecordsIgnored(t *testing.T) {
 	t.Parallel()
+	k, id := testKey(t)
 	c := NewCatalog()
-	_, p := testKey(t)
+	cl := cluster.Default()
 	now := time.Now()
-	if r := c.Admit(p, now.UnixNano(), now); r != pubsub.ValidationAccept {
-		t.Fatalf("first: %v", r)
+	mid := manifestID(t)
+	v1 := stated(t, k, KindHolding, mid, now.UnixNano()-2, `{"complete":false}`)
+	v2 := stated(t, k, KindHolding, mid, now.UnixNano()-1, `{"complete":true}`)
+	gone := stated(t, k, KindHolding, mid, now.UnixNano(), "")
+	rs, err := checkAll([]Record{v2, v1, v2}, cl, now)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if r := c.Admit(p, now.UnixNano(), now); r != pubsub.ValidationIgnore {
-		t.Fatalf("replay: %v", r)
+	if n := c.apply(rs); n != 1 {
+		t.Fatalf("%d records changed the catalogue, want 1 (the older and the replay change nothing)", n)
 	}
-	if r := c.Admit(p, now.Add(-time.Second).UnixNano(), now); r != pubsub.ValidationIgnore {
-		t.Fatalf("older: %v", r)
+	if got := c.Holdings(mid); !got[id] {
+		t.Fatalf("holdings %v, want complete at %s", got, id)
 	}
-	if r := c.Admit(p, now.Add(time.Hour).UnixNano(), now); r != pubsub.ValidationReject {
-		t.Fatalf("far future: %v", r)
+	rs, _ = checkAll([]Record{gone, v2}, cl, now)
+	c.apply(rs)
+	if got := c.Holdings(mid); len(got) != 0 {
+		t.Fatalf("holdings %v after the deletion, want none", got)
 	}
 }
 
@@ -154,25 +198,44 @@ func TestCatalogConflictsResolveDeterministically(t *testing.T) {
 	}
 }
 
-func FuzzDecodeSnapshot(f *testing.F) {
+func FuzzDecodeBatch(f *testing.F) {
 	k, _ := testKey(f)
 	m, _ := SignMapping(k, Mapping{Name: "web:1", CID: manifestID(f), Size: 1, Published: 1})
-	f.Add(snapshotBytes(f, Snapshot{Seq: 1, Mappings: []Mapping{m}, Holdings: []Holding{{CID: m.CID, Complete: true}}}))
-	f.Add([]byte(`{"seq":5,"mappings":[],"holdings":[]}`))
+	f.Add(batchBytes(f, mappingRecord(m), stated(f, k, KindHolding, m.CID, 5, `{"complete":true}`)))
+	f.Add([]byte(`{"records":[{"k":3,"o":"x","key":"y","v":1}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		s, err := DecodeSnapshot(data, cluster.Default())
+		rs, err := decodeBatch(data, cluster.Default(), time.Now())
 		if err != nil {
 			return
 		}
-		for _, m := range s.Mappings {
-			if CheckMapping(&m, func(peer.ID) bool { return true }) != nil {
-				t.Fatal("accepted a snapshot with a mapping that does not check")
+		for _, r := range rs {
+			if _, err := CheckRecord(r.Record, cluster.Default(), time.Now()); err != nil {
+				t.Fatalf("accepted a record that does not check: %v", err)
 			}
 		}
 	})
 }
 
-func TestSnapshotActivationsChecked(t *testing.T) {
+// FuzzSyncFrame feeds arbitrary bytes to the sync stream's reader: it must
+// refuse or decode within its limits, never panic.
+func FuzzSyncFrame(f *testing.F) {
+	var buf bytes.Buffer
+	w := bufio.NewWriter(&buf)
+	writeFrame(w, &syncReq{Op: "pull", Want: []want{{Origin: "x", Since: 3}}})
+	f.Add(buf.Bytes())
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := bufio.NewReader(bytes.NewReader(data))
+		var q syncReq
+		if readFrame(r, &q) == nil && checkReq(&q) == nil && (len(q.Want) > maxWant || len(q.Buckets) > numBuckets) {
+			t.Fatal("an oversized request passed")
+		}
+		var resp syncResp
+		readFrame(r, &resp)
+	})
+}
+
+func TestActivationRecordsChecked(t *testing.T) {
 	t.Parallel()
 	opKey, op := testKey(t)
 	forger, _ := testKey(t)
@@ -195,7 +258,7 @@ func TestSnapshotActivationsChecked(t *testing.T) {
 		"edited":       {edited, "bad signature"},
 		"bad path":     {badPath, "absolute"},
 	} {
-		_, err := DecodeSnapshot(snapshotBytes(t, Snapshot{Seq: 1, Activations: []Activation{tc.a}}), c)
+		_, err := decodeBatch(batchBytes(t, activationRecord(tc.a)), c, time.Now())
 		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
 			t.Errorf("%s: got %v, want %q", name, err, tc.want)
 		}
@@ -210,21 +273,21 @@ func TestGossipFloodLimited(t *testing.T) {
 	_, quiet := testKey(t)
 	now := time.Now()
 	accepted := 0
-	for i := range 5000 {
-		if c.Admit(flooder, now.UnixNano()+int64(i)+1, now) == pubsub.ValidationAccept {
+	for range 5000 {
+		if c.Admit(flooder, now) == pubsub.ValidationAccept {
 			accepted++
 		}
 	}
 	if accepted != int(floodBurst) {
-		t.Fatalf("%d of 5000 flooded snapshots accepted at one instant, want the burst of %d", accepted, int(floodBurst))
+		t.Fatalf("%d of 5000 flooded messages accepted at one instant, want the burst of %d", accepted, int(floodBurst))
 	}
-	if c.Admit(quiet, now.UnixNano(), now) != pubsub.ValidationAccept {
+	if c.Admit(quiet, now) != pubsub.ValidationAccept {
 		t.Fatal("a quiet host was limited by another's flood")
 	}
 	later := now.Add(time.Second)
 	accepted = 0
-	for i := range 1000 {
-		if c.Admit(flooder, later.UnixNano()+int64(i)+1, later) == pubsub.ValidationAccept {
+	for range 1000 {
+		if c.Admit(flooder, later) == pubsub.ValidationAccept {
 			accepted++
 		}
 	}

@@ -1,8 +1,11 @@
 // Package gossip is the cluster catalogue: the small signed records hosts
-// announce (layer mappings, activations, host states, holdings), their
-// wire form, signing and validation, the flood limit per host, and the
-// announcer that gossips this host's snapshot. Gossip announces; it never
-// decides who owns a seat and never moves chunks.
+// announce (layer mappings, activations, holdings, host states, labels and
+// policies), their wire form, signing and validation, the flood limit per
+// host, the announcer that gossips this host's changes, and the
+// anti-entropy that repairs what a host missed by comparing digests with
+// one peer and pulling the difference. Gossip carries changes, never a
+// host's whole state; it announces, never decides who owns a seat, and
+// never moves chunks.
 package gossip
 
 import (
@@ -13,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"time"
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -21,8 +23,6 @@ import (
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/license"
-	"github.com/p2pimg/p2pimg/node/api"
-	"github.com/p2pimg/p2pimg/node/cluster"
 	"github.com/p2pimg/p2pimg/policy"
 )
 
@@ -81,80 +81,6 @@ func (m *Mapping) Newer(o Mapping) bool {
 type Holding struct {
 	CID      string `json:"cid"`
 	Complete bool   `json:"complete"`
-}
-
-// Snapshot is what a host gossips: the catalogue it knows and what it holds.
-// Seq (unix nanoseconds at sending) only grows per host, so a replayed or
-// reordered older snapshot is ignored.
-type Snapshot struct {
-	Seq         int64             `json:"seq"`
-	Mappings    []Mapping         `json:"mappings"`
-	Holdings    []Holding         `json:"holdings"`
-	Activations []Activation      `json:"activations,omitempty"`
-	States      []HostState       `json:"states,omitempty"`
-	Labels      map[string]string `json:"labels,omitempty"`
-	// HostPolicy is the sender's host policy (policy.Host, JSON).
-	HostPolicy json.RawMessage `json:"host_policy,omitempty"`
-}
-
-const (
-	MaxSnapshotBytes = 1 << 20
-	maxSnapshotItems = 4096
-	maxFutureSkew    = 5 * time.Minute
-)
-
-// DecodeSnapshot parses and checks a snapshot without any state: strict
-// JSON, sizes, names, ids and every mapping's signature and publisher.
-func DecodeSnapshot(data []byte, c *cluster.Config) (*Snapshot, error) {
-	mayPublish := c.MayPublish
-	if len(data) > MaxSnapshotBytes {
-		return nil, fmt.Errorf("snapshot of %d bytes, at most %d", len(data), MaxSnapshotBytes)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	var s Snapshot
-	if err := dec.Decode(&s); err != nil {
-		return nil, fmt.Errorf("snapshot: %v", err)
-	}
-	if dec.More() {
-		return nil, errors.New("snapshot: trailing data")
-	}
-	if s.Seq <= 0 || len(s.Mappings) > maxSnapshotItems || len(s.Holdings) > maxSnapshotItems ||
-		len(s.Activations) > maxSnapshotItems || len(s.States) > maxSnapshotItems || len(s.Labels) > 64 {
-		return nil, fmt.Errorf("snapshot: seq %d, %d mappings, %d holdings, %d activations, %d states, %d labels",
-			s.Seq, len(s.Mappings), len(s.Holdings), len(s.Activations), len(s.States), len(s.Labels))
-	}
-	for i := range s.Activations {
-		if err := CheckActivation(&s.Activations[i], c); err != nil {
-			return nil, fmt.Errorf("snapshot: activation %d: %w", i, err)
-		}
-	}
-	for _, st := range s.States {
-		if _, err := chunk.ParseName(st.Layer); err != nil || len(st.Detail) > 1024 || len(st.At) > 4096 || len(st.State) > 32 {
-			return nil, fmt.Errorf("snapshot: malformed state for %.60q", st.Layer)
-		}
-	}
-	for k, v := range s.Labels {
-		if _, _, err := api.ParseLabel(k + "=" + v); err != nil {
-			return nil, fmt.Errorf("snapshot: %w", err)
-		}
-	}
-	for i := range s.Mappings {
-		if err := CheckMapping(&s.Mappings[i], mayPublish); err != nil {
-			return nil, fmt.Errorf("snapshot: mapping %d: %w", i, err)
-		}
-	}
-	for _, h := range s.Holdings {
-		if _, err := ParseManifestCID(h.CID); err != nil {
-			return nil, fmt.Errorf("snapshot: holding: %w", err)
-		}
-	}
-	if len(s.HostPolicy) > 0 {
-		if _, err := policy.DecodeHost(s.HostPolicy); err != nil {
-			return nil, fmt.Errorf("snapshot: %w", err)
-		}
-	}
-	return &s, nil
 }
 
 // ParseManifestCID reads a manifest id (CIDv1, manifest codec).

@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"sync"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -26,54 +29,96 @@ type Layers interface {
 	Layers(ctx context.Context) ([]chunk.Layer, error)
 }
 
-// Config configures the announcer.
+// Config configures the catalogue service.
 type Config struct {
 	Host    host.Host
+	Key     crypto.PrivKey // signs what this host says of itself
 	Cluster *cluster.Config
 	Catalog *Catalog
 	Store   Layers
 	Log     *slog.Logger
 	Labels  map[string]string
-	// Interval is how often the snapshot is gossiped without a change.
+	// Interval is how often this host compares its catalogue with one
+	// peer's (anti-entropy) and looks at its own records again.
 	Interval time.Duration
-	// Announce wakes the announcer: something in the snapshot changed.
+	// Announce wakes the announcer: something this host says changed.
 	Announce *notify.Signal
-	// Activations is poked when a snapshot brought activations.
+	// Activations is poked when records brought activations.
 	Activations *notify.Signal
 	// HostPolicy is this host's policy (canonical JSON) and States its
-	// activation states: both go into the snapshot.
+	// activation states: both are records this host states.
 	HostPolicy func() json.RawMessage
 	States     func() []HostState
 	Reg        prometheus.Registerer
 	Faults     *faults.Faults
 }
 
-// Service gossips this host's snapshot and takes in the others'.
-type Service struct{ cfg Config }
+// Service gossips this host's changes, takes in the others', and repairs
+// what it missed by anti-entropy.
+type Service struct {
+	cfg     Config
+	self    peer.ID
+	bytes   *prometheus.CounterVec
+	refused *prometheus.CounterVec
+
+	mu      sync.Mutex
+	version int64 // of the last record this host stated
+}
 
 // New registers the catalogue's metrics; nothing runs until Run.
 func New(cfg Config) *Service {
-	cfg.Reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "p2pimg_gossip_flood_dropped_total", Help: "Catalogue snapshots dropped because their host sent more than its share.",
-	}, func() float64 { return float64(cfg.Catalog.Dropped()) }))
-	return &Service{cfg: cfg}
+	cfg.Catalog.SetSelf(cfg.Host.ID())
+	s := &Service{cfg: cfg, self: cfg.Host.ID(),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "p2pimg_catalog_bytes_total", Help: "Catalogue bytes sent and received, by direction and way (gossip, sync).",
+		}, []string{"dir", "via"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "p2pimg_catalog_records_refused_total", Help: "Catalogue records refused, by where they came from.",
+		}, []string{"from"}),
+	}
+	cfg.Reg.MustRegister(s.bytes, s.refused, prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "p2pimg_gossip_flood_dropped_total", Help: "Catalogue messages dropped because their host sent more than its share.",
+	}, func() float64 { return float64(cfg.Catalog.Dropped()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "p2pimg_catalog_records", Help: "Records in this host's catalogue.",
+		}, func() float64 {
+			n := 0
+			for _, k := range cfg.Catalog.Records() {
+				n += k
+			}
+			return float64(n)
+		}))
+	return s
+}
+
+func (s *Service) countSync(in, out int) {
+	if in > 0 {
+		s.bytes.WithLabelValues("in", "sync").Add(float64(in))
+	}
+	if out > 0 {
+		s.bytes.WithLabelValues("out", "sync").Add(float64(out))
+	}
+}
+
+func (s *Service) refuse(from string, err error) {
+	s.refused.WithLabelValues(from).Inc()
+	s.cfg.Log.Warn("catalogue record refused", "from", from, "err", err)
 }
 
 // TopicName is the catalogue topic of cluster name.
-func TopicName(name string) string { return "p2pimg/" + name + "/catalog/1" }
+func TopicName(name string) string { return "p2pimg/" + name + "/catalog/2" }
 
-// NewPubSub starts gossipsub on h: strict signing, flood publishing, and
-// scores that penalise peers that send invalid gossip and peers the gater
-// keeps out. It runs until ctx ends.
-func NewPubSub(ctx context.Context, h host.Host, clusterName string, allowed func(peer.ID) bool) (*pubsub.PubSub, error) {
+// NewPubSub starts gossipsub on h: strict signing, and scores that
+// penalise peers that send invalid gossip and peers the gater keeps out.
+// It runs until ctx ends.
+func NewPubSub(ctx context.Context, h host.Host, clusterName string, allowed func(peer.ID) bool, opts ...pubsub.Option) (*pubsub.PubSub, error) {
 	sp, st := scoreParams(TopicName(clusterName), allowed)
-	ps, err := pubsub.NewGossipSub(ctx, h,
+	ps, err := pubsub.NewGossipSub(ctx, h, append([]pubsub.Option{
 		pubsub.WithMessageSigning(true),
 		pubsub.WithStrictSignatureVerification(true),
-		pubsub.WithFloodPublish(true),
 		pubsub.WithPeerScore(sp, st),
-		pubsub.WithMaxMessageSize(MaxSnapshotBytes+4096),
-	)
+		pubsub.WithMaxMessageSize(MaxMessageBytes + 4096),
+	}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("gossipsub: %w", err)
 	}
@@ -108,8 +153,9 @@ func scoreParams(topic string, allowed func(peer.ID) bool) (*pubsub.PeerScorePar
 }
 
 // Run joins the catalogue topic on ps, seeds the catalogue with the
-// signed mappings of local layers, and gossips until ctx ends.
-// Cancellation is not an error.
+// signed mappings of local layers, serves and runs anti-entropy, and
+// gossips this host's changes until ctx ends. Cancellation is not an
+// error.
 func (s *Service) Run(ctx context.Context, ps *pubsub.PubSub) error {
 	name := TopicName(s.cfg.Cluster.Name)
 	if err := ps.RegisterTopicValidator(name, s.validate); err != nil {
@@ -128,37 +174,52 @@ func (s *Service) Run(ctx context.Context, ps *pubsub.PubSub) error {
 	if err := s.loadCatalog(ctx); err != nil {
 		return fmt.Errorf("gossip: %w", err)
 	}
-	// A new connection gets our snapshot at once: a late joiner catches up.
-	nb := &network.NotifyBundle{ConnectedF: func(network.Network, network.Conn) { s.cfg.Announce.Notify() }}
+	s.cfg.Host.SetStreamHandler(SyncProto, func(st network.Stream) { s.serveSync(ctx, st) })
+	defer s.cfg.Host.RemoveStreamHandler(SyncProto)
+	// A new connection is compared at once: a late joiner, or a host back
+	// from a partition, catches up by pulling.
+	fresh := make(chan peer.ID, 64)
+	nb := &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
+		select {
+		case fresh <- c.RemotePeer():
+		default:
+		}
+	}}
 	s.cfg.Host.Network().Notify(nb)
 	defer s.cfg.Host.Network().StopNotify(nb)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.receive(ctx, sub) })
 	g.Go(func() error { return s.announcer(ctx, topic) })
+	g.Go(func() error { return s.antiEntropy(ctx, fresh) })
 	if s.cfg.Faults.Get().GossipFlood {
 		g.Go(func() error { return s.flood(ctx, topic) })
 	}
 	return g.Wait()
 }
 
-// validate is the gossip validator: strict schema and size, signer a
-// member, every mapping signed by an allowed publisher, no replays.
+// validate is the gossip validator: the sender a member within its flood
+// share, and every record valid (schema, size, signature, signer allowed
+// to say it). A record's signature is checked here once; what passes is
+// handed to receive.
 func (s *Service) validate(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
 	origin := msg.GetFrom()
 	if !s.cfg.Cluster.IsMember(origin) {
 		s.cfg.Log.Warn("gossip from a non-member rejected", "origin", origin.String(), "via", from.String())
 		return pubsub.ValidationReject
 	}
-	snap, err := DecodeSnapshot(msg.Data, s.cfg.Cluster)
+	if origin == s.self {
+		return pubsub.ValidationAccept // our own, already in the catalogue
+	}
+	if res := s.cfg.Catalog.Admit(origin, time.Now()); res != pubsub.ValidationAccept {
+		return res
+	}
+	rs, err := decodeBatch(msg.Data, s.cfg.Cluster, time.Now())
 	if err != nil {
-		s.cfg.Log.Warn("gossip rejected", "origin", origin.String(), "err", err)
+		s.refuse("gossip", fmt.Errorf("from %s: %w", origin, err))
 		return pubsub.ValidationReject
 	}
-	res := s.cfg.Catalog.Admit(origin, snap.Seq, time.Now())
-	if res == pubsub.ValidationAccept {
-		msg.ValidatorData = snap
-	}
-	return res
+	msg.ValidatorData = rs
+	return pubsub.ValidationAccept
 }
 
 func (s *Service) receive(ctx context.Context, sub *pubsub.Subscription) error {
@@ -170,80 +231,139 @@ func (s *Service) receive(ctx context.Context, sub *pubsub.Subscription) error {
 			}
 			return fmt.Errorf("gossip: receive: %w", err)
 		}
-		if snap, ok := msg.ValidatorData.(*Snapshot); ok && msg.GetFrom() != s.cfg.Host.ID() {
-			s.cfg.Catalog.Apply(msg.GetFrom(), snap, time.Now())
-			if len(snap.Activations) > 0 {
-				s.cfg.Activations.Notify()
-			}
+		rs, ok := msg.ValidatorData.([]*checked)
+		if !ok || msg.GetFrom() == s.self {
+			continue
+		}
+		s.bytes.WithLabelValues("in", "gossip").Add(float64(len(msg.Data)))
+		s.cfg.Catalog.Seen(msg.GetFrom(), time.Now())
+		if s.cfg.Catalog.apply(rs) > 0 && hasActivation(rs) {
+			s.cfg.Activations.Notify()
 		}
 	}
 }
 
-// announcer gossips this node's snapshot on every change and on an interval.
+func hasActivation(rs []*checked) bool {
+	for _, r := range rs {
+		if r.Kind == KindActivation {
+			return true
+		}
+	}
+	return false
+}
+
+// minGap spaces this host's gossip messages: changes made within it
+// travel together.
+const minGap = 50 * time.Millisecond
+
+// announcer states this host's records on every change (and every
+// interval, to catch what changed without a poke) and gossips what
+// changed: only the changes, never the whole state.
 func (s *Service) announcer(ctx context.Context, topic *pubsub.Topic) error {
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
-	var seq int64
 	for {
+		if err := s.state(ctx); err != nil && ctx.Err() == nil {
+			s.cfg.Log.Warn("announce", "err", err)
+		}
+		s.publish(ctx, topic, s.cfg.Catalog.takeOutbox())
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		case <-s.cfg.Announce.C():
-		}
-		snap, err := s.snapshot(ctx)
-		if err != nil {
-			s.cfg.Log.Warn("announce", "err", err)
-			continue
-		}
-		snap.Seq = max(time.Now().UnixNano(), seq+1)
-		seq = snap.Seq
-		b, err := json.Marshal(snap)
-		if err == nil {
-			err = topic.Publish(ctx, b)
-		}
-		if err != nil && ctx.Err() == nil {
-			s.cfg.Log.Warn("announce", "err", err)
+			select { // let a burst of changes land together
+			case <-ctx.Done():
+				return nil
+			case <-time.After(minGap):
+			}
 		}
 	}
 }
 
-// flood publishes snapshots as fast as it can (faults.GossipFlood).
-func (s *Service) flood(ctx context.Context, topic *pubsub.Topic) error {
-	for seq := time.Now().UnixNano(); ctx.Err() == nil; seq++ {
-		if snap, err := s.snapshot(ctx); err == nil {
-			snap.Seq = seq
-			b, _ := json.Marshal(snap)
-			topic.Publish(ctx, b)
+// publish gossips records in messages under the size limit.
+func (s *Service) publish(ctx context.Context, topic *pubsub.Topic, rs []Record) {
+	for len(rs) > 0 {
+		var b batch
+		size := 32
+		for len(rs) > 0 && (len(b.Records) == 0 || size+len(rs[0].Data)+len(rs[0].Key)+256 < MaxMessageBytes/2) {
+			size += len(rs[0].Data) + len(rs[0].Key) + 256
+			b.Records = append(b.Records, rs[0])
+			rs = rs[1:]
 		}
+		data, err := json.Marshal(b)
+		if err == nil {
+			err = topic.Publish(ctx, data)
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				s.cfg.Log.Warn("announce", "err", err)
+			}
+			return
+		}
+		s.bytes.WithLabelValues("out", "gossip").Add(float64(len(data)))
+	}
+}
+
+// flood publishes this host's own records again and again as fast as it
+// can (faults.GossipFlood).
+func (s *Service) flood(ctx context.Context, topic *pubsub.Topic) error {
+	for ctx.Err() == nil {
+		var rs []Record
+		for _, k := range []Kind{KindHolding, KindState} {
+			for _, key := range s.cfg.Catalog.statedKeys(s.self, k) {
+				if r, ok := s.cfg.Catalog.stated(s.self, k, key); ok {
+					rs = append(rs, r)
+				}
+			}
+		}
+		if r, ok := s.cfg.Catalog.stated(s.self, KindHost, ""); ok {
+			rs = append(rs, r)
+		}
+		if len(rs) == 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
+		b, _ := json.Marshal(batch{Records: rs})
+		topic.Publish(ctx, b)
 	}
 	return nil
 }
 
-// snapshot is what this node knows and holds.
-func (s *Service) snapshot(ctx context.Context) (*Snapshot, error) {
-	ls, err := s.cfg.Store.Layers(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("snapshot: %w", err)
-	}
-	c := s.cfg.Catalog
-	snap := &Snapshot{Mappings: c.All(), Activations: c.Activations(), Labels: s.cfg.Labels,
-		HostPolicy: s.cfg.HostPolicy(), States: s.cfg.States()}
-	seen := map[string]bool{}
-	for _, l := range ls {
-		if !seen[l.CID] {
-			seen[l.CID] = true
-			snap.Holdings = append(snap.Holdings, Holding{CID: l.CID, Complete: l.State == chunk.Complete})
+// antiEntropy compares the catalogue with one random connected peer every
+// interval, and with every newly connected peer at once.
+func (s *Service) antiEntropy(ctx context.Context, fresh <-chan peer.ID) error {
+	for round := 0; ; round++ {
+		wait := s.cfg.Interval/2 + rand.N(s.cfg.Interval) // jittered: hosts do not sync in step
+		var p peer.ID
+		select {
+		case <-ctx.Done():
+			return nil
+		case p = <-fresh:
+		case <-time.After(wait):
+			peers := s.cfg.Host.Network().Peers()
+			if len(peers) == 0 {
+				continue
+			}
+			p = peers[rand.IntN(len(peers))]
+		}
+		// Liveness reports are larger than a digest: one round in aliveEvery.
+		if n, err := s.syncWith(ctx, p, round%aliveEvery == 0); err != nil {
+			if ctx.Err() == nil {
+				s.cfg.Log.Debug("catalogue sync", "peer", p.String(), "err", err)
+			}
+		} else if n > 0 {
+			s.cfg.Log.Debug("catalogue sync pulled records", "peer", p.String(), "records", n)
+			s.cfg.Activations.Notify()
 		}
 	}
-	if len(snap.Mappings) > maxSnapshotItems {
-		snap.Mappings = snap.Mappings[:maxSnapshotItems]
-	}
-	if len(snap.Holdings) > maxSnapshotItems {
-		snap.Holdings = snap.Holdings[:maxSnapshotItems]
-	}
-	return snap, nil
 }
+
+// aliveEvery is how many sync rounds go by between two liveness reports.
+const aliveEvery = 6
 
 // loadCatalog seeds the catalogue with the signed mappings of local layers.
 func (s *Service) loadCatalog(ctx context.Context) error {
@@ -260,7 +380,9 @@ func (s *Service) loadCatalog(ctx context.Context) error {
 			s.cfg.Log.Warn("local layer's mapping not announced", "layer", l.Name, "err", err)
 			continue
 		}
-		s.cfg.Catalog.Merge(m)
+		if err := s.cfg.Catalog.seed(m); err != nil {
+			s.cfg.Log.Warn("local layer's mapping not announced", "layer", l.Name, "err", err)
+		}
 	}
 	return nil
 }

@@ -188,7 +188,9 @@ func (sv *Service) SetLayerPolicy(ctx context.Context, name, text string) (*api.
 	if mp, err = gossip.SignMapping(sv.cfg.Key, mp); err != nil {
 		return nil, err
 	}
-	sv.cfg.Catalog.Merge(mp)
+	if _, err := sv.cfg.Catalog.Merge(mp); err != nil {
+		return nil, fmt.Errorf("policy set-layer %s: %w", nm, err)
+	}
 	if rec, err := sv.cfg.Store.GetLayer(ctx, nm); err == nil && rec.CID == mp.CID {
 		rec.Publisher, rec.Published, rec.Signature, rec.Product, rec.Policy = mp.Publisher, mp.Published, mp.Sig, mp.Product, mp.Policy
 		if err := sv.cfg.Store.PutLayer(ctx, rec); err != nil {
