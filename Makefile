@@ -7,7 +7,7 @@ FUZZTIME  ?= 30s
 
 SOAKTIME  ?= 10m
 
-.PHONY: all build test test-short lint bench bench-smoke bench-micro demo fuzz soak clean
+.PHONY: all build test test-short lint bench bench-smoke bench-micro sim demo fuzz soak clean
 
 all: build
 
@@ -38,6 +38,11 @@ bench: build
 # a part fails, never on a target (CI runs it after `make test`).
 bench-smoke: build
 	$(GO) run ./testnet/bench -bin $(BIN) -smoke
+
+# The catalogue on 10 -> 1,000 simulated nodes and 100 -> 100,000 records
+# (real node/gossip over libp2p's mocknet), one table.
+sim:
+	$(GO) run ./testnet/sim
 
 # Go micro-benchmarks (chunker, hashing).
 bench-micro:

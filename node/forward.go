@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -152,12 +153,17 @@ func (n *Node) Catalog(ctx context.Context) []api.ClusterLayer {
 		}
 		return "partial"
 	}
+	now := time.Now()
 	for _, m := range n.catalog.All() {
 		cl := api.ClusterLayer{Name: m.Name, CID: m.CID, Size: m.Size, Publisher: m.Publisher, Product: m.Product,
 			Published: time.Unix(0, m.Published).UTC(), Holders: map[string]string{}}
 		for p, complete := range n.catalog.Holdings(m.CID) {
 			cl.Holders[p.String()] = state(complete)
+			if r, _ := n.gossip.Reach(p, now); r == api.ReachUnreachable || r == api.ReachGone {
+				cl.Unreachable = append(cl.Unreachable, p.String())
+			}
 		}
+		slices.Sort(cl.Unreachable)
 		if complete, ok := local[m.CID]; ok {
 			cl.Holders[n.ID().String()] = state(complete)
 		}
@@ -184,5 +190,24 @@ func (n *Node) Partition(ids []string) error {
 		n.catalog.Forget(p)
 	}
 	n.cfg.Log.Info("partition set", "cut_off", len(ps))
+	return nil
+}
+
+// Forget drops what a host said of itself (holdings, states, labels,
+// policy) from this host's catalogue, and keeps its older records out: for
+// a host that is gone for good. Mappings and activations it signed stay.
+func (n *Node) Forget(ctx context.Context, host string) error {
+	p, err := peer.Decode(host)
+	if err != nil {
+		return api.BadRequestf("forget: %q is not a peer id (see `p2pimg status`)", host)
+	}
+	if p == n.ID() {
+		return api.BadRequestf("forget: %s is this host", host)
+	}
+	if r, _ := n.gossip.Reach(p, time.Now()); r == api.ReachUp {
+		return api.Conflictf("forget: %s is still heard from; stop it first (it would come back at its next change)", host)
+	}
+	n.catalog.Drop(p, time.Now())
+	n.cfg.Log.Info("host forgotten", "peer", host)
 	return nil
 }

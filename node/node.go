@@ -65,6 +65,10 @@ type Config struct {
 	// HostPolicy is this host's policy (TOML text); empty keeps the one
 	// stored by `p2pimg policy set-host`.
 	HostPolicy string
+	// GoneAfter is how long a host may go unheard before it is shown as
+	// gone (default 1h); it is shown as unreachable after 12 announce
+	// intervals.
+	GoneAfter time.Duration
 	// Faults switches on misbehaviour for tests and benchmarks; nil in
 	// production.
 	Faults *faults.Faults
@@ -105,6 +109,9 @@ func (cfg *Config) defaults() {
 	}
 	if cfg.Root == "" {
 		cfg.Root = "/"
+	}
+	if cfg.GoneAfter <= 0 {
+		cfg.GoneAfter = time.Hour
 	}
 	if cfg.Cluster.NetworkKey() != nil {
 		var tcpOnly []string

@@ -2,17 +2,20 @@ package node
 
 import (
 	"encoding/json"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/p2pimg/p2pimg/chunk/badgerstore"
 	"github.com/p2pimg/p2pimg/node/activate"
+	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/expose"
 	"github.com/p2pimg/p2pimg/node/fetch"
 	"github.com/p2pimg/p2pimg/node/gossip"
-	"github.com/p2pimg/p2pimg/node/internal/notify"
 	"github.com/p2pimg/p2pimg/node/layers"
+	"github.com/p2pimg/p2pimg/node/notify"
 	"github.com/p2pimg/p2pimg/node/p2p"
 	"github.com/p2pimg/p2pimg/node/policysync"
 	"github.com/p2pimg/p2pimg/node/seats"
@@ -44,10 +47,12 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 		return nil, err
 	}
 	n.act = activate.New(activate.Config{Host: h, Key: key, Cluster: cfg.Cluster, Labels: cfg.Labels, Root: cfg.Root, Catalog: n.catalog,
-		Store: db, Fetcher: n.fetch, Seats: n.seats, Policy: n.policy, Exposer: exposer, Log: cfg.Log, Announce: announce, Reconcile: reconcile})
+		Store: db, Fetcher: n.fetch, Seats: n.seats, Policy: n.policy, Exposer: exposer, Log: cfg.Log, Announce: announce, Reconcile: reconcile,
+		Reach: func(p peer.ID, now time.Time) (api.Reach, time.Time) { return n.gossip.Reach(p, now) }}) // the catalogue service is built next
 	n.gossip = gossip.New(gossip.Config{Host: h, Key: key, Cluster: cfg.Cluster, Catalog: n.catalog, Store: db, Log: cfg.Log, Labels: cfg.Labels,
 		Interval: cfg.AnnounceInterval, Announce: announce, Activations: reconcile,
-		HostPolicy: func() json.RawMessage { return n.policy.HostPolicyJSON() }, States: n.act.States, Reg: n.reg, Faults: cfg.Faults})
+		HostPolicy: func() json.RawMessage { return n.policy.HostPolicyJSON() }, States: n.act.States, Reg: n.reg, Faults: cfg.Faults,
+		UnreachableAfter: 12 * cfg.AnnounceInterval, GoneAfter: cfg.GoneAfter})
 	return n, nil
 }
 

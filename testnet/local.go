@@ -1,6 +1,7 @@
 package testnet
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
@@ -38,6 +39,9 @@ type Local struct {
 	SeatJournal bool `json:"seat_journal,omitempty"`
 	// ClockSkew: see UpOptions.ClockSkew.
 	ClockSkew time.Duration `json:"clock_skew,omitempty"`
+	// Announce and MetricsPort: see UpOptions.
+	Announce    time.Duration `json:"announce,omitempty"`
+	MetricsPort int           `json:"metrics_port,omitempty"`
 }
 
 // UpOptions adjust Up.
@@ -54,6 +58,11 @@ type UpOptions struct {
 	// ClockSkew, for tests: the keepers' clocks are set -skew, 0, +skew,
 	// ... apart (see the daemon's hidden --test-clock-offset).
 	ClockSkew time.Duration
+	// Announce is every daemon's --announce-interval (default 1s).
+	Announce time.Duration
+	// MetricsPort, when set, gives node i (from 1) Prometheus metrics on
+	// 127.0.0.1:MetricsPort+i.
+	MetricsPort int
 }
 
 // LocalNode is one daemon of a Local testnet (numbered from 1).
@@ -121,7 +130,7 @@ func Up(ctx context.Context, bin, dir string, n int, o UpOptions) (*Local, error
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	l := &Local{Dir: dir, Bin: bin, SeatJournal: o.SeatJournal, ClockSkew: o.ClockSkew}
+	l := &Local{Dir: dir, Bin: bin, SeatJournal: o.SeatJournal, ClockSkew: o.ClockSkew, Announce: o.Announce, MetricsPort: o.MetricsPort}
 	ok := false
 	defer func() {
 		if !ok {
@@ -207,8 +216,11 @@ func (l *Local) start(ctx context.Context, i int) error {
 		listen = "/ip4/" + l.NetNS.Addr(i) + "/tcp/4001"
 	}
 	args := []string{l.Bin, "daemon", "--data", nd.Data, "--socket", nd.Socket, "--cluster", filepath.Join(l.Dir, "cluster.toml"),
-		"--listen", listen, "--no-mdns", "--announce-interval", "1s", "--root", nd.Root(),
+		"--listen", listen, "--no-mdns", "--announce-interval", cmp.Or(l.Announce, time.Second).String(), "--root", nd.Root(),
 		"--label", fmt.Sprintf("node=%d", nd.Index)}
+	if l.MetricsPort > 0 {
+		args = append(args, "--metrics", fmt.Sprintf("127.0.0.1:%d", l.MetricsPort+nd.Index))
+	}
 	if l.SeatJournal {
 		args = append(args, "--test-seat-journal", SeatJournal(*nd))
 	}

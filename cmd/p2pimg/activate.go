@@ -200,9 +200,9 @@ func (a *app) statusCmd() *cobra.Command {
 				return a.printJSON(states)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "LAYER\tHOST\tSTATE\tPATH\tMODE\tDETAIL")
+			fmt.Fprintln(tw, "LAYER\tHOST\tSTATE\tPATH\tMODE\tSEEN\tDETAIL")
 			for _, s := range states {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Layer, short(s.Host), s.State, s.At, s.Mode, s.Detail)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Layer, short(s.Host), s.State, s.At, s.Mode, seen(s), s.Detail)
 			}
 			if err := tw.Flush(); err != nil {
 				return err
@@ -217,4 +217,17 @@ func (a *app) statusCmd() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// seen says whether a host's row is current: "now" for this host and hosts
+// heard from, else how long it has been unheard ("unreachable 2m", "gone 3h").
+func seen(s api.HostActivation) string {
+	switch s.Reach {
+	case api.ReachSelf, api.ReachUp, "":
+		return "now"
+	}
+	if s.LastSeen.IsZero() {
+		return string(s.Reach)
+	}
+	return fmt.Sprintf("%s %s", s.Reach, time.Since(s.LastSeen).Round(time.Second))
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -58,7 +59,23 @@ the same file to every host and start each daemon with --cluster FILE.`,
 	}
 	opKey.Flags().StringVarP(&keyOut, "out", "o", "operator.key", "key file to write (must not exist)")
 	initCmd.Flags().StringSliceVar(&operators, "operators", nil, "operator ids (from `p2pimg cluster operator-key`) whose activations hosts obey")
-	c.AddCommand(initCmd, opKey)
+	forget := &cobra.Command{
+		Use:   "forget HOST",
+		Short: "Drop a host that is gone for good from this daemon's view of the cluster",
+		Long: `Drop what HOST (a peer id, as in 'p2pimg status') said of itself from this
+daemon's catalogue: its holdings, activation states, labels and policy, so
+status and 'layers --all' stop showing it. Mappings and activations it signed
+stay. A host still heard from is refused: stop it first.`,
+		Args: exactArgs(1, "a host's peer id"),
+		RunE: func(c *cobra.Command, args []string) error {
+			if err := a.client().Forget(c.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "forgot %s\n", args[0])
+			return nil
+		},
+	}
+	c.AddCommand(initCmd, opKey, forget)
 	return c
 }
 
@@ -175,10 +192,14 @@ func (a *app) printCatalog(c *cobra.Command) error {
 	for _, l := range cl {
 		var comp, part []string
 		for p, st := range l.Holders {
+			name := short(p)
+			if slices.Contains(l.Unreachable, p) {
+				name += "(unreachable)"
+			}
 			if st == "complete" {
-				comp = append(comp, short(p))
+				comp = append(comp, name)
 			} else {
-				part = append(part, short(p))
+				part = append(part, name)
 			}
 		}
 		sort.Strings(comp)

@@ -22,7 +22,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var data, level, format, clusterFile, metrics string
 	var listen, peers []string
 	var noMDNS, corrupt, stallServe, flood bool
-	var announce, stall, clockOffset time.Duration
+	var announce, stall, clockOffset, goneAfter time.Duration
 	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup, pskFile, membersFile string
 	var labels []string
 	c := &cobra.Command{
@@ -111,7 +111,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 			d, err := node.NewDaemon(node.DaemonConfig{
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cc, Listen: listen, Peers: peers,
-					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall,
+					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, GoneAfter: goneAfter,
 					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: api.Mode(expose), HostPolicy: hostPolicyText,
 					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset),
 				},
@@ -136,6 +136,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this host:port")
 	c.Flags().DurationVar(&announce, "announce-interval", 10*time.Second, "how often to gossip this host's catalogue")
 	c.Flags().DurationVar(&stall, "stall-timeout", 60*time.Second, "fail a fetch after this long without progress")
+	c.Flags().DurationVar(&goneAfter, "gone-after", time.Hour, "show a host unheard for this long as gone (it shows as unreachable after 12 announce intervals); `cluster forget` drops it")
 	c.Flags().StringVar(&maxUp, "max-upload", "", "cap on chunk bytes served per second, e.g. 50MB (default: none)")
 	c.Flags().StringVar(&maxDown, "max-download", "", "cap on chunk bytes fetched per second, e.g. 100MB (default: none)")
 	c.Flags().StringVar(&root, "root", "/", "directory that activation paths are relative to (a testnet gives each node its own)")

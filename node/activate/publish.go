@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/gossip"
@@ -84,18 +85,25 @@ func (r *Reconciler) ResolveLayer(ctx context.Context, name string) (string, err
 	return l.CID, nil
 }
 
-// Activations is every known host's state for every layer it was asked about.
+// Activations is every known host's state for every layer it was asked
+// about, with whether that host is still heard from.
 func (r *Reconciler) Activations() []api.HostActivation {
 	out := []api.HostActivation{}
-	add := func(host string, st gossip.HostState) {
-		out = append(out, api.HostActivation{Host: host, Layer: st.Layer, CID: st.CID, At: st.At, State: st.State, Detail: st.Detail, Time: st.Time, Mode: st.Mode})
+	now := time.Now()
+	add := func(p peer.ID, st gossip.HostState) {
+		ha := api.HostActivation{Host: p.String(), Layer: st.Layer, CID: st.CID, At: st.At, State: st.State, Detail: st.Detail, Time: st.Time, Mode: st.Mode,
+			Reach: api.ReachSelf, LastSeen: now}
+		if r.cfg.Reach != nil {
+			ha.Reach, ha.LastSeen = r.cfg.Reach(p, now)
+		}
+		out = append(out, ha)
 	}
 	for _, st := range r.States() {
-		add(r.cfg.Host.ID().String(), st)
+		add(r.cfg.Host.ID(), st)
 	}
 	for p, h := range r.cfg.Catalog.Hosts() {
 		for _, st := range h.States {
-			add(p.String(), st)
+			add(p, st)
 		}
 	}
 	return out

@@ -11,13 +11,14 @@ import (
 	"github.com/ipfs/go-cid"
 	lcrypto "github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/cluster"
 	"github.com/p2pimg/p2pimg/node/expose"
 	"github.com/p2pimg/p2pimg/node/gossip"
-	"github.com/p2pimg/p2pimg/node/internal/notify"
+	"github.com/p2pimg/p2pimg/node/notify"
 	"github.com/p2pimg/p2pimg/policy"
 )
 
@@ -77,6 +78,8 @@ type Config struct {
 	Policy  Policy
 	Exposer *expose.Exposer
 	Log     *slog.Logger
+	// Reach is what this host knows of another's liveness (nil: all up).
+	Reach func(p peer.ID, now time.Time) (api.Reach, time.Time)
 	// Announce is poked when this host's states change; Reconcile wakes
 	// the reconciler (an activation arrived or a policy changed).
 	Announce, Reconcile *notify.Signal

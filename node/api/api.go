@@ -92,6 +92,8 @@ type ClusterLayer struct {
 	Published time.Time         `json:"published"`
 	Product   string            `json:"product,omitempty"`
 	Holders   map[string]string `json:"holders"` // peer id -> complete | partial
+	// Unreachable are the holders not heard from for a while (or gone).
+	Unreachable []string `json:"unreachable,omitempty"`
 }
 
 // Status is GET /v1/status.
@@ -204,6 +206,10 @@ type HostActivation struct {
 	Detail string `json:"detail,omitempty"`
 	Time   int64  `json:"time"`
 	Mode   Mode   `json:"mode,omitempty"`
+	// Reach says whether the host is still heard from, and LastSeen when it
+	// last was (as this host learned it).
+	Reach    Reach     `json:"reach"`
+	LastSeen time.Time `json:"last_seen,omitzero"`
 }
 
 // CommonResult is GET /v1/common?layer=A&layer=B...
@@ -342,4 +348,10 @@ type ImportRequest struct {
 // ImportResult lists the layers made, base first.
 type ImportResult struct {
 	Layers []chunk.Layer `json:"layers"`
+}
+
+// ForgetRequest is POST /v1/cluster/forget: drop what a host said of
+// itself from this host's catalogue.
+type ForgetRequest struct {
+	Peer string `json:"peer"`
 }

@@ -56,3 +56,14 @@ const (
 	DaemonStarting DaemonState = "starting"
 	DaemonReady    DaemonState = "ready"
 )
+
+// Reach is what this host knows of another host's liveness.
+type Reach string
+
+// Reach values.
+const (
+	ReachSelf        Reach = "self"        // this host
+	ReachUp          Reach = "up"          // connected, or heard from recently
+	ReachUnreachable Reach = "unreachable" // not heard from for a while: its rows may be stale
+	ReachGone        Reach = "gone"        // not heard from for longer than the gone time
+)

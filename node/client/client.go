@@ -315,3 +315,8 @@ func (c *Client) Import(ctx context.Context, req api.ImportRequest, on Events) (
 	var r api.ImportResult
 	return r, c.stream(ctx, "/import", req, &r, on)
 }
+
+// Forget drops what a gone host said of itself from the daemon's catalogue.
+func (c *Client) Forget(ctx context.Context, host string) error {
+	return c.call(ctx, http.MethodPost, "/cluster/forget", api.ForgetRequest{Peer: host}, &struct{}{})
+}

@@ -20,7 +20,7 @@ import (
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/gossip"
-	"github.com/p2pimg/p2pimg/node/internal/notify"
+	"github.com/p2pimg/p2pimg/node/notify"
 	"github.com/p2pimg/p2pimg/node/p2p"
 	"github.com/p2pimg/p2pimg/node/xchg"
 )

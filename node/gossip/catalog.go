@@ -14,6 +14,7 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/p2pimg/p2pimg/node/cluster"
 	"github.com/p2pimg/p2pimg/policy"
 )
 
@@ -613,4 +614,48 @@ func (c *Catalog) statedKeys(self peer.ID, k Kind) []string {
 		}
 	}
 	return out
+}
+
+// seenAt is the last sign of life of p (zero: none).
+func (c *Catalog) seenAt(p peer.ID) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.seen[p]
+}
+
+// Verified is a record that passed CheckRecord, ready to be loaded into
+// any number of catalogues without checking it again.
+type Verified struct{ c *checked }
+
+// Verify checks records (see CheckRecord) once, for Load.
+func Verify(rs []Record, cl *cluster.Config, now time.Time) ([]Verified, error) {
+	cks, err := checkAll(rs, cl, now)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Verified, len(cks))
+	for i, ck := range cks {
+		out[i] = Verified{ck}
+	}
+	return out, nil
+}
+
+// Load stores verified records (loaded, not originated here: nothing is
+// gossiped); it returns how many changed the catalogue.
+func (c *Catalog) Load(vs []Verified) int {
+	cks := make([]*checked, len(vs))
+	for i, v := range vs {
+		cks[i] = v.c
+	}
+	return c.apply(cks)
+}
+
+// MappingRecord is the record of a signed mapping.
+func MappingRecord(m Mapping) Record { return mappingRecord(m) }
+
+// Digest is the digest of the whole catalogue: two hosts with equal
+// digests hold the same records.
+func (c *Catalog) Digest() [32]byte {
+	r, _ := c.root()
+	return r
 }

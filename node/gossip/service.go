@@ -18,9 +18,10 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/cluster"
 	"github.com/p2pimg/p2pimg/node/faults"
-	"github.com/p2pimg/p2pimg/node/internal/notify"
+	"github.com/p2pimg/p2pimg/node/notify"
 )
 
 // Layers lists this host's layer records: what it holds.
@@ -49,8 +50,11 @@ type Config struct {
 	// activation states: both are records this host states.
 	HostPolicy func() json.RawMessage
 	States     func() []HostState
-	Reg        prometheus.Registerer
-	Faults     *faults.Faults
+	// UnreachableAfter and GoneAfter are how long a host may go unheard
+	// before it is shown as unreachable, then as gone.
+	UnreachableAfter, GoneAfter time.Duration
+	Reg                         prometheus.Registerer
+	Faults                      *faults.Faults
 }
 
 // Service gossips this host's changes, takes in the others', and repairs
@@ -385,4 +389,23 @@ func (s *Service) loadCatalog(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// Reach is what this host knows of p's liveness: up when connected or
+// heard from within the unreachable time, gone past the gone time.
+func (s *Service) Reach(p peer.ID, now time.Time) (api.Reach, time.Time) {
+	if p == s.self {
+		return api.ReachSelf, now
+	}
+	seen := s.cfg.Catalog.seenAt(p)
+	if len(s.cfg.Host.Network().ConnsToPeer(p)) > 0 {
+		return api.ReachUp, now
+	}
+	switch age := now.Sub(seen); {
+	case seen.IsZero() || age > s.cfg.GoneAfter:
+		return api.ReachGone, seen
+	case age > s.cfg.UnreachableAfter:
+		return api.ReachUnreachable, seen
+	}
+	return api.ReachUp, seen
 }

@@ -19,7 +19,7 @@ import (
 	"github.com/p2pimg/p2pimg/chunk/tree"
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/gossip"
-	"github.com/p2pimg/p2pimg/node/internal/notify"
+	"github.com/p2pimg/p2pimg/node/notify"
 )
 
 // Store is the chunk store and layer records this service works on.

@@ -14,6 +14,7 @@ type clusterAPI interface {
 	Catalog(ctx context.Context) []api.ClusterLayer
 	Partition(ids []string) error
 	Fetch(ctx context.Context, ref string, emit api.Emit) (*api.FetchResult, error)
+	Forget(ctx context.Context, host string) error
 }
 
 func (s *Server) clusterRoutes() []route {
@@ -30,6 +31,9 @@ func (s *Server) clusterRoutes() []route {
 		})},
 		{"POST " + v + "/partition", s.plain(body(func(ctx context.Context, n Node, req api.PartitionRequest) (any, error) {
 			return struct{}{}, n.Partition(req.Peers)
+		}))},
+		{"POST " + v + "/cluster/forget", s.plain(body(func(ctx context.Context, n Node, req api.ForgetRequest) (any, error) {
+			return struct{}{}, n.Forget(ctx, req.Peer)
 		}))},
 		{"POST " + v + "/fetch", s.stream(streamBody(func(ctx context.Context, n Node, req api.FetchRequest, emit api.Emit) (any, error) {
 			return n.Fetch(ctx, req.Name, emit)

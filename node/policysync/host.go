@@ -23,7 +23,7 @@ import (
 	"github.com/p2pimg/p2pimg/node/cluster"
 	"github.com/p2pimg/p2pimg/node/expose"
 	"github.com/p2pimg/p2pimg/node/gossip"
-	"github.com/p2pimg/p2pimg/node/internal/notify"
+	"github.com/p2pimg/p2pimg/node/notify"
 	"github.com/p2pimg/p2pimg/policy"
 )
 

@@ -26,7 +26,7 @@ import (
 	"github.com/p2pimg/p2pimg/license"
 	"github.com/p2pimg/p2pimg/node/cluster"
 	"github.com/p2pimg/p2pimg/node/faults"
-	"github.com/p2pimg/p2pimg/node/internal/notify"
+	"github.com/p2pimg/p2pimg/node/notify"
 )
 
 // Config configures the seat service.

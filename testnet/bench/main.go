@@ -102,7 +102,10 @@ func run(ctx context.Context) error {
 	bin := flag.String("bin", "bin/p2pimg", "p2pimg binary")
 	dir := flag.String("dir", "", "work directory (default: a new temporary one, removed after)")
 	runs := flag.Int("runs", 5, "runs per figure (the median is reported)")
-	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers")
+	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers, catalog")
+	catLayers := flag.Int("catalog-layers", 4200, "layers one host publishes into 3 for the catalogue part")
+	fleet := flag.Int("fleet", 32, "idle daemons of the catalogue part")
+	fleetLayers := flag.Int("fleet-layers", 10000, "layers those daemons hold")
 	fanSize := flag.Int64("fanout-size", 256<<20, "image size for the fan-out part")
 	fanRate := flag.String("fanout-rate", "400mbit", "link rate for the fan-out part (tc tbf)")
 	badSize := flag.Int64("badpeers-size", 256<<20, "image size for the stalled- and lying-peer part")
@@ -115,7 +118,8 @@ func run(ctx context.Context) error {
 	if *smoke {
 		set := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		for name, v := range map[string]any{"size": int64(64 << 20), "runs": 1, "fanout-size": int64(32 << 20), "badpeers-size": int64(32 << 20)} {
+		for name, v := range map[string]any{"size": int64(64 << 20), "runs": 1, "fanout-size": int64(32 << 20), "badpeers-size": int64(32 << 20),
+			"catalog-layers": 200, "fleet": 8, "fleet-layers": 300} {
 			if !set[name] {
 				flag.Set(name, fmt.Sprint(v))
 			}
@@ -181,6 +185,11 @@ func run(ctx context.Context) error {
 	}
 	if want("layers") {
 		if err := benchLayers(ctx, t, *bin, *dir, *size); err != nil {
+			return err
+		}
+	}
+	if want("catalog") {
+		if err := benchCatalogue(ctx, t, *bin, *dir, *catLayers, *fleet, *fleetLayers); err != nil {
 			return err
 		}
 	}
