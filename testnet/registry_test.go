@@ -396,8 +396,8 @@ func TestRegistryTamperedAndCutBlobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := io.ReadFull(resp.Body, make([]byte, 64<<10)); err != nil { // the stream has started
-		t.Fatal(err)
+	if resp.StatusCode != 200 { // the mirror is streaming the blob from upstream
+		t.Fatalf("blob from a slow upstream: %s", resp.Status)
 	}
 	cancel() // the client goes away mid-blob ...
 	resp.Body.Close()

@@ -495,6 +495,7 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request, f *flight, src 
 	blobHeaders(w, f.digest, size)
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
+	rc.Flush() // the client knows the blob is coming while its first chunks are fetched
 	h := sha256.New()
 	bufs := [2][]byte{make([]byte, 0, 256<<10), make([]byte, 0, 256<<10)}
 	var held []byte
