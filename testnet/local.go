@@ -38,6 +38,8 @@ type Local struct {
 	SeatJournal bool `json:"seat_journal,omitempty"`
 	// ClockSkew: see UpOptions.ClockSkew.
 	ClockSkew time.Duration `json:"clock_skew,omitempty"`
+	// Registry: see UpOptions.Registry.
+	Registry []string `json:"registry,omitempty"`
 }
 
 // UpOptions adjust Up.
@@ -54,6 +56,8 @@ type UpOptions struct {
 	// ClockSkew, for tests: the keepers' clocks are set -skew, 0, +skew,
 	// ... apart (see the daemon's hidden --test-clock-offset).
 	ClockSkew time.Duration
+	// Registry: node i serves the registry mirror on Registry[i] (host:port).
+	Registry []string
 }
 
 // LocalNode is one daemon of a Local testnet (numbered from 1).
@@ -121,7 +125,7 @@ func Up(ctx context.Context, bin, dir string, n int, o UpOptions) (*Local, error
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	l := &Local{Dir: dir, Bin: bin, SeatJournal: o.SeatJournal, ClockSkew: o.ClockSkew}
+	l := &Local{Dir: dir, Bin: bin, SeatJournal: o.SeatJournal, ClockSkew: o.ClockSkew, Registry: o.Registry}
 	ok := false
 	defer func() {
 		if !ok {
@@ -211,6 +215,9 @@ func (l *Local) start(ctx context.Context, i int) error {
 		"--label", fmt.Sprintf("node=%d", nd.Index)}
 	if l.SeatJournal {
 		args = append(args, "--test-seat-journal", SeatJournal(*nd))
+	}
+	if i < len(l.Registry) {
+		args = append(args, "--registry", l.Registry[i])
 	}
 	if l.ClockSkew != 0 {
 		args = append(args, "--test-clock-offset", (time.Duration(i%3-1) * l.ClockSkew).String())

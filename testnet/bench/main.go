@@ -102,7 +102,7 @@ func run(ctx context.Context) error {
 	bin := flag.String("bin", "bin/p2pimg", "p2pimg binary")
 	dir := flag.String("dir", "", "work directory (default: a new temporary one, removed after)")
 	runs := flag.Int("runs", 5, "runs per figure (the median is reported)")
-	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers")
+	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers, registry")
 	fanSize := flag.Int64("fanout-size", 256<<20, "image size for the fan-out part")
 	fanRate := flag.String("fanout-rate", "400mbit", "link rate for the fan-out part (tc tbf)")
 	badSize := flag.Int64("badpeers-size", 256<<20, "image size for the stalled- and lying-peer part")
@@ -181,6 +181,11 @@ func run(ctx context.Context) error {
 	}
 	if want("layers") {
 		if err := benchLayers(ctx, t, *bin, *dir, *size); err != nil {
+			return err
+		}
+	}
+	if want("registry") {
+		if err := benchRegistry(ctx, t, *bin, *dir, *size); err != nil {
 			return err
 		}
 	}
