@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"strings"
 	"time"
@@ -31,6 +32,7 @@ import (
 	"github.com/p2pimg/p2pimg/node/layers"
 	"github.com/p2pimg/p2pimg/node/p2p"
 	"github.com/p2pimg/p2pimg/node/policysync"
+	"github.com/p2pimg/p2pimg/node/registry"
 	"github.com/p2pimg/p2pimg/node/seats"
 	"github.com/p2pimg/p2pimg/node/xchg"
 )
@@ -69,6 +71,12 @@ type Config struct {
 	// gone (default 1h); it is shown as unreachable after 12 announce
 	// intervals.
 	GoneAfter time.Duration
+	// Registry is where the OCI registry mirror listens (host:port);
+	// empty: off.
+	Registry string
+	// Upstreams are the registries the mirror may pull from, by the name
+	// containerd's ?ns= gives.
+	Upstreams registry.Upstreams
 	// Faults switches on misbehaviour for tests and benchmarks; nil in
 	// production.
 	Faults *faults.Faults
@@ -89,6 +97,7 @@ type Node struct {
 	policy  *policysync.Service
 	act     *activate.Reconciler
 	layers  *layers.Service
+	mirror  *registry.Service
 }
 
 func (cfg *Config) defaults() {
@@ -146,6 +155,9 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n, err := build(cfg, db, net, key)
+	if err == nil {
+		err = n.mirror.Listen()
+	}
 	if err != nil {
 		return nil, errors.Join(err, net.Host.Close(), db.Close())
 	}
@@ -171,6 +183,7 @@ func (n *Node) Run(ctx context.Context) error {
 	g.Go(func() error { return n.seats.Run(ctx, ps) })
 	g.Go(func() error { return n.policy.Run(ctx) })
 	g.Go(func() error { return n.act.Run(ctx) })
+	g.Go(func() error { return n.mirror.Run(ctx) })
 	g.Go(func() error {
 		return p2p.KeepConnected(ctx, n.net.Host, n.net.Gater, p2p.ParseAddrs(n.cfg.Peers, n.cfg.Log), n.cfg.Log)
 	})
@@ -209,6 +222,9 @@ func (n *Node) Addrs() []string {
 	}
 	return out
 }
+
+// RegistryAddr is where the registry mirror listens (nil when off).
+func (n *Node) RegistryAddr() net.Addr { return n.mirror.Addr() }
 
 // Registry is the node's Prometheus registry.
 func (n *Node) Registry() *prometheus.Registry { return n.reg }

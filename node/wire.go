@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"encoding/json"
 	"time"
 
@@ -8,6 +9,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/chunk/badgerstore"
 	"github.com/p2pimg/p2pimg/node/activate"
 	"github.com/p2pimg/p2pimg/node/api"
@@ -18,6 +20,7 @@ import (
 	"github.com/p2pimg/p2pimg/node/notify"
 	"github.com/p2pimg/p2pimg/node/p2p"
 	"github.com/p2pimg/p2pimg/node/policysync"
+	"github.com/p2pimg/p2pimg/node/registry"
 	"github.com/p2pimg/p2pimg/node/seats"
 	"github.com/p2pimg/p2pimg/node/xchg"
 )
@@ -29,7 +32,8 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 	announce, reconcile := notify.New(), notify.New()
 	n := &Node{cfg: cfg, db: db, net: net, reg: prometheus.NewRegistry(), catalog: gossip.NewCatalog()}
 	gc := &layers.GCGuard{}
-	n.fetch = fetch.New(fetch.Config{Host: h, Store: db, Catalog: n.catalog, Gater: net.Gater, Stats: net.Stats, Pins: gc,
+	arrivals := registry.NewArrivals()
+	n.fetch = fetch.New(fetch.Config{Host: h, Store: arrivalStore{db, arrivals}, Catalog: n.catalog, Gater: net.Gater, Stats: net.Stats, Pins: gc,
 		Log: cfg.Log, Down: fetch.Limiter(cfg.MaxDownload), StallTimeout: cfg.StallTimeout, Announce: announce, Reg: n.reg})
 	n.xchg = xchg.NewServer(xchg.ServerConfig{Host: h, Source: source{db, n.fetch}, Log: cfg.Log, Stats: net.Stats,
 		Up: fetch.Limiter(cfg.MaxUpload), Reg: n.reg, Faults: cfg.Faults})
@@ -41,7 +45,11 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 		return nil, err
 	}
 	n.layers = layers.New(layers.Config{Store: db, Catalog: n.catalog, Key: key, DataDir: cfg.DataDir, Policy: n.policy, GC: gc,
-		Log: cfg.Log, Announce: announce})
+		Log: cfg.Log, Announce: announce, Images: keepImage(func(ctx context.Context, dir string, name chunk.Name) (string, error) {
+			return n.mirror.KeepImage(ctx, dir, name) // the mirror is built next: it publishes through layers
+		})})
+	n.mirror = registry.New(registry.Config{Addr: cfg.Registry, Store: db, Publisher: n.layers, Fetcher: n.fetch, Catalog: n.catalog,
+		Upstreams: cfg.Upstreams, Log: cfg.Log, Reg: n.reg}, arrivals)
 	if n.seats, err = seats.New(seats.Config{Host: h, Cluster: cfg.Cluster, DataDir: cfg.DataDir, Log: cfg.Log,
 		Interval: cfg.AnnounceInterval, Faults: cfg.Faults}); err != nil {
 		return nil, err
@@ -61,4 +69,24 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 type source struct {
 	*badgerstore.DB
 	*fetch.Fetcher
+}
+
+// arrivalStore is the fetcher's store: it wakes the registry's blob
+// streams whenever a fetch has stored chunks.
+type arrivalStore struct {
+	*badgerstore.DB
+	arrivals *registry.Arrivals
+}
+
+func (s arrivalStore) PutUncached(ctx context.Context, blocks ...chunk.Block) error {
+	err := s.DB.PutUncached(ctx, blocks...)
+	s.arrivals.Stored()
+	return err
+}
+
+// keepImage lets layers keep an import's blobs in the registry built after it.
+type keepImage func(ctx context.Context, dir string, name chunk.Name) (string, error)
+
+func (f keepImage) KeepImage(ctx context.Context, dir string, name chunk.Name) (string, error) {
+	return f(ctx, dir, name)
 }

@@ -42,6 +42,8 @@ type Local struct {
 	// Announce and MetricsPort: see UpOptions.
 	Announce    time.Duration `json:"announce,omitempty"`
 	MetricsPort int           `json:"metrics_port,omitempty"`
+	// Registry: see UpOptions.Registry.
+	Registry []string `json:"registry,omitempty"`
 }
 
 // UpOptions adjust Up.
@@ -63,6 +65,8 @@ type UpOptions struct {
 	// MetricsPort, when set, gives node i (from 1) Prometheus metrics on
 	// 127.0.0.1:MetricsPort+i.
 	MetricsPort int
+	// Registry: node i serves the registry mirror on Registry[i] (host:port).
+	Registry []string
 }
 
 // LocalNode is one daemon of a Local testnet (numbered from 1).
@@ -130,7 +134,7 @@ func Up(ctx context.Context, bin, dir string, n int, o UpOptions) (*Local, error
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	l := &Local{Dir: dir, Bin: bin, SeatJournal: o.SeatJournal, ClockSkew: o.ClockSkew, Announce: o.Announce, MetricsPort: o.MetricsPort}
+	l := &Local{Dir: dir, Bin: bin, SeatJournal: o.SeatJournal, ClockSkew: o.ClockSkew, Announce: o.Announce, MetricsPort: o.MetricsPort, Registry: o.Registry}
 	ok := false
 	defer func() {
 		if !ok {
@@ -223,6 +227,9 @@ func (l *Local) start(ctx context.Context, i int) error {
 	}
 	if l.SeatJournal {
 		args = append(args, "--test-seat-journal", SeatJournal(*nd))
+	}
+	if i < len(l.Registry) {
+		args = append(args, "--registry", l.Registry[i])
 	}
 	if l.ClockSkew != 0 {
 		args = append(args, "--test-clock-offset", (time.Duration(i%3-1) * l.ClockSkew).String())

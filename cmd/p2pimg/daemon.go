@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/cluster"
 	"github.com/p2pimg/p2pimg/node/faults"
+	"github.com/p2pimg/p2pimg/node/registry"
 	"github.com/p2pimg/p2pimg/policy"
 )
 
@@ -25,6 +27,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var announce, stall, clockOffset, goneAfter time.Duration
 	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup, pskFile, membersFile string
 	var labels []string
+	var mirrorAddr, registriesFile string
 	c := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run this host's p2pimg daemon",
@@ -108,11 +111,23 @@ It stops cleanly on SIGINT or SIGTERM.`,
 					return usageError{fmt.Errorf("--psk / --members with the cluster file: %w", err)}
 				}
 			}
+			if mirrorAddr != "" {
+				if _, _, err := net.SplitHostPort(mirrorAddr); err != nil {
+					return usageError{fmt.Errorf("--registry %q: want HOST:PORT, e.g. 127.0.0.1:5000 (%v)", mirrorAddr, err)}
+				}
+			}
+			ups := registry.Upstreams{}
+			if registriesFile != "" {
+				if ups, err = registry.LoadUpstreams(registriesFile); err != nil {
+					return usageError{fmt.Errorf("--registries: %w", err)}
+				}
+			}
 			d, err := node.NewDaemon(node.DaemonConfig{
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cc, Listen: listen, Peers: peers,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, GoneAfter: goneAfter,
 					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: api.Mode(expose), HostPolicy: hostPolicyText,
+					Registry: mirrorAddr, Upstreams: ups,
 					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset),
 				},
 				Socket: a.socket, SocketGroup: socketGroup, Metrics: metrics, Version: version,
@@ -141,6 +156,8 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&maxDown, "max-download", "", "cap on chunk bytes fetched per second, e.g. 100MB (default: none)")
 	c.Flags().StringVar(&root, "root", "/", "directory that activation paths are relative to (a testnet gives each node its own)")
 	c.Flags().StringVar(&expose, "expose", string(api.ModeAuto), "how activated layers appear: overlay (mount; root and overlayfs), materialized (a directory swapped in), or auto")
+	c.Flags().StringVar(&mirrorAddr, "registry", "", "serve the OCI registry mirror (pull API) on this HOST:PORT, e.g. 127.0.0.1:5000 (default: off)")
+	c.Flags().StringVar(&registriesFile, "registries", "", "TOML file of the upstream registries the mirror pulls from, by the name containerd sends as ?ns= (see README)")
 	c.Flags().StringArrayVar(&labels, "label", nil, "host label key=value, announced to the cluster for --hosts key=value (repeatable)")
 	c.Flags().BoolVar(&corrupt, "test-corrupt-serve", false, "TESTING ONLY: corrupt every chunk served")
 	c.Flags().MarkHidden("test-corrupt-serve")

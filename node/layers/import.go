@@ -81,6 +81,15 @@ func (sv *Service) Import(ctx context.Context, req api.ImportRequest, emit api.E
 		parent = res.CID
 		os.RemoveAll(ldir)
 	}
+	if sv.cfg.Images != nil {
+		warn, err := sv.cfg.Images.KeepImage(ctx, img.Dir, name)
+		if err != nil {
+			return nil, fmt.Errorf("import %s: keep its blobs for the registry: %w", req.Path, err)
+		}
+		if warn != "" {
+			emit(api.Event{Warning: warn})
+		}
+	}
 	sv.cfg.Log.Info("image imported", "path", req.Path, "layer", name.String(), "layers", len(out.Layers))
 	return out, nil
 }

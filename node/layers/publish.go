@@ -49,6 +49,17 @@ type Config struct {
 	Log     *slog.Logger
 	// Announce is poked when this host published a layer.
 	Announce *notify.Signal
+	// Images keeps an imported image's original blobs for the registry
+	// mirror (nil: not kept).
+	Images ImageKeeper
+}
+
+// ImageKeeper keeps the registry blobs of an image layout (package registry).
+type ImageKeeper interface {
+	// KeepImage stores and announces the layout's manifest, config and
+	// layer blobs as they are, and tags the manifest as name. A layout it
+	// cannot keep (no registry manifest) is a warning, not an error.
+	KeepImage(ctx context.Context, dir string, name chunk.Name) (warning string, err error)
 }
 
 // Service does the layer work of this host.
@@ -109,6 +120,12 @@ func (sv *Service) publish(ctx context.Context, name chunk.Name, id cid.Cid, enc
 	}
 	sv.cfg.Announce.Notify()
 	return l, nil
+}
+
+// Publish stores a layer made elsewhere on this host (a registry blob) and
+// announces it as name, like a layer added here.
+func (sv *Service) Publish(ctx context.Context, name chunk.Name, id cid.Cid, encoded []byte, m *chunk.Manifest) (chunk.Layer, error) {
+	return sv.publish(ctx, name, id, encoded, m, gossip.Mapping{})
 }
 
 // layer looks up NAME:TAG and its manifest.

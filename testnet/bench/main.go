@@ -102,7 +102,7 @@ func run(ctx context.Context) error {
 	bin := flag.String("bin", "bin/p2pimg", "p2pimg binary")
 	dir := flag.String("dir", "", "work directory (default: a new temporary one, removed after)")
 	runs := flag.Int("runs", 5, "runs per figure (the median is reported)")
-	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers, catalog")
+	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers, catalog, registry")
 	catLayers := flag.Int("catalog-layers", 4200, "layers one host publishes into 3 for the catalogue part")
 	fleet := flag.Int("fleet", 32, "idle daemons of the catalogue part")
 	fleetLayers := flag.Int("fleet-layers", 10000, "layers those daemons hold")
@@ -190,6 +190,11 @@ func run(ctx context.Context) error {
 	}
 	if want("catalog") {
 		if err := benchCatalogue(ctx, t, *bin, *dir, *catLayers, *fleet, *fleetLayers); err != nil {
+			return err
+		}
+	}
+	if want("registry") {
+		if err := benchRegistry(ctx, t, *bin, *dir, *size); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,237 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/api"
+)
+
+// Where a blob's bytes came from (a metrics label).
+const (
+	srcLocal    = "local"
+	srcPeer     = "peer"
+	srcUpstream = "upstream"
+	srcNone     = "none"
+)
+
+// flight is one fetch of a blob this host lacks, from peers or upstream,
+// that every request for the blob follows meanwhile: chunks are streamed
+// as they are stored, in order.
+type flight struct {
+	digest string
+	src    string
+	ready  chan struct{} // closed once size and (for peers) refs are known, or on failure
+	done   chan struct{} // closed at the end; err says how it ended
+
+	mu      sync.Mutex
+	known   bool // every ref is known from the start (peers)
+	refs    []chunk.Ref
+	size    int64 // -1: unknown until done
+	err     error
+	changed chan struct{} // closed and replaced when refs grow
+}
+
+func newFlight(d string) *flight {
+	return &flight{digest: d, ready: make(chan struct{}), done: make(chan struct{}), size: -1, changed: make(chan struct{})}
+}
+
+// setReady publishes what is known before the first chunk.
+func (f *flight) setReady(src string, size int64, refs []chunk.Ref) {
+	f.mu.Lock()
+	f.src, f.size = src, size
+	if refs != nil {
+		f.known, f.refs = true, refs
+	}
+	f.mu.Unlock()
+	close(f.ready)
+}
+
+func (f *flight) add(r chunk.Ref) {
+	f.mu.Lock()
+	f.refs = append(f.refs, r)
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+func (f *flight) finish(err error) {
+	f.mu.Lock()
+	f.err = err
+	f.mu.Unlock()
+	select {
+	case <-f.ready:
+	default:
+		close(f.ready)
+	}
+	close(f.done)
+}
+
+func (f *flight) failed() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
+}
+
+// next is chunk i of the blob once it is stored; ok is false past the
+// last chunk. It waits for the chunk, for the flight's end, or for ctx.
+func (s *Service) next(ctx context.Context, f *flight, i int) (ref chunk.Ref, ok bool, err error) {
+	for {
+		f.mu.Lock()
+		known, n, changed, ferr := f.known, len(f.refs), f.changed, f.err
+		var r chunk.Ref
+		if i < n {
+			r = f.refs[i]
+		}
+		f.mu.Unlock()
+		select {
+		case <-f.done:
+			if ferr = f.failed(); ferr != nil {
+				return r, false, ferr
+			}
+		default:
+		}
+		if !known { // upstream: refs are appended once stored
+			if i < n {
+				return r, true, nil
+			}
+			select {
+			case <-f.done:
+				if ferr = f.failed(); ferr != nil {
+					return r, false, ferr
+				}
+				return r, false, nil
+			case <-changed:
+			case <-ctx.Done():
+				return r, false, ctx.Err()
+			}
+			continue
+		}
+		if i >= n {
+			return r, false, nil
+		}
+		arrived := s.arrivals.wait() // before looking, so no wake-up is missed
+		has, err := s.cfg.Store.HasMany(ctx, []cid.Cid{r.CID})
+		if err != nil {
+			return r, false, err
+		}
+		if has[0] {
+			return r, true, nil
+		}
+		select {
+		case <-arrived:
+		case <-f.done:
+		case <-ctx.Done():
+			return r, false, ctx.Err()
+		}
+	}
+}
+
+// flightFor joins the fetch of blob d under way, or starts one from peers
+// (when the cluster has it) else from the upstream ns names. It is nil
+// when no source has the blob; the error says why.
+func (s *Service) flightFor(ctx context.Context, d, ns, repo string) (*flight, error) {
+	s.mu.Lock()
+	if f := s.flights[d]; f != nil {
+		s.mu.Unlock()
+		return f, nil
+	}
+	f := newFlight(d)
+	s.flights[d] = f
+	s.mu.Unlock()
+	base := s.base()
+	go func() {
+		err := s.fly(base, f, ns, repo)
+		if err != nil && !errors.Is(err, errUpstreamMissing) && !errors.Is(err, chunk.ErrNotFound) {
+			s.cfg.Log.Warn("registry: blob fetch failed", "digest", d, "ns", ns, "err", err)
+		}
+		s.mu.Lock()
+		delete(s.flights, d) // first: whoever sees it end starts afresh
+		s.mu.Unlock()
+		f.finish(err)
+	}()
+	return f, nil
+}
+
+// fly fetches blob d for f: peers first, then upstream.
+func (s *Service) fly(ctx context.Context, f *flight, ns, repo string) error {
+	var peerErr error
+	if mp, ok := s.cfg.Catalog.Lookup(blobName(f.digest).String()); ok {
+		if peerErr = s.flyPeers(ctx, f, mp.CID); peerErr == nil {
+			return nil
+		}
+		select {
+		case <-f.ready: // chunks may have been streamed already: no second source
+			return peerErr
+		default:
+		}
+		s.cfg.Log.Info("registry: peers could not give blob; trying upstream", "digest", f.digest, "err", peerErr)
+	}
+	u := s.cfg.Upstreams[ns]
+	if u == nil {
+		if peerErr != nil {
+			return peerErr
+		}
+		if ns == "" {
+			return fmt.Errorf("blob %s: no host of the cluster has it: %w", f.digest, chunk.ErrNotFound)
+		}
+		return fmt.Errorf("blob %s: no host of the cluster has it and registry %q is not configured as an upstream: %w", f.digest, ns, chunk.ErrNotFound)
+	}
+	resp, err := u.get(ctx, http.MethodGet, repo, "blobs", f.digest, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f.setReady(srcUpstream, resp.ContentLength, nil)
+	_, err = s.ingest(ctx, io.LimitReader(resp.Body, 1<<40), f.digest, "", resp.ContentLength, f.add)
+	if err != nil {
+		return fmt.Errorf("blob %s from %s: %w", f.digest, u.base.Host, err)
+	}
+	return nil
+}
+
+// flyPeers fetches blob layer id from peers, streaming as chunks arrive.
+func (s *Service) flyPeers(ctx context.Context, f *flight, mcid string) error {
+	id, err := cid.Decode(mcid)
+	if err != nil {
+		return fmt.Errorf("blob %s: catalogue names %q: %w", f.digest, mcid, err)
+	}
+	m, err := s.cfg.Fetcher.Manifest(ctx, id)
+	if err != nil {
+		return fmt.Errorf("blob %s: %w", f.digest, err)
+	}
+	b, err := blobOf(id, m)
+	if err != nil {
+		return err
+	}
+	if b.Digest != f.digest {
+		return fmt.Errorf("%w: the cluster's layer for blob %s says it keeps %s", errDigest, f.digest, b.Digest)
+	}
+	mp, _ := s.cfg.Catalog.Lookup(blobName(f.digest).String())
+	f.setReady(srcPeer, b.Size, b.Refs)
+	for {
+		_, err = s.cfg.Fetcher.Fetch(ctx, blobName(f.digest), mp, func(api.Event) {})
+		if api.CodeOf(err) != api.CodeConflict {
+			break
+		}
+		// Another fetch of this layer (a sync, `p2pimg fetch`) is under
+		// way: its chunks stream just the same; look again shortly.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		return err
+	}
+	return s.verifyLocal(ctx, b)
+}

@@ -1,0 +1,89 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/p2pimg/p2pimg/chunk"
+)
+
+type descriptor struct {
+	MediaType string `json:"mediaType"`
+	Digest    string `json:"digest"`
+	Size      int64  `json:"size"`
+}
+
+// KeepImage keeps the original blobs of the image in the OCI layout at dir
+// (its manifest, config and layers, exact bytes, each checked against its
+// digest) and tags the manifest as name, so any host's mirror serves the
+// image as NAME:TAG. A layout without index.json (an older `docker save`)
+// has no registry manifest to keep: warning says so and nothing is kept.
+func (s *Service) KeepImage(ctx context.Context, dir string, name chunk.Name) (warning string, err error) {
+	idxData, err := os.ReadFile(filepath.Join(dir, "index.json"))
+	if os.IsNotExist(err) {
+		return fmt.Sprintf("%s: the archive has no OCI index (an older docker save): the image is imported as layers but cannot be pulled through the registry mirror", name), nil
+	}
+	if err != nil {
+		return "", err
+	}
+	var idx struct {
+		Manifests []descriptor `json:"manifests"`
+	}
+	if err := json.Unmarshal(idxData, &idx); err != nil || len(idx.Manifests) != 1 {
+		return "", fmt.Errorf("index.json: want one image manifest (%v)", err)
+	}
+	md := idx.Manifests[0]
+	b, err := s.keepFile(ctx, dir, md)
+	if err != nil {
+		return "", fmt.Errorf("image manifest: %w", err)
+	}
+	data, err := s.readAll(ctx, b)
+	if err != nil {
+		return "", err
+	}
+	var man struct {
+		Config    descriptor   `json:"config"`
+		Layers    []descriptor `json:"layers"`
+		Manifests []descriptor `json:"manifests"`
+	}
+	if err := json.Unmarshal(data, &man); err != nil {
+		return "", fmt.Errorf("image manifest %s: %w", md.Digest, err)
+	}
+	for _, d := range append(append(man.Manifests, man.Config), man.Layers...) {
+		if d.Digest == "" {
+			continue
+		}
+		if _, err := s.keepFile(ctx, dir, descriptor{Digest: d.Digest, Size: d.Size}); err != nil {
+			return "", err
+		}
+	}
+	if err := s.tag(ctx, "", name.Repo, name.Tag, b); err != nil {
+		return "", err
+	}
+	s.cfg.Log.Info("image blobs kept for the registry", "image", name.String(), "manifest", md.Digest, "blobs", len(man.Layers)+1)
+	return "", nil
+}
+
+// keepFile ingests blob d of an OCI layout (unless already kept here).
+func (s *Service) keepFile(ctx context.Context, dir string, d descriptor) (*blob, error) {
+	hx, err := parseDigest(d.Digest)
+	if err != nil {
+		return nil, err
+	}
+	if b, ok := s.local(ctx, d.Digest); ok && (d.MediaType == "" || b.MediaType == d.MediaType) {
+		return b, nil
+	}
+	f, err := os.Open(filepath.Join(dir, "blobs", "sha256", hx))
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %w", d.Digest, err)
+	}
+	defer f.Close()
+	size := d.Size
+	if size == 0 {
+		size = -1
+	}
+	return s.ingest(ctx, f, d.Digest, d.MediaType, size, nil)
+}

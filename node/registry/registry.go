@@ -1,0 +1,205 @@
+// Package registry is the pull side of the OCI distribution API, served on
+// every host so containerd, Docker and Podman pull images through p2pimg.
+// Every blob and manifest is kept as its exact bytes, chunked into the
+// chunk store as a one-file layer named by its digest (oci/blob:sha256-HEX)
+// and announced like any layer, so peers fetch it with the usual machinery;
+// tags are layers too (oci/ref/REPO:TAG) that point at a manifest's layer.
+// Bytes come from this host's store, else from peers, else from the
+// upstream registry named by containerd's ?ns= parameter.
+//
+// It never serves bytes whose digest it has not checked: a blob's last
+// chunk is held back until the whole blob has hashed to its digest. It
+// never builds libp2p hosts or talks to peers itself; fetching is package
+// fetch's, publishing package layers'.
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/gossip"
+)
+
+// Store is the chunk store and layer records the registry reads and writes.
+type Store interface {
+	// HasMany reports, for each id in order, whether it is stored.
+	HasMany(ctx context.Context, ids []cid.Cid) ([]bool, error)
+	// GetInto is a chunk's data, read into buf when it has room;
+	// chunk.ErrNotFound when absent, chunk.ErrCorrupt when damaged.
+	GetInto(ctx context.Context, id cid.Cid, buf []byte) ([]byte, error)
+	// Put stores verified blocks. Idempotent.
+	Put(ctx context.Context, blocks ...chunk.Block) error
+	// GetManifest is a stored layer manifest; chunk.ErrNotFound when absent.
+	GetManifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, error)
+	// GetLayer is the record of a name; chunk.ErrNotFound when absent.
+	GetLayer(ctx context.Context, name chunk.Name) (chunk.Layer, error)
+}
+
+// Publisher stores a layer's manifest, records it complete here and
+// announces its signed mapping (package layers).
+type Publisher interface {
+	// Publish is idempotent apart from the mapping's publication time.
+	Publish(ctx context.Context, name chunk.Name, id cid.Cid, encoded []byte, m *chunk.Manifest) (chunk.Layer, error)
+}
+
+// Fetcher makes a layer complete here from peers (package fetch).
+type Fetcher interface {
+	// Fetch fetches the chunks of mp.CID this host lacks, resuming; an
+	// api conflict error when that layer is being fetched already.
+	Fetch(ctx context.Context, name chunk.Name, mp gossip.Mapping, emit api.Emit) (*api.FetchResult, error)
+	// Manifest is a layer manifest from the store, else from a peer,
+	// checked against its id and stored.
+	Manifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, error)
+}
+
+// Catalog is the cluster's NAME:TAG -> manifest mappings (package gossip).
+type Catalog interface {
+	// Lookup is the newest mapping of name the cluster knows.
+	Lookup(name string) (gossip.Mapping, bool)
+}
+
+// Config configures the registry.
+type Config struct {
+	// Addr is where the API listens (host:port); empty: no listener, but
+	// imports still keep their blobs for other hosts' mirrors.
+	Addr      string
+	Store     Store
+	Publisher Publisher
+	Fetcher   Fetcher
+	Catalog   Catalog
+	// Upstreams are the registries containerd's ?ns= may name.
+	Upstreams Upstreams
+	// TagTTL is how long a tag the cluster resolved is used without asking
+	// upstream again (default 30s).
+	TagTTL time.Duration
+	Log    *slog.Logger
+	Reg    prometheus.Registerer
+}
+
+// Service serves the registry API from the store, peers and upstreams.
+type Service struct {
+	cfg      Config
+	arrivals *Arrivals
+	m        *metrics
+	params   chunk.Params
+
+	mu       sync.Mutex
+	flights  map[string]*flight // by digest
+	verified map[string]bool    // blob layers hashed to their digest here
+	ln       net.Listener
+	baseCtx  context.Context
+}
+
+// New builds the registry; it starts nothing. arrivals must be poked
+// whenever chunks are stored by a fetch (node wires it into the fetcher's
+// store), so a blob streams as its chunks arrive.
+func New(cfg Config, arrivals *Arrivals) *Service {
+	if cfg.TagTTL <= 0 {
+		cfg.TagTTL = 30 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Reg == nil {
+		cfg.Reg = prometheus.NewRegistry()
+	}
+	return &Service{cfg: cfg, arrivals: arrivals, m: newMetrics(cfg.Reg), params: chunk.DefaultParams(),
+		flights: map[string]*flight{}, verified: map[string]bool{}}
+}
+
+// Listen opens the API's listener (so a bad address fails the daemon's
+// start); Run serves on it. A no-op without an address.
+func (s *Service) Listen() error {
+	if s.cfg.Addr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("registry: listen on %s (--registry): %w", s.cfg.Addr, err)
+	}
+	s.mu.Lock()
+	s.ln = ln
+	s.mu.Unlock()
+	return nil
+}
+
+// Addr is the address the API listens on (nil when off).
+func (s *Service) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Run serves the API until ctx ends (listening first if Listen was not
+// called). Cancellation is not an error.
+func (s *Service) Run(ctx context.Context) error {
+	if s.cfg.Addr == "" {
+		<-ctx.Done()
+		return nil
+	}
+	if s.Addr() == nil {
+		if err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	srv := &http.Server{Handler: s.Handler(ctx), ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(s.ln) }()
+	s.cfg.Log.Info("registry mirror listening", "addr", s.ln.Addr().String())
+	select {
+	case err := <-errc:
+		return fmt.Errorf("registry: %w", err)
+	case <-ctx.Done():
+	}
+	shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := srv.Shutdown(shut)
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = srv.Close()
+	}
+	<-errc
+	return err
+}
+
+// Arrivals wakes every blob stream waiting for chunks when a fetch has
+// stored some. Its zero value is not usable: make one with NewArrivals.
+type Arrivals struct {
+	mu sync.Mutex
+	c  chan struct{}
+}
+
+// NewArrivals returns an Arrivals with nobody waiting.
+func NewArrivals() *Arrivals { return &Arrivals{c: make(chan struct{})} }
+
+// Stored wakes everyone waiting; it never blocks. Safe on nil.
+func (a *Arrivals) Stored() {
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	close(a.c)
+	a.c = make(chan struct{})
+	a.mu.Unlock()
+}
+
+// wait is closed at the next Stored.
+func (a *Arrivals) wait() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.c
+}
