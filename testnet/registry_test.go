@@ -436,3 +436,41 @@ func noBlob(t *testing.T, nd *testnet.Node, d v1.Hash) {
 		}
 	}
 }
+
+// Eight clients asking host A's mirror for one blob at once: upstream
+// serves it once, and every client gets it whole.
+func TestRegistryOneFetchPerBlob(t *testing.T) {
+	up := newUpstream(t)
+	img := up.push(t, "demo/many:1", 2<<20, 1)
+	net := mirrorNet(t, 1, up)
+	ls, _ := img.Layers()
+	ld, _ := ls[0].Digest()
+	size, _ := ls[0].Size()
+	before := up.blobs.Load()
+	url := "http://" + mirrorAddr(net.Nodes[0]) + "/v2/demo/many/blobs/" + ld.String() + "?ns=" + upstreamNS
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			resp, err := clientTransport.RoundTrip(must(http.NewRequestWithContext(ctx, http.MethodGet, url, nil)))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			h := sha256.New()
+			if _, err := io.Copy(h, resp.Body); err != nil || "sha256:"+hex.EncodeToString(h.Sum(nil)) != ld.String() {
+				errs <- fmt.Errorf("%s: %v, digest mismatch", resp.Status, err)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := up.blobs.Load() - before; got != size {
+		t.Fatalf("upstream served %d blob bytes for 8 concurrent requests of one %d-byte blob; want it once", got, size)
+	}
+}

@@ -224,6 +224,9 @@ func (s *Service) manifest(ctx context.Context, ns, repo, ref string, accept []s
 	if inCluster && (u == nil || s.fresh(mp.Published)) {
 		return s.manifestOfMapping(ctx, ns, repo, mp, accept)
 	}
+	if def := s.cfg.Upstreams.defaultNS(); ns == "" && def != "" {
+		return s.manifest(ctx, def, repo, ref, accept)
+	}
 	if u == nil {
 		where := "the cluster holds no image"
 		if ns != "" {
@@ -299,6 +302,9 @@ func (s *Service) manifestByDigest(ctx context.Context, ns, repo, d string, acce
 		}
 		return data, b.MediaType, src, nil
 	}
+	if ns == "" {
+		ns = s.cfg.Upstreams.defaultNS()
+	}
 	u := s.cfg.Upstreams[ns]
 	if u == nil {
 		return nil, "", srcNone, newErr(http.StatusNotFound, "MANIFEST_UNKNOWN", "manifest %s@%s: no host of the cluster has it", repo, d)
@@ -356,6 +362,9 @@ func (s *Service) serveBlob(w http.ResponseWriter, r *http.Request, ns, repo, d 
 			return srcLocal, newErr(http.StatusNotFound, "BLOB_UNKNOWN", "blob %s: the copy on this host is damaged (run `p2pimg verify`)", d)
 		}
 		return srcLocal, s.serveStored(w, r, b, srcLocal, start)
+	}
+	if ns == "" {
+		ns = s.cfg.Upstreams.defaultNS()
 	}
 	f, _ := s.flightFor(ctx, d, ns, repo)
 	select {
