@@ -474,3 +474,52 @@ func TestRegistryOneFetchPerBlob(t *testing.T) {
 		t.Fatalf("upstream served %d blob bytes for 8 concurrent requests of one %d-byte blob; want it once", got, size)
 	}
 }
+
+// containerd (when installed and run as root) pulls through host A's
+// mirror with a hosts.toml such as `p2pimg registry hosts containerd`
+// writes: it sends ?ns=upstream.test, and the image's digest matches.
+func TestRegistryContainerdPull(t *testing.T) {
+	bin, err := exec.LookPath("containerd")
+	ctrBin, err2 := exec.LookPath("ctr")
+	if err != nil || err2 != nil || os.Geteuid() != 0 {
+		t.Skip("needs containerd and ctr (Debian's containerd package) and root")
+	}
+	up := newUpstream(t)
+	img := up.push(t, "demo/ctr:1", 1<<20, 2)
+	want := imageDigest(t, img)
+	net := mirrorNet(t, 1, up)
+	dir, err := os.MkdirTemp("/tmp", "ctrd") // a short path: the socket's name is limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "c.sock")
+	os.WriteFile(filepath.Join(dir, "config.toml"), fmt.Appendf(nil, "version = 2\nroot = %q\nstate = %q\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = %q\n",
+		filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock), 0o600)
+	cd := exec.Command(bin, "--config", filepath.Join(dir, "config.toml"))
+	var logs bytes.Buffer
+	cd.Stdout, cd.Stderr = &logs, &logs
+	if err := cd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cd.Process.Kill(); cd.Wait() }()
+	net.Eventually(20*time.Second, "containerd answering", func() bool {
+		return exec.Command(ctrBin, "--address", sock, "version").Run() == nil
+	})
+	hosts := filepath.Join(dir, "certs.d", upstreamNS)
+	os.MkdirAll(hosts, 0o755)
+	os.WriteFile(filepath.Join(hosts, "hosts.toml"), fmt.Appendf(nil, "server = %q\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+		"https://"+upstreamNS, mirrorAddr(net.Nodes[0])), 0o644)
+	out, err := exec.Command(ctrBin, "--address", sock, "-n", "p2pimg", "content", "fetch", "--hosts-dir", filepath.Join(dir, "certs.d"),
+		upstreamNS+"/demo/ctr:1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ctr content fetch through the mirror: %v\n%s\ncontainerd:\n%s", err, out, logs.String())
+	}
+	out, err = exec.Command(ctrBin, "--address", sock, "-n", "p2pimg", "images", "ls").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), want.String()) {
+		t.Fatalf("ctr images ls: %v\n%s\nwant digest %s", err, out, want)
+	}
+	if servedBy(t, net.Nodes[0], "upstream") == 0 {
+		t.Fatal("containerd's pull did not go through the mirror")
+	}
+}
