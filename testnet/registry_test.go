@@ -26,8 +26,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/faults"
 	"github.com/p2pimg/p2pimg/node/registry"
 	"github.com/p2pimg/p2pimg/testnet"
 )
@@ -423,7 +425,8 @@ func must(r *http.Request, err error) *http.Request {
 	return r
 }
 
-// noBlob checks that the node keeps no complete blob d.
+// noBlob checks that the node keeps no complete blob d (a fetch from
+// peers may leave an incomplete record, to resume from; it is never served).
 func noBlob(t *testing.T, nd *testnet.Node, d v1.Hash) {
 	t.Helper()
 	ls, err := nd.Client.Layers(ctx)
@@ -431,7 +434,7 @@ func noBlob(t *testing.T, nd *testnet.Node, d v1.Hash) {
 		t.Fatal(err)
 	}
 	for _, l := range ls {
-		if l.Name == "oci/blob:sha256-"+d.Hex {
+		if l.Name == "oci/blob:sha256-"+d.Hex && l.State == chunk.Complete {
 			t.Fatalf("blob %s was kept (%s) though its bytes never all arrived checked", d, l.State)
 		}
 	}
@@ -522,4 +525,44 @@ func TestRegistryContainerdPull(t *testing.T) {
 	if servedBy(t, net.Nodes[0], "upstream") == 0 {
 		t.Fatal("containerd's pull did not go through the mirror")
 	}
+}
+
+// A peer that corrupts every chunk it serves: host B's mirror never
+// serves the blob whole and keeps none of it.
+func TestRegistryTamperingPeer(t *testing.T) {
+	net := testnet.New(t, 2, testnet.WithStallTimeout(2*time.Second), testnet.WithConfig(func(i int, c *node.Config) {
+		c.Registry = "127.0.0.1:0"
+		if i == 0 {
+			c.Faults = &faults.Faults{CorruptServe: true}
+		}
+	}))
+	t.Cleanup(clientTransport.CloseIdleConnections)
+	a, b := net.Nodes[0], net.Nodes[1]
+	img, err := random.Image(1<<20, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	p, _ := layout.Write(dir, empty.Index)
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": "demo/liar:1"})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Client.Import(ctx, api.ImportRequest{Path: dir}, nil); err != nil {
+		t.Fatal(err)
+	}
+	ls, _ := img.Layers()
+	ld, _ := ls[0].Digest()
+	net.Eventually(20*time.Second, "B's catalogue has the blob", func() bool {
+		c, err := b.Client.Resolve(ctx, "oci/blob:sha256-"+ld.Hex)
+		return err == nil && c != ""
+	})
+	resp, err := clientTransport.RoundTrip(must(http.NewRequestWithContext(ctx, http.MethodGet, "http://"+mirrorAddr(b)+"/v2/demo/liar/blobs/"+ld.String(), nil)))
+	if err == nil {
+		data, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if rerr == nil && resp.StatusCode == 200 {
+			t.Fatalf("a blob from a corrupting peer was served whole (%d bytes)", len(data))
+		}
+	}
+	noBlob(t, b, ld)
 }
