@@ -380,21 +380,14 @@ func TestRegistryTamperedAndCutBlobs(t *testing.T) {
 		return body
 	}
 	up.tamper.Store(&flip)
-	resp, err := clientTransport.RoundTrip(must(http.NewRequestWithContext(ctx, http.MethodGet, blobURL, nil)))
-	if err == nil {
-		data, rerr := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if rerr == nil && resp.StatusCode == 200 {
-			t.Fatalf("a tampered blob was served whole (%d bytes)", len(data))
-		}
-	}
+	neverWhole(t, blobURL, "a tampered upstream blob")
 	noBlob(t, a, ld)
 
 	up.tamper.Store(nil)
 	hang := make(chan struct{})
 	up.hang.Store(&hang)
 	cctx, cancel := context.WithCancel(ctx)
-	resp, err = clientTransport.RoundTrip(must(http.NewRequestWithContext(cctx, http.MethodGet, blobURL, nil)))
+	resp, err := clientTransport.RoundTrip(must(http.NewRequestWithContext(cctx, http.MethodGet, blobURL, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -556,13 +549,20 @@ func TestRegistryTamperingPeer(t *testing.T) {
 		c, err := b.Client.Resolve(ctx, "oci/blob:sha256-"+ld.Hex)
 		return err == nil && c != ""
 	})
-	resp, err := clientTransport.RoundTrip(must(http.NewRequestWithContext(ctx, http.MethodGet, "http://"+mirrorAddr(b)+"/v2/demo/liar/blobs/"+ld.String(), nil)))
-	if err == nil {
-		data, rerr := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if rerr == nil && resp.StatusCode == 200 {
-			t.Fatalf("a blob from a corrupting peer was served whole (%d bytes)", len(data))
-		}
-	}
+	neverWhole(t, "http://"+mirrorAddr(b)+"/v2/demo/liar/blobs/"+ld.String(), "a blob from a corrupting peer")
 	noBlob(t, b, ld)
+}
+
+// neverWhole checks that GET url fails, or is cut short before its end.
+func neverWhole(t *testing.T, url, what string) {
+	t.Helper()
+	resp, err := clientTransport.RoundTrip(must(http.NewRequestWithContext(ctx, http.MethodGet, url, nil)))
+	if err != nil {
+		return
+	}
+	data, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil && resp.StatusCode == 200 {
+		t.Fatalf("%s was served whole (%d bytes)", what, len(data))
+	}
 }
