@@ -10,7 +10,9 @@
 #  - only node/p2p builds libp2p hosts or imports transports, security
 #    transports or discovery (and testnet/bench, for the bare libp2p stream
 #    it measures the fetch against);
-#  - only node/gossip and node/seats import pubsub.
+#  - only node/gossip and node/seats import pubsub;
+#  - node/registry imports no libp2p, node/p2p or node/xchg (peers' bytes
+#    come through node/fetch).
 # LAYERING_EXTRA, when set, is one more "pkg import" line to check (the
 # self-test below uses it to show that a wrong import fails).
 set -euo pipefail
@@ -42,6 +44,11 @@ while read -r pkg deps; do
       github.com/libp2p/go-libp2p-pubsub)
         case "$pkg" in $mod/node/gossip|$mod/node/seats|$mod/testnet/sim) ;; *) bad "$pkg imports pubsub (only node/gossip and node/seats may; testnet/sim counts its bytes)";; esac;;
     esac
+    if [ "$pkg" = "$mod/node/registry" ]; then
+      case "$imp" in
+        github.com/libp2p/*|$mod/node/p2p|$mod/node/xchg) bad "$pkg imports $imp (the registry talks to peers only through fetch)";;
+      esac
+    fi
     if [ "$pkg" = "$mod/node/policysync" ]; then
       case "$imp" in
         github.com/libp2p/go-libp2p/core/peer|github.com/libp2p/go-libp2p/core/crypto) ;;

@@ -39,7 +39,7 @@ func parseDigest(d string) (string, error) {
 		return "", fmt.Errorf("digest %q: only sha256 digests are supported (sha256:64 hex digits)", d)
 	}
 	if len(hx) != 64 || strings.ToLower(hx) != hx {
-		return "", fmt.Errorf("digest %q: want 64 lower-case hex digits after sha256:", d)
+		return "", fmt.Errorf("digest %q: want sha256: followed by 64 lower-case hex digits", d)
 	}
 	if _, err := hex.DecodeString(hx); err != nil {
 		return "", fmt.Errorf("digest %q: %v", d, err)

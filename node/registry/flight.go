@@ -86,7 +86,7 @@ func (f *flight) failed() error {
 func (s *Service) next(ctx context.Context, f *flight, i int) (ref chunk.Ref, ok bool, err error) {
 	for {
 		f.mu.Lock()
-		known, n, changed, ferr := f.known, len(f.refs), f.changed, f.err
+		known, n, changed := f.known, len(f.refs), f.changed
 		var r chunk.Ref
 		if i < n {
 			r = f.refs[i]
@@ -94,7 +94,7 @@ func (s *Service) next(ctx context.Context, f *flight, i int) (ref chunk.Ref, ok
 		f.mu.Unlock()
 		select {
 		case <-f.done:
-			if ferr = f.failed(); ferr != nil {
+			if ferr := f.failed(); ferr != nil {
 				return r, false, ferr
 			}
 		default:
@@ -105,7 +105,7 @@ func (s *Service) next(ctx context.Context, f *flight, i int) (ref chunk.Ref, ok
 			}
 			select {
 			case <-f.done:
-				if ferr = f.failed(); ferr != nil {
+				if ferr := f.failed(); ferr != nil {
 					return r, false, ferr
 				}
 				return r, false, nil

@@ -224,6 +224,9 @@ func (s *Service) manifest(ctx context.Context, ns, repo, ref string, accept []s
 	if inCluster && (u == nil || s.fresh(mp.Published)) {
 		return s.manifestOfMapping(ctx, ns, repo, mp, accept)
 	}
+	if def := s.cfg.Upstreams.defaultNS(); ns == "" && def != "" {
+		return s.manifest(ctx, def, repo, ref, accept)
+	}
 	if u == nil {
 		where := "the cluster holds no image"
 		if ns != "" {
@@ -299,6 +302,9 @@ func (s *Service) manifestByDigest(ctx context.Context, ns, repo, d string, acce
 		}
 		return data, b.MediaType, src, nil
 	}
+	if ns == "" {
+		ns = s.cfg.Upstreams.defaultNS()
+	}
 	u := s.cfg.Upstreams[ns]
 	if u == nil {
 		return nil, "", srcNone, newErr(http.StatusNotFound, "MANIFEST_UNKNOWN", "manifest %s@%s: no host of the cluster has it", repo, d)
@@ -356,6 +362,9 @@ func (s *Service) serveBlob(w http.ResponseWriter, r *http.Request, ns, repo, d 
 			return srcLocal, newErr(http.StatusNotFound, "BLOB_UNKNOWN", "blob %s: the copy on this host is damaged (run `p2pimg verify`)", d)
 		}
 		return srcLocal, s.serveStored(w, r, b, srcLocal, start)
+	}
+	if ns == "" {
+		ns = s.cfg.Upstreams.defaultNS()
 	}
 	f, _ := s.flightFor(ctx, d, ns, repo)
 	select {
@@ -487,9 +496,11 @@ func (s *Service) serveStored(w http.ResponseWriter, r *http.Request, b *blob, s
 	return nil
 }
 
-// stream sends a blob in flight as its chunks are stored, hashing it; the
-// last chunk goes out only once the whole blob matched its digest, so a
-// client never completes a blob that does not.
+// stream sends a blob in flight as its chunks are stored, in order,
+// hashing it; the last chunk goes out only once the whole blob matched its
+// digest, so a client never completes a blob that does not. (From
+// upstream the last chunk is known only at the end, so there each chunk
+// waits for the next.)
 func (s *Service) stream(w http.ResponseWriter, r *http.Request, f *flight, src string, size int64, start time.Time) error {
 	ctx := r.Context()
 	blobHeaders(w, f.digest, size)
@@ -499,7 +510,7 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request, f *flight, src 
 	h := sha256.New()
 	bufs := [2][]byte{make([]byte, 0, 256<<10), make([]byte, 0, 256<<10)}
 	var held []byte
-	var n int64
+	var n, sent int64
 	for i := 0; ; i++ {
 		ref, ok, err := s.next(ctx, f, i)
 		if err != nil {
@@ -517,9 +528,19 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request, f *flight, src 
 		h.Write(data)
 		n += int64(len(data))
 		if held != nil {
-			if !s.send(w, rc, held, src, start, n == int64(len(data))+int64(len(held))) {
+			if !s.send(w, rc, held, src, start, &sent) {
 				return nil
 			}
+			held = nil
+		}
+		f.mu.Lock()
+		last := !f.known || i == len(f.refs)-1 // upstream: any chunk may be the last
+		f.mu.Unlock()
+		if !last {
+			if !s.send(w, rc, data, src, start, &sent) {
+				return nil
+			}
+			continue
 		}
 		held = data
 	}
@@ -528,18 +549,20 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request, f *flight, src 
 		panic(http.ErrAbortHandler)
 	}
 	if held != nil {
-		s.send(w, rc, held, src, start, n == int64(len(held)))
+		s.send(w, rc, held, src, start, &sent)
 	}
 	return nil
 }
 
-// send writes one chunk of a stream; false when the client went away.
-func (s *Service) send(w http.ResponseWriter, rc *http.ResponseController, data []byte, src string, start time.Time, first bool) bool {
+// send writes one chunk of a stream, counting it in sent; false when the
+// client went away.
+func (s *Service) send(w http.ResponseWriter, rc *http.ResponseController, data []byte, src string, start time.Time, sent *int64) bool {
 	if _, err := w.Write(data); err != nil {
 		return false
 	}
 	rc.Flush()
-	if first {
+	*sent += int64(len(data))
+	if *sent == int64(len(data)) {
 		s.m.firstByte.WithLabelValues(src).Observe(time.Since(start).Seconds())
 	}
 	s.m.bytes.WithLabelValues(src).Add(float64(len(data)))

@@ -31,6 +31,10 @@ type Upstream struct {
 	// Credentials is a file holding USER:PASSWORD on one line, sent as
 	// basic auth or to get a bearer token.
 	Credentials string `toml:"credentials"`
+	// Default makes this the upstream of requests that name none (no ns,
+	// no path prefix), once the cluster has no image by that name: what
+	// Docker's registry-mirrors needs, as it sends neither.
+	Default bool `toml:"default"`
 
 	base       *url.URL
 	user, pass string
@@ -60,11 +64,18 @@ func LoadUpstreams(path string) (Upstreams, error) {
 		return nil, fmt.Errorf("registries file %s: %w", path, err)
 	}
 	if und := md.Undecoded(); len(und) > 0 {
-		return nil, fmt.Errorf("registries file %s: unknown setting %q (known: endpoint, plain_http, ca, credentials under [registries.\"NAME\"])", path, und[0].String())
+		return nil, fmt.Errorf("registries file %s: unknown setting %q (known: endpoint, plain_http, ca, credentials, default under [registries.\"NAME\"])", path, und[0].String())
 	}
+	def := ""
 	for ns, u := range f.Registries {
 		if err := u.init(ns); err != nil {
 			return nil, fmt.Errorf("registries file %s: %w", path, err)
+		}
+		if u.Default {
+			if def != "" {
+				return nil, fmt.Errorf("registries file %s: both %s and %s say default = true; one registry may be the default", path, def, ns)
+			}
+			def = ns
 		}
 	}
 	return f.Registries, nil
@@ -78,6 +89,16 @@ func (us Upstreams) Names() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// defaultNS is the registry marked default ("" when none).
+func (us Upstreams) defaultNS() string {
+	for _, ns := range us.Names() {
+		if us[ns].Default {
+			return ns
+		}
+	}
+	return ""
 }
 
 // Add checks u and adds it as ns (for tests and callers without a file).
