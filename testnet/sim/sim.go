@@ -16,6 +16,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"text/tabwriter"
 	"time"
@@ -322,10 +323,22 @@ func main() {
 	flag.BoolVar(&small, "small", false, "the small rows only (seconds)")
 	flag.DurationVar(&interval, "interval", 10*time.Second, "anti-entropy interval of every node (the daemon's default --announce)")
 	flag.IntVar(&degree, "degree", 8, "connections each node opens")
+	only := flag.String("rows", "", "rows to run, NODESxRECORDS comma-separated (default: 10x100,100x100,1000x100,10x10000,100x10000,10x100000)")
 	flag.Parse()
 	rows := []scenario{{10, 100}, {100, 100}, {1000, 100}, {10, 10000}, {100, 10000}, {10, 100000}}
 	if small {
 		rows = []scenario{{10, 100}, {50, 1000}}
+	}
+	if *only != "" {
+		rows = nil
+		for _, r := range strings.Split(*only, ",") {
+			var sc scenario
+			if _, err := fmt.Sscanf(r, "%dx%d", &sc.Nodes, &sc.Records); err != nil || sc.Nodes < 2 || sc.Records < 0 {
+				fmt.Fprintf(os.Stderr, "sim: -rows %q: want NODESxRECORDS, e.g. 1000x100\n", r)
+				os.Exit(2)
+			}
+			rows = append(rows, sc)
+		}
 	}
 	o := options{Interval: interval, Degree: degree, Publishes: 5, Idle: 3 * interval, Log: slog.New(slog.DiscardHandler)}
 	fmt.Printf("catalogue simulation: real node/gossip on mocknet, %d connections a node, anti-entropy every %s, %d publishes a row\n\n", degree, interval, o.Publishes)
