@@ -60,8 +60,8 @@ It stops cleanly on SIGINT or SIGTERM.`,
 			if err != nil {
 				return err
 			}
-			if m := api.Mode(expose); m != api.ModeAuto && m != api.ModeOverlay && m != api.ModeMaterialized {
-				return usageError{fmt.Errorf("--expose %q: want auto, overlay or materialized", expose)}
+			if m := api.Mode(expose); m != api.ModeAuto && m != api.ModeFUSE && m != api.ModeOverlay && m != api.ModeMaterialized {
+				return usageError{fmt.Errorf("--expose %q: want auto, fuse, overlay or materialized", expose)}
 			}
 			lbl := map[string]string{}
 			for _, l := range labels {
@@ -139,7 +139,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&maxUp, "max-upload", "", "cap on chunk bytes served per second, e.g. 50MB (default: none)")
 	c.Flags().StringVar(&maxDown, "max-download", "", "cap on chunk bytes fetched per second, e.g. 100MB (default: none)")
 	c.Flags().StringVar(&root, "root", "/", "directory that activation paths are relative to (a testnet gives each node its own)")
-	c.Flags().StringVar(&expose, "expose", string(api.ModeAuto), "how activated layers appear: overlay (mount; root and overlayfs), materialized (a directory swapped in), or auto")
+	c.Flags().StringVar(&expose, "expose", string(api.ModeAuto), "how activated layers appear: fuse (served from the store through FUSE, an overlay above it; root, /dev/fuse and overlayfs), overlay (an overlay on a checkout), materialized (a directory swapped in), or auto (the first of these that works)")
 	c.Flags().StringArrayVar(&labels, "label", nil, "host label key=value, announced to the cluster for --hosts key=value (repeatable)")
 	c.Flags().BoolVar(&corrupt, "test-corrupt-serve", false, "TESTING ONLY: corrupt every chunk served")
 	c.Flags().MarkHidden("test-corrupt-serve")

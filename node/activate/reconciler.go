@@ -129,8 +129,23 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("reconciler: %w", err)
 	}
+	// The exposer's FUSE views live as long as this loop: dead ones a
+	// killed daemon left are cleared first, and they are taken down
+	// (overlays above them too) when it ends; the records stay, so the
+	// next start mounts them again.
+	r.cfg.Exposer.Recover()
+	defer func() {
+		if err := r.cfg.Exposer.Close(); err != nil {
+			r.cfg.Log.Warn("reconciler: stop", "err", err)
+		}
+	}()
 	for _, e := range local {
-		r.setState(e.hostState())
+		st := e.hostState()
+		if st.State == api.StateActive && e.Exposed && !r.cfg.Exposer.Live(&e.Exposure) {
+			// a FUSE view died with the last run: not active until mounted again
+			st.State, st.Detail = api.StateRequested, "exposing again after a restart"
+		}
+		r.setState(st)
 	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -175,6 +190,42 @@ func (r *Reconciler) reconcile(ctx context.Context, local map[string]*record) {
 		}
 		r.mirrorCheck(ctx, e)
 	}
+	for layer, e := range local {
+		if _, ok := want[layer]; !ok && ctx.Err() == nil {
+			r.exposeAgain(ctx, e)
+		}
+	}
+}
+
+// exposeAgain mounts again, from its record alone, an active exposure that
+// died with the last run (a FUSE view), for a layer whose activation has
+// not come back yet: activations live in the gossiped catalogue, and a
+// host alone, or before its peers answer, has none.
+func (r *Reconciler) exposeAgain(ctx context.Context, e *record) {
+	if e.State != api.StateActive || !e.Exposed || r.cfg.Exposer.Live(&e.Exposure) {
+		return
+	}
+	id, err := cid.Decode(e.CID)
+	if err != nil {
+		r.fail(e, fmt.Errorf("expose %s again: manifest id %q: %w", e.Layer, e.CID, err))
+		return
+	}
+	m, err := r.cfg.Store.GetManifest(ctx, id)
+	if err == nil {
+		m, err = chunk.Flat(ctx, r.cfg.Store, m)
+	}
+	if err == nil {
+		err = r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer))
+	}
+	if err == nil {
+		err = r.cfg.Exposer.Remap(&e.Exposure)
+	}
+	if err != nil {
+		r.fail(e, fmt.Errorf("expose %s again: %w", e.Layer, err))
+		return
+	}
+	r.report(e, api.StateActive, "")
+	r.cfg.Log.Info("layer exposed again", "layer", e.Layer, "path", e.Path)
 }
 
 // report records a layer's new state durably and announces it.
@@ -222,7 +273,7 @@ func (r *Reconciler) deactivate(ctx context.Context, e *record, a gossip.Activat
 // policy first, then a seat for a licensed layer, then fetch, expose, map.
 func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activation) {
 	path := filepath.Join(r.cfg.Root, a.At)
-	lost := e.State == api.StateActive && e.Mode == api.ModeOverlay && !expose.Mounted(e.Path) // e.g. after a reboot
+	lost := e.State == api.StateActive && e.Exposed && !r.cfg.Exposer.Live(&e.Exposure) // e.g. after a reboot or a restart
 	product := r.layerProduct(ctx, a)
 	seated := product == "" || r.cfg.Seats.HoldsSeat(product, seatConsumer(a.Layer))
 	if e.Time == a.Time && !lost && seated && (e.State == api.StateActive || (e.State == api.StateFailed && time.Since(e.Failed) < retryAfter)) {

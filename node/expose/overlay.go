@@ -13,6 +13,7 @@ import (
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/chunk/tree"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/expose/fuseview"
 )
 
 // OverlayWorks mounts and unmounts a small overlay in a scratch directory
@@ -40,10 +41,11 @@ func OverlayWorks(dir string) error {
 }
 
 // Mode is the mode this host uses for new activations: the one
-// configured, or for auto, overlay if a probe mount works (checked once).
+// configured, or for auto, fuse if a probe FUSE view and a probe overlay
+// mount both work, else overlay if the overlay does (checked once).
 func (x *Exposer) Mode() api.Mode {
 	switch x.cfg.Mode {
-	case api.ModeOverlay, api.ModeMaterialized:
+	case api.ModeFUSE, api.ModeOverlay, api.ModeMaterialized:
 		return x.cfg.Mode
 	}
 	x.probeOnce.Do(func() {
@@ -53,6 +55,11 @@ func (x *Exposer) Mode() api.Mode {
 			return
 		}
 		x.autoMode = api.ModeOverlay
+		if err := fuseview.Works(x.cfg.DataDir); err != nil {
+			x.cfg.Log.Info("activations use overlays on checkouts: FUSE unavailable", "reason", err.Error())
+			return
+		}
+		x.autoMode = api.ModeFUSE
 	})
 	return x.autoMode
 }
@@ -136,10 +143,16 @@ func (x *Exposer) mountOverlay(ctx context.Context, e *Exposure, layer, cidStr s
 	if err != nil {
 		return err
 	}
-	if Mounted(e.Path) { // a previous version: replace it
-		if err := x.unmountOverlay(e, layer); err != nil {
-			return err
-		}
+	return x.overlayOn(e, layer, lower, locked, false)
+}
+
+// overlayOn mounts an overlay of lower over e.Path. A previous overlay
+// there is taken away first; keepUpper keeps its writes (the same layer
+// version mounted again, e.g. after a restart), else they are dropped.
+func (x *Exposer) overlayOn(e *Exposure, layer, lower string, locked []string, keepUpper bool) error {
+	// a previous version, or a mount whose lower died
+	if err := unmountAt(e); err != nil {
+		return err
 	}
 	if _, err := os.Lstat(e.Path); os.IsNotExist(err) {
 		if err := os.MkdirAll(e.Path, 0o755); err != nil {
@@ -148,7 +161,11 @@ func (x *Exposer) mountOverlay(ctx context.Context, e *Exposure, layer, cidStr s
 		e.Created = true
 	}
 	work := filepath.Dir(x.UpperDir(layer))
-	os.RemoveAll(work)
+	if keepUpper {
+		os.RemoveAll(filepath.Join(work, "work")) // overlayfs wants an empty one
+	} else {
+		os.RemoveAll(work)
+	}
 	for _, d := range []string{"upper", "work"} {
 		if err := os.MkdirAll(filepath.Join(work, d), 0o755); err != nil {
 			return err
@@ -187,8 +204,22 @@ func (x *Exposer) UpperDir(layer string) string {
 	return filepath.Join(x.cfg.DataDir, "overlay", strings.ReplaceAll(layer, "/", "_"), "upper")
 }
 
-// unmountOverlay removes the overlay; the path shows its old contents again.
+// unmountOverlay removes the overlay and its writes; the path shows its
+// old contents again.
 func (x *Exposer) unmountOverlay(e *Exposure, layer string) error {
+	if err := unmountAt(e); err != nil {
+		return err
+	}
+	os.RemoveAll(filepath.Dir(x.UpperDir(layer)))
+	if e.Created {
+		os.Remove(e.Path) // only if still empty: it was made for the mount
+		e.Created = false
+	}
+	return nil
+}
+
+// unmountAt takes the locked binds and the overlay off e.Path.
+func unmountAt(e *Exposure) error {
 	for i := len(e.Locked) - 1; i >= 0; i-- {
 		if err := unix.Unmount(e.Locked[i], 0); err != nil {
 			unix.Unmount(e.Locked[i], unix.MNT_DETACH)
@@ -201,11 +232,6 @@ func (x *Exposer) unmountOverlay(e *Exposure, layer string) error {
 				return fmt.Errorf("unmount %s: %w", e.Path, err)
 			}
 		}
-	}
-	os.RemoveAll(filepath.Dir(x.UpperDir(layer)))
-	if e.Created {
-		os.Remove(e.Path) // only if still empty: it was made for the mount
-		e.Created = false
 	}
 	return nil
 }

@@ -27,6 +27,8 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/ipfs/go-cid"
+	"golang.org/x/sync/singleflight"
+	"golang.org/x/sys/unix"
 
 	"github.com/p2pimg/p2pimg/chunk"
 )
@@ -75,6 +77,7 @@ type View struct {
 	zmu     sync.Mutex
 	zeroIDs map[uint32]cid.Cid
 	cache   *lru.Cache[cid.Cid, []byte] // recently read chunks: a chunk straddling two reads is read once
+	flight  singleflight.Group          // concurrent reads of one chunk get it once
 
 	statsMu sync.Mutex
 	stats   Stats
@@ -133,16 +136,36 @@ func Mount(dir string, m *chunk.Manifest, cfg Config) (*View, error) {
 // Dir is the mount point.
 func (v *View) Dir() string { return v.dir }
 
-// Unmount takes the view away (lazily if it is busy: open files keep
-// working until closed) and waits for the server to stop.
+// unmountWait bounds how long Unmount waits for the kernel to let go of a
+// view that is still in use (a file held open, a mount above it).
+const unmountWait = 5 * time.Second
+
+// Unmount takes the view away and waits for its server to stop. A busy
+// view is detached; if it is still held after unmountWait its FUSE
+// connection is aborted (reads of it fail from then on), so the daemon
+// never hangs on its way out and leaves no mount behind.
 func (v *View) Unmount() error {
-	err := v.server.Unmount()
-	if err != nil {
+	var st syscall.Stat_t
+	statErr := syscall.Stat(v.dir, &st)
+	if err := v.server.Unmount(); err != nil {
 		if err2 := syscall.Unmount(v.dir, syscall.MNT_DETACH); err2 != nil {
 			return fmt.Errorf("unmount fuse view %s: %w", v.dir, err)
 		}
 	}
-	v.server.Wait()
+	done := make(chan struct{})
+	go func() { v.server.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-time.After(unmountWait):
+	}
+	if statErr == nil {
+		abort := fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(st.Dev))
+		if err := os.WriteFile(abort, []byte("1"), 0o200); err != nil {
+			return fmt.Errorf("unmount fuse view %s: still in use after %v, and abort failed: %w", v.dir, unmountWait, err)
+		}
+	}
+	<-done
 	return nil
 }
 
@@ -359,6 +382,15 @@ func (v *View) chunk(ctx context.Context, ref chunk.Ref) ([]byte, error) {
 	if b, ok := v.cache.Get(ref.CID); ok {
 		return b, nil
 	}
+	b, err, _ := v.flight.Do(ref.CID.KeyString(), func() (any, error) { return v.load(ctx, ref) })
+	if err != nil {
+		return nil, err
+	}
+	return b.([]byte), nil
+}
+
+// load reads one chunk from the store, or fetches it when missing.
+func (v *View) load(ctx context.Context, ref chunk.Ref) ([]byte, error) {
 	b, err := v.cfg.Store.GetInto(ctx, ref.CID, nil)
 	if err == nil {
 		v.count(func(s *Stats) { s.StoreReads++ })

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/expose"
+	"github.com/p2pimg/p2pimg/node/expose/fuseview"
+)
+
+// needFUSE skips, saying why, where this host cannot serve FUSE views
+// with overlays above them; otherwise it makes sure no mount under dirs
+// outlives the test, whatever happens in it.
+func needFUSE(t *testing.T, dirs ...string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("fuse exposure tests mount FUSE and overlay file systems: run as root")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("fuse exposure tests need /dev/fuse: %v", err)
+	}
+	if err := fuseview.Works(t.TempDir()); err != nil {
+		t.Skipf("this host refuses FUSE mounts: %v", err)
+	}
+	if err := expose.OverlayWorks(t.TempDir()); err != nil {
+		t.Skipf("this host refuses overlay mounts: %v", err)
+	}
+	t.Cleanup(func() {
+		for _, d := range dirs {
+			for _, mp := range expose.MountsUnder(d) {
+				t.Errorf("mount left behind: %s", mp)
+				unix.Unmount(mp, unix.MNT_DETACH)
+			}
+		}
+	})
+}
+
+// A layer activated in fuse mode is served from the store (no checkout
+// under the data dir) with an overlay above it. A daemon killed with -9
+// leaves dead mounts; the next start clears them and mounts the layer
+// again with the writes made to it; a clean stop unmounts everything.
+func TestFUSEExposureSurvivesKill(t *testing.T) {
+	t.Parallel()
+	data, root, src := t.TempDir(), t.TempDir(), t.TempDir()
+	needFUSE(t, data, root)
+	writeTree(t, src)
+	flags := []string{"--root", root, "--expose", "fuse"}
+	d := startDaemon(t, data, flags...)
+	mustCLI(t, d, "add", "app:1", src)
+	mustCLI(t, d, "activate", "app:1", "--at", "/opt/app", "--hosts", "self", "--wait")
+	path := filepath.Join(root, "opt", "app")
+	if b, err := os.ReadFile(filepath.Join(path, "etc", "app.conf")); err != nil || string(b) != "port=80\n" {
+		t.Fatalf("etc/app.conf through the view: %q, %v", b, err)
+	}
+	if views := expose.MountsUnder(filepath.Join(data, "fuse")); len(views) != 1 {
+		t.Fatalf("fuse views mounted: %q, want one", views)
+	}
+	if _, err := os.Stat(filepath.Join(data, "views")); !os.IsNotExist(err) {
+		t.Fatalf("a checkout under views/ in fuse mode (%v)", err)
+	}
+	sts, err := d.Client.Activations(context.Background())
+	if err != nil || len(sts) != 1 || sts[0].Mode != api.ModeFUSE {
+		t.Fatalf("reported states %+v (%v), want one in mode fuse", sts, err)
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.WriteFile(filepath.Join(path, "written.txt"), []byte("kept"), 0o644))
+
+	d.Kill()
+	d = startDaemon(t, data, flags...)
+	defer func() {
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", d.LogTail())
+		}
+	}()
+	waitFor(t, "the layer mounted again after kill -9", func() bool {
+		b, err := os.ReadFile(filepath.Join(path, "README"))
+		return err == nil && string(b) == "hi"
+	})
+	if b, err := os.ReadFile(filepath.Join(path, "written.txt")); err != nil || string(b) != "kept" {
+		t.Fatalf("the write made before the kill: %q, %v", b, err)
+	}
+	if views := expose.MountsUnder(filepath.Join(data, "fuse")); len(views) != 1 {
+		t.Fatalf("fuse views mounted after the restart: %q, want one (the dead one cleared)", views)
+	}
+	must(d.Stop())
+	for _, dir := range []string{data, root} {
+		if mps := expose.MountsUnder(dir); len(mps) > 0 {
+			t.Fatalf("mounted after the daemon stopped: %q", mps)
+		}
+	}
+}
