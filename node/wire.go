@@ -37,14 +37,14 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 	if err != nil {
 		return nil, err
 	}
-	n.layers = layers.New(layers.Config{Store: db, Catalog: n.catalog, Key: key, DataDir: cfg.DataDir, Policy: n.policy, GC: gc,
-		Log: cfg.Log, Announce: announce})
 	if n.seats, err = seats.New(seats.Config{Host: h, Cluster: cfg.Cluster, DataDir: cfg.DataDir, Log: cfg.Log,
 		Interval: cfg.AnnounceInterval, Faults: cfg.Faults}); err != nil {
 		return nil, err
 	}
 	n.act = activate.New(activate.Config{Host: h, Key: key, Cluster: cfg.Cluster, Labels: cfg.Labels, Root: cfg.Root, Catalog: n.catalog,
 		Store: db, Fetcher: n.fetch, Seats: n.seats, Policy: n.policy, Exposer: exposer, Log: cfg.Log, Announce: announce, Reconcile: reconcile})
+	n.layers = layers.New(layers.Config{Store: db, Catalog: n.catalog, Key: key, DataDir: cfg.DataDir, Policy: n.policy, Held: n.act, GC: gc,
+		Log: cfg.Log, Announce: announce})
 	n.gossip = gossip.New(gossip.Config{Host: h, Cluster: cfg.Cluster, Catalog: n.catalog, Store: db, Log: cfg.Log, Labels: cfg.Labels,
 		Interval: cfg.AnnounceInterval, Announce: announce, Activations: reconcile,
 		HostPolicy: func() json.RawMessage { return n.policy.HostPolicyJSON() }, States: n.act.States, Reg: n.reg, Faults: cfg.Faults})

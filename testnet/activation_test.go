@@ -173,8 +173,25 @@ func activateAllAndDeactivate(t *testing.T, mode api.Mode) {
 		}
 		net.Eventually(10*time.Second, "the overlay mounted again", func() bool { return expose.Mounted(path) })
 	}
+	if mode == api.ModeOverlay { // its checkout is counted while active
+		if st, err := net.Nodes[0].Client.Stats(ctx); err != nil || st.ViewBytes == 0 {
+			t.Fatalf("stats while an overlay view is checked out: %+v, %v", st, err)
+		}
+	}
 	res = act(t, key, net.Nodes[0], "app:1", "", "all", api.OpDeactivate)
 	settled(t, net, res, "app:1", api.StateInactive, net.Nodes...)
+	for _, nd := range net.Nodes { // no view checkout outlives the activation
+		if ents, _ := os.ReadDir(filepath.Join(nd.Data, "views")); len(ents) > 0 {
+			t.Fatalf("node %d: views/ after deactivation: %v", nd.Index, ents)
+		}
+	}
+	// One left behind (by an older build, say) is reclaimed by gc.
+	stray := filepath.Join(net.Nodes[0].Data, "views", "stray", "tree")
+	os.MkdirAll(stray, 0o755)
+	os.WriteFile(filepath.Join(stray, "f"), make([]byte, 1<<20), 0o644)
+	if gc, err := net.Nodes[0].Client.GC(ctx); err != nil || gc.RemovedViews != 1 || gc.RemovedViewBytes < 1<<20 {
+		t.Fatalf("gc of a stray view checkout: %+v, %v", gc, err)
+	}
 	if got := readAt(net.Nodes[1], "opt/app/local.txt"); got != "mine" {
 		t.Fatalf("node 1's own /opt/app was not restored: %q", got)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -97,5 +98,58 @@ func TestFUSEExposureSurvivesKill(t *testing.T) {
 		if mps := expose.MountsUnder(dir); len(mps) > 0 {
 			t.Fatalf("mounted after the daemon stopped: %q", mps)
 		}
+	}
+}
+
+// An exposed layer is guarded: rm is refused naming where it is exposed;
+// gc keeps its chunks even after its name moved to another version;
+// status says it changed locally; deactivation is refused with the size
+// of the changes unless --discard-changes.
+func TestExposedLayerGuards(t *testing.T) {
+	t.Parallel()
+	data, root, src := t.TempDir(), t.TempDir(), t.TempDir()
+	needFUSE(t, data, root)
+	writeTree(t, src)
+	d := startDaemon(t, data, "--root", root, "--expose", "fuse")
+	mustCLI(t, d, "add", "app:1", src)
+	mustCLI(t, d, "activate", "app:1", "--at", "/opt/app", "--hosts", "self", "--wait")
+	path := filepath.Join(root, "opt", "app")
+
+	_, errOut, code := cli(t, d, "rm", "app:1")
+	if code == 0 || !strings.Contains(errOut, "exposed on this host") || !strings.Contains(errOut, path) {
+		t.Fatalf("rm of an exposed layer: exit %d, %q; want a refusal naming %s", code, errOut, path)
+	}
+	// The name moves to another version; gc must keep the exposed one.
+	other := t.TempDir()
+	if err := os.WriteFile(filepath.Join(other, "x"), []byte("other"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustCLI(t, d, "add", "app:1", other)
+	mustCLI(t, d, "gc")
+	if b, err := os.ReadFile(filepath.Join(path, "bin", "app")); err != nil || string(b) != strings.Repeat("binary", 50000) {
+		t.Fatalf("bin/app after gc (first read through the view): %d bytes, %v", len(b), err)
+	}
+
+	if err := os.WriteFile(filepath.Join(path, "local.txt"), []byte("12345"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "status showing the local change", func() bool {
+		out, _, _ := cli(t, d, "status")
+		return strings.Contains(out, "changed locally")
+	})
+	_, errOut, code = cli(t, d, "deactivate", "app:1", "--hosts", "self", "--wait", "--timeout", "20s")
+	out, _, _ := cli(t, d, "status")
+	if code == 0 || !strings.Contains(out+errOut, "deactivation refused") || !strings.Contains(out+errOut, "5 bytes") {
+		t.Fatalf("deactivate with local changes: exit %d, %q, status %q; want a refusal with the size", code, errOut, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(path, "local.txt")); err != nil || string(b) != "12345" {
+		t.Fatalf("the local change after the refusal: %q, %v", b, err)
+	}
+	mustCLI(t, d, "deactivate", "app:1", "--hosts", "self", "--wait", "--discard-changes")
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Fatalf("%s after deactivation: %v", path, err)
+	}
+	if mps := expose.MountsUnder(data); len(mps) > 0 {
+		t.Fatalf("mounted after deactivation: %q", mps)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -183,12 +184,13 @@ func (r *Reconciler) reconcile(ctx context.Context, local map[string]*record) {
 			local[layer] = e
 		}
 		switch a.Op {
-		case api.OpDeactivate:
+		case api.OpDeactivate, api.OpDeactivateDiscard:
 			r.deactivate(ctx, e, a)
 		case api.OpActivate:
 			r.activate(ctx, e, a)
 		}
 		r.mirrorCheck(ctx, e)
+		r.noteChanges(e)
 	}
 	for layer, e := range local {
 		if _, ok := want[layer]; !ok && ctx.Err() == nil {
@@ -248,7 +250,18 @@ func (r *Reconciler) deactivate(ctx context.Context, e *record, a gossip.Activat
 	if e.Time == a.Time && e.State == api.StateInactive {
 		return
 	}
+	if e.Time == a.Time && e.State == api.StateFailed && time.Since(e.Failed) < retryAfter {
+		return
+	}
 	exposedNow := e.Exposed
+	if exposedNow && a.Op != api.OpDeactivateDiscard {
+		if n, size := r.cfg.Exposer.Changes(&e.Exposure, e.Layer); n > 0 {
+			e.Time = a.Time
+			r.report(e, api.StateFailed, fmt.Sprintf("deactivation refused: %d path(s), %d bytes changed locally at %s (kept in %s): commit them, or deactivate with --discard-changes",
+				n, size, e.Path, r.cfg.Exposer.UpperDir(e.Layer)))
+			return
+		}
+	}
 	e.Time, e.CID = a.Time, a.CID
 	if exposedNow {
 		r.report(e, api.StateDeactivating, "")
@@ -265,6 +278,11 @@ func (r *Reconciler) deactivate(ctx context.Context, e *record, a gossip.Activat
 	}
 	r.releaseSeat(ctx, e)
 	e.Path, e.At = "", ""
+	if n, size, err := r.pruneViews(ctx, e.Layer); err != nil {
+		r.cfg.Log.Warn("view checkouts", "err", err)
+	} else if n > 0 {
+		r.cfg.Log.Info("view checkouts removed", "count", n, "bytes", size)
+	}
 	r.report(e, api.StateInactive, "")
 	r.cfg.Log.Info("layer deactivated", "layer", e.Layer)
 }
@@ -378,6 +396,29 @@ func (r *Reconciler) ensureLayer(ctx context.Context, a gossip.Activation, emit 
 }
 
 const mirrorEvery = 2 * time.Second
+
+// changedLocally is the detail an active layer with local writes shows.
+const changedLocally = "changed locally"
+
+// noteChanges shows in an active layer's state whether its view was
+// changed locally (every mirrorEvery at most). It runs on the reconciler
+// goroutine.
+func (r *Reconciler) noteChanges(e *record) {
+	if e.State != api.StateActive || !e.Exposed || !e.Mode.Overlaid() || time.Since(e.noted) < mirrorEvery {
+		return
+	}
+	e.noted = time.Now()
+	detail := ""
+	if n, size := r.cfg.Exposer.Changes(&e.Exposure, e.Layer); n > 0 {
+		detail = fmt.Sprintf("%s: %d path(s), %d bytes", changedLocally, n, size)
+	}
+	if detail == e.Detail || (detail == "" && !strings.HasPrefix(e.Detail, changedLocally)) {
+		return
+	}
+	e.Detail = detail
+	r.setState(e.hostState())
+	r.cfg.Announce.Notify()
+}
 
 // mirrorCheck has the policy undo drift in an active exposure, every
 // mirrorEvery at most. It runs on the reconciler goroutine.

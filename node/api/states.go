@@ -33,7 +33,18 @@ type Op string
 const (
 	OpActivate   Op = "activate"
 	OpDeactivate Op = "deactivate"
+	// OpDeactivateDiscard deactivates even where the view was changed
+	// locally, throwing those changes away (deactivate --discard-changes).
+	OpDeactivateDiscard Op = "deactivate-discard"
 )
+
+// Valid reports whether o is one of the operations above.
+func (o Op) Valid() bool {
+	return o == OpActivate || o == OpDeactivate || o == OpDeactivateDiscard
+}
+
+// Deactivates reports whether o takes a layer away.
+func (o Op) Deactivates() bool { return o == OpDeactivate || o == OpDeactivateDiscard }
 
 // Mode is how an activated layer appears at its path.
 type Mode string

@@ -43,8 +43,9 @@ type Exposer struct {
 	probeOnce sync.Once
 	autoMode  api.Mode // chosen by the probe, for ModeAuto
 
-	mu    sync.Mutex
-	views map[string]*served // FUSE views this process serves, by manifest id
+	viewMu sync.Mutex // view checkouts are made and pruned one at a time
+	mu     sync.Mutex
+	views  map[string]*served // FUSE views this process serves, by manifest id
 }
 
 // New returns an Exposer; it touches nothing until used.
@@ -65,6 +66,15 @@ type Exposure struct {
 	// View (fuse mode) is the manifest whose FUSE view is the overlay's
 	// lower layer.
 	View string `json:"view,omitempty"`
+}
+
+// Held is one layer version this host exposes, or is bringing up or
+// taking down: its chunks must stay, and its name may not be removed
+// while Exposure.Exposed.
+type Held struct {
+	Layer string
+	CID   string // the manifest exposed
+	Exposure
 }
 
 const (

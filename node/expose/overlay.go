@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -121,7 +122,9 @@ func unescapeMount(s string) string {
 
 // view is the read-only checkout of a layer that overlays share.
 func (x *Exposer) view(ctx context.Context, cidStr string, m *chunk.Manifest) (string, error) {
-	dir := filepath.Join(x.cfg.DataDir, "views", cidStr)
+	x.viewMu.Lock()
+	defer x.viewMu.Unlock()
+	dir := filepath.Join(x.cfg.DataDir, viewsDir, cidStr)
 	if _, err := os.Stat(filepath.Join(dir, ".complete")); err == nil {
 		return filepath.Join(dir, "tree"), nil
 	}
@@ -234,4 +237,77 @@ func unmountAt(e *Exposure) error {
 		}
 	}
 	return nil
+}
+
+// Changes counts what was written into an overlaid view (the entries of
+// its upper directory, whiteouts included) and their bytes; 0 for other
+// modes, or when nothing was written.
+func (x *Exposer) Changes(e *Exposure, layer string) (paths int, bytes int64) {
+	if !e.Mode.Overlaid() {
+		return 0, 0
+	}
+	upper := x.UpperDir(layer)
+	filepath.WalkDir(upper, func(p string, d os.DirEntry, err error) error {
+		if err != nil || p == upper {
+			return nil
+		}
+		paths++
+		if fi, err := d.Info(); err == nil && fi.Mode().IsRegular() {
+			bytes += fi.Size()
+		}
+		return nil
+	})
+	return paths, bytes
+}
+
+// viewsDir holds the overlay mode's read-only checkouts, one per manifest.
+const viewsDir = "views"
+
+// ViewBytes is the disk the view checkouts use (allocated blocks).
+func (x *Exposer) ViewBytes() int64 { return dirBlocks(filepath.Join(x.cfg.DataDir, viewsDir)) }
+
+// PruneViews removes the view checkouts of every manifest not in keep,
+// and returns how many and the disk they used.
+func (x *Exposer) PruneViews(keep map[string]bool) (removed int, bytes int64, err error) {
+	x.viewMu.Lock()
+	defer x.viewMu.Unlock()
+	dir := filepath.Join(x.cfg.DataDir, viewsDir)
+	ents, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("prune views: %w", err)
+	}
+	for _, ent := range ents {
+		if keep[ent.Name()] {
+			continue
+		}
+		p := filepath.Join(dir, ent.Name())
+		if Mounted(filepath.Join(p, "tree")) {
+			continue // in use by a mount we do not know of: leave it
+		}
+		size := dirBlocks(p)
+		if err := os.RemoveAll(p); err != nil {
+			return removed, bytes, fmt.Errorf("prune views: %w", err)
+		}
+		removed++
+		bytes += size
+	}
+	return removed, bytes, nil
+}
+
+func dirBlocks(dir string) int64 {
+	var n int64
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil {
+			if fi, err := d.Info(); err == nil {
+				if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+					n += st.Blocks * 512
+				}
+			}
+		}
+		return nil
+	})
+	return n
 }
