@@ -1,10 +1,12 @@
 package expose
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 
+	"github.com/ipfs/go-cid"
 	"golang.org/x/sys/unix"
 
 	"github.com/p2pimg/p2pimg/chunk"
@@ -21,6 +23,16 @@ type served struct {
 	users map[string]*Exposure // by layer
 }
 
+// layerFetcher fetches the chunks of one layer.
+type layerFetcher struct {
+	f     ChunkFetcher
+	layer cid.Cid
+}
+
+func (l layerFetcher) FetchChunk(ctx context.Context, id cid.Cid) ([]byte, error) {
+	return l.f.FetchChunk(ctx, l.layer, id)
+}
+
 // fuseViewDir is where the FUSE view of manifest cidStr is mounted.
 func (x *Exposer) fuseViewDir(cidStr string) string {
 	return filepath.Join(x.cfg.DataDir, fuseDir, cidStr)
@@ -34,16 +46,20 @@ func (x *Exposer) mountFUSE(e *Exposure, layer, cidStr string, m *chunk.Manifest
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	keep := e.View == cidStr && !x.liveLocked(e)
-	if e.View != "" && e.View != cidStr {
-		x.releaseLocked(e.View, layer) // a previous version's view: the overlay moves to the new one
-	}
 	s, err := x.serveLocked(cidStr, m)
 	if err != nil {
 		return fmt.Errorf("expose %s: %w", layer, err)
 	}
 	s.users[layer] = e
+	old := e.View
 	e.View = cidStr
-	if err := x.overlayOn(e, layer, s.view.Dir(), locked, keep); err != nil {
+	err = x.overlayOn(e, layer, s.view.Dir(), locked, keep)
+	if old != "" && old != cidStr {
+		// A previous version's view, released only now that the overlay
+		// above it is gone: a view still under an overlay cannot end.
+		x.releaseLocked(old, layer)
+	}
+	if err != nil {
 		return fmt.Errorf("expose %s: %w", layer, err)
 	}
 	return nil
@@ -62,7 +78,14 @@ func (x *Exposer) serveLocked(cidStr string, m *chunk.Manifest) (*served, error)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	v, err := fuseview.Mount(dir, m, fuseview.Config{Store: x.cfg.Store, Fetch: x.cfg.Fetch, Name: "p2pimg:" + cidStr, Log: x.cfg.Log})
+	cfg := fuseview.Config{Store: x.cfg.Store, Name: "p2pimg:" + cidStr, Log: x.cfg.Log}
+	if id, err := cid.Decode(cidStr); err == nil && x.cfg.Fetch != nil {
+		cfg.Fetch = layerFetcher{x.cfg.Fetch, id}
+	}
+	if f := x.cfg.OnReadError; f != nil {
+		cfg.OnReadError = func(id cid.Cid, err error) { f(cidStr, id, err) }
+	}
+	v, err := fuseview.Mount(dir, m, cfg)
 	if err != nil {
 		return nil, err
 	}
