@@ -3,6 +3,7 @@ package node
 import (
 	"encoding/json"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -30,7 +31,8 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 		Log: cfg.Log, Down: fetch.Limiter(cfg.MaxDownload), StallTimeout: cfg.StallTimeout, Announce: announce, Reg: n.reg})
 	n.xchg = xchg.NewServer(xchg.ServerConfig{Host: h, Source: source{db, n.fetch}, Log: cfg.Log, Stats: net.Stats,
 		Up: fetch.Limiter(cfg.MaxUpload), Reg: n.reg, Faults: cfg.Faults})
-	exposer := expose.New(expose.Config{Store: db, DataDir: cfg.DataDir, Root: cfg.Root, Mode: cfg.Expose, Log: cfg.Log})
+	exposer := expose.New(expose.Config{Store: db, DataDir: cfg.DataDir, Root: cfg.Root, Mode: cfg.Expose, Log: cfg.Log,
+		Fetch: n.fetch, OnReadError: func(cidStr string, id cid.Cid, err error) { n.act.NoteReadError(cidStr, id, err) }})
 	var err error
 	n.policy, err = policysync.New(policysync.Config{ID: h.ID(), Key: key, Labels: cfg.Labels, Cluster: cfg.Cluster, Catalog: n.catalog,
 		Store: db, Fetcher: n.fetch, Exposer: exposer, Log: cfg.Log, Announce: announce, Reconcile: reconcile, HostPolicy: cfg.HostPolicy})
@@ -42,7 +44,7 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 		return nil, err
 	}
 	n.act = activate.New(activate.Config{Host: h, Key: key, Cluster: cfg.Cluster, Labels: cfg.Labels, Root: cfg.Root, Catalog: n.catalog,
-		Store: db, Fetcher: n.fetch, Seats: n.seats, Policy: n.policy, Exposer: exposer, Log: cfg.Log, Announce: announce, Reconcile: reconcile})
+		Store: db, Fetcher: n.fetch, Seats: n.seats, Policy: n.policy, Exposer: exposer, Lazy: cfg.Lazy, Log: cfg.Log, Announce: announce, Reconcile: reconcile})
 	n.layers = layers.New(layers.Config{Store: db, Catalog: n.catalog, Key: key, DataDir: cfg.DataDir, Policy: n.policy, Held: n.act, GC: gc,
 		Log: cfg.Log, Announce: announce})
 	n.gossip = gossip.New(gossip.Config{Host: h, Cluster: cfg.Cluster, Catalog: n.catalog, Store: db, Log: cfg.Log, Labels: cfg.Labels,

@@ -23,6 +23,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var listen, peers []string
 	var noMDNS, corrupt, stallServe, flood bool
 	var announce, stall, clockOffset time.Duration
+	var lazy bool
 	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup, pskFile, membersFile string
 	var labels []string
 	c := &cobra.Command{
@@ -112,7 +113,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cc, Listen: listen, Peers: peers,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall,
-					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: api.Mode(expose), HostPolicy: hostPolicyText,
+					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: api.Mode(expose), Lazy: lazy, HostPolicy: hostPolicyText,
 					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset),
 				},
 				Socket: a.socket, SocketGroup: socketGroup, Metrics: metrics, Version: version,
@@ -139,6 +140,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&maxUp, "max-upload", "", "cap on chunk bytes served per second, e.g. 50MB (default: none)")
 	c.Flags().StringVar(&maxDown, "max-download", "", "cap on chunk bytes fetched per second, e.g. 100MB (default: none)")
 	c.Flags().StringVar(&root, "root", "/", "directory that activation paths are relative to (a testnet gives each node its own)")
+	c.Flags().BoolVar(&lazy, "lazy", false, "fuse mode: a layer is active once its manifest is here; a chunk is fetched from peers when first read (verified first, EIO if none supplies it within 10 s), the rest in the background")
 	c.Flags().StringVar(&expose, "expose", string(api.ModeAuto), "how activated layers appear: fuse (served from the store through FUSE, an overlay above it; root, /dev/fuse and overlayfs), overlay (an overlay on a checkout), materialized (a directory swapped in), or auto (the first of these that works)")
 	c.Flags().StringArrayVar(&labels, "label", nil, "host label key=value, announced to the cluster for --hosts key=value (repeatable)")
 	c.Flags().BoolVar(&corrupt, "test-corrupt-serve", false, "TESTING ONLY: corrupt every chunk served")

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/expose"
 	"github.com/p2pimg/p2pimg/node/expose/fuseview"
+	"github.com/p2pimg/p2pimg/testnet/refimage"
 )
 
 // needFUSE skips, saying why, where this host cannot serve FUSE views
@@ -151,5 +154,73 @@ func TestExposedLayerGuards(t *testing.T) {
 	}
 	if mps := expose.MountsUnder(data); len(mps) > 0 {
 		t.Fatalf("mounted after deactivation: %q", mps)
+	}
+}
+
+// Lazy activation: the second daemon exposes an image it lacks as soon as
+// the manifest is here; random reads return the image's bytes while the
+// background fetch is still under way (fewer bytes stored than the image
+// when they return), and the layer then completes.
+func TestLazyActivation(t *testing.T) {
+	t.Parallel()
+	adata, bdata, root := t.TempDir(), t.TempDir(), t.TempDir()
+	needFUSE(t, adata, bdata, root)
+	img := filepath.Join(t.TempDir(), "disk.raw")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 192 << 20
+	refimage.Write(f, size, 5)
+	f.Close()
+	a := startDaemon(t, adata, "--max-upload", "24MB", "--announce-interval", "200ms")
+	mustCLI(t, a, "add", "vm:1", img)
+	id, err := a.Client.Identity(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := startDaemon(t, bdata, "--peer", id.Addrs[0], "--announce-interval", "200ms", "--root", root, "--expose", "fuse", "--lazy")
+	waitFor(t, "vm:1 in b's catalogue", func() bool {
+		cl, err := b.Client.Catalog(context.Background())
+		return err == nil && len(cl) == 1
+	})
+	mustCLI(t, b, "activate", "vm:1", "--at", "/vm", "--hosts", "self", "--wait")
+	orig, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	view, err := os.Open(filepath.Join(root, "vm", "disk.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer view.Close()
+	r := rand.New(rand.NewPCG(9, 9))
+	want, got := make([]byte, 64<<10), make([]byte, 64<<10)
+	for range 32 {
+		off := r.Int64N(size - int64(len(got)))
+		orig.ReadAt(want, off)
+		if _, err := view.ReadAt(got, off); err != nil {
+			t.Fatalf("read at %d through the lazy view: %v", off, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("read at %d through the lazy view: wrong bytes", off)
+		}
+	}
+	st, err := b.Client.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.StoredBytes >= size {
+		t.Fatalf("b stored %d bytes when the reads returned: the whole image (%d) was fetched first", st.StoredBytes, size)
+	}
+	t.Logf("reads returned with %d of %d bytes here", st.StoredBytes, size)
+	waitFor(t, "the background fetch completing the layer", func() bool {
+		out, _, _ := cli(t, b, "layers")
+		return strings.Contains(out, "complete") && !strings.Contains(out, "incomplete")
+	})
+	view.Close()
+	if err := b.Stop(); err != nil { // a clean stop leaves no mount behind
+		t.Fatal(err)
 	}
 }

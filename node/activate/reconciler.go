@@ -38,6 +38,9 @@ type Fetcher interface {
 	// Fetch makes layer name complete here as manifest mp.CID; it resumes
 	// when retried.
 	Fetch(ctx context.Context, name chunk.Name, mp gossip.Mapping, emit api.Emit) (*api.FetchResult, error)
+	// Manifest is a manifest from the store, else fetched from a peer,
+	// checked and stored.
+	Manifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, error)
 }
 
 // Seats claims and releases the seats of licensed layers.
@@ -77,7 +80,10 @@ type Config struct {
 	Seats   Seats
 	Policy  Policy
 	Exposer *expose.Exposer
-	Log     *slog.Logger
+	// Lazy makes fuse-mode activations active once the manifest is here:
+	// chunks are fetched when first read, the rest in the background.
+	Lazy bool
+	Log  *slog.Logger
 	// Announce is poked when this host's states change; Reconcile wakes
 	// the reconciler (an activation arrived or a policy changed).
 	Announce, Reconcile *notify.Signal
@@ -88,13 +94,14 @@ type Config struct {
 type Reconciler struct {
 	cfg Config
 
-	mu     sync.Mutex
-	states map[string]gossip.HostState // this host's, by layer
+	mu         sync.Mutex
+	states     map[string]gossip.HostState // this host's, by layer
+	background map[string]bool             // layers being fetched behind a lazy exposure
 }
 
 // New returns the reconciler; it starts nothing.
 func New(cfg Config) *Reconciler {
-	return &Reconciler{cfg: cfg, states: map[string]gossip.HostState{}}
+	return &Reconciler{cfg: cfg, states: map[string]gossip.HostState{}, background: map[string]bool{}}
 }
 
 // States are this host's activation states, one per layer.
@@ -357,6 +364,17 @@ func (r *Reconciler) refusedByPolicy(ctx context.Context, e *record, a gossip.Ac
 
 // bringUp fetches the pinned layer, exposes it and makes its maps.
 func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation) error {
+	if r.cfg.Lazy && e.Mode == api.ModeFUSE {
+		m, err := r.lazyManifest(ctx, a)
+		if err == nil {
+			if err := r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer)); err != nil {
+				return err
+			}
+			r.fetchBehind(ctx, a)
+			return r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
+		}
+		r.cfg.Log.Info("lazy activation: fetching the whole layer first", "layer", a.Layer, "reason", err)
+	}
 	m, err := r.ensureLayer(ctx, a, func(ev api.Event) {
 		if p := ev.Progress; p != nil {
 			st := e.hostState()
@@ -441,4 +459,74 @@ func (r *Reconciler) mirrorCheck(ctx context.Context, e *record) {
 	}
 	e.Restored += restored
 	r.setState(e.hostState())
+}
+
+// lazyManifest is the activation's flattened manifest, fetched alone: no
+// chunk is needed to expose it through FUSE.
+func (r *Reconciler) lazyManifest(ctx context.Context, a gossip.Activation) (*chunk.Manifest, error) {
+	id, err := cid.Decode(a.CID)
+	if err != nil {
+		return nil, err
+	}
+	m, err := r.cfg.Fetcher.Manifest(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return chunk.Flat(ctx, r.cfg.Store, m) // fails while a parent is missing: then fetch first
+}
+
+// fetchBehind fetches the rest of a lazily exposed layer in the
+// background, under the usual scheduler and caps, showing its progress
+// in the layer's state; reads meanwhile fetch what they need at once.
+func (r *Reconciler) fetchBehind(ctx context.Context, a gossip.Activation) {
+	r.mu.Lock()
+	running := r.background[a.Layer]
+	r.background[a.Layer] = true
+	r.mu.Unlock()
+	if running {
+		return
+	}
+	detail := func(d string) {
+		r.mu.Lock()
+		if st, ok := r.states[a.Layer]; ok && st.State == api.StateActive && st.CID == a.CID {
+			st.Detail = d
+			r.states[a.Layer] = st
+		}
+		r.mu.Unlock()
+		r.cfg.Announce.Notify()
+	}
+	go func() {
+		defer func() {
+			r.mu.Lock()
+			delete(r.background, a.Layer)
+			r.mu.Unlock()
+		}()
+		_, err := r.ensureLayer(ctx, a, func(ev api.Event) {
+			if p := ev.Progress; p != nil {
+				detail(fmt.Sprintf("lazy: %d of %d bytes here, from %d peer(s)", p.Done, p.Total, p.Peers))
+			}
+		})
+		switch {
+		case ctx.Err() != nil:
+		case err != nil:
+			r.cfg.Log.Warn("lazy activation: background fetch", "layer", a.Layer, "err", err)
+			detail("lazy: background fetch failed (reads still fetch what they need): " + err.Error())
+		default:
+			detail("")
+		}
+	}()
+}
+
+// NoteReadError shows in the states of the layers exposed as manifest
+// cidStr that a read through the view failed, with the chunk and why.
+func (r *Reconciler) NoteReadError(cidStr string, id cid.Cid, err error) {
+	r.mu.Lock()
+	for l, st := range r.states {
+		if st.CID == cidStr && st.State == api.StateActive {
+			st.Detail = fmt.Sprintf("read failed (EIO): chunk %s: %v", id, err)
+			r.states[l] = st
+		}
+	}
+	r.mu.Unlock()
+	r.cfg.Announce.Notify()
 }

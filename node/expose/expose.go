@@ -17,12 +17,12 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/ipfs/go-cid"
 	"golang.org/x/sys/unix"
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/chunk/tree"
 	"github.com/p2pimg/p2pimg/node/api"
-	"github.com/p2pimg/p2pimg/node/expose/fuseview"
 )
 
 // Config configures an Exposer.
@@ -33,8 +33,18 @@ type Config struct {
 	Mode    api.Mode    // auto (default), fuse, overlay or materialized
 	// Fetch, if set, supplies chunks a FUSE view reads but the store
 	// lacks (lazy activation); without it such a read fails with EIO.
-	Fetch fuseview.Fetcher
-	Log   *slog.Logger
+	Fetch ChunkFetcher
+	// OnReadError, if set, hears of every chunk a read through the FUSE
+	// view of manifest cidStr could not get (for the host's state).
+	OnReadError func(cidStr string, id cid.Cid, err error)
+	Log         *slog.Logger
+}
+
+// ChunkFetcher fetches one chunk of a layer from peers at once.
+type ChunkFetcher interface {
+	// FetchChunk returns chunk id of manifest layer, verified and
+	// stored, or an error when no peer supplied it before ctx ended.
+	FetchChunk(ctx context.Context, layer, id cid.Cid) ([]byte, error)
 }
 
 // Exposer exposes layers on this host.
