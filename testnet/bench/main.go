@@ -102,9 +102,10 @@ func run(ctx context.Context) error {
 	bin := flag.String("bin", "bin/p2pimg", "p2pimg binary")
 	dir := flag.String("dir", "", "work directory (default: a new temporary one, removed after)")
 	runs := flag.Int("runs", 5, "runs per figure (the median is reported)")
-	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers")
+	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, view, seats, layers, badpeers")
 	fanSize := flag.Int64("fanout-size", 256<<20, "image size for the fan-out part")
 	fanRate := flag.String("fanout-rate", "400mbit", "link rate for the fan-out part (tc tbf)")
+	viewSize := flag.Int64("view-size", 4<<30, "image size for the fuse view part (lazy activation, reads through the view)")
 	badSize := flag.Int64("badpeers-size", 256<<20, "image size for the stalled- and lying-peer part")
 	smoke := flag.Bool("smoke", false, "a quick check that every part runs (`make bench-smoke`): unless set otherwise, -size 64 MiB, -runs 1, -fanout-size and -badpeers-size 32 MiB and fewer samples; targets not enforced")
 	role := flag.String("role", "", "internal: run as a sender for the ceiling measurements")
@@ -115,7 +116,7 @@ func run(ctx context.Context) error {
 	if *smoke {
 		set := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		for name, v := range map[string]any{"size": int64(64 << 20), "runs": 1, "fanout-size": int64(32 << 20), "badpeers-size": int64(32 << 20)} {
+		for name, v := range map[string]any{"size": int64(64 << 20), "runs": 1, "fanout-size": int64(32 << 20), "badpeers-size": int64(32 << 20), "view-size": int64(64 << 20)} {
 			if !set[name] {
 				flag.Set(name, fmt.Sprint(v))
 			}
@@ -176,6 +177,11 @@ func run(ctx context.Context) error {
 			return err
 		}
 		if err := benchGossipFlood(ctx, t, *bin, *dir); err != nil {
+			return err
+		}
+	}
+	if want("view") {
+		if err := benchView(ctx, t, *bin, *dir, *viewSize); err != nil {
 			return err
 		}
 	}

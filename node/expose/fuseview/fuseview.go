@@ -357,6 +357,7 @@ func (f *fileNode) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, 
 	if off >= end {
 		return fuse.ReadResultData(nil), 0
 	}
+	f.prefetch(ctx, f.chunkAt(off), f.chunkAt(end-1))
 	for i, pos := f.chunkAt(off), off; pos < end; i++ {
 		from, to := pos-f.offs[i], min(end, f.offs[i+1])-f.offs[i]
 		out := dest[pos-off : pos-off+(to-from)]
@@ -374,6 +375,24 @@ func (f *fileNode) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, 
 		pos = f.offs[i] + to
 	}
 	return fuse.ReadResultData(dest[:end-off]), 0
+}
+
+// prefetch loads chunks first..last side by side when there are several
+// (the kernel's read-ahead asks for up to 1 MiB at once): a lazy view
+// then fetches them from peers in parallel instead of one after another.
+// Errors are left for the read itself to meet and report.
+func (f *fileNode) prefetch(ctx context.Context, first, last int) {
+	if last <= first || f.v.cfg.Fetch == nil {
+		return
+	}
+	var wg sync.WaitGroup
+	for i := first; i <= last; i++ {
+		if f.zero[i] {
+			continue
+		}
+		wg.Go(func() { f.v.chunk(ctx, f.e.Chunks[i]) })
+	}
+	wg.Wait()
 }
 
 // chunk returns a chunk's bytes: from the cache, the store, or (missing)
