@@ -170,10 +170,10 @@ func TestLazyActivation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const size = 192 << 20
+	const size = 64 << 20
 	refimage.Write(f, size, 5)
 	f.Close()
-	a := startDaemon(t, adata, "--max-upload", "24MB", "--announce-interval", "200ms")
+	a := startDaemon(t, adata, "--max-upload", "8MB", "--announce-interval", "200ms")
 	mustCLI(t, a, "add", "vm:1", img)
 	id, err := a.Client.Identity(context.Background())
 	if err != nil {
