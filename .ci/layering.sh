@@ -4,7 +4,8 @@
 #    or on any libp2p package, directly or indirectly;
 #  - only chunk/badgerstore imports badger;
 #  - nothing below node/ imports node/ itself (the wiring sits on top);
-#  - node/expose and node/api depend on no libp2p package at all, and on
+#  - node/expose (with node/expose/fuseview) and node/api depend on no
+#    libp2p package at all, and on
 #    no node/ service; node/policysync imports no libp2p networking (peer
 #    ids and keys are names, not networking);
 #  - only node/p2p builds libp2p hosts or imports transports, security
@@ -25,7 +26,7 @@ for pkg in $(go list ./chunk/... ./license/... ./policy/...); do
   deps=$(go list -deps "$pkg" | grep -E "^($mod/node|$mod/cmd|$mod/testnet|github.com/libp2p/)" || true)
   [ -n "$deps" ] && bad "$pkg depends on: $(echo $deps)"
 done
-for pkg in $mod/node/expose $mod/node/api; do
+for pkg in $(go list ./node/expose/...) $mod/node/api; do
   deps=$(go list -deps "$pkg" | grep -E "^(github.com/libp2p/|$mod/node/(activate|fetch|gossip|layers|localapi|p2p|policysync|seats|xchg|cluster)$)" || true)
   [ -n "$deps" ] && bad "$pkg depends on: $(echo $deps)"
 done

@@ -61,6 +61,10 @@ type Config struct {
 	// and overlayfs), materialized (a directory swapped in), or auto (the
 	// default: overlay where the host allows it).
 	Expose api.Mode
+	// Lazy makes fuse-mode activations active once the manifest is here:
+	// a chunk is fetched from peers when first read (verified first), the
+	// rest in the background.
+	Lazy bool
 	// MaxUpload and MaxDownload cap chunk bytes per second served and
 	// fetched (0 = no cap).
 	MaxUpload, MaxDownload int64

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,26 +38,27 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 		Log: cfg.Log, Down: fetch.Limiter(cfg.MaxDownload), StallTimeout: cfg.StallTimeout, Announce: announce, Reg: n.reg})
 	n.xchg = xchg.NewServer(xchg.ServerConfig{Host: h, Source: source{db, n.fetch}, Log: cfg.Log, Stats: net.Stats,
 		Up: fetch.Limiter(cfg.MaxUpload), Reg: n.reg, Faults: cfg.Faults})
-	exposer := expose.New(expose.Config{Store: db, DataDir: cfg.DataDir, Root: cfg.Root, Mode: cfg.Expose, Log: cfg.Log})
+	exposer := expose.New(expose.Config{Store: db, DataDir: cfg.DataDir, Root: cfg.Root, Mode: cfg.Expose, Log: cfg.Log,
+		Fetch: n.fetch, OnReadError: func(cidStr string, id cid.Cid, err error) { n.act.NoteReadError(cidStr, id, err) }})
 	var err error
 	n.policy, err = policysync.New(policysync.Config{ID: h.ID(), Key: key, Labels: cfg.Labels, Cluster: cfg.Cluster, Catalog: n.catalog,
 		Store: db, Fetcher: n.fetch, Exposer: exposer, Log: cfg.Log, Announce: announce, Reconcile: reconcile, HostPolicy: cfg.HostPolicy})
 	if err != nil {
 		return nil, err
 	}
-	n.layers = layers.New(layers.Config{Store: db, Catalog: n.catalog, Key: key, DataDir: cfg.DataDir, Policy: n.policy, GC: gc,
-		Log: cfg.Log, Announce: announce, Images: keepImage(func(ctx context.Context, dir string, name chunk.Name) (string, error) {
-			return n.mirror.KeepImage(ctx, dir, name) // the mirror is built next: it publishes through layers
-		})})
-	n.mirror = registry.New(registry.Config{Addr: cfg.Registry, Store: db, Publisher: n.layers, Fetcher: n.fetch, Catalog: n.catalog,
-		Upstreams: cfg.Upstreams, Log: cfg.Log, Reg: n.reg}, arrivals)
 	if n.seats, err = seats.New(seats.Config{Host: h, Cluster: cfg.Cluster, DataDir: cfg.DataDir, Log: cfg.Log,
 		Interval: cfg.AnnounceInterval, Faults: cfg.Faults}); err != nil {
 		return nil, err
 	}
 	n.act = activate.New(activate.Config{Host: h, Key: key, Cluster: cfg.Cluster, Labels: cfg.Labels, Root: cfg.Root, Catalog: n.catalog,
-		Store: db, Fetcher: n.fetch, Seats: n.seats, Policy: n.policy, Exposer: exposer, Log: cfg.Log, Announce: announce, Reconcile: reconcile,
-		Reach: func(p peer.ID, now time.Time) (api.Reach, time.Time) { return n.gossip.Reach(p, now) }}) // the catalogue service is built next
+		Store: db, Fetcher: n.fetch, Seats: n.seats, Policy: n.policy, Exposer: exposer, Lazy: cfg.Lazy, Log: cfg.Log, Announce: announce, Reconcile: reconcile,
+		Reach: func(p peer.ID, now time.Time) (api.Reach, time.Time) { return n.gossip.Reach(p, now) }}) // the catalogue service is built last
+	n.layers = layers.New(layers.Config{Store: db, Catalog: n.catalog, Key: key, DataDir: cfg.DataDir, Policy: n.policy, Held: n.act, GC: gc,
+		Log: cfg.Log, Announce: announce, Images: keepImage(func(ctx context.Context, dir string, name chunk.Name) (string, error) {
+			return n.mirror.KeepImage(ctx, dir, name) // the mirror is built next: it publishes through layers
+		})})
+	n.mirror = registry.New(registry.Config{Addr: cfg.Registry, Store: db, Publisher: n.layers, Fetcher: n.fetch, Catalog: n.catalog,
+		Upstreams: cfg.Upstreams, Log: cfg.Log, Reg: n.reg}, arrivals)
 	n.gossip = gossip.New(gossip.Config{Host: h, Key: key, Cluster: cfg.Cluster, Catalog: n.catalog, Store: db, Log: cfg.Log, Labels: cfg.Labels,
 		Interval: cfg.AnnounceInterval, Announce: announce, Activations: reconcile,
 		HostPolicy: func() json.RawMessage { return n.policy.HostPolicyJSON() }, States: n.act.States, Reg: n.reg, Faults: cfg.Faults,

@@ -15,6 +15,7 @@ import (
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/cluster"
 	"github.com/p2pimg/p2pimg/node/expose"
+	"github.com/p2pimg/p2pimg/node/expose/fuseview"
 	"github.com/p2pimg/p2pimg/node/gossip"
 	"github.com/p2pimg/p2pimg/testnet"
 )
@@ -105,11 +106,16 @@ func readAt(nd *testnet.Node, p string) string {
 }
 
 func TestActivateAllAndDeactivateRestores(t *testing.T) {
-	for _, mode := range []api.Mode{api.ModeMaterialized, api.ModeOverlay} {
+	for _, mode := range []api.Mode{api.ModeMaterialized, api.ModeOverlay, api.ModeFUSE} {
 		t.Run(string(mode), func(t *testing.T) {
-			if mode == api.ModeOverlay {
+			if mode.Overlaid() {
 				if err := expose.OverlayWorks(t.TempDir()); err != nil {
 					t.Skipf("overlay mounts unavailable here: %v", err)
+				}
+			}
+			if mode == api.ModeFUSE {
+				if err := fuseview.Works(t.TempDir()); err != nil {
+					t.Skipf("FUSE unavailable here: %v", err)
 				}
 			}
 			activateAllAndDeactivate(t, mode)
@@ -141,7 +147,7 @@ func activateAllAndDeactivate(t *testing.T, mode api.Mode) {
 			t.Fatalf("node %d: /opt/app/etc/app.conf = %q", nd.Index, got)
 		}
 		path := filepath.Join(nd.Data, "root", "opt", "app")
-		if expose.Mounted(path) != (mode == api.ModeOverlay) {
+		if expose.Mounted(path) != mode.Overlaid() {
 			t.Fatalf("node %d: %s mounted=%v in %s mode", nd.Index, path, expose.Mounted(path), mode)
 		}
 	}
@@ -156,7 +162,7 @@ func activateAllAndDeactivate(t *testing.T, mode api.Mode) {
 			t.Fatalf("host %s reports mode %q, want %q", s.Host, s.Mode, mode)
 		}
 	}
-	if mode == api.ModeOverlay { // node 1's own files show through, under the layer
+	if mode.Overlaid() { // node 1's own files show through, under the layer
 		if got := readAt(net.Nodes[1], "opt/app/local.txt"); got != "mine" {
 			t.Fatalf("overlay hides node 1's own file: %q", got)
 		}
@@ -167,8 +173,25 @@ func activateAllAndDeactivate(t *testing.T, mode api.Mode) {
 		}
 		net.Eventually(10*time.Second, "the overlay mounted again", func() bool { return expose.Mounted(path) })
 	}
+	if mode == api.ModeOverlay { // its checkout is counted while active
+		if st, err := net.Nodes[0].Client.Stats(ctx); err != nil || st.ViewBytes == 0 {
+			t.Fatalf("stats while an overlay view is checked out: %+v, %v", st, err)
+		}
+	}
 	res = act(t, key, net.Nodes[0], "app:1", "", "all", api.OpDeactivate)
 	settled(t, net, res, "app:1", api.StateInactive, net.Nodes...)
+	for _, nd := range net.Nodes { // no view checkout outlives the activation
+		if ents, _ := os.ReadDir(filepath.Join(nd.Data, "views")); len(ents) > 0 {
+			t.Fatalf("node %d: views/ after deactivation: %v", nd.Index, ents)
+		}
+	}
+	// One left behind (by an older build, say) is reclaimed by gc.
+	stray := filepath.Join(net.Nodes[0].Data, "views", "stray", "tree")
+	os.MkdirAll(stray, 0o755)
+	os.WriteFile(filepath.Join(stray, "f"), make([]byte, 1<<20), 0o644)
+	if gc, err := net.Nodes[0].Client.GC(ctx); err != nil || gc.RemovedViews != 1 || gc.RemovedViewBytes < 1<<20 {
+		t.Fatalf("gc of a stray view checkout: %+v, %v", gc, err)
+	}
 	if got := readAt(net.Nodes[1], "opt/app/local.txt"); got != "mine" {
 		t.Fatalf("node 1's own /opt/app was not restored: %q", got)
 	}

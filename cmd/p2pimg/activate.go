@@ -39,7 +39,7 @@ func (a *app) operatorKey(flag string) string {
 func (a *app) activationCmd(op api.Op) *cobra.Command {
 	var at, hosts, keyFile string
 	var maps []string
-	var wait bool
+	var wait, discard bool
 	var timeout time.Duration
 	use, short := "activate NAME[:TAG] --at PATH", "Make a layer live at PATH on a set of hosts, cluster-wide"
 	if op == api.OpDeactivate {
@@ -71,8 +71,11 @@ settles and fails if any host failed.`,
 					return usageError{err}
 				}
 			}
+			if discard {
+				op = api.OpDeactivateDiscard
+			}
 			req := api.ActivateRequest{Layer: name.String(), At: filepath.Clean(at), Hosts: hosts, Maps: maps, Op: op}
-			if op == api.OpDeactivate {
+			if op.Deactivates() {
 				req.At = ""
 			}
 			if kf := a.operatorKey(keyFile); kf != "" && hosts != "self" {
@@ -105,6 +108,9 @@ settles and fails if any host failed.`,
 			return a.waitSettled(c, name.String(), op, res, timeout)
 		},
 	}
+	if op == api.OpDeactivate {
+		c.Flags().BoolVar(&discard, "discard-changes", false, "deactivate even where the view was changed locally, throwing those changes away (without it such a host refuses and says how much changed)")
+	}
 	if op == api.OpActivate {
 		c.Flags().StringVar(&at, "at", "", "absolute path where the layer appears on each host (under its --root)")
 		c.Flags().StringArrayVar(&maps, "map", nil, "SRC=DST: while active, host path SRC resolves to DST inside the layer (bind mount or symlink; repeatable)")
@@ -119,7 +125,7 @@ settles and fails if any host failed.`,
 // waitSettled follows the selected hosts' states for this activation.
 func (a *app) waitSettled(c *cobra.Command, layer string, op api.Op, res api.ActivateResult, timeout time.Duration) error {
 	want := map[api.State]bool{api.StateActive: true}
-	if op == api.OpDeactivate {
+	if op.Deactivates() {
 		want = map[api.State]bool{api.StateInactive: true}
 	}
 	deadline := time.Now().Add(timeout)

@@ -25,6 +25,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var listen, peers []string
 	var noMDNS, corrupt, stallServe, flood bool
 	var announce, stall, clockOffset, goneAfter time.Duration
+	var lazy bool
 	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup, pskFile, membersFile string
 	var labels []string
 	var mirrorAddr, registriesFile string
@@ -63,8 +64,8 @@ It stops cleanly on SIGINT or SIGTERM.`,
 			if err != nil {
 				return err
 			}
-			if m := api.Mode(expose); m != api.ModeAuto && m != api.ModeOverlay && m != api.ModeMaterialized {
-				return usageError{fmt.Errorf("--expose %q: want auto, overlay or materialized", expose)}
+			if m := api.Mode(expose); m != api.ModeAuto && m != api.ModeFUSE && m != api.ModeOverlay && m != api.ModeMaterialized {
+				return usageError{fmt.Errorf("--expose %q: want auto, fuse, overlay or materialized", expose)}
 			}
 			lbl := map[string]string{}
 			for _, l := range labels {
@@ -126,7 +127,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cc, Listen: listen, Peers: peers,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, GoneAfter: goneAfter,
-					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: api.Mode(expose), HostPolicy: hostPolicyText,
+					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: api.Mode(expose), Lazy: lazy, HostPolicy: hostPolicyText,
 					Registry: mirrorAddr, Upstreams: ups,
 					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset),
 				},
@@ -155,7 +156,8 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&maxUp, "max-upload", "", "cap on chunk bytes served per second, e.g. 50MB (default: none)")
 	c.Flags().StringVar(&maxDown, "max-download", "", "cap on chunk bytes fetched per second, e.g. 100MB (default: none)")
 	c.Flags().StringVar(&root, "root", "/", "directory that activation paths are relative to (a testnet gives each node its own)")
-	c.Flags().StringVar(&expose, "expose", string(api.ModeAuto), "how activated layers appear: overlay (mount; root and overlayfs), materialized (a directory swapped in), or auto")
+	c.Flags().BoolVar(&lazy, "lazy", false, "fuse mode: a layer is active once its manifest is here; a chunk is fetched from peers when first read (verified first, EIO if none supplies it within 10 s), the rest in the background")
+	c.Flags().StringVar(&expose, "expose", string(api.ModeAuto), "how activated layers appear: fuse (served from the store through FUSE, an overlay above it; root, /dev/fuse and overlayfs), overlay (an overlay on a checkout), materialized (a directory swapped in), or auto (the first of these that works)")
 	c.Flags().StringVar(&mirrorAddr, "registry", "", "serve the OCI registry mirror (pull API) on this HOST:PORT, e.g. 127.0.0.1:5000 (default: off)")
 	c.Flags().StringVar(&registriesFile, "registries", "", "TOML file of the upstream registries the mirror pulls from, by the name containerd sends as ?ns= (see README)")
 	c.Flags().StringArrayVar(&labels, "label", nil, "host label key=value, announced to the cluster for --hosts key=value (repeatable)")

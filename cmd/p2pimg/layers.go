@@ -175,6 +175,9 @@ func (a *app) gcCmd() *cobra.Command {
 			}
 			fmt.Fprintf(a.stdout, "removed %d chunks (%s) and %d manifests; %d chunks kept; %s of disk reclaimed\n",
 				res.RemovedChunks, humanize.IBytes(uint64(res.RemovedBytes)), res.RemovedManifests, res.KeptChunks, humanize.IBytes(uint64(res.ReclaimedBytes)))
+			if res.RemovedViews > 0 {
+				fmt.Fprintf(a.stdout, "removed %d unused view checkout(s) (%s)\n", res.RemovedViews, humanize.IBytes(uint64(res.RemovedViewBytes)))
+			}
 			return nil
 		},
 	}
@@ -232,6 +235,7 @@ func (a *app) statsCmd() *cobra.Command {
 			fmt.Fprintf(tw, "logical bytes\t%s\t(%d)\n", humanize.IBytes(uint64(st.LogicalBytes)), st.LogicalBytes)
 			fmt.Fprintf(tw, "stored bytes\t%s\t(%d)\n", humanize.IBytes(uint64(st.StoredBytes)), st.StoredBytes)
 			fmt.Fprintf(tw, "dedup ratio\t%.2fx\n", st.DedupRatio)
+			fmt.Fprintf(tw, "view checkouts\t%s\t(%d; overlay-mode copies under views/, beside the store)\n", humanize.IBytes(uint64(st.ViewBytes)), st.ViewBytes)
 			return tw.Flush()
 		},
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +39,9 @@ type Fetcher interface {
 	// Fetch makes layer name complete here as manifest mp.CID; it resumes
 	// when retried.
 	Fetch(ctx context.Context, name chunk.Name, mp gossip.Mapping, emit api.Emit) (*api.FetchResult, error)
+	// Manifest is a manifest from the store, else fetched from a peer,
+	// checked and stored.
+	Manifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, error)
 }
 
 // Seats claims and releases the seats of licensed layers.
@@ -77,7 +81,10 @@ type Config struct {
 	Seats   Seats
 	Policy  Policy
 	Exposer *expose.Exposer
-	Log     *slog.Logger
+	// Lazy makes fuse-mode activations active once the manifest is here:
+	// chunks are fetched when first read, the rest in the background.
+	Lazy bool
+	Log  *slog.Logger
 	// Reach is what this host knows of another's liveness (nil: all up).
 	Reach func(p peer.ID, now time.Time) (api.Reach, time.Time)
 	// Announce is poked when this host's states change; Reconcile wakes
@@ -90,13 +97,14 @@ type Config struct {
 type Reconciler struct {
 	cfg Config
 
-	mu     sync.Mutex
-	states map[string]gossip.HostState // this host's, by layer
+	mu         sync.Mutex
+	states     map[string]gossip.HostState // this host's, by layer
+	background map[string]bool             // layers being fetched behind a lazy exposure
 }
 
 // New returns the reconciler; it starts nothing.
 func New(cfg Config) *Reconciler {
-	return &Reconciler{cfg: cfg, states: map[string]gossip.HostState{}}
+	return &Reconciler{cfg: cfg, states: map[string]gossip.HostState{}, background: map[string]bool{}}
 }
 
 // States are this host's activation states, one per layer.
@@ -132,8 +140,23 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("reconciler: %w", err)
 	}
+	// The exposer's FUSE views live as long as this loop: dead ones a
+	// killed daemon left are cleared first, and they are taken down
+	// (overlays above them too) when it ends; the records stay, so the
+	// next start mounts them again.
+	r.cfg.Exposer.Recover()
+	defer func() {
+		if err := r.cfg.Exposer.Close(); err != nil {
+			r.cfg.Log.Warn("reconciler: stop", "err", err)
+		}
+	}()
 	for _, e := range local {
-		r.setState(e.hostState())
+		st := e.hostState()
+		if st.State == api.StateActive && e.Exposed && !r.cfg.Exposer.Live(&e.Exposure) {
+			// a FUSE view died with the last run: not active until mounted again
+			st.State, st.Detail = api.StateRequested, "exposing again after a restart"
+		}
+		r.setState(st)
 	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -171,13 +194,50 @@ func (r *Reconciler) reconcile(ctx context.Context, local map[string]*record) {
 			local[layer] = e
 		}
 		switch a.Op {
-		case api.OpDeactivate:
+		case api.OpDeactivate, api.OpDeactivateDiscard:
 			r.deactivate(ctx, e, a)
 		case api.OpActivate:
 			r.activate(ctx, e, a)
 		}
 		r.mirrorCheck(ctx, e)
+		r.noteChanges(e)
 	}
+	for layer, e := range local {
+		if _, ok := want[layer]; !ok && ctx.Err() == nil {
+			r.exposeAgain(ctx, e)
+		}
+	}
+}
+
+// exposeAgain mounts again, from its record alone, an active exposure that
+// died with the last run (a FUSE view), for a layer whose activation has
+// not come back yet: activations live in the gossiped catalogue, and a
+// host alone, or before its peers answer, has none.
+func (r *Reconciler) exposeAgain(ctx context.Context, e *record) {
+	if e.State != api.StateActive || !e.Exposed || r.cfg.Exposer.Live(&e.Exposure) {
+		return
+	}
+	id, err := cid.Decode(e.CID)
+	if err != nil {
+		r.fail(e, fmt.Errorf("expose %s again: manifest id %q: %w", e.Layer, e.CID, err))
+		return
+	}
+	m, err := r.cfg.Store.GetManifest(ctx, id)
+	if err == nil {
+		m, err = chunk.Flat(ctx, r.cfg.Store, m)
+	}
+	if err == nil {
+		err = r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer))
+	}
+	if err == nil {
+		err = r.cfg.Exposer.Remap(&e.Exposure)
+	}
+	if err != nil {
+		r.fail(e, fmt.Errorf("expose %s again: %w", e.Layer, err))
+		return
+	}
+	r.report(e, api.StateActive, "")
+	r.cfg.Log.Info("layer exposed again", "layer", e.Layer, "path", e.Path)
 }
 
 // report records a layer's new state durably and announces it.
@@ -200,7 +260,18 @@ func (r *Reconciler) deactivate(ctx context.Context, e *record, a gossip.Activat
 	if e.Time == a.Time && e.State == api.StateInactive {
 		return
 	}
+	if e.Time == a.Time && e.State == api.StateFailed && time.Since(e.Failed) < retryAfter {
+		return
+	}
 	exposedNow := e.Exposed
+	if exposedNow && a.Op != api.OpDeactivateDiscard {
+		if n, size := r.cfg.Exposer.Changes(&e.Exposure, e.Layer); n > 0 {
+			e.Time = a.Time
+			r.report(e, api.StateFailed, fmt.Sprintf("deactivation refused: %d path(s), %d bytes changed locally at %s (kept in %s): commit them, or deactivate with --discard-changes",
+				n, size, e.Path, r.cfg.Exposer.UpperDir(e.Layer)))
+			return
+		}
+	}
 	e.Time, e.CID = a.Time, a.CID
 	if exposedNow {
 		r.report(e, api.StateDeactivating, "")
@@ -217,6 +288,11 @@ func (r *Reconciler) deactivate(ctx context.Context, e *record, a gossip.Activat
 	}
 	r.releaseSeat(ctx, e)
 	e.Path, e.At = "", ""
+	if n, size, err := r.pruneViews(ctx, e.Layer); err != nil {
+		r.cfg.Log.Warn("view checkouts", "err", err)
+	} else if n > 0 {
+		r.cfg.Log.Info("view checkouts removed", "count", n, "bytes", size)
+	}
 	r.report(e, api.StateInactive, "")
 	r.cfg.Log.Info("layer deactivated", "layer", e.Layer)
 }
@@ -225,7 +301,7 @@ func (r *Reconciler) deactivate(ctx context.Context, e *record, a gossip.Activat
 // policy first, then a seat for a licensed layer, then fetch, expose, map.
 func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activation) {
 	path := filepath.Join(r.cfg.Root, a.At)
-	lost := e.State == api.StateActive && e.Mode == api.ModeOverlay && !expose.Mounted(e.Path) // e.g. after a reboot
+	lost := e.State == api.StateActive && e.Exposed && !r.cfg.Exposer.Live(&e.Exposure) // e.g. after a reboot or a restart
 	product := r.layerProduct(ctx, a)
 	seated := product == "" || r.cfg.Seats.HoldsSeat(product, seatConsumer(a.Layer))
 	if e.Time == a.Time && !lost && seated && (e.State == api.StateActive || (e.State == api.StateFailed && time.Since(e.Failed) < retryAfter)) {
@@ -291,6 +367,17 @@ func (r *Reconciler) refusedByPolicy(ctx context.Context, e *record, a gossip.Ac
 
 // bringUp fetches the pinned layer, exposes it and makes its maps.
 func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation) error {
+	if r.cfg.Lazy && e.Mode == api.ModeFUSE {
+		m, err := r.lazyManifest(ctx, a)
+		if err == nil {
+			if err := r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer)); err != nil {
+				return err
+			}
+			r.fetchBehind(ctx, a)
+			return r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
+		}
+		r.cfg.Log.Info("lazy activation: fetching the whole layer first", "layer", a.Layer, "reason", err)
+	}
 	m, err := r.ensureLayer(ctx, a, func(ev api.Event) {
 		if p := ev.Progress; p != nil {
 			st := e.hostState()
@@ -331,6 +418,29 @@ func (r *Reconciler) ensureLayer(ctx context.Context, a gossip.Activation, emit 
 
 const mirrorEvery = 2 * time.Second
 
+// changedLocally is the detail an active layer with local writes shows.
+const changedLocally = "changed locally"
+
+// noteChanges shows in an active layer's state whether its view was
+// changed locally (every mirrorEvery at most). It runs on the reconciler
+// goroutine.
+func (r *Reconciler) noteChanges(e *record) {
+	if e.State != api.StateActive || !e.Exposed || !e.Mode.Overlaid() || time.Since(e.noted) < mirrorEvery {
+		return
+	}
+	e.noted = time.Now()
+	detail := ""
+	if n, size := r.cfg.Exposer.Changes(&e.Exposure, e.Layer); n > 0 {
+		detail = fmt.Sprintf("%s: %d path(s), %d bytes", changedLocally, n, size)
+	}
+	if detail == e.Detail || (detail == "" && !strings.HasPrefix(e.Detail, changedLocally)) {
+		return
+	}
+	e.Detail = detail
+	r.setState(e.hostState())
+	r.cfg.Announce.Notify()
+}
+
 // mirrorCheck has the policy undo drift in an active exposure, every
 // mirrorEvery at most. It runs on the reconciler goroutine.
 func (r *Reconciler) mirrorCheck(ctx context.Context, e *record) {
@@ -352,4 +462,74 @@ func (r *Reconciler) mirrorCheck(ctx context.Context, e *record) {
 	}
 	e.Restored += restored
 	r.setState(e.hostState())
+}
+
+// lazyManifest is the activation's flattened manifest, fetched alone: no
+// chunk is needed to expose it through FUSE.
+func (r *Reconciler) lazyManifest(ctx context.Context, a gossip.Activation) (*chunk.Manifest, error) {
+	id, err := cid.Decode(a.CID)
+	if err != nil {
+		return nil, err
+	}
+	m, err := r.cfg.Fetcher.Manifest(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return chunk.Flat(ctx, r.cfg.Store, m) // fails while a parent is missing: then fetch first
+}
+
+// fetchBehind fetches the rest of a lazily exposed layer in the
+// background, under the usual scheduler and caps, showing its progress
+// in the layer's state; reads meanwhile fetch what they need at once.
+func (r *Reconciler) fetchBehind(ctx context.Context, a gossip.Activation) {
+	r.mu.Lock()
+	running := r.background[a.Layer]
+	r.background[a.Layer] = true
+	r.mu.Unlock()
+	if running {
+		return
+	}
+	detail := func(d string) {
+		r.mu.Lock()
+		if st, ok := r.states[a.Layer]; ok && st.State == api.StateActive && st.CID == a.CID {
+			st.Detail = d
+			r.states[a.Layer] = st
+		}
+		r.mu.Unlock()
+		r.cfg.Announce.Notify()
+	}
+	go func() {
+		defer func() {
+			r.mu.Lock()
+			delete(r.background, a.Layer)
+			r.mu.Unlock()
+		}()
+		_, err := r.ensureLayer(ctx, a, func(ev api.Event) {
+			if p := ev.Progress; p != nil {
+				detail(fmt.Sprintf("lazy: %d of %d bytes here, from %d peer(s)", p.Done, p.Total, p.Peers))
+			}
+		})
+		switch {
+		case ctx.Err() != nil:
+		case err != nil:
+			r.cfg.Log.Warn("lazy activation: background fetch", "layer", a.Layer, "err", err)
+			detail("lazy: background fetch failed (reads still fetch what they need): " + err.Error())
+		default:
+			detail("")
+		}
+	}()
+}
+
+// NoteReadError shows in the states of the layers exposed as manifest
+// cidStr that a read through the view failed, with the chunk and why.
+func (r *Reconciler) NoteReadError(cidStr string, id cid.Cid, err error) {
+	r.mu.Lock()
+	for l, st := range r.states {
+		if st.CID == cidStr && st.State == api.StateActive {
+			st.Detail = fmt.Sprintf("read failed (EIO): chunk %s: %v", id, err)
+			r.states[l] = st
+		}
+	}
+	r.mu.Unlock()
+	r.cfg.Announce.Notify()
 }

@@ -35,6 +35,7 @@ type record struct {
 	Restored int `json:"restored,omitempty"`
 
 	checked time.Time // last mirror check
+	noted   time.Time // last look for local changes
 }
 
 // hostState is the record as this host reports it.
@@ -83,3 +84,43 @@ func (r *Reconciler) Exposure(ctx context.Context, layer string) (cidStr string,
 	}
 	return e.CID, e.Exposure, true, nil
 }
+
+// Held lists the layer versions this host exposes or is bringing up or
+// taking down, from their durable records (safe from any goroutine).
+func (r *Reconciler) Held(ctx context.Context) ([]expose.Held, error) {
+	recs, err := r.loadRecords()
+	if err != nil {
+		return nil, err
+	}
+	var out []expose.Held
+	for _, e := range recs {
+		if e.CID != "" && (e.Exposed || (e.State != api.StateInactive && e.State != api.StateFailed)) {
+			out = append(out, expose.Held{Layer: e.Layer, CID: e.CID, Exposure: e.Exposure})
+		}
+	}
+	return out, nil
+}
+
+// PruneViews removes the overlay-mode view checkouts that no layer held
+// here uses; it returns how many and their disk.
+func (r *Reconciler) PruneViews(ctx context.Context) (int, int64, error) {
+	return r.pruneViews(ctx, "")
+}
+
+// pruneViews is PruneViews as if layer except were no longer held.
+func (r *Reconciler) pruneViews(ctx context.Context, except string) (int, int64, error) {
+	held, err := r.Held(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	keep := map[string]bool{}
+	for _, h := range held {
+		if h.Layer != except {
+			keep[h.CID] = true
+		}
+	}
+	return r.cfg.Exposer.PruneViews(keep)
+}
+
+// ViewBytes is the disk the overlay-mode view checkouts use.
+func (r *Reconciler) ViewBytes() int64 { return r.cfg.Exposer.ViewBytes() }

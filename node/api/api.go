@@ -153,6 +153,9 @@ type GCResult struct {
 	RemovedManifests int   `json:"removed_manifests"`
 	KeptChunks       int   `json:"kept_chunks"`
 	ReclaimedBytes   int64 `json:"reclaimed_bytes"` // disk space given back by compacting packs
+	// RemovedViews are overlay-mode view checkouts no exposure used.
+	RemovedViews     int   `json:"removed_views,omitempty"`
+	RemovedViewBytes int64 `json:"removed_view_bytes,omitempty"`
 }
 
 // VerifyResult is the result of POST /v1/verify.
@@ -169,6 +172,9 @@ type Stats struct {
 	LogicalBytes int64   `json:"logical_bytes"`
 	StoredBytes  int64   `json:"stored_bytes"`
 	DedupRatio   float64 `json:"dedup_ratio"`
+	// ViewBytes is the disk the overlay-mode view checkouts use, beside
+	// the store (fuse mode keeps none).
+	ViewBytes int64 `json:"view_bytes"`
 }
 
 // PartitionRequest is POST /v1/partition: the peers this host is cut off

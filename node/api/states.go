@@ -33,20 +33,40 @@ type Op string
 const (
 	OpActivate   Op = "activate"
 	OpDeactivate Op = "deactivate"
+	// OpDeactivateDiscard deactivates even where the view was changed
+	// locally, throwing those changes away (deactivate --discard-changes).
+	OpDeactivateDiscard Op = "deactivate-discard"
 )
+
+// Valid reports whether o is one of the operations above.
+func (o Op) Valid() bool {
+	return o == OpActivate || o == OpDeactivate || o == OpDeactivateDiscard
+}
+
+// Deactivates reports whether o takes a layer away.
+func (o Op) Deactivates() bool { return o == OpDeactivate || o == OpDeactivateDiscard }
 
 // Mode is how an activated layer appears at its path.
 type Mode string
 
 // Exposure modes.
 const (
-	// ModeAuto is overlay where the host allows mounts, else materialized.
+	// ModeAuto is fuse where the host serves FUSE and mounts overlays,
+	// else overlay where it mounts overlays, else materialized.
 	ModeAuto Mode = "auto"
+	// ModeFUSE serves the layer from the chunk store through FUSE (no
+	// copy of its bytes) and mounts an overlay over the path with that
+	// view as its lower layer, so writes are kept in the data dir.
+	ModeFUSE Mode = "fuse"
 	// ModeOverlay mounts an overlay over the path.
 	ModeOverlay Mode = "overlay"
 	// ModeMaterialized swaps a directory in at the path.
 	ModeMaterialized Mode = "materialized"
 )
+
+// Overlaid reports whether the mode mounts an overlay at the path, whose
+// upper directory holds the writes made to the view.
+func (m Mode) Overlaid() bool { return m == ModeOverlay || m == ModeFUSE }
 
 // DaemonState is whether the daemon has opened its store yet.
 type DaemonState string

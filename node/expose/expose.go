@@ -1,5 +1,6 @@
 // Package expose makes a layer visible at a host path and takes it away
-// again: an overlay mount over the path, or a materialised directory
+// again: a FUSE view served from the chunk store with an overlay over the
+// path above it, an overlay mount on a checkout, or a materialised directory
 // swapped in with one atomic rename, plus the path maps (bind mounts or
 // symlinks) that redirect original paths into an active layer. Every step
 // is recorded in an Exposure, so it can be undone exactly after a restart.
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/ipfs/go-cid"
 	"golang.org/x/sys/unix"
 
 	"github.com/p2pimg/p2pimg/chunk"
@@ -28,8 +30,21 @@ type Config struct {
 	Store   chunk.Store // the chunks that checkouts read
 	DataDir string      // views/ and overlay/ live here
 	Root    string      // map sources are under it
-	Mode    api.Mode    // auto (default), overlay or materialized
-	Log     *slog.Logger
+	Mode    api.Mode    // auto (default), fuse, overlay or materialized
+	// Fetch, if set, supplies chunks a FUSE view reads but the store
+	// lacks (lazy activation); without it such a read fails with EIO.
+	Fetch ChunkFetcher
+	// OnReadError, if set, hears of every chunk a read through the FUSE
+	// view of manifest cidStr could not get (for the host's state).
+	OnReadError func(cidStr string, id cid.Cid, err error)
+	Log         *slog.Logger
+}
+
+// ChunkFetcher fetches one chunk of a layer from peers at once.
+type ChunkFetcher interface {
+	// FetchChunk returns chunk id of manifest layer, verified and
+	// stored, or an error when no peer supplied it before ctx ended.
+	FetchChunk(ctx context.Context, layer, id cid.Cid) ([]byte, error)
 }
 
 // Exposer exposes layers on this host.
@@ -37,10 +52,14 @@ type Exposer struct {
 	cfg       Config
 	probeOnce sync.Once
 	autoMode  api.Mode // chosen by the probe, for ModeAuto
+
+	viewMu sync.Mutex // view checkouts are made and pruned one at a time
+	mu     sync.Mutex
+	views  map[string]*served // FUSE views this process serves, by manifest id
 }
 
 // New returns an Exposer; it touches nothing until used.
-func New(cfg Config) *Exposer { return &Exposer{cfg: cfg} }
+func New(cfg Config) *Exposer { return &Exposer{cfg: cfg, views: map[string]*served{}} }
 
 // Exposure is what this host did to expose one layer, kept durably by the
 // caller (its JSON is part of the activation record) so that it can be
@@ -54,6 +73,18 @@ type Exposure struct {
 	Maps    []Mapped `json:"maps,omitempty"`
 	// Locked are the read-only binds over locked paths in an overlay.
 	Locked []string `json:"locked,omitempty"`
+	// View (fuse mode) is the manifest whose FUSE view is the overlay's
+	// lower layer.
+	View string `json:"view,omitempty"`
+}
+
+// Held is one layer version this host exposes, or is bringing up or
+// taking down: its chunks must stay, and its name may not be removed
+// while Exposure.Exposed.
+type Held struct {
+	Layer string
+	CID   string // the manifest exposed
+	Exposure
 }
 
 const (
@@ -72,6 +103,9 @@ func exchange(a, b string) error {
 // next to the path, then swapped in with one atomic rename; what was at
 // the path before is kept beside it and comes back with Unexpose.
 func (x *Exposer) Expose(ctx context.Context, e *Exposure, layer, cidStr string, m *chunk.Manifest, locked []string) error {
+	if e.Mode == api.ModeFUSE {
+		return x.mountFUSE(e, layer, cidStr, m, locked)
+	}
 	if e.Mode == api.ModeOverlay {
 		return x.mountOverlay(ctx, e, layer, cidStr, m, locked)
 	}
@@ -113,6 +147,13 @@ func (x *Exposer) Expose(ctx context.Context, e *Exposure, layer, cidStr string,
 
 // Unexpose puts back what was at the path before the layer.
 func (x *Exposer) Unexpose(e *Exposure, layer string) error {
+	if e.Mode == api.ModeFUSE {
+		if err := x.unmountFUSE(e, layer); err != nil {
+			return err
+		}
+		e.Exposed = false
+		return nil
+	}
 	if e.Mode == api.ModeOverlay {
 		if err := x.unmountOverlay(e, layer); err != nil {
 			return err

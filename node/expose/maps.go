@@ -33,7 +33,7 @@ func (x *Exposer) MapAll(e *Exposure, maps []string, save func() error) error {
 		if err != nil {
 			return err
 		}
-		mp := Mapped{Src: filepath.Join(x.cfg.Root, src), Dst: filepath.Join(e.Path, dst), Bind: e.Mode == api.ModeOverlay}
+		mp := Mapped{Src: filepath.Join(x.cfg.Root, src), Dst: filepath.Join(e.Path, dst), Bind: e.Mode.Overlaid()}
 		// DST must stay inside the layer even through symlinks the layer holds.
 		real, err := filepath.EvalSymlinks(mp.Dst)
 		if err != nil {
@@ -131,6 +131,20 @@ func (x *Exposer) UnmapAll(e *Exposure, save func() error) error {
 		e.Maps = e.Maps[:len(e.Maps)-1]
 		if err := save(); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// Remap makes again the bind mounts of e's maps that are gone (taken down
+// with a FUSE exposure when the daemon stopped); symlinks stay in place.
+func (x *Exposer) Remap(e *Exposure) error {
+	for _, mp := range e.Maps {
+		if !mp.Bind || Mounted(mp.Src) {
+			continue
+		}
+		if err := unix.Mount(mp.Dst, mp.Src, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("map %s again: bind %s: %w", mp.Src, mp.Dst, err)
 		}
 	}
 	return nil

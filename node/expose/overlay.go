@@ -7,12 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/chunk/tree"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/expose/fuseview"
 )
 
 // OverlayWorks mounts and unmounts a small overlay in a scratch directory
@@ -40,10 +42,11 @@ func OverlayWorks(dir string) error {
 }
 
 // Mode is the mode this host uses for new activations: the one
-// configured, or for auto, overlay if a probe mount works (checked once).
+// configured, or for auto, fuse if a probe FUSE view and a probe overlay
+// mount both work, else overlay if the overlay does (checked once).
 func (x *Exposer) Mode() api.Mode {
 	switch x.cfg.Mode {
-	case api.ModeOverlay, api.ModeMaterialized:
+	case api.ModeFUSE, api.ModeOverlay, api.ModeMaterialized:
 		return x.cfg.Mode
 	}
 	x.probeOnce.Do(func() {
@@ -53,6 +56,11 @@ func (x *Exposer) Mode() api.Mode {
 			return
 		}
 		x.autoMode = api.ModeOverlay
+		if err := fuseview.Works(x.cfg.DataDir); err != nil {
+			x.cfg.Log.Info("activations use overlays on checkouts: FUSE unavailable", "reason", err.Error())
+			return
+		}
+		x.autoMode = api.ModeFUSE
 	})
 	return x.autoMode
 }
@@ -114,7 +122,9 @@ func unescapeMount(s string) string {
 
 // view is the read-only checkout of a layer that overlays share.
 func (x *Exposer) view(ctx context.Context, cidStr string, m *chunk.Manifest) (string, error) {
-	dir := filepath.Join(x.cfg.DataDir, "views", cidStr)
+	x.viewMu.Lock()
+	defer x.viewMu.Unlock()
+	dir := filepath.Join(x.cfg.DataDir, viewsDir, cidStr)
 	if _, err := os.Stat(filepath.Join(dir, ".complete")); err == nil {
 		return filepath.Join(dir, "tree"), nil
 	}
@@ -136,10 +146,16 @@ func (x *Exposer) mountOverlay(ctx context.Context, e *Exposure, layer, cidStr s
 	if err != nil {
 		return err
 	}
-	if Mounted(e.Path) { // a previous version: replace it
-		if err := x.unmountOverlay(e, layer); err != nil {
-			return err
-		}
+	return x.overlayOn(e, layer, lower, locked, false)
+}
+
+// overlayOn mounts an overlay of lower over e.Path. A previous overlay
+// there is taken away first; keepUpper keeps its writes (the same layer
+// version mounted again, e.g. after a restart), else they are dropped.
+func (x *Exposer) overlayOn(e *Exposure, layer, lower string, locked []string, keepUpper bool) error {
+	// a previous version, or a mount whose lower died
+	if err := unmountAt(e); err != nil {
+		return err
 	}
 	if _, err := os.Lstat(e.Path); os.IsNotExist(err) {
 		if err := os.MkdirAll(e.Path, 0o755); err != nil {
@@ -148,7 +164,11 @@ func (x *Exposer) mountOverlay(ctx context.Context, e *Exposure, layer, cidStr s
 		e.Created = true
 	}
 	work := filepath.Dir(x.UpperDir(layer))
-	os.RemoveAll(work)
+	if keepUpper {
+		os.RemoveAll(filepath.Join(work, "work")) // overlayfs wants an empty one
+	} else {
+		os.RemoveAll(work)
+	}
 	for _, d := range []string{"upper", "work"} {
 		if err := os.MkdirAll(filepath.Join(work, d), 0o755); err != nil {
 			return err
@@ -187,8 +207,22 @@ func (x *Exposer) UpperDir(layer string) string {
 	return filepath.Join(x.cfg.DataDir, "overlay", strings.ReplaceAll(layer, "/", "_"), "upper")
 }
 
-// unmountOverlay removes the overlay; the path shows its old contents again.
+// unmountOverlay removes the overlay and its writes; the path shows its
+// old contents again.
 func (x *Exposer) unmountOverlay(e *Exposure, layer string) error {
+	if err := unmountAt(e); err != nil {
+		return err
+	}
+	os.RemoveAll(filepath.Dir(x.UpperDir(layer)))
+	if e.Created {
+		os.Remove(e.Path) // only if still empty: it was made for the mount
+		e.Created = false
+	}
+	return nil
+}
+
+// unmountAt takes the locked binds and the overlay off e.Path.
+func unmountAt(e *Exposure) error {
 	for i := len(e.Locked) - 1; i >= 0; i-- {
 		if err := unix.Unmount(e.Locked[i], 0); err != nil {
 			unix.Unmount(e.Locked[i], unix.MNT_DETACH)
@@ -202,10 +236,78 @@ func (x *Exposer) unmountOverlay(e *Exposure, layer string) error {
 			}
 		}
 	}
-	os.RemoveAll(filepath.Dir(x.UpperDir(layer)))
-	if e.Created {
-		os.Remove(e.Path) // only if still empty: it was made for the mount
-		e.Created = false
-	}
 	return nil
+}
+
+// Changes counts what was written into an overlaid view (the entries of
+// its upper directory, whiteouts included) and their bytes; 0 for other
+// modes, or when nothing was written.
+func (x *Exposer) Changes(e *Exposure, layer string) (paths int, bytes int64) {
+	if !e.Mode.Overlaid() {
+		return 0, 0
+	}
+	upper := x.UpperDir(layer)
+	filepath.WalkDir(upper, func(p string, d os.DirEntry, err error) error {
+		if err != nil || p == upper {
+			return nil
+		}
+		paths++
+		if fi, err := d.Info(); err == nil && fi.Mode().IsRegular() {
+			bytes += fi.Size()
+		}
+		return nil
+	})
+	return paths, bytes
+}
+
+// viewsDir holds the overlay mode's read-only checkouts, one per manifest.
+const viewsDir = "views"
+
+// ViewBytes is the disk the view checkouts use (allocated blocks).
+func (x *Exposer) ViewBytes() int64 { return dirBlocks(filepath.Join(x.cfg.DataDir, viewsDir)) }
+
+// PruneViews removes the view checkouts of every manifest not in keep,
+// and returns how many and the disk they used.
+func (x *Exposer) PruneViews(keep map[string]bool) (removed int, bytes int64, err error) {
+	x.viewMu.Lock()
+	defer x.viewMu.Unlock()
+	dir := filepath.Join(x.cfg.DataDir, viewsDir)
+	ents, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("prune views: %w", err)
+	}
+	for _, ent := range ents {
+		if keep[ent.Name()] {
+			continue
+		}
+		p := filepath.Join(dir, ent.Name())
+		if Mounted(filepath.Join(p, "tree")) {
+			continue // in use by a mount we do not know of: leave it
+		}
+		size := dirBlocks(p)
+		if err := os.RemoveAll(p); err != nil {
+			return removed, bytes, fmt.Errorf("prune views: %w", err)
+		}
+		removed++
+		bytes += size
+	}
+	return removed, bytes, nil
+}
+
+func dirBlocks(dir string) int64 {
+	var n int64
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil {
+			if fi, err := d.Info(); err == nil {
+				if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+					n += st.Blocks * 512
+				}
+			}
+		}
+		return nil
+	})
+	return n
 }

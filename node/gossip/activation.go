@@ -105,7 +105,7 @@ func CheckActivation(a *Activation, c *cluster.Config) error {
 	if _, err := ParseManifestCID(a.CID); err != nil {
 		return err
 	}
-	if a.Op != api.OpActivate && a.Op != api.OpDeactivate {
+	if !a.Op.Valid() {
 		return fmt.Errorf("activation of %s: op %q", a.Layer, a.Op)
 	}
 	if a.Op == api.OpActivate && (!filepath.IsAbs(a.At) || filepath.Clean(a.At) != a.At || len(a.At) > 4096 || a.At == "/") {

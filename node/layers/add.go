@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/chunk/tree"
 	"github.com/p2pimg/p2pimg/license"
@@ -157,9 +159,31 @@ func (sv *Service) Remove(ctx context.Context, ref string) error {
 			return api.Conflict(fmt.Errorf("rm refused: %w", err))
 		}
 	}
+	if err := sv.exposedHere(ctx, name.String()); err != nil {
+		return err
+	}
 	if err := sv.cfg.Store.DeleteLayer(ctx, name); err != nil {
 		return fmt.Errorf("%w (see `p2pimg layers`)", err)
 	}
 	sv.cfg.Log.Info("layer removed", "layer", name.String())
+	return nil
+}
+
+// exposedHere refuses to drop a layer this host exposes, naming where.
+func (sv *Service) exposedHere(ctx context.Context, layer string) error {
+	if sv.cfg.Held == nil {
+		return nil
+	}
+	held, err := sv.cfg.Held.Held(ctx)
+	if err != nil {
+		return fmt.Errorf("rm %s: %w", layer, err)
+	}
+	for _, h := range held {
+		if h.Layer == layer && h.Exposed {
+			me, _ := peer.IDFromPrivateKey(sv.cfg.Key)
+			return api.Conflict(fmt.Errorf("rm refused: %s is exposed on this host (%s) at %s (mode %s); deactivate it first",
+				layer, me, h.Path, h.Mode))
+		}
+	}
 	return nil
 }

@@ -17,6 +17,17 @@ func (sv *Service) referenced(ctx context.Context) (map[cid.Cid]bool, map[cid.Ci
 		return nil, nil, err
 	}
 	chunks, manifests := map[cid.Cid]bool{}, map[cid.Cid]bool{}
+	if sv.cfg.Held != nil {
+		// An exposed version stays whole even when its name now points
+		// elsewhere (a newer version published, an rm racing the view).
+		held, err := sv.cfg.Held.Held(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, h := range held {
+			ls = append(ls, chunk.Layer{Name: h.Layer + " (exposed at " + h.Path + ")", CID: h.CID, State: chunk.Incomplete})
+		}
+	}
 	for _, l := range ls {
 		id, err := cid.Decode(l.CID)
 		if err != nil {
@@ -92,6 +103,11 @@ func (sv *Service) GC(ctx context.Context) (*api.GCResult, error) {
 		return nil, fmt.Errorf("gc: reclaim space: %w", err)
 	}
 	res.ReclaimedBytes = freed
+	if sv.cfg.Held != nil {
+		if res.RemovedViews, res.RemovedViewBytes, err = sv.cfg.Held.PruneViews(ctx); err != nil {
+			return nil, fmt.Errorf("gc: %w", err)
+		}
+	}
 	sv.cfg.Log.Info("gc done", "removed_chunks", res.RemovedChunks, "removed_bytes", res.RemovedBytes)
 	return res, nil
 }
@@ -204,6 +220,9 @@ func (sv *Service) Stats(ctx context.Context) (*api.Stats, error) {
 	}
 	if st.StoredBytes > 0 {
 		out.DedupRatio = float64(out.LogicalBytes) / float64(st.StoredBytes)
+	}
+	if sv.cfg.Held != nil {
+		out.ViewBytes = sv.cfg.Held.ViewBytes()
 	}
 	return out, nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/chunk/tree"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/expose"
 	"github.com/p2pimg/p2pimg/node/gossip"
 	"github.com/p2pimg/p2pimg/node/notify"
 )
@@ -38,6 +39,19 @@ type Keeper interface {
 	Keeps(ctx context.Context, name, id string) error
 }
 
+// Holder tells which layer versions this host exposes.
+type Holder interface {
+	// Held lists the layer versions exposed here or being brought up or
+	// taken down (their chunks must stay; an exposed name may not be
+	// removed). Safe to call at any time; reads durable records.
+	Held(ctx context.Context) ([]expose.Held, error)
+	// PruneViews removes the fallback view checkouts no held layer uses,
+	// returning how many and their disk. Idempotent.
+	PruneViews(ctx context.Context) (int, int64, error)
+	// ViewBytes is the disk those checkouts use now.
+	ViewBytes() int64
+}
+
 // Config configures the layer service.
 type Config struct {
 	Store   Store
@@ -45,6 +59,7 @@ type Config struct {
 	Key     crypto.PrivKey // signs the mappings this host publishes
 	DataDir string         // imports unpack under DataDir/tmp
 	Policy  Keeper
+	Held    Holder   // nil: nothing is exposed (tests)
 	GC      *GCGuard // shared with the fetcher
 	Log     *slog.Logger
 	// Announce is poked when this host published a layer.

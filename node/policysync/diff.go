@@ -18,7 +18,7 @@ func (sv *Service) Diff(ctx context.Context, layer, cidStr string, x expose.Expo
 	if err != nil {
 		return nil, fmt.Errorf("diff %s: %w", layer, err)
 	}
-	if x.Mode == api.ModeOverlay {
+	if x.Mode.Overlaid() {
 		changes, err := tree.UpperChanges(m, sv.cfg.Exposer.UpperDir(layer))
 		if err != nil {
 			return nil, fmt.Errorf("diff %s: %w", layer, err)

@@ -12,7 +12,6 @@ import (
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/chunk/tree"
-	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/expose"
 	"github.com/p2pimg/p2pimg/policy"
 )
@@ -29,7 +28,7 @@ func (sv *Service) Restore(ctx context.Context, layer, cidStr string, x *expose.
 	if !ok || c != nil || (eff.Mode != policy.Mirror && len(eff.Locked) == 0) {
 		return "", 0, nil
 	}
-	if x.Mode == api.ModeOverlay && eff.Mode != policy.Mirror {
+	if x.Mode.Overlaid() && eff.Mode != policy.Mirror {
 		return "", 0, nil // locked paths are read-only binds there
 	}
 	m, err := sv.flat(ctx, cidStr)
@@ -39,7 +38,7 @@ func (sv *Service) Restore(ctx context.Context, layer, cidStr string, x *expose.
 	var changes []tree.Change
 	what, restore := "the exposed view drifted", func() error { return sv.cfg.Exposer.Expose(ctx, x, layer, cidStr, m, eff.Locked) }
 	switch {
-	case x.Mode == api.ModeOverlay:
+	case x.Mode.Overlaid():
 		changes, err = tree.UpperChanges(m, sv.cfg.Exposer.UpperDir(layer))
 	default:
 		changes, err = tree.Diff(ctx, m, x.Path)

@@ -102,12 +102,13 @@ func run(ctx context.Context) error {
 	bin := flag.String("bin", "bin/p2pimg", "p2pimg binary")
 	dir := flag.String("dir", "", "work directory (default: a new temporary one, removed after)")
 	runs := flag.Int("runs", 5, "runs per figure (the median is reported)")
-	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers, catalog, registry")
+	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers, catalog, registry, view")
 	catLayers := flag.Int("catalog-layers", 4200, "layers one host publishes into 3 for the catalogue part")
 	fleet := flag.Int("fleet", 32, "idle daemons of the catalogue part")
 	fleetLayers := flag.Int("fleet-layers", 10000, "layers those daemons hold")
 	fanSize := flag.Int64("fanout-size", 256<<20, "image size for the fan-out part")
 	fanRate := flag.String("fanout-rate", "400mbit", "link rate for the fan-out part (tc tbf)")
+	viewSize := flag.Int64("view-size", 4<<30, "image size for the fuse view part (lazy activation, reads through the view)")
 	badSize := flag.Int64("badpeers-size", 256<<20, "image size for the stalled- and lying-peer part")
 	smoke := flag.Bool("smoke", false, "a quick check that every part runs (`make bench-smoke`): unless set otherwise, -size 64 MiB, -runs 1, -fanout-size and -badpeers-size 32 MiB and fewer samples; targets not enforced")
 	role := flag.String("role", "", "internal: run as a sender for the ceiling measurements")
@@ -119,7 +120,7 @@ func run(ctx context.Context) error {
 		set := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		for name, v := range map[string]any{"size": int64(64 << 20), "runs": 1, "fanout-size": int64(32 << 20), "badpeers-size": int64(32 << 20),
-			"catalog-layers": 200, "fleet": 8, "fleet-layers": 300} {
+			"catalog-layers": 200, "fleet": 8, "fleet-layers": 300, "view-size": int64(64 << 20)} {
 			if !set[name] {
 				flag.Set(name, fmt.Sprint(v))
 			}
@@ -180,6 +181,11 @@ func run(ctx context.Context) error {
 			return err
 		}
 		if err := benchGossipFlood(ctx, t, *bin, *dir); err != nil {
+			return err
+		}
+	}
+	if want("view") {
+		if err := benchView(ctx, t, *bin, *dir, *viewSize); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,479 @@
+// Package fuseview serves a layer (a flattened stack) as a read-only FUSE
+// file system straight from the chunk store: one copy of the bytes on the
+// host, nothing checked out. Directories, files, symlinks, modes, owners
+// and times come from the manifest; all-zero chunks read as zeros without
+// touching the store and are reported as holes (SEEK_HOLE); the content is
+// immutable, so the kernel may cache entries, attributes and pages for as
+// long as the view is mounted. A chunk missing from the store is asked of
+// an optional Fetcher (the lazy-activation hook) and is never served
+// unverified. It never talks to the network itself and never decides
+// what is mounted where (package expose does).
+package fuseview
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/ipfs/go-cid"
+	"golang.org/x/sync/singleflight"
+	"golang.org/x/sys/unix"
+
+	"github.com/p2pimg/p2pimg/chunk"
+)
+
+// Chunks is where the view reads chunk data.
+type Chunks interface {
+	// GetInto returns the chunk's data (in buf's storage when it fits),
+	// an error wrapping chunk.ErrNotFound when absent, or chunk.ErrCorrupt
+	// for bytes damaged on disk. Chunks in the store were verified when
+	// stored and are CRC-checked when read.
+	GetInto(ctx context.Context, id cid.Cid, buf []byte) ([]byte, error)
+}
+
+// Fetcher fetches one missing chunk at once (ahead of any background
+// fetch), verifies it against its id, stores it and returns its bytes.
+// It must return within the context's deadline; an error means no peer
+// supplied a verified copy. Safe for concurrent use.
+type Fetcher interface {
+	FetchChunk(ctx context.Context, id cid.Cid) ([]byte, error)
+}
+
+// Config configures a view.
+type Config struct {
+	Store Chunks
+	// Fetch, if set, is asked for chunks missing from Store; without it
+	// a read of a missing chunk fails with EIO.
+	Fetch Fetcher
+	// FetchTimeout bounds one on-demand fetch (default 10 s): after it the
+	// read fails with EIO, it never hangs.
+	FetchTimeout time.Duration
+	// OnReadError, if set, is told of every chunk a read could not get
+	// (for the host's state detail).
+	OnReadError func(id cid.Cid, err error)
+	// Name is the file system's source name in the mount table.
+	Name string
+	Log  *slog.Logger
+}
+
+// View is one mounted layer.
+type View struct {
+	dir    string
+	server *fuse.Server
+	cfg    Config
+	hash   uint64
+
+	zmu     sync.Mutex
+	zeroIDs map[uint32]cid.Cid
+	cache   *lru.Cache[cid.Cid, []byte] // recently read chunks: a chunk straddling two reads is read once
+	flight  singleflight.Group          // concurrent reads of one chunk get it once
+
+	statsMu sync.Mutex
+	stats   Stats
+}
+
+// Stats counts what reads through a view did.
+type Stats struct {
+	StoreReads   int64 // chunks read from the store
+	Fetched      int64 // chunks fetched on demand
+	FetchedBytes int64
+	ReadErrors   int64 // reads that failed with EIO
+}
+
+// cacheTTL: how long the kernel may keep entries and attributes. The
+// view never changes while mounted, so this is only a bound on memory.
+const cacheTTL = time.Hour
+
+// Mount serves m (a flattened manifest, already validated) at dir, which
+// must be an existing directory. The view serves until Unmount.
+func Mount(dir string, m *chunk.Manifest, cfg Config) (*View, error) {
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("fuse view at %s: %w", dir, err)
+	}
+	if cfg.FetchTimeout <= 0 {
+		cfg.FetchTimeout = 10 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	cache, _ := lru.New[cid.Cid, []byte](64)
+	v := &View{dir: dir, cfg: cfg, hash: m.Params.Hash, zeroIDs: map[uint32]cid.Cid{}, cache: cache}
+	root := &dirNode{}
+	ttl := cacheTTL
+	opts := &fusefs.Options{
+		EntryTimeout: &ttl, AttrTimeout: &ttl, NegativeTimeout: &ttl,
+		OnAdd: func(ctx context.Context) { v.build(ctx, root, m) },
+		MountOptions: fuse.MountOptions{
+			AllowOther: true, // the overlay above it, and every user the modes allow
+			FsName:     cfg.Name, Name: "p2pimg",
+			Options:           []string{"default_permissions"}, // the kernel checks the manifest's modes
+			DirectMountStrict: true,
+			DirectMountFlags:  syscall.MS_RDONLY | syscall.MS_NODEV,
+			MaxReadAhead:      1 << 20,
+			MaxWrite:          1 << 20,
+			DisableXAttrs:     true, // the manifest records none
+		},
+	}
+	srv, err := fusefs.Mount(dir, root, opts)
+	if err != nil {
+		return nil, fmt.Errorf("mount fuse view at %s: %w", dir, err)
+	}
+	v.server = srv
+	return v, nil
+}
+
+// Dir is the mount point.
+func (v *View) Dir() string { return v.dir }
+
+// unmountWait bounds how long Unmount waits for the kernel to let go of a
+// view that is still in use (a file held open, a mount above it).
+const unmountWait = 5 * time.Second
+
+// Unmount takes the view away and waits for its server to stop. A busy
+// view is detached; if it is still held after unmountWait its FUSE
+// connection is aborted (reads of it fail from then on), so the daemon
+// never hangs on its way out and leaves no mount behind.
+func (v *View) Unmount() error {
+	var st syscall.Stat_t
+	statErr := syscall.Stat(v.dir, &st)
+	if err := v.server.Unmount(); err != nil {
+		if err2 := syscall.Unmount(v.dir, syscall.MNT_DETACH); err2 != nil {
+			return fmt.Errorf("unmount fuse view %s: %w", v.dir, err)
+		}
+	}
+	done := make(chan struct{})
+	go func() { v.server.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-time.After(unmountWait):
+	}
+	if statErr == nil {
+		abort := fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(st.Dev))
+		if err := os.WriteFile(abort, []byte("1"), 0o200); err != nil {
+			return fmt.Errorf("unmount fuse view %s: still in use after %v, and abort failed: %w", v.dir, unmountWait, err)
+		}
+	}
+	<-done
+	return nil
+}
+
+// Stats returns the view's counters.
+func (v *View) Stats() Stats {
+	v.statsMu.Lock()
+	defer v.statsMu.Unlock()
+	return v.stats
+}
+
+func (v *View) count(f func(*Stats)) {
+	v.statsMu.Lock()
+	f(&v.stats)
+	v.statsMu.Unlock()
+}
+
+// build makes the inode tree. Entries are sorted, so a directory comes
+// before what it holds.
+func (v *View) build(ctx context.Context, root *dirNode, m *chunk.Manifest) {
+	dirs := map[string]*fusefs.Inode{".": root.EmbeddedInode()}
+	subdirs := map[string]uint32{}
+	for i := range m.Entries {
+		e := &m.Entries[i]
+		parent := dirs[path.Dir(e.Path)]
+		if parent == nil {
+			continue // Validate guarantees parents; be safe anyway
+		}
+		ino := uint64(i) + 2 // 1 is the root
+		var node fusefs.InodeEmbedder
+		var mode uint32
+		switch e.Type {
+		case chunk.Dir:
+			node, mode = &dirNode{e: e}, syscall.S_IFDIR
+			subdirs[path.Dir(e.Path)]++
+		case chunk.Symlink:
+			node, mode = &linkNode{e: e}, syscall.S_IFLNK
+		default:
+			node, mode = newFileNode(v, e), syscall.S_IFREG
+		}
+		child := parent.NewPersistentInode(ctx, node, fusefs.StableAttr{Mode: mode, Ino: ino})
+		parent.AddChild(path.Base(e.Path), child, false)
+		if e.Type == chunk.Dir {
+			dirs[e.Path] = child
+		}
+	}
+	for p, in := range dirs {
+		if d, ok := in.Operations().(*dirNode); ok {
+			d.nlink = 2 + subdirs[p]
+		}
+	}
+}
+
+// unixMode turns a manifest mode into the st_mode permission bits.
+func unixMode(m fs.FileMode) uint32 {
+	out := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		out |= syscall.S_ISUID
+	}
+	if m&fs.ModeSetgid != 0 {
+		out |= syscall.S_ISGID
+	}
+	if m&fs.ModeSticky != 0 {
+		out |= syscall.S_ISVTX
+	}
+	return out
+}
+
+// fill sets the attributes every kind of entry shares.
+func fill(out *fuse.Attr, e *chunk.Entry, typ uint32) {
+	out.Mode = typ
+	if e == nil { // the root
+		out.Mode |= 0o755
+		return
+	}
+	out.Mode |= unixMode(e.Mode)
+	out.Uid, out.Gid = e.UID, e.GID
+	t := time.Unix(0, e.MTime)
+	out.SetTimes(&t, &t, &t)
+	out.Blksize = 4096
+}
+
+type dirNode struct {
+	fusefs.Inode
+	e     *chunk.Entry
+	nlink uint32
+}
+
+var _ fusefs.NodeGetattrer = (*dirNode)(nil)
+
+func (d *dirNode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	fill(&out.Attr, d.e, syscall.S_IFDIR)
+	out.Nlink = d.nlink
+	out.Size = 4096
+	out.SetTimeout(cacheTTL)
+	return 0
+}
+
+type linkNode struct {
+	fusefs.Inode
+	e *chunk.Entry
+}
+
+var (
+	_ fusefs.NodeGetattrer  = (*linkNode)(nil)
+	_ fusefs.NodeReadlinker = (*linkNode)(nil)
+)
+
+func (l *linkNode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	fill(&out.Attr, l.e, syscall.S_IFLNK)
+	out.Nlink = 1
+	out.Size = uint64(len(l.e.Target))
+	out.SetTimeout(cacheTTL)
+	return 0
+}
+
+func (l *linkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	return []byte(l.e.Target), 0
+}
+
+type fileNode struct {
+	fusefs.Inode
+	v    *View
+	e    *chunk.Entry
+	offs []int64 // offs[i]: where chunk i starts; offs[len] = size
+	zero []bool  // chunk i is all zeros
+	data int64   // bytes in non-zero chunks
+}
+
+var (
+	_ fusefs.NodeGetattrer = (*fileNode)(nil)
+	_ fusefs.NodeOpener    = (*fileNode)(nil)
+	_ fusefs.NodeReader    = (*fileNode)(nil)
+	_ fusefs.NodeLseeker   = (*fileNode)(nil)
+)
+
+func newFileNode(v *View, e *chunk.Entry) *fileNode {
+	f := &fileNode{v: v, e: e, offs: make([]int64, len(e.Chunks)+1), zero: make([]bool, len(e.Chunks))}
+	var off int64
+	for i, ref := range e.Chunks {
+		f.offs[i] = off
+		f.zero[i] = v.isZero(ref)
+		if !f.zero[i] {
+			f.data += int64(ref.Size)
+		}
+		off += int64(ref.Size)
+	}
+	f.offs[len(e.Chunks)] = off
+	return f
+}
+
+// isZero reports whether ref names an all-zero chunk, without reading it.
+func (v *View) isZero(ref chunk.Ref) bool {
+	v.zmu.Lock()
+	defer v.zmu.Unlock()
+	id, ok := v.zeroIDs[ref.Size]
+	if !ok {
+		id, _ = chunk.SumCID(make([]byte, ref.Size), v.hash)
+		v.zeroIDs[ref.Size] = id
+	}
+	return id.Equals(ref.CID)
+}
+
+func (f *fileNode) size() int64 { return f.offs[len(f.offs)-1] }
+
+func (f *fileNode) Getattr(ctx context.Context, fh fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	fill(&out.Attr, f.e, syscall.S_IFREG)
+	out.Nlink = 1
+	out.Size = uint64(f.size())
+	out.Blocks = uint64((f.data + 511) / 512)
+	out.SetTimeout(cacheTTL)
+	return 0
+}
+
+// Open keeps the kernel's page cache across opens: the content never changes.
+func (f *fileNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// chunkAt is the index of the chunk holding byte off (off < size).
+func (f *fileNode) chunkAt(off int64) int {
+	return sort.Search(len(f.e.Chunks), func(i int) bool { return f.offs[i+1] > off })
+}
+
+func (f *fileNode) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	end := min(off+int64(len(dest)), f.size())
+	if off >= end {
+		return fuse.ReadResultData(nil), 0
+	}
+	f.prefetch(ctx, f.chunkAt(off), f.chunkAt(end-1))
+	for i, pos := f.chunkAt(off), off; pos < end; i++ {
+		from, to := pos-f.offs[i], min(end, f.offs[i+1])-f.offs[i]
+		out := dest[pos-off : pos-off+(to-from)]
+		if f.zero[i] {
+			clear(out)
+		} else {
+			data, err := f.v.chunk(ctx, f.e.Chunks[i])
+			if err != nil {
+				f.v.count(func(s *Stats) { s.ReadErrors++ })
+				f.v.cfg.Log.Warn("fuse view: read failed", "path", f.e.Path, "offset", pos, "err", err)
+				return nil, syscall.EIO
+			}
+			copy(out, data[from:to])
+		}
+		pos = f.offs[i] + to
+	}
+	return fuse.ReadResultData(dest[:end-off]), 0
+}
+
+// prefetch loads chunks first..last side by side when there are several
+// (the kernel's read-ahead asks for up to 1 MiB at once): a lazy view
+// then fetches them from peers in parallel instead of one after another.
+// Errors are left for the read itself to meet and report.
+func (f *fileNode) prefetch(ctx context.Context, first, last int) {
+	if last <= first || f.v.cfg.Fetch == nil {
+		return
+	}
+	var wg sync.WaitGroup
+	for i := first; i <= last; i++ {
+		if f.zero[i] {
+			continue
+		}
+		wg.Go(func() { f.v.chunk(ctx, f.e.Chunks[i]) })
+	}
+	wg.Wait()
+}
+
+// chunk returns a chunk's bytes: from the cache, the store, or (missing)
+// the fetcher, which verifies before it returns.
+func (v *View) chunk(ctx context.Context, ref chunk.Ref) ([]byte, error) {
+	if b, ok := v.cache.Get(ref.CID); ok {
+		return b, nil
+	}
+	b, err, _ := v.flight.Do(ref.CID.KeyString(), func() (any, error) { return v.load(ctx, ref) })
+	if err != nil {
+		return nil, err
+	}
+	return b.([]byte), nil
+}
+
+// load reads one chunk from the store, or fetches it when missing.
+func (v *View) load(ctx context.Context, ref chunk.Ref) ([]byte, error) {
+	b, err := v.cfg.Store.GetInto(ctx, ref.CID, nil)
+	if err == nil {
+		v.count(func(s *Stats) { s.StoreReads++ })
+	}
+	if errors.Is(err, chunk.ErrNotFound) && v.cfg.Fetch != nil {
+		fctx, cancel := context.WithTimeout(ctx, v.cfg.FetchTimeout)
+		b, err = v.cfg.Fetch.FetchChunk(fctx, ref.CID)
+		cancel()
+		if err == nil {
+			v.count(func(s *Stats) { s.Fetched++; s.FetchedBytes += int64(len(b)) })
+		}
+	}
+	if err == nil && len(b) != int(ref.Size) {
+		err = fmt.Errorf("chunk %s: %d bytes, the manifest says %d", ref.CID, len(b), ref.Size)
+	}
+	if err != nil {
+		if v.cfg.OnReadError != nil {
+			v.cfg.OnReadError(ref.CID, err)
+		}
+		return nil, fmt.Errorf("chunk %s: %w", ref.CID, err)
+	}
+	v.cache.Add(ref.CID, b)
+	return b, nil
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE from the zero chunks.
+func (f *fileNode) Lseek(ctx context.Context, fh fusefs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	const seekData, seekHole = 3, 4
+	size := f.size()
+	if int64(off) >= size {
+		return 0, syscall.ENXIO
+	}
+	wantZero := whence == seekHole
+	if whence != seekData && whence != seekHole {
+		return 0, syscall.EINVAL
+	}
+	for i := f.chunkAt(int64(off)); i < len(f.e.Chunks); i++ {
+		if f.zero[i] == wantZero {
+			return uint64(max(f.offs[i], int64(off))), 0
+		}
+	}
+	if wantZero {
+		return uint64(size), 0 // the virtual hole at the end
+	}
+	return 0, syscall.ENXIO
+}
+
+// Works mounts an empty view in a scratch directory under dir and takes
+// it away again: the only sure way to know this host may serve FUSE.
+func Works(dir string) error {
+	tmp, err := os.MkdirTemp(dir, ".fuse-probe-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	v, err := Mount(tmp, &chunk.Manifest{Params: chunk.DefaultParams()}, Config{Store: noChunks{}, Name: "p2pimg-probe"})
+	if err != nil {
+		return err
+	}
+	return v.Unmount()
+}
+
+type noChunks struct{}
+
+func (noChunks) GetInto(context.Context, cid.Cid, []byte) ([]byte, error) {
+	return nil, chunk.ErrNotFound
+}

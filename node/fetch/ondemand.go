@@ -1,0 +1,86 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/xchg"
+)
+
+// FetchChunk fetches one chunk of layer (a manifest id) now, for a read
+// that needs it, ahead of any background fetch and outside the scheduler:
+// it asks the holders of the layer first, then every connected peer, one
+// at a time, until one answers or ctx ends. The bytes are verified against
+// id before they are stored or returned; a peer that sends bad ones is
+// disconnected and blocked, as in a fetch. Safe for concurrent use; the
+// caller bounds it with ctx.
+func (fr *Fetcher) FetchChunk(ctx context.Context, layer, id cid.Cid) ([]byte, error) {
+	var errs []error
+	for _, p := range fr.candidates(layer) {
+		if ctx.Err() != nil {
+			break
+		}
+		data, err := fr.askChunk(ctx, p, id)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("peer %s: %w", p, err))
+			continue
+		}
+		b, err := chunk.Verify(id, data)
+		if err != nil {
+			fr.penalize(p, err)
+			errs = append(errs, fmt.Errorf("peer %s: %w", p, err))
+			continue
+		}
+		unpin := fr.cfg.Pins.Pin()
+		err = fr.cfg.Store.PutUncached(ctx, b)
+		unpin()
+		if err != nil {
+			return nil, fmt.Errorf("chunk %s: store: %w", id, err)
+		}
+		fr.bytesIn.WithLabelValues(p.String()).Add(float64(len(data)))
+		fr.chunksFetched.Inc()
+		return data, nil
+	}
+	if err := ctx.Err(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		errs = append(errs, errors.New("no peer connected"))
+	}
+	return nil, fmt.Errorf("chunk %s: no peer supplied it: %w", id, errors.Join(errs...))
+}
+
+// askChunk requests one chunk from p on a stream of its own.
+func (fr *Fetcher) askChunk(ctx context.Context, p peer.ID, id cid.Cid) ([]byte, error) {
+	c, err := xchg.Dial(ctx, fr.cfg.Host, p)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	wait := 5 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		wait = time.Until(d)
+	}
+	c.SetReadTimeout(wait)
+	if err := c.RequestChunks([]cid.Cid{id}); err != nil {
+		return nil, err
+	}
+	if err := c.Flush(); err != nil {
+		return nil, err
+	}
+	st, data, err := c.ReadChunk(chunk.MaxChunkSize, nil)
+	if err != nil {
+		c.Reset()
+		return nil, err
+	}
+	if st != xchg.StatusOK {
+		return nil, chunk.ErrNotFound
+	}
+	return data, nil
+}
