@@ -104,7 +104,9 @@ func run(ctx context.Context) error {
 	runs := flag.Int("runs", 5, "runs per figure (the median is reported)")
 	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers")
 	fanSize := flag.Int64("fanout-size", 256<<20, "image size for the fan-out part")
-	fanRate := flag.String("fanout-rate", "400mbit", "link rate for the fan-out part (tc tbf)")
+	fanRuns := flag.String("fanout", "50mbit:4,8,16;400mbit:4", "fan-out rows: per link rate (tc tbf), the fetcher counts; the kill and join rows run at the first rate")
+	fanChurn := flag.Int("fanout-churn", 8, "fetchers in the fan-out rows with a host killed and 4 joining halfway (0: none)")
+	fanProfile := flag.String("fanout-profile", "", "directory for CPU profiles of the seed and one fetcher during each fan-out")
 	badSize := flag.Int64("badpeers-size", 256<<20, "image size for the stalled- and lying-peer part")
 	smoke := flag.Bool("smoke", false, "a quick check that every part runs (`make bench-smoke`): unless set otherwise, -size 64 MiB, -runs 1, -fanout-size and -badpeers-size 32 MiB and fewer samples; targets not enforced")
 	role := flag.String("role", "", "internal: run as a sender for the ceiling measurements")
@@ -115,7 +117,8 @@ func run(ctx context.Context) error {
 	if *smoke {
 		set := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		for name, v := range map[string]any{"size": int64(64 << 20), "runs": 1, "fanout-size": int64(32 << 20), "badpeers-size": int64(32 << 20)} {
+		for name, v := range map[string]any{"size": int64(64 << 20), "runs": 1, "fanout-size": int64(32 << 20), "badpeers-size": int64(32 << 20),
+			"fanout": "50mbit:4,8;400mbit:4", "fanout-churn": 4} {
 			if !set[name] {
 				flag.Set(name, fmt.Sprint(v))
 			}
@@ -201,7 +204,12 @@ func run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := benchFanOut(ctx, t, *bin, *dir, img, *fanRate, 4); err != nil {
+		o, err := parseFanOut(*fanRuns)
+		if err != nil {
+			return err
+		}
+		o.churn, o.profile = *fanChurn, *fanProfile
+		if err := benchFanOut(ctx, t, *bin, *dir, img, o); err != nil {
 			return err
 		}
 	}
