@@ -219,9 +219,8 @@ func applyConfig(c *cobra.Command, path string) error {
 // testFaults is the hidden --test-* flags as faults (nil when none is set,
 // as in production).
 func testFaults(corrupt, stall, flood bool, seatJournal string, clockOffset time.Duration) *faults.Faults {
-	f := faults.Faults{CorruptServe: corrupt, StallServe: stall, GossipFlood: flood, SeatJournal: seatJournal, ClockOffset: clockOffset}
-	if f == (faults.Faults{}) {
+	if !corrupt && !stall && !flood && seatJournal == "" && clockOffset == 0 {
 		return nil
 	}
-	return &f
+	return &faults.Faults{CorruptServe: corrupt, StallServe: stall, GossipFlood: flood, SeatJournal: seatJournal, ClockOffset: clockOffset}
 }

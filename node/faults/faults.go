@@ -23,6 +23,18 @@ type Faults struct {
 	// interval during which it treated a seat grant as valid: the record
 	// the seat fault tests check for over-allocation.
 	SeatJournal string
+	// ChunkTrace, when set, is told of every chunk this host serves and
+	// every fetched chunk it stores, as it happens: the record the fan-out
+	// test counts (how often the seed sent a chunk before every fetcher
+	// had it). It must be quick and safe for concurrent use.
+	ChunkTrace func(ChunkEvent)
+}
+
+// ChunkEvent is one chunk served to a peer, or fetched from one and stored.
+type ChunkEvent struct {
+	Stored bool   // false: served to Peer; true: fetched from Peer and stored
+	Peer   string // the peer id
+	CID    string
 }
 
 // Get is f, or the zero Faults (nothing injected) when f is nil.

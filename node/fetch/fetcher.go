@@ -19,6 +19,7 @@ import (
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/faults"
 	"github.com/p2pimg/p2pimg/node/gossip"
 	"github.com/p2pimg/p2pimg/node/notify"
 	"github.com/p2pimg/p2pimg/node/p2p"
@@ -66,11 +67,13 @@ type Config struct {
 	// holdings change).
 	Announce *notify.Signal
 	Reg      prometheus.Registerer
+	Faults   *faults.Faults // only ChunkTrace applies
 }
 
 // Fetcher fetches layers from peers.
 type Fetcher struct {
-	cfg Config
+	cfg   Config
+	trace func(faults.ChunkEvent)
 
 	mu      sync.Mutex
 	fetches map[cid.Cid]*fetch
@@ -89,7 +92,7 @@ type Fetcher struct {
 // New registers the fetcher's metrics; it starts nothing.
 func New(cfg Config) *Fetcher {
 	chunkIDs, _ := lru.New[cid.Cid, []cid.Cid](16) // errs only for a size below 1
-	fr := &Fetcher{cfg: cfg, fetches: map[cid.Cid]*fetch{}, chunkIDs: chunkIDs,
+	fr := &Fetcher{cfg: cfg, trace: cfg.Faults.Get().ChunkTrace, fetches: map[cid.Cid]*fetch{}, chunkIDs: chunkIDs,
 		bytesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "p2pimg_chunk_bytes_in_total", Help: "Chunk bytes received, by peer.",
 		}, []string{"peer"}),
@@ -293,9 +296,7 @@ func (fr *Fetcher) shares(f *fetch) {
 		}
 	}
 	slices.Sort(ids)
-	f.mu.Lock()
-	f.rank, f.parts = slices.Index(ids, me), len(ids)
-	f.mu.Unlock()
+	f.setShare(slices.Index(ids, me), len(ids))
 }
 
 // candidates are the connected peers, holders of the layer first.

@@ -30,6 +30,9 @@ const (
 	respawnEvery   = 500 * time.Millisecond
 	storerCount    = 2 // verify and store in parallel with reading
 	streamsPerPeer = 2 // two streams: the peer serves and we read on two cores
+	// seedFallback is how long a fetch may go without progress before a
+	// worker asks a complete peer for anything, shares or not.
+	seedFallback = 2 * time.Second
 )
 
 // fetch is the state of one layer being fetched.
@@ -44,6 +47,7 @@ type fetch struct {
 	avail     []uint16  // how many peers are known to have each chunk
 	rank      int       // this host's place among the hosts fetching the layer
 	parts     int       // how many hosts are fetching it (1: just us)
+	shareLeft int       // chunks of this host's share not stored yet
 	remaining int
 	done      int64 // bytes stored by this fetch
 	total     int64 // bytes of the layer's distinct chunks
@@ -69,7 +73,8 @@ func (f *fetch) fail(err error) {
 func newFetch(id cid.Cid, refs []chunk.Ref, have []bool, now time.Time) *fetch {
 	f := &fetch{id: id, refs: refs, have: have, inflight: make([]uint8, len(refs)), owner: make([]peer.ID, len(refs)), avail: make([]uint16, len(refs)),
 		last: now, changed: make(chan struct{}), workers: map[peer.ID]int{}, perPeer: map[peer.ID]int64{},
-		store: make(chan received, 2*pipelineDepth), parts: 1}
+		store: make(chan received, 2*pipelineDepth)}
+	f.setShare(0, 1)
 	for i, r := range refs {
 		f.total += int64(r.Size)
 		if !have[i] {
@@ -79,6 +84,21 @@ func newFetch(id cid.Cid, refs []chunk.Ref, have []bool, now time.Time) *fetch {
 		}
 	}
 	return f
+}
+
+// setShare makes this host's share the chunks i with i%parts == rank.
+func (f *fetch) setShare(rank, parts int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if rank == f.rank && parts == f.parts {
+		return
+	}
+	f.rank, f.parts, f.shareLeft = rank, parts, 0
+	for i, h := range f.have {
+		if !h && (parts <= 1 || i%parts == rank) {
+			f.shareLeft++
+		}
+	}
 }
 
 func (f *fetch) signal() {
@@ -93,31 +113,40 @@ func (f *fetch) wait() <-chan struct{} {
 }
 
 // pick chooses up to max chunks for peer p, which has peerHas (all of the
-// layer when complete), starting at *cursor. With endgame set it may choose
-// chunks in flight at another peer.
+// layer when complete), starting at *cursor. With endgame set (the
+// worker has nothing in flight) it may choose chunks in flight at another
+// peer.
 //
 // Rarest first: chunks no other peer is known to have come before chunks
 // others could send too. And when several hosts fetch the layer at once,
-// each takes from a complete peer (a seed) only its own share of the
-// chunks: the hosts then trade shares, so the seed's upload carries each
-// chunk about once instead of once per host.
-func (f *fetch) pick(p peer.ID, peerHas []bool, complete bool, cursor *int, max int, endgame bool) []int {
+// each takes from a complete peer (a seed) only what the seed alone has
+// and falls in its own share: the hosts then trade shares, so the seed's
+// upload carries each chunk once before any twice. Only a worker with
+// nothing in flight asks a seed for more: the next host's share once its
+// own is stored (a second copy, should that host be slow or gone), chunks
+// other peers have too, and, when the fetch has stalled, anything.
+func (f *fetch) pick(p peer.ID, peerHas []bool, complete bool, cursor *int, max int, endgame bool, now time.Time) []int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []int
 	n := len(f.refs)
-	mine := func(i int) bool { return f.parts <= 1 || i%f.parts == f.rank }
+	shared := f.parts > 1
+	mine := func(i int) bool { return !shared || i%f.parts == f.rank }
+	next := func(i int) bool { return i%f.parts == (f.rank+1)%f.parts }
 	passes := []func(i int) bool{
 		func(i int) bool { return f.avail[i] <= 1 && mine(i) },
 		func(i int) bool { return f.avail[i] <= 1 },
 		func(i int) bool { return true },
 	}
-	for pass, ok := range passes {
-		if pass > 0 && complete && len(out) > 0 {
-			// From a complete peer, other hosts' shares only once ours is
-			// all here or on its way: they will trade them to us.
-			break
+	if complete && shared {
+		stalled := now.Sub(f.last) > seedFallback
+		passes = []func(i int) bool{
+			passes[0],
+			func(i int) bool { return endgame && f.shareLeft == 0 && f.avail[i] <= 1 && next(i) },
+			func(i int) bool { return endgame && (f.avail[i] > 1 || stalled) },
 		}
+	}
+	for _, ok := range passes {
 		for k := 0; k < n && len(out) < max; k++ {
 			i := (*cursor + k) % n
 			if !f.have[i] && peerHas[i] && f.inflight[i] == 0 && ok(i) {
@@ -130,7 +159,7 @@ func (f *fetch) pick(p peer.ID, peerHas []bool, complete bool, cursor *int, max 
 	for _, i := range out {
 		f.inflight[i]--
 	}
-	if len(out) == 0 && endgame {
+	if len(out) == 0 && endgame && (!complete || !shared || f.shareLeft == 0) {
 		for k := 0; k < n && len(out) < max; k++ {
 			i := (*cursor + k) % n
 			if !f.have[i] && peerHas[i] && f.inflight[i] == 1 && f.owner[i] != p {
@@ -166,6 +195,9 @@ func (f *fetch) stored(p peer.ID, idx []int, now time.Time) {
 			continue // a duplicate from the endgame
 		}
 		f.have[i] = true
+		if f.parts <= 1 || i%f.parts == f.rank {
+			f.shareLeft--
+		}
 		f.remaining--
 		f.fetched++
 		f.done += int64(f.refs[i].Size)

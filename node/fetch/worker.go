@@ -14,6 +14,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/faults"
 	"github.com/p2pimg/p2pimg/node/xchg"
 )
 
@@ -119,7 +120,7 @@ func (w *worker) loop(ctx context.Context) error {
 func (w *worker) fill(cursor *int) error {
 	f := w.f
 	for len(w.pending) < pipelineDepth {
-		b := f.pick(w.p, w.peerHas, w.peerComplete, cursor, batchChunks, len(w.pending) == 0)
+		b := f.pick(w.p, w.peerHas, w.peerComplete, cursor, batchChunks, len(w.pending) == 0, time.Now())
 		if len(b) == 0 {
 			return nil
 		}
@@ -227,6 +228,11 @@ func (fr *Fetcher) storer(ctx context.Context, f *fetch) {
 				continue
 			}
 			fr.chunksFetched.Add(float64(len(blocks)))
+			if fr.trace != nil {
+				for _, id := range ids {
+					fr.trace(faults.ChunkEvent{Stored: true, Peer: rb.peer.String(), CID: id.String()})
+				}
+			}
 			f.stored(rb.peer, rb.idx, time.Now())
 			rb.free()
 		}

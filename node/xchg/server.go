@@ -168,6 +168,9 @@ func (s *Server) chunks(ctx context.Context, bw *bufio.Writer, p peer.ID, ids []
 			return err
 		}
 		s.chunksServed.Inc()
+		if s.faults.ChunkTrace != nil {
+			s.faults.ChunkTrace(faults.ChunkEvent{Peer: p.String(), CID: id.String()})
+		}
 		s.cfg.Stats.Add(p, 0, int64(len(data)))
 		sent.Add(float64(len(data)))
 	}

@@ -107,8 +107,10 @@ func run(ctx context.Context) error {
 	fleet := flag.Int("fleet", 32, "idle daemons of the catalogue part")
 	fleetLayers := flag.Int("fleet-layers", 10000, "layers those daemons hold")
 	fanSize := flag.Int64("fanout-size", 256<<20, "image size for the fan-out part")
-	fanRate := flag.String("fanout-rate", "400mbit", "link rate for the fan-out part (tc tbf)")
 	viewSize := flag.Int64("view-size", 4<<30, "image size for the fuse view part (lazy activation, reads through the view)")
+	fanRuns := flag.String("fanout", "50mbit:4,8,16;400mbit:4", "fan-out rows: per link rate (tc tbf), the fetcher counts; the kill and join rows run at the first rate")
+	fanChurn := flag.Int("fanout-churn", 8, "fetchers in the fan-out rows with a host killed and 4 joining halfway (0: none)")
+	fanProfile := flag.String("fanout-profile", "", "directory for CPU profiles of the seed and one fetcher during each fan-out")
 	badSize := flag.Int64("badpeers-size", 256<<20, "image size for the stalled- and lying-peer part")
 	smoke := flag.Bool("smoke", false, "a quick check that every part runs (`make bench-smoke`): unless set otherwise, -size 64 MiB, -runs 1, -fanout-size and -badpeers-size 32 MiB and fewer samples; targets not enforced")
 	role := flag.String("role", "", "internal: run as a sender for the ceiling measurements")
@@ -120,7 +122,8 @@ func run(ctx context.Context) error {
 		set := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		for name, v := range map[string]any{"size": int64(64 << 20), "runs": 1, "fanout-size": int64(32 << 20), "badpeers-size": int64(32 << 20),
-			"catalog-layers": 200, "fleet": 8, "fleet-layers": 300, "view-size": int64(64 << 20)} {
+			"catalog-layers": 200, "fleet": 8, "fleet-layers": 300, "view-size": int64(64 << 20),
+			"fanout": "50mbit:4,8;400mbit:4", "fanout-churn": 4} {
 			if !set[name] {
 				flag.Set(name, fmt.Sprint(v))
 			}
@@ -221,7 +224,12 @@ func run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := benchFanOut(ctx, t, *bin, *dir, img, *fanRate, 4); err != nil {
+		o, err := parseFanOut(*fanRuns)
+		if err != nil {
+			return err
+		}
+		o.churn, o.profile = *fanChurn, *fanProfile
+		if err := benchFanOut(ctx, t, *bin, *dir, img, o); err != nil {
 			return err
 		}
 	}
