@@ -347,75 +347,6 @@ func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activatio
 	r.cfg.Log.Info("layer activated", "layer", e.Layer, "path", path)
 }
 
-// refusedByPolicy reports (once per activation) and returns true when the
-// layer's effective policy here forbids activating it.
-func (r *Reconciler) refusedByPolicy(ctx context.Context, e *record, a gossip.Activation) bool {
-	eff, c, ok := r.cfg.Policy.Effective(ctx, a.Layer)
-	if !ok || (c == nil && eff.MayActivate) {
-		return false
-	}
-	reason := "the layer policy does not allow activation on this host (activate=...)"
-	if c != nil {
-		reason = c.Error()
-	}
-	if e.State != api.StateFailed || e.Detail != "policy: "+reason || e.Time != a.Time {
-		e.Time, e.CID = a.Time, a.CID
-		r.report(e, api.StateFailed, "policy: "+reason)
-	}
-	return true
-}
-
-// bringUp fetches the pinned layer, exposes it and makes its maps.
-func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation) error {
-	if r.cfg.Lazy && e.Mode == api.ModeFUSE {
-		m, err := r.lazyManifest(ctx, a)
-		if err == nil {
-			if err := r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer)); err != nil {
-				return err
-			}
-			r.fetchBehind(ctx, a)
-			return r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
-		}
-		r.cfg.Log.Info("lazy activation: fetching the whole layer first", "layer", a.Layer, "reason", err)
-	}
-	m, err := r.ensureLayer(ctx, a, func(ev api.Event) {
-		if p := ev.Progress; p != nil {
-			st := e.hostState()
-			st.State, st.Detail = api.StateFetching, fmt.Sprintf("%d of %d bytes from %d peer(s)", p.Done, p.Total, p.Peers)
-			r.setState(st)
-			r.cfg.Announce.Notify()
-		}
-	})
-	if err != nil {
-		return err
-	}
-	if err := r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer)); err != nil {
-		return err
-	}
-	return r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
-}
-
-// ensureLayer makes the activation's pinned layer complete here.
-func (r *Reconciler) ensureLayer(ctx context.Context, a gossip.Activation, emit api.Emit) (*chunk.Manifest, error) {
-	name, _ := chunk.ParseName(a.Layer)
-	id, err := cid.Decode(a.CID)
-	if err != nil {
-		return nil, fmt.Errorf("activate %s: manifest id %q: %w", a.Layer, a.CID, err)
-	}
-	mp, ok := r.cfg.Catalog.Lookup(name.String())
-	if !ok || mp.CID != a.CID {
-		mp = gossip.Mapping{Name: name.String(), CID: a.CID}
-	}
-	if _, err := r.cfg.Fetcher.Fetch(ctx, name, mp, emit); err != nil {
-		return nil, err
-	}
-	m, err := r.cfg.Store.GetManifest(ctx, id)
-	if err != nil {
-		return nil, fmt.Errorf("activate %s: %w", a.Layer, err)
-	}
-	return chunk.Flat(ctx, r.cfg.Store, m)
-}
-
 const mirrorEvery = 2 * time.Second
 
 // changedLocally is the detail an active layer with local writes shows.
@@ -439,29 +370,6 @@ func (r *Reconciler) noteChanges(e *record) {
 	e.Detail = detail
 	r.setState(e.hostState())
 	r.cfg.Announce.Notify()
-}
-
-// mirrorCheck has the policy undo drift in an active exposure, every
-// mirrorEvery at most. It runs on the reconciler goroutine.
-func (r *Reconciler) mirrorCheck(ctx context.Context, e *record) {
-	if e.State != api.StateActive || !e.Exposed || time.Since(e.checked) < mirrorEvery {
-		return
-	}
-	e.checked = time.Now()
-	detail, restored, err := r.cfg.Policy.Restore(ctx, e.Layer, e.CID, &e.Exposure)
-	if detail == "" {
-		return
-	}
-	e.Detail = detail
-	if err != nil {
-		r.cfg.Log.Warn("policy: restore failed", "layer", e.Layer, "err", err)
-		return
-	}
-	if err := r.save(e); err != nil {
-		r.cfg.Log.Warn("activation record", "layer", e.Layer, "err", err)
-	}
-	e.Restored += restored
-	r.setState(e.hostState())
 }
 
 // lazyManifest is the activation's flattened manifest, fetched alone: no

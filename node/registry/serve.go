@@ -1,24 +1,19 @@
 package registry
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/ipfs/go-cid"
-
 	"github.com/p2pimg/p2pimg/chunk"
-	"github.com/p2pimg/p2pimg/node/gossip"
 )
 
 var (
@@ -141,213 +136,6 @@ func (s *Service) route(w http.ResponseWriter, r *http.Request, ns string) (kind
 		src, err = s.serveManifest(w, r, ns, repo, ref)
 	}
 	return kind, src, err
-}
-
-// accepted is the media types a request's Accept headers list.
-func accepted(r *http.Request) []string {
-	var out []string
-	for _, v := range r.Header.Values("Accept") {
-		for _, t := range strings.Split(v, ",") {
-			t, _, _ = strings.Cut(t, ";")
-			if t = strings.TrimSpace(t); t != "" {
-				out = append(out, t)
-			}
-		}
-	}
-	return out
-}
-
-func accepts(list []string, mt string) bool {
-	if len(list) == 0 {
-		return true
-	}
-	for _, t := range list {
-		if t == mt || t == "*/*" {
-			return true
-		}
-	}
-	return false
-}
-
-// mediaTypeOf is the mediaType field of a manifest's JSON.
-func mediaTypeOf(data []byte) string {
-	var m struct {
-		MediaType string `json:"mediaType"`
-	}
-	json.Unmarshal(data, &m)
-	return m.MediaType
-}
-
-func (s *Service) serveManifest(w http.ResponseWriter, r *http.Request, ns, repo, ref string) (string, error) {
-	ctx := r.Context()
-	accept := accepted(r)
-	data, mt, src, err := s.manifest(ctx, ns, repo, ref, accept)
-	if err != nil {
-		return src, err
-	}
-	if mt == "" {
-		mt = mediaTypeOf(data)
-	}
-	if !accepts(accept, mt) {
-		return src, newErr(http.StatusNotFound, "MANIFEST_UNKNOWN", "manifest %s:%s is a %s; the request accepts only %s", repo, ref, mt, strings.Join(accept, ", "))
-	}
-	h := w.Header()
-	h.Set("Content-Type", mt)
-	h.Set("Docker-Content-Digest", digestOf(data))
-	h.Set("Content-Length", strconv.Itoa(len(data)))
-	w.WriteHeader(http.StatusOK)
-	if r.Method == http.MethodGet {
-		w.Write(data)
-		s.m.bytes.WithLabelValues(src).Add(float64(len(data)))
-	}
-	return src, nil
-}
-
-// manifest resolves ref (a tag or a digest) to a manifest's exact bytes,
-// checked against its digest.
-func (s *Service) manifest(ctx context.Context, ns, repo, ref string, accept []string) ([]byte, string, string, error) {
-	if strings.Contains(ref, ":") {
-		if _, err := parseDigest(ref); err != nil {
-			return nil, "", srcNone, &regError{http.StatusBadRequest, "DIGEST_INVALID", err}
-		}
-		return s.manifestByDigest(ctx, ns, repo, ref, accept)
-	}
-	if !tagRE.MatchString(ref) {
-		return nil, "", srcNone, newErr(http.StatusBadRequest, "MANIFEST_INVALID", "tag %q: letters, digits, '_', '.', '-', at most 128, not starting with '.' or '-'", ref)
-	}
-	name, nameErr := refName(ns, repo, ref)
-	mp, inCluster := gossip.Mapping{}, false
-	if nameErr == nil {
-		mp, inCluster = s.cfg.Catalog.Lookup(name.String())
-	}
-	u := s.cfg.Upstreams[ns]
-	if inCluster && (u == nil || s.fresh(mp.Published)) {
-		return s.manifestOfMapping(ctx, ns, repo, mp, accept)
-	}
-	if def := s.cfg.Upstreams.defaultNS(); ns == "" && def != "" {
-		return s.manifest(ctx, def, repo, ref, accept)
-	}
-	if u == nil {
-		where := "the cluster holds no image"
-		if ns != "" {
-			where += fmt.Sprintf(" and %q is not a configured upstream registry", ns)
-		}
-		return nil, "", srcNone, newErr(http.StatusNotFound, "MANIFEST_UNKNOWN", "%s:%s: %s by that reference", repo, ref, where)
-	}
-	data, mt, err := s.upstreamManifest(ctx, u, repo, ref, "", accept)
-	if err == nil {
-		if nameErr != nil {
-			s.cfg.Log.Warn("registry: tag not kept for the cluster", "err", nameErr)
-		} else if b, ok := s.local(ctx, digestOf(data)); ok {
-			if err := s.tag(ctx, ns, repo, ref, b); err != nil {
-				s.cfg.Log.Warn("registry: tag not kept for the cluster", "err", err)
-			}
-		}
-		return data, mt, srcUpstream, nil
-	}
-	if inCluster && !errors.Is(err, errUpstreamMissing) && !errors.Is(err, errDigest) {
-		s.cfg.Log.Info("registry: upstream unreachable; the cluster's tag is used", "repo", repo, "tag", ref, "err", err)
-		return s.manifestOfMapping(ctx, ns, repo, mp, accept)
-	}
-	return nil, "", srcUpstream, upstreamErr("MANIFEST_UNKNOWN", err)
-}
-
-func upstreamErr(code string, err error) error {
-	if errors.Is(err, errUpstreamMissing) || errors.Is(err, chunk.ErrNotFound) {
-		return &regError{http.StatusNotFound, code, err}
-	}
-	return &regError{http.StatusBadGateway, "UNKNOWN", err}
-}
-
-// fresh says whether a mapping published at t (unix ns) is within the tag TTL.
-func (s *Service) fresh(t int64) bool { return time.Since(time.Unix(0, t)) < s.cfg.TagTTL }
-
-// manifestOfMapping is the manifest a tag layer of the cluster points at.
-func (s *Service) manifestOfMapping(ctx context.Context, ns, repo string, mp gossip.Mapping, accept []string) ([]byte, string, string, error) {
-	id, err := cid.Decode(mp.CID)
-	if err != nil {
-		return nil, "", srcNone, fmt.Errorf("tag %s: catalogue names %q: %w", mp.Name, mp.CID, err)
-	}
-	m, err := s.cfg.Fetcher.Manifest(ctx, id)
-	if err != nil {
-		return nil, "", srcPeer, upstreamErr("MANIFEST_UNKNOWN", fmt.Errorf("tag %s: %w", mp.Name, err))
-	}
-	b, err := blobOf(id, m)
-	if err != nil {
-		return nil, "", srcNone, err
-	}
-	return s.manifestByDigest(ctx, ns, repo, b.Digest, accept)
-}
-
-// manifestByDigest is manifest d from this host, else peers, else upstream.
-func (s *Service) manifestByDigest(ctx context.Context, ns, repo, d string, accept []string) ([]byte, string, string, error) {
-	src := srcLocal
-	b, ok := s.local(ctx, d)
-	if !ok {
-		if _, inCluster := s.cfg.Catalog.Lookup(blobName(d).String()); inCluster {
-			f, _ := s.flightFor(ctx, d, "", repo)
-			select {
-			case <-f.done:
-			case <-ctx.Done():
-				return nil, "", srcPeer, ctx.Err()
-			}
-			b, ok = s.local(ctx, d)
-			src = srcPeer
-		}
-	}
-	if ok {
-		data, err := s.readAll(ctx, b)
-		if err != nil {
-			return nil, "", src, err
-		}
-		return data, b.MediaType, src, nil
-	}
-	if ns == "" {
-		ns = s.cfg.Upstreams.defaultNS()
-	}
-	u := s.cfg.Upstreams[ns]
-	if u == nil {
-		return nil, "", srcNone, newErr(http.StatusNotFound, "MANIFEST_UNKNOWN", "manifest %s@%s: no host of the cluster has it", repo, d)
-	}
-	data, mt, err := s.upstreamManifest(ctx, u, repo, d, d, accept)
-	if err != nil {
-		return nil, "", srcUpstream, upstreamErr("MANIFEST_UNKNOWN", err)
-	}
-	return data, mt, srcUpstream, nil
-}
-
-// upstreamManifest gets a manifest from upstream, checks it against want
-// (when a digest) and the digest upstream claims, and keeps it.
-func (s *Service) upstreamManifest(ctx context.Context, u *Upstream, repo, ref, want string, accept []string) ([]byte, string, error) {
-	if len(accept) == 0 {
-		accept = manifestTypes
-	}
-	resp, err := u.get(ctx, http.MethodGet, repo, "manifests", ref, accept)
-	if err != nil {
-		return nil, "", err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxManifest+1))
-	if err != nil {
-		return nil, "", fmt.Errorf("upstream %s: manifest %s:%s: %w", u.base.Host, repo, ref, err)
-	}
-	if len(data) > maxManifest {
-		return nil, "", fmt.Errorf("upstream %s: manifest %s:%s is over %d bytes", u.base.Host, repo, ref, maxManifest)
-	}
-	d := digestOf(data)
-	if claimed := resp.Header.Get("Docker-Content-Digest"); (want != "" && d != want) || (claimed != "" && claimed != d) {
-		return nil, "", fmt.Errorf("%w: upstream %s: manifest %s:%s hashes to %s (asked %q, claimed %q)", errDigest, u.base.Host, repo, ref, d, want, claimed)
-	}
-	mt, _, _ := strings.Cut(resp.Header.Get("Content-Type"), ";")
-	if mt = strings.TrimSpace(mt); mt == "" || mt == "application/json" || mt == "text/plain" {
-		if inner := mediaTypeOf(data); inner != "" {
-			mt = inner
-		}
-	}
-	if _, err := s.ingest(ctx, bytes.NewReader(data), d, mt, int64(len(data)), nil); err != nil {
-		return nil, "", err
-	}
-	return data, mt, nil
 }
 
 func (s *Service) serveBlob(w http.ResponseWriter, r *http.Request, ns, repo, d string) (string, error) {
