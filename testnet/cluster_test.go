@@ -42,6 +42,26 @@ func add(t *testing.T, nd *testnet.Node, name, path string) api.AddResult {
 }
 
 // waitCatalog waits until node nd's catalogue maps name to cid.
+// fetchAllAtOnce adds img on node 0 as vm:1 and has every other node fetch
+// it at the same time; ok false when a fetch failed (the test is failed).
+func fetchAllAtOnce(t *testing.T, net *testnet.Net, img string) (res api.AddResult, ok bool) {
+	t.Helper()
+	res = add(t, net.Nodes[0], "vm:1", img)
+	for _, nd := range net.Nodes[1:] {
+		waitCatalog(t, net, nd, "vm:1", res.Layer.CID)
+	}
+	var wg sync.WaitGroup
+	for _, nd := range net.Nodes[1:] {
+		wg.Go(func() {
+			if _, err := nd.Client.Fetch(ctx, "vm:1", nil); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	return res, !t.Failed()
+}
+
 func waitCatalog(t *testing.T, net *testnet.Net, nd *testnet.Node, name, cid string) {
 	t.Helper()
 	net.Eventually(10*time.Second, "catalogue of node "+nd.Data+" maps "+name, func() bool {
@@ -99,20 +119,8 @@ func TestFanOutEveryNodeServes(t *testing.T) {
 		}
 	}))
 	img := image(t, 64<<20, 2)
-	res := add(t, net.Nodes[0], "vm:1", img)
-	for _, nd := range net.Nodes[1:] {
-		waitCatalog(t, net, nd, "vm:1", res.Layer.CID)
-	}
-	var wg sync.WaitGroup
-	for _, nd := range net.Nodes[1:] {
-		wg.Go(func() {
-			if _, err := nd.Client.Fetch(ctx, "vm:1", nil); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
-	if t.Failed() {
+	res, ok := fetchAllAtOnce(t, net, img)
+	if !ok {
 		return
 	}
 	var fromSeed int64

@@ -50,21 +50,7 @@ func TestFanOutSeedSendsEachChunkAboutOnce(t *testing.T) {
 			cfg.MaxUpload = 16 << 20 // bytes/s: the seed alone would take ~8 s
 		}
 	}))
-	img := image(t, 16<<20, 3)
-	res := add(t, net.Nodes[0], "vm:1", img)
-	for _, nd := range net.Nodes[1:] {
-		waitCatalog(t, net, nd, "vm:1", res.Layer.CID)
-	}
-	var wg sync.WaitGroup
-	for _, nd := range net.Nodes[1:] {
-		wg.Go(func() {
-			if _, err := nd.Client.Fetch(ctx, "vm:1", nil); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
-	if t.Failed() {
+	if _, ok := fetchAllAtOnce(t, net, image(t, 16<<20, 3)); !ok {
 		return
 	}
 	c.mu.Lock()

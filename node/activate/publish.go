@@ -43,7 +43,9 @@ func (r *Reconciler) Activate(ctx context.Context, req api.ActivateRequest) (*ap
 	if err := gossip.CheckActivation(&a, r.cfg.Cluster); err != nil {
 		return nil, api.BadRequest(err)
 	}
-	r.cfg.Catalog.MergeActivation(a)
+	if err := r.cfg.Catalog.MergeActivation(a); err != nil {
+		return nil, fmt.Errorf("activation of %s: %w", a.Layer, err)
+	}
 	r.cfg.Announce.Notify()
 	r.cfg.Reconcile.Notify()
 	res := &api.ActivateResult{Time: a.Time, Targets: []string{}}

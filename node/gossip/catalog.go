@@ -214,33 +214,32 @@ func (c *Catalog) takeOutbox() []Record {
 	return out
 }
 
+// signedChecked wraps a mapping or an activation whose signature was made
+// or checked here: what put needs, without checking it again.
+func signedChecked(r Record, m *Mapping, a *Activation) (*checked, error) {
+	origin, err := peer.Decode(r.Origin)
+	if err != nil {
+		return nil, fmt.Errorf("%s %.80q: signer %.60q: %w", r.Kind, r.Key, r.Origin, err)
+	}
+	return &checked{Record: r, origin: origin, mapping: m, act: a}, nil
+}
+
 // Merge takes in a mapping published (or re-signed) on this host and
-// queues it for gossip; it reports whether the catalogue changed. The
-// mapping must be signed; an error says why it was refused (ErrLimit).
-func (c *Catalog) Merge(m Mapping) (bool, error) {
-	r := mappingRecord(m)
-	ck := &checked{Record: r, mapping: &m}
-	var err error
-	if ck.origin, err = peer.Decode(m.Publisher); err != nil {
-		return false, fmt.Errorf("mapping %s: publisher: %w", m.Name, err)
+// queues it for gossip. The mapping must be signed; an error says why it
+// was refused (ErrLimit).
+func (c *Catalog) Merge(m Mapping) error {
+	ck, err := signedChecked(mappingRecord(m), &m, nil)
+	if err != nil {
+		return err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	old, had := c.mappings[m.Name]
-	changed, err := c.put(ck)
-	if changed {
-		c.outbox = append(c.outbox, r)
-	}
-	return changed && (!had || m.Newer(old)), err
+	return c.local(ck)
 }
 
 // seed takes in a mapping this host already announced before a restart:
 // it is stored, not queued (anti-entropy carries it to who lacks it).
 func (c *Catalog) seed(m Mapping) error {
-	r := mappingRecord(m)
-	ck := &checked{Record: r, mapping: &m}
-	var err error
-	if ck.origin, err = peer.Decode(m.Publisher); err != nil {
+	ck, err := signedChecked(mappingRecord(m), &m, nil)
+	if err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -250,23 +249,13 @@ func (c *Catalog) seed(m Mapping) error {
 }
 
 // MergeActivation takes in an activation given to this host (signed by an
-// operator, or by this host for itself) and queues it for gossip; it
-// reports whether it is the newest for its layer and selector.
-func (c *Catalog) MergeActivation(a Activation) bool {
-	r := activationRecord(a)
-	ck := &checked{Record: r, act: &a}
-	var err error
-	if ck.origin, err = peer.Decode(a.Signer); err != nil {
-		return false
+// operator, or by this host for itself) and queues it for gossip.
+func (c *Catalog) MergeActivation(a Activation) error {
+	ck, err := signedChecked(activationRecord(a), nil, &a)
+	if err != nil {
+		return err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	old, had := c.acts[a.Key()]
-	changed, _ := c.put(ck)
-	if changed {
-		c.outbox = append(c.outbox, r)
-	}
-	return changed && (!had || a.Newer(old))
+	return c.local(ck)
 }
 
 // Admit applies the flood limit to a gossip message from a host: what it
@@ -454,6 +443,19 @@ func (c *Catalog) Records() map[Kind]int {
 	for _, o := range c.origins {
 		for _, e := range o.recs {
 			out[e.rec.Kind]++
+		}
+	}
+	return out
+}
+
+// seenAll is the last sign of life of every other host known.
+func (c *Catalog) seenAll() map[peer.ID]time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[peer.ID]time.Time, len(c.seen))
+	for p, t := range c.seen {
+		if p != c.self {
+			out[p] = t
 		}
 	}
 	return out

@@ -227,7 +227,7 @@ func FuzzSyncFrame(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bufio.NewReader(bytes.NewReader(data))
 		var q syncReq
-		if readFrame(r, &q) == nil && checkReq(&q) == nil && (len(q.Want) > maxWant || len(q.Buckets) > numBuckets) {
+		if _, err := readFrame(r, &q); err == nil && checkReq(&q) == nil && (len(q.Want) > maxWant || len(q.Buckets) > numBuckets) {
 			t.Fatal("an oversized request passed")
 		}
 		var resp syncResp

@@ -36,7 +36,7 @@ func (s *Service) serveSync(ctx context.Context, st network.Stream) {
 	br, bw := bufio.NewReader(st), bufio.NewWriter(st)
 	for {
 		var q syncReq
-		if err := readFrame(br, &q); err != nil {
+		if _, err := readFrame(br, &q); err != nil {
 			return // the end of the session, or a peer that broke the format
 		}
 		if err := checkReq(&q); err != nil {
@@ -44,12 +44,12 @@ func (s *Service) serveSync(ctx context.Context, st network.Stream) {
 			st.Reset()
 			return
 		}
-		resp := s.answer(&q)
-		if err := writeFrame(bw, resp); err != nil {
+		n, err := writeFrame(bw, s.answer(&q))
+		if err != nil {
 			st.Reset()
 			return
 		}
-		s.countSync(0, frameSize(resp))
+		s.countSync(0, n)
 	}
 }
 
@@ -95,13 +95,6 @@ func (s *Service) answer(q *syncReq) *syncResp {
 		}
 	}
 	return resp
-}
-
-func frameSize(v any) int {
-	var buf bytes.Buffer
-	w := bufio.NewWriter(&buf)
-	writeFrame(w, v)
-	return buf.Len()
 }
 
 // syncWith compares the catalogue with peer p's and pulls what this host
@@ -192,8 +185,8 @@ func (s *Service) aliveReport(now time.Time) []byte {
 		}
 	}
 	add(s.self, 0)
-	for p, v := range s.cfg.Catalog.Hosts() {
-		switch age := now.Sub(v.Seen); {
+	for p, seen := range s.cfg.Catalog.seenAll() {
+		switch age := now.Sub(seen); {
 		case connected[p]:
 			add(p, 0)
 		case age < aliveWindow && age >= 0:
@@ -215,7 +208,7 @@ func (s *Service) markAlive(report []byte, now time.Time) {
 	for b := report; len(b) >= 12; b = b[12:] {
 		ages[binary.BigEndian.Uint64(b)] = time.Duration(binary.BigEndian.Uint32(b[8:])) * time.Millisecond
 	}
-	for p := range s.cfg.Catalog.Hosts() {
+	for p := range s.cfg.Catalog.seenAll() {
 		if age, ok := ages[aliveHash(p)]; ok {
 			s.cfg.Catalog.Seen(p, now.Add(-age))
 		}
@@ -230,13 +223,14 @@ type syncConn struct {
 }
 
 func (c *syncConn) ask(q *syncReq, resp *syncResp) error {
-	if err := writeFrame(c.bw, q); err != nil {
+	if _, err := writeFrame(c.bw, q); err != nil {
 		return err
 	}
-	if err := readFrame(c.br, resp); err != nil {
+	n, err := readFrame(c.br, resp)
+	if err != nil {
 		return err
 	}
-	c.s.countSync(frameSize(resp), 0)
+	c.s.countSync(n, 0)
 	if resp.Err != "" {
 		return fmt.Errorf("peer: %s", resp.Err)
 	}

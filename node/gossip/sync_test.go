@@ -92,7 +92,7 @@ func TestPartitionedHostConvergesByPull(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := a.cat.Merge(m); err != nil {
+		if err := a.cat.Merge(m); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -87,36 +87,38 @@ type syncResp struct {
 	Err string `json:"err,omitempty"`
 }
 
-func writeFrame(w *bufio.Writer, v any) error {
+// writeFrame sends v as one frame; it returns the frame's size.
+func writeFrame(w *bufio.Writer, v any) (int, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var l [binary.MaxVarintLen64]byte
-	w.Write(l[:binary.PutUvarint(l[:], uint64(len(b)))])
+	n, _ := w.Write(l[:binary.PutUvarint(l[:], uint64(len(b)))])
 	w.Write(b)
-	return w.Flush()
+	return n + len(b), w.Flush()
 }
 
 // errFrame is a sync frame that breaks the format.
 var errFrame = errors.New("catalogue sync: malformed frame")
 
-func readFrame(r *bufio.Reader, v any) error {
+// readFrame reads one frame into v; it returns the frame's payload size.
+func readFrame(r *bufio.Reader, v any) (int, error) {
 	n, err := binary.ReadUvarint(r)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if n > maxFrame {
-		return fmt.Errorf("%w: %d bytes, at most %d", errFrame, n, maxFrame)
+		return 0, fmt.Errorf("%w: %d bytes, at most %d", errFrame, n, maxFrame)
 	}
 	b := make([]byte, n)
 	if _, err := io.ReadFull(r, b); err != nil {
-		return err
+		return 0, err
 	}
 	if err := decodeStrict(b, v); err != nil {
-		return fmt.Errorf("%w: %v", errFrame, err)
+		return 0, fmt.Errorf("%w: %v", errFrame, err)
 	}
-	return nil
+	return int(n), nil
 }
 
 // checkReq bounds what a request may ask.

@@ -130,7 +130,7 @@ func (sv *Service) publish(ctx context.Context, name chunk.Name, id cid.Cid, enc
 	if err := sv.cfg.Store.PutLayer(ctx, l); err != nil {
 		return l, err
 	}
-	if _, err := sv.cfg.Catalog.Merge(mp); err != nil {
+	if err := sv.cfg.Catalog.Merge(mp); err != nil {
 		return l, fmt.Errorf("%s is recorded here but not announced to the cluster: %w", name, err)
 	}
 	sv.cfg.Announce.Notify()

@@ -188,7 +188,7 @@ func (sv *Service) SetLayerPolicy(ctx context.Context, name, text string) (*api.
 	if mp, err = gossip.SignMapping(sv.cfg.Key, mp); err != nil {
 		return nil, err
 	}
-	if _, err := sv.cfg.Catalog.Merge(mp); err != nil {
+	if err := sv.cfg.Catalog.Merge(mp); err != nil {
 		return nil, fmt.Errorf("policy set-layer %s: %w", nm, err)
 	}
 	if rec, err := sv.cfg.Store.GetLayer(ctx, nm); err == nil && rec.CID == mp.CID {

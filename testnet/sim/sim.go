@@ -179,7 +179,7 @@ func run(ctx context.Context, sc scenario, o options) (result, error) {
 		var m gossip.Mapping
 		json.Unmarshal(rs[0].Data, &m)
 		t := time.Now()
-		if _, err := from.cat.Merge(m); err != nil {
+		if err := from.cat.Merge(m); err != nil {
 			return res, err
 		}
 		from.ann.Notify()

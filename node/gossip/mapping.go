@@ -77,12 +77,6 @@ func (m *Mapping) Newer(o Mapping) bool {
 	return m.CID > o.CID
 }
 
-// Holding says a host holds a layer, completely or partly (still fetching).
-type Holding struct {
-	CID      string `json:"cid"`
-	Complete bool   `json:"complete"`
-}
-
 // ParseManifestCID reads a manifest id (CIDv1, manifest codec).
 func ParseManifestCID(s string) (cid.Cid, error) {
 	id, err := cid.Decode(s)
