@@ -165,14 +165,8 @@ func TestLazyActivation(t *testing.T) {
 	t.Parallel()
 	adata, bdata, root := t.TempDir(), t.TempDir(), t.TempDir()
 	needFUSE(t, adata, bdata, root)
-	img := filepath.Join(t.TempDir(), "disk.raw")
-	f, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const size = 64 << 20
-	refimage.Write(f, size, 5)
-	f.Close()
+	img := refImage(t, size, 5)
 	a := startDaemon(t, adata, "--max-upload", "8MB", "--announce-interval", "200ms")
 	mustCLI(t, a, "add", "vm:1", img)
 	id, err := a.Client.Identity(context.Background())
@@ -223,4 +217,22 @@ func TestLazyActivation(t *testing.T) {
 	if err := b.Stop(); err != nil { // a clean stop leaves no mount behind
 		t.Fatal(err)
 	}
+}
+
+// refImage writes a reference disk image of size bytes (seed picks its
+// content) as disk.raw in a temporary directory and returns its path.
+func refImage(t *testing.T, size int64, seed uint64) string {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "disk.raw")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := refimage.Write(f, size, seed); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return img
 }

@@ -275,26 +275,38 @@ all of them to fold that change into a new common version.`,
 }
 
 func (a *app) commitCmd() *cobra.Command {
-	var base, upper string
+	var base, upper, activation string
 	c := &cobra.Command{
-		Use:   "commit --base NAME[:TAG] --upper DIR NAME2[:TAG]",
-		Short: "Capture an overlayfs upper directory as a new layer on top of a base layer",
+		Use:   "commit (--base NAME[:TAG] --upper DIR | --activation NAME[:TAG]) NAME2[:TAG]",
+		Short: "Capture an overlayfs upper directory, or an activated layer's local changes, as a new layer",
 		Long: `Capture DIR, an overlayfs upper directory (or any directory of changes), as
 the layer NAME2[:TAG] stacked on the base: files and directories as they are,
 removals (character devices 0/0) and opaque directories (xattr
 trusted.overlay.opaque=y) as OCI whiteouts, .wh. files as they are. A commit
-that changes a path the base's layer policy locks is refused.`,
+that changes a path the base's layer policy locks is refused.
+
+With --activation, capture what was written into a layer active on this host
+(its overlay's changes and its disk images' block-level deltas) as NAME2[:TAG]
+on top of the version exposed. A disk image keeps every chunk no write touched,
+so only the changed parts are new; the changes then count as committed, and
+deactivate no longer refuses them.`,
 		Args: exactArgs(1, "the new layer's name"),
 		RunE: func(c *cobra.Command, args []string) error {
-			if base == "" || upper == "" {
-				return usageError{fmt.Errorf("commit: --base NAME[:TAG] and --upper DIR are required")}
-			}
-			dir, err := filepath.Abs(upper)
-			if err != nil {
-				return err
+			req := api.CommitRequest{Name: args[0], Base: base, Activation: activation}
+			switch {
+			case activation != "" && (base != "" || upper != ""):
+				return usageError{fmt.Errorf("commit: give --activation, or --base and --upper, not both")}
+			case activation == "" && (base == "" || upper == ""):
+				return usageError{fmt.Errorf("commit: --base NAME[:TAG] and --upper DIR, or --activation NAME[:TAG], are required")}
+			case upper != "":
+				dir, err := filepath.Abs(upper)
+				if err != nil {
+					return err
+				}
+				req.Upper = dir
 			}
 			on, done := a.events("commit " + args[0])
-			r, err := a.client().Commit(c.Context(), api.CommitRequest{Name: args[0], Base: base, Upper: dir}, on)
+			r, err := a.client().Commit(c.Context(), req, on)
 			done()
 			if err != nil {
 				return err
@@ -302,12 +314,17 @@ that changes a path the base's layer policy locks is refused.`,
 			if a.json {
 				return a.printJSON(r)
 			}
-			fmt.Fprintf(a.stdout, "%s %s on %s: %d entries, %s new\n", r.Layer.Name, r.Layer.CID, base, r.Layer.Entries, humanize.IBytes(uint64(r.NewBytes)))
+			on2 := base
+			if activation != "" {
+				on2 = activation + " as exposed"
+			}
+			fmt.Fprintf(a.stdout, "%s %s on %s: %d entries, %d new chunks, %s new\n", r.Layer.Name, r.Layer.CID, on2, r.Layer.Entries, r.NewChunks, humanize.IBytes(uint64(r.NewBytes)))
 			return nil
 		},
 	}
 	c.Flags().StringVar(&base, "base", "", "the layer the upper directory was over")
 	c.Flags().StringVar(&upper, "upper", "", "the overlayfs upper directory")
+	c.Flags().StringVar(&activation, "activation", "", "a layer active on this host: commit what was written into it")
 	return c
 }
 

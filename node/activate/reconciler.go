@@ -267,8 +267,8 @@ func (r *Reconciler) deactivate(ctx context.Context, e *record, a gossip.Activat
 	if exposedNow && a.Op != api.OpDeactivateDiscard {
 		if n, size := r.cfg.Exposer.Changes(&e.Exposure, e.Layer); n > 0 {
 			e.Time = a.Time
-			r.report(e, api.StateFailed, fmt.Sprintf("deactivation refused: %d path(s), %d bytes changed locally at %s (kept in %s): commit them, or deactivate with --discard-changes",
-				n, size, e.Path, r.cfg.Exposer.UpperDir(e.Layer)))
+			r.report(e, api.StateFailed, fmt.Sprintf("deactivation refused: %d path(s), %d bytes changed locally at %s (kept in %s and %s): commit them (p2pimg commit --activation %s NEW:TAG), or deactivate with --discard-changes",
+				n, size, e.Path, r.cfg.Exposer.UpperDir(e.Layer), r.cfg.Exposer.DeltaDir(e.Layer), e.Layer))
 			return
 		}
 	}

@@ -85,6 +85,19 @@ func (r *Reconciler) Exposure(ctx context.Context, layer string) (cidStr string,
 	return e.CID, e.Exposure, true, nil
 }
 
+// Changed is what was written into layer's exposure here, for a commit;
+// api.Conflict when the layer is not exposed on this host.
+func (r *Reconciler) Changed(ctx context.Context, layer string) (expose.Changed, error) {
+	cidStr, x, ok, err := r.Exposure(ctx, layer)
+	if err != nil {
+		return expose.Changed{}, err
+	}
+	if !ok {
+		return expose.Changed{}, api.Conflict(fmt.Errorf("%s is not exposed on this host (see `p2pimg status`)", layer))
+	}
+	return r.cfg.Exposer.Changed(&x, layer, cidStr)
+}
+
 // Held lists the layer versions this host exposes or is bringing up or
 // taking down, from their durable records (safe from any goroutine).
 func (r *Reconciler) Held(ctx context.Context) ([]expose.Held, error) {

@@ -320,11 +320,15 @@ type DiffResult struct {
 }
 
 // CommitRequest is POST /v1/commit: an overlayfs upper directory captured
-// as a layer on top of Base.
+// as a layer on top of Base, or the changes made to an activated layer.
 type CommitRequest struct {
 	Name  string `json:"name"`
 	Base  string `json:"base"`
 	Upper string `json:"upper"` // absolute, read by the daemon
+	// Activation, instead of Base and Upper: the layer active on this
+	// host whose local changes (overlay upper, disk-image deltas) become
+	// the new layer, on top of the version exposed.
+	Activation string `json:"activation,omitempty"`
 }
 
 // SplitRequest is POST /v1/split.

@@ -34,6 +34,10 @@ type Config struct {
 	// Fetch, if set, supplies chunks a FUSE view reads but the store
 	// lacks (lazy activation); without it such a read fails with EIO.
 	Fetch ChunkFetcher
+	// DiskMin: in fuse mode, files of at least this many bytes (and a
+	// layer's only file) are disk images, written through block-level
+	// deltas (0: 64 MiB).
+	DiskMin int64
 	// OnReadError, if set, hears of every chunk a read through the FUSE
 	// view of manifest cidStr could not get (for the host's state).
 	OnReadError func(cidStr string, id cid.Cid, err error)
@@ -73,9 +77,13 @@ type Exposure struct {
 	Maps    []Mapped `json:"maps,omitempty"`
 	// Locked are the read-only binds over locked paths in an overlay.
 	Locked []string `json:"locked,omitempty"`
-	// View (fuse mode) is the manifest whose FUSE view is the overlay's
-	// lower layer.
+	// View (fuse mode) names the FUSE view that is the overlay's lower
+	// layer: the manifest id, with "@LAYER" when the view holds this
+	// layer's writable disk images.
 	View string `json:"view,omitempty"`
+	// Disks are the disk images bound writable from the view over the
+	// overlay (their writes go to block-level deltas).
+	Disks []string `json:"disks,omitempty"`
 }
 
 // Held is one layer version this host exposes, or is bringing up or

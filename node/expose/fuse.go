@@ -2,9 +2,12 @@ package expose
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/ipfs/go-cid"
 	"golang.org/x/sys/unix"
@@ -42,19 +45,25 @@ func (x *Exposer) fuseViewDir(cidStr string) string {
 // mounts an overlay over e.Path with the view as its lower layer. Writes
 // made before survive when the same version is mounted again after the
 // view was lost (a restart); otherwise they are dropped, as for overlays.
+// The layer's disk images are bound from the view over the overlay, so
+// their writes go to the view's block-level deltas, not to a copy-up.
 func (x *Exposer) mountFUSE(e *Exposure, layer, cidStr string, m *chunk.Manifest, locked []string) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	keep := e.View == cidStr && !x.liveLocked(e)
-	s, err := x.serveLocked(cidStr, m)
+	key := cidStr
+	if fuseview.HasDisks(m, x.cfg.DiskMin) {
+		key = cidStr + "@" + viewTag(layer) // deltas are this layer's own
+	}
+	keep := e.View == key && !x.liveLocked(e)
+	s, err := x.serveLocked(key, cidStr, layer, m)
 	if err != nil {
 		return fmt.Errorf("expose %s: %w", layer, err)
 	}
 	s.users[layer] = e
 	old := e.View
-	e.View = cidStr
-	err = x.overlayOn(e, layer, s.view.Dir(), locked, keep)
-	if old != "" && old != cidStr {
+	e.View = key
+	err = x.overlayOn(e, layer, s.view.Dir(), locked, keep, s.view.Disks())
+	if old != "" && old != key {
 		// A previous version's view, released only now that the overlay
 		// above it is gone: a view still under an overlay cannot end.
 		x.releaseLocked(old, layer)
@@ -65,20 +74,39 @@ func (x *Exposer) mountFUSE(e *Exposure, layer, cidStr string, m *chunk.Manifest
 	return nil
 }
 
-// serveLocked returns the view of cidStr, mounting it if this process
-// does not serve it yet (clearing a dead mount a killed daemon left).
-func (x *Exposer) serveLocked(cidStr string, m *chunk.Manifest) (*served, error) {
-	if s, ok := x.views[cidStr]; ok {
+// viewTag names a layer in a view's directory name, which is part of an
+// overlay's lowerdir option and so must hold no ':' or ','.
+func viewTag(layer string) string {
+	h := sha256.Sum256([]byte(layer))
+	return hex.EncodeToString(h[:8])
+}
+
+// layerDir is a layer name as one path component.
+func layerDir(layer string) string { return strings.ReplaceAll(layer, "/", "_") }
+
+// DeltaDir is where the block-level deltas of a layer's disk images are
+// kept (one directory per version exposed).
+func (x *Exposer) DeltaDir(layer string) string {
+	return filepath.Join(x.cfg.DataDir, "delta", layerDir(layer))
+}
+
+// serveLocked returns the view by key, mounting it if this process does
+// not serve it yet (clearing a dead mount a killed daemon left).
+func (x *Exposer) serveLocked(key, cidStr, layer string, m *chunk.Manifest) (*served, error) {
+	if s, ok := x.views[key]; ok {
 		return s, nil
 	}
-	dir := x.fuseViewDir(cidStr)
+	dir := x.fuseViewDir(key)
 	if Mounted(dir) {
 		unix.Unmount(dir, unix.MNT_DETACH)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	cfg := fuseview.Config{Store: x.cfg.Store, Name: "p2pimg:" + cidStr, Log: x.cfg.Log}
+	cfg := fuseview.Config{Store: x.cfg.Store, Name: "p2pimg:" + cidStr, Log: x.cfg.Log, DiskMin: x.cfg.DiskMin, Base: cidStr}
+	if key != cidStr {
+		cfg.DeltaDir = filepath.Join(x.DeltaDir(layer), cidStr)
+	}
 	if id, err := cid.Decode(cidStr); err == nil && x.cfg.Fetch != nil {
 		cfg.Fetch = layerFetcher{x.cfg.Fetch, id}
 	}
@@ -90,7 +118,7 @@ func (x *Exposer) serveLocked(cidStr string, m *chunk.Manifest) (*served, error)
 		return nil, err
 	}
 	s := &served{view: v, users: map[string]*Exposure{}}
-	x.views[cidStr] = s
+	x.views[key] = s
 	return s, nil
 }
 
@@ -124,6 +152,7 @@ func (x *Exposer) unmountFUSE(e *Exposure, layer string) error {
 		x.releaseLocked(e.View, layer)
 	}
 	e.View = ""
+	os.RemoveAll(x.DeltaDir(layer)) // the disks' writes go with the overlay's
 	return nil
 }
 
@@ -198,4 +227,51 @@ func (x *Exposer) Close() error {
 		return fmt.Errorf("unmount fuse views: %v", errs)
 	}
 	return nil
+}
+
+// diskChanges counts the disk images of e's view written since they were
+// last committed, and the bytes their deltas hold: from the view when
+// this process serves it, else from the deltas kept on disk.
+func (x *Exposer) diskChanges(e *Exposure, layer string) (int, int64) {
+	cidStr, _, ok := strings.Cut(e.View, "@")
+	if !ok {
+		return 0, 0
+	}
+	x.mu.Lock()
+	s, served := x.views[e.View]
+	x.mu.Unlock()
+	if served {
+		return s.view.Changes()
+	}
+	return fuseview.DeltaChanges(filepath.Join(x.DeltaDir(layer), cidStr))
+}
+
+// Changed is what was written into an exposed layer, for a commit.
+type Changed struct {
+	CID   string // the manifest exposed
+	Upper string // the overlay's upper directory ("" when none)
+	// Disks makes the new entries of the disk images written since their
+	// last commit (nil when there are none); done records them committed.
+	Disks func(ctx context.Context, p chunk.Params, put fuseview.Put) (entries []chunk.Entry, done func() error, err error)
+}
+
+// Changed returns what was written into layer's exposure e (manifest
+// cidStr). The disks' part needs the view served by this process.
+func (x *Exposer) Changed(e *Exposure, layer, cidStr string) (Changed, error) {
+	c := Changed{CID: cidStr}
+	if !e.Mode.Overlaid() {
+		return c, fmt.Errorf("%s is exposed %s: only overlaid exposures (fuse, overlay) record changes", layer, e.Mode)
+	}
+	c.Upper = x.UpperDir(layer)
+	if !strings.Contains(e.View, "@") {
+		return c, nil
+	}
+	x.mu.Lock()
+	s, ok := x.views[e.View]
+	x.mu.Unlock()
+	if !ok {
+		return c, fmt.Errorf("the view of %s is not mounted now (the daemon is bringing it up): try again", layer)
+	}
+	c.Disks = s.view.CommitDisks
+	return c, nil
 }

@@ -146,13 +146,14 @@ func (x *Exposer) mountOverlay(ctx context.Context, e *Exposure, layer, cidStr s
 	if err != nil {
 		return err
 	}
-	return x.overlayOn(e, layer, lower, locked, false)
+	return x.overlayOn(e, layer, lower, locked, false, nil)
 }
 
 // overlayOn mounts an overlay of lower over e.Path. A previous overlay
 // there is taken away first; keepUpper keeps its writes (the same layer
 // version mounted again, e.g. after a restart), else they are dropped.
-func (x *Exposer) overlayOn(e *Exposure, layer, lower string, locked []string, keepUpper bool) error {
+// disks (paths in lower) are bound from lower over the overlay, writable.
+func (x *Exposer) overlayOn(e *Exposure, layer, lower string, locked []string, keepUpper bool, disks []string) error {
 	// a previous version, or a mount whose lower died
 	if err := unmountAt(e); err != nil {
 		return err
@@ -179,7 +180,14 @@ func (x *Exposer) overlayOn(e *Exposure, layer, lower string, locked []string, k
 		return fmt.Errorf("mount overlay at %s: %w", e.Path, err)
 	}
 	e.Exposed = true
-	return lockPaths(e, locked)
+	for _, d := range disks {
+		p := filepath.Join(e.Path, filepath.FromSlash(d))
+		if err := unix.Mount(filepath.Join(lower, filepath.FromSlash(d)), p, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind disk image %s: %w", d, err)
+		}
+		e.Disks = append(e.Disks, p)
+	}
+	return lockPaths(e, locked) // after the disks: a locked disk image is bound read-only over its bind
 }
 
 // lockPaths makes the paths the layer policy locks read-only in the
@@ -229,6 +237,12 @@ func unmountAt(e *Exposure) error {
 		}
 	}
 	e.Locked = nil
+	for i := len(e.Disks) - 1; i >= 0; i-- {
+		if err := unix.Unmount(e.Disks[i], 0); err != nil {
+			unix.Unmount(e.Disks[i], unix.MNT_DETACH)
+		}
+	}
+	e.Disks = nil
 	if Mounted(e.Path) {
 		if err := unix.Unmount(e.Path, 0); err != nil {
 			if err := unix.Unmount(e.Path, unix.MNT_DETACH); err != nil {
@@ -240,12 +254,14 @@ func unmountAt(e *Exposure) error {
 }
 
 // Changes counts what was written into an overlaid view (the entries of
-// its upper directory, whiteouts included) and their bytes; 0 for other
-// modes, or when nothing was written.
+// its upper directory, whiteouts included, and the disk images written
+// since their last commit) and their bytes (a disk's: its delta's); 0 for
+// other modes, or when nothing was written.
 func (x *Exposer) Changes(e *Exposure, layer string) (paths int, bytes int64) {
 	if !e.Mode.Overlaid() {
 		return 0, 0
 	}
+	paths, bytes = x.diskChanges(e, layer)
 	upper := x.UpperDir(layer)
 	filepath.WalkDir(upper, func(p string, d os.DirEntry, err error) error {
 		if err != nil || p == upper {

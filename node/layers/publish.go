@@ -50,6 +50,9 @@ type Holder interface {
 	PruneViews(ctx context.Context) (int, int64, error)
 	// ViewBytes is the disk those checkouts use now.
 	ViewBytes() int64
+	// Changed is what was written into layer's exposure here (for a
+	// commit); api.Conflict when it is not exposed here.
+	Changed(ctx context.Context, layer string) (expose.Changed, error)
 }
 
 // Config configures the layer service.

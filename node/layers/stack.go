@@ -21,6 +21,10 @@ func (sv *Service) Commit(ctx context.Context, req api.CommitRequest, emit api.E
 	if err != nil {
 		return nil, api.BadRequest(err)
 	}
+	if req.Activation != "" {
+		defer sv.cfg.GC.Pin()()
+		return sv.commitActivation(ctx, name, req, emit)
+	}
 	if !filepath.IsAbs(req.Upper) {
 		return nil, api.BadRequestf("commit %s: upper directory %q must be absolute", name, req.Upper)
 	}

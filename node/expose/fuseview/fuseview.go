@@ -14,7 +14,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path"
@@ -62,6 +61,16 @@ type Config struct {
 	// OnReadError, if set, is told of every chunk a read could not get
 	// (for the host's state detail).
 	OnReadError func(id cid.Cid, err error)
+	// DeltaDir, if set, makes the layer's disk images writable: writes to
+	// them go to a block-level delta per file kept under DeltaDir, and
+	// reads merge it over the layer. Without it the view is read-only.
+	DeltaDir string
+	// DiskMin: files of at least this many bytes are disk images (default
+	// 64 MiB); a layer's only file always is.
+	DiskMin int64
+	// Base names what the deltas apply to (the manifest id): a delta kept
+	// for another base is discarded.
+	Base string
 	// Name is the file system's source name in the mount table.
 	Name string
 	Log  *slog.Logger
@@ -81,6 +90,8 @@ type View struct {
 
 	statsMu sync.Mutex
 	stats   Stats
+
+	disks map[string]*diskNode // writable disk images, by path
 }
 
 // Stats counts what reads through a view did.
@@ -90,6 +101,8 @@ type Stats struct {
 	FetchedBytes int64
 	ReadErrors   int64 // reads that failed with EIO
 }
+
+const defaultDiskMin = 64 << 20
 
 // cacheTTL: how long the kernel may keep entries and attributes. The
 // view never changes while mounted, so this is only a bound on memory.
@@ -107,8 +120,18 @@ func Mount(dir string, m *chunk.Manifest, cfg Config) (*View, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.DiskMin <= 0 {
+		cfg.DiskMin = defaultDiskMin
+	}
 	cache, _ := lru.New[cid.Cid, []byte](64)
-	v := &View{dir: dir, cfg: cfg, hash: m.Params.Hash, zeroIDs: map[uint32]cid.Cid{}, cache: cache}
+	v := &View{dir: dir, cfg: cfg, hash: m.Params.Hash, zeroIDs: map[uint32]cid.Cid{}, cache: cache, disks: map[string]*diskNode{}}
+	if err := v.openDisks(m); err != nil {
+		return nil, fmt.Errorf("fuse view at %s: %w", dir, err)
+	}
+	flags := uintptr(syscall.MS_NODEV)
+	if len(v.disks) == 0 {
+		flags |= syscall.MS_RDONLY
+	}
 	root := &dirNode{}
 	ttl := cacheTTL
 	opts := &fusefs.Options{
@@ -119,7 +142,7 @@ func Mount(dir string, m *chunk.Manifest, cfg Config) (*View, error) {
 			FsName:     cfg.Name, Name: "p2pimg",
 			Options:           []string{"default_permissions"}, // the kernel checks the manifest's modes
 			DirectMountStrict: true,
-			DirectMountFlags:  syscall.MS_RDONLY | syscall.MS_NODEV,
+			DirectMountFlags:  flags,
 			MaxReadAhead:      1 << 20,
 			MaxWrite:          1 << 20,
 			DisableXAttrs:     true, // the manifest records none
@@ -127,6 +150,7 @@ func Mount(dir string, m *chunk.Manifest, cfg Config) (*View, error) {
 	}
 	srv, err := fusefs.Mount(dir, root, opts)
 	if err != nil {
+		v.closeDisks()
 		return nil, fmt.Errorf("mount fuse view at %s: %w", dir, err)
 	}
 	v.server = srv
@@ -154,6 +178,7 @@ func (v *View) Unmount() error {
 	}
 	done := make(chan struct{})
 	go func() { v.server.Wait(); close(done) }()
+	defer v.closeDisks() // once no request can reach them
 	select {
 	case <-done:
 		return nil
@@ -204,6 +229,9 @@ func (v *View) build(ctx context.Context, root *dirNode, m *chunk.Manifest) {
 			node, mode = &linkNode{e: e}, syscall.S_IFLNK
 		default:
 			node, mode = newFileNode(v, e), syscall.S_IFREG
+			if d, ok := v.disks[e.Path]; ok {
+				node = d
+			}
 		}
 		child := parent.NewPersistentInode(ctx, node, fusefs.StableAttr{Mode: mode, Ino: ino})
 		parent.AddChild(path.Base(e.Path), child, false)
@@ -216,35 +244,6 @@ func (v *View) build(ctx context.Context, root *dirNode, m *chunk.Manifest) {
 			d.nlink = 2 + subdirs[p]
 		}
 	}
-}
-
-// unixMode turns a manifest mode into the st_mode permission bits.
-func unixMode(m fs.FileMode) uint32 {
-	out := uint32(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		out |= syscall.S_ISUID
-	}
-	if m&fs.ModeSetgid != 0 {
-		out |= syscall.S_ISGID
-	}
-	if m&fs.ModeSticky != 0 {
-		out |= syscall.S_ISVTX
-	}
-	return out
-}
-
-// fill sets the attributes every kind of entry shares.
-func fill(out *fuse.Attr, e *chunk.Entry, typ uint32) {
-	out.Mode = typ
-	if e == nil { // the root
-		out.Mode |= 0o755
-		return
-	}
-	out.Mode |= unixMode(e.Mode)
-	out.Uid, out.Gid = e.UID, e.GID
-	t := time.Unix(0, e.MTime)
-	out.SetTimes(&t, &t, &t)
-	out.Blksize = 4096
 }
 
 type dirNode struct {
@@ -357,6 +356,21 @@ func (f *fileNode) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, 
 	if off >= end {
 		return fuse.ReadResultData(nil), 0
 	}
+	if err := f.readBase(ctx, dest[:end-off], off, end); err != nil {
+		return nil, syscall.EIO
+	}
+	return fuse.ReadResultData(dest[:end-off]), 0
+}
+
+// readBase fills dest with the layer's bytes at off; those at or past
+// limit (or the file's end) read as zeros.
+func (f *fileNode) readBase(ctx context.Context, dest []byte, off, limit int64) error {
+	end := min(off+int64(len(dest)), f.size(), limit)
+	if off >= end {
+		clear(dest)
+		return nil
+	}
+	clear(dest[end-off:])
 	f.prefetch(ctx, f.chunkAt(off), f.chunkAt(end-1))
 	for i, pos := f.chunkAt(off), off; pos < end; i++ {
 		from, to := pos-f.offs[i], min(end, f.offs[i+1])-f.offs[i]
@@ -368,13 +382,13 @@ func (f *fileNode) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, 
 			if err != nil {
 				f.v.count(func(s *Stats) { s.ReadErrors++ })
 				f.v.cfg.Log.Warn("fuse view: read failed", "path", f.e.Path, "offset", pos, "err", err)
-				return nil, syscall.EIO
+				return err
 			}
 			copy(out, data[from:to])
 		}
 		pos = f.offs[i] + to
 	}
-	return fuse.ReadResultData(dest[:end-off]), 0
+	return nil
 }
 
 // prefetch loads chunks first..last side by side when there are several
@@ -455,25 +469,4 @@ func (f *fileNode) Lseek(ctx context.Context, fh fusefs.FileHandle, off uint64, 
 		return uint64(size), 0 // the virtual hole at the end
 	}
 	return 0, syscall.ENXIO
-}
-
-// Works mounts an empty view in a scratch directory under dir and takes
-// it away again: the only sure way to know this host may serve FUSE.
-func Works(dir string) error {
-	tmp, err := os.MkdirTemp(dir, ".fuse-probe-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp)
-	v, err := Mount(tmp, &chunk.Manifest{Params: chunk.DefaultParams()}, Config{Store: noChunks{}, Name: "p2pimg-probe"})
-	if err != nil {
-		return err
-	}
-	return v.Unmount()
-}
-
-type noChunks struct{}
-
-func (noChunks) GetInto(context.Context, cid.Cid, []byte) ([]byte, error) {
-	return nil, chunk.ErrNotFound
 }

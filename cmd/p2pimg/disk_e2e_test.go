@@ -1,0 +1,118 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/p2pimg/p2pimg/node/api"
+)
+
+// blocksUnder sums the allocated 512-byte sectors of the files under dir.
+func blocksUnder(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil {
+			var st syscall.Stat_t
+			if syscall.Lstat(p, &st) == nil {
+				n += st.Blocks
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// A disk image activated in fuse mode takes writes block by block: a
+// 4 KiB dd adds one block to the data directory (its delta; nothing is
+// copied up), reads show the write, deactivation is refused until the
+// change is committed, the commit's only new chunk is the one written,
+// and another host fetching the new version moves only that chunk.
+func TestDiskImageCopyOnWrite(t *testing.T) {
+	t.Parallel()
+	adata, bdata, root := t.TempDir(), t.TempDir(), t.TempDir()
+	needFUSE(t, adata, bdata, root)
+	img := refImage(t, 32<<20, 7)
+	a := startDaemon(t, adata, "--root", root, "--expose", "fuse", "--announce-interval", "200ms")
+	mustCLI(t, a, "add", "vm:1", img, "--chunking", "fixed", "--chunk-size", "64K")
+	id, err := a.Client.Identity(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := startDaemon(t, bdata, "--peer", id.Addrs[0], "--announce-interval", "200ms")
+	waitFor(t, "vm:1 in b's catalogue", func() bool {
+		cl, err := b.Client.Catalog(context.Background())
+		return err == nil && len(cl) == 1
+	})
+	mustCLI(t, b, "fetch", "vm:1")
+
+	mustCLI(t, a, "activate", "vm:1", "--at", "/vm", "--hosts", "self", "--wait")
+	disk := filepath.Join(root, "vm", "disk.raw")
+	before := blocksUnder(t, adata)
+	deltaBefore := blocksUnder(t, filepath.Join(adata, "delta"))
+	block := filepath.Join(t.TempDir(), "block")
+	if err := os.WriteFile(block, bytes.Repeat([]byte{0xee}, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("dd", "if="+block, "of="+disk, "bs=4k", "count=1", "seek=1234", "conv=notrunc,fsync").CombinedOutput(); err != nil {
+		t.Fatalf("dd into the activated image: %v: %s", err, out)
+	}
+	if grew := blocksUnder(t, filepath.Join(adata, "delta")) - deltaBefore; grew != 8 {
+		t.Fatalf("a 4 KiB write grew the disk delta by %d sectors, want 8 (one block)", grew)
+	}
+	t.Logf("data dir grew by %d KiB in all (the store's own files included)", (blocksUnder(t, adata)-before)/2)
+	if ents, err := os.ReadDir(filepath.Join(adata, "overlay", "vm:1", "upper")); err != nil || len(ents) > 0 {
+		t.Fatalf("the overlay's upper directory holds %d entries (%v): the image was copied up", len(ents), err)
+	}
+	want, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(want[1234*4096:], bytes.Repeat([]byte{0xee}, 4096))
+	if got, err := os.ReadFile(disk); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the image after the write: %d bytes, %v; not the merged content", len(got), err)
+	}
+
+	_, errOut, code := cli(t, a, "deactivate", "vm:1", "--hosts", "self", "--wait", "--timeout", "20s")
+	out, _, _ := cli(t, a, "status")
+	if code == 0 || !strings.Contains(out+errOut, "deactivation refused") || !strings.Contains(out+errOut, "4096 bytes") {
+		t.Fatalf("deactivate with a written disk: exit %d, %q, status %q; want a refusal with the size", code, errOut, out)
+	}
+	var res api.AddResult
+	if err := json.Unmarshal([]byte(mustCLI(t, a, "--json", "commit", "--activation", "vm:1", "vm:2")), &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.NewChunks != 1 || res.NewBytes != 64<<10 {
+		t.Fatalf("the commit made %d new chunks, %d bytes; want 1 chunk of 64 KiB", res.NewChunks, res.NewBytes)
+	}
+	waitFor(t, "vm:2 in b's catalogue", func() bool {
+		cl, err := b.Client.Catalog(context.Background())
+		return err == nil && len(cl) == 2
+	})
+	var fr api.FetchResult
+	if err := json.Unmarshal([]byte(mustCLI(t, b, "--json", "fetch", "vm:2")), &fr); err != nil {
+		t.Fatal(err)
+	}
+	if fr.FetchedChunks != 1 {
+		t.Fatalf("b fetched %d chunks (%d bytes) of vm:2, want only the changed one", fr.FetchedChunks, fr.FetchedBytes)
+	}
+	co := t.TempDir()
+	mustCLI(t, b, "checkout", "vm:2", co)
+	if got, err := os.ReadFile(filepath.Join(co, "disk.raw")); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("vm:2 checked out on b: %d bytes, %v; not the written image", len(got), err)
+	}
+	mustCLI(t, a, "deactivate", "vm:1", "--hosts", "self", "--wait", "--timeout", "20s") // committed: allowed
+	if _, err := os.Stat(filepath.Join(adata, "delta", "vm:1")); !os.IsNotExist(err) {
+		t.Fatalf("the delta after deactivation: %v", err)
+	}
+	if err := a.Stop(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,261 @@
+package fuseview
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/p2pimg/p2pimg/chunk"
+)
+
+// diskNode is a disk-image file of the view: writable, its writes kept
+// in a block-level Delta and its reads merging the delta over the layer.
+type diskNode struct {
+	fileNode
+	mu    sync.RWMutex
+	delta *Delta
+}
+
+var (
+	_ fusefs.NodeWriter    = (*diskNode)(nil)
+	_ fusefs.NodeSetattrer = (*diskNode)(nil)
+	_ fusefs.NodeFsyncer   = (*diskNode)(nil)
+	_ fusefs.NodeFlusher   = (*diskNode)(nil)
+)
+
+// isDisk reports whether a file of the layer is served as a disk image:
+// the layer's only file, or one of at least min bytes.
+func isDisk(m *chunk.Manifest, e *chunk.Entry, minSize int64) bool {
+	if e.Type != chunk.File {
+		return false
+	}
+	if e.Size >= minSize {
+		return true
+	}
+	for i := range m.Entries {
+		if m.Entries[i].Type == chunk.File && &m.Entries[i] != e {
+			return false
+		}
+	}
+	return true
+}
+
+// HasDisks reports whether a view of m with DiskMin minSize (0: the
+// default) serves any file as a writable disk image.
+func HasDisks(m *chunk.Manifest, minSize int64) bool {
+	if minSize <= 0 {
+		minSize = defaultDiskMin
+	}
+	for i := range m.Entries {
+		if isDisk(m, &m.Entries[i], minSize) {
+			return true
+		}
+	}
+	return false
+}
+
+// deltaDir is where the delta of path p lives under dir.
+func deltaDir(dir, p string) string {
+	return filepath.Join(dir, strings.ReplaceAll(p, "/", "%"))
+}
+
+func newDiskNode(v *View, e *chunk.Entry) (*diskNode, error) {
+	d := &diskNode{fileNode: *newFileNode(v, e)}
+	delta, err := OpenDelta(deltaDir(v.cfg.DeltaDir, e.Path), v.cfg.Base+"/"+e.Path, e.Size)
+	if err != nil {
+		return nil, err
+	}
+	d.delta = delta
+	return d, nil
+}
+
+func (d *diskNode) Getattr(ctx context.Context, fh fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.fileNode.Getattr(ctx, fh, out)
+	d.mu.RLock()
+	out.Size = uint64(d.delta.Size())
+	out.Blocks += uint64(d.delta.Blocks() * (BlockSize / 512))
+	d.mu.RUnlock()
+	out.SetTimeout(0) // size and blocks change with writes
+	return 0
+}
+
+// Open allows writing; the kernel's cache stays valid across opens since
+// every write comes through this file system.
+func (d *diskNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (d *diskNode) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	end := min(off+int64(len(dest)), d.delta.Size())
+	if off >= end {
+		return fuse.ReadResultData(nil), 0
+	}
+	if err := d.readMerged(ctx, dest[:end-off], off); err != nil {
+		return nil, syscall.EIO
+	}
+	return fuse.ReadResultData(dest[:end-off]), 0
+}
+
+// readMerged fills dest with the file's bytes at off: held blocks from
+// the delta, the rest from the layer. Hold d.mu.
+func (d *diskNode) readMerged(ctx context.Context, dest []byte, off int64) error {
+	end := off + int64(len(dest))
+	for pos := off; pos < end; {
+		b := pos / BlockSize
+		if d.delta.Has(b) {
+			to := min(end, (b+1)*BlockSize)
+			if err := d.delta.ReadAt(dest[pos-off:to-off], pos); err != nil {
+				return err
+			}
+			pos = to
+			continue
+		}
+		to := pos
+		for to < end && !d.delta.Has(to/BlockSize) {
+			to = min(end, (to/BlockSize+1)*BlockSize)
+		}
+		if err := d.readBase(ctx, dest[pos-off:to-off], pos, d.delta.BaseLimit()); err != nil {
+			return err
+		}
+		pos = to
+	}
+	return nil
+}
+
+// Write puts whole blocks into the delta: a write that covers part of a
+// block first reads the rest of it (from the delta or the layer).
+func (d *diskNode) Write(ctx context.Context, fh fusefs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	end := off + int64(len(data))
+	if end > d.delta.Size() {
+		if err := d.delta.Resize(end); err != nil {
+			return 0, d.fail("write", err)
+		}
+	}
+	first, last := off/BlockSize, (end+BlockSize-1)/BlockSize
+	buf := make([]byte, (last-first)*BlockSize)
+	start := first * BlockSize
+	if off != start {
+		if err := d.readMerged(ctx, buf[:BlockSize], start); err != nil {
+			return 0, d.fail("write", err)
+		}
+	}
+	if tail := last*BlockSize - BlockSize; end != last*BlockSize && (tail != start || off == start) {
+		if err := d.readMerged(ctx, buf[tail-start:], tail); err != nil {
+			return 0, d.fail("write", err)
+		}
+	}
+	copy(buf[off-start:], data)
+	if err := d.delta.Write(first, buf); err != nil {
+		return 0, d.fail("write", err)
+	}
+	return uint32(len(data)), 0
+}
+
+func (d *diskNode) fail(op string, err error) syscall.Errno {
+	d.v.cfg.Log.Warn("fuse view: disk "+op+" failed", "path", d.e.Path, "err", err)
+	return syscall.EIO
+}
+
+// Setattr changes the size (truncate); times are kept from the layer, and
+// modes and owners cannot change.
+func (d *diskNode) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if _, ok := in.GetMode(); ok {
+		return syscall.EPERM
+	}
+	if _, ok := in.GetUID(); ok {
+		return syscall.EPERM
+	}
+	if _, ok := in.GetGID(); ok {
+		return syscall.EPERM
+	}
+	if size, ok := in.GetSize(); ok {
+		d.mu.Lock()
+		err := d.delta.Resize(int64(size))
+		d.mu.Unlock()
+		if err != nil {
+			return d.fail("truncate", err)
+		}
+	}
+	return d.Getattr(ctx, fh, out)
+}
+
+// Fsync makes the writes so far durable.
+func (d *diskNode) Fsync(ctx context.Context, fh fusefs.FileHandle, flags uint32) syscall.Errno {
+	return d.flush()
+}
+
+// Flush (every close) makes the writes so far durable.
+func (d *diskNode) Flush(ctx context.Context, fh fusefs.FileHandle) syscall.Errno {
+	return d.flush()
+}
+
+func (d *diskNode) flush() syscall.Errno {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.delta.Flush(); err != nil {
+		return d.fail("flush", err)
+	}
+	return 0
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE: a block of the delta is data,
+// and so is a non-zero chunk of the layer where the layer shows through.
+func (d *diskNode) Lseek(ctx context.Context, fh fusefs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	const seekData, seekHole = 3, 4
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	size, pos := d.delta.Size(), int64(off)
+	if pos >= size {
+		return 0, syscall.ENXIO
+	}
+	switch whence {
+	case seekData:
+		for pos < size {
+			if d.isData(pos) {
+				return uint64(pos), 0
+			}
+			pos = d.nextChange(pos)
+		}
+		return 0, syscall.ENXIO
+	case seekHole:
+		for pos < size && d.isData(pos) {
+			if d.delta.Has(pos / BlockSize) {
+				pos = (pos/BlockSize + 1) * BlockSize
+			} else {
+				pos = d.offs[d.chunkAt(pos)+1]
+			}
+		}
+		return uint64(min(pos, size)), 0
+	}
+	return 0, syscall.EINVAL
+}
+
+// isData reports whether byte pos may hold data.
+func (d *diskNode) isData(pos int64) bool {
+	if d.delta.Has(pos / BlockSize) {
+		return true
+	}
+	return pos < d.delta.BaseLimit() && pos < d.size() && !d.zero[d.chunkAt(pos)]
+}
+
+// nextChange is the next offset after pos (not data) where data may
+// start: the next held block or the next chunk of the layer.
+func (d *diskNode) nextChange(pos int64) int64 {
+	next := d.delta.Size()
+	if b := d.delta.NextHeld(pos / BlockSize); b >= 0 {
+		next = min(next, max(b*BlockSize, pos+1))
+	}
+	if pos < d.size() {
+		next = min(next, d.offs[d.chunkAt(pos)+1])
+	}
+	return next
+}
