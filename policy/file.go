@@ -66,6 +66,7 @@ type layerFile struct {
 	Product   string   `toml:"product"`
 	Bandwidth size     `toml:"bandwidth"`
 	Windows   []Window `toml:"windows"`
+	Lazy      bool     `toml:"lazy"`
 }
 
 type hostFile struct {
@@ -97,13 +98,14 @@ func decodeTOML(b []byte, v any, what string) error {
 //	activate = "all"
 //	bandwidth = "100M"         # bytes per second
 //	windows = ["01:00-05:00"]  # UTC
+//	lazy = true                # activations go live before the fetch ends
 func ParseLayer(b []byte) (Layer, error) {
 	var f layerFile
 	if err := decodeTOML(b, &f, "layer policy"); err != nil {
 		return Layer{}, err
 	}
 	l := Layer{Hold: Selector(f.Hold), MinCopies: f.MinCopies, Mode: Mode(f.Mode), Locked: f.Locked,
-		Activate: Selector(f.Activate), Product: f.Product, Bandwidth: int64(f.Bandwidth), Windows: f.Windows}
+		Activate: Selector(f.Activate), Product: f.Product, Bandwidth: int64(f.Bandwidth), Windows: f.Windows, Lazy: f.Lazy}
 	return l, l.Validate()
 }
 

@@ -14,17 +14,21 @@ min_copies = 2
 mode = "mirror"
 locked = ["/etc/app.conf"]
 bandwidth = "100M"
-windows = ["22:30-05:00"]`))
+windows = ["22:30-05:00"]
+lazy = true`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l.Hold != "gpu=true" || l.MinCopies != 2 || l.Mode != Mirror || l.Bandwidth != 100_000_000 || l.Windows[0] != (Window{22*60 + 30, 5 * 60}) {
+	if e, _ := Resolve(Subject{Layer: "x:1"}, l, Host{}); !e.Lazy {
+		t.Fatal("lazy = true: the effective policy is not lazy")
+	}
+	if l.Hold != "gpu=true" || l.MinCopies != 2 || l.Mode != Mirror || !l.Lazy || l.Bandwidth != 100_000_000 || l.Windows[0] != (Window{22*60 + 30, 5 * 60}) {
 		t.Fatalf("parsed %+v", l)
 	}
 	// The wire form round-trips.
 	b, _ := json.Marshal(l)
 	back, err := DecodeLayer(b)
-	if err != nil || back.Windows[0] != l.Windows[0] || back.Mode != l.Mode {
+	if err != nil || back.Windows[0] != l.Windows[0] || back.Mode != l.Mode || !back.Lazy {
 		t.Fatalf("wire round trip: %v %+v", err, back)
 	}
 	h, err := ParseHost([]byte("quota = \"50GiB\"\ndeny = [\"test-*\"]\nmodes = [\"manual\"]"))

@@ -66,6 +66,7 @@ type Layer struct {
 	Product   string   `json:"product,omitempty"`    // licensed product: activation needs a seat
 	Bandwidth int64    `json:"bandwidth,omitempty"`  // bytes per second for background sync (0 = no cap)
 	Windows   []Window `json:"windows,omitempty"`    // when background sync may run (none = any time)
+	Lazy      bool     `json:"lazy,omitempty"`       // activations expose it before it is fetched (where a host serves FUSE)
 }
 
 // Host is the policy set for one host.
@@ -87,6 +88,7 @@ type Effective struct {
 	Product     string   `json:"product,omitempty"`
 	Bandwidth   int64    `json:"bandwidth,omitempty"` // the lower of the two caps (0 = none)
 	Windows     []Window `json:"windows,omitempty"`   // when both policies allow background sync (none = any time)
+	Lazy        bool     `json:"lazy,omitempty"`      // activate before the fetch ends (the layer's choice)
 }
 
 // Conflict says why a host refuses to sync a layer: the layer's rule and
@@ -116,7 +118,7 @@ func Resolve(s Subject, l Layer, h Host) (Effective, *Conflict) {
 	if mode == "" {
 		mode = OnActivate
 	}
-	e := Effective{Mode: mode, Locked: l.Locked, Product: l.Product, Bandwidth: minCap(l.Bandwidth, h.Bandwidth)}
+	e := Effective{Mode: mode, Locked: l.Locked, Product: l.Product, Bandwidth: minCap(l.Bandwidth, h.Bandwidth), Lazy: l.Lazy}
 	required := l.Hold.Selects(s.Host, s.Labels)
 	activatable := l.Activate == "" || l.Activate.Selects(s.Host, s.Labels)
 

@@ -39,7 +39,7 @@ func (a *app) operatorKey(flag string) string {
 func (a *app) activationCmd(op api.Op) *cobra.Command {
 	var at, hosts, keyFile string
 	var maps []string
-	var wait, discard bool
+	var wait, discard, lazy bool
 	var timeout time.Duration
 	use, short := "activate NAME[:TAG] --at PATH", "Make a layer live at PATH on a set of hosts, cluster-wide"
 	if op == api.OpDeactivate {
@@ -74,7 +74,7 @@ settles and fails if any host failed.`,
 			if discard {
 				op = api.OpDeactivateDiscard
 			}
-			req := api.ActivateRequest{Layer: name.String(), At: filepath.Clean(at), Hosts: hosts, Maps: maps, Op: op}
+			req := api.ActivateRequest{Layer: name.String(), At: filepath.Clean(at), Hosts: hosts, Maps: maps, Lazy: lazy, Op: op}
 			if op.Deactivates() {
 				req.At = ""
 			}
@@ -87,7 +87,7 @@ settles and fails if any host failed.`,
 				if err != nil {
 					return err
 				}
-				act, err := gossip.SignActivation(key, gossip.Activation{Layer: name.String(), CID: id, At: req.At, Hosts: hosts, Maps: req.Maps, Op: op, Time: time.Now().UnixNano()})
+				act, err := gossip.SignActivation(key, gossip.Activation{Layer: name.String(), CID: id, At: req.At, Hosts: hosts, Maps: req.Maps, Lazy: req.Lazy, Op: op, Time: time.Now().UnixNano()})
 				if err != nil {
 					return err
 				}
@@ -113,6 +113,7 @@ settles and fails if any host failed.`,
 	}
 	if op == api.OpActivate {
 		c.Flags().StringVar(&at, "at", "", "absolute path where the layer appears on each host (under its --root)")
+		c.Flags().BoolVar(&lazy, "lazy", false, "hosts exposing it through FUSE make it active once its manifest is there, fetching chunks as they are read (the rest in the background)")
 		c.Flags().StringArrayVar(&maps, "map", nil, "SRC=DST: while active, host path SRC resolves to DST inside the layer (bind mount or symlink; repeatable)")
 	}
 	c.Flags().StringVar(&hosts, "hosts", "all", "which hosts: all, ID,ID,..., key=value (a label), or self")

@@ -173,12 +173,12 @@ func TestLazyActivation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := startDaemon(t, bdata, "--peer", id.Addrs[0], "--announce-interval", "200ms", "--root", root, "--expose", "fuse", "--lazy")
+	b := startDaemon(t, bdata, "--peer", id.Addrs[0], "--announce-interval", "200ms", "--root", root, "--expose", "fuse")
 	waitFor(t, "vm:1 in b's catalogue", func() bool {
 		cl, err := b.Client.Catalog(context.Background())
 		return err == nil && len(cl) == 1
 	})
-	mustCLI(t, b, "activate", "vm:1", "--at", "/vm", "--hosts", "self", "--wait")
+	mustCLI(t, b, "activate", "vm:1", "--at", "/vm", "--hosts", "self", "--lazy", "--wait") // lazy for this activation, not the daemon's default
 	orig, err := os.Open(img)
 	if err != nil {
 		t.Fatal(err)

@@ -31,7 +31,7 @@ func (r *Reconciler) refusedByPolicy(ctx context.Context, e *record, a gossip.Ac
 
 // bringUp fetches the pinned layer, exposes it and makes its maps.
 func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation) error {
-	if r.cfg.Lazy && e.Mode == api.ModeFUSE {
+	if e.Mode == api.ModeFUSE && r.lazy(ctx, a) {
 		m, err := r.lazyManifest(ctx, a)
 		if err == nil {
 			if err := r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer)); err != nil {
@@ -57,6 +57,16 @@ func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation
 		return err
 	}
 	return r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
+}
+
+// lazy reports whether an activation goes live before its fetch ends: the
+// daemon's default, the activation's own --lazy, or the layer policy's.
+func (r *Reconciler) lazy(ctx context.Context, a gossip.Activation) bool {
+	if r.cfg.Lazy || a.Lazy {
+		return true
+	}
+	eff, c, ok := r.cfg.Policy.Effective(ctx, a.Layer)
+	return ok && c == nil && eff.Lazy
 }
 
 // ensureLayer makes the activation's pinned layer complete here.

@@ -35,7 +35,7 @@ func (r *Reconciler) Activate(ctx context.Context, req api.ActivateRequest) (*ap
 		if err != nil {
 			return nil, err
 		}
-		a = gossip.Activation{Layer: name.String(), CID: id, At: req.At, Hosts: r.cfg.Host.ID().String(), Maps: req.Maps, Op: req.Op, Time: time.Now().UnixNano()}
+		a = gossip.Activation{Layer: name.String(), CID: id, At: req.At, Hosts: r.cfg.Host.ID().String(), Maps: req.Maps, Lazy: req.Lazy, Op: req.Op, Time: time.Now().UnixNano()}
 		if a, err = gossip.SignActivation(r.cfg.Key, a); err != nil {
 			return nil, err
 		}

@@ -191,6 +191,7 @@ type ActivateRequest struct {
 	At     string          `json:"at,omitempty"`
 	Hosts  string          `json:"hosts,omitempty"`
 	Maps   []string        `json:"maps,omitempty"`
+	Lazy   bool            `json:"lazy,omitempty"` // active once the manifest is here (fuse mode)
 	Op     Op              `json:"op,omitempty"`
 	Signed json.RawMessage `json:"signed,omitempty"`
 }

@@ -26,16 +26,23 @@ type Activation struct {
 	Hosts string `json:"hosts"` // "all", "ID,ID,...", or "key=value" (a label)
 	// Maps are SRC=DST pairs: while the layer is active, the host path SRC
 	// (under --root) resolves to DST inside the layer.
-	Maps   []string `json:"maps,omitempty"`
-	Op     api.Op   `json:"op"`     // activate or deactivate
-	Time   int64    `json:"time"`   // unix nanoseconds
-	Signer string   `json:"signer"` // peer id form of the signing key
-	Sig    []byte   `json:"sig"`
+	Maps []string `json:"maps,omitempty"`
+	// Lazy: hosts exposing the layer through FUSE make it active once the
+	// manifest is here and fetch chunks as they are read.
+	Lazy   bool   `json:"lazy,omitempty"`
+	Op     api.Op `json:"op"`     // activate or deactivate
+	Time   int64  `json:"time"`   // unix nanoseconds
+	Signer string `json:"signer"` // peer id form of the signing key
+	Sig    []byte `json:"sig"`
 }
 
 func (a *Activation) signedBytes() []byte {
-	return []byte("p2pimg activation v1\n" + a.Layer + "\n" + a.CID + "\n" + a.At + "\n" + a.Hosts + "\n" +
-		string(a.Op) + "\n" + strconv.FormatInt(a.Time, 10) + "\n" + a.Signer + "\n" + strings.Join(a.Maps, "\x00"))
+	b := "p2pimg activation v1\n" + a.Layer + "\n" + a.CID + "\n" + a.At + "\n" + a.Hosts + "\n" +
+		string(a.Op) + "\n" + strconv.FormatInt(a.Time, 10) + "\n" + a.Signer + "\n" + strings.Join(a.Maps, "\x00")
+	if a.Lazy { // only then: activations signed before the field existed stay valid
+		b += "\nlazy"
+	}
+	return []byte(b)
 }
 
 // SignActivation signs a with key (which becomes its signer).

@@ -248,6 +248,11 @@ func TestActivationRecordsChecked(t *testing.T) {
 	forged, _ := SignActivation(forger, base)
 	edited := good
 	edited.At = "/etc"
+	madeLazy := good // a relay may not turn an activation lazy
+	madeLazy.Lazy = true
+	lazy := base
+	lazy.Lazy = true
+	lazy, _ = SignActivation(opKey, lazy)
 	badPath, _ := SignActivation(opKey, Activation{Layer: "app:1", CID: manifestID(t), At: "relative", Hosts: "all", Op: api.OpActivate, Time: 1})
 	for name, tc := range map[string]struct {
 		a    Activation
@@ -256,6 +261,8 @@ func TestActivationRecordsChecked(t *testing.T) {
 		"operator":     {good, ""},
 		"non-operator": {forged, "not an operator"},
 		"edited":       {edited, "bad signature"},
+		"made lazy":    {madeLazy, "bad signature"},
+		"lazy":         {lazy, ""},
 		"bad path":     {badPath, "absolute"},
 	} {
 		_, err := decodeBatch(batchBytes(t, activationRecord(tc.a)), c, time.Now())
