@@ -65,6 +65,10 @@ type Config struct {
 	// a chunk is fetched from peers when first read (verified first), the
 	// rest in the background.
 	Lazy bool
+	// TraceWindow is how long after a lazy activation the chunks read are
+	// recorded as its access trace, which peers activating the same version
+	// fetch first (default a minute).
+	TraceWindow time.Duration
 	// MaxUpload and MaxDownload cap chunk bytes per second served and
 	// fetched (0 = no cap).
 	MaxUpload, MaxDownload int64

@@ -39,7 +39,8 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 	n.xchg = xchg.NewServer(xchg.ServerConfig{Host: h, Source: source{db, n.fetch}, Log: cfg.Log, Stats: net.Stats,
 		Up: fetch.Limiter(cfg.MaxUpload), Reg: n.reg, Faults: cfg.Faults})
 	exposer := expose.New(expose.Config{Store: db, DataDir: cfg.DataDir, Root: cfg.Root, Mode: cfg.Expose, Log: cfg.Log,
-		Fetch: n.fetch, OnReadError: func(cidStr string, id cid.Cid, err error) { n.act.NoteReadError(cidStr, id, err) }})
+		Fetch: n.fetch, OnReadError: func(cidStr string, id cid.Cid, err error) { n.act.NoteReadError(cidStr, id, err) },
+		OnChunkRead: func(cidStr string, id cid.Cid) { n.act.NoteChunkRead(cidStr, id) }})
 	var err error
 	n.policy, err = policysync.New(policysync.Config{ID: h.ID(), Key: key, Labels: cfg.Labels, Cluster: cfg.Cluster, Catalog: n.catalog,
 		Store: db, Fetcher: n.fetch, Exposer: exposer, Log: cfg.Log, Announce: announce, Reconcile: reconcile, HostPolicy: cfg.HostPolicy})
@@ -51,7 +52,7 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 		return nil, err
 	}
 	n.act = activate.New(activate.Config{Host: h, Key: key, Cluster: cfg.Cluster, Labels: cfg.Labels, Root: cfg.Root, Catalog: n.catalog,
-		Store: db, Fetcher: n.fetch, Seats: n.seats, Policy: n.policy, Exposer: exposer, Lazy: cfg.Lazy, Log: cfg.Log, Announce: announce, Reconcile: reconcile,
+		Store: db, Fetcher: n.fetch, Seats: n.seats, Policy: n.policy, Exposer: exposer, Lazy: cfg.Lazy, TraceWindow: cfg.TraceWindow, Log: cfg.Log, Announce: announce, Reconcile: reconcile,
 		Reach: func(p peer.ID, now time.Time) (api.Reach, time.Time) { return n.gossip.Reach(p, now) }}) // the catalogue service is built last
 	n.layers = layers.New(layers.Config{Store: db, Catalog: n.catalog, Key: key, DataDir: cfg.DataDir, Policy: n.policy, Held: n.act, GC: gc,
 		Log: cfg.Log, Announce: announce, Images: keepImage(func(ctx context.Context, dir string, name chunk.Name) (string, error) {

@@ -26,6 +26,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var noMDNS, corrupt, stallServe, flood bool
 	var announce, stall, clockOffset, goneAfter time.Duration
 	var lazy bool
+	var traceWindow time.Duration
 	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup, pskFile, membersFile string
 	var labels []string
 	var mirrorAddr, registriesFile string
@@ -127,7 +128,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cc, Listen: listen, Peers: peers,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, GoneAfter: goneAfter,
-					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: api.Mode(expose), Lazy: lazy, HostPolicy: hostPolicyText,
+					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: api.Mode(expose), Lazy: lazy, TraceWindow: traceWindow, HostPolicy: hostPolicyText,
 					Registry: mirrorAddr, Upstreams: ups,
 					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset),
 				},
@@ -156,6 +157,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&maxUp, "max-upload", "", "cap on chunk bytes served per second, e.g. 50MB (default: none)")
 	c.Flags().StringVar(&maxDown, "max-download", "", "cap on chunk bytes fetched per second, e.g. 100MB (default: none)")
 	c.Flags().StringVar(&root, "root", "/", "directory that activation paths are relative to (a testnet gives each node its own)")
+	c.Flags().DurationVar(&traceWindow, "trace-window", time.Minute, "after a lazy activation, record the chunks read for this long as its access trace (peers activating the same version fetch those first)")
 	c.Flags().BoolVar(&lazy, "lazy", false, "fuse mode: a layer is active once its manifest is here; a chunk is fetched from peers when first read (verified first, EIO if none supplies it within 10 s), the rest in the background")
 	c.Flags().StringVar(&expose, "expose", string(api.ModeAuto), "how activated layers appear: fuse (served from the store through FUSE, an overlay above it; root, /dev/fuse and overlayfs), overlay (an overlay on a checkout), materialized (a directory swapped in), or auto (the first of these that works)")
 	c.Flags().StringVar(&mirrorAddr, "registry", "", "serve the OCI registry mirror (pull API) on this HOST:PORT, e.g. 127.0.0.1:5000 (default: off)")

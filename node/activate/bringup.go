@@ -37,7 +37,8 @@ func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation
 			if err := r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer)); err != nil {
 				return err
 			}
-			r.fetchBehind(ctx, a)
+			r.startTrace(e.Layer, e.CID, m)
+			r.fetchBehind(ctx, a, m)
 			return r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
 		}
 		r.cfg.Log.Info("lazy activation: fetching the whole layer first", "layer", a.Layer, "reason", err)

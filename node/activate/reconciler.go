@@ -32,6 +32,10 @@ type Store interface {
 	Records(prefix string) (map[string][]byte, error)
 	// PutRecord writes a small record durably.
 	PutRecord(key string, v []byte) error
+	// Put stores verified chunks (an access trace); idempotent.
+	Put(ctx context.Context, blocks ...chunk.Block) error
+	// HasMany reports, for each id in order, whether it is stored.
+	HasMany(ctx context.Context, ids []cid.Cid) ([]bool, error)
 }
 
 // Fetcher makes a layer complete on this host.
@@ -42,6 +46,10 @@ type Fetcher interface {
 	// Manifest is a manifest from the store, else fetched from a peer,
 	// checked and stored.
 	Manifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, error)
+	// FetchChunk returns chunk id of manifest layer, fetched at once from
+	// a peer, verified and stored; an error when none supplied it before
+	// ctx ended.
+	FetchChunk(ctx context.Context, layer, id cid.Cid) ([]byte, error)
 }
 
 // Seats claims and releases the seats of licensed layers.
@@ -84,7 +92,10 @@ type Config struct {
 	// Lazy makes fuse-mode activations active once the manifest is here:
 	// chunks are fetched when first read, the rest in the background.
 	Lazy bool
-	Log  *slog.Logger
+	// TraceWindow is how long after a lazy exposure the chunks read are
+	// recorded as its access trace (default a minute).
+	TraceWindow time.Duration
+	Log         *slog.Logger
 	// Reach is what this host knows of another's liveness (nil: all up).
 	Reach func(p peer.ID, now time.Time) (api.Reach, time.Time)
 	// Announce is poked when this host's states change; Reconcile wakes
@@ -100,11 +111,16 @@ type Reconciler struct {
 	mu         sync.Mutex
 	states     map[string]gossip.HostState // this host's, by layer
 	background map[string]bool             // layers being fetched behind a lazy exposure
+	traces     tracer
 }
 
 // New returns the reconciler; it starts nothing.
 func New(cfg Config) *Reconciler {
-	return &Reconciler{cfg: cfg, states: map[string]gossip.HostState{}, background: map[string]bool{}}
+	if cfg.TraceWindow <= 0 {
+		cfg.TraceWindow = time.Minute
+	}
+	return &Reconciler{cfg: cfg, states: map[string]gossip.HostState{}, background: map[string]bool{},
+		traces: tracer{recs: map[string]*recording{}, done: map[string]string{}}}
 }
 
 // States are this host's activation states, one per layer.
@@ -201,6 +217,7 @@ func (r *Reconciler) reconcile(ctx context.Context, local map[string]*record) {
 		}
 		r.mirrorCheck(ctx, e)
 		r.noteChanges(e)
+		r.noteTrace(e)
 	}
 	for layer, e := range local {
 		if _, ok := want[layer]; !ok && ctx.Err() == nil {
@@ -389,7 +406,7 @@ func (r *Reconciler) lazyManifest(ctx context.Context, a gossip.Activation) (*ch
 // fetchBehind fetches the rest of a lazily exposed layer in the
 // background, under the usual scheduler and caps, showing its progress
 // in the layer's state; reads meanwhile fetch what they need at once.
-func (r *Reconciler) fetchBehind(ctx context.Context, a gossip.Activation) {
+func (r *Reconciler) fetchBehind(ctx context.Context, a gossip.Activation, m *chunk.Manifest) {
 	r.mu.Lock()
 	running := r.background[a.Layer]
 	r.background[a.Layer] = true
@@ -412,6 +429,7 @@ func (r *Reconciler) fetchBehind(ctx context.Context, a gossip.Activation) {
 			delete(r.background, a.Layer)
 			r.mu.Unlock()
 		}()
+		r.prefetchTraced(ctx, a, m)
 		_, err := r.ensureLayer(ctx, a, func(ev api.Event) {
 			if p := ev.Progress; p != nil {
 				detail(fmt.Sprintf("lazy: %d of %d bytes here, from %d peer(s)", p.Done, p.Total, p.Peers))

@@ -33,6 +33,9 @@ type record struct {
 	Product string `json:"product,omitempty"`
 	// Restored counts the drifted paths mirror mode put back.
 	Restored int `json:"restored,omitempty"`
+	// Trace is "MANIFEST/CHUNK": the access trace recorded here after
+	// exposing that version lazily.
+	Trace string `json:"trace,omitempty"`
 
 	checked time.Time // last mirror check
 	noted   time.Time // last look for local changes
@@ -40,7 +43,7 @@ type record struct {
 
 // hostState is the record as this host reports it.
 func (e *record) hostState() gossip.HostState {
-	return gossip.HostState{Layer: e.Layer, CID: e.CID, At: e.At, State: e.State, Detail: e.Detail, Time: e.Time, Mode: e.Mode}
+	return gossip.HostState{Layer: e.Layer, CID: e.CID, At: e.At, State: e.State, Detail: e.Detail, Time: e.Time, Mode: e.Mode, Trace: e.traceOf()}
 }
 
 // retryAfter is how long a failed activation waits before it is tried again.
@@ -108,7 +111,7 @@ func (r *Reconciler) Held(ctx context.Context) ([]expose.Held, error) {
 	var out []expose.Held
 	for _, e := range recs {
 		if e.CID != "" && (e.Exposed || (e.State != api.StateInactive && e.State != api.StateFailed)) {
-			out = append(out, expose.Held{Layer: e.Layer, CID: e.CID, Exposure: e.Exposure})
+			out = append(out, expose.Held{Layer: e.Layer, CID: e.CID, Trace: e.traceOf(), Exposure: e.Exposure})
 		}
 	}
 	return out, nil

@@ -213,6 +213,9 @@ type HostActivation struct {
 	Detail string `json:"detail,omitempty"`
 	Time   int64  `json:"time"`
 	Mode   Mode   `json:"mode,omitempty"`
+	// Trace is the chunk holding the host's access trace of CID (the
+	// chunks read first after it exposed CID lazily), if it recorded one.
+	Trace string `json:"trace,omitempty"`
 	// Reach says whether the host is still heard from, and LastSeen when it
 	// last was (as this host learned it).
 	Reach    Reach     `json:"reach"`

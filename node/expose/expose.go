@@ -41,6 +41,9 @@ type Config struct {
 	// OnReadError, if set, hears of every chunk a read through the FUSE
 	// view of manifest cidStr could not get (for the host's state).
 	OnReadError func(cidStr string, id cid.Cid, err error)
+	// OnChunkRead, if set, hears of every chunk a read through the FUSE
+	// view of manifest cidStr asks for (an access trace). Quick.
+	OnChunkRead func(cidStr string, id cid.Cid)
 	Log         *slog.Logger
 }
 
@@ -92,6 +95,7 @@ type Exposure struct {
 type Held struct {
 	Layer string
 	CID   string // the manifest exposed
+	Trace string // the chunk of its access trace, if recorded here
 	Exposure
 }
 

@@ -113,6 +113,9 @@ func (x *Exposer) serveLocked(key, cidStr, layer string, m *chunk.Manifest) (*se
 	if f := x.cfg.OnReadError; f != nil {
 		cfg.OnReadError = func(id cid.Cid, err error) { f(cidStr, id, err) }
 	}
+	if f := x.cfg.OnChunkRead; f != nil {
+		cfg.OnChunk = func(id cid.Cid) { f(cidStr, id) }
+	}
 	v, err := fuseview.Mount(dir, m, cfg)
 	if err != nil {
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/faults"
 	"github.com/p2pimg/p2pimg/node/xchg"
 )
 
@@ -45,6 +46,9 @@ func (fr *Fetcher) FetchChunk(ctx context.Context, layer, id cid.Cid) ([]byte, e
 		}
 		fr.bytesIn.WithLabelValues(p.String()).Add(float64(len(data)))
 		fr.chunksFetched.Inc()
+		if fr.trace != nil {
+			fr.trace(faults.ChunkEvent{Stored: true, Peer: p.String(), CID: id.String()})
+		}
 		return data, nil
 	}
 	if err := ctx.Err(); err != nil {

@@ -158,4 +158,8 @@ type HostState struct {
 	Detail string    `json:"detail,omitempty"`
 	Time   int64     `json:"time"` // of the activation it answers
 	Mode   api.Mode  `json:"mode,omitempty"`
+	// Trace is the chunk holding the access trace this host recorded after
+	// exposing CID lazily (the chunks read first): hosts activating the
+	// same version fetch those chunks first.
+	Trace string `json:"trace,omitempty"`
 }

@@ -26,6 +26,9 @@ func (sv *Service) referenced(ctx context.Context) (map[cid.Cid]bool, map[cid.Ci
 		}
 		for _, h := range held {
 			ls = append(ls, chunk.Layer{Name: h.Layer + " (exposed at " + h.Path + ")", CID: h.CID, State: chunk.Incomplete})
+			if id, err := cid.Decode(h.Trace); err == nil {
+				chunks[id] = true // its access trace, which peers may ask for
+			}
 		}
 	}
 	for _, l := range ls {

@@ -61,6 +61,9 @@ type Config struct {
 	// OnReadError, if set, is told of every chunk a read could not get
 	// (for the host's state detail).
 	OnReadError func(id cid.Cid, err error)
+	// OnChunk, if set, is told of every chunk a read asks for (repeats
+	// included), in order: an access trace. It must be quick.
+	OnChunk func(id cid.Cid)
 	// DeltaDir, if set, makes the layer's disk images writable: writes to
 	// them go to a block-level delta per file kept under DeltaDir, and
 	// reads merge it over the layer. Without it the view is read-only.
@@ -412,6 +415,9 @@ func (f *fileNode) prefetch(ctx context.Context, first, last int) {
 // chunk returns a chunk's bytes: from the cache, the store, or (missing)
 // the fetcher, which verifies before it returns.
 func (v *View) chunk(ctx context.Context, ref chunk.Ref) ([]byte, error) {
+	if v.cfg.OnChunk != nil {
+		v.cfg.OnChunk(ref.CID)
+	}
 	if b, ok := v.cache.Get(ref.CID); ok {
 		return b, nil
 	}
