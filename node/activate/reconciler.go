@@ -50,6 +50,9 @@ type Fetcher interface {
 	// a peer, verified and stored; an error when none supplied it before
 	// ctx ended.
 	FetchChunk(ctx context.Context, layer, id cid.Cid) ([]byte, error)
+	// Behind is a context for a background fetch that yields to
+	// FetchChunk's on-demand fetches while they wait.
+	Behind(ctx context.Context) context.Context
 }
 
 // Seats claims and releases the seats of licensed layers.
@@ -430,7 +433,9 @@ func (r *Reconciler) fetchBehind(ctx context.Context, a gossip.Activation, m *ch
 			r.mu.Unlock()
 		}()
 		r.prefetchTraced(ctx, a, m)
-		_, err := r.ensureLayer(ctx, a, func(ev api.Event) {
+		bctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		_, err := r.ensureLayer(r.cfg.Fetcher.Behind(bctx), a, func(ev api.Event) {
 			if p := ev.Progress; p != nil {
 				detail(fmt.Sprintf("lazy: %d of %d bytes here, from %d peer(s)", p.Done, p.Total, p.Peers))
 			}

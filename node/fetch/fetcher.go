@@ -72,8 +72,9 @@ type Config struct {
 
 // Fetcher fetches layers from peers.
 type Fetcher struct {
-	cfg   Config
-	trace func(faults.ChunkEvent)
+	cfg    Config
+	trace  func(faults.ChunkEvent)
+	demand demand // on-demand fetches in flight, which background ones yield to
 
 	mu      sync.Mutex
 	fetches map[cid.Cid]*fetch

@@ -20,8 +20,11 @@ import (
 // at a time, until one answers or ctx ends. The bytes are verified against
 // id before they are stored or returned; a peer that sends bad ones is
 // disconnected and blocked, as in a fetch. Safe for concurrent use; the
-// caller bounds it with ctx.
+// caller bounds it with ctx. Background fetches run with Behind's context
+// slow down meanwhile.
 func (fr *Fetcher) FetchChunk(ctx context.Context, layer, id cid.Cid) ([]byte, error) {
+	fr.demand.begin()
+	defer fr.demand.end()
 	var errs []error
 	for _, p := range fr.candidates(layer) {
 		if ctx.Err() != nil {

@@ -110,7 +110,7 @@ func benchView(ctx context.Context, t *table, bin, dir string, size int64) error
 		fmt.Sprintf("%.0f ms (active after %.0f ms)", first.Seconds()*1000, activeAfter.Seconds()*1000), "< 200 ms", check(first < 200*time.Millisecond))
 	t.add(fmt.Sprintf("  boot-like trace: %d scattered 64 KiB reads (2%%), one reader", extents),
 		fmt.Sprintf("%.2f s", trace.Seconds()), "< 3 s", check(trace < 3*time.Second))
-	t.add("  bytes here when the trace ended (the background fetch runs uncapped beside the reads)",
+	t.add("  bytes here when the trace ended (the background fetch yields to reads)",
 		fmt.Sprintf("%.1f%% (%d MiB)", share*100, st.StoredBytes>>20), "<= 10%", check(share <= 0.10))
 
 	if err := waitComplete(ctx, b.Client, "bench:view", 10*time.Minute); err != nil {
