@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/ipfs/go-cid"
@@ -63,6 +64,13 @@ type Entry struct {
 	Size   int64 // files: the sum of the chunk sizes
 	Target string
 	Chunks []Ref
+	// Link (files only) names an earlier file of the layer that this one
+	// is a hard link to: the same inode. Size and Chunks repeat the
+	// target's, so a reader that ignores links still gets the content.
+	Link string
+	// Xattrs are the entry's extended attributes, by full name
+	// ("user.x", "security.capability"); none from trusted.overlay.
+	Xattrs map[string][]byte
 }
 
 // Manifest is a layer: its chunking parameters and ordered entries. Its
@@ -101,15 +109,17 @@ type wireRef struct {
 }
 
 type wireEntry struct {
-	Path   string    `cbor:"1,keyasint"`
-	Type   EntryType `cbor:"2,keyasint"`
-	Mode   uint32    `cbor:"3,keyasint"`
-	UID    uint32    `cbor:"4,keyasint,omitempty"`
-	GID    uint32    `cbor:"5,keyasint,omitempty"`
-	MTime  int64     `cbor:"6,keyasint,omitempty"`
-	Size   int64     `cbor:"7,keyasint,omitempty"`
-	Target string    `cbor:"8,keyasint,omitempty"`
-	Chunks []wireRef `cbor:"9,keyasint,omitempty"`
+	Path   string            `cbor:"1,keyasint"`
+	Type   EntryType         `cbor:"2,keyasint"`
+	Mode   uint32            `cbor:"3,keyasint"`
+	UID    uint32            `cbor:"4,keyasint,omitempty"`
+	GID    uint32            `cbor:"5,keyasint,omitempty"`
+	MTime  int64             `cbor:"6,keyasint,omitempty"`
+	Size   int64             `cbor:"7,keyasint,omitempty"`
+	Target string            `cbor:"8,keyasint,omitempty"`
+	Chunks []wireRef         `cbor:"9,keyasint,omitempty"`
+	Xattrs map[string][]byte `cbor:"10,keyasint,omitempty"`
+	Link   string            `cbor:"11,keyasint,omitempty"`
 }
 
 type wireManifest struct {
@@ -138,7 +148,8 @@ func (m *Manifest) Encode() ([]byte, cid.Cid, error) {
 		w.Parent = m.Parent.Bytes()
 	}
 	for i, e := range m.Entries {
-		we := wireEntry{Path: e.Path, Type: e.Type, Mode: uint32(e.Mode), UID: e.UID, GID: e.GID, MTime: e.MTime, Size: e.Size, Target: e.Target}
+		we := wireEntry{Path: e.Path, Type: e.Type, Mode: uint32(e.Mode), UID: e.UID, GID: e.GID, MTime: e.MTime, Size: e.Size, Target: e.Target,
+			Xattrs: e.Xattrs, Link: e.Link}
 		if len(e.Chunks) > 0 {
 			we.Chunks = make([]wireRef, len(e.Chunks))
 			for k, r := range e.Chunks {
@@ -187,7 +198,8 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 		m.Parent = p
 	}
 	for i, we := range w.Entries {
-		e := Entry{Path: we.Path, Type: we.Type, Mode: fs.FileMode(we.Mode), UID: we.UID, GID: we.GID, MTime: we.MTime, Size: we.Size, Target: we.Target}
+		e := Entry{Path: we.Path, Type: we.Type, Mode: fs.FileMode(we.Mode), UID: we.UID, GID: we.GID, MTime: we.MTime, Size: we.Size, Target: we.Target,
+			Xattrs: we.Xattrs, Link: we.Link}
 		if len(we.Chunks) > 0 {
 			e.Chunks = make([]Ref, len(we.Chunks))
 			for k, r := range we.Chunks {
@@ -235,6 +247,7 @@ func (m *Manifest) Validate() error {
 		}
 	}
 	dirs := map[string]bool{".": true}
+	files := map[string]*Entry{} // files that may be link targets
 	prev := ""
 	for i := range m.Entries {
 		e := &m.Entries[i]
@@ -250,6 +263,17 @@ func (m *Manifest) Validate() error {
 		}
 		if e.Mode&^(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) != 0 {
 			return bad("%s: mode %o has bits other than permissions", e.Path, uint32(e.Mode))
+		}
+		if err := checkXattrs(e.Xattrs); err != nil {
+			return bad("%s: %v", e.Path, err)
+		}
+		if e.Link != "" {
+			t := files[e.Link]
+			if e.Type != File || t == nil || t.Size != e.Size || !slices.Equal(t.Chunks, e.Chunks) {
+				return bad("%s: hard link to %q, which is not an earlier file of the same size and chunks that is not a link itself", e.Path, e.Link)
+			}
+		} else if e.Type == File {
+			files[e.Path] = e
 		}
 		switch e.Type {
 		case Dir:
@@ -287,6 +311,33 @@ func (m *Manifest) Validate() error {
 		default:
 			return bad("%s: unknown entry type %d", e.Path, e.Type)
 		}
+	}
+	return nil
+}
+
+// Limits on extended attributes, as Linux sets them.
+const (
+	maxXattrName  = 255
+	maxXattrValue = 64 << 10
+	maxXattrs     = 256 << 10 // all of one entry's names and values
+)
+
+// checkXattrs reports the first extended attribute that may not be kept.
+func checkXattrs(x map[string][]byte) error {
+	total := 0
+	for name, v := range x {
+		switch {
+		case name == "" || len(name) > maxXattrName || strings.IndexByte(name, 0) >= 0 || !strings.Contains(name, "."):
+			return fmt.Errorf("xattr %.60q: a name is 1-255 bytes without NUL, with a namespace (user.NAME)", name)
+		case strings.HasPrefix(name, "trusted.overlay."):
+			return fmt.Errorf("xattr %.60q: overlayfs's own attributes are not kept in layers", name)
+		case len(v) > maxXattrValue:
+			return fmt.Errorf("xattr %.60q: %d bytes, at most %d", name, len(v), maxXattrValue)
+		}
+		total += len(name) + len(v)
+	}
+	if total > maxXattrs {
+		return fmt.Errorf("xattrs: %d bytes, at most %d per entry", total, maxXattrs)
 	}
 	return nil
 }

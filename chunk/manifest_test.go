@@ -16,7 +16,9 @@ func sampleManifest(t testing.TB) *Manifest {
 		Meta:   map[string]string{"product": "db", "description": "sample"},
 		Entries: []Entry{
 			{Path: "bin", Type: Dir, Mode: 0o755},
-			{Path: "bin/sh", Type: File, Mode: 0o755, UID: 0, MTime: 1700000000123456789, Size: 3, Chunks: []Ref{{a, 1}, {b, 2}}},
+			{Path: "bin/sh", Type: File, Mode: 0o755, UID: 0, MTime: 1700000000123456789, Size: 3, Chunks: []Ref{{a, 1}, {b, 2}},
+				Xattrs: map[string][]byte{"user.origin": []byte("build 7"), "security.capability": {1, 0, 0, 2}}},
+			{Path: "bin/sh-hard", Type: File, Mode: 0o755, Size: 3, Chunks: []Ref{{a, 1}, {b, 2}}, Link: "bin/sh"},
 			{Path: "bin/sh-link", Type: Symlink, Mode: 0o777, Target: "sh"},
 			{Path: "empty", Type: File, Mode: 0o600},
 		},
@@ -38,7 +40,8 @@ func TestManifestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got.Entries) != 4 || got.Entries[1].Chunks[1].Size != 2 || got.Meta["product"] != "db" || got.Size() != 3 {
+	if len(got.Entries) != 5 || got.Entries[1].Chunks[1].Size != 2 || got.Meta["product"] != "db" || got.Size() != 6 ||
+		string(got.Entries[1].Xattrs["user.origin"]) != "build 7" || got.Entries[2].Link != "bin/sh" {
 		t.Fatalf("round trip lost data: %+v", got)
 	}
 	if ManifestCID(b) != id || id.Type() != ManifestCodec {
@@ -58,17 +61,25 @@ func TestManifestRejects(t *testing.T) {
 		{"absolute path", func(m *Manifest) { m.Entries[0].Path = "/bin" }, "absolute"},
 		{"dotdot", func(m *Manifest) { m.Entries[0].Path = "../bin" }, "leaves the layer"},
 		{"unclean", func(m *Manifest) { m.Entries[0].Path = "bin/" }, "not clean"},
-		{"unsorted", func(m *Manifest) { m.Entries[2], m.Entries[3] = m.Entries[3], m.Entries[2] }, "out of order"},
-		{"duplicate", func(m *Manifest) { m.Entries[3].Path = "bin/sh-link" }, "out of order or repeated"},
+		{"unsorted", func(m *Manifest) { m.Entries[3], m.Entries[4] = m.Entries[4], m.Entries[3] }, "out of order"},
+		{"duplicate", func(m *Manifest) { m.Entries[4].Path = "bin/sh-link" }, "out of order or repeated"},
 		{"orphan", func(m *Manifest) { m.Entries = m.Entries[1:] }, "parent \"bin\""},
-		{"under symlink", func(m *Manifest) { m.Entries[2].Path = "bin/sh-link"; m.Entries[3].Path = "bin/sh-link/x" }, "parent"},
+		{"under symlink", func(m *Manifest) { m.Entries[3].Path = "bin/sh-link"; m.Entries[4].Path = "bin/sh-link/x" }, "parent"},
+		{"link to nothing", func(m *Manifest) { m.Entries[2].Link = "bin/zz" }, "hard link"},
+		{"link to a later file", func(m *Manifest) { m.Entries[2].Link = "empty" }, "hard link"},
+		{"link to itself", func(m *Manifest) { m.Entries[2].Link = "bin/sh-hard" }, "hard link"},
+		{"link with other chunks", func(m *Manifest) { m.Entries[2].Chunks = m.Entries[2].Chunks[:1]; m.Entries[2].Size = 1 }, "hard link"},
+		{"link of a symlink", func(m *Manifest) { m.Entries[3].Link = "bin/sh" }, "hard link"},
+		{"xattr without namespace", func(m *Manifest) { m.Entries[0].Xattrs = map[string][]byte{"x": nil} }, "namespace"},
+		{"overlay xattr", func(m *Manifest) { m.Entries[0].Xattrs = map[string][]byte{"trusted.overlay.opaque": []byte("y")} }, "overlayfs"},
+		{"huge xattr", func(m *Manifest) { m.Entries[0].Xattrs = map[string][]byte{"user.x": make([]byte, 65<<10)} }, "at most"},
 		{"size mismatch", func(m *Manifest) { m.Entries[1].Size = 4 }, "add up to 3"},
 		{"cidv0 chunk", func(m *Manifest) { m.Entries[1].Chunks[0].CID = v0 }, "not CIDv1 raw"},
 		{"zero chunk size", func(m *Manifest) { m.Entries[1].Chunks[0].Size = 0 }, "size 0"},
 		{"dir with chunks", func(m *Manifest) { m.Entries[0].Chunks = m.Entries[1].Chunks }, "directory"},
-		{"empty symlink", func(m *Manifest) { m.Entries[2].Target = "" }, "symlink target"},
+		{"empty symlink", func(m *Manifest) { m.Entries[3].Target = "" }, "symlink target"},
 		{"mode bits", func(m *Manifest) { m.Entries[0].Mode |= 1 << 31 }, "mode"},
-		{"type", func(m *Manifest) { m.Entries[3].Type = 9 }, "unknown entry type"},
+		{"type", func(m *Manifest) { m.Entries[4].Type = 9 }, "unknown entry type"},
 		{"params", func(m *Manifest) { m.Params.Avg = 3 }, "power of two"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

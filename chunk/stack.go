@@ -61,6 +61,9 @@ func Flatten(stack []*Manifest) *Manifest {
 	top := stack[len(stack)-1]
 	out := &Manifest{Params: top.Params, Meta: top.Meta, Entries: make([]Entry, 0, len(tree))}
 	for _, e := range tree {
+		if t, ok := tree[e.Link]; e.Link != "" && (!ok || t.Type != File || t.Link != "" || !slices.Equal(t.Chunks, e.Chunks)) {
+			e.Link = "" // its target was removed or replaced above it: a copy now
+		}
 		out.Entries = append(out.Entries, e)
 	}
 	sort.Slice(out.Entries, func(i, j int) bool { return out.Entries[i].Path < out.Entries[j].Path })

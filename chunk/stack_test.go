@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"testing"
+
+	"github.com/ipfs/go-cid"
 )
 
 func dir(p string) Entry { return Entry{Path: p, Type: Dir, Mode: 0o755} }
@@ -119,5 +121,33 @@ func TestSplitAgainFoldsSharedChange(t *testing.T) {
 	common2, _ := SplitCommon(again...)
 	if got := paths(common2); !reflect.DeepEqual(got, []string{"d", "d/lib", "d/patch"}) {
 		t.Fatalf("second common layer: %v", got)
+	}
+}
+
+// A hard link whose target an upper layer replaces or removes becomes a
+// copy in the flattened tree (it still has its content); one whose target
+// stays is kept.
+func TestFlattenKeepsOnlyIntactLinks(t *testing.T) {
+	t.Parallel()
+	a, _ := SumCID([]byte("a"), SHA256)
+	b, _ := SumCID([]byte("b"), SHA256)
+	file := func(p, link string, id cid.Cid) Entry {
+		return Entry{Path: p, Type: File, Mode: 0o644, Size: 1, Chunks: []Ref{{id, 1}}, Link: link}
+	}
+	base := &Manifest{Params: DefaultParams(), Entries: []Entry{file("a", "", a), file("b", "a", a), file("c", "", b), file("d", "c", b)}}
+	upper := &Manifest{Params: DefaultParams(), Entries: []Entry{file("a", "", b), {Path: ".wh.c", Type: File, Mode: 0o644}}}
+	flat := Flatten([]*Manifest{base, upper})
+	if err := flat.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	links := map[string]string{}
+	for _, e := range flat.Entries {
+		links[e.Path] = e.Link
+	}
+	if links["b"] != "" || links["d"] != "" {
+		t.Fatalf("links after the targets changed: %v", links)
+	}
+	if flat := Flatten([]*Manifest{base}); flat.Entries[1].Link != "a" {
+		t.Fatalf("an intact link was dropped: %+v", flat.Entries[1])
 	}
 }
