@@ -81,6 +81,7 @@ func scan(root string, upper bool) (entries []chunk.Entry, sources []string, ski
 	type item struct {
 		e   chunk.Entry
 		src string
+		ino [2]uint64 // device and inode of a file with hard links
 	}
 	var items []item
 	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
@@ -106,14 +107,14 @@ func scan(root string, upper bool) (entries []chunk.Entry, sources []string, ski
 		marker := func(rel string) item {
 			e := entryFor(rel, fi)
 			e.Type, e.Size, e.Mode, e.Target = chunk.File, 0, 0o644, ""
-			return item{e, ""}
+			return item{e: e}
 		}
 		switch t := fi.Mode().Type(); {
 		case upper && t&fs.ModeCharDevice != 0 && fi.Sys().(*syscall.Stat_t).Rdev == 0:
 			items = append(items, marker(path.Join(path.Dir(rel), chunk.WhiteoutPrefix+path.Base(rel))))
 			return nil
 		case upper && t == fs.ModeDir && isOpaque(p):
-			items = append(items, item{entryFor(rel, fi), p}, marker(path.Join(rel, chunk.OpaqueMarker)))
+			items = append(items, item{e: entryFor(rel, fi), src: p}, marker(path.Join(rel, chunk.OpaqueMarker)))
 			return nil
 		case t == 0, t == fs.ModeDir, t == fs.ModeSymlink:
 			e := entryFor(rel, fi)
@@ -130,7 +131,14 @@ func scan(root string, upper bool) (entries []chunk.Entry, sources []string, ski
 				}
 				f.Close()
 			}
-			items = append(items, item{e, p})
+			if e.Xattrs, err = readXattrs(p); err != nil {
+				return fmt.Errorf("add: %w", err)
+			}
+			var ino [2]uint64
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok && t == 0 && st.Nlink > 1 {
+				ino = [2]uint64{st.Dev, st.Ino}
+			}
+			items = append(items, item{e, p, ino})
 		default:
 			skipped = append(skipped, Skipped{rel, "a " + typeName(t) + " is not stored in layers"})
 		}
@@ -140,10 +148,13 @@ func scan(root string, upper bool) (entries []chunk.Entry, sources []string, ski
 		return nil, nil, nil, err
 	}
 	slices.SortFunc(items, func(a, b item) int { return strings.Compare(a.e.Path, b.e.Path) })
-	for _, it := range items {
+	inodes := make([][2]uint64, len(items))
+	for i, it := range items {
 		entries = append(entries, it.e)
 		sources = append(sources, it.src)
+		inodes[i] = it.ino
 	}
+	linkInodes(entries, inodes)
 	return entries, sources, skipped, nil
 }
 
@@ -222,9 +233,16 @@ func add(ctx context.Context, store chunk.Store, root string, p chunk.Params, pr
 		batch, arena = batch[:0], arena[:0]
 		return nil
 	}
+	byPath := map[string]*chunk.Entry{}
 	for i := range entries {
 		e := &entries[i]
 		if e.Type != chunk.File || sources[i] == "" {
+			continue
+		}
+		byPath[e.Path] = e
+		if t := byPath[e.Link]; t != nil { // a hard link: the target's chunks, read once
+			e.Chunks, e.Size = slices.Clone(t.Chunks), t.Size
+			done += e.Size
 			continue
 		}
 		f, err := os.Open(sources[i])

@@ -87,6 +87,10 @@ func Checkout(ctx context.Context, store chunk.Store, m *chunk.Manifest, dir str
 					return fmt.Errorf("checkout %s: %w", e.Path, err)
 				}
 			}
+			// and file capabilities too: the attributes come last
+			if err := setXattrs(dir, e, o.Owners); err != nil {
+				return fmt.Errorf("checkout %s: %w", e.Path, err)
+			}
 		}
 	}
 	// Directory times last, deepest first: writing into a directory moves its mtime.
@@ -151,6 +155,10 @@ func (w *writer) entry(e *chunk.Entry, force bool, progress func(int64)) error {
 		return err
 	case chunk.Symlink:
 		return w.root.Symlink(e.Target, e.Path)
+	}
+	if e.Link != "" { // written before it: the manifest puts targets first
+		progress(e.Size)
+		return w.root.Link(e.Link, e.Path)
 	}
 	f, err := w.root.OpenFile(e.Path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
