@@ -1,6 +1,8 @@
 package chunk
 
 import (
+	"bytes"
+	"maps"
 	"slices"
 
 	"github.com/ipfs/go-cid"
@@ -20,7 +22,8 @@ type CommonReport struct {
 // symlink: type, mode, owner, size, target and content.
 func sameEntry(a, b *Entry) bool {
 	return a.Type == b.Type && a.Mode == b.Mode && a.UID == b.UID && a.GID == b.GID &&
-		a.Size == b.Size && a.Target == b.Target &&
+		a.Size == b.Size && a.Target == b.Target && a.Link == b.Link &&
+		maps.EqualFunc(a.Xattrs, b.Xattrs, bytes.Equal) &&
 		slices.EqualFunc(a.Chunks, b.Chunks, func(x, y Ref) bool { return x.Size == y.Size && x.CID.Equals(y.CID) })
 }
 

@@ -124,6 +124,7 @@ func SplitCommon(ms ...*Manifest) (common *Manifest, thin []*Manifest) {
 			}
 		}
 	}
+	unshareLinks(ms, shared)
 	for _, e := range ms[0].Entries {
 		if shared[e.Path] || (e.Type == Dir && dirs[e.Path]) {
 			common.Entries = append(common.Entries, e)
@@ -139,6 +140,23 @@ func SplitCommon(ms ...*Manifest) (common *Manifest, thin []*Manifest) {
 		thin = append(thin, t)
 	}
 	return common, thin
+}
+
+// unshareLinks keeps every hard link in the same layer as its target:
+// where one of the two stays in a thin layer, both do.
+func unshareLinks(ms []*Manifest, shared map[string]bool) {
+	for changed := true; changed; {
+		changed = false
+		for _, m := range ms {
+			for _, e := range m.Entries {
+				if e.Link != "" && shared[e.Path] != shared[e.Link] {
+					delete(shared, e.Path)
+					delete(shared, e.Link)
+					changed = true
+				}
+			}
+		}
+	}
 }
 
 // Conflicts lists the paths a thin layer changes (its files, symlinks and

@@ -151,3 +151,28 @@ func TestFlattenKeepsOnlyIntactLinks(t *testing.T) {
 		t.Fatalf("an intact link was dropped: %+v", flat.Entries[1])
 	}
 }
+
+// SplitCommon keeps a hard link with its target: a link whose target
+// differs between the layers stays in the thin layers with it.
+func TestSplitCommonKeepsLinksTogether(t *testing.T) {
+	t.Parallel()
+	a, _ := SumCID([]byte("a"), SHA256)
+	b, _ := SumCID([]byte("b"), SHA256)
+	file := func(p, link string, id cid.Cid, mtime int64) Entry {
+		return Entry{Path: p, Type: File, Mode: 0o644, Size: 1, Chunks: []Ref{{id, 1}}, Link: link, MTime: mtime}
+	}
+	// "t" is the same in both; "x" links to it only in the first
+	m1 := &Manifest{Params: DefaultParams(), Entries: []Entry{file("t", "", a, 1), file("x", "t", a, 1)}}
+	m2 := &Manifest{Params: DefaultParams(), Entries: []Entry{file("t", "", a, 1), file("x", "", b, 1)}}
+	common, thin := SplitCommon(m1, m2)
+	for _, m := range append([]*Manifest{common}, thin...) {
+		if err := m.Validate(); err != nil {
+			t.Fatalf("a split layer is invalid: %v", err)
+		}
+	}
+	for i, m := range []*Manifest{m1, m2} {
+		if got := Flatten([]*Manifest{common, thin[i]}); !reflect.DeepEqual(got.Entries, m.Entries) {
+			t.Fatalf("layer %d does not flatten back: %+v", i, got.Entries)
+		}
+	}
+}

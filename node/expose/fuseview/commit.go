@@ -131,7 +131,7 @@ func (v *View) CommitDisks(ctx context.Context, p chunk.Params, put Put) (entrie
 // commitEntry is the disk's entry as it reads now. Hold d.mu.
 func (d *diskNode) commitEntry(ctx context.Context, p chunk.Params, put Put) (chunk.Entry, error) {
 	e := *d.e
-	e.Chunks = nil
+	e.Chunks, e.Link = nil, "" // new chunks: no longer another name of a file it was linked to
 	e.MTime = time.Now().UnixNano()
 	size := d.delta.Size()
 	e.Size = size

@@ -148,7 +148,7 @@ func Mount(dir string, m *chunk.Manifest, cfg Config) (*View, error) {
 			DirectMountFlags:  flags,
 			MaxReadAhead:      1 << 20,
 			MaxWrite:          1 << 20,
-			DisableXAttrs:     true, // the manifest records none
+			DisableXAttrs:     false, // from the manifest
 		},
 	}
 	srv, err := fusefs.Mount(dir, root, opts)
@@ -214,12 +214,18 @@ func (v *View) count(f func(*Stats)) {
 // before what it holds.
 func (v *View) build(ctx context.Context, root *dirNode, m *chunk.Manifest) {
 	dirs := map[string]*fusefs.Inode{".": root.EmbeddedInode()}
+	files := map[string]*fusefs.Inode{} // hard link targets
 	subdirs := map[string]uint32{}
 	for i := range m.Entries {
 		e := &m.Entries[i]
 		parent := dirs[path.Dir(e.Path)]
 		if parent == nil {
 			continue // Validate guarantees parents; be safe anyway
+		}
+		if t := files[e.Link]; t != nil { // a hard link: the target's inode under another name
+			parent.AddChild(path.Base(e.Path), t, false)
+			t.Operations().(interface{ addLink() }).addLink()
+			continue
 		}
 		ino := uint64(i) + 2 // 1 is the root
 		var node fusefs.InodeEmbedder
@@ -238,8 +244,11 @@ func (v *View) build(ctx context.Context, root *dirNode, m *chunk.Manifest) {
 		}
 		child := parent.NewPersistentInode(ctx, node, fusefs.StableAttr{Mode: mode, Ino: ino})
 		parent.AddChild(path.Base(e.Path), child, false)
-		if e.Type == chunk.Dir {
+		switch e.Type {
+		case chunk.Dir:
 			dirs[e.Path] = child
+		case chunk.File:
+			files[e.Path] = child
 		}
 	}
 	for p, in := range dirs {
@@ -294,7 +303,11 @@ type fileNode struct {
 	offs []int64 // offs[i]: where chunk i starts; offs[len] = size
 	zero []bool  // chunk i is all zeros
 	data int64   // bytes in non-zero chunks
+
+	links uint32 // names besides its own (hard links), set while building
 }
+
+func (f *fileNode) addLink() { f.links++ }
 
 var (
 	_ fusefs.NodeGetattrer = (*fileNode)(nil)
@@ -334,7 +347,7 @@ func (f *fileNode) size() int64 { return f.offs[len(f.offs)-1] }
 
 func (f *fileNode) Getattr(ctx context.Context, fh fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	fill(&out.Attr, f.e, syscall.S_IFREG)
-	out.Nlink = 1
+	out.Nlink = 1 + f.links
 	out.Size = uint64(f.size())
 	out.Blocks = uint64((f.data + 511) / 512)
 	out.SetTimeout(cacheTTL)

@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -61,6 +63,12 @@ func randomTree(t *testing.T, dir string, seed uint64, sparseSize int64) {
 		name := filepath.Join(dir, []string{"a", "a/b/c/d", "."}[i%3], fmt.Sprintf("f%02d", i))
 		must(t, os.WriteFile(name, data, fs.FileMode(0o400|r.IntN(0o377))))
 		must(t, os.Lchown(name, 1000+r.IntN(3), 100+r.IntN(3)))
+	}
+	must(t, os.Link(filepath.Join(dir, "a", "f00"), filepath.Join(dir, "hard")))
+	for p, name := range map[string]string{"a/f00": "user.origin", "a": "user.dir", "empty": "user.empty"} {
+		if err := unix.Lsetxattr(filepath.Join(dir, p), name, []byte(name+" value"), 0); err != nil {
+			t.Skipf("the temp dir keeps no user xattrs: %v", err)
+		}
 	}
 	must(t, os.Symlink("a/b", filepath.Join(dir, "to-dir")))
 	must(t, os.Symlink("/etc/passwd", filepath.Join(dir, "abs")))
@@ -145,6 +153,12 @@ func viewEqualsCheckout(t *testing.T, l testLayer, sparse int64) {
 	must(t, tree.Checkout(context.Background(), l.store, l.m, out, tree.CheckoutOptions{Owners: true}))
 	v := mount(t, l, Config{})
 	sameTree(t, out, v.Dir())
+	var s1, s2 unix.Stat_t
+	must(t, unix.Stat(filepath.Join(v.Dir(), "a", "f00"), &s1))
+	must(t, unix.Stat(filepath.Join(v.Dir(), "hard"), &s2))
+	if s1.Ino != s2.Ino || s1.Nlink != 2 {
+		t.Fatalf("hard link in the view: inodes %d and %d, nlink %d; want one inode with two names", s1.Ino, s2.Ino, s1.Nlink)
+	}
 
 	// The sparse file's zeros are holes in the view.
 	f, err := os.Open(filepath.Join(v.Dir(), "disk.raw"))
@@ -196,6 +210,9 @@ func sameTree(t *testing.T, a, b string) {
 			return fmt.Errorf("%s: mode %o uid %d gid %d nlink %d in the view, checkout %o %d %d %d",
 				rel, sb.Mode, sb.Uid, sb.Gid, sb.Nlink, sa.Mode, sa.Uid, sa.Gid, sa.Nlink)
 		}
+		if xa, xb := xattrsOf(t, p), xattrsOf(t, q); !maps.Equal(xa, xb) {
+			return fmt.Errorf("%s: xattrs %q in the view, checkout %q", rel, xb, xa)
+		}
 		if d.Type()&fs.ModeSymlink != 0 {
 			ta, _ := os.Readlink(p)
 			tb, _ := os.Readlink(q)
@@ -227,6 +244,25 @@ func sameTree(t *testing.T, a, b string) {
 	if len(extra) > 0 {
 		t.Fatalf("the view has entries the checkout lacks: %q", extra)
 	}
+}
+
+// xattrsOf reads p's extended attributes (not following a symlink).
+func xattrsOf(t *testing.T, p string) map[string]string {
+	t.Helper()
+	buf := make([]byte, 64<<10)
+	n, err := unix.Llistxattr(p, buf)
+	must(t, err)
+	out := map[string]string{}
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
+		if name == "" || name == "security.selinux" {
+			continue
+		}
+		v := make([]byte, 64<<10)
+		k, err := unix.Lgetxattr(p, name, v)
+		must(t, err)
+		out[name] = string(v[:k])
+	}
+	return out
 }
 
 // sameFile compares two files by their sha2-256.
