@@ -151,3 +151,63 @@ func activateLazily(t *testing.T, net *testnet.Net, nd *testnet.Node) {
 	}
 	settled(t, net, res, "vm:1", api.StateActive, nd)
 }
+
+// Reads through a lazy view while a holder corrupts what it serves: every
+// read returns the image's bytes (or fails with EIO), never the liar's,
+// and the liar ends up disconnected.
+func TestLazyReadsWithALyingPeer(t *testing.T) {
+	if err := expose.OverlayWorks(t.TempDir()); err != nil {
+		t.Skipf("overlay mounts unavailable here: %v", err)
+	}
+	if err := fuseview.Works(t.TempDir()); err != nil {
+		t.Skipf("FUSE unavailable here: %v", err)
+	}
+	net := testnet.New(t, 3, testnet.WithConfig(func(i int, cfg *node.Config) {
+		cfg.Expose = api.ModeFUSE
+		if i == 1 {
+			cfg.Faults = &faults.Faults{CorruptServe: true}
+		}
+	}))
+	img := image(t, 16<<20, 8)
+	res := add(t, net.Nodes[0], "vm:1", img)
+	add(t, net.Nodes[1], "vm:1", img) // the liar holds the same layer
+	waitCatalog(t, net, net.Nodes[2], "vm:1", res.Layer.CID)
+	net.Eventually(10*time.Second, "node 2 knows both holders", func() bool {
+		cl, _ := net.Nodes[2].Client.Catalog(ctx)
+		return len(cl) == 1 && len(cl[0].Holders) == 2
+	})
+	activateLazily(t, net, net.Nodes[2])
+	data, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(net.Nodes[2].Data, "root", "vm", "disk.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 64<<10)
+	good := 0
+	for k := range 32 {
+		off := int64(k) * (int64(len(data)) - int64(len(buf))) / 31
+		n, err := f.ReadAt(buf, off)
+		if err != nil {
+			continue // EIO is allowed; wrong bytes are not
+		}
+		if string(buf[:n]) != string(data[off:off+int64(n)]) {
+			t.Fatalf("read at %d returned bytes that are not the image's", off)
+		}
+		good++
+	}
+	liar := net.Nodes[1].Node().ID().String()
+	net.Eventually(30*time.Second, "the lying peer disconnected from node 2", func() bool {
+		ps, _ := net.Nodes[2].Client.Peers(ctx)
+		for _, p := range ps {
+			if p.PeerID == liar {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("%d of 32 reads returned the image's bytes, the rest EIO", good)
+}

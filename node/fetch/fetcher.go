@@ -74,7 +74,8 @@ type Config struct {
 type Fetcher struct {
 	cfg    Config
 	trace  func(faults.ChunkEvent)
-	demand demand // on-demand fetches in flight, which background ones yield to
+	demand demand  // on-demand fetches in flight, which background ones yield to
+	asks   streams // idle streams for on-demand asks
 
 	mu      sync.Mutex
 	fetches map[cid.Cid]*fetch

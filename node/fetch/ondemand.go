@@ -63,29 +63,43 @@ func (fr *Fetcher) FetchChunk(ctx context.Context, layer, id cid.Cid) ([]byte, e
 	return nil, fmt.Errorf("chunk %s: no peer supplied it: %w", id, errors.Join(errs...))
 }
 
-// askChunk requests one chunk from p on a stream of its own.
+// askChunk requests one chunk from p: on a kept stream if there is one
+// (once more on a new stream if that one fails: the peer may have closed
+// it), else on a new stream, which is kept after the answer.
 func (fr *Fetcher) askChunk(ctx context.Context, p peer.ID, id cid.Cid) ([]byte, error) {
+	if c, ok := fr.asks.get(p); ok {
+		if data, err := fr.askOn(ctx, c, p, id); err == nil || errors.Is(err, chunk.ErrNotFound) {
+			return data, err
+		}
+	}
 	c, err := xchg.Dial(ctx, fr.cfg.Host, p)
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
+	return fr.askOn(ctx, c, p, id)
+}
+
+// askOn asks for one chunk on c, keeping c when the exchange ended cleanly.
+func (fr *Fetcher) askOn(ctx context.Context, c *xchg.Conn, p peer.ID, id cid.Cid) ([]byte, error) {
 	wait := 5 * time.Second
 	if d, ok := ctx.Deadline(); ok {
 		wait = time.Until(d)
 	}
 	c.SetReadTimeout(wait)
-	if err := c.RequestChunks([]cid.Cid{id}); err != nil {
-		return nil, err
+	err := c.RequestChunks([]cid.Cid{id})
+	if err == nil {
+		err = c.Flush()
 	}
-	if err := c.Flush(); err != nil {
-		return nil, err
+	var st byte
+	var data []byte
+	if err == nil {
+		st, data, err = c.ReadChunk(chunk.MaxChunkSize, nil)
 	}
-	st, data, err := c.ReadChunk(chunk.MaxChunkSize, nil)
 	if err != nil {
 		c.Reset()
 		return nil, err
 	}
+	fr.asks.put(p, c)
 	if st != xchg.StatusOK {
 		return nil, chunk.ErrNotFound
 	}
