@@ -64,7 +64,9 @@ func OpenDelta(dir, base string, size int64) (*Delta, error) {
 			os.Remove(filepath.Join(dir, f))
 		}
 		d.meta = deltaMeta{Base: base, Size: size, BaseLimit: size}
-		if err := d.writeMeta(); err != nil {
+		// Not synced: if a crash loses a delta that holds nothing yet, the
+		// next open makes it again.
+		if err := d.writeMeta(false); err != nil {
 			return nil, err
 		}
 	default:
@@ -84,9 +86,7 @@ func OpenDelta(dir, base string, size int64) (*Delta, error) {
 		// written. Its space is taken now, so that a write later adds one
 		// block of data to the delta and nothing else.
 		clear(d.bitmap[n:])
-		if _, err = d.bits.WriteAt(d.bitmap[n:], int64(n)); err == nil {
-			err = d.bits.Sync()
-		}
+		_, err = d.bits.WriteAt(d.bitmap[n:], int64(n)) // zeros: unsynced they read as zeros or not at all
 	} else if errors.Is(err, io.EOF) {
 		err = nil
 	}
@@ -200,7 +200,7 @@ func (d *Delta) Flush() error {
 	if err := d.data.Sync(); err != nil {
 		return fmt.Errorf("delta %s: sync data: %w", d.dir, err)
 	}
-	if err := d.writeMeta(); err != nil {
+	if err := d.writeMeta(true); err != nil {
 		return err
 	}
 	for pg := range d.pages {
@@ -221,14 +221,14 @@ func (d *Delta) Flush() error {
 	return nil
 }
 
-// writeMeta replaces meta.json atomically and durably.
-func (d *Delta) writeMeta() error {
+// writeMeta replaces meta.json atomically, and durably with sync.
+func (d *Delta) writeMeta(sync bool) error {
 	b, _ := json.Marshal(d.meta)
 	tmp := filepath.Join(d.dir, "meta.json.tmp")
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err == nil {
 		_, err = f.Write(b)
-		if err == nil {
+		if err == nil && sync {
 			err = f.Sync()
 		}
 		if cerr := f.Close(); err == nil {
@@ -238,7 +238,7 @@ func (d *Delta) writeMeta() error {
 	if err == nil {
 		err = os.Rename(tmp, filepath.Join(d.dir, "meta.json"))
 	}
-	if err == nil {
+	if err == nil && sync {
 		err = syncDir(d.dir)
 	}
 	if err != nil {
