@@ -37,8 +37,7 @@ func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation
 			if err := r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer)); err != nil {
 				return err
 			}
-			r.startTrace(e.Layer, e.CID, m)
-			r.fetchBehind(ctx, a, m)
+			e.behind = m // the trace and the background fetch start once it is reported active
 			return r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
 		}
 		r.cfg.Log.Info("lazy activation: fetching the whole layer first", "layer", a.Layer, "reason", err)

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/expose"
 	"github.com/p2pimg/p2pimg/node/gossip"
@@ -37,8 +38,9 @@ type record struct {
 	// exposing that version lazily.
 	Trace string `json:"trace,omitempty"`
 
-	checked time.Time // last mirror check
-	noted   time.Time // last look for local changes
+	checked time.Time       // last mirror check
+	noted   time.Time       // last look for local changes
+	behind  *chunk.Manifest // lazily exposed: the manifest to trace and fetch behind it
 }
 
 // hostState is the record as this host reports it.

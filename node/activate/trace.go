@@ -66,10 +66,9 @@ func decodeTrace(b []byte, n int) ([]int, error) {
 // recording is a trace being recorded for one manifest.
 type recording struct {
 	layer string
-	hash  uint64
-	index map[cid.Cid]int
-	order []int
-	seen  map[int]bool
+	m     *chunk.Manifest // indexed only when the window ends: nothing is spent on it before
+	order []cid.Cid
+	seen  map[cid.Cid]bool
 	open  bool
 }
 
@@ -81,7 +80,7 @@ type tracer struct {
 }
 
 // startTrace records the chunks read through the view of manifest cidStr
-// (flattened to m) for window, then stores the trace.
+// (flattened to m) for the trace window, then stores the trace.
 func (r *Reconciler) startTrace(layer, cidStr string, m *chunk.Manifest) {
 	t := &r.traces
 	t.mu.Lock()
@@ -89,28 +88,22 @@ func (r *Reconciler) startTrace(layer, cidStr string, m *chunk.Manifest) {
 	if _, ok := t.recs[cidStr]; ok {
 		return
 	}
-	rec := &recording{layer: layer, hash: m.Params.Hash, index: map[cid.Cid]int{}, seen: map[int]bool{}, open: true}
-	for i, ref := range m.UniqueRefs() {
-		rec.index[ref.CID] = i
-	}
-	t.recs[cidStr] = rec
+	t.recs[cidStr] = &recording{layer: layer, m: m, seen: map[cid.Cid]bool{}, open: true}
 	time.AfterFunc(r.cfg.TraceWindow, func() { r.finishTrace(cidStr) })
 }
 
 // NoteChunkRead adds a chunk read through the view of manifest cidStr to
-// the trace being recorded for it, if any.
+// the trace being recorded for it, if any. It must be quick.
 func (r *Reconciler) NoteChunkRead(cidStr string, id cid.Cid) {
 	t := &r.traces
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	rec := t.recs[cidStr]
-	if rec == nil || !rec.open || len(rec.order) == maxTrace {
+	if rec == nil || !rec.open || len(rec.order) == maxTrace || rec.seen[id] {
 		return
 	}
-	if i, ok := rec.index[id]; ok && !rec.seen[i] {
-		rec.seen[i] = true
-		rec.order = append(rec.order, i)
-	}
+	rec.seen[id] = true
+	rec.order = append(rec.order, id)
 }
 
 // finishTrace stores the trace of cidStr as a chunk and hands it to the
@@ -120,13 +113,23 @@ func (r *Reconciler) finishTrace(cidStr string) {
 	t.mu.Lock()
 	rec := t.recs[cidStr]
 	rec.open = false
-	order := rec.order
-	rec.index, rec.seen = nil, nil
+	order, m := rec.order, rec.m
+	rec.order, rec.seen, rec.m = nil, nil, nil
 	t.mu.Unlock()
-	if len(order) == 0 {
+	index := map[cid.Cid]int{}
+	for i, ref := range m.UniqueRefs() {
+		index[ref.CID] = i
+	}
+	var idx []int
+	for _, id := range order {
+		if i, ok := index[id]; ok {
+			idx = append(idx, i)
+		}
+	}
+	if len(idx) == 0 {
 		return
 	}
-	blk, err := chunk.Sum(encodeTrace(order), rec.hash)
+	blk, err := chunk.Sum(encodeTrace(idx), m.Params.Hash)
 	if err == nil {
 		err = r.cfg.Store.Put(context.Background(), blk)
 	}
@@ -137,7 +140,7 @@ func (r *Reconciler) finishTrace(cidStr string) {
 	t.mu.Lock()
 	t.done[rec.layer] = cidStr + "/" + blk.CID().String()
 	t.mu.Unlock()
-	r.cfg.Log.Info("access trace recorded", "layer", rec.layer, "chunks", len(order), "trace", blk.CID().String())
+	r.cfg.Log.Info("access trace recorded", "layer", rec.layer, "chunks", len(idx), "trace", blk.CID().String())
 	r.cfg.Reconcile.Notify()
 }
 
