@@ -264,16 +264,8 @@ func (m *Manifest) Validate() error {
 		if e.Mode&^(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) != 0 {
 			return bad("%s: mode %o has bits other than permissions", e.Path, uint32(e.Mode))
 		}
-		if err := checkXattrs(e.Xattrs); err != nil {
+		if err := checkLinkAndXattrs(e, files); err != nil {
 			return bad("%s: %v", e.Path, err)
-		}
-		if e.Link != "" {
-			t := files[e.Link]
-			if e.Type != File || t == nil || t.Size != e.Size || !slices.Equal(t.Chunks, e.Chunks) {
-				return bad("%s: hard link to %q, which is not an earlier file of the same size and chunks that is not a link itself", e.Path, e.Link)
-			}
-		} else if e.Type == File {
-			files[e.Path] = e
 		}
 		switch e.Type {
 		case Dir:
@@ -311,6 +303,24 @@ func (m *Manifest) Validate() error {
 		default:
 			return bad("%s: unknown entry type %d", e.Path, e.Type)
 		}
+	}
+	return nil
+}
+
+// checkLinkAndXattrs checks e's extended attributes and hard link (files:
+// the earlier files that are no links themselves, which e joins if it is
+// one too).
+func checkLinkAndXattrs(e *Entry, files map[string]*Entry) error {
+	if err := checkXattrs(e.Xattrs); err != nil {
+		return err
+	}
+	if e.Link != "" {
+		t := files[e.Link]
+		if e.Type != File || t == nil || t.Size != e.Size || !slices.Equal(t.Chunks, e.Chunks) {
+			return fmt.Errorf("hard link to %q, which is not an earlier file of the same size and chunks that is not a link itself", e.Link)
+		}
+	} else if e.Type == File {
+		files[e.Path] = e
 	}
 	return nil
 }

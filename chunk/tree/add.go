@@ -134,11 +134,7 @@ func scan(root string, upper bool) (entries []chunk.Entry, sources []string, ski
 			if e.Xattrs, err = readXattrs(p); err != nil {
 				return fmt.Errorf("add: %w", err)
 			}
-			var ino [2]uint64
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok && t == 0 && st.Nlink > 1 {
-				ino = [2]uint64{st.Dev, st.Ino}
-			}
-			items = append(items, item{e, p, ino})
+			items = append(items, item{e, p, linkedInode(fi)})
 		default:
 			skipped = append(skipped, Skipped{rel, "a " + typeName(t) + " is not stored in layers"})
 		}

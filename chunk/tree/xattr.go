@@ -3,6 +3,7 @@ package tree
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -80,6 +81,15 @@ func setXattrs(dir string, e *chunk.Entry, owners bool) error {
 		}
 	}
 	return nil
+}
+
+// linkedInode is the device and inode of a regular file with more than
+// one name (zero otherwise).
+func linkedInode(fi fs.FileInfo) [2]uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && fi.Mode().IsRegular() && st.Nlink > 1 {
+		return [2]uint64{st.Dev, st.Ino}
+	}
+	return [2]uint64{}
 }
 
 // linkInodes marks each file after the first of a set of hard links
