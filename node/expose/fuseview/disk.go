@@ -28,6 +28,11 @@ var (
 	_ fusefs.NodeFlusher   = (*diskNode)(nil)
 )
 
+// maxDiskSize bounds how far a disk image may grow through the view (its
+// delta's bitmap, held in memory, is then at most 32 MiB): a write or
+// truncate past it fails with EFBIG.
+const maxDiskSize = 1 << 40
+
 // isDisk reports whether a file of the layer is served as a disk image:
 // the layer's only file, or one of at least min bytes.
 func isDisk(m *chunk.Manifest, e *chunk.Entry, minSize int64) bool {
@@ -135,6 +140,9 @@ func (d *diskNode) Write(ctx context.Context, fh fusefs.FileHandle, data []byte,
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	end := off + int64(len(data))
+	if off < 0 || end > max(maxDiskSize, d.size()) {
+		return 0, syscall.EFBIG
+	}
 	if end > d.delta.Size() {
 		if err := d.delta.Resize(end); err != nil {
 			return 0, d.fail("write", err)
@@ -178,6 +186,9 @@ func (d *diskNode) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.S
 		return syscall.EPERM
 	}
 	if size, ok := in.GetSize(); ok {
+		if size > uint64(max(maxDiskSize, d.size())) {
+			return syscall.EFBIG
+		}
 		d.mu.Lock()
 		err := d.delta.Resize(int64(size))
 		d.mu.Unlock()

@@ -3,6 +3,7 @@ package fuseview
 import (
 	"bytes"
 	"context"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -116,6 +117,9 @@ func TestDiskWritesGoToDelta(t *testing.T) {
 	_, err = f.WriteAt(odd, 3<<20+4000) // crosses three blocks, none aligned
 	must(t, err)
 	copy(want[3<<20+4000:], odd)
+	if _, err := f.WriteAt([]byte("x"), 1<<41); !errors.Is(err, syscall.EFBIG) {
+		t.Fatalf("a write at 2 TiB: %v, want EFBIG (no unbounded bitmap)", err)
+	}
 	must(t, f.Truncate(15<<20+100)) // a shrink, then growing again reads zeros
 	want = want[:15<<20+100]
 	_, err = f.WriteAt([]byte("tail"), 15<<20+200)
