@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -27,7 +28,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var announce, stall, clockOffset, goneAfter time.Duration
 	var lazy bool
 	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup, pskFile, membersFile string
-	var labels []string
+	var labels, allowedPaths []string
 	var mirrorAddr, registriesFile string
 	c := &cobra.Command{
 		Use:   "daemon",
@@ -107,6 +108,11 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				}
 				cc.Members = m
 			}
+			for _, p := range allowedPaths {
+				if !filepath.IsAbs(p) {
+					return usageError{fmt.Errorf("--allowed-paths %q: want an absolute path (under --root), e.g. /opt", p)}
+				}
+			}
 			if pskFile != "" || membersFile != "" {
 				if err := cc.Check(); err != nil {
 					return usageError{fmt.Errorf("--psk / --members with the cluster file: %w", err)}
@@ -127,7 +133,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cc, Listen: listen, Peers: peers,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, GoneAfter: goneAfter,
-					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: api.Mode(expose), Lazy: lazy, HostPolicy: hostPolicyText,
+					MaxUpload: up, MaxDownload: down, Root: root, AllowedPaths: allowedPaths, Labels: lbl, Expose: api.Mode(expose), Lazy: lazy, HostPolicy: hostPolicyText,
 					Registry: mirrorAddr, Upstreams: ups,
 					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset),
 				},
@@ -156,6 +162,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&maxUp, "max-upload", "", "cap on chunk bytes served per second, e.g. 50MB (default: none)")
 	c.Flags().StringVar(&maxDown, "max-download", "", "cap on chunk bytes fetched per second, e.g. 100MB (default: none)")
 	c.Flags().StringVar(&root, "root", "/", "directory that activation paths are relative to (a testnet gives each node its own)")
+	c.Flags().StringArrayVar(&allowedPaths, "allowed-paths", nil, "an absolute path (under --root) where activations may put layers (--at) and redirect host paths (--map SRC); repeatable; default: anywhere under --root")
 	c.Flags().BoolVar(&lazy, "lazy", false, "fuse mode: a layer is active once its manifest is here; a chunk is fetched from peers when first read (verified first, EIO if none supplies it within 10 s), the rest in the background")
 	c.Flags().StringVar(&expose, "expose", string(api.ModeAuto), "how activated layers appear: fuse (served from the store through FUSE, an overlay above it; root, /dev/fuse and overlayfs), overlay (an overlay on a checkout), materialized (a directory swapped in), or auto (the first of these that works)")
 	c.Flags().StringVar(&mirrorAddr, "registry", "", "serve the OCI registry mirror (pull API) on this HOST:PORT, e.g. 127.0.0.1:5000 (default: off)")
@@ -196,7 +203,7 @@ func applyConfig(c *cobra.Command, path string) error {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	for k, v := range m {
-		f := c.Flags().Lookup(k)
+		f := c.Flags().Lookup(strings.ReplaceAll(k, "_", "-")) // allowed_paths is allowed-paths
 		if f == nil || k == "config" || f.Hidden {
 			return fmt.Errorf("config file %s: unknown setting %q (settings are the daemon's flag names; see `p2pimg daemon --help`)", path, k)
 		}
@@ -208,7 +215,7 @@ func applyConfig(c *cobra.Command, path string) error {
 			vals = list
 		}
 		for _, x := range vals {
-			if err := c.Flags().Set(k, fmt.Sprint(x)); err != nil {
+			if err := c.Flags().Set(f.Name, fmt.Sprint(x)); err != nil {
 				return fmt.Errorf("config file %s: %s = %v: %w", path, k, x, err)
 			}
 		}

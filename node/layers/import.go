@@ -22,9 +22,24 @@ func (sv *Service) Import(ctx context.Context, req api.ImportRequest, emit api.E
 	if !filepath.IsAbs(req.Path) {
 		return nil, api.BadRequestf("import: path %q must be absolute", req.Path)
 	}
-	fi, err := os.Stat(req.Path)
+	fsys, err := callerFS(ctx)
 	if err != nil {
+		return nil, err
+	}
+	defer fsys.Close()
+	var fi os.FileInfo
+	if err := fsys.Do(func() (err error) { fi, err = os.Stat(req.Path); return err }); err != nil {
 		return nil, api.BadRequest(fmt.Errorf("import: %w", err))
+	}
+	var archive *os.File
+	switch {
+	case fi.IsDir() && fsys != nil:
+		return nil, api.Forbidden(fmt.Errorf("import %s: only root imports an OCI layout directory (it is read with the daemon's rights); pack it into an archive first (tar -C %s -cf image.tar .) and import that", req.Path, req.Path))
+	case !fi.IsDir():
+		if err := fsys.Do(func() (err error) { archive, err = tree.OpenRegular(req.Path); return err }); err != nil {
+			return nil, api.BadRequest(fmt.Errorf("import: %w", err))
+		}
+		defer archive.Close()
 	}
 	tmp := filepath.Join(sv.cfg.DataDir, "tmp")
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
@@ -35,7 +50,7 @@ func (sv *Service) Import(ctx context.Context, req api.ImportRequest, emit api.E
 		return nil, fmt.Errorf("import: %w", err)
 	}
 	defer os.RemoveAll(work)
-	img, err := openImage(req.Path, fi.IsDir(), work)
+	img, err := openImage(req.Path, archive, work)
 	if err != nil {
 		return nil, err
 	}
@@ -94,21 +109,16 @@ func (sv *Service) Import(ctx context.Context, req api.ImportRequest, emit api.E
 	return out, nil
 }
 
-// openImage reads the image at path: a layout directory as it is, an
-// archive unpacked under work first.
-func openImage(path string, isDir bool, work string) (*oci.Image, error) {
+// openImage reads the image at path: a layout directory as it is, or the
+// archive (path, already open) unpacked under work first.
+func openImage(path string, archive *os.File, work string) (*oci.Image, error) {
 	dir := path
-	if !isDir {
+	if archive != nil {
 		dir = filepath.Join(work, "archive")
 		if err := os.Mkdir(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("import: %w", err)
 		}
-		f, err := os.Open(path)
-		if err != nil {
-			return nil, api.BadRequest(fmt.Errorf("import: %w", err))
-		}
-		_, err = oci.Untar(f, dir, false)
-		f.Close()
+		_, err := oci.Untar(archive, dir, false)
 		if err != nil {
 			return nil, api.BadRequest(fmt.Errorf("import %s: %w", path, err))
 		}
