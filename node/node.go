@@ -59,6 +59,9 @@ type Config struct {
 	// activations may put a layer (--at) or redirect a host path (--map
 	// SRC); none: anywhere under Root.
 	AllowedPaths []string
+	// ImportMaxBytes and ImportMaxRatio bound what an import may unpack
+	// (0: 64 GiB, and 200 bytes written per archive byte read).
+	ImportMaxBytes, ImportMaxRatio int64
 	// Labels describe the host; activations select hosts by them.
 	Labels map[string]string
 	// Expose is how activated layers appear: overlay (a mount; needs root

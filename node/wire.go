@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -53,9 +54,9 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 	n.act = activate.New(activate.Config{Host: h, Key: key, Cluster: cfg.Cluster, Labels: cfg.Labels, Root: cfg.Root, AllowedPaths: cfg.AllowedPaths, Catalog: n.catalog,
 		Store: db, Fetcher: n.fetch, Seats: n.seats, Policy: n.policy, Exposer: exposer, Lazy: cfg.Lazy, Log: cfg.Log, Announce: announce, Reconcile: reconcile,
 		Reach: func(p peer.ID, now time.Time) (api.Reach, time.Time) { return n.gossip.Reach(p, now) }}) // the catalogue service is built last
-	n.layers = layers.New(layers.Config{Store: db, Catalog: n.catalog, Key: key, DataDir: cfg.DataDir, Policy: n.policy, Held: n.act, GC: gc,
-		Log: cfg.Log, Announce: announce, Images: keepImage(func(ctx context.Context, dir string, name chunk.Name) (string, error) {
-			return n.mirror.KeepImage(ctx, dir, name) // the mirror is built next: it publishes through layers
+	n.layers = layers.New(layers.Config{Store: db, Catalog: n.catalog, Key: key, DataDir: cfg.DataDir, Policy: n.policy, Held: n.act, GC: gc, ImportMaxBytes: cfg.ImportMaxBytes, ImportMaxRatio: cfg.ImportMaxRatio,
+		Log: cfg.Log, Announce: announce, Images: keepImage(func(ctx context.Context, root *os.Root, name chunk.Name) (string, error) {
+			return n.mirror.KeepImage(ctx, root, name) // the mirror is built next: it publishes through layers
 		})})
 	n.mirror = registry.New(registry.Config{Addr: cfg.Registry, Store: db, Publisher: n.layers, Fetcher: n.fetch, Catalog: n.catalog,
 		Upstreams: cfg.Upstreams, Log: cfg.Log, Reg: n.reg}, arrivals)
@@ -87,8 +88,8 @@ func (s arrivalStore) PutUncached(ctx context.Context, blocks ...chunk.Block) er
 }
 
 // keepImage lets layers keep an import's blobs in the registry built after it.
-type keepImage func(ctx context.Context, dir string, name chunk.Name) (string, error)
+type keepImage func(ctx context.Context, root *os.Root, name chunk.Name) (string, error)
 
-func (f keepImage) KeepImage(ctx context.Context, dir string, name chunk.Name) (string, error) {
-	return f(ctx, dir, name)
+func (f keepImage) KeepImage(ctx context.Context, root *os.Root, name chunk.Name) (string, error) {
+	return f(ctx, root, name)
 }

@@ -158,7 +158,7 @@ func scan(root string, upper bool) (entries []chunk.Entry, sources []string, ski
 			}
 			items = append(items, item{e, p})
 		default:
-			skipped = append(skipped, Skipped{rel, "a " + typeName(t) + " is not stored in layers"})
+			skipped = append(skipped, Skipped{rel, "a " + TypeName(t) + " is not stored in layers"})
 		}
 		return nil
 	})
@@ -179,7 +179,8 @@ func isOpaque(p string) bool {
 	return err == nil && n == 1 && buf[0] == 'y'
 }
 
-func typeName(t fs.FileMode) string {
+// TypeName names a file type for messages ("fifo", "symlink", ...).
+func TypeName(t fs.FileMode) string {
 	switch {
 	case t&fs.ModeDevice != 0:
 		return "device"
@@ -347,7 +348,7 @@ func regular(fd int, p string) (*os.File, error) {
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		unix.Close(fd)
-		return nil, fmt.Errorf("%s: %s: %w", p, typeName(modeType(st.Mode)), ErrNotRegular)
+		return nil, fmt.Errorf("%s: %s: %w", p, TypeName(modeType(st.Mode)), ErrNotRegular)
 	}
 	if err := unix.SetNonblock(fd, false); err != nil {
 		unix.Close(fd)

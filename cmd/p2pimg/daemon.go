@@ -29,7 +29,8 @@ func (a *app) daemonCmd() *cobra.Command {
 	var lazy bool
 	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup, pskFile, membersFile string
 	var labels, allowedPaths []string
-	var mirrorAddr, registriesFile string
+	var mirrorAddr, registriesFile, importMax string
+	var importRatio int64
 	c := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run this host's p2pimg daemon",
@@ -118,6 +119,13 @@ It stops cleanly on SIGINT or SIGTERM.`,
 					return usageError{fmt.Errorf("--psk / --members with the cluster file: %w", err)}
 				}
 			}
+			importBytes, err := humanize.ParseBytes(importMax)
+			if err != nil || importBytes == 0 {
+				return usageError{fmt.Errorf("--import-max-bytes %q: want a size, such as 64GiB", importMax)}
+			}
+			if importRatio < 0 {
+				return usageError{fmt.Errorf("--import-max-ratio %d: want a positive number", importRatio)}
+			}
 			if mirrorAddr != "" {
 				if _, _, err := net.SplitHostPort(mirrorAddr); err != nil {
 					return usageError{fmt.Errorf("--registry %q: want HOST:PORT, e.g. 127.0.0.1:5000 (%v)", mirrorAddr, err)}
@@ -133,7 +141,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cc, Listen: listen, Peers: peers,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, GoneAfter: goneAfter,
-					MaxUpload: up, MaxDownload: down, Root: root, AllowedPaths: allowedPaths, Labels: lbl, Expose: api.Mode(expose), Lazy: lazy, HostPolicy: hostPolicyText,
+					MaxUpload: up, MaxDownload: down, Root: root, AllowedPaths: allowedPaths, ImportMaxBytes: int64(importBytes), ImportMaxRatio: importRatio, Labels: lbl, Expose: api.Mode(expose), Lazy: lazy, HostPolicy: hostPolicyText,
 					Registry: mirrorAddr, Upstreams: ups,
 					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset),
 				},
@@ -163,6 +171,8 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&maxDown, "max-download", "", "cap on chunk bytes fetched per second, e.g. 100MB (default: none)")
 	c.Flags().StringVar(&root, "root", "/", "directory that activation paths are relative to (a testnet gives each node its own)")
 	c.Flags().StringArrayVar(&allowedPaths, "allowed-paths", nil, "an absolute path (under --root) where activations may put layers (--at) and redirect host paths (--map SRC); repeatable; default: anywhere under --root")
+	c.Flags().StringVar(&importMax, "import-max-bytes", "64GiB", "the most an import may unpack (it also leaves 256 MiB free on the data directory's disk)")
+	c.Flags().Int64Var(&importRatio, "import-max-ratio", 200, "the most bytes an import may unpack per byte of archive read (a decompression bomb expands a thousandfold)")
 	c.Flags().BoolVar(&lazy, "lazy", false, "fuse mode: a layer is active once its manifest is here; a chunk is fetched from peers when first read (verified first, EIO if none supplies it within 10 s), the rest in the background")
 	c.Flags().StringVar(&expose, "expose", string(api.ModeAuto), "how activated layers appear: fuse (served from the store through FUSE, an overlay above it; root, /dev/fuse and overlayfs), overlay (an overlay on a checkout), materialized (a directory swapped in), or auto (the first of these that works)")
 	c.Flags().StringVar(&mirrorAddr, "registry", "", "serve the OCI registry mirror (pull API) on this HOST:PORT, e.g. 127.0.0.1:5000 (default: off)")
