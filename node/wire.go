@@ -35,10 +35,11 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 	n := &Node{cfg: cfg, db: db, net: net, reg: prometheus.NewRegistry(), catalog: gossip.NewCatalog()}
 	gc := &layers.GCGuard{}
 	arrivals := registry.NewArrivals()
+	conduct := p2p.NewConduct(h, net.Gater, cfg.Log, n.reg)
 	n.fetch = fetch.New(fetch.Config{Host: h, Store: arrivalStore{db, arrivals}, Catalog: n.catalog, Gater: net.Gater, Stats: net.Stats, Pins: gc,
-		Log: cfg.Log, Down: fetch.Limiter(cfg.MaxDownload), StallTimeout: cfg.StallTimeout, Announce: announce, Reg: n.reg, Faults: cfg.Faults})
+		Log: cfg.Log, Down: fetch.Limiter(cfg.MaxDownload), StallTimeout: cfg.StallTimeout, Announce: announce, Reg: n.reg, Faults: cfg.Faults, Conduct: conduct})
 	n.xchg = xchg.NewServer(xchg.ServerConfig{Host: h, Source: source{db, n.fetch}, Log: cfg.Log, Stats: net.Stats,
-		Up: fetch.Limiter(cfg.MaxUpload), Reg: n.reg, Faults: cfg.Faults})
+		Up: fetch.Limiter(cfg.MaxUpload), Reg: n.reg, Faults: cfg.Faults, Conduct: conduct})
 	exposer := expose.New(expose.Config{Store: db, DataDir: cfg.DataDir, Root: cfg.Root, Mode: cfg.Expose, Log: cfg.Log,
 		Fetch: n.fetch, OnReadError: func(cidStr string, id cid.Cid, err error) { n.act.NoteReadError(cidStr, id, err) }})
 	var err error

@@ -24,7 +24,8 @@ import (
 func (a *app) daemonCmd() *cobra.Command {
 	var data, level, format, clusterFile, metrics string
 	var listen, peers []string
-	var noMDNS, corrupt, stallServe, flood bool
+	var noMDNS, corrupt, stallServe, flood, missingServe bool
+	var garbageServe int
 	var announce, stall, clockOffset, goneAfter time.Duration
 	var lazy bool
 	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup, pskFile, membersFile string
@@ -143,7 +144,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, GoneAfter: goneAfter,
 					MaxUpload: up, MaxDownload: down, Root: root, AllowedPaths: allowedPaths, ImportMaxBytes: int64(importBytes), ImportMaxRatio: importRatio, Labels: lbl, Expose: api.Mode(expose), Lazy: lazy, HostPolicy: hostPolicyText,
 					Registry: mirrorAddr, Upstreams: ups,
-					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset),
+					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset, garbageServe, missingServe),
 				},
 				Socket: a.socket, SocketGroup: socketGroup, Metrics: metrics, Version: version,
 			})
@@ -182,6 +183,10 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().MarkHidden("test-corrupt-serve")
 	c.Flags().BoolVar(&stallServe, "test-stall-serve", false, "TESTING ONLY: never answer chunk requests")
 	c.Flags().MarkHidden("test-stall-serve")
+	c.Flags().IntVar(&garbageServe, "test-garbage-serve", 0, "TESTING ONLY: answer chunk requests with items of this many random bytes")
+	c.Flags().MarkHidden("test-garbage-serve")
+	c.Flags().BoolVar(&missingServe, "test-missing-serve", false, "TESTING ONLY: answer every exchange request with not-here")
+	c.Flags().MarkHidden("test-missing-serve")
 	c.Flags().BoolVar(&flood, "test-gossip-flood", false, "TESTING ONLY: gossip as fast as possible")
 	c.Flags().MarkHidden("test-gossip-flood")
 	c.Flags().StringVar(&socketGroup, "socket-group", "", "a group whose members may use the API socket too (mode 0660); default: only this user")
@@ -235,9 +240,10 @@ func applyConfig(c *cobra.Command, path string) error {
 
 // testFaults is the hidden --test-* flags as faults (nil when none is set,
 // as in production).
-func testFaults(corrupt, stall, flood bool, seatJournal string, clockOffset time.Duration) *faults.Faults {
-	if !corrupt && !stall && !flood && seatJournal == "" && clockOffset == 0 {
+func testFaults(corrupt, stall, flood bool, seatJournal string, clockOffset time.Duration, garbage int, missing bool) *faults.Faults {
+	if !corrupt && !stall && !flood && seatJournal == "" && clockOffset == 0 && garbage == 0 && !missing {
 		return nil
 	}
-	return &faults.Faults{CorruptServe: corrupt, StallServe: stall, GossipFlood: flood, SeatJournal: seatJournal, ClockOffset: clockOffset}
+	return &faults.Faults{CorruptServe: corrupt, StallServe: stall, GossipFlood: flood, SeatJournal: seatJournal, ClockOffset: clockOffset,
+		GarbageServe: garbage, MissingServe: missing}
 }
