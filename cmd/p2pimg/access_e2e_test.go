@@ -118,7 +118,12 @@ func TestUnprivilegedCaller(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Chown(opKey, u.uid, u.gid) // u may present it in one step below
+	os.Chown(opKey, u.uid, u.gid)                // u may present it in one step below
+	strayKey := filepath.Join(base, "stray.key") // a key no cluster lists
+	if _, err := cluster.NewKeyFile(strayKey); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(strayKey, u.uid, u.gid)
 	cc, err := cluster.New("access", nil, []string{opID.String()})
 	if err != nil {
 		t.Fatal(err)
@@ -174,8 +179,11 @@ func TestUnprivilegedCaller(t *testing.T) {
 	refused(u, `right "license"`, nil, "license", "install", filepath.Join(base, "x.lic"))
 	mustCLI(t, d, "gc")
 	mustCLI(t, d, "policy", "set-host", hostPolicy)
-	// An operator key presented by the caller gives the rights.
+	// An operator key presented by the caller gives the rights; a key the
+	// cluster does not list gives none, and says so.
 	allowed(u, []string{"P2PIMG_OPERATOR_KEY=" + opKey}, "gc")
+	refused(u, "not listed under operators", []string{"P2PIMG_OPERATOR_KEY=" + strayKey}, "gc")
+	allowed(u, []string{"P2PIMG_OPERATOR_KEY=" + strayKey}, "layers")
 
 	// A granted user's activation never touches another user's path; it
 	// may place a layer where root owns the path.

@@ -436,7 +436,7 @@ func (fr *Fetcher) spawn(ctx context.Context, wg *sync.WaitGroup, f *fetch, p pe
 	for stream := running; stream < streamsPerPeer; stream++ {
 		wg.Go(func() {
 			err := fr.fetchFrom(ctx, f, p, stream)
-			if err != nil && ctx.Err() == nil {
+			if err != nil && (ctx.Err() == nil || errors.Is(err, xchg.ErrProtocol)) { // a violation counts even as the fetch ends
 				fr.cfg.Log.Debug("fetch worker stopped", "layer", name.String(), "peer", p.String(), "err", err)
 				fr.streamEnded(p, err)
 			}

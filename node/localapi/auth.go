@@ -3,6 +3,7 @@ package localapi
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -29,6 +30,8 @@ func ConnContext(ctx context.Context, c net.Conn) context.Context {
 }
 
 type operatorKey struct{}
+
+type proofErrKey struct{}
 
 // operatorOf is the operator whose key signed this request ("" if none).
 func operatorOf(ctx context.Context) peer.ID {
@@ -60,18 +63,15 @@ func (s *Server) guard(next http.Handler) http.Handler {
 				return
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
+			// A key that proves nothing gives no right; requests that need
+			// none go on, and a refusal says why the key did not count.
 			if s.cfg.Cluster == nil {
-				e := ErrorOf(api.Forbidden(fmt.Errorf("operator key presented, but this daemon has no cluster file listing operators")))
-				writeJSON(w, status(e), e)
-				return
+				ctx = context.WithValue(ctx, proofErrKey{}, errors.New("this daemon has no cluster file listing operators"))
+			} else if id, err := s.cfg.Cluster.VerifyRequest(h, r.Method, r.URL.RequestURI(), body, time.Now()); err != nil {
+				ctx = context.WithValue(ctx, proofErrKey{}, err)
+			} else {
+				ctx = context.WithValue(ctx, operatorKey{}, id)
 			}
-			id, err := s.cfg.Cluster.VerifyRequest(h, r.Method, r.URL.RequestURI(), body, time.Now())
-			if err != nil {
-				e := ErrorOf(api.Forbidden(err))
-				writeJSON(w, status(e), e)
-				return
-			}
-			ctx = context.WithValue(ctx, operatorKey{}, id)
 		}
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
@@ -95,8 +95,12 @@ func (s *Server) allow(ctx context.Context, what string, rights ...api.Right) er
 		if user == "" {
 			who = "user:NAME"
 		}
-		return api.Forbidden(fmt.Errorf("%s needs the right %q, which %s does not have: it is not root; present an operator key (P2PIMG_OPERATOR_KEY=FILE, or --key FILE where the command takes it), or have the cluster file grant it ([grants] %q = [%q])",
-			what, r, c, who, r))
+		err := fmt.Errorf("%s needs the right %q, which %s does not have: it is not root; present an operator key (P2PIMG_OPERATOR_KEY=FILE, or --key FILE where the command takes it), or have the cluster file grant it ([grants] %q = [%q])",
+			what, r, c, who, r)
+		if perr, ok := ctx.Value(proofErrKey{}).(error); ok {
+			err = fmt.Errorf("%w; the operator key presented did not count: %w", err, perr)
+		}
+		return api.Forbidden(err)
 	}
 	return nil
 }
