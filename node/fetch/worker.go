@@ -53,6 +53,7 @@ func (fr *Fetcher) fetchFrom(ctx context.Context, f *fetch, p peer.ID, stream in
 	if err := w.refresh(); err != nil {
 		return err
 	}
+	fr.worked(p) // it answers: failures before no longer count
 	defer func() {
 		if w.counted != nil {
 			f.seen(w.counted, make([]bool, len(f.refs)))

@@ -21,7 +21,7 @@ const (
 	// for a backoff that doubles up to maxBackoff.
 	FailureLimit = 3
 	baseBackoff  = time.Second
-	maxBackoff   = time.Minute
+	maxBackoff   = 10 * time.Second
 )
 
 // Conduct keeps count of how each peer behaves on the chunk protocol, for
@@ -119,7 +119,8 @@ func (c *Conduct) StreamFailed(p peer.ID) {
 	}
 }
 
-// StreamWorked notes a stream to p that delivered.
+// StreamWorked notes a stream to p that answered (its have-bitmap, or
+// chunks).
 func (c *Conduct) StreamWorked(p peer.ID) {
 	c.mu.Lock()
 	if pc := c.peers[p]; pc != nil {

@@ -11,8 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"os"
+	"strings"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -156,15 +155,15 @@ func ReadItem(r *bufio.Reader, max int, buf []byte) (byte, []byte, error) {
 	return st, buf, nil
 }
 
-// framing is a read error inside a frame: a violation when the peer ended
-// the stream mid-frame or sent a bad varint, not when the stream itself
-// failed (reset, deadline, connection lost).
+// framing is a read error inside a frame: a violation when the peer
+// closed the stream mid-frame or sent a varint that overflows (the only
+// errors the peer alone decides), not when the stream itself failed
+// (reset, deadline, connection lost: a host killed or paused).
 func framing(what string, err error) error {
-	var ne net.Error
-	if errors.Is(err, network.ErrReset) || errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) {
-		return fmt.Errorf("%s: %w", what, err)
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(err.Error(), "varint overflows") {
+		return fmt.Errorf("%w: %s cut short: %v", ErrProtocol, what, err)
 	}
-	return fmt.Errorf("%w: %s cut short: %v", ErrProtocol, what, err)
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 // Conn is the client side of an exchange stream.
