@@ -64,6 +64,7 @@ fuzz:
 	$(GO) test -run xxx -fuzz '^FuzzDecodeSeats$$' -fuzztime $(FUZZTIME) ./license/
 	$(GO) test -run xxx -fuzz '^FuzzUntar$$' -fuzztime $(FUZZTIME) ./chunk/oci/
 	$(GO) test -run xxx -fuzz '^FuzzDecodeTrace$$' -fuzztime $(FUZZTIME) ./node/activate/
+	$(GO) test -run xxx -fuzz '^FuzzOpenDockerSave$$' -fuzztime $(FUZZTIME) ./chunk/oci/
 	$(GO) test -run xxx -fuzz '^FuzzPolicy$$' -fuzztime $(FUZZTIME) ./policy/
 	$(GO) test -run xxx -fuzz '^FuzzAPIJSON$$' -fuzztime $(FUZZTIME) ./node/localapi/
 	$(GO) test -run xxx -fuzz '^FuzzSum256Many$$' -fuzztime $(FUZZTIME) ./chunk/internal/sha256x16/
@@ -71,7 +72,9 @@ fuzz:
 # The fault tests for SOAKTIME each instead of their short runs in `make
 # test`: seats under kills, pauses and partitions (checked for
 # over-allocation), then the 6-host churn of layers, activations and seats
-# (checked for convergence, store integrity, memory and over-allocation).
+# (checked for convergence, store integrity, memory and over-allocation),
+# with two misbehaving members beside them (garbage chunk items, layers
+# claimed and never served; nothing they send may be accepted).
 soak:
 	$(GO) test -count=1 -timeout 0 -run '^(TestSeatFaults|TestChurn)$$' -v ./cmd/p2pimg -seat-soak $(SOAKTIME) -churn-soak $(SOAKTIME)
 

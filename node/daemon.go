@@ -40,7 +40,7 @@ type Daemon struct {
 
 // Handler is the local API's HTTP handler for this daemon.
 func (d *Daemon) Handler() http.Handler {
-	return localapi.New(localapi.Config{DataDir: d.cfg.DataDir, Version: d.cfg.Version, Started: d.started, Log: d.cfg.Log},
+	return localapi.New(localapi.Config{DataDir: d.cfg.DataDir, Version: d.cfg.Version, Started: d.started, Log: d.cfg.Log, Cluster: d.cfg.Cluster},
 		func() localapi.Node {
 			if n := d.node.Load(); n != nil {
 				return n
@@ -97,6 +97,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		Handler:           d.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return opCtx },
+		ConnContext:       localapi.ConnContext, // who calls: every request acts for its caller
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

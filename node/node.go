@@ -55,6 +55,13 @@ type Config struct {
 	// Root is where activation paths live (default /): a testnet gives each
 	// node its own, so several daemons on one machine do not collide.
 	Root string
+	// AllowedPaths are the only places (under Root, absolute) where
+	// activations may put a layer (--at) or redirect a host path (--map
+	// SRC); none: anywhere under Root.
+	AllowedPaths []string
+	// ImportMaxBytes and ImportMaxRatio bound what an import may unpack
+	// (0: 64 GiB, and 200 bytes written per archive byte read).
+	ImportMaxBytes, ImportMaxRatio int64
 	// Labels describe the host; activations select hosts by them.
 	Labels map[string]string
 	// Expose is how activated layers appear: overlay (a mount; needs root

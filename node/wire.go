@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -34,10 +35,11 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 	n := &Node{cfg: cfg, db: db, net: net, reg: prometheus.NewRegistry(), catalog: gossip.NewCatalog()}
 	gc := &layers.GCGuard{}
 	arrivals := registry.NewArrivals()
+	conduct := p2p.NewConduct(h, net.Gater, cfg.Log, n.reg)
 	n.fetch = fetch.New(fetch.Config{Host: h, Store: arrivalStore{db, arrivals}, Catalog: n.catalog, Gater: net.Gater, Stats: net.Stats, Pins: gc,
-		Log: cfg.Log, Down: fetch.Limiter(cfg.MaxDownload), StallTimeout: cfg.StallTimeout, Announce: announce, Reg: n.reg, Faults: cfg.Faults})
+		Log: cfg.Log, Down: fetch.Limiter(cfg.MaxDownload), StallTimeout: cfg.StallTimeout, Announce: announce, Reg: n.reg, Faults: cfg.Faults, Conduct: conduct})
 	n.xchg = xchg.NewServer(xchg.ServerConfig{Host: h, Source: source{db, n.fetch}, Log: cfg.Log, Stats: net.Stats,
-		Up: fetch.Limiter(cfg.MaxUpload), Reg: n.reg, Faults: cfg.Faults})
+		Up: fetch.Limiter(cfg.MaxUpload), Reg: n.reg, Faults: cfg.Faults, Conduct: conduct})
 	exposer := expose.New(expose.Config{Store: db, DataDir: cfg.DataDir, Root: cfg.Root, Mode: cfg.Expose, Log: cfg.Log,
 		Fetch: n.fetch, OnReadError: func(cidStr string, id cid.Cid, err error) { n.act.NoteReadError(cidStr, id, err) },
 		OnChunkRead: func(cidStr string, id cid.Cid) { n.act.NoteChunkRead(cidStr, id) }})
@@ -51,12 +53,12 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 		Interval: cfg.AnnounceInterval, Faults: cfg.Faults}); err != nil {
 		return nil, err
 	}
-	n.act = activate.New(activate.Config{Host: h, Key: key, Cluster: cfg.Cluster, Labels: cfg.Labels, Root: cfg.Root, Catalog: n.catalog,
+	n.act = activate.New(activate.Config{Host: h, Key: key, Cluster: cfg.Cluster, Labels: cfg.Labels, Root: cfg.Root, AllowedPaths: cfg.AllowedPaths, Catalog: n.catalog,
 		Store: db, Fetcher: n.fetch, Seats: n.seats, Policy: n.policy, Exposer: exposer, Lazy: cfg.Lazy, TraceWindow: cfg.TraceWindow, Log: cfg.Log, Announce: announce, Reconcile: reconcile,
 		Reach: func(p peer.ID, now time.Time) (api.Reach, time.Time) { return n.gossip.Reach(p, now) }}) // the catalogue service is built last
-	n.layers = layers.New(layers.Config{Store: db, Catalog: n.catalog, Key: key, DataDir: cfg.DataDir, Policy: n.policy, Held: n.act, GC: gc,
-		Log: cfg.Log, Announce: announce, Images: keepImage(func(ctx context.Context, dir string, name chunk.Name) (string, error) {
-			return n.mirror.KeepImage(ctx, dir, name) // the mirror is built next: it publishes through layers
+	n.layers = layers.New(layers.Config{Store: db, Catalog: n.catalog, Key: key, DataDir: cfg.DataDir, Policy: n.policy, Held: n.act, GC: gc, ImportMaxBytes: cfg.ImportMaxBytes, ImportMaxRatio: cfg.ImportMaxRatio,
+		Log: cfg.Log, Announce: announce, Images: keepImage(func(ctx context.Context, root *os.Root, name chunk.Name) (string, error) {
+			return n.mirror.KeepImage(ctx, root, name) // the mirror is built next: it publishes through layers
 		})})
 	n.mirror = registry.New(registry.Config{Addr: cfg.Registry, Store: db, Publisher: n.layers, Fetcher: n.fetch, Catalog: n.catalog,
 		Upstreams: cfg.Upstreams, Log: cfg.Log, Reg: n.reg}, arrivals)
@@ -88,8 +90,8 @@ func (s arrivalStore) PutUncached(ctx context.Context, blocks ...chunk.Block) er
 }
 
 // keepImage lets layers keep an import's blobs in the registry built after it.
-type keepImage func(ctx context.Context, dir string, name chunk.Name) (string, error)
+type keepImage func(ctx context.Context, root *os.Root, name chunk.Name) (string, error)
 
-func (f keepImage) KeepImage(ctx context.Context, dir string, name chunk.Name) (string, error) {
-	return f(ctx, dir, name)
+func (f keepImage) KeepImage(ctx context.Context, root *os.Root, name chunk.Name) (string, error) {
+	return f(ctx, root, name)
 }

@@ -203,14 +203,8 @@ func TestLyingPeerIsBlocked(t *testing.T) {
 		}
 	}))
 	img := image(t, 16<<20, 4)
-	res := add(t, net.Nodes[0], "vm:1", img)
-	add(t, net.Nodes[1], "vm:1", img) // the liar holds the same layer
-	waitCatalog(t, net, net.Nodes[2], "vm:1", res.Layer.CID)
+	twoHolders(t, net, "vm:1", img) // the liar holds the same layer
 	liar := net.Nodes[1].Node().ID().String()
-	net.Eventually(10*time.Second, "node 2 knows both holders", func() bool {
-		cl, _ := net.Nodes[2].Client.Catalog(ctx)
-		return len(cl) == 1 && len(cl[0].Holders) == 2
-	})
 	got, err := net.Nodes[2].Client.Fetch(ctx, "vm:1", nil)
 	if err != nil {
 		t.Fatal(err)

@@ -4,9 +4,12 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,7 +75,7 @@ func ociLayout(t *testing.T, ref string, layers ...[]byte) string {
 		Size        int               `json:"size"`
 		Annotations map[string]string `json:"annotations,omitempty"`
 	}
-	cfg := []byte(`{}`)
+	cfg := configFor(t, layers...)
 	man := map[string]any{"schemaVersion": 2, "config": desc{"application/vnd.oci.image.config.v1+json", blob(cfg), len(cfg), nil}}
 	var ls []desc
 	for _, l := range layers {
@@ -143,7 +146,7 @@ func TestImportOCILayout(t *testing.T) {
 	// A flipped byte in a layer blob: refused, naming the digest.
 	dir := t.TempDir()
 	f, _ := os.Open(img)
-	if _, err := oci.Untar(f, dir, false); err != nil {
+	if _, err := oci.Untar(context.Background(), f, dir, false, oci.Limits{}); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
@@ -168,14 +171,8 @@ func TestImportDockerSave(t *testing.T) {
 	n0 := net.Nodes[0]
 	l1 := tarOf(t, []tarEntry{{name: "etc/", typ: tar.TypeDir}, {name: "etc/a", body: "a", typ: tar.TypeReg}, {name: "etc/b", body: "b", typ: tar.TypeReg}}, false)
 	l2 := tarOf(t, []tarEntry{{name: "etc/", typ: tar.TypeDir}, {name: "etc/.wh.a", typ: tar.TypeReg}, {name: "etc/c", body: "c", typ: tar.TypeReg}}, false)
-	man := `[{"Config":"config.json","RepoTags":["web/app:2.1"],"Layers":["l1/layer.tar","l2/layer.tar"]}]`
-	archive := tarOf(t, []tarEntry{
-		{name: "manifest.json", body: man, typ: tar.TypeReg}, {name: "config.json", body: "{}", typ: tar.TypeReg},
-		{name: "l1/", typ: tar.TypeDir}, {name: "l1/layer.tar", body: string(l1), typ: tar.TypeReg},
-		{name: "l2/", typ: tar.TypeDir}, {name: "l2/layer.tar", body: string(l2), typ: tar.TypeReg},
-	}, false)
 	p := filepath.Join(t.TempDir(), "save.tar")
-	os.WriteFile(p, archive, 0o644)
+	os.WriteFile(p, dockerSave(t, nil, l1, l2), 0o644)
 	r, err := n0.Client.Import(ctx, api.ImportRequest{Path: p}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -184,4 +181,94 @@ func TestImportDockerSave(t *testing.T) {
 		t.Fatalf("layers: %+v", r.Layers)
 	}
 	sameFiles(t, "docker save import", checkoutTree(t, n0, "web/app:2.1"), map[string]string{"etc/": "", "etc/b": "b", "etc/c": "c"})
+}
+
+// configFor is an image config whose rootfs.diff_ids are the digests of
+// the layers' uncompressed tars.
+func configFor(t *testing.T, layers ...[]byte) []byte {
+	t.Helper()
+	var ids []string
+	for _, l := range layers {
+		raw := l
+		if l[0] == 0x1f {
+			zr, err := gzip.NewReader(bytes.NewReader(l))
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, _ = io.ReadAll(zr)
+		}
+		s := sha256.Sum256(raw)
+		ids = append(ids, "sha256:"+hex.EncodeToString(s[:]))
+	}
+	b, _ := json.Marshal(map[string]any{"rootfs": map[string]any{"type": "layers", "diff_ids": ids}})
+	return b
+}
+
+// dockerSave is a legacy `docker save` archive of the layers (manifest.json,
+// a config named by its digest, lK/layer.tar), with extra entries last.
+func dockerSave(t *testing.T, extra []tarEntry, layers ...[]byte) []byte {
+	t.Helper()
+	cfg := configFor(t, layers...)
+	s := sha256.Sum256(cfg)
+	cfgName := hex.EncodeToString(s[:]) + ".json"
+	var paths []string
+	es := []tarEntry{{name: cfgName, body: string(cfg), typ: tar.TypeReg}}
+	for i, l := range layers {
+		d := fmt.Sprintf("l%d", i+1)
+		paths = append(paths, d+"/layer.tar")
+		es = append(es, tarEntry{name: d + "/", typ: tar.TypeDir}, tarEntry{name: d + "/layer.tar", body: string(l), typ: tar.TypeReg})
+	}
+	man, _ := json.Marshal([]map[string]any{{"Config": cfgName, "RepoTags": []string{"web/app:2.1"}, "Layers": paths}})
+	es = append(es, tarEntry{name: "manifest.json", body: string(man), typ: tar.TypeReg})
+	return tarOf(t, append(es, extra...), false)
+}
+
+// Hostile archives are refused and leave the daemon working: a layer.tar
+// symlinked to a host file, a manifest.json symlinked inside the archive,
+// a tampered legacy layer, a gzip bomb. gc runs after each (no import
+// holds it).
+func TestImportHostileArchives(t *testing.T) {
+	net := testnet.New(t, 1)
+	n0 := net.Nodes[0]
+	secret := filepath.Join(t.TempDir(), "host-secret")
+	os.WriteFile(secret, tarOf(t, []tarEntry{{name: "loot", body: "host bytes", typ: tar.TypeReg}}, false), 0o600)
+	good := tarOf(t, []tarEntry{{name: "etc/", typ: tar.TypeDir}, {name: "etc/a", body: "a", typ: tar.TypeReg}}, false)
+	tampered := tarOf(t, []tarEntry{{name: "etc/", typ: tar.TypeDir}, {name: "etc/a", body: "evil", typ: tar.TypeReg}}, false)
+
+	var zeros bytes.Buffer // 64 MiB of zeros in about 64 KiB
+	zw := gzip.NewWriter(&zeros)
+	tw := tar.NewWriter(zw)
+	tw.WriteHeader(&tar.Header{Name: "zeros", Typeflag: tar.TypeReg, Size: 64 << 20, Mode: 0o644})
+	tw.Write(make([]byte, 64<<20))
+	tw.Close()
+	zw.Close()
+
+	cases := []struct {
+		name    string
+		archive []byte
+		want    string
+	}{
+		{"layer.tar -> host file", dockerSave(t, []tarEntry{{name: "l1/layer.tar", link: secret, typ: tar.TypeSymlink}}, good), "symlink"},
+		{"manifest.json -> inside", dockerSave(t, []tarEntry{{name: "real.json", body: "[]", typ: tar.TypeReg}, {name: "manifest.json", link: "real.json", typ: tar.TypeSymlink}}, good), "symlink"},
+		{"tampered legacy layer", dockerSave(t, []tarEntry{{name: "l1/layer.tar", body: string(tampered), typ: tar.TypeReg}}, good), "diff_id"},
+		{"gzip bomb", dockerSave(t, nil, zeros.Bytes()), "import limits"},
+	}
+	for _, c := range cases {
+		p := filepath.Join(t.TempDir(), "image.tar")
+		os.WriteFile(p, c.archive, 0o644)
+		_, err := n0.Client.Import(ctx, api.ImportRequest{Path: p, Name: "hostile:1"}, nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want a refusal naming %q", c.name, err, c.want)
+		}
+		if _, err := n0.Client.GC(ctx); err != nil {
+			t.Fatalf("gc after %s: %v", c.name, err)
+		}
+	}
+	if ls, _ := n0.Client.Layers(ctx); len(ls) != 0 {
+		t.Fatalf("a hostile archive left layers: %+v", ls)
+	}
+	tmp, _ := os.ReadDir(filepath.Join(n0.Data, "tmp"))
+	if len(tmp) != 0 {
+		t.Fatalf("imports left %d entries in DATA/tmp", len(tmp))
+	}
 }

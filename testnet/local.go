@@ -44,6 +44,8 @@ type Local struct {
 	MetricsPort int           `json:"metrics_port,omitempty"`
 	// Registry: see UpOptions.Registry.
 	Registry []string `json:"registry,omitempty"`
+	// Extra: see UpOptions.Extra.
+	Extra map[int][]string `json:"extra,omitempty"`
 }
 
 // UpOptions adjust Up.
@@ -67,6 +69,9 @@ type UpOptions struct {
 	MetricsPort int
 	// Registry: node i serves the registry mirror on Registry[i] (host:port).
 	Registry []string
+	// Extra are more daemon flags for node k (from 1), e.g. the hidden
+	// --test-garbage-serve of a misbehaving peer.
+	Extra map[int][]string
 }
 
 // LocalNode is one daemon of a Local testnet (numbered from 1).
@@ -134,7 +139,7 @@ func Up(ctx context.Context, bin, dir string, n int, o UpOptions) (*Local, error
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	l := &Local{Dir: dir, Bin: bin, SeatJournal: o.SeatJournal, ClockSkew: o.ClockSkew, Announce: o.Announce, MetricsPort: o.MetricsPort, Registry: o.Registry}
+	l := &Local{Dir: dir, Bin: bin, SeatJournal: o.SeatJournal, ClockSkew: o.ClockSkew, Announce: o.Announce, MetricsPort: o.MetricsPort, Registry: o.Registry, Extra: o.Extra}
 	ok := false
 	defer func() {
 		if !ok {
@@ -234,6 +239,7 @@ func (l *Local) start(ctx context.Context, i int) error {
 	if l.ClockSkew != 0 {
 		args = append(args, "--test-clock-offset", (time.Duration(i%3-1) * l.ClockSkew).String())
 	}
+	args = append(args, l.Extra[nd.Index]...)
 	for j := range l.Nodes {
 		if j != i && l.alive(j) {
 			if id, err := client.New(l.Nodes[j].Socket).Identity(ctx); err == nil && len(id.Addrs) > 0 {

@@ -167,22 +167,7 @@ func pullAll(ref string, rt http.RoundTripper) (v1.Hash, error) {
 // servedBy is the blob and manifest bytes node nd's mirror served from src.
 func servedBy(t *testing.T, nd *testnet.Node, src string) float64 {
 	t.Helper()
-	mfs, err := nd.Node().Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != "p2pimg_registry_bytes_served_total" {
-			continue
-		}
-		for _, m := range mf.Metric {
-			if labelIs(m, "source", src) {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
+	return counter(t, nd, "p2pimg_registry_bytes_served_total", "source", src)
 }
 
 func labelIs(m *dto.Metric, k, v string) bool {

@@ -1,43 +1,81 @@
 // Package oci reads container images (a `docker save` tar, or an OCI image
 // layout as a directory or a tar) so that each image layer can become a
-// p2pimg layer. It verifies every blob against its digest before using it,
-// and extracts layer tars through os.Root, so a hostile archive cannot
-// write outside the directory it is extracted into. It does no networking.
+// p2pimg layer. It verifies every blob against its digest and every layer
+// against the config's diff_ids before using it; it reads the layout and
+// extracts layer tars through os.Root, refusing a symlink, fifo or device
+// where a file is expected, so a hostile archive can neither read nor
+// write outside its directory, nor hang a reader; and it bounds what
+// decompression may write. It does no networking.
 package oci
 
 import (
-	"archive/tar"
-	"bufio"
-	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
+	"regexp"
 	"strings"
-	"time"
+	"syscall"
 
 	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/chunk/tree"
 )
 
 // Image is a container image found in a layout directory: its layer blobs,
 // base first, and the reference it was saved under ("" if none).
 type Image struct {
 	Dir    string
+	Root   *os.Root // every read of the layout goes through it
 	Ref    string   // e.g. "library/alpine:3.20" or an OCI ref name
 	Layers []string // blob paths under Dir, base first
 	Digest []string // "sha256:..." of each layer blob, when the format gives it
+	// DiffIDs are the config's rootfs.diff_ids: the sha256 of each layer's
+	// uncompressed tar, checked as it is extracted.
+	DiffIDs []string
 }
+
+// Close releases the layout directory.
+func (img *Image) Close() error { return img.Root.Close() }
 
 const maxJSON = 4 << 20
 
-func readJSON(dir, name string, v any) error {
-	f, err := os.Open(filepath.Join(dir, filepath.FromSlash(name)))
+// ErrNotRegular: a symlink, fifo, device or directory where the layout
+// must hold a regular file.
+var ErrNotRegular = errors.New("not a regular file")
+
+// OpenRegular opens name under root for reading. The last component must
+// be a regular file, not a symlink (even one that stays inside root): it
+// is looked at without following, opened without blocking (a fifo cannot
+// hang the open), and the opened file must be that same regular file.
+func OpenRegular(root *os.Root, name string) (*os.File, error) {
+	li, err := root.Lstat(name)
+	if err != nil {
+		return nil, err
+	}
+	if !li.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is a %s: %w", name, tree.TypeName(li.Mode().Type()), ErrNotRegular)
+	}
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && (!fi.Mode().IsRegular() || !os.SameFile(li, fi)) {
+		err = fmt.Errorf("%s was replaced while it was opened: %w", name, ErrNotRegular)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+func readJSON(root *os.Root, name string, v any) error {
+	f, err := OpenRegular(root, filepath.FromSlash(name))
 	if err != nil {
 		return err
 	}
@@ -68,73 +106,139 @@ func blobPath(d string) (string, error) {
 }
 
 // Open finds the image in a layout directory: an OCI layout (index.json)
-// or a `docker save` directory (manifest.json).
+// or a `docker save` directory (manifest.json). Close the image when done.
 func Open(dir string) (*Image, error) {
-	if _, err := os.Stat(filepath.Join(dir, "index.json")); err == nil {
-		return openOCI(dir)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "manifest.json")); err == nil {
-		return openDocker(dir)
-	}
-	return nil, errors.New("not a container image: no index.json (OCI layout) or manifest.json (docker save)")
-}
-
-func openOCI(dir string) (*Image, error) {
-	var idx struct {
-		Manifests []descriptor `json:"manifests"`
-	}
-	if err := readJSON(dir, "index.json", &idx); err != nil {
-		return nil, err
-	}
-	if len(idx.Manifests) != 1 {
-		return nil, fmt.Errorf("index.json lists %d images; import takes a layout with exactly one", len(idx.Manifests))
-	}
-	d := idx.Manifests[0]
-	mp, err := blobPath(d.Digest)
+	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkDigest(filepath.Join(dir, mp), d.Digest); err != nil {
-		return nil, fmt.Errorf("image manifest: %w", err)
+	img := &Image{Dir: dir, Root: root}
+	switch {
+	case exists(root, "index.json"):
+		err = img.openOCI()
+	case exists(root, "manifest.json"):
+		err = img.openDocker()
+	default:
+		err = errors.New("not a container image: no index.json (OCI layout) or manifest.json (docker save)")
 	}
-	var man struct {
-		Layers []descriptor `json:"layers"`
+	if err == nil && len(img.DiffIDs) != len(img.Layers) {
+		err = fmt.Errorf("the image config lists %d diff_ids for %d layers: the layers cannot be verified", len(img.DiffIDs), len(img.Layers))
 	}
-	if err := readJSON(dir, mp, &man); err != nil {
+	if err != nil {
+		root.Close()
 		return nil, err
-	}
-	img := &Image{Dir: dir, Ref: d.Annotations["org.opencontainers.image.ref.name"]}
-	for _, l := range man.Layers {
-		if strings.Contains(l.MediaType, "zstd") {
-			return nil, fmt.Errorf("layer %s is zstd-compressed: not supported (gzip or plain tar)", l.Digest)
-		}
-		p, err := blobPath(l.Digest)
-		if err != nil {
-			return nil, err
-		}
-		img.Layers, img.Digest = append(img.Layers, p), append(img.Digest, l.Digest)
 	}
 	return img, nil
 }
 
-func openDocker(dir string) (*Image, error) {
+func exists(root *os.Root, name string) bool {
+	_, err := root.Lstat(name)
+	return err == nil
+}
+
+// readConfig verifies the image config (blob p, digest d) and reads its
+// rootfs.diff_ids.
+func (img *Image) readConfig(p, d string) error {
+	if err := checkDigest(img.Root, p, d); err != nil {
+		return fmt.Errorf("image config: %w", err)
+	}
+	var cfg struct {
+		RootFS struct {
+			DiffIDs []string `json:"diff_ids"`
+		} `json:"rootfs"`
+	}
+	if err := readJSON(img.Root, p, &cfg); err != nil {
+		return fmt.Errorf("image config: %w", err)
+	}
+	for _, id := range cfg.RootFS.DiffIDs {
+		if _, err := blobPath(id); err != nil {
+			return fmt.Errorf("image config: diff_id: %w", err)
+		}
+	}
+	img.DiffIDs = cfg.RootFS.DiffIDs
+	return nil
+}
+
+func (img *Image) openOCI() error {
+	var idx struct {
+		Manifests []descriptor `json:"manifests"`
+	}
+	if err := readJSON(img.Root, "index.json", &idx); err != nil {
+		return err
+	}
+	if len(idx.Manifests) != 1 {
+		return fmt.Errorf("index.json lists %d images; import takes a layout with exactly one", len(idx.Manifests))
+	}
+	d := idx.Manifests[0]
+	mp, err := blobPath(d.Digest)
+	if err != nil {
+		return err
+	}
+	if err := checkDigest(img.Root, mp, d.Digest); err != nil {
+		return fmt.Errorf("image manifest: %w", err)
+	}
+	var man struct {
+		Config descriptor   `json:"config"`
+		Layers []descriptor `json:"layers"`
+	}
+	if err := readJSON(img.Root, mp, &man); err != nil {
+		return err
+	}
+	img.Ref = d.Annotations["org.opencontainers.image.ref.name"]
+	cp, err := blobPath(man.Config.Digest)
+	if err != nil {
+		return fmt.Errorf("image config: %w", err)
+	}
+	if err := img.readConfig(cp, man.Config.Digest); err != nil {
+		return err
+	}
+	for _, l := range man.Layers {
+		if strings.Contains(l.MediaType, "zstd") {
+			return fmt.Errorf("layer %s is zstd-compressed: not supported (gzip or plain tar)", l.Digest)
+		}
+		p, err := blobPath(l.Digest)
+		if err != nil {
+			return err
+		}
+		img.Layers, img.Digest = append(img.Layers, p), append(img.Digest, l.Digest)
+	}
+	return nil
+}
+
+// legacyConfig is a config file name of an older docker save: the hex
+// sha256 of its bytes, then .json.
+var legacyConfig = regexp.MustCompile(`^([0-9a-f]{64})\.json$`)
+
+func (img *Image) openDocker() error {
 	var man []struct {
+		Config   string
 		RepoTags []string
 		Layers   []string
 	}
-	if err := readJSON(dir, "manifest.json", &man); err != nil {
-		return nil, err
+	if err := readJSON(img.Root, "manifest.json", &man); err != nil {
+		return err
 	}
 	if len(man) != 1 {
-		return nil, fmt.Errorf("manifest.json lists %d images; import takes an archive with exactly one", len(man))
+		return fmt.Errorf("manifest.json lists %d images; import takes an archive with exactly one", len(man))
 	}
-	img := &Image{Dir: dir}
 	if len(man[0].RepoTags) > 0 {
 		img.Ref = man[0].RepoTags[0]
 	}
+	cfg := man[0].Config
+	var cd string
+	if m := legacyConfig.FindStringSubmatch(cfg); m != nil {
+		cd = "sha256:" + m[1]
+	} else if strings.HasPrefix(cfg, "blobs/sha256/") {
+		cd = "sha256:" + strings.TrimPrefix(cfg, "blobs/sha256/")
+	} else {
+		return fmt.Errorf("manifest.json: config %q is not named by its digest (HEX.json or blobs/sha256/HEX): the layers cannot be verified", cfg)
+	}
+	if err := img.readConfig(cfg, cd); err != nil {
+		return err
+	}
 	for _, l := range man[0].Layers {
 		if err := chunk.CheckPath(l); err != nil {
-			return nil, fmt.Errorf("manifest.json: layer %q: %v", l, err)
+			return fmt.Errorf("manifest.json: layer %q: %v", l, err)
 		}
 		d := ""
 		if strings.HasPrefix(l, "blobs/sha256/") { // newer docker save: digests are the names
@@ -142,12 +246,12 @@ func openDocker(dir string) (*Image, error) {
 		}
 		img.Layers, img.Digest = append(img.Layers, l), append(img.Digest, d)
 	}
-	return img, nil
+	return nil
 }
 
-// checkDigest verifies a blob against its sha256 digest.
-func checkDigest(p, d string) error {
-	f, err := os.Open(p)
+// checkDigest verifies blob p (under root) against its sha256 digest.
+func checkDigest(root *os.Root, p, d string) error {
+	f, err := OpenRegular(root, filepath.FromSlash(p))
 	if err != nil {
 		return err
 	}
@@ -160,135 +264,4 @@ func checkDigest(p, d string) error {
 		return fmt.Errorf("blob %s has digest %s: the archive is corrupt or was tampered with", d, got)
 	}
 	return nil
-}
-
-// ExtractLayer verifies layer i against its digest and unpacks it (gzip or
-// plain tar) into dst, which must exist and be empty. OCI whiteouts (.wh.
-// files) are kept as files. Devices and fifos are skipped, hard links
-// become copies. Owners are restored when owners is set.
-func (img *Image) ExtractLayer(i int, dst string, owners bool) (skipped []string, err error) {
-	p := filepath.Join(img.Dir, filepath.FromSlash(img.Layers[i]))
-	if d := img.Digest[i]; d != "" {
-		if err := checkDigest(p, d); err != nil {
-			return nil, fmt.Errorf("layer %d: %w", i+1, err)
-		}
-	}
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	br := bufio.NewReader(f)
-	var r io.Reader = br
-	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
-		gz, err := gzip.NewReader(br)
-		if err != nil {
-			return nil, fmt.Errorf("layer %d: %w", i+1, err)
-		}
-		defer gz.Close()
-		r = gz
-	}
-	return Untar(r, dst, owners)
-}
-
-// Untar unpacks a tar stream into dst through os.Root.
-func Untar(r io.Reader, dst string, owners bool) (skipped []string, err error) {
-	root, err := os.OpenRoot(dst)
-	if err != nil {
-		return nil, err
-	}
-	defer root.Close()
-	type dirTime struct {
-		p string
-		t time.Time
-	}
-	var dirs []dirTime
-	tr := tar.NewReader(r)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return skipped, fmt.Errorf("tar: %w", err)
-		}
-		name := strings.TrimPrefix(path.Clean("/"+h.Name), "/")
-		if name == "" {
-			continue
-		}
-		if err := chunk.CheckPath(name); err != nil {
-			return skipped, fmt.Errorf("tar entry %q: %v", h.Name, err)
-		}
-		if dir := path.Dir(name); dir != "." {
-			if err := root.MkdirAll(dir, 0o755); err != nil {
-				return skipped, fmt.Errorf("tar entry %q: %w", h.Name, err)
-			}
-		}
-		mode := fs.FileMode(h.Mode) & fs.ModePerm
-		if h.Mode&0o4000 != 0 {
-			mode |= fs.ModeSetuid
-		}
-		if h.Mode&0o2000 != 0 {
-			mode |= fs.ModeSetgid
-		}
-		if h.Mode&0o1000 != 0 {
-			mode |= fs.ModeSticky
-		}
-		switch h.Typeflag {
-		case tar.TypeDir:
-			if err := root.Mkdir(name, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-				return skipped, fmt.Errorf("tar entry %q: %w", h.Name, err)
-			}
-			root.Chmod(name, mode)
-			dirs = append(dirs, dirTime{name, h.ModTime})
-		case tar.TypeReg:
-			err = writeFile(root, name, tr, mode)
-		case tar.TypeSymlink:
-			root.Remove(name)
-			err = root.Symlink(h.Linkname, name)
-		case tar.TypeLink:
-			target := strings.TrimPrefix(path.Clean("/"+h.Linkname), "/")
-			var src *os.File
-			if src, err = root.Open(target); err == nil {
-				err = writeFile(root, name, src, mode)
-				src.Close()
-			}
-		default:
-			if h.Typeflag == 0 { // very old tars: a regular file
-				err = writeFile(root, name, tr, mode)
-				break
-			}
-			skipped = append(skipped, name)
-			continue
-		}
-		if err != nil {
-			return skipped, fmt.Errorf("tar entry %q: %w", h.Name, err)
-		}
-		if owners {
-			root.Lchown(name, h.Uid, h.Gid)
-		}
-		if h.Typeflag != tar.TypeSymlink && h.Typeflag != tar.TypeDir {
-			root.Chtimes(name, h.ModTime, h.ModTime)
-		}
-	}
-	for i := len(dirs) - 1; i >= 0; i-- { // after their contents
-		root.Chtimes(dirs[i].p, dirs[i].t, dirs[i].t)
-	}
-	return skipped, nil
-}
-
-func writeFile(root *os.Root, name string, r io.Reader, mode fs.FileMode) error {
-	root.Remove(name)
-	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, r); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return root.Chmod(name, mode)
 }

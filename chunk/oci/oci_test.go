@@ -3,6 +3,7 @@ package oci
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -22,7 +23,7 @@ func TestUntarStaysInside(t *testing.T) {
 	w.Write([]byte("y"))
 	w.Close()
 	dst := t.TempDir()
-	_, err := Untar(&buf, dst, false)
+	_, err := Untar(context.Background(), &buf, dst, false, Limits{})
 	if err == nil {
 		t.Fatal("a write through a planted symlink was not refused")
 	}
@@ -43,6 +44,6 @@ func FuzzUntar(f *testing.F) {
 	f.Add(buf.Bytes())
 	f.Fuzz(func(t *testing.T, data []byte) {
 		dst := t.TempDir()
-		Untar(bytes.NewReader(data), dst, false) // must not panic or escape
+		Untar(context.Background(), bytes.NewReader(data), dst, false, Limits{MaxBytes: 1 << 20}) // must not panic or escape
 	})
 }

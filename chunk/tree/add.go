@@ -5,6 +5,7 @@ package tree
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -39,6 +40,31 @@ type AddResult struct {
 
 // Progress reports bytes done of a total.
 type Progress func(done, total int64)
+
+// As runs fn, whose file system calls must carry someone's rights (a
+// local API caller's, for example); nil runs fn directly. Add and
+// Checkout make every path-based call (open, stat, readdir, mkdir,
+// chmod, ...) through it, and read and write the descriptors it opened
+// outside it.
+type As func(fn func() error) error
+
+func (as As) do(fn func() error) error {
+	if as == nil {
+		return fn()
+	}
+	return as(fn)
+}
+
+// AddOptions adjust AddWith.
+type AddOptions struct {
+	Progress Progress
+	// Parent and Upper: root is an overlayfs upper directory of changes
+	// over the layer Parent (see AddUpper).
+	Parent cid.Cid
+	Upper  bool
+	// As makes the file system calls (see As).
+	As As
+}
 
 // DefaultParams picks chunking for an input: fixed 64 KiB blocks for a single
 // raw disk image (.img, .raw), which changes in place; content-defined
@@ -125,7 +151,7 @@ func scan(root string, upper bool) (entries []chunk.Entry, sources []string, ski
 			}
 			if t == 0 {
 				// Fail now, before any chunk is written, if it cannot be read.
-				f, err := os.Open(p)
+				f, err := OpenRegular(p)
 				if err != nil {
 					return fmt.Errorf("add %s: %w", p, err)
 				}
@@ -136,7 +162,7 @@ func scan(root string, upper bool) (entries []chunk.Entry, sources []string, ski
 			}
 			items = append(items, item{e, p, linkedInode(fi)})
 		default:
-			skipped = append(skipped, Skipped{rel, "a " + typeName(t) + " is not stored in layers"})
+			skipped = append(skipped, Skipped{rel, "a " + TypeName(t) + " is not stored in layers"})
 		}
 		return nil
 	})
@@ -160,7 +186,8 @@ func isOpaque(p string) bool {
 	return err == nil && n == 1 && buf[0] == 'y'
 }
 
-func typeName(t fs.FileMode) string {
+// TypeName names a file type for messages ("fifo", "symlink", ...).
+func TypeName(t fs.FileMode) string {
 	switch {
 	case t&fs.ModeDevice != 0:
 		return "device"
@@ -168,6 +195,10 @@ func typeName(t fs.FileMode) string {
 		return "fifo"
 	case t&fs.ModeSocket != 0:
 		return "socket"
+	case t&fs.ModeDir != 0:
+		return "directory"
+	case t&fs.ModeSymlink != 0:
+		return "symlink"
 	}
 	return "special file"
 }
@@ -193,21 +224,29 @@ func entryFor(rel string, fi fs.FileInfo) chunk.Entry {
 // layer record: the caller does, after the chunks are in place. The chunks it
 // writes are not synced (chunk.Catalog.PutLayer does that).
 func Add(ctx context.Context, store chunk.Store, root string, p chunk.Params, progress Progress) (*AddResult, error) {
-	return add(ctx, store, root, p, progress, cid.Undef, false)
+	return AddWith(ctx, store, root, p, AddOptions{Progress: progress})
 }
 
 // AddUpper is Add for an overlayfs upper directory (or any directory of
 // changes with OCI whiteouts) stacked on the layer parent: whiteout devices
 // and opaque directories become OCI whiteout entries.
 func AddUpper(ctx context.Context, store chunk.Store, root string, p chunk.Params, parent cid.Cid, progress Progress) (*AddResult, error) {
-	return add(ctx, store, root, p, progress, parent, true)
+	return AddWith(ctx, store, root, p, AddOptions{Progress: progress, Parent: parent, Upper: true})
 }
 
-func add(ctx context.Context, store chunk.Store, root string, p chunk.Params, progress Progress, parent cid.Cid, upper bool) (*AddResult, error) {
+// AddWith is Add (or AddUpper) with options.
+func AddWith(ctx context.Context, store chunk.Store, root string, p chunk.Params, o AddOptions) (*AddResult, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	entries, sources, skipped, err := scan(root, upper)
+	progress, parent := o.Progress, o.Parent
+	var entries []chunk.Entry
+	var sources []string
+	var skipped []Skipped
+	err := o.As.do(func() (err error) {
+		entries, sources, skipped, err = scan(root, o.Upper)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -241,7 +280,11 @@ func add(ctx context.Context, store chunk.Store, root string, p chunk.Params, pr
 			done += e.Size
 			continue
 		}
-		f, err := os.Open(sources[i])
+		var f *os.File
+		err := o.As.do(func() (err error) {
+			f, err = OpenRegular(sources[i])
+			return err
+		})
 		if err != nil {
 			return nil, fmt.Errorf("add %s: %w", sources[i], err)
 		}
@@ -289,4 +332,60 @@ func add(ctx context.Context, store chunk.Store, root string, p chunk.Params, pr
 	}
 	res.Manifest = m
 	return res, nil
+}
+
+// ErrNotRegular: a path that should be a regular file is something else
+// (a symlink, a fifo, a device, a directory).
+var ErrNotRegular = errors.New("not a regular file")
+
+// OpenRegular opens a regular file for reading without following a
+// symlink in its last component and without blocking: a fifo or device
+// put where a file was expected is refused before a read can hang.
+func OpenRegular(p string) (*os.File, error) {
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ELOOP) {
+		return nil, fmt.Errorf("%s: a symlink: %w", p, ErrNotRegular)
+	}
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: p, Err: err}
+	}
+	return regular(fd, p)
+}
+
+// regular checks that the open fd is a regular file, makes reads blocking
+// again (they never block on a regular file anyway) and wraps it.
+func regular(fd int, p string) (*os.File, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: "fstat", Path: p, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s: %s: %w", p, TypeName(modeType(st.Mode)), ErrNotRegular)
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: "fcntl", Path: p, Err: err}
+	}
+	return os.NewFile(uintptr(fd), p), nil
+}
+
+// modeType is the fs.FileMode type bits of a stat mode.
+func modeType(m uint32) fs.FileMode {
+	switch m & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return fs.ModeDir
+	case unix.S_IFLNK:
+		return fs.ModeSymlink
+	case unix.S_IFIFO:
+		return fs.ModeNamedPipe
+	case unix.S_IFSOCK:
+		return fs.ModeSocket
+	case unix.S_IFCHR:
+		return fs.ModeDevice | fs.ModeCharDevice
+	case unix.S_IFBLK:
+		return fs.ModeDevice
+	}
+	return 0
 }

@@ -25,6 +25,9 @@ type CheckoutOptions struct {
 	Owners bool
 	// Progress, if set, is called with bytes written.
 	Progress Progress
+	// As makes the file system calls (see As): what it cannot create or
+	// change, the checkout refuses.
+	As As
 }
 
 // Checkout writes the layer m into dir (created if absent) so that every
@@ -36,27 +39,15 @@ func Checkout(ctx context.Context, store chunk.Store, m *chunk.Manifest, dir str
 	if err := m.Validate(); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("checkout into %s: %w", dir, err)
-	}
-	if !o.Force {
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			return fmt.Errorf("checkout into %s: %w", dir, err)
-		}
-		if len(ents) > 0 {
-			return fmt.Errorf("checkout into %s: %w (it has %d entries; use --force to write over them)", dir, ErrNotEmpty, len(ents))
-		}
-	}
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return fmt.Errorf("checkout into %s: %w", dir, err)
+	var root *os.Root
+	if err := o.As.do(func() (err error) { root, err = openTarget(dir, o.Force); return err }); err != nil {
+		return err
 	}
 	defer root.Close()
 
 	total := m.Size()
 	var done int64
-	w := writer{ctx: ctx, store: store, root: root, zeroIDs: map[uint32]cid.Cid{}, hash: m.Params.Hash}
+	w := writer{ctx: ctx, store: store, root: root, as: o.As, zeroIDs: map[uint32]cid.Cid{}, hash: m.Params.Hash}
 	// Directories and files first, symlinks last: the manifest guarantees that
 	// no entry lives under a symlink, and os.Root refuses escapes anyway.
 	for _, pass := range []chunk.EntryType{chunk.Dir, chunk.File, chunk.Symlink} {
@@ -76,19 +67,11 @@ func Checkout(ctx context.Context, store chunk.Store, m *chunk.Manifest, dir str
 			}); err != nil {
 				return fmt.Errorf("checkout %s: %w", e.Path, err)
 			}
-			if o.Owners {
-				if err := root.Lchown(e.Path, int(e.UID), int(e.GID)); err != nil {
-					return fmt.Errorf("checkout %s: %w", e.Path, err)
-				}
-			}
-			if e.Type != chunk.Symlink {
-				// chown clears setuid/setgid, so the mode comes after it.
-				if err := root.Chmod(e.Path, e.Mode); err != nil {
-					return fmt.Errorf("checkout %s: %w", e.Path, err)
-				}
+			if err := o.As.do(func() error { return setOwnerMode(root, e, o.Owners) }); err != nil {
+				return fmt.Errorf("checkout %s: %w", e.Path, err)
 			}
 			// and file capabilities too: the attributes come last
-			if err := setXattrs(dir, e, o.Owners); err != nil {
+			if err := o.As.do(func() error { return setXattrs(dir, e, o.Owners) }); err != nil {
 				return fmt.Errorf("checkout %s: %w", e.Path, err)
 			}
 		}
@@ -100,17 +83,54 @@ func Checkout(ctx context.Context, store chunk.Store, m *chunk.Manifest, dir str
 			continue
 		}
 		t := time.Unix(0, e.MTime)
-		if err := root.Chtimes(e.Path, t, t); err != nil {
+		if err := o.As.do(func() error { return root.Chtimes(e.Path, t, t) }); err != nil {
 			return fmt.Errorf("checkout %s: %w", e.Path, err)
 		}
 	}
 	return nil
 }
 
+// openTarget creates dir if needed, refuses a non-empty one without
+// force, and opens it as the root of every write.
+func openTarget(dir string, force bool) (*os.Root, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("checkout into %s: %w", dir, err)
+	}
+	if !force {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return nil, fmt.Errorf("checkout into %s: %w", dir, err)
+		}
+		if len(ents) > 0 {
+			return nil, fmt.Errorf("checkout into %s: %w (it has %d entries; use --force to write over them)", dir, ErrNotEmpty, len(ents))
+		}
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("checkout into %s: %w", dir, err)
+	}
+	return root, nil
+}
+
+// setOwnerMode gives an entry its recorded owner (with owners) and mode.
+func setOwnerMode(root *os.Root, e *chunk.Entry, owners bool) error {
+	if owners {
+		if err := root.Lchown(e.Path, int(e.UID), int(e.GID)); err != nil {
+			return err
+		}
+	}
+	if e.Type == chunk.Symlink {
+		return nil
+	}
+	// chown clears setuid/setgid, so the mode comes after it.
+	return root.Chmod(e.Path, e.Mode)
+}
+
 type writer struct {
 	ctx     context.Context
 	store   chunk.Store
 	root    *os.Root
+	as      As
 	hash    uint64
 	zeroIDs map[uint32]cid.Cid
 }
@@ -140,28 +160,36 @@ func (w *writer) clear(p string, want chunk.EntryType) error {
 	return w.root.RemoveAll(p)
 }
 
-func (w *writer) entry(e *chunk.Entry, force bool, progress func(int64)) error {
+// create makes e's directory or symlink, or creates its file (returned
+// open for writing).
+func (w *writer) create(e *chunk.Entry, force bool) (*os.File, error) {
 	if force {
 		if err := w.clear(e.Path, e.Type); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	switch e.Type {
 	case chunk.Dir:
 		err := w.root.Mkdir(e.Path, 0o700)
 		if errors.Is(err, fs.ErrExist) && force {
-			return nil
+			return nil, nil
 		}
-		return err
+		return nil, err
 	case chunk.Symlink:
-		return w.root.Symlink(e.Target, e.Path)
+		return nil, w.root.Symlink(e.Target, e.Path)
 	}
 	if e.Link != "" { // written before it: the manifest puts targets first
-		progress(e.Size)
-		return w.root.Link(e.Link, e.Path)
+		return nil, w.root.Link(e.Link, e.Path)
 	}
-	f, err := w.root.OpenFile(e.Path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
+	return w.root.OpenFile(e.Path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+}
+
+func (w *writer) entry(e *chunk.Entry, force bool, progress func(int64)) error {
+	var f *os.File
+	if err := w.as.do(func() (err error) { f, err = w.create(e, force); return err }); err != nil || f == nil {
+		if err == nil && e.Link != "" {
+			progress(e.Size)
+		}
 		return err
 	}
 	var off int64

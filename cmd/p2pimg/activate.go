@@ -78,16 +78,25 @@ settles and fails if any host failed.`,
 			if op.Deactivates() {
 				req.At = ""
 			}
-			if kf := a.operatorKey(keyFile); kf != "" && hosts != "self" {
+			if kf := a.operatorKey(keyFile); kf != "" {
 				key, err := cluster.LoadKeyFile(kf)
 				if err != nil {
 					return err
 				}
+				cl = cl.WithOperator(key)
 				id, err := cl.Resolve(c.Context(), name.String())
 				if err != nil {
 					return err
 				}
-				act, err := gossip.SignActivation(key, gossip.Activation{Layer: name.String(), CID: id, At: req.At, Hosts: hosts, Maps: req.Maps, Lazy: req.Lazy, Op: op, Time: time.Now().UnixNano()})
+				signedHosts := hosts
+				if hosts == "self" { // signed by the operator: this host, by its id
+					me, err := cl.Identity(c.Context())
+					if err != nil {
+						return err
+					}
+					signedHosts = me.PeerID
+				}
+				act, err := gossip.SignActivation(key, gossip.Activation{Layer: name.String(), CID: id, At: req.At, Hosts: signedHosts, Maps: req.Maps, Lazy: req.Lazy, Op: op, Time: time.Now().UnixNano()})
 				if err != nil {
 					return err
 				}

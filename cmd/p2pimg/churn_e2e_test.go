@@ -25,11 +25,20 @@ var churnSoak = flag.Duration("churn-soak", 0, "run TestChurn this long (make so
 // and activated everywhere and seats are claimed and released. Afterwards
 // every host must converge on the newest activation, every store must
 // verify, no seat may ever have been over-allocated, and daemon memory must
-// stay bounded. `make soak` runs it for longer (-churn-soak 10m).
+// stay bounded. `make soak` runs it for longer (-churn-soak 10m), with two
+// misbehaving members beside the six: one answers chunk requests with 8 MiB
+// garbage items, one claims layers it never serves; nothing they send may
+// be accepted.
 func TestChurn(t *testing.T) {
-	c, ctx, wg, tn := startChaos(t, 6, 30*time.Second, *churnSoak)
+	const honest = 6
+	var bad map[int][]string
+	if *churnSoak > 0 {
+		bad = map[int][]string{honest + 1: {"--test-garbage-serve", strconv.Itoa(8 << 20)}, honest + 2: {"--test-missing-serve"}}
+	}
+	c, ctx, wg, tn := startChaos(t, honest+len(bad), bad, 30*time.Second, *churnSoak)
 	l := c.l
-	var adds, fetches, acts, opErrors atomic.Int64
+	hosts, badIDs := c.roles(honest)
+	var adds, fetches, acts, opErrors, badBytes atomic.Int64
 	wg.Go(func() { // publish a new version of churn:live, and fetch it elsewhere
 		r := rand.New(rand.NewPCG(c.seed, 100))
 		for v := 0; ctx.Err() == nil; v++ {
@@ -44,13 +53,19 @@ func TestChurn(t *testing.T) {
 			}
 			os.WriteFile(filepath.Join(src, "version"), []byte(strconv.Itoa(v)), 0o644)
 			octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
-			if _, err := c.client(r.IntN(len(l.Nodes))).Add(octx, api.AddRequest{Name: "churn:live", Path: src}, nil); err == nil {
+			if _, err := c.client(r.IntN(honest)).Add(octx, api.AddRequest{Name: "churn:live", Path: src}, nil); err == nil {
 				adds.Add(1)
 			} else {
 				opErrors.Add(1)
 			}
-			if _, err := c.client(r.IntN(len(l.Nodes))).Fetch(octx, "churn:live", nil); err == nil {
+			for i := range bad { // the misbehaving members hold it too, and say so
+				c.client(i-1).Add(octx, api.AddRequest{Name: "churn:bad", Path: src}, nil)
+			}
+			if res, err := c.client(r.IntN(honest)).Fetch(octx, "churn:live", nil); err == nil {
 				fetches.Add(1)
+				for _, id := range badIDs {
+					badBytes.Add(res.Peers[id])
+				}
 			} else {
 				opErrors.Add(1)
 			}
@@ -63,11 +78,11 @@ func TestChurn(t *testing.T) {
 		for ctx.Err() == nil {
 			sleepCtx(ctx, time.Duration(1000+r.IntN(2000))*time.Millisecond)
 			actx, acancel := context.WithTimeout(ctx, 10*time.Second)
-			args := []string{"--testnet-dir", l.Dir, "--node", strconv.Itoa(1 + r.IntN(len(l.Nodes)))}
+			args := []string{"--testnet-dir", l.Dir, "--node", strconv.Itoa(1 + r.IntN(honest))}
 			if r.IntN(4) == 0 {
-				args = append(args, "deactivate", "churn:live", "--hosts", "all")
+				args = append(args, "deactivate", "churn:live", "--hosts", hosts)
 			} else {
-				args = append(args, "activate", "churn:live", "--at", "/opt/churn", "--hosts", "all")
+				args = append(args, "activate", "churn:live", "--at", "/opt/churn", "--hosts", hosts)
 			}
 			if exec.CommandContext(actx, bin, args...).Run() == nil {
 				acts.Add(1)
@@ -86,7 +101,7 @@ func TestChurn(t *testing.T) {
 	calm := time.Now()
 	agree := func() bool {
 		first := ""
-		for i := range l.Nodes {
+		for i := range honest {
 			id, err := c.client(i).Resolve(context.Background(), "churn:live")
 			if err != nil || (first != "" && id != first) {
 				return false
@@ -95,10 +110,19 @@ func TestChurn(t *testing.T) {
 		}
 		return true
 	}
-	mesh := func() bool { // every host connected to every other again
-		for i := range l.Nodes {
+	mesh := func() bool { // every honest host connected to every other again
+		for i := range honest {
 			ps, err := c.client(i).Peers(context.Background())
-			if err != nil || len(ps) < len(l.Nodes)-1 {
+			if err != nil {
+				return false
+			}
+			n := 0
+			for _, p := range ps {
+				if strings.Contains(hosts, p.PeerID) || hosts == "all" {
+					n++
+				}
+			}
+			if n < honest-1 {
 				return false
 			}
 		}
@@ -109,8 +133,8 @@ func TestChurn(t *testing.T) {
 			t.Fatal("60 s after the last fault the hosts are not all connected, or their catalogues disagree on churn:live")
 		}
 	}
-	out, errOut, code := tn("--node", "1", "activate", "churn:live", "--at", "/opt/churn", "--hosts", "all", "--wait", "--timeout", "90s")
-	if code != 0 || !strings.Contains(out, "settled on all 6 host(s)") {
+	out, errOut, code := tn("--node", "1", "activate", "churn:live", "--at", "/opt/churn", "--hosts", hosts, "--wait", "--timeout", "90s")
+	if code != 0 || !strings.Contains(out, fmt.Sprintf("settled on all %d host(s)", honest)) {
 		t.Fatalf("no convergence after the last fault: %s %s", out, errOut)
 	}
 	converged := time.Since(calm)
@@ -121,6 +145,10 @@ func TestChurn(t *testing.T) {
 	var maxRSS int64
 	var diverged, corrupt, maxG int
 	for i, nd := range l.Nodes {
+		maxRSS = max(maxRSS, rssKiB(nd.PID))
+		if i >= honest {
+			continue
+		}
 		cl := c.client(i)
 		if id, err := cl.Resolve(context.Background(), "churn:live"); err != nil || id != want {
 			diverged++
@@ -131,7 +159,6 @@ func TestChurn(t *testing.T) {
 			corrupt += len(v.Corrupt)
 			t.Errorf("node %d store: %v, corrupt %v", i+1, err, v.Corrupt)
 		}
-		maxRSS = max(maxRSS, rssKiB(nd.PID))
 		if st, err := cl.Status(context.Background()); err == nil {
 			maxG = max(maxG, st.Goroutines)
 		}
@@ -145,16 +172,28 @@ func TestChurn(t *testing.T) {
 	n := c.checkJournals(2)
 	var tab strings.Builder
 	tw := tabwriter.NewWriter(&tab, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "churn, 6 hosts\tvalue\n")
+	fmt.Fprintf(tw, "churn, %d hosts (+%d misbehaving)\tvalue\n", honest, len(bad))
 	fmt.Fprintf(tw, "layer versions published / fetches / (de)activations\t%d / %d / %d\n", adds.Load(), fetches.Load(), acts.Load())
 	fmt.Fprintf(tw, "seat grants / refused (no seat)\t%d / %d\n", c.grants.Load(), c.refused.Load())
 	fmt.Fprintf(tw, "operations failed under faults (retried later)\t%d\n", opErrors.Load()+c.undecided.Load())
 	fmt.Fprintf(tw, "faults: kills / pauses / partitions\t%d / %d / %d\n", c.kills, c.pauses, c.partitions)
 	fmt.Fprintf(tw, "violations: over-allocations (checked %d intervals) / corrupt chunks / hosts diverged\t0 / %d / %d\n", n, corrupt, diverged)
+	if len(bad) > 0 {
+		blocks := 0 // honest hosts' logs: the garbage member blocked
+		for i := range honest {
+			b, _ := os.ReadFile(filepath.Join(l.Nodes[i].Data, "daemon.log"))
+			blocks += strings.Count(string(b), "peer blocked: repeated chunk protocol violations")
+		}
+		fmt.Fprintf(tw, "misbehaving members: blocked by honest hosts (times)\t%d\n", blocks)
+		fmt.Fprintf(tw, "violations: chunk bytes accepted from the misbehaving members\t%d\n", badBytes.Load())
+	}
 	fmt.Fprintf(tw, "convergence after the last fault\t%.1f s\n", converged.Seconds())
 	fmt.Fprintf(tw, "largest daemon RSS / goroutines at the end\t%d MiB / %d\n", maxRSS>>10, maxG)
 	tw.Flush()
 	t.Logf("\n%s", tab.String())
+	if badBytes.Load() > 0 {
+		t.Errorf("%d chunk bytes were accepted from the misbehaving members", badBytes.Load())
+	}
 	if adds.Load() < 3 || acts.Load() < 2 {
 		t.Fatalf("too little work done under churn (%d adds, %d activations) for the checks to mean anything", adds.Load(), acts.Load())
 	}
@@ -173,4 +212,25 @@ func rssKiB(pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// roles is the --hosts selector of the first honest nodes ("all" when
+// there are no others) and the peer ids of the rest (the misbehaving).
+func (c *chaos) roles(honest int) (hosts string, bad []string) {
+	if len(c.l.Nodes) == honest {
+		return "all", nil
+	}
+	var ids []string
+	for i := range c.l.Nodes {
+		id, err := c.client(i).Identity(context.Background())
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		if i < honest {
+			ids = append(ids, id.PeerID)
+		} else {
+			bad = append(bad, id.PeerID)
+		}
+	}
+	return strings.Join(ids, ","), bad
 }

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -23,13 +24,15 @@ import (
 func (a *app) daemonCmd() *cobra.Command {
 	var data, level, format, clusterFile, metrics string
 	var listen, peers []string
-	var noMDNS, corrupt, stallServe, flood bool
+	var noMDNS, corrupt, stallServe, flood, missingServe bool
+	var garbageServe int
 	var announce, stall, clockOffset, goneAfter time.Duration
 	var lazy bool
 	var traceWindow time.Duration
 	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup, pskFile, membersFile string
-	var labels []string
-	var mirrorAddr, registriesFile string
+	var labels, allowedPaths []string
+	var mirrorAddr, registriesFile, importMax string
+	var importRatio int64
 	c := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run this host's p2pimg daemon",
@@ -108,10 +111,22 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				}
 				cc.Members = m
 			}
+			for _, p := range allowedPaths {
+				if !filepath.IsAbs(p) {
+					return usageError{fmt.Errorf("--allowed-paths %q: want an absolute path (under --root), e.g. /opt", p)}
+				}
+			}
 			if pskFile != "" || membersFile != "" {
 				if err := cc.Check(); err != nil {
 					return usageError{fmt.Errorf("--psk / --members with the cluster file: %w", err)}
 				}
+			}
+			importBytes, err := humanize.ParseBytes(importMax)
+			if err != nil || importBytes == 0 {
+				return usageError{fmt.Errorf("--import-max-bytes %q: want a size, such as 64GiB", importMax)}
+			}
+			if importRatio < 0 {
+				return usageError{fmt.Errorf("--import-max-ratio %d: want a positive number", importRatio)}
 			}
 			if mirrorAddr != "" {
 				if _, _, err := net.SplitHostPort(mirrorAddr); err != nil {
@@ -128,9 +143,9 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cc, Listen: listen, Peers: peers,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, GoneAfter: goneAfter,
-					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: api.Mode(expose), Lazy: lazy, TraceWindow: traceWindow, HostPolicy: hostPolicyText,
+					MaxUpload: up, MaxDownload: down, Root: root, AllowedPaths: allowedPaths, ImportMaxBytes: int64(importBytes), ImportMaxRatio: importRatio, Labels: lbl, Expose: api.Mode(expose), Lazy: lazy, TraceWindow: traceWindow, HostPolicy: hostPolicyText,
 					Registry: mirrorAddr, Upstreams: ups,
-					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset),
+					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset, garbageServe, missingServe),
 				},
 				Socket: a.socket, SocketGroup: socketGroup, Metrics: metrics, Version: version,
 			})
@@ -158,6 +173,9 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&maxDown, "max-download", "", "cap on chunk bytes fetched per second, e.g. 100MB (default: none)")
 	c.Flags().StringVar(&root, "root", "/", "directory that activation paths are relative to (a testnet gives each node its own)")
 	c.Flags().DurationVar(&traceWindow, "trace-window", time.Minute, "after a lazy activation, record the chunks read for this long as its access trace (peers activating the same version fetch those first)")
+	c.Flags().StringArrayVar(&allowedPaths, "allowed-paths", nil, "an absolute path (under --root) where activations may put layers (--at) and redirect host paths (--map SRC); repeatable; default: anywhere under --root")
+	c.Flags().StringVar(&importMax, "import-max-bytes", "64GiB", "the most an import may unpack (it also leaves 256 MiB free on the data directory's disk)")
+	c.Flags().Int64Var(&importRatio, "import-max-ratio", 200, "the most bytes an import may unpack per byte of archive read (a decompression bomb expands a thousandfold)")
 	c.Flags().BoolVar(&lazy, "lazy", false, "fuse mode: a layer is active once its manifest is here; a chunk is fetched from peers when first read (verified first, EIO if none supplies it within 10 s), the rest in the background")
 	c.Flags().StringVar(&expose, "expose", string(api.ModeAuto), "how activated layers appear: fuse (served from the store through FUSE, an overlay above it; root, /dev/fuse and overlayfs), overlay (an overlay on a checkout), materialized (a directory swapped in), or auto (the first of these that works)")
 	c.Flags().StringVar(&mirrorAddr, "registry", "", "serve the OCI registry mirror (pull API) on this HOST:PORT, e.g. 127.0.0.1:5000 (default: off)")
@@ -167,6 +185,10 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().MarkHidden("test-corrupt-serve")
 	c.Flags().BoolVar(&stallServe, "test-stall-serve", false, "TESTING ONLY: never answer chunk requests")
 	c.Flags().MarkHidden("test-stall-serve")
+	c.Flags().IntVar(&garbageServe, "test-garbage-serve", 0, "TESTING ONLY: answer chunk requests with items of this many random bytes")
+	c.Flags().MarkHidden("test-garbage-serve")
+	c.Flags().BoolVar(&missingServe, "test-missing-serve", false, "TESTING ONLY: answer every exchange request with not-here")
+	c.Flags().MarkHidden("test-missing-serve")
 	c.Flags().BoolVar(&flood, "test-gossip-flood", false, "TESTING ONLY: gossip as fast as possible")
 	c.Flags().MarkHidden("test-gossip-flood")
 	c.Flags().StringVar(&socketGroup, "socket-group", "", "a group whose members may use the API socket too (mode 0660); default: only this user")
@@ -198,7 +220,7 @@ func applyConfig(c *cobra.Command, path string) error {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	for k, v := range m {
-		f := c.Flags().Lookup(k)
+		f := c.Flags().Lookup(strings.ReplaceAll(k, "_", "-")) // allowed_paths is allowed-paths
 		if f == nil || k == "config" || f.Hidden {
 			return fmt.Errorf("config file %s: unknown setting %q (settings are the daemon's flag names; see `p2pimg daemon --help`)", path, k)
 		}
@@ -210,7 +232,7 @@ func applyConfig(c *cobra.Command, path string) error {
 			vals = list
 		}
 		for _, x := range vals {
-			if err := c.Flags().Set(k, fmt.Sprint(x)); err != nil {
+			if err := c.Flags().Set(f.Name, fmt.Sprint(x)); err != nil {
 				return fmt.Errorf("config file %s: %s = %v: %w", path, k, x, err)
 			}
 		}
@@ -220,9 +242,10 @@ func applyConfig(c *cobra.Command, path string) error {
 
 // testFaults is the hidden --test-* flags as faults (nil when none is set,
 // as in production).
-func testFaults(corrupt, stall, flood bool, seatJournal string, clockOffset time.Duration) *faults.Faults {
-	if !corrupt && !stall && !flood && seatJournal == "" && clockOffset == 0 {
+func testFaults(corrupt, stall, flood bool, seatJournal string, clockOffset time.Duration, garbage int, missing bool) *faults.Faults {
+	if !corrupt && !stall && !flood && seatJournal == "" && clockOffset == 0 && garbage == 0 && !missing {
 		return nil
 	}
-	return &faults.Faults{CorruptServe: corrupt, StallServe: stall, GossipFlood: flood, SeatJournal: seatJournal, ClockOffset: clockOffset}
+	return &faults.Faults{CorruptServe: corrupt, StallServe: stall, GossipFlood: flood, SeatJournal: seatJournal, ClockOffset: clockOffset,
+		GarbageServe: garbage, MissingServe: missing}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/client"
+	"github.com/p2pimg/p2pimg/node/cluster"
 	"github.com/p2pimg/p2pimg/testnet"
 )
 
@@ -79,7 +80,18 @@ func (a *app) client() *client.Client {
 	if s == "" {
 		s = filepath.Join(DefaultDataDir, "p2pimg.sock")
 	}
-	return client.New(s)
+	cl := client.New(s)
+	// An operator key gives a caller other than root its rights on the
+	// daemon: every request is signed with it.
+	if kf := a.operatorKey(""); kf != "" {
+		k, err := cluster.LoadKeyFile(kf)
+		if err != nil {
+			fmt.Fprintf(a.stderr, "warning: operator key not used: %v\n", err)
+			return cl
+		}
+		cl = cl.WithOperator(k)
+	}
+	return cl
 }
 
 func (a *app) printJSON(v any) error {

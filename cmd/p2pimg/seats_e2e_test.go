@@ -26,10 +26,10 @@ var seatSoak = flag.Duration("seat-soak", 0, "run TestSeatFaults this long (make
 
 // seatTestnet starts daemon processes (3 keepers, 2 s leases) and
 // installs a licence of 2 seats through the CLI.
-func seatTestnet(t *testing.T, nodes int, journal bool, skew ...time.Duration) (*testnet.Local, func(args ...string) (string, string, int)) {
+func seatTestnet(t *testing.T, nodes int, journal bool, extra map[int][]string, skew ...time.Duration) (*testnet.Local, func(args ...string) (string, string, int)) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "tn")
-	o := testnet.UpOptions{Keepers: 3, SeatTTL: "2s", SeatJournal: journal}
+	o := testnet.UpOptions{Keepers: 3, SeatTTL: "2s", SeatJournal: journal, Extra: extra}
 	if len(skew) > 0 {
 		o.ClockSkew = skew[0]
 	}
@@ -63,7 +63,7 @@ func seatTestnet(t *testing.T, nodes int, journal bool, skew ...time.Duration) (
 // margin; the old token is refused by check, also on the restarted holder.
 func TestSeatHolderKilled(t *testing.T) {
 	t.Parallel()
-	l, tn := seatTestnet(t, 5, false)
+	l, tn := seatTestnet(t, 5, false, nil)
 	var tokens []string
 	for _, k := range []string{"4", "5"} {
 		out, errOut, code := tn("--node", k, "license", "claim", "winsrv", "--for", "vm-"+k)
@@ -117,11 +117,11 @@ type chaos struct {
 // startChaos starts a seat testnet of n journaling hosts with a seat
 // worker on each, for d (soak instead, when set). The caller runs the
 // nemesis with ctx and waits for wg.
-func startChaos(t *testing.T, n int, d, soak time.Duration, skew ...time.Duration) (*chaos, context.Context, *sync.WaitGroup, func(args ...string) (string, string, int)) {
+func startChaos(t *testing.T, n int, extra map[int][]string, d, soak time.Duration, skew ...time.Duration) (*chaos, context.Context, *sync.WaitGroup, func(args ...string) (string, string, int)) {
 	if soak > 0 {
 		d = soak
 	}
-	l, tn := seatTestnet(t, n, true, skew...)
+	l, tn := seatTestnet(t, n, true, extra, skew...)
 	c := &chaos{t: t, l: l, seed: uint64(time.Now().UnixNano()), holding: make([]atomic.Bool, len(l.Nodes))}
 	t.Logf("seed %d, %v", c.seed, d)
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -262,7 +262,7 @@ func (c *chaos) checkJournals(nseats int) int {
 // for longer (-seat-soak 10m).
 func TestSeatFaults(t *testing.T) {
 	t.Parallel()
-	c, ctx, wg, _ := startChaos(t, 5, 25*time.Second, *seatSoak)
+	c, ctx, wg, _ := startChaos(t, 5, nil, 25*time.Second, *seatSoak)
 	c.nemesis(ctx)
 	wg.Wait()
 	n := c.checkJournals(2)
@@ -281,7 +281,7 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 // margin is 5 s): under the same faults, leases still never over-allocate.
 func TestSeatFaultsClockSkew(t *testing.T) {
 	t.Parallel()
-	c, ctx, wg, _ := startChaos(t, 5, 20*time.Second, *seatSoak, 2*time.Second)
+	c, ctx, wg, _ := startChaos(t, 5, nil, 20*time.Second, *seatSoak, 2*time.Second)
 	c.nemesis(ctx)
 	wg.Wait()
 	n := c.checkJournals(2)

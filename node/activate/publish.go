@@ -43,6 +43,11 @@ func (r *Reconciler) Activate(ctx context.Context, req api.ActivateRequest) (*ap
 	if err := gossip.CheckActivation(&a, r.cfg.Cluster); err != nil {
 		return nil, api.BadRequest(err)
 	}
+	if a.Selects(r.cfg.Host.ID(), r.cfg.Labels) {
+		if err := r.pathsAllowed(a); err != nil { // said now, not only in this host's state
+			return nil, api.Forbidden(fmt.Errorf("activation of %s: %w", a.Layer, err))
+		}
+	}
 	if err := r.cfg.Catalog.MergeActivation(a); err != nil {
 		return nil, fmt.Errorf("activation of %s: %w", a.Layer, err)
 	}

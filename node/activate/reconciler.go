@@ -104,6 +104,10 @@ type Config struct {
 	// Announce is poked when this host's states change; Reconcile wakes
 	// the reconciler (an activation arrived or a policy changed).
 	Announce, Reconcile *notify.Signal
+
+	// AllowedPaths confine --at and --map sources (absolute, under Root);
+	// none: anywhere under Root.
+	AllowedPaths []string
 }
 
 // Reconciler brings this host's exposures in line with the activations
@@ -328,6 +332,13 @@ func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activatio
 		return
 	}
 	if r.refusedByPolicy(ctx, e, a) {
+		return
+	}
+	if err := r.pathsAllowed(a); err != nil {
+		if e.State != api.StateFailed || e.Time != a.Time {
+			e.Time, e.CID = a.Time, a.CID
+			r.report(e, api.StateFailed, err.Error())
+		}
 		return
 	}
 	if !seated {

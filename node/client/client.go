@@ -14,9 +14,13 @@ import (
 	"net/url"
 	"strconv"
 	"syscall"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/cluster"
 )
 
 // ErrDaemonDown: nothing answers on the socket.
@@ -24,8 +28,18 @@ var ErrDaemonDown = errors.New("the p2pimg daemon is not running")
 
 // Client calls one daemon. It is safe for concurrent use.
 type Client struct {
-	socket string
-	http   *http.Client
+	socket   string
+	http     *http.Client
+	operator crypto.PrivKey // signs every request when set
+}
+
+// WithOperator returns a client that signs every request with an operator
+// key, which gives a caller other than root every right on the daemon
+// (when the cluster file lists the key under operators).
+func (c *Client) WithOperator(k crypto.PrivKey) *Client {
+	cc := *c
+	cc.operator = k
+	return &cc
 }
 
 // New returns a client for the daemon listening on socket.
@@ -43,8 +57,10 @@ func (c *Client) Socket() string { return c.socket }
 
 func (c *Client) do(ctx context.Context, method, path string, body any) (*http.Response, error) {
 	var rd io.Reader
+	var b []byte
 	if body != nil {
-		b, err := json.Marshal(body)
+		var err error
+		b, err = json.Marshal(body)
 		if err != nil {
 			return nil, err
 		}
@@ -56,6 +72,13 @@ func (c *Client) do(ctx context.Context, method, path string, body any) (*http.R
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.operator != nil {
+		h, err := cluster.SignRequest(c.operator, method, req.URL.RequestURI(), b, time.Now())
+		if err != nil {
+			return nil, fmt.Errorf("sign the request with the operator key: %w", err)
+		}
+		req.Header.Set(api.OperatorHeader, h)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {

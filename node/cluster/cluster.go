@@ -50,6 +50,10 @@ type Config struct {
 	// difference between keepers.
 	SeatTTL    string `toml:"seat_ttl,omitempty"`
 	SeatMargin string `toml:"seat_margin,omitempty"`
+	// Grants gives local users and groups rights on the local API of every
+	// host, as an operator key would: "user:NAME" or "group:NAME" to a
+	// list of rights (activate, map, policy, license, gc, cluster).
+	Grants map[string][]string `toml:"grants,omitempty"`
 
 	psk        pnet.PSK
 	members    map[peer.ID]bool
@@ -165,6 +169,9 @@ func (c *Config) check() error {
 		return err
 	}
 	if c.operators, err = peerSet("operators", c.Operators); err != nil {
+		return err
+	}
+	if err := c.checkGrants(); err != nil {
 		return err
 	}
 	return c.checkSeats()

@@ -14,6 +14,13 @@ type Faults struct {
 	// StallServe never answers chunk requests (the host still says it has
 	// the chunks).
 	StallServe bool
+	// GarbageServe answers every chunk request with items of this many
+	// random bytes (a peer that breaks the protocol).
+	GarbageServe int
+	// MissingServe answers every manifest, have and chunk request with
+	// "not here", while the host still says in gossip that it holds its
+	// layers.
+	MissingServe bool
 	// GossipFlood publishes this host's snapshot as fast as it can.
 	GossipFlood bool
 	// ClockOffset shifts the clock this host's keeper stamps seat commands

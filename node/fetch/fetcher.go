@@ -68,6 +68,9 @@ type Config struct {
 	Announce *notify.Signal
 	Reg      prometheus.Registerer
 	Faults   *faults.Faults // only ChunkTrace applies
+	// Conduct books peers' violations, failing streams and claims not
+	// served (nil: not booked).
+	Conduct *p2p.Conduct
 }
 
 // Fetcher fetches layers from peers.
@@ -261,15 +264,19 @@ func (fr *Fetcher) Manifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, e
 func (fr *Fetcher) fetchManifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, []byte, error) {
 	fr.dialHolders(ctx, id)
 	var errs []error
-	for _, p := range fr.candidates(id) {
+	for _, p := range fr.byMisses(fr.candidates(id)) {
 		c, err := xchg.Dial(ctx, fr.cfg.Host, p)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("peer %s: %w", p, err))
 			continue
 		}
-		data, err := c.Ask(xchg.ReqManifest, id, chunk.MaxManifestSize, readTimeout)
+		data, err := c.Ask(xchg.ReqManifest, id, chunk.MaxManifestSize, fr.manifestTimeout(p))
 		c.Close()
+		fr.claimed(p, id, err == nil)
 		if err != nil {
+			if !errors.Is(err, chunk.ErrNotFound) {
+				fr.streamEnded(p, err)
+			}
 			errs = append(errs, fmt.Errorf("peer %s: %w", p, err))
 			continue
 		}
@@ -407,8 +414,10 @@ func (fr *Fetcher) runFetch(ctx context.Context, f *fetch, name chunk.Name, emit
 			return fmt.Errorf("stalled: %d of %d chunks still missing and no connected peer sent any for %s; the layer stays incomplete, run fetch again when a host that has it is reachable", left, len(f.refs), fr.cfg.StallTimeout)
 		}
 		fr.shares(f)
-		for _, p := range fr.candidates(f.id) {
-			fr.spawn(ctx, &wg, f, p, name)
+		for _, p := range fr.byMisses(fr.candidates(f.id)) {
+			if fr.mayOpen(p) {
+				fr.spawn(ctx, &wg, f, p, name)
+			}
 		}
 		report()
 		select {
@@ -429,8 +438,9 @@ func (fr *Fetcher) spawn(ctx context.Context, wg *sync.WaitGroup, f *fetch, p pe
 	for stream := running; stream < streamsPerPeer; stream++ {
 		wg.Go(func() {
 			err := fr.fetchFrom(ctx, f, p, stream)
-			if err != nil && ctx.Err() == nil {
+			if err != nil && (ctx.Err() == nil || errors.Is(err, xchg.ErrProtocol)) { // a violation counts even as the fetch ends
 				fr.cfg.Log.Debug("fetch worker stopped", "layer", name.String(), "peer", p.String(), "err", err)
+				fr.streamEnded(p, err)
 			}
 			f.mu.Lock()
 			if f.workers[p]--; f.workers[p] == 0 {

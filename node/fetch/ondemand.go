@@ -32,6 +32,9 @@ func (fr *Fetcher) FetchChunk(ctx context.Context, layer, id cid.Cid) ([]byte, e
 		}
 		data, err := fr.askChunk(ctx, p, id)
 		if err != nil {
+			if errors.Is(err, xchg.ErrProtocol) {
+				fr.streamEnded(p, err)
+			}
 			errs = append(errs, fmt.Errorf("peer %s: %w", p, err))
 			continue
 		}

@@ -53,6 +53,7 @@ func (fr *Fetcher) fetchFrom(ctx context.Context, f *fetch, p peer.ID, stream in
 	if err := w.refresh(); err != nil {
 		return err
 	}
+	fr.worked(p) // it answers: failures before no longer count
 	defer func() {
 		if w.counted != nil {
 			f.seen(w.counted, make([]bool, len(f.refs)))
@@ -167,7 +168,13 @@ func (w *worker) readBatch(ctx context.Context) error {
 	rb := received{peer: w.p, idx: make([]int, 0, len(b)), data: make([][]byte, 0, len(b))}
 	var missing []int
 	for _, i := range b {
-		st, data, err := w.c.ReadChunk(chunk.MaxChunkSize, getBuf(int(f.refs[i].Size)))
+		// The length is checked against the chunk's before any buffer is
+		// allocated: a peer cannot make this host hold more than the chunk.
+		size := int(f.refs[i].Size)
+		st, data, err := w.c.ReadChunk(size, getBuf(size))
+		if err == nil && st == xchg.StatusOK && len(data) != size {
+			err = errBadLength
+		}
 		if err != nil {
 			rb.free() // b is still pending: the deferred release covers it
 			return fmt.Errorf("peer %s: %w", w.p, err)
@@ -192,6 +199,9 @@ func (w *worker) readBatch(ctx context.Context) error {
 	}
 	w.pending = w.pending[1:]
 	f.release(missing)
+	if len(rb.idx) > 0 {
+		w.fr.worked(w.p)
+	}
 	// Verifying and storing happen on the storers, so this worker goes
 	// straight back to reading the stream.
 	select {

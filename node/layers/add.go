@@ -13,6 +13,7 @@ import (
 	"github.com/p2pimg/p2pimg/chunk/tree"
 	"github.com/p2pimg/p2pimg/license"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/caller"
 	"github.com/p2pimg/p2pimg/node/gossip"
 	"github.com/p2pimg/p2pimg/policy"
 )
@@ -50,8 +51,13 @@ func (sv *Service) Add(ctx context.Context, req api.AddRequest, emit api.Emit) (
 	if !filepath.IsAbs(req.Path) {
 		return nil, api.BadRequestf("add %s: path %q must be absolute", name, req.Path)
 	}
-	fi, err := os.Lstat(req.Path)
+	fsys, err := callerFS(ctx)
 	if err != nil {
+		return nil, err
+	}
+	defer fsys.Close()
+	var fi os.FileInfo
+	if err := fsys.Do(func() (err error) { fi, err = os.Lstat(req.Path); return err }); err != nil {
 		return nil, api.BadRequest(fmt.Errorf("add %s: %w", name, err))
 	}
 	p, err := params(req, req.Path, fi.Mode().IsRegular())
@@ -59,7 +65,7 @@ func (sv *Service) Add(ctx context.Context, req api.AddRequest, emit api.Emit) (
 		return nil, api.BadRequest(fmt.Errorf("add %s: %w", name, err))
 	}
 	defer sv.cfg.GC.Pin()()
-	res, err := tree.Add(ctx, sv.cfg.Store, req.Path, p, progress(emit, "add"))
+	res, err := tree.AddWith(ctx, sv.cfg.Store, req.Path, p, tree.AddOptions{Progress: progress(emit, "add"), As: fsys.Do})
 	if err != nil {
 		return nil, fmt.Errorf("add %s: %w", name, err)
 	}
@@ -94,6 +100,17 @@ func (sv *Service) Add(ctx context.Context, req api.AddRequest, emit api.Emit) (
 	return out, nil
 }
 
+// callerFS is the file system with the rights of the API caller behind
+// ctx (nil, the daemon's own, for root, the daemon's user and work no
+// caller asked for).
+func callerFS(ctx context.Context) (*caller.FS, error) {
+	fsys, err := caller.Open(ctx)
+	if err != nil {
+		return nil, api.Forbidden(err)
+	}
+	return fsys, nil
+}
+
 // Checkout writes a complete layer into a local directory.
 func (sv *Service) Checkout(ctx context.Context, req api.CheckoutRequest, emit api.Emit) (*api.CheckoutResult, error) {
 	if !filepath.IsAbs(req.Dir) {
@@ -104,6 +121,11 @@ func (sv *Service) Checkout(ctx context.Context, req api.CheckoutRequest, emit a
 	if err != nil {
 		return nil, err
 	}
+	fsys, err := callerFS(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer fsys.Close()
 	if l.State != chunk.Complete {
 		return nil, api.Conflict(fmt.Errorf("layer %s is %s: some chunks are missing; fetch it first", l.Name, l.State))
 	}
@@ -111,7 +133,9 @@ func (sv *Service) Checkout(ctx context.Context, req api.CheckoutRequest, emit a
 		return nil, fmt.Errorf("checkout %s: %w", l.Name, err)
 	}
 	err = tree.Checkout(ctx, sv.cfg.Store, m, req.Dir, tree.CheckoutOptions{
-		Force: req.Force, Owners: os.Geteuid() == 0, Progress: progress(emit, "checkout"),
+		// Files belong to the caller (the kernel makes them so); only a
+		// root caller gets the owners the layer records.
+		Force: req.Force, Owners: os.Geteuid() == 0 && caller.Privileged(ctx), Progress: progress(emit, "checkout"), As: fsys.Do,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("checkout %s: %w", l.Name, err)

@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -70,6 +71,10 @@ type Config struct {
 	// Images keeps an imported image's original blobs for the registry
 	// mirror (nil: not kept).
 	Images ImageKeeper
+	// ImportMaxBytes and ImportMaxRatio bound what an import may unpack
+	// (default 64 GiB, and 200 bytes written per byte read); it also
+	// leaves 256 MiB free on the data directory's disk.
+	ImportMaxBytes, ImportMaxRatio int64
 }
 
 // ImageKeeper keeps the registry blobs of an image layout (package registry).
@@ -77,7 +82,8 @@ type ImageKeeper interface {
 	// KeepImage stores and announces the layout's manifest, config and
 	// layer blobs as they are, and tags the manifest as name. A layout it
 	// cannot keep (no registry manifest) is a warning, not an error.
-	KeepImage(ctx context.Context, dir string, name chunk.Name) (warning string, err error)
+	// Every read goes through root (the unpacked layout).
+	KeepImage(ctx context.Context, root *os.Root, name chunk.Name) (warning string, err error)
 }
 
 // Service does the layer work of this host.

@@ -28,6 +28,11 @@ func (sv *Service) Commit(ctx context.Context, req api.CommitRequest, emit api.E
 	if !filepath.IsAbs(req.Upper) {
 		return nil, api.BadRequestf("commit %s: upper directory %q must be absolute", name, req.Upper)
 	}
+	fsys, err := callerFS(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer fsys.Close()
 	defer sv.cfg.GC.Pin()()
 	bl, bm, err := sv.layer(ctx, req.Base)
 	if err != nil {
@@ -37,7 +42,7 @@ func (sv *Service) Commit(ctx context.Context, req api.CommitRequest, emit api.E
 		return nil, api.Conflict(fmt.Errorf("commit %s: base %s is %s; fetch it first", name, bl.Name, bl.State))
 	}
 	baseID, _ := cid.Decode(bl.CID)
-	res, err := tree.AddUpper(ctx, sv.cfg.Store, req.Upper, bm.Params, baseID, progress(emit, "commit"))
+	res, err := tree.AddWith(ctx, sv.cfg.Store, req.Upper, bm.Params, tree.AddOptions{Progress: progress(emit, "commit"), Parent: baseID, Upper: true, As: fsys.Do})
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", name, err)
 	}

@@ -29,12 +29,12 @@ func (s *Server) clusterRoutes() []route {
 		{"GET " + v + "/catalog", s.plain(func(ctx context.Context, n Node, _ *http.Request) (any, error) {
 			return n.Catalog(ctx), nil
 		})},
-		{"POST " + v + "/partition", s.plain(body(func(ctx context.Context, n Node, req api.PartitionRequest) (any, error) {
+		{"POST " + v + "/partition", s.need(api.RightCluster, "partition", s.plain(body(func(ctx context.Context, n Node, req api.PartitionRequest) (any, error) {
 			return struct{}{}, n.Partition(req.Peers)
-		}))},
-		{"POST " + v + "/cluster/forget", s.plain(body(func(ctx context.Context, n Node, req api.ForgetRequest) (any, error) {
+		})))},
+		{"POST " + v + "/cluster/forget", s.need(api.RightCluster, "cluster forget", s.plain(body(func(ctx context.Context, n Node, req api.ForgetRequest) (any, error) {
 			return struct{}{}, n.Forget(ctx, req.Peer)
-		}))},
+		})))},
 		{"POST " + v + "/fetch", s.stream(streamBody(func(ctx context.Context, n Node, req api.FetchRequest, emit api.Emit) (any, error) {
 			return n.Fetch(ctx, req.Name, emit)
 		}))},

@@ -33,9 +33,9 @@ func (s *Server) layerRoutes() []route {
 		{"DELETE " + v + "/layers/{name...}", s.plain(func(ctx context.Context, n Node, r *http.Request) (any, error) {
 			return struct{}{}, n.Remove(ctx, r.PathValue("name"))
 		})},
-		{"POST " + v + "/gc", s.plain(func(ctx context.Context, n Node, _ *http.Request) (any, error) {
+		{"POST " + v + "/gc", s.need(api.RightGC, "gc", s.plain(func(ctx context.Context, n Node, _ *http.Request) (any, error) {
 			return n.GC(ctx)
-		})},
+		}))},
 		{"GET " + v + "/common", s.plain(func(ctx context.Context, n Node, r *http.Request) (any, error) {
 			return n.Common(ctx, r.URL.Query()["layer"])
 		})},
@@ -43,6 +43,11 @@ func (s *Server) layerRoutes() []route {
 			return n.Stats(ctx)
 		})},
 		{"POST " + v + "/layers", s.stream(streamBody(func(ctx context.Context, n Node, req api.AddRequest, emit api.Emit) (any, error) {
+			if req.Policy != "" {
+				if err := s.allow(ctx, "add --policy", api.RightPolicy); err != nil {
+					return nil, err
+				}
+			}
 			return n.Add(ctx, req, emit)
 		}))},
 		{"POST " + v + "/checkout", s.stream(streamBody(func(ctx context.Context, n Node, req api.CheckoutRequest, emit api.Emit) (any, error) {

@@ -20,12 +20,12 @@ type policyAPI interface {
 func (s *Server) policyRoutes() []route {
 	v := api.Version
 	return []route{
-		{"POST " + v + "/policy/host", s.plain(body(func(ctx context.Context, n Node, req api.PolicyRequest) (any, error) {
+		{"POST " + v + "/policy/host", s.need(api.RightPolicy, "policy set-host", s.plain(body(func(ctx context.Context, n Node, req api.PolicyRequest) (any, error) {
 			return n.SetHostPolicy(ctx, req.Policy)
-		}))},
-		{"POST " + v + "/policy/layer", s.plain(body(func(ctx context.Context, n Node, req api.PolicyRequest) (any, error) {
+		})))},
+		{"POST " + v + "/policy/layer", s.need(api.RightPolicy, "policy set-layer", s.plain(body(func(ctx context.Context, n Node, req api.PolicyRequest) (any, error) {
 			return n.SetLayerPolicy(ctx, req.Name, req.Policy)
-		}))},
+		})))},
 		{"GET " + v + "/policy/show", s.plain(func(ctx context.Context, n Node, r *http.Request) (any, error) {
 			return n.PolicyShow(ctx, r.URL.Query().Get("name"), r.URL.Query().Get("host"))
 		})},

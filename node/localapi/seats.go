@@ -20,9 +20,9 @@ type seatAPI interface {
 func (s *Server) seatRoutes() []route {
 	v := api.Version
 	return []route{
-		{"POST " + v + "/license/install", s.plain(body(func(ctx context.Context, n Node, req api.LicenseInstallRequest) (any, error) {
+		{"POST " + v + "/license/install", s.need(api.RightLicense, "license install", s.plain(body(func(ctx context.Context, n Node, req api.LicenseInstallRequest) (any, error) {
 			return n.InstallLicense(ctx, req.License)
-		}))},
+		})))},
 		{"POST " + v + "/license/claim", s.plain(body(func(ctx context.Context, n Node, req api.ClaimRequest) (any, error) {
 			return n.Claim(ctx, req)
 		}))},

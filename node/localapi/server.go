@@ -24,6 +24,7 @@ import (
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/chunk/tree"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/cluster"
 )
 
 // Node is everything the routes call, one interface per feature file.
@@ -41,6 +42,9 @@ type Config struct {
 	Version string
 	Started time.Time
 	Log     *slog.Logger
+	// Cluster lists the operator keys and grants that give rights to
+	// callers other than root and the daemon's user (nil: none).
+	Cluster *cluster.Config
 }
 
 // Server serves the local API for the node that node returns (nil while
@@ -68,7 +72,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, &api.Error{Code: api.CodeNotFound, Message: fmt.Sprintf("no API endpoint %s %s (this daemon speaks %s)", r.Method, r.URL.Path, api.Version)})
 	})
-	return mux
+	return s.guard(mux)
 }
 
 func (s *Server) statusRoutes() []route {
@@ -125,6 +129,8 @@ func status(e *api.Error) int {
 		return http.StatusBadRequest
 	case api.CodeNotFound:
 		return http.StatusNotFound
+	case api.CodeForbidden:
+		return http.StatusForbidden
 	case api.CodeConflict:
 		return http.StatusConflict
 	case api.CodeStarting:

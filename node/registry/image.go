@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
 	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/chunk/oci"
 )
 
 type descriptor struct {
@@ -21,11 +23,16 @@ type descriptor struct {
 // digest) and tags the manifest as name, so any host's mirror serves the
 // image as NAME:TAG. A layout without index.json (an older `docker save`)
 // has no registry manifest to keep: warning says so and nothing is kept.
-func (s *Service) KeepImage(ctx context.Context, dir string, name chunk.Name) (warning string, err error) {
-	idxData, err := os.ReadFile(filepath.Join(dir, "index.json"))
+func (s *Service) KeepImage(ctx context.Context, root *os.Root, name chunk.Name) (warning string, err error) {
+	f, err := oci.OpenRegular(root, "index.json")
 	if os.IsNotExist(err) {
 		return fmt.Sprintf("%s: the archive has no OCI index (an older docker save): the image is imported as layers but cannot be pulled through the registry mirror", name), nil
 	}
+	if err != nil {
+		return "", err
+	}
+	idxData, err := io.ReadAll(io.LimitReader(f, 4<<20))
+	f.Close()
 	if err != nil {
 		return "", err
 	}
@@ -36,7 +43,7 @@ func (s *Service) KeepImage(ctx context.Context, dir string, name chunk.Name) (w
 		return "", fmt.Errorf("index.json: want one image manifest (%v)", err)
 	}
 	md := idx.Manifests[0]
-	b, err := s.keepFile(ctx, dir, md)
+	b, err := s.keepFile(ctx, root, md)
 	if err != nil {
 		return "", fmt.Errorf("image manifest: %w", err)
 	}
@@ -56,7 +63,7 @@ func (s *Service) KeepImage(ctx context.Context, dir string, name chunk.Name) (w
 		if d.Digest == "" {
 			continue
 		}
-		if _, err := s.keepFile(ctx, dir, descriptor{Digest: d.Digest, Size: d.Size}); err != nil {
+		if _, err := s.keepFile(ctx, root, descriptor{Digest: d.Digest, Size: d.Size}); err != nil {
 			return "", err
 		}
 	}
@@ -68,7 +75,7 @@ func (s *Service) KeepImage(ctx context.Context, dir string, name chunk.Name) (w
 }
 
 // keepFile ingests blob d of an OCI layout (unless already kept here).
-func (s *Service) keepFile(ctx context.Context, dir string, d descriptor) (*blob, error) {
+func (s *Service) keepFile(ctx context.Context, root *os.Root, d descriptor) (*blob, error) {
 	hx, err := parseDigest(d.Digest)
 	if err != nil {
 		return nil, err
@@ -76,7 +83,7 @@ func (s *Service) keepFile(ctx context.Context, dir string, d descriptor) (*blob
 	if b, ok := s.local(ctx, d.Digest); ok && (d.MediaType == "" || b.MediaType == d.MediaType) {
 		return b, nil
 	}
-	f, err := os.Open(filepath.Join(dir, "blobs", "sha256", hx))
+	f, err := oci.OpenRegular(root, filepath.Join("blobs", "sha256", hx))
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w", d.Digest, err)
 	}

@@ -3,9 +3,12 @@ package xchg
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -42,6 +45,16 @@ type ServerConfig struct {
 	Up     *rate.Limiter // caps bytes served per second; nil: no cap
 	Reg    prometheus.Registerer
 	Faults *faults.Faults
+	// Conduct counts a peer's protocol violations (and blocks it past a
+	// threshold); nil: violations only close the stream.
+	Conduct *p2p.Conduct
+	// Limits per peer: open streams (more are reset at once) and requests
+	// per second (more wait); defaults 16, 10,000/s in bursts of 20,000
+	// (a request names up to 64 chunks: even 4 KiB chunks in batches of 16
+	// pass at 650 MB/s).
+	MaxStreams   int
+	RequestRate  rate.Limit
+	RequestBurst int
 }
 
 // Server answers exchange streams from this host's store.
@@ -51,6 +64,17 @@ type Server struct {
 	bytesOut      *prometheus.CounterVec
 	chunksServed  prometheus.Counter
 	corruptOnDisk prometheus.Counter
+	refused       prometheus.Counter
+	throttled     prometheus.Counter
+
+	mu    sync.Mutex
+	peers map[peer.ID]*client // peers with streams open
+}
+
+// client is what the server keeps of a peer while it has streams open.
+type client struct {
+	streams int
+	reqs    *rate.Limiter
 }
 
 // NewServer registers the server's metrics; it serves nothing until Run.
@@ -66,8 +90,58 @@ func NewServer(cfg ServerConfig) *Server {
 			Name: "p2pimg_chunks_corrupt_on_disk_total", Help: "Stored chunks found damaged when read.",
 		}),
 	}
-	cfg.Reg.MustRegister(s.bytesOut, s.chunksServed, s.corruptOnDisk)
+	s.refused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "p2pimg_xchg_streams_refused_total", Help: "Exchange streams reset at once: the peer had the most streams open already.",
+	})
+	s.throttled = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "p2pimg_xchg_requests_throttled_total", Help: "Exchange requests held back: the peer asked faster than the per-peer request rate.",
+	})
+	if s.cfg.MaxStreams <= 0 {
+		s.cfg.MaxStreams = 16
+	}
+	if s.cfg.RequestRate <= 0 {
+		s.cfg.RequestRate, s.cfg.RequestBurst = 10000, 20000
+	}
+	s.cfg.RequestBurst = max(s.cfg.RequestBurst, 1)
+	s.peers = map[peer.ID]*client{}
+	cfg.Reg.MustRegister(s.bytesOut, s.chunksServed, s.corruptOnDisk, s.refused, s.throttled)
 	return s
+}
+
+// admit counts a new stream from p: nil when p has MaxStreams open already.
+func (s *Server) admit(p peer.ID) *client {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.peers[p]
+	if c == nil {
+		c = &client{reqs: rate.NewLimiter(s.cfg.RequestRate, s.cfg.RequestBurst)}
+		s.peers[p] = c
+	}
+	if c.streams >= s.cfg.MaxStreams {
+		return nil
+	}
+	c.streams++
+	return c
+}
+
+// leave counts a stream from p closed.
+func (s *Server) leave(p peer.ID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.peers[p]; c != nil {
+		if c.streams--; c.streams <= 0 {
+			delete(s.peers, p)
+		}
+	}
+}
+
+// violation closes a stream that broke the protocol and counts it
+// against the peer.
+func (s *Server) violation(st network.Stream, p peer.ID, err error) {
+	st.Reset()
+	if s.cfg.Conduct != nil {
+		s.cfg.Conduct.Violation(p, "serve", err)
+	}
 }
 
 // Run serves exchange streams until ctx ends; streams in progress end with
@@ -84,6 +158,13 @@ func (s *Server) serve(ctx context.Context, st network.Stream) {
 	defer st.Close()
 	defer context.AfterFunc(ctx, func() { st.Reset() })()
 	p := st.Conn().RemotePeer()
+	cl := s.admit(p)
+	if cl == nil {
+		s.refused.Inc()
+		st.Reset()
+		return
+	}
+	defer s.leave(p)
 	br := bufio.NewReaderSize(st, 16<<10)
 	bw := bufio.NewWriterSize(st, 256<<10)
 	sent := s.bytesOut.WithLabelValues(p.String())
@@ -91,19 +172,28 @@ func (s *Server) serve(ctx context.Context, st network.Stream) {
 	for {
 		st.SetReadDeadline(time.Now().Add(idleTimeout))
 		typ, payload, err := readReq(br)
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrProtocol):
+			s.violation(st, p, err)
+			return
+		case err != nil:
 			if !errors.Is(err, io.EOF) {
-				s.cfg.Log.Debug("xchg: bad request", "peer", p, "err", err)
 				st.Reset()
 			}
 			return
 		}
 		st.SetReadDeadline(time.Time{})
+		if !cl.reqs.Allow() {
+			s.throttled.Inc()
+			if cl.reqs.Wait(ctx) != nil {
+				return
+			}
+		}
 		switch typ {
 		case ReqManifest, ReqHave:
 			id, err := cid.Cast(payload)
 			if err != nil {
-				st.Reset()
+				s.violation(st, p, fmt.Errorf("%w: manifest id: %v", ErrProtocol, err))
 				return
 			}
 			var data []byte
@@ -112,7 +202,7 @@ func (s *Server) serve(ctx context.Context, st network.Stream) {
 			} else {
 				data, err = s.cfg.Source.HaveBitmap(ctx, id)
 			}
-			if err != nil {
+			if err != nil || s.faults.MissingServe {
 				writeItem(bw, StatusMissing, nil)
 			} else {
 				writeItem(bw, StatusOK, data)
@@ -120,8 +210,7 @@ func (s *Server) serve(ctx context.Context, st network.Stream) {
 		case ReqChunks:
 			ids, err := DecodeCIDs(payload)
 			if err != nil {
-				s.cfg.Log.Debug("xchg: bad chunk request", "peer", p, "err", err)
-				st.Reset()
+				s.violation(st, p, err)
 				return
 			}
 			if s.faults.StallServe {
@@ -133,8 +222,7 @@ func (s *Server) serve(ctx context.Context, st network.Stream) {
 				return
 			}
 		default:
-			s.cfg.Log.Debug("xchg: unknown request", "peer", p, "type", typ)
-			st.Reset()
+			s.violation(st, p, fmt.Errorf("%w: unknown request type %d", ErrProtocol, typ))
 			return
 		}
 		if err := bw.Flush(); err != nil {
@@ -146,6 +234,9 @@ func (s *Server) serve(ctx context.Context, st network.Stream) {
 
 // chunks writes the answer items of one chunk request.
 func (s *Server) chunks(ctx context.Context, bw *bufio.Writer, p peer.ID, ids []cid.Cid, buf []byte, sent prometheus.Counter) error {
+	if s.faults.GarbageServe > 0 || s.faults.MissingServe {
+		return s.misbehave(bw, len(ids))
+	}
 	for _, id := range ids {
 		data, err := s.cfg.Source.GetInto(ctx, id, buf)
 		if err != nil {
@@ -173,6 +264,22 @@ func (s *Server) chunks(ctx context.Context, bw *bufio.Writer, p peer.ID, ids []
 		}
 		s.cfg.Stats.Add(p, 0, int64(len(data)))
 		sent.Add(float64(len(data)))
+	}
+	return nil
+}
+
+// misbehave answers n chunks the way Faults say: garbage items, or none here.
+func (s *Server) misbehave(bw *bufio.Writer, n int) error {
+	garbage := make([]byte, s.faults.GarbageServe)
+	rand.Read(garbage)
+	for range n {
+		st := byte(StatusOK)
+		if s.faults.MissingServe {
+			st, garbage = StatusMissing, nil
+		}
+		if err := writeItem(bw, st, garbage); err != nil {
+			return err
+		}
 	}
 	return nil
 }

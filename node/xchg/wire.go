@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -68,14 +69,14 @@ func readReq(r *bufio.Reader) (byte, []byte, error) {
 	}
 	n, err := binary.ReadUvarint(r)
 	if err != nil {
-		return 0, nil, fmt.Errorf("%w: request length: %v", ErrProtocol, err)
+		return 0, nil, framing("request length", err)
 	}
 	if n > maxReqPayload {
 		return 0, nil, fmt.Errorf("%w: request of %d bytes", ErrProtocol, n)
 	}
 	b := make([]byte, n)
 	if _, err := io.ReadFull(r, b); err != nil {
-		return 0, nil, fmt.Errorf("%w: request: %v", ErrProtocol, err)
+		return 0, nil, framing("request", err)
 	}
 	return typ, b, nil
 }
@@ -139,7 +140,7 @@ func ReadItem(r *bufio.Reader, max int, buf []byte) (byte, []byte, error) {
 	}
 	n, err := binary.ReadUvarint(r)
 	if err != nil {
-		return 0, nil, fmt.Errorf("%w: item length: %v", ErrProtocol, err)
+		return 0, nil, framing("item length", err)
 	}
 	if n > uint64(max) {
 		return 0, nil, fmt.Errorf("%w: item of %d bytes, at most %d", ErrProtocol, n, max)
@@ -149,9 +150,20 @@ func ReadItem(r *bufio.Reader, max int, buf []byte) (byte, []byte, error) {
 	}
 	buf = buf[:n]
 	if _, err := io.ReadFull(r, buf); err != nil {
-		return 0, nil, err
+		return 0, nil, framing("item", err)
 	}
 	return st, buf, nil
+}
+
+// framing is a read error inside a frame: a violation when the peer
+// closed the stream mid-frame or sent a varint that overflows (the only
+// errors the peer alone decides), not when the stream itself failed
+// (reset, deadline, connection lost: a host killed or paused).
+func framing(what string, err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(err.Error(), "varint overflows") {
+		return fmt.Errorf("%w: %s cut short: %v", ErrProtocol, what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 // Conn is the client side of an exchange stream.

@@ -100,9 +100,10 @@ var samples = struct {
 func run(ctx context.Context) error {
 	size := flag.Int64("size", 1<<30, "reference image size in bytes")
 	bin := flag.String("bin", "bin/p2pimg", "p2pimg binary")
+	fetcherBin := flag.String("fetcher-bin", "", "p2pimg binary of the fetcher in the garbage-peer memory figure (default -bin; an older build gives the before figure)")
 	dir := flag.String("dir", "", "work directory (default: a new temporary one, removed after)")
 	runs := flag.Int("runs", 5, "runs per figure (the median is reported)")
-	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers, catalog, registry, view")
+	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers, garbage, catalog, registry, view")
 	catLayers := flag.Int("catalog-layers", 4200, "layers one host publishes into 3 for the catalogue part")
 	fleet := flag.Int("fleet", 32, "idle daemons of the catalogue part")
 	fleetLayers := flag.Int("fleet-layers", 10000, "layers those daemons hold")
@@ -184,6 +185,15 @@ func run(ctx context.Context) error {
 			return err
 		}
 		if err := benchGossipFlood(ctx, t, *bin, *dir); err != nil {
+			return err
+		}
+	}
+	if want("garbage") {
+		fb := *fetcherBin
+		if fb == "" {
+			fb = *bin
+		}
+		if err := benchGarbageRSS(ctx, t, *bin, fb, *dir, *badSize, *runs); err != nil {
 			return err
 		}
 	}
