@@ -57,6 +57,13 @@ func (s *Server) layerRoutes() []route {
 			return n.Verify(ctx, emit)
 		})},
 		{"POST " + v + "/commit", s.stream(streamBody(func(ctx context.Context, n Node, req api.CommitRequest, emit api.Emit) (any, error) {
+			// An activation's changes were written by whoever uses its
+			// path, often root: publishing them is the activator's right.
+			if req.Activation != "" {
+				if err := s.allow(ctx, "commit --activation", api.RightActivate); err != nil {
+					return nil, err
+				}
+			}
 			return n.Commit(ctx, req, emit)
 		}))},
 		{"POST " + v + "/split", s.plain(body(func(ctx context.Context, n Node, req api.SplitRequest) (any, error) {
