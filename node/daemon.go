@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"github.com/p2pimg/p2pimg/node/localapi"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -28,7 +26,12 @@ type DaemonConfig struct {
 	// owned by that group); otherwise only the daemon's user may.
 	SocketGroup string
 	Metrics     string // address for Prometheus metrics (host:port); empty = off
-	Version     string
+	// HTTP is the web view's address (host:port; port 0 picks a free
+	// one); empty = off.
+	HTTP string
+	// Pprof serves Go's profiles on the web and metrics addresses.
+	Pprof   bool
+	Version string
 }
 
 // Daemon serves one Node on the local API socket.
@@ -36,17 +39,20 @@ type Daemon struct {
 	cfg     DaemonConfig
 	node    atomic.Pointer[Node]
 	started time.Time
+	webURL  string // of the web view, once listening
 }
 
 // Handler is the local API's HTTP handler for this daemon.
-func (d *Daemon) Handler() http.Handler {
-	return localapi.New(localapi.Config{DataDir: d.cfg.DataDir, Version: d.cfg.Version, Started: d.started, Log: d.cfg.Log},
+func (d *Daemon) Handler() http.Handler { return d.api().Handler() }
+
+func (d *Daemon) api() *localapi.Server {
+	return localapi.New(localapi.Config{DataDir: d.cfg.DataDir, Version: d.cfg.Version, Started: d.started, Log: d.cfg.Log, Web: d.webURL},
 		func() localapi.Node {
 			if n := d.node.Load(); n != nil {
 				return n
 			}
 			return nil
-		}).Handler()
+		})
 }
 
 // NewDaemon checks the config and fills in defaults. It starts nothing.
@@ -89,6 +95,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return err
 	}
 	defer os.Remove(d.cfg.Socket)
+	tcp, err := d.listenTCP()
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	// Requests run until the daemon stops, not until ctx ends: in-flight
 	// adds and checkouts are cancelled when the node shuts down.
 	opCtx, cancelOps := context.WithCancel(context.WithoutCancel(ctx))
@@ -113,50 +124,31 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return srv.Shutdown(shutCtx)
 	})
 	d.cfg.Log.Info("api listening", "socket", d.cfg.Socket)
+	for _, s := range tcp {
+		g.Go(func() error { return s.serve(gctx) })
+	}
+	if d.webURL != "" {
+		d.cfg.Log.Info("web view", "url", d.webURL)
+	}
 	g.Go(func() error { return d.runNode(gctx) })
 	err = g.Wait()
 	d.cfg.Log.Info("daemon stopped")
 	return err
 }
 
-// runNode opens the node, runs it (and the metrics server) until ctx ends,
-// and closes it.
+// runNode opens the node, runs it until ctx ends, and closes it.
 func (d *Daemon) runNode(ctx context.Context) (err error) {
 	n, err := Open(d.cfg.Config)
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
 	defer func() { err = errors.Join(err, n.Close()) }()
-	var mln net.Listener
-	if d.cfg.Metrics != "" {
-		if mln, err = net.Listen("tcp", d.cfg.Metrics); err != nil {
-			return fmt.Errorf("daemon: metrics on %s: %w", d.cfg.Metrics, err)
-		}
-	}
 	d.node.Store(n)
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := n.Run(ctx); err != nil {
-			return fmt.Errorf("daemon: node: %w", err)
-		}
-		return nil
-	})
-	if mln != nil {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(n.Registry(), promhttp.HandlerOpts{}))
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		g.Go(func() error {
-			if err := ms.Serve(mln); !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("daemon: metrics server: %w", err)
-			}
-			return nil
-		})
-		g.Go(func() error { <-ctx.Done(); return ms.Close() })
-	}
 	d.cfg.Log.Info("daemon ready", "data", d.cfg.DataDir, "peer", n.ID().String(), "addrs", n.Addrs())
-	return g.Wait()
+	if err := n.Run(ctx); err != nil {
+		return fmt.Errorf("daemon: node: %w", err)
+	}
+	return nil
 }
 
 // listen opens the unix socket, replacing a stale one but never one that a

@@ -77,9 +77,6 @@ func (n *Node) Activate(ctx context.Context, req api.ActivateRequest) (*api.Acti
 	return n.act.Activate(ctx, req)
 }
 
-// Activations is every known host's state for every layer it was asked about.
-func (n *Node) Activations() []api.HostActivation { return n.act.Activations() }
-
 // ResolveLayer is the manifest CID a layer name stands for.
 func (n *Node) ResolveLayer(ctx context.Context, name string) (string, error) {
 	return n.act.ResolveLayer(ctx, name)

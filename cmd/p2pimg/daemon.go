@@ -28,6 +28,8 @@ func (a *app) daemonCmd() *cobra.Command {
 	var lazy bool
 	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup, pskFile, membersFile string
 	var labels []string
+	var name, httpAddr string
+	var pprof bool
 	var mirrorAddr, registriesFile string
 	c := &cobra.Command{
 		Use:   "daemon",
@@ -127,11 +129,11 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cc, Listen: listen, Peers: peers,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, GoneAfter: goneAfter,
-					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Expose: api.Mode(expose), Lazy: lazy, HostPolicy: hostPolicyText,
+					MaxUpload: up, MaxDownload: down, Root: root, Labels: lbl, Name: name, Expose: api.Mode(expose), Lazy: lazy, HostPolicy: hostPolicyText,
 					Registry: mirrorAddr, Upstreams: ups,
 					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset),
 				},
-				Socket: a.socket, SocketGroup: socketGroup, Metrics: metrics, Version: version,
+				Socket: a.socket, SocketGroup: socketGroup, Metrics: metrics, HTTP: httpAddr, Pprof: pprof, Version: version,
 			})
 			if err != nil {
 				return err
@@ -149,7 +151,10 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringSliceVar(&listen, "listen", nil, "libp2p listen multiaddrs (default /ip4/0.0.0.0/tcp/4001 and /ip4/0.0.0.0/udp/4001/quic-v1)")
 	c.Flags().StringArrayVar(&peers, "peer", nil, "peer to keep connected, a multiaddr ending in /p2p/PEERID (repeatable)")
 	c.Flags().BoolVar(&noMDNS, "no-mdns", false, "do not discover peers on the LAN with mDNS")
-	c.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this host:port")
+	c.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics (/metrics) on this HOST:PORT")
+	c.Flags().StringVar(&httpAddr, "http", "", "serve the web view of the fleet (read-only) and /metrics on this HOST:PORT; port 0 picks a free one (`p2pimg web` prints the URL)")
+	c.Flags().BoolVar(&pprof, "pprof", false, "also serve Go's profiles under /debug/pprof/ on the --http and --metrics addresses")
+	c.Flags().StringVar(&name, "name", "", "this host's name in status and the web view (default: the hostname)")
 	c.Flags().DurationVar(&announce, "announce-interval", 10*time.Second, "how often to gossip this host's catalogue")
 	c.Flags().DurationVar(&stall, "stall-timeout", 60*time.Second, "fail a fetch after this long without progress")
 	c.Flags().DurationVar(&goneAfter, "gone-after", time.Hour, "show a host unheard for this long as gone (it shows as unreachable after 12 announce intervals); `cluster forget` drops it")

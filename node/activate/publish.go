@@ -94,6 +94,7 @@ func (r *Reconciler) Activations() []api.HostActivation {
 	now := time.Now()
 	add := func(p peer.ID, st gossip.HostState) {
 		ha := api.HostActivation{Host: p.String(), Layer: st.Layer, CID: st.CID, At: st.At, State: st.State, Detail: st.Detail, Time: st.Time, Mode: st.Mode,
+			Done: st.Done, Total: st.Total, Peers: st.Peers,
 			Reach: api.ReachSelf, LastSeen: now}
 		if r.cfg.Reach != nil {
 			ha.Reach, ha.LastSeen = r.cfg.Reach(p, now)

@@ -151,4 +151,9 @@ type HostState struct {
 	Detail string    `json:"detail,omitempty"`
 	Time   int64     `json:"time"` // of the activation it answers
 	Mode   api.Mode  `json:"mode,omitempty"`
+	// Done and Total are the bytes of a fetch in progress, Peers the
+	// hosts it draws from (state fetching only).
+	Done  int64 `json:"done,omitempty"`
+	Total int64 `json:"total,omitempty"`
+	Peers int   `json:"peers,omitempty"`
 }

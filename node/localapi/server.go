@@ -33,6 +33,7 @@ type Node interface {
 	activateAPI
 	seatAPI
 	policyAPI
+	fleetAPI
 }
 
 // Config configures the API server.
@@ -41,6 +42,8 @@ type Config struct {
 	Version string
 	Started time.Time
 	Log     *slog.Logger
+	// Web is the URL of the daemon's web view (empty: off).
+	Web string
 }
 
 // Server serves the local API for the node that node returns (nil while
@@ -62,7 +65,7 @@ type route struct {
 // Handler is the API's HTTP handler.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	for _, r := range slices.Concat(s.statusRoutes(), s.layerRoutes(), s.clusterRoutes(), s.activateRoutes(), s.seatRoutes(), s.policyRoutes()) {
+	for _, r := range slices.Concat(s.statusRoutes(), s.layerRoutes(), s.clusterRoutes(), s.activateRoutes(), s.seatRoutes(), s.policyRoutes(), s.fleetRoutes()) {
 		mux.HandleFunc(r.pattern, r.handler)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -76,7 +79,7 @@ func (s *Server) statusRoutes() []route {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		st := api.Status{State: api.DaemonStarting, PID: os.Getpid(), DataDir: s.cfg.DataDir, Started: s.cfg.Started, Version: s.cfg.Version,
-			Goroutines: runtime.NumGoroutine(), HeapBytes: ms.HeapAlloc}
+			Goroutines: runtime.NumGoroutine(), HeapBytes: ms.HeapAlloc, Web: s.cfg.Web}
 		if s.node() != nil {
 			st.State = api.DaemonReady
 		}
