@@ -98,7 +98,7 @@ func (n *Node) fleetLayers(ctx context.Context, hosts map[string]api.FleetHost, 
 	rows := map[string]*api.FleetLayer{}
 	row := func(name string) *api.FleetLayer {
 		if rows[name] == nil {
-			rows[name] = &api.FleetLayer{Name: name, Cells: []api.FleetCell{}, Summary: map[api.State]int{}}
+			rows[name] = &api.FleetLayer{Name: name, Cells: []api.FleetCell{}, Summary: api.Summary{}}
 		}
 		return rows[name]
 	}

@@ -58,7 +58,7 @@ the same file to every host and start each daemon with --cluster FILE.`,
 		},
 	}
 	opKey.Flags().StringVarP(&keyOut, "out", "o", "operator.key", "key file to write (must not exist)")
-	initCmd.Flags().StringSliceVar(&operators, "operators", nil, "operator ids (from `p2pimg cluster operator-key`) whose activations hosts obey")
+	initCmd.Flags().StringSliceVar(&operators, "operators", nil, "operator `IDS` (from 'p2pimg cluster operator-key') whose activations hosts obey")
 	forget := &cobra.Command{
 		Use:   "forget HOST",
 		Short: "Drop a host that is gone for good from this daemon's view of the cluster",

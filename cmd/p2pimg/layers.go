@@ -69,7 +69,7 @@ min/avg/max 16K/64K/256K), where insertions move at most two boundaries.`,
 	}
 	c.Flags().StringVar(&req.Chunking, "chunking", "", "cdc or fixed (default: fixed for .img/.raw files, cdc otherwise)")
 	c.Flags().StringVar(&req.ChunkSize, "chunk-size", "", "average chunk size (cdc) or block size (fixed), a power of two: 4K to 8M")
-	c.Flags().StringVar(&policyFile, "policy", "", "layer policy file (TOML; see `p2pimg policy --help`)")
+	c.Flags().StringVar(&policyFile, "policy", "", "layer policy `FILE` (TOML; see 'p2pimg policy --help')")
 	c.Flags().StringVar(&req.Product, "product", "", "licensed product the layer needs: activating it claims a seat of it on each host first")
 	c.Flags().StringVar(&req.Hash, "hash", "", "content hash: sha2-256 (default) or blake3")
 	return c

@@ -1,6 +1,10 @@
 package api
 
-import "time"
+import (
+	"fmt"
+	"strings"
+	"time"
+)
 
 // FleetSchema is the version of the Fleet document's shape: it grows by
 // new fields; a field that changes meaning or goes away bumps it.
@@ -60,9 +64,9 @@ type FleetLayer struct {
 	// Summary counts the hosts by state ("active": 37, ...), Hosts those
 	// with a state for the layer, and Unreachable those of them not heard
 	// from lately (their states may be out of date).
-	Summary     map[State]int `json:"summary"`
-	Hosts       int           `json:"hosts"`
-	Unreachable int           `json:"unreachable"`
+	Summary     Summary `json:"summary"`
+	Hosts       int     `json:"hosts"`
+	Unreachable int     `json:"unreachable"`
 }
 
 // FleetCell is one host's state for one layer.
@@ -98,4 +102,39 @@ type FleetPeer struct {
 	Name    string `json:"name,omitempty"`
 	RateIn  int64  `json:"rate_in"`  // chunk bytes per second received
 	RateOut int64  `json:"rate_out"` // chunk bytes per second served
+}
+
+// Summary counts hosts by their state for one layer.
+type Summary map[State]int
+
+// summaryOrder is the order states are named in a summary.
+var summaryOrder = []State{StateActive, StateFetching, StateRequested, StateWaitingSeat, StateDeactivating, StateFailed, StateInactive}
+
+// Hosts is how many hosts the summary counts.
+func (s Summary) Hosts() int {
+	n := 0
+	for _, c := range s {
+		n += c
+	}
+	return n
+}
+
+// String reads "active 37/40, fetching 2, failed 1": active out of every
+// host with a state (left out when the layer is inactive everywhere),
+// then the other states present.
+func (s Summary) String() string {
+	n := s.Hosts()
+	if n == 0 {
+		return "not activated"
+	}
+	var parts []string
+	if s[StateActive] > 0 || s[StateInactive] < n {
+		parts = append(parts, fmt.Sprintf("active %d/%d", s[StateActive], n))
+	}
+	for _, st := range summaryOrder[1:] {
+		if s[st] > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", st, s[st]))
+		}
+	}
+	return strings.Join(parts, ", ")
 }

@@ -61,6 +61,10 @@ func (a *Activation) Newer(b Activation) bool {
 func (a *Activation) Key() string { return a.Layer + "|" + a.Hosts }
 
 // checkSelector validates a --hosts selector.
+// CheckSelector checks a hosts selector's syntax (all, ID,ID,... or
+// key=value), as clients do before they sign.
+func CheckSelector(s string) error { return checkSelector(s) }
+
 func checkSelector(s string) error {
 	switch {
 	case s == "all":
