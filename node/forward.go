@@ -103,7 +103,13 @@ func (n *Node) Check(ctx context.Context, token uint64) (*api.CheckResult, error
 }
 
 // Licenses is the seat table as this host knows it.
-func (n *Node) Licenses(ctx context.Context) (*api.LicenseList, error) { return n.seats.Licenses(ctx) }
+func (n *Node) Licenses(ctx context.Context) (*api.LicenseList, error) {
+	l, err := n.seats.Licenses(ctx)
+	if l != nil { // lists are [] in JSON, never null
+		l.Licenses, l.Holders, l.Held = nonNil(l.Licenses), nonNil(l.Holders), nonNil(l.Held)
+	}
+	return l, err
+}
 
 // SetHostPolicy replaces this host's policy.
 func (n *Node) SetHostPolicy(ctx context.Context, text string) (*policy.Host, error) {

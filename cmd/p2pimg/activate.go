@@ -103,7 +103,7 @@ selected host until it is inactive and fails if any host failed.`
 			if kf := a.operatorKey(keyFile); kf != "" && hosts != "self" {
 				key, err := cluster.LoadKeyFile(kf)
 				if err != nil {
-					return err
+					return usageError{fmt.Errorf("operator key %s: not a key file made by 'p2pimg cluster operator-key -o FILE' (%v)", kf, err)}
 				}
 				id, err := cl.Resolve(c.Context(), name.String())
 				if err != nil {

@@ -28,3 +28,18 @@ func TestFlagPlaceholders(t *testing.T) {
 	}
 	walk(newRoot(io.Discard, io.Discard))
 }
+
+// Every command a person runs shows examples in its help.
+func TestEveryCommandHasExamples(t *testing.T) {
+	t.Parallel()
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.Runnable() && c.Name() != "help" && !strings.HasPrefix(c.CommandPath(), "p2pimg completion") && c.Example == "" {
+			t.Errorf("%s has no examples", c.CommandPath())
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRoot(io.Discard, io.Discard))
+}

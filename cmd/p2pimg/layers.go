@@ -36,6 +36,9 @@ min/avg/max 16K/64K/256K), where insertions move at most two boundaries.`,
 			if req.Chunking != "" && req.Chunking != string(chunk.CDC) && req.Chunking != string(chunk.Fixed) {
 				return usageError{fmt.Errorf("--chunking %q: want cdc or fixed", req.Chunking)}
 			}
+			if err := checkChunking(req); err != nil {
+				return usageError{err}
+			}
 			path, err := filepath.Abs(args[1])
 			if err != nil {
 				return err
@@ -394,4 +397,34 @@ func (a *app) commonCmd() *cobra.Command {
 			return tw.Flush()
 		},
 	}
+}
+
+// checkChunking reads --chunking, --chunk-size and --hash as the daemon
+// will, so a bad value is a usage error before anything is sent.
+func checkChunking(req api.AddRequest) error {
+	hash, err := chunk.ParseHash(req.Hash)
+	if err != nil {
+		return fmt.Errorf("--hash: %w", err)
+	}
+	if req.ChunkSize == "" {
+		return nil
+	}
+	size, err := chunk.ParseSize(req.ChunkSize)
+	if err != nil {
+		return fmt.Errorf("--chunk-size: %w", err)
+	}
+	modes := []chunk.Mode{chunk.Mode(req.Chunking)}
+	if req.Chunking == "" { // the daemon picks one by the input: either may do
+		modes = []chunk.Mode{chunk.Fixed, chunk.CDC}
+	}
+	var errs []error
+	for _, mode := range modes {
+		if _, err := chunk.NewParams(mode, size, hash); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == len(modes) {
+		return fmt.Errorf("--chunk-size %s: %w", req.ChunkSize, errs[0])
+	}
+	return nil
 }

@@ -58,6 +58,7 @@ other command talks to the local daemon over its socket.`,
 		a.activationCmd(api.OpActivate), a.activationCmd(api.OpDeactivate), a.statusCmd(),
 		a.licenseCmd(), a.policyCmd(), a.diffCmd(), a.splitCmd(), a.commitCmd(), a.rebaseCmd(), a.importCmd(), a.registryCmd(), a.webCmd(),
 	)
+	addExamples(root)
 	return root
 }
 
