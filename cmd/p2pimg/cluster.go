@@ -94,6 +94,9 @@ func (a *app) identityCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if a.json {
+				return a.printJSON(map[string]string{"peer_id": id.String()})
+			}
 			fmt.Fprintln(a.stdout, id)
 			return nil
 		},

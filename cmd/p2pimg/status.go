@@ -13,6 +13,7 @@ import (
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
+	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
 )
 
@@ -49,8 +50,8 @@ func hostMatches(s api.HostActivation, want string) bool {
 // layerMatches reports whether --layer names this layer: NAME:TAG exactly,
 // or NAME for every tag.
 func layerMatches(layer, want string) bool {
-	name, _, _ := strings.Cut(layer, ":")
-	return layer == want || (!strings.Contains(want, ":") && name == want)
+	n, err := chunk.ParseName(layer)
+	return layer == want || (err == nil && n.Repo == want)
 }
 
 // keep applies the filters; a --host or --layer that matches no row is an
