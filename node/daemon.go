@@ -32,6 +32,12 @@ type DaemonConfig struct {
 	// Pprof serves Go's profiles on the web and metrics addresses.
 	Pprof   bool
 	Version string
+	// Notify is systemd's notify socket ($NOTIFY_SOCKET; empty: not run
+	// by systemd as Type=notify): READY=1 once the node is open,
+	// STOPPING=1 when it stops, and WATCHDOG=1 every Watchdog while the
+	// API answers (0: systemd set no watchdog).
+	Notify   string
+	Watchdog time.Duration
 }
 
 // Daemon serves one Node on the local API socket.
@@ -145,10 +151,23 @@ func (d *Daemon) runNode(ctx context.Context) (err error) {
 	defer func() { err = errors.Join(err, n.Close()) }()
 	d.node.Store(n)
 	d.cfg.Log.Info("daemon ready", "data", d.cfg.DataDir, "peer", n.ID().String(), "addrs", n.Addrs())
-	if err := n.Run(ctx); err != nil {
-		return fmt.Errorf("daemon: node: %w", err)
+	if err := sdNotify(d.cfg.Notify, "READY=1\nSTATUS=ready: peer "+n.ID().String()); err != nil {
+		d.cfg.Log.Warn("systemd", "err", err)
 	}
-	return nil
+	defer sdNotify(d.cfg.Notify, "STOPPING=1")
+	ctx, stop := context.WithCancel(ctx)
+	g, ctx := errgroup.WithContext(ctx)
+	if d.cfg.Notify != "" && d.cfg.Watchdog > 0 {
+		g.Go(func() error { return d.watchdog(ctx, d.cfg.Watchdog) })
+	}
+	g.Go(func() error {
+		defer stop() // the node ending ends the watchdog
+		if err := n.Run(ctx); err != nil {
+			return fmt.Errorf("daemon: node: %w", err)
+		}
+		return nil
+	})
+	return g.Wait()
 }
 
 // listen opens the unix socket, replacing a stale one but never one that a

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -131,7 +132,14 @@ func (n *Node) PolicyCheck(ctx context.Context) []api.PolicyResult { return n.po
 
 // Identity is this node's peer id and addresses.
 func (n *Node) Identity() api.Identity {
-	return api.Identity{PeerID: n.ID().String(), Addrs: n.Addrs(), Cluster: n.cfg.Cluster.Name, Open: n.cfg.Cluster.Open()}
+	protos := []string{}
+	for _, p := range n.net.Host.Mux().Protocols() {
+		if strings.HasPrefix(string(p), "/p2pimg/") {
+			protos = append(protos, string(p))
+		}
+	}
+	slices.Sort(protos)
+	return api.Identity{PeerID: n.ID().String(), Addrs: n.Addrs(), Cluster: n.cfg.Cluster.Name, Open: n.cfg.Cluster.Open(), Protocols: protos}
 }
 
 // Peers lists the connected peers.

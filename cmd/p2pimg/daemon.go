@@ -1,10 +1,12 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,7 +31,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup, pskFile, membersFile string
 	var labels []string
 	var name, httpAddr string
-	var pprof bool
+	var pprof, open bool
 	var mirrorAddr, registriesFile string
 	c := &cobra.Command{
 		Use:   "daemon",
@@ -114,6 +116,9 @@ It stops cleanly on SIGINT or SIGTERM.`,
 					return usageError{fmt.Errorf("--psk / --members with the cluster file: %w", err)}
 				}
 			}
+			if cc.Open() && !open {
+				return usageError{errors.New("refusing to run an open cluster (no members list: any host that reaches this one may join and is trusted with the catalogue): give --cluster FILE with members (see 'p2pimg cluster init --help') or --members FILE, or --open to run one anyway (a lab, a trusted LAN)")}
+			}
 			if mirrorAddr != "" {
 				if _, _, err := net.SplitHostPort(mirrorAddr); err != nil {
 					return usageError{fmt.Errorf("--registry %q: want HOST:PORT, e.g. 127.0.0.1:5000 (%v)", mirrorAddr, err)}
@@ -134,6 +139,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset),
 				},
 				Socket: a.socket, SocketGroup: socketGroup, Metrics: metrics, HTTP: httpAddr, Pprof: pprof, Version: version,
+				Notify: os.Getenv("NOTIFY_SOCKET"), Watchdog: watchdogInterval(),
 			})
 			if err != nil {
 				return err
@@ -154,6 +160,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics (/metrics) on `HOST:PORT`")
 	c.Flags().StringVar(&httpAddr, "http", "", "serve the web view of the fleet (read-only) and /metrics on `HOST:PORT`; port 0 picks a free one ('p2pimg web' prints the URL)")
 	c.Flags().BoolVar(&pprof, "pprof", false, "also serve Go's profiles under /debug/pprof/ on the --http and --metrics addresses")
+	c.Flags().BoolVar(&open, "open", false, "run even though the cluster has no members list (any host that reaches this one may join); without it such a daemon refuses to start")
 	c.Flags().StringVar(&name, "name", "", "this host's name in status and the web view (default: the hostname)")
 	c.Flags().DurationVar(&announce, "announce-interval", 10*time.Second, "how often to gossip this host's catalogue")
 	c.Flags().DurationVar(&stall, "stall-timeout", 60*time.Second, "fail a fetch after this long without progress")
@@ -179,6 +186,20 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringVar(&seatJournal, "test-seat-journal", "", "TESTING ONLY: append every interval a seat grant was valid here to FILE")
 	c.Flags().MarkHidden("test-seat-journal")
 	return c
+}
+
+// watchdogInterval is how often to tell systemd the daemon is alive: half
+// its WatchdogSec ($WATCHDOG_USEC, meant for this process when
+// $WATCHDOG_PID is unset or ours); 0 without a watchdog.
+func watchdogInterval() time.Duration {
+	if pid := os.Getenv("WATCHDOG_PID"); pid != "" && pid != strconv.Itoa(os.Getpid()) {
+		return 0
+	}
+	us, err := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
+	if err != nil || us <= 0 {
+		return 0
+	}
+	return time.Duration(us) * time.Microsecond / 2
 }
 
 // parseRate reads a bytes-per-second figure such as 50MB, 1GiB or 1000000.

@@ -538,7 +538,7 @@ func TestDaemonConfigFile(t *testing.T) {
 	}
 	// With only --config, the file's settings are the daemon's.
 	sock := filepath.Join(dir, "from-file.sock")
-	os.WriteFile(conf, []byte(fmt.Sprintf("data = %q\nsocket = %q\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nno-mdns = true\n", data, sock)), 0o600)
+	os.WriteFile(conf, []byte(fmt.Sprintf("data = %q\nsocket = %q\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nno-mdns = true\nopen = true\n", data, sock)), 0o600)
 	cmd := exec.Command(bin, "daemon", "--config", conf)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -683,7 +683,7 @@ func TestSocketAccess(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("socket mode %v (%v), want 0600", fi.Mode().Perm(), err)
 	}
-	if _, errOut, code := cli(t, nil, "daemon", "--data", t.TempDir(), "--socket-group", "no-such-group-p2pimg"); code == 0 || !strings.Contains(errOut, "no-such-group-p2pimg") {
+	if _, errOut, code := cli(t, nil, "daemon", "--data", t.TempDir(), "--open", "--socket-group", "no-such-group-p2pimg"); code == 0 || !strings.Contains(errOut, "no-such-group-p2pimg") {
 		t.Fatalf("unknown socket group: %d %s", code, errOut)
 	}
 	g, err := user.LookupGroup("daemon")

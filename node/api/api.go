@@ -72,6 +72,8 @@ type Identity struct {
 	Addrs   []string `json:"addrs"`
 	Cluster string   `json:"cluster"`
 	Open    bool     `json:"open_cluster"`
+	// Protocols are the p2pimg libp2p protocols this host speaks.
+	Protocols []string `json:"protocols"`
 }
 
 // Peer is one entry of GET /v1/peers.
