@@ -37,6 +37,7 @@ func TestCLIContract(t *testing.T) {
 		{[]string{"activate", "x:1", "--at", "/opt/x", "--key", notKey}, 2, "not a key file made by 'p2pimg cluster operator-key", ""},
 		{[]string{"status", "--state", "bogus"}, 2, `--state "bogus"`, ""},
 		{[]string{"layers"}, 1, "daemon is not running", ""},
+		{[]string{"doctor"}, 1, "doctor: 2 check(s) failed", ""},
 		{[]string{"--json", "layers"}, 1, "daemon is not running", "daemon_unavailable"},
 	} {
 		out, errOut, code := cli(t, nil, c.args...)

@@ -56,7 +56,7 @@ other command talks to the local daemon over its socket.`,
 		a.gcCmd(), a.verifyCmd(), a.statsCmd(), a.commonCmd(),
 		a.fetchCmd(), a.idCmd(), a.peersCmd(), a.clusterCmd(), a.identityCmd(), a.testnetCmd(),
 		a.activationCmd(api.OpActivate), a.activationCmd(api.OpDeactivate), a.statusCmd(),
-		a.licenseCmd(), a.policyCmd(), a.diffCmd(), a.splitCmd(), a.commitCmd(), a.rebaseCmd(), a.importCmd(), a.registryCmd(), a.webCmd(), a.versionCmd(),
+		a.licenseCmd(), a.policyCmd(), a.diffCmd(), a.splitCmd(), a.commitCmd(), a.rebaseCmd(), a.importCmd(), a.registryCmd(), a.webCmd(), a.versionCmd(), a.doctorCmd(),
 	)
 	addExamples(root)
 	return root

@@ -55,6 +55,12 @@ func statusCLI(t *testing.T, dir string) {
 			t.Errorf("p2pimg %s: exit %d %q; want exit %d naming %q", strings.Join(c.args, " "), code, errOut, c.code, c.want)
 		}
 	}
+	// doctor on a healthy closed cluster: every check ok or a kernel
+	// warning, the peers connected.
+	out, errOut, code := run("doctor")
+	if code != 0 || !strings.Contains(out, "ok    peers      2 connected of 2 other host(s) known") || !strings.Contains(out, `ok    cluster    "testnet" with a members list`) {
+		t.Fatalf("doctor: exit %d %s\n%s", code, errOut, out)
+	}
 	// The refused selector published nothing.
 	if out, _, _ := run("status", "--json", "--layer", "web:1"); strings.Contains(out, "/opt/w2") {
 		t.Fatalf("an activation that selected no host was published:\n%s", out)
