@@ -188,4 +188,3 @@ func fleetChecks(f api.Fleet) []check {
 	}
 	return out
 }
-
