@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -81,6 +82,9 @@ func TestWebViewInBrowser(t *testing.T) {
 	tn("--node", "1", "license", "install", lic)
 	tn("--node", "2", "license", "claim", "winsrv", "--for", "vm1")
 	page.until("the seat held by node2", `[...document.querySelectorAll("#holders tbody td")].map(c => c.textContent).slice(0, 4).join() === "winsrv,1,node2,vm1"`)
+	if body := httpGet(t, url+"metrics"); !strings.Contains(body, `p2pimg_seats{product="winsrv",state="held"} 1`) || !strings.Contains(body, `p2pimg_seats{product="winsrv",state="free"} 1`) {
+		t.Errorf("/metrics lacks the seats of winsrv:\n%s", body)
+	}
 	page.until("the licence's free seats", `[...document.querySelectorAll("#licenses tbody td")].map(c => c.textContent).slice(0, 4).join() === "winsrv,2,1,1"`)
 
 	// A killed host is marked unreachable, its cells stale, and the
@@ -149,4 +153,19 @@ func readOnly(t *testing.T, url string) {
 			t.Errorf("%s %s on the web address: %d, want %d", c.method, c.path, resp.StatusCode, c.want)
 		}
 	}
+}
+
+// httpGet returns the body of a GET that must answer 200.
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	return string(b)
 }
