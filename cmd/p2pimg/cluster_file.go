@@ -113,8 +113,8 @@ fingerprint to compare between hosts.`,
 
 func (a *app) clusterValidateCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "validate FILE",
-		Short: "Check a cluster file before copying it to the hosts; exit 1 naming the first problem",
+		Use:     "validate FILE",
+		Short:   "Check a cluster file before copying it to the hosts; exit 1 naming the first problem",
 		Example: `  p2pimg cluster validate new-cluster.toml && scp new-cluster.toml hv-07:/etc/p2pimg/cluster.toml`,
 		Args:    exactArgs(1, "a cluster file"),
 		RunE: func(c *cobra.Command, args []string) error {
