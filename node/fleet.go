@@ -130,7 +130,7 @@ func (n *Node) fleetLayers(ctx context.Context, hosts map[string]api.FleetHost, 
 			key := "fetch|" + a.Host + "|" + a.Layer
 			live[key] = true
 			c.Done, c.Total, c.Peers = a.Done, a.Total, a.Peers
-			c.Rate = n.rates.observe(key, a.Done, now)
+			c.Rate = n.rates.observe(key, a.Done, now, holdReported)
 			transfers = append(transfers, api.Transfer{Host: a.Host, Layer: a.Layer, Done: a.Done, Total: a.Total, Rate: c.Rate, Peers: a.Peers})
 		}
 	}
@@ -194,7 +194,7 @@ func (n *Node) fleetPeers(hosts map[string]api.FleetHost, now time.Time) []api.F
 		in, outKey := "peer|in|"+p.PeerID, "peer|out|"+p.PeerID
 		live[in], live[outKey] = true, true
 		out = append(out, api.FleetPeer{Peer: p, Name: hosts[p.PeerID].Name,
-			RateIn: n.rates.observe(in, p.BytesIn, now), RateOut: n.rates.observe(outKey, p.BytesOut, now)})
+			RateIn: n.rates.observe(in, p.BytesIn, now, holdLocal), RateOut: n.rates.observe(outKey, p.BytesOut, now, holdLocal)})
 	}
 	n.rates.forget("peer|", live)
 	return out

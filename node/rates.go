@@ -8,7 +8,7 @@ import (
 // rateMeter turns counters sampled now and then (a fetch's bytes done as a
 // host reports them, a peer's byte counters) into bytes per second: the
 // rate between the last two values that differ, zero once a counter has
-// not moved for staleRate.
+// not moved for its hold time.
 type rateMeter struct {
 	mu sync.Mutex
 	m  map[string]rateSample
@@ -20,15 +20,19 @@ type rateSample struct {
 	rate int64
 }
 
-// staleRate is how long a counter may stand still before its rate is 0;
-// longer than the gossip announce interval, so a remote fetch reported
-// every few seconds keeps its rate in between.
-const staleRate = 15 * time.Second
+// Hold times: how long a counter may stand still before its rate is 0. A
+// fetch's progress comes from the host's gossiped state, every few
+// seconds at most, so its rate holds in between; a peer's byte counters
+// are this host's own and current.
+const (
+	holdReported = 15 * time.Second
+	holdLocal    = 2 * time.Second
+)
 
 func newRateMeter() *rateMeter { return &rateMeter{m: map[string]rateSample{}} }
 
 // observe records counter key's value v at now and returns its rate.
-func (r *rateMeter) observe(key string, v int64, now time.Time) int64 {
+func (r *rateMeter) observe(key string, v int64, now time.Time, hold time.Duration) int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s, ok := r.m[key]
@@ -37,7 +41,7 @@ func (r *rateMeter) observe(key string, v int64, now time.Time) int64 {
 		r.m[key] = rateSample{v: v, at: now}
 		return 0
 	case v == s.v:
-		if now.Sub(s.at) > staleRate {
+		if now.Sub(s.at) > hold {
 			return 0
 		}
 		return s.rate
