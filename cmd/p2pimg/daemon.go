@@ -38,7 +38,10 @@ func (a *app) daemonCmd() *cobra.Command {
 		Short: "Run this host's p2pimg daemon",
 		Long: `Run this host's daemon: it opens the chunk store under --data and serves the
 local API on a unix socket (default DATA/p2pimg.sock, only for this user).
-It stops cleanly on SIGINT or SIGTERM.`,
+It stops cleanly on SIGINT or SIGTERM. A cluster without a members list
+(any host that reaches this one may join) is refused unless --open. With
+--http it serves a read-only web view of the fleet. Run by systemd as a
+Type=notify service, it reports readiness and answers the watchdog.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if configFile != "" {
