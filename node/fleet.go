@@ -135,6 +135,12 @@ func (n *Node) fleetLayers(ctx context.Context, hosts map[string]api.FleetHost, 
 		}
 	}
 	n.rates.forget("fetch|", live)
+	for _, pc := range n.policy.PolicyCheck(ctx) {
+		if pc.Conflict != nil {
+			row(pc.Layer)
+			cell(pc.Layer, pc.Host).Conflict = pc.Conflict.Error()
+		}
+	}
 	for name, r := range rows {
 		if r.CID == "" {
 			continue

@@ -87,6 +87,16 @@ func TestWebViewInBrowser(t *testing.T) {
 	}
 	page.until("the licence's free seats", `[...document.querySelectorAll("#licenses tbody td")].map(c => c.textContent).slice(0, 4).join() === "winsrv,2,1,1"`)
 
+	// A layer whose policy holds it everywhere, on a host whose policy
+	// denies it: that host's cell names the conflict.
+	pdir := t.TempDir()
+	hostPolicy, layerPolicy := filepath.Join(pdir, "host.toml"), filepath.Join(pdir, "layer.toml")
+	os.WriteFile(hostPolicy, []byte("deny = [\"pol:*\"]\n"), 0o644)
+	os.WriteFile(layerPolicy, []byte("hold = \"all\"\n"), 0o644)
+	tn("--node", "3", "policy", "set-host", hostPolicy)
+	tn("--node", "1", "add", "pol:1", src, "--policy", layerPolicy)
+	page.until("node3's policy conflict on pol:1", fmt.Sprintf(`(document.querySelector('#matrix td.cell[data-layer="pol:1"][data-host=%q] .conflict') || {}).textContent === "policy conflict: not synced"`, l.Nodes[2].PeerID))
+
 	// A killed host is marked unreachable, its cells stale, and the
 	// summary says so; it leaves this host's peers.
 	if err := l.Kill(3); err != nil {

@@ -84,6 +84,9 @@ type FleetCell struct {
 	Peers int    `json:"peers,omitempty"`
 	// Stale: the host is unreachable or gone, so this may be out of date.
 	Stale bool `json:"stale,omitempty"`
+	// Conflict is the policy conflict that keeps the host from syncing
+	// the layer (the layer's rule against the host's).
+	Conflict string `json:"conflict,omitempty"`
 }
 
 // Transfer is a fetch under way on some host.

@@ -73,6 +73,7 @@ function cell(c) {
     bar.firstChild.style.width = pct + "%";
     kids.push(bar, el("div", { class: "small progress" }, pct + "% of " + bytes(c.total) + (c.rate ? " · " + bytes(c.rate) + "/s" : "") + (c.peers ? " · " + c.peers + " peer(s)" : "")));
   }
+  if (c.conflict) kids.push(el("div", { class: "conflict", title: c.conflict }, "policy conflict: not synced"));
   if (c.mode || c.at) kids.push(el("div", { class: "small" }, [c.mode, c.at].filter(Boolean).join(" at ")));
   if (c.holds) kids.push(el("span", { class: "small", title: "holds it " + c.holds }, c.holds === "complete" ? "● held" : "◐ partly held"));
   return el("td", { class: "cell" + (c.stale ? " stale" : ""), title: c.detail || "", "data-state": c.state || "none" }, kids);
