@@ -9,7 +9,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
 )
 
@@ -52,26 +51,18 @@ func (n *Node) Fleet(ctx context.Context) (*api.Fleet, error) {
 	f := &api.Fleet{Schema: api.FleetSchema, Time: now.UTC(), Cluster: n.cfg.Cluster.Name, Self: n.ID().String(),
 		Layers: []api.FleetLayer{}, Transfers: []api.Transfer{}}
 	hosts := n.hostInfo()
-	f.Layers, f.Transfers = n.fleetLayers(ctx, hosts, now)
-	for _, l := range n.catalog.All() {
-		for p, complete := range n.catalog.Holdings(l.CID) {
-			if h, ok := hosts[p.String()]; ok && complete {
+	cat := n.Catalog(ctx) // read once: the store's layers and every holding
+	f.Layers, f.Transfers = n.fleetLayers(ctx, cat, hosts, now)
+	for _, l := range cat {
+		for p, st := range l.Holders {
+			if h, ok := hosts[p]; ok && st == "complete" {
 				h.HeldLayers++
 				h.HeldBytes += l.Size
-				hosts[p.String()] = h
+				hosts[p] = h
 			}
 		}
 	}
 	self := hosts[f.Self]
-	self.HeldLayers, self.HeldBytes = 0, 0
-	if ls, err := n.db.Layers(ctx); err == nil {
-		for _, l := range ls {
-			if l.State == chunk.Complete {
-				self.HeldLayers++
-				self.HeldBytes += l.Size
-			}
-		}
-	}
 	self.Store = n.storeUse(ctx)
 	hosts[f.Self] = self
 	f.Hosts = slices.SortedFunc(maps.Values(hosts), func(a, b api.FleetHost) int {
@@ -94,7 +85,7 @@ func (n *Node) Fleet(ctx context.Context) (*api.Fleet, error) {
 // fleetLayers is the matrix: one row per layer name (the newest version
 // the catalogue knows, or only a host's state for it), one cell per host
 // that holds it or reports a state for it; and the fetches under way.
-func (n *Node) fleetLayers(ctx context.Context, hosts map[string]api.FleetHost, now time.Time) ([]api.FleetLayer, []api.Transfer) {
+func (n *Node) fleetLayers(ctx context.Context, cat []api.ClusterLayer, hosts map[string]api.FleetHost, now time.Time) ([]api.FleetLayer, []api.Transfer) {
 	rows := map[string]*api.FleetLayer{}
 	row := func(name string) *api.FleetLayer {
 		if rows[name] == nil {
@@ -102,7 +93,7 @@ func (n *Node) fleetLayers(ctx context.Context, hosts map[string]api.FleetHost, 
 		}
 		return rows[name]
 	}
-	for _, cl := range n.Catalog(ctx) {
+	for _, cl := range cat {
 		r := row(cl.Name)
 		r.CID, r.Size, r.Product, r.Published = cl.CID, cl.Size, cl.Product, cl.Published
 	}
@@ -141,16 +132,9 @@ func (n *Node) fleetLayers(ctx context.Context, hosts map[string]api.FleetHost, 
 			cell(pc.Layer, pc.Host).Conflict = pc.Conflict.Error()
 		}
 	}
-	for name, r := range rows {
-		if r.CID == "" {
-			continue
-		}
-		for p, complete := range n.holdings(ctx, r.CID) {
-			c := cell(name, p)
-			c.Holds = "partial"
-			if complete {
-				c.Holds = "complete"
-			}
+	for _, cl := range cat {
+		for p, st := range cl.Holders {
+			cell(cl.Name, p).Holds = st
 		}
 	}
 	out := make([]api.FleetLayer, 0, len(rows))
@@ -173,23 +157,6 @@ func (n *Node) fleetLayers(ctx context.Context, hosts map[string]api.FleetHost, 
 		return cmp.Or(strings.Compare(a.Layer, b.Layer), strings.Compare(a.Host, b.Host))
 	})
 	return out, transfers
-}
-
-// holdings is who holds a layer version: the catalogue's view of the
-// others, and this host's store.
-func (n *Node) holdings(ctx context.Context, id string) map[string]bool {
-	out := map[string]bool{}
-	for p, complete := range n.catalog.Holdings(id) {
-		out[p.String()] = complete
-	}
-	if ls, err := n.db.Layers(ctx); err == nil {
-		for _, l := range ls {
-			if l.CID == id {
-				out[n.ID().String()] = out[n.ID().String()] || l.State == chunk.Complete
-			}
-		}
-	}
-	return out
 }
 
 // fleetPeers is this host's connections with their byte rates.

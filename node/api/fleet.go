@@ -36,8 +36,9 @@ type FleetHost struct {
 	Labels   map[string]string `json:"labels"`
 	Reach    Reach             `json:"reach"`
 	LastSeen time.Time         `json:"last_seen,omitzero"`
-	// HeldLayers and HeldBytes are the layer versions the host holds
-	// complete and their size, from what it announced.
+	// HeldLayers and HeldBytes are the layers (the newest version of
+	// each name) the host holds complete and their size, from what it
+	// announced.
 	HeldLayers int   `json:"held_layers"`
 	HeldBytes  int64 `json:"held_bytes"`
 	// Store is the host's chunk store and disk: only for the host
