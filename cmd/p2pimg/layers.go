@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"text/tabwriter"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
@@ -93,7 +94,7 @@ func (a *app) layersCmd() *cobra.Command {
 				return err
 			}
 			if a.json {
-				return a.printJSON(ls)
+				return a.printJSON(layersJSON(ls))
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSTATE\tSIZE\tCHUNKS\tCHUNKING\tCID")
@@ -427,4 +428,23 @@ func checkChunking(req api.AddRequest) error {
 		return fmt.Errorf("--chunk-size %s: %w", req.ChunkSize, errs[0])
 	}
 	return nil
+}
+
+// layerJSON is a layer as `layers --json` prints it: its publication time
+// as RFC 3339, as everywhere else (the store keeps unix nanoseconds).
+type layerJSON struct {
+	chunk.Layer
+	Published time.Time `json:"published,omitzero"`
+}
+
+func layersJSON(ls []chunk.Layer) []layerJSON {
+	out := []layerJSON{}
+	for _, l := range ls {
+		lj := layerJSON{Layer: l}
+		if l.Published != 0 {
+			lj.Published = time.Unix(0, l.Published).UTC()
+		}
+		out = append(out, lj)
+	}
+	return out
 }
