@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The metrics beside the web view: the node's own gauges (peers, layers
@@ -17,6 +19,15 @@ func TestMetrics(t *testing.T) {
 	src := t.TempDir()
 	writeTree(t, src)
 	mustCLI(t, d, "add", "web:1", src)
+	// One time format: published is RFC 3339 in layers and layers --all.
+	for _, args := range [][]string{{"layers", "--json"}, {"layers", "--all", "--json"}} {
+		var ls []struct {
+			Published time.Time `json:"published"`
+		}
+		if err := json.Unmarshal([]byte(mustCLI(t, d, args...)), &ls); err != nil || len(ls) != 1 || ls[0].Published.IsZero() {
+			t.Errorf("%v: %+v %v; want published as an RFC 3339 time", args, ls, err)
+		}
+	}
 	st, err := d.Client.Status(context.Background())
 	if err != nil || st.Web == "" {
 		t.Fatalf("status: %+v %v", st, err)
