@@ -167,7 +167,7 @@ func (s *Server) plain(fn func(context.Context, Node, *http.Request) (any, error
 		v, err := fn(r.Context(), n, r)
 		if err != nil {
 			e := ErrorOf(err)
-			s.cfg.Log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			s.logFailed(r, e, err)
 			writeJSON(w, status(e), e)
 			return
 		}
@@ -198,12 +198,24 @@ func (s *Server) stream(fn func(context.Context, Node, *http.Request, api.Emit) 
 		}
 		v, err := fn(r.Context(), n, r, emit)
 		if err != nil {
-			s.cfg.Log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-			emit(api.Event{Error: ErrorOf(err)})
+			e := ErrorOf(err)
+			s.logFailed(r, e, err)
+			emit(api.Event{Error: e})
 			return
 		}
 		emit(api.Event{Result: v})
 	}
+}
+
+// logFailed logs a failed request: a warning when the daemon failed
+// (internal, no space), at debug level when the caller asked for
+// something wrong or absent (a typo is the client's, not the daemon's).
+func (s *Server) logFailed(r *http.Request, e *api.Error, err error) {
+	lv := slog.LevelDebug
+	if e.Code == api.CodeInternal || e.Code == api.CodeNoSpace {
+		lv = slog.LevelWarn
+	}
+	s.cfg.Log.Log(r.Context(), lv, "request failed", "method", r.Method, "path", r.URL.Path, "code", e.Code, "err", err)
 }
 
 // body decodes the request into a new T and calls fn with it.
