@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -173,14 +174,32 @@ func (n *Node) fleetPeers(hosts map[string]api.FleetHost, now time.Time) []api.F
 	return out
 }
 
-// storeUse is this host's store figures and the disk under its data
-// directory (nil when the store cannot be read).
+// storeCache keeps the store's figures for storeFresh: counting them
+// walks the whole chunk index, too much for every update of every open
+// web view.
+type storeCache struct {
+	mu sync.Mutex
+	at time.Time
+	st *api.Stats
+}
+
+// storeFresh is how long the store's figures are reused.
+const storeFresh = 10 * time.Second
+
+// storeUse is this host's store figures (at most storeFresh old) and the
+// disk under its data directory now (nil when the store cannot be read).
 func (n *Node) storeUse(ctx context.Context) *api.StoreUse {
-	st, err := n.layers.Stats(ctx)
-	if err != nil {
-		return nil
+	c := &n.use
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.st == nil || time.Since(c.at) > storeFresh {
+		st, err := n.layers.Stats(ctx)
+		if err != nil {
+			return nil
+		}
+		c.st, c.at = st, time.Now()
 	}
-	u := &api.StoreUse{Stats: *st}
+	u := &api.StoreUse{Stats: *c.st}
 	var fs syscall.Statfs_t
 	if syscall.Statfs(n.cfg.DataDir, &fs) == nil {
 		u.DiskFree = int64(fs.Bavail) * fs.Bsize

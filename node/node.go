@@ -107,6 +107,7 @@ type Node struct {
 	layers  *layers.Service
 	mirror  *registry.Service
 	rates   *rateMeter // of fetches and peers, for the fleet view
+	use     storeCache // this host's store figures, for the fleet view
 }
 
 func (cfg *Config) defaults() {
