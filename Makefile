@@ -6,8 +6,10 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME  ?= 30s
 
 SOAKTIME  ?= 10m
+NFPM      := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.48.0
+DEBVERSION := 0.0~git$(shell git rev-parse --short HEAD 2>/dev/null || echo 0)
 
-.PHONY: all build test test-short lint bench bench-smoke bench-micro sim demo fuzz soak clean
+.PHONY: all build test test-short lint bench bench-smoke bench-micro sim demo fuzz soak clean package
 
 all: build
 
@@ -77,6 +79,13 @@ fuzz:
 # claimed and never served; nothing they send may be accepted).
 soak:
 	$(GO) test -count=1 -timeout 0 -run '^(TestSeatFaults|TestChurn)$$' -v ./cmd/p2pimg -seat-soak $(SOAKTIME) -churn-soak $(SOAKTIME)
+
+# A .deb (nfpm): the binary, the systemd unit, /etc/p2pimg/daemon.toml, the
+# p2pimg group; then installed into a scratch root and checked.
+package: build
+	rm -f bin/p2pimg_*.deb
+	GOARCH=$$($(GO) env GOARCH) P2PIMG_DEB_VERSION=$(DEBVERSION) $(GO) run $(NFPM) pkg --packager deb --config cmd/p2pimg/dist/nfpm.yaml --target bin/
+	./cmd/p2pimg/dist/check-deb.sh bin/p2pimg_*.deb
 
 clean:
 	rm -rf bin

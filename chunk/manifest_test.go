@@ -106,13 +106,15 @@ func TestDecodeRejectsNonCanonical(t *testing.T) {
 
 func TestParseName(t *testing.T) {
 	t.Parallel()
-	for in, want := range map[string]string{"web": "web:latest", "web:2.1": "web:2.1", "org/base-os:24.04_1": "org/base-os:24.04_1"} {
+	for in, want := range map[string]string{"web": "web:latest", "web:2.1": "web:2.1", "org/base-os:24.04_1": "org/base-os:24.04_1",
+		"127.0.0.1:5055/demo/app:2": "127.0.0.1:5055/demo/app:2", "registry.local:5000/app": "registry.local:5000/app:latest"} {
 		n, err := ParseName(in)
 		if err != nil || n.String() != want {
 			t.Errorf("ParseName(%q) = %v, %v", in, n, err)
 		}
 	}
-	for _, bad := range []string{"", "Web", "web:", "web:-x", "a//b", "-a", "a:b:c", "../x", strings.Repeat("a", 129)} {
+	for _, bad := range []string{"", "Web", "web:", "web:-x", "a//b", "-a", "a:b:c", "../x", strings.Repeat("a", 129),
+		"host:port/app", "a:5000:1", "a/b:5000/c:1", ":5000/app", "127.0.0.1:5055/:2"} {
 		if _, err := ParseName(bad); err == nil {
 			t.Errorf("ParseName(%q) accepted", bad)
 		}

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"github.com/p2pimg/p2pimg/node/localapi"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -28,7 +26,18 @@ type DaemonConfig struct {
 	// owned by that group); otherwise only the daemon's user may.
 	SocketGroup string
 	Metrics     string // address for Prometheus metrics (host:port); empty = off
-	Version     string
+	// HTTP is the web view's address (host:port; port 0 picks a free
+	// one); empty = off.
+	HTTP string
+	// Pprof serves Go's profiles on the web and metrics addresses.
+	Pprof   bool
+	Version string
+	// Notify is systemd's notify socket ($NOTIFY_SOCKET; empty: not run
+	// by systemd as Type=notify): READY=1 once the node is open,
+	// STOPPING=1 when it stops, and WATCHDOG=1 every Watchdog while the
+	// API answers (0: systemd set no watchdog).
+	Notify   string
+	Watchdog time.Duration
 }
 
 // Daemon serves one Node on the local API socket.
@@ -36,17 +45,20 @@ type Daemon struct {
 	cfg     DaemonConfig
 	node    atomic.Pointer[Node]
 	started time.Time
+	webURL  string // of the web view, once listening
 }
 
 // Handler is the local API's HTTP handler for this daemon.
-func (d *Daemon) Handler() http.Handler {
-	return localapi.New(localapi.Config{DataDir: d.cfg.DataDir, Version: d.cfg.Version, Started: d.started, Log: d.cfg.Log, Cluster: d.cfg.Cluster},
+func (d *Daemon) Handler() http.Handler { return d.api().Handler() }
+
+func (d *Daemon) api() *localapi.Server {
+	return localapi.New(localapi.Config{DataDir: d.cfg.DataDir, Version: d.cfg.Version, Started: d.started, Log: d.cfg.Log, Web: d.webURL, Cluster: d.cfg.Cluster},
 		func() localapi.Node {
 			if n := d.node.Load(); n != nil {
 				return n
 			}
 			return nil
-		}).Handler()
+		})
 }
 
 // NewDaemon checks the config and fills in defaults. It starts nothing.
@@ -89,6 +101,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return err
 	}
 	defer os.Remove(d.cfg.Socket)
+	tcp, err := d.listenTCP()
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	// Requests run until the daemon stops, not until ctx ends: in-flight
 	// adds and checkouts are cancelled when the node shuts down.
 	opCtx, cancelOps := context.WithCancel(context.WithoutCancel(ctx))
@@ -114,49 +131,43 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return srv.Shutdown(shutCtx)
 	})
 	d.cfg.Log.Info("api listening", "socket", d.cfg.Socket)
+	for _, s := range tcp {
+		g.Go(func() error { return s.serve(gctx) })
+	}
+	if d.webURL != "" {
+		d.cfg.Log.Info("web view", "url", d.webURL)
+	}
 	g.Go(func() error { return d.runNode(gctx) })
 	err = g.Wait()
 	d.cfg.Log.Info("daemon stopped")
 	return err
 }
 
-// runNode opens the node, runs it (and the metrics server) until ctx ends,
-// and closes it.
+// runNode opens the node, runs it until ctx ends, and closes it.
 func (d *Daemon) runNode(ctx context.Context) (err error) {
 	n, err := Open(d.cfg.Config)
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
 	defer func() { err = errors.Join(err, n.Close()) }()
-	var mln net.Listener
-	if d.cfg.Metrics != "" {
-		if mln, err = net.Listen("tcp", d.cfg.Metrics); err != nil {
-			return fmt.Errorf("daemon: metrics on %s: %w", d.cfg.Metrics, err)
-		}
-	}
 	d.node.Store(n)
+	d.cfg.Log.Info("daemon ready", "data", d.cfg.DataDir, "peer", n.ID().String(), "addrs", n.Addrs())
+	if err := sdNotify(d.cfg.Notify, "READY=1\nSTATUS=ready: peer "+n.ID().String()); err != nil {
+		d.cfg.Log.Warn("systemd", "err", err)
+	}
+	defer sdNotify(d.cfg.Notify, "STOPPING=1")
+	ctx, stop := context.WithCancel(ctx)
 	g, ctx := errgroup.WithContext(ctx)
+	if d.cfg.Notify != "" && d.cfg.Watchdog > 0 {
+		g.Go(func() error { return d.watchdog(ctx, d.cfg.Watchdog) })
+	}
 	g.Go(func() error {
+		defer stop() // the node ending ends the watchdog
 		if err := n.Run(ctx); err != nil {
 			return fmt.Errorf("daemon: node: %w", err)
 		}
 		return nil
 	})
-	if mln != nil {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(n.Registry(), promhttp.HandlerOpts{}))
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		g.Go(func() error {
-			if err := ms.Serve(mln); !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("daemon: metrics server: %w", err)
-			}
-			return nil
-		})
-		g.Go(func() error { <-ctx.Done(); return ms.Close() })
-	}
-	d.cfg.Log.Info("daemon ready", "data", d.cfg.DataDir, "peer", n.ID().String(), "addrs", n.Addrs())
 	return g.Wait()
 }
 

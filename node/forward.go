@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -77,9 +78,6 @@ func (n *Node) Activate(ctx context.Context, req api.ActivateRequest) (*api.Acti
 	return n.act.Activate(ctx, req)
 }
 
-// Activations is every known host's state for every layer it was asked about.
-func (n *Node) Activations() []api.HostActivation { return n.act.Activations() }
-
 // ResolveLayer is the manifest CID a layer name stands for.
 func (n *Node) ResolveLayer(ctx context.Context, name string) (string, error) {
 	return n.act.ResolveLayer(ctx, name)
@@ -106,7 +104,13 @@ func (n *Node) Check(ctx context.Context, token uint64) (*api.CheckResult, error
 }
 
 // Licenses is the seat table as this host knows it.
-func (n *Node) Licenses(ctx context.Context) (*api.LicenseList, error) { return n.seats.Licenses(ctx) }
+func (n *Node) Licenses(ctx context.Context) (*api.LicenseList, error) {
+	l, err := n.seats.Licenses(ctx)
+	if l != nil { // lists are [] in JSON, never null
+		l.Licenses, l.Holders, l.Held = nonNil(l.Licenses), nonNil(l.Holders), nonNil(l.Held)
+	}
+	return l, err
+}
 
 // SetHostPolicy replaces this host's policy.
 func (n *Node) SetHostPolicy(ctx context.Context, text string) (*policy.Host, error) {
@@ -128,7 +132,14 @@ func (n *Node) PolicyCheck(ctx context.Context) []api.PolicyResult { return n.po
 
 // Identity is this node's peer id and addresses.
 func (n *Node) Identity() api.Identity {
-	return api.Identity{PeerID: n.ID().String(), Addrs: n.Addrs(), Cluster: n.cfg.Cluster.Name, Open: n.cfg.Cluster.Open()}
+	protos := []string{}
+	for _, p := range n.net.Host.Mux().Protocols() {
+		if strings.HasPrefix(string(p), "/p2pimg/") {
+			protos = append(protos, string(p))
+		}
+	}
+	slices.Sort(protos)
+	return api.Identity{PeerID: n.ID().String(), Addrs: n.Addrs(), Cluster: n.cfg.Cluster.Name, Open: n.cfg.Cluster.Open(), Protocols: protos}
 }
 
 // Peers lists the connected peers.

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -64,6 +65,9 @@ type Config struct {
 	ImportMaxBytes, ImportMaxRatio int64
 	// Labels describe the host; activations select hosts by them.
 	Labels map[string]string
+	// Name is the host's name for people (status, the web view); default
+	// the machine's hostname.
+	Name string
 	// Expose is how activated layers appear: overlay (a mount; needs root
 	// and overlayfs), materialized (a directory swapped in), or auto (the
 	// default: overlay where the host allows it).
@@ -113,6 +117,8 @@ type Node struct {
 	act     *activate.Reconciler
 	layers  *layers.Service
 	mirror  *registry.Service
+	rates   *rateMeter // of fetches and peers, for the fleet view
+	use     storeCache // this host's store figures, for the fleet view
 }
 
 func (cfg *Config) defaults() {
@@ -136,6 +142,9 @@ func (cfg *Config) defaults() {
 	}
 	if cfg.GoneAfter <= 0 {
 		cfg.GoneAfter = time.Hour
+	}
+	if cfg.Name == "" {
+		cfg.Name, _ = os.Hostname()
 	}
 	if cfg.Cluster.NetworkKey() != nil {
 		var tcpOnly []string

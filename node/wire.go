@@ -32,7 +32,7 @@ import (
 func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*Node, error) {
 	h := net.Host
 	announce, reconcile := notify.New(), notify.New()
-	n := &Node{cfg: cfg, db: db, net: net, reg: prometheus.NewRegistry(), catalog: gossip.NewCatalog()}
+	n := &Node{cfg: cfg, db: db, net: net, reg: prometheus.NewRegistry(), catalog: gossip.NewCatalog(), rates: newRateMeter()}
 	gc := &layers.GCGuard{}
 	arrivals := registry.NewArrivals()
 	conduct := p2p.NewConduct(h, net.Gater, cfg.Log, n.reg)
@@ -62,10 +62,11 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 		})})
 	n.mirror = registry.New(registry.Config{Addr: cfg.Registry, Store: db, Publisher: n.layers, Fetcher: n.fetch, Catalog: n.catalog,
 		Upstreams: cfg.Upstreams, Log: cfg.Log, Reg: n.reg}, arrivals)
-	n.gossip = gossip.New(gossip.Config{Host: h, Key: key, Cluster: cfg.Cluster, Catalog: n.catalog, Store: db, Log: cfg.Log, Labels: cfg.Labels,
+	n.gossip = gossip.New(gossip.Config{Host: h, Key: key, Cluster: cfg.Cluster, Catalog: n.catalog, Store: db, Log: cfg.Log, Labels: cfg.Labels, Name: cfg.Name,
 		Interval: cfg.AnnounceInterval, Announce: announce, Activations: reconcile,
 		HostPolicy: func() json.RawMessage { return n.policy.HostPolicyJSON() }, States: n.act.States, Reg: n.reg, Faults: cfg.Faults,
 		UnreachableAfter: 12 * cfg.AnnounceInterval, GoneAfter: cfg.GoneAfter})
+	n.registerMetrics()
 	return n, nil
 }
 

@@ -226,7 +226,7 @@ func (l *Local) start(ctx context.Context, i int) error {
 	}
 	args := []string{l.Bin, "daemon", "--data", nd.Data, "--socket", nd.Socket, "--cluster", filepath.Join(l.Dir, "cluster.toml"),
 		"--listen", listen, "--no-mdns", "--announce-interval", cmp.Or(l.Announce, time.Second).String(), "--root", nd.Root(),
-		"--label", fmt.Sprintf("node=%d", nd.Index)}
+		"--label", fmt.Sprintf("node=%d", nd.Index), "--name", fmt.Sprintf("node%d", nd.Index), "--http", "127.0.0.1:0"}
 	if l.MetricsPort > 0 {
 		args = append(args, "--metrics", fmt.Sprintf("127.0.0.1:%d", l.MetricsPort+nd.Index))
 	}
@@ -394,6 +394,7 @@ type NodeStatus struct {
 	Peers  int    `json:"peers"`
 	Layers int    `json:"layers"`
 	Socket string `json:"socket"`
+	Web    string `json:"web,omitempty"` // the node's web view
 }
 
 // Status asks every node how it is.
@@ -408,6 +409,9 @@ func (l *Local) Status(ctx context.Context) []NodeStatus {
 			}
 			if ls, err := cl.Layers(ctx); err == nil {
 				st.Layers = len(ls)
+			}
+			if ds, err := cl.Status(ctx); err == nil {
+				st.Web = ds.Web
 			}
 		}
 		out = append(out, st)

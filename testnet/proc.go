@@ -26,8 +26,9 @@ type Daemon struct {
 	waitErr error         // its exit status, once done is closed
 }
 
-// StartDaemon runs `bin daemon --data data` on an ephemeral loopback port
-// with mDNS off (plus any extra flags) and waits until it is ready.
+// StartDaemon runs `bin daemon --data data --open` on an ephemeral
+// loopback port with mDNS off (plus any extra flags) and waits until it
+// is ready.
 func StartDaemon(ctx context.Context, bin, data string, extra ...string) (*Daemon, error) {
 	data, err := filepath.Abs(data)
 	if err != nil {
@@ -41,7 +42,8 @@ func StartDaemon(ctx context.Context, bin, data string, extra ...string) (*Daemo
 		return nil, err
 	}
 	sock := filepath.Join(data, "p2pimg.sock")
-	args := []string{"daemon", "--data", data, "--socket", sock, "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--log-level", "debug"}
+	// --open: a daemon given no members list is a lone test host.
+	args := []string{"daemon", "--data", data, "--socket", sock, "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--log-level", "debug", "--open"}
 	cmd := exec.Command(bin, append(args, extra...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// A test or bench that dies (a timeout, a panic) takes its daemons with it.

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -42,21 +41,39 @@ func (a *app) activationCmd(op api.Op) *cobra.Command {
 	var wait, discard, lazy bool
 	var timeout time.Duration
 	use, short := "activate NAME[:TAG] --at PATH", "Make a layer live at PATH on a set of hosts, cluster-wide"
-	if op == api.OpDeactivate {
-		use, short = "deactivate NAME[:TAG]", "Undo an activation: PATH shows what was there before"
-	}
-	c := &cobra.Command{
-		Use:   use,
-		Short: short,
-		Long: short + `.
+	long := short + `.
 
 The request is signed (by an operator key from the cluster file: --key FILE or
 $P2PIMG_OPERATOR_KEY; without one a host may only act on itself with
 --hosts self) and gossiped. Each selected host fetches the layer if needed,
-verifies it, and swaps it in at PATH (under its --root); deactivation swaps
-the previous contents back. --wait follows every selected host until it
-settles and fails if any host failed.`,
-		Args: exactArgs(1, "a layer name"),
+verifies it, and exposes it at PATH (under its --root). A selector that
+matches no known host is refused and nothing is published. --wait follows
+every selected host until it settles and fails if any host failed.`
+	example := `  p2pimg activate web:2.1 --at /opt/web --hosts all --wait
+  p2pimg activate web:2.1 --at /opt/web --hosts role=frontend
+  p2pimg activate web:2.1 --at /opt/web --hosts 12D3KooW...,12D3KooW... --map /etc/web.conf=etc/web.conf
+  p2pimg activate tools:1 --at /opt/tools --hosts self      # this host only, no operator key needed`
+	if op == api.OpDeactivate {
+		use, short = "deactivate NAME[:TAG]", "Undo an activation: PATH shows what was there before"
+		long = short + `.
+
+The request is signed like an activation (--key FILE or $P2PIMG_OPERATOR_KEY;
+--hosts self needs no key) and gossiped. Each selected host takes the layer
+away from its path: an overlay is unmounted, a materialized directory is
+swapped back for what was there before, path maps are restored, and a seat
+the layer held is released. A host whose view was written to refuses and
+says how much changed, unless --discard-changes. --wait follows every
+selected host until it is inactive and fails if any host failed.`
+		example = `  p2pimg deactivate web:2.1 --wait
+  p2pimg deactivate web:2.1 --hosts role=frontend
+  p2pimg deactivate web:2.1 --hosts self --discard-changes`
+	}
+	c := &cobra.Command{
+		Use:     use,
+		Short:   short,
+		Long:    long,
+		Example: example,
+		Args:    exactArgs(1, "a layer name"),
 		RunE: func(c *cobra.Command, args []string) error {
 			name, err := chunk.ParseName(args[0])
 			if err != nil {
@@ -64,6 +81,11 @@ settles and fails if any host failed.`,
 			}
 			if op == api.OpActivate && (at == "" || !filepath.IsAbs(at)) {
 				return usageError{fmt.Errorf("activate: --at must be an absolute path, e.g. --at /opt/app")}
+			}
+			if hosts != "self" {
+				if err := gossip.CheckSelector(hosts); err != nil {
+					return usageError{fmt.Errorf("--%w", err)}
+				}
 			}
 			cl := a.client()
 			for _, m := range maps {
@@ -81,7 +103,7 @@ settles and fails if any host failed.`,
 			if kf := a.operatorKey(keyFile); kf != "" {
 				key, err := cluster.LoadKeyFile(kf)
 				if err != nil {
-					return err
+					return usageError{fmt.Errorf("operator key %s: not a key file made by 'p2pimg cluster operator-key -o FILE' (%v)", kf, err)}
 				}
 				cl = cl.WithOperator(key)
 				id, err := cl.Resolve(c.Context(), name.String())
@@ -157,18 +179,18 @@ func (a *app) waitSettled(c *cobra.Command, layer string, op api.Op, res api.Act
 		var lines []string
 		for _, h := range res.Targets {
 			s, ok := byHost[h]
-			st := api.StateRequested
+			st, name := api.StateRequested, short(h)
 			if ok {
-				st = s.State
+				st, name = s.State, hostName(s)
 			}
 			switch {
 			case ok && want[s.State]:
 			case ok && s.State == api.StateFailed:
-				failed = append(failed, fmt.Sprintf("%s: %s", short(h), s.Detail))
+				failed = append(failed, fmt.Sprintf("%s: %s", name, s.Detail))
 			default:
-				pending = append(pending, short(h))
+				pending = append(pending, name)
 			}
-			lines = append(lines, fmt.Sprintf("%s=%s", short(h), st))
+			lines = append(lines, fmt.Sprintf("%s=%s", name, st))
 		}
 		sort.Strings(lines)
 		if l := strings.Join(lines, " "); l != last && !a.json {
@@ -194,56 +216,4 @@ func (a *app) waitSettled(c *cobra.Command, layer string, op api.Op, res api.Act
 		case <-tick.C:
 		}
 	}
-}
-
-func (a *app) statusCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "status",
-		Short: "Show every layer's activation state on every host",
-		Args:  exactArgs(0, "no arguments"),
-		RunE: func(c *cobra.Command, _ []string) error {
-			states, err := a.client().Activations(c.Context())
-			if err != nil {
-				return err
-			}
-			sort.Slice(states, func(i, j int) bool {
-				if states[i].Layer != states[j].Layer {
-					return states[i].Layer < states[j].Layer
-				}
-				return states[i].Host < states[j].Host
-			})
-			if a.json {
-				return a.printJSON(states)
-			}
-			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "LAYER\tHOST\tSTATE\tPATH\tMODE\tSEEN\tDETAIL")
-			for _, s := range states {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Layer, short(s.Host), s.State, s.At, s.Mode, seen(s), s.Detail)
-			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			// Policy conflicts: pairs the hosts refuse to sync.
-			if cs, err := a.client().PolicyCheck(c.Context()); err == nil && len(cs) > 0 {
-				fmt.Fprintf(a.stdout, "\npolicy conflicts (not synced):\n")
-				for _, r := range cs {
-					fmt.Fprintf(a.stdout, "  %s on %s: %s\n", r.Layer, short(r.Host), r.Conflict.Error())
-				}
-			}
-			return nil
-		},
-	}
-}
-
-// seen says whether a host's row is current: "now" for this host and hosts
-// heard from, else how long it has been unheard ("unreachable 2m", "gone 3h").
-func seen(s api.HostActivation) string {
-	switch s.Reach {
-	case api.ReachSelf, api.ReachUp, "":
-		return "now"
-	}
-	if s.LastSeen.IsZero() {
-		return string(s.Reach)
-	}
-	return fmt.Sprintf("%s %s", s.Reach, time.Since(s.LastSeen).Round(time.Second))
 }

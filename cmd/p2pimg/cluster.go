@@ -19,6 +19,7 @@ func (a *app) clusterCmd() *cobra.Command {
 	c := &cobra.Command{Use: "cluster", Short: "Make and inspect cluster files"}
 	var name, out string
 	var members, operators []string
+	var seats seatFlags
 	initCmd := &cobra.Command{
 		Use:   "init",
 		Short: "Write a new cluster file with a fresh private-network key",
@@ -29,6 +30,9 @@ the same file to every host and start each daemon with --cluster FILE.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
 			cc, err := cluster.New(name, members, operators)
+			if err == nil {
+				err = seats.apply(cc)
+			}
 			if err != nil {
 				return usageError{err}
 			}
@@ -42,6 +46,7 @@ the same file to every host and start each daemon with --cluster FILE.`,
 	initCmd.Flags().StringVar(&name, "name", "default", "cluster name")
 	initCmd.Flags().StringVarP(&out, "out", "o", "cluster.toml", "file to write (must not exist)")
 	initCmd.Flags().StringSliceVar(&members, "members", nil, "peer ids allowed in the cluster (comma-separated)")
+	seats.add(initCmd)
 	var keyOut string
 	opKey := &cobra.Command{
 		Use:   "operator-key",
@@ -58,7 +63,7 @@ the same file to every host and start each daemon with --cluster FILE.`,
 		},
 	}
 	opKey.Flags().StringVarP(&keyOut, "out", "o", "operator.key", "key file to write (must not exist)")
-	initCmd.Flags().StringSliceVar(&operators, "operators", nil, "operator ids (from `p2pimg cluster operator-key`) whose activations hosts obey")
+	initCmd.Flags().StringSliceVar(&operators, "operators", nil, "operator `IDS` (from 'p2pimg cluster operator-key') whose activations hosts obey")
 	forget := &cobra.Command{
 		Use:   "forget HOST",
 		Short: "Drop a host that is gone for good from this daemon's view of the cluster",
@@ -75,7 +80,7 @@ stay. A host still heard from is refused: stop it first.`,
 			return nil
 		},
 	}
-	c.AddCommand(initCmd, opKey, forget)
+	c.AddCommand(initCmd, opKey, forget, a.clusterShowCmd(), a.clusterValidateCmd())
 	return c
 }
 
@@ -93,6 +98,9 @@ func (a *app) identityCmd() *cobra.Command {
 			id, err := cluster.PeerID(k)
 			if err != nil {
 				return err
+			}
+			if a.json {
+				return a.printJSON(map[string]string{"peer_id": id.String()})
 			}
 			fmt.Fprintln(a.stdout, id)
 			return nil

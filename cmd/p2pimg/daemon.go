@@ -1,11 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,12 +35,17 @@ func (a *app) daemonCmd() *cobra.Command {
 	var labels, allowedPaths []string
 	var mirrorAddr, registriesFile, importMax string
 	var importRatio int64
+	var name, httpAddr string
+	var pprof, open bool
 	c := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run this host's p2pimg daemon",
 		Long: `Run this host's daemon: it opens the chunk store under --data and serves the
 local API on a unix socket (default DATA/p2pimg.sock, only for this user).
-It stops cleanly on SIGINT or SIGTERM.`,
+It stops cleanly on SIGINT or SIGTERM. A cluster without a members list
+(any host that reaches this one may join) is refused unless --open. With
+--http it serves a read-only web view of the fleet. Run by systemd as a
+Type=notify service, it reports readiness and answers the watchdog.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if configFile != "" {
@@ -128,6 +135,9 @@ It stops cleanly on SIGINT or SIGTERM.`,
 			if importRatio < 0 {
 				return usageError{fmt.Errorf("--import-max-ratio %d: want a positive number", importRatio)}
 			}
+			if cc.Open() && !open {
+				return usageError{errors.New("refusing to run an open cluster (no members list: any host that reaches this one may join and is trusted with the catalogue): give --cluster FILE with members (see 'p2pimg cluster init --help') or --members FILE, or --open to run one anyway (a lab, a trusted LAN)")}
+			}
 			if mirrorAddr != "" {
 				if _, _, err := net.SplitHostPort(mirrorAddr); err != nil {
 					return usageError{fmt.Errorf("--registry %q: want HOST:PORT, e.g. 127.0.0.1:5000 (%v)", mirrorAddr, err)}
@@ -143,11 +153,12 @@ It stops cleanly on SIGINT or SIGTERM.`,
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cc, Listen: listen, Peers: peers,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, GoneAfter: goneAfter,
-					MaxUpload: up, MaxDownload: down, Root: root, AllowedPaths: allowedPaths, ImportMaxBytes: int64(importBytes), ImportMaxRatio: importRatio, Labels: lbl, Expose: api.Mode(expose), Lazy: lazy, TraceWindow: traceWindow, HostPolicy: hostPolicyText,
+					MaxUpload: up, MaxDownload: down, Root: root, AllowedPaths: allowedPaths, ImportMaxBytes: int64(importBytes), ImportMaxRatio: importRatio, Labels: lbl, Name: name, Expose: api.Mode(expose), Lazy: lazy, TraceWindow: traceWindow, HostPolicy: hostPolicyText,
 					Registry: mirrorAddr, Upstreams: ups,
 					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset, garbageServe, missingServe),
 				},
-				Socket: a.socket, SocketGroup: socketGroup, Metrics: metrics, Version: version,
+				Socket: a.socket, SocketGroup: socketGroup, Metrics: metrics, HTTP: httpAddr, Pprof: pprof, Version: version,
+				Notify: os.Getenv("NOTIFY_SOCKET"), Watchdog: watchdogInterval(),
 			})
 			if err != nil {
 				return err
@@ -165,10 +176,14 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().StringSliceVar(&listen, "listen", nil, "libp2p listen multiaddrs (default /ip4/0.0.0.0/tcp/4001 and /ip4/0.0.0.0/udp/4001/quic-v1)")
 	c.Flags().StringArrayVar(&peers, "peer", nil, "peer to keep connected, a multiaddr ending in /p2p/PEERID (repeatable)")
 	c.Flags().BoolVar(&noMDNS, "no-mdns", false, "do not discover peers on the LAN with mDNS")
-	c.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this host:port")
+	c.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics (/metrics) on `HOST:PORT`")
+	c.Flags().StringVar(&httpAddr, "http", "", "serve the web view of the fleet (read-only) and /metrics on `HOST:PORT`; port 0 picks a free one ('p2pimg web' prints the URL)")
+	c.Flags().BoolVar(&pprof, "pprof", false, "also serve Go's profiles under /debug/pprof/ on the --http and --metrics addresses")
+	c.Flags().BoolVar(&open, "open", false, "run even though the cluster has no members list (any host that reaches this one may join); without it such a daemon refuses to start")
+	c.Flags().StringVar(&name, "name", "", "this host's name in status and the web view (default: the hostname)")
 	c.Flags().DurationVar(&announce, "announce-interval", 10*time.Second, "how often to gossip this host's catalogue")
 	c.Flags().DurationVar(&stall, "stall-timeout", 60*time.Second, "fail a fetch after this long without progress")
-	c.Flags().DurationVar(&goneAfter, "gone-after", time.Hour, "show a host unheard for this long as gone (it shows as unreachable after 12 announce intervals); `cluster forget` drops it")
+	c.Flags().DurationVar(&goneAfter, "gone-after", time.Hour, "show a host unheard for this long as gone (it shows as unreachable after 12 announce intervals); 'p2pimg cluster forget' drops it")
 	c.Flags().StringVar(&maxUp, "max-upload", "", "cap on chunk bytes served per second, e.g. 50MB (default: none)")
 	c.Flags().StringVar(&maxDown, "max-download", "", "cap on chunk bytes fetched per second, e.g. 100MB (default: none)")
 	c.Flags().StringVar(&root, "root", "/", "directory that activation paths are relative to (a testnet gives each node its own)")
@@ -192,12 +207,26 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	c.Flags().BoolVar(&flood, "test-gossip-flood", false, "TESTING ONLY: gossip as fast as possible")
 	c.Flags().MarkHidden("test-gossip-flood")
 	c.Flags().StringVar(&socketGroup, "socket-group", "", "a group whose members may use the API socket too (mode 0660); default: only this user")
-	c.Flags().StringVar(&hostPolicy, "host-policy", "", "this host's policy file (TOML; replaces the one set with `p2pimg policy set-host`)")
+	c.Flags().StringVar(&hostPolicy, "host-policy", "", "this host's policy `FILE` (TOML; replaces the one set with 'p2pimg policy set-host')")
 	c.Flags().DurationVar(&clockOffset, "test-clock-offset", 0, "TESTING ONLY: shift this host's keeper clock")
 	c.Flags().MarkHidden("test-clock-offset")
 	c.Flags().StringVar(&seatJournal, "test-seat-journal", "", "TESTING ONLY: append every interval a seat grant was valid here to FILE")
 	c.Flags().MarkHidden("test-seat-journal")
 	return c
+}
+
+// watchdogInterval is how often to tell systemd the daemon is alive: half
+// its WatchdogSec ($WATCHDOG_USEC, meant for this process when
+// $WATCHDOG_PID is unset or ours); 0 without a watchdog.
+func watchdogInterval() time.Duration {
+	if pid := os.Getenv("WATCHDOG_PID"); pid != "" && pid != strconv.Itoa(os.Getpid()) {
+		return 0
+	}
+	us, err := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
+	if err != nil || us <= 0 {
+		return 0
+	}
+	return time.Duration(us) * time.Microsecond / 2
 }
 
 // parseRate reads a bytes-per-second figure such as 50MB, 1GiB or 1000000.

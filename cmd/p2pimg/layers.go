@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"text/tabwriter"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
@@ -35,6 +36,9 @@ min/avg/max 16K/64K/256K), where insertions move at most two boundaries.`,
 			}
 			if req.Chunking != "" && req.Chunking != string(chunk.CDC) && req.Chunking != string(chunk.Fixed) {
 				return usageError{fmt.Errorf("--chunking %q: want cdc or fixed", req.Chunking)}
+			}
+			if err := checkChunking(req); err != nil {
+				return usageError{err}
 			}
 			path, err := filepath.Abs(args[1])
 			if err != nil {
@@ -69,7 +73,7 @@ min/avg/max 16K/64K/256K), where insertions move at most two boundaries.`,
 	}
 	c.Flags().StringVar(&req.Chunking, "chunking", "", "cdc or fixed (default: fixed for .img/.raw files, cdc otherwise)")
 	c.Flags().StringVar(&req.ChunkSize, "chunk-size", "", "average chunk size (cdc) or block size (fixed), a power of two: 4K to 8M")
-	c.Flags().StringVar(&policyFile, "policy", "", "layer policy file (TOML; see `p2pimg policy --help`)")
+	c.Flags().StringVar(&policyFile, "policy", "", "layer policy `FILE` (TOML; see 'p2pimg policy --help')")
 	c.Flags().StringVar(&req.Product, "product", "", "licensed product the layer needs: activating it claims a seat of it on each host first")
 	c.Flags().StringVar(&req.Hash, "hash", "", "content hash: sha2-256 (default) or blake3")
 	return c
@@ -90,7 +94,7 @@ func (a *app) layersCmd() *cobra.Command {
 				return err
 			}
 			if a.json {
-				return a.printJSON(ls)
+				return a.printJSON(layersJSON(ls))
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSTATE\tSIZE\tCHUNKS\tCHUNKING\tCID")
@@ -411,4 +415,53 @@ func (a *app) commonCmd() *cobra.Command {
 			return tw.Flush()
 		},
 	}
+}
+
+// checkChunking reads --chunking, --chunk-size and --hash as the daemon
+// will, so a bad value is a usage error before anything is sent.
+func checkChunking(req api.AddRequest) error {
+	hash, err := chunk.ParseHash(req.Hash)
+	if err != nil {
+		return fmt.Errorf("--hash: %w", err)
+	}
+	if req.ChunkSize == "" {
+		return nil
+	}
+	size, err := chunk.ParseSize(req.ChunkSize)
+	if err != nil {
+		return fmt.Errorf("--chunk-size: %w", err)
+	}
+	modes := []chunk.Mode{chunk.Mode(req.Chunking)}
+	if req.Chunking == "" { // the daemon picks one by the input: either may do
+		modes = []chunk.Mode{chunk.Fixed, chunk.CDC}
+	}
+	var errs []error
+	for _, mode := range modes {
+		if _, err := chunk.NewParams(mode, size, hash); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == len(modes) {
+		return fmt.Errorf("--chunk-size %s: %w", req.ChunkSize, errs[0])
+	}
+	return nil
+}
+
+// layerJSON is a layer as `layers --json` prints it: its publication time
+// as RFC 3339, as everywhere else (the store keeps unix nanoseconds).
+type layerJSON struct {
+	chunk.Layer
+	Published time.Time `json:"published,omitzero"`
+}
+
+func layersJSON(ls []chunk.Layer) []layerJSON {
+	out := []layerJSON{}
+	for _, l := range ls {
+		lj := layerJSON{Layer: l}
+		if l.Published != 0 {
+			lj.Published = time.Unix(0, l.Published).UTC()
+		}
+		out = append(out, lj)
+	}
+	return out
 }

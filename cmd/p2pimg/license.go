@@ -36,11 +36,17 @@ lease and a margin.`,
 }
 
 func (a *app) issuerKeyCmd() *cobra.Command {
-	var pubOf string
+	var pubOf, out string
 	c := &cobra.Command{
-		Use:   "issuer-key > issuer.key",
-		Short: "Make an Ed25519 licence issuer key (printed); its public key goes to the cluster file's issuers",
-		Args:  exactArgs(0, "no arguments"),
+		Use:   "issuer-key [-o FILE]",
+		Short: "Make an Ed25519 licence issuer key in a new 0600 file; its public key goes to the cluster file's issuers",
+		Long: `Make an Ed25519 licence issuer key. It is written to a new file that only
+its owner may read (-o FILE, default issuer.key; an existing file is never
+overwritten); -o - prints it instead. The public key, printed on stderr, goes
+to issuers = [...] in the cluster file. Keep the key itself off the hosts.`,
+		Example: `  p2pimg license issuer-key -o /secure/issuer.key
+  p2pimg license issuer-key --public /secure/issuer.key   # its public key again`,
+		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if pubOf != "" {
 				k, err := readIssuerKey(pubOf)
@@ -54,13 +60,22 @@ func (a *app) issuerKeyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			a.stdout.Write(pemBytes)
-			fmt.Fprintf(a.stderr, "issuer public key: %s\nadd it to issuers = [...] in the cluster file; keep the key itself off the hosts\n",
-				license.PublicText(k.Public().(ed25519.PublicKey)))
+			if out == "-" {
+				a.stdout.Write(pemBytes)
+			} else if err := writeSecret(out, pemBytes); err != nil {
+				return err
+			}
+			where := "wrote " + out + "; "
+			if out == "-" {
+				where = ""
+			}
+			fmt.Fprintf(a.stderr, "%sissuer public key: %s\nadd it to issuers = [...] in the cluster file; keep the key itself off the hosts\n",
+				where, license.PublicText(k.Public().(ed25519.PublicKey)))
 			return nil
 		},
 	}
-	c.Flags().StringVar(&pubOf, "public", "", "print the public key of this issuer key file instead")
+	c.Flags().StringVar(&pubOf, "public", "", "print the public key of this issuer key `FILE` instead")
+	c.Flags().StringVarP(&out, "out", "o", "issuer.key", "new `FILE` for the key (mode 0600, never overwritten); - prints it to stdout")
 	return c
 }
 
@@ -178,6 +193,9 @@ Before starting the consumer, check the token: ` + "`p2pimg license check TOKEN`
 			ctx, cancel := context.WithTimeout(c.Context(), timeout)
 			defer cancel()
 			g, err := a.client().Claim(ctx, api.ClaimRequest{Product: args[0], Consumer: consumer, Wait: wait})
+			if errors.Is(err, context.DeadlineExceeded) && c.Context().Err() == nil {
+				return fmt.Errorf("claim %s for %s: no seat within --timeout %s (the keepers may be unreachable, or every seat held with --wait): %w", args[0], consumer, timeout, err)
+			}
 			if err != nil {
 				return err
 			}
@@ -291,4 +309,26 @@ func (a *app) lsLicenseCmd() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// writeSecret writes a private key to a new file only its owner can read;
+// it never replaces an existing file.
+func writeSecret(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return usageError{fmt.Errorf("-o %s: the file exists; a key is never written over another (remove it or pick a new name)", path)}
+		}
+		return fmt.Errorf("-o %s: %w", path, err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("-o %s: %w", path, err)
+	}
+	if err := errors.Join(f.Sync(), f.Close()); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("-o %s: %w", path, err)
+	}
+	return nil
 }

@@ -49,7 +49,7 @@ other command talks to the local daemon over its socket.`,
 	})
 	root.PersistentFlags().StringVar(&a.socket, "socket", "", "daemon API socket (default $P2PIMG_SOCKET or "+filepath.Join(DefaultDataDir, "p2pimg.sock")+")")
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print machine-readable JSON")
-	root.PersistentFlags().IntVar(&a.node, "node", 0, "talk to node K of the local testnet (see `p2pimg testnet`)")
+	root.PersistentFlags().IntVar(&a.node, "node", 0, "talk to node `K` of the local testnet (see 'p2pimg testnet --help')")
 	root.PersistentFlags().StringVar(&a.testnetDir, "testnet-dir", testnet.DefaultDir(), "the local testnet's directory")
 	root.AddCommand(
 		a.daemonCmd(),
@@ -57,8 +57,9 @@ other command talks to the local daemon over its socket.`,
 		a.gcCmd(), a.verifyCmd(), a.statsCmd(), a.commonCmd(),
 		a.fetchCmd(), a.idCmd(), a.peersCmd(), a.clusterCmd(), a.identityCmd(), a.testnetCmd(),
 		a.activationCmd(api.OpActivate), a.activationCmd(api.OpDeactivate), a.statusCmd(),
-		a.licenseCmd(), a.policyCmd(), a.diffCmd(), a.splitCmd(), a.commitCmd(), a.rebaseCmd(), a.importCmd(), a.registryCmd(),
+		a.licenseCmd(), a.policyCmd(), a.diffCmd(), a.splitCmd(), a.commitCmd(), a.rebaseCmd(), a.importCmd(), a.registryCmd(), a.webCmd(), a.versionCmd(), a.doctorCmd(),
 	)
+	addExamples(root)
 	return root
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"strconv"
@@ -80,13 +81,13 @@ list). Talk to node K with 'p2pimg --node K ...' or 'eval $(p2pimg testnet env K
 				return a.printJSON(st)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NODE\tSTATE\tPEERS\tLAYERS\tPEER ID")
+			fmt.Fprintln(tw, "NODE\tSTATE\tPEERS\tLAYERS\tWEB\tPEER ID")
 			for _, s := range st {
 				state := "down"
 				if s.Up {
 					state = "up"
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\n", s.Index, state, s.Peers, s.Layers, s.PeerID)
+				fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\t%s\n", s.Index, state, s.Peers, s.Layers, cmp.Or(s.Web, "-"), s.PeerID)
 			}
 			return tw.Flush()
 		},

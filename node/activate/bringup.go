@@ -46,6 +46,7 @@ func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation
 		if p := ev.Progress; p != nil {
 			st := e.hostState()
 			st.State, st.Detail = api.StateFetching, fmt.Sprintf("%d of %d bytes from %d peer(s)", p.Done, p.Total, p.Peers)
+			st.Done, st.Total, st.Peers = p.Done, p.Total, p.Peers
 			r.setState(st)
 			r.cfg.Announce.Notify()
 		}

@@ -43,6 +43,10 @@ func (r *Reconciler) Activate(ctx context.Context, req api.ActivateRequest) (*ap
 	if err := gossip.CheckActivation(&a, r.cfg.Cluster); err != nil {
 		return nil, api.BadRequest(err)
 	}
+	targets := r.targets(a)
+	if len(targets) == 0 {
+		return nil, api.BadRequestf("--hosts %q selects no known host (%d known); nothing was published: check the peer ids or labels with `p2pimg status` or `p2pimg peers`", a.Hosts, r.knownHosts())
+	}
 	if a.Selects(r.cfg.Host.ID(), r.cfg.Labels) {
 		if err := r.pathsAllowed(a); err != nil { // said now, not only in this host's state
 			return nil, api.Forbidden(fmt.Errorf("activation of %s: %w", a.Layer, err))
@@ -53,26 +57,40 @@ func (r *Reconciler) Activate(ctx context.Context, req api.ActivateRequest) (*ap
 	}
 	r.cfg.Announce.Notify()
 	r.cfg.Reconcile.Notify()
-	res := &api.ActivateResult{Time: a.Time, Targets: []string{}}
+	res := &api.ActivateResult{Time: a.Time, Targets: targets}
 	res.Activation, _ = json.Marshal(a)
-	if a.Selects(r.cfg.Host.ID(), r.cfg.Labels) {
-		res.Targets = append(res.Targets, r.cfg.Host.ID().String())
-	}
-	// Known hosts: those heard over gossip (with their labels) and those
-	// connected whose first snapshot has not arrived yet.
+	r.cfg.Log.Info("activation published", "layer", a.Layer, "op", a.Op, "hosts", a.Hosts, "targets", len(res.Targets))
+	return res, nil
+}
+
+// known are the hosts this one knows of: those heard over gossip (with
+// their labels) and those connected whose first snapshot has not arrived
+// yet.
+func (r *Reconciler) known() map[peer.ID]gossip.HostView {
 	known := r.cfg.Catalog.Hosts()
 	for _, p := range r.cfg.Host.Network().Peers() {
 		if _, ok := known[p]; !ok {
 			known[p] = gossip.HostView{}
 		}
 	}
-	for p, h := range known {
+	return known
+}
+
+// knownHosts counts the hosts known, this one included.
+func (r *Reconciler) knownHosts() int { return len(r.known()) + 1 }
+
+// targets are the known hosts an activation selects (this one included).
+func (r *Reconciler) targets(a gossip.Activation) []string {
+	out := []string{}
+	if a.Selects(r.cfg.Host.ID(), r.cfg.Labels) {
+		out = append(out, r.cfg.Host.ID().String())
+	}
+	for p, h := range r.known() {
 		if a.Selects(p, h.Labels) {
-			res.Targets = append(res.Targets, p.String())
+			out = append(out, p.String())
 		}
 	}
-	r.cfg.Log.Info("activation published", "layer", a.Layer, "op", a.Op, "hosts", a.Hosts, "targets", len(res.Targets))
-	return res, nil
+	return out
 }
 
 // ResolveLayer is the manifest CID a layer name stands for: the cluster
@@ -99,6 +117,7 @@ func (r *Reconciler) Activations() []api.HostActivation {
 	now := time.Now()
 	add := func(p peer.ID, st gossip.HostState) {
 		ha := api.HostActivation{Host: p.String(), Layer: st.Layer, CID: st.CID, At: st.At, State: st.State, Detail: st.Detail, Time: st.Time, Mode: st.Mode, Trace: st.Trace,
+			Done: st.Done, Total: st.Total, Peers: st.Peers,
 			Reach: api.ReachSelf, LastSeen: now}
 		if r.cfg.Reach != nil {
 			ha.Reach, ha.LastSeen = r.cfg.Reach(p, now)

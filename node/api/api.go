@@ -72,6 +72,8 @@ type Identity struct {
 	Addrs   []string `json:"addrs"`
 	Cluster string   `json:"cluster"`
 	Open    bool     `json:"open_cluster"`
+	// Protocols are the p2pimg libp2p protocols this host speaks.
+	Protocols []string `json:"protocols"`
 }
 
 // Peer is one entry of GET /v1/peers.
@@ -103,6 +105,8 @@ type Status struct {
 	DataDir string      `json:"data_dir"`
 	Started time.Time   `json:"started"`
 	Version string      `json:"version"`
+	// Web is the URL of the daemon's web view (empty: not served).
+	Web string `json:"web,omitempty"`
 	// Goroutines and HeapBytes show whether a long-running daemon grows.
 	Goroutines int    `json:"goroutines"`
 	HeapBytes  uint64 `json:"heap_bytes"`
@@ -220,6 +224,13 @@ type HostActivation struct {
 	// last was (as this host learned it).
 	Reach    Reach     `json:"reach"`
 	LastSeen time.Time `json:"last_seen,omitzero"`
+	// HostName and Labels are what the host says of itself.
+	HostName string            `json:"host_name,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	// Done, Total and Peers are a fetch's bytes and sources (fetching only).
+	Done  int64 `json:"done,omitempty"`
+	Total int64 `json:"total,omitempty"`
+	Peers int   `json:"peers,omitempty"`
 }
 
 // CommonResult is GET /v1/common?layer=A&layer=B...

@@ -85,9 +85,21 @@ func (c *Client) do(ctx context.Context, method, path string, body any) (*http.R
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, fmt.Errorf("%w at %s: start it with `p2pimg daemon --data DIR`, or point --socket or P2PIMG_SOCKET at a running one", ErrDaemonDown, c.socket)
 		}
-		return nil, fmt.Errorf("talk to the daemon at %s: %w", c.socket, err)
+		return nil, c.failed(ctx, method, path, err)
 	}
 	return resp, nil
+}
+
+// failed says why a request got no answer: the caller's time-out or
+// interrupt, else the connection's error.
+func (c *Client) failed(ctx context.Context, method, path string, err error) error {
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return fmt.Errorf("%s %s: no answer from the daemon at %s before the time-out: %w", method, path, c.socket, context.DeadlineExceeded)
+	case ctx.Err() != nil:
+		return fmt.Errorf("%s %s: %w", method, path, ctx.Err())
+	}
+	return fmt.Errorf("talk to the daemon at %s: %w", c.socket, err)
 }
 
 // call makes a plain JSON request and decodes the answer into out.
@@ -144,9 +156,12 @@ func (c *Client) stream(ctx context.Context, path string, body, out any, on Even
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("daemon stream: %w", err)
+		if ctx.Err() != nil {
+			return c.failed(ctx, http.MethodPost, path, err)
+		}
+		return fmt.Errorf("the daemon at %s broke off its answer to %s (did it stop or crash? see its log): %w", c.socket, path, err)
 	}
-	return errors.New("the daemon closed the answer without a result (did it stop?)")
+	return fmt.Errorf("the daemon at %s closed its answer to %s without a result (did it stop? see its log)", c.socket, path)
 }
 
 // Status reports whether the daemon is starting or ready.

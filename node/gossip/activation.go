@@ -68,6 +68,10 @@ func (a *Activation) Newer(b Activation) bool {
 func (a *Activation) Key() string { return a.Layer + "|" + a.Hosts }
 
 // checkSelector validates a --hosts selector.
+// CheckSelector checks a hosts selector's syntax (all, ID,ID,... or
+// key=value), as clients do before they sign.
+func CheckSelector(s string) error { return checkSelector(s) }
+
 func checkSelector(s string) error {
 	switch {
 	case s == "all":
@@ -162,4 +166,9 @@ type HostState struct {
 	// exposing CID lazily (the chunks read first): hosts activating the
 	// same version fetch those chunks first.
 	Trace string `json:"trace,omitempty"`
+	// Done and Total are the bytes of a fetch in progress, Peers the
+	// hosts it draws from (state fetching only).
+	Done  int64 `json:"done,omitempty"`
+	Total int64 `json:"total,omitempty"`
+	Peers int   `json:"peers,omitempty"`
 }

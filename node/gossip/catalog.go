@@ -34,6 +34,7 @@ type Catalog struct {
 	acts     map[string]Activation       // newest per layer and selector
 	states   map[peer.ID]map[string]HostState
 	labels   map[peer.ID]map[string]string
+	names    map[peer.ID]string
 	policies map[peer.ID]policy.Host
 	seen     map[peer.ID]time.Time // last sign of life, as this host learned it
 	forgot   map[peer.ID]time.Time // hosts forgotten by the operator: records up to then stay out
@@ -97,7 +98,7 @@ func NewCatalog() *Catalog {
 	return &Catalog{
 		origins: map[peer.ID]*originSet{}, limit: DefaultLimit,
 		mappings: map[string]Mapping{}, holders: map[string]map[peer.ID]bool{},
-		acts: map[string]Activation{}, states: map[peer.ID]map[string]HostState{}, labels: map[peer.ID]map[string]string{},
+		acts: map[string]Activation{}, states: map[peer.ID]map[string]HostState{}, labels: map[peer.ID]map[string]string{}, names: map[peer.ID]string{},
 		policies: map[peer.ID]policy.Host{}, seen: map[peer.ID]time.Time{}, forgot: map[peer.ID]time.Time{},
 		floods: map[peer.ID]*tokens{}, refused: map[string]int64{},
 	}
@@ -175,6 +176,7 @@ func (c *Catalog) view(r *checked) {
 		c.states[r.origin][r.Key] = *r.state
 	case KindHost:
 		c.labels[r.origin] = r.host.Labels
+		c.names[r.origin] = r.host.Name
 		c.policies[r.origin] = r.policy
 	}
 }
@@ -301,6 +303,7 @@ func (c *Catalog) Activations() []Activation {
 // HostView is what a host last told about itself, and when this host
 // last had a sign of it.
 type HostView struct {
+	Name   string
 	Labels map[string]string
 	States []HostState
 	Policy policy.Host
@@ -317,7 +320,7 @@ func (c *Catalog) Hosts() map[peer.ID]HostView {
 		if p == c.self {
 			continue
 		}
-		v := HostView{Labels: c.labels[p], Policy: c.policies[p], Seen: at}
+		v := HostView{Name: c.names[p], Labels: c.labels[p], Policy: c.policies[p], Seen: at}
 		for _, st := range c.states[p] {
 			v.States = append(v.States, st)
 		}
@@ -385,6 +388,7 @@ func (c *Catalog) Drop(p peer.ID, now time.Time) {
 	}
 	delete(c.states, p)
 	delete(c.labels, p)
+	delete(c.names, p)
 	delete(c.policies, p)
 	delete(c.seen, p)
 }

@@ -51,7 +51,7 @@ func (s *Service) state(ctx context.Context) error {
 	if err := s.stateKind(KindState, states); err != nil {
 		return err
 	}
-	info, _ := json.Marshal(hostInfo{Labels: s.cfg.Labels, Policy: s.cfg.HostPolicy()})
+	info, _ := json.Marshal(hostInfo{Name: s.cfg.Name, Labels: s.cfg.Labels, Policy: s.cfg.HostPolicy()})
 	return s.stateKind(KindHost, map[string][]byte{"": info})
 }
 

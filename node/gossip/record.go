@@ -69,6 +69,7 @@ type holding struct {
 
 // hostInfo is the data of a KindHost record.
 type hostInfo struct {
+	Name   string            `json:"name,omitempty"` // the host's name for people (its hostname by default)
 	Labels map[string]string `json:"labels,omitempty"`
 	Policy json.RawMessage   `json:"policy,omitempty"` // policy.Host, canonical JSON
 }
@@ -77,6 +78,7 @@ type hostInfo struct {
 const (
 	maxRecordData = 16 << 10
 	maxKey        = 1024
+	maxHostName   = 253
 	maxFutureSkew = 5 * time.Minute
 )
 
@@ -265,6 +267,9 @@ func (out *checked) checkStated(c *cluster.Config) error {
 		out.host = &hostInfo{}
 		if err := decodeStrict(r.Data, out.host); err != nil {
 			return fmt.Errorf("host record of %s: %v", out.origin, err)
+		}
+		if len(out.host.Name) > maxHostName {
+			return fmt.Errorf("host record of %s: name of %d bytes, at most %d", out.origin, len(out.host.Name), maxHostName)
 		}
 		if len(out.host.Labels) > 64 {
 			return fmt.Errorf("host record of %s: %d labels, at most 64", out.origin, len(out.host.Labels))

@@ -39,6 +39,7 @@ type Config struct {
 	Store   Layers
 	Log     *slog.Logger
 	Labels  map[string]string
+	Name    string // this host's name for people
 	// Interval is how often this host compares its catalogue with one
 	// peer's (anti-entropy) and looks at its own records again.
 	Interval time.Duration

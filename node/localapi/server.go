@@ -34,6 +34,7 @@ type Node interface {
 	activateAPI
 	seatAPI
 	policyAPI
+	fleetAPI
 }
 
 // Config configures the API server.
@@ -45,6 +46,8 @@ type Config struct {
 	// Cluster lists the operator keys and grants that give rights to
 	// callers other than root and the daemon's user (nil: none).
 	Cluster *cluster.Config
+	// Web is the URL of the daemon's web view (empty: off).
+	Web string
 }
 
 // Server serves the local API for the node that node returns (nil while
@@ -66,7 +69,7 @@ type route struct {
 // Handler is the API's HTTP handler.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	for _, r := range slices.Concat(s.statusRoutes(), s.layerRoutes(), s.clusterRoutes(), s.activateRoutes(), s.seatRoutes(), s.policyRoutes()) {
+	for _, r := range slices.Concat(s.statusRoutes(), s.layerRoutes(), s.clusterRoutes(), s.activateRoutes(), s.seatRoutes(), s.policyRoutes(), s.fleetRoutes()) {
 		mux.HandleFunc(r.pattern, r.handler)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -80,7 +83,7 @@ func (s *Server) statusRoutes() []route {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		st := api.Status{State: api.DaemonStarting, PID: os.Getpid(), DataDir: s.cfg.DataDir, Started: s.cfg.Started, Version: s.cfg.Version,
-			Goroutines: runtime.NumGoroutine(), HeapBytes: ms.HeapAlloc}
+			Goroutines: runtime.NumGoroutine(), HeapBytes: ms.HeapAlloc, Web: s.cfg.Web}
 		if s.node() != nil {
 			st.State = api.DaemonReady
 		}
@@ -170,7 +173,7 @@ func (s *Server) plain(fn func(context.Context, Node, *http.Request) (any, error
 		v, err := fn(r.Context(), n, r)
 		if err != nil {
 			e := ErrorOf(err)
-			s.cfg.Log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			s.logFailed(r, e, err)
 			writeJSON(w, status(e), e)
 			return
 		}
@@ -201,12 +204,24 @@ func (s *Server) stream(fn func(context.Context, Node, *http.Request, api.Emit) 
 		}
 		v, err := fn(r.Context(), n, r, emit)
 		if err != nil {
-			s.cfg.Log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-			emit(api.Event{Error: ErrorOf(err)})
+			e := ErrorOf(err)
+			s.logFailed(r, e, err)
+			emit(api.Event{Error: e})
 			return
 		}
 		emit(api.Event{Result: v})
 	}
+}
+
+// logFailed logs a failed request: a warning when the daemon failed
+// (internal, no space), at debug level when the caller asked for
+// something wrong or absent (a typo is the client's, not the daemon's).
+func (s *Server) logFailed(r *http.Request, e *api.Error, err error) {
+	lv := slog.LevelDebug
+	if e.Code == api.CodeInternal || e.Code == api.CodeNoSpace {
+		lv = slog.LevelWarn
+	}
+	s.cfg.Log.Log(r.Context(), lv, "request failed", "method", r.Method, "path", r.URL.Path, "code", e.Code, "err", err)
 }
 
 // body decodes the request into a new T and calls fn with it.

@@ -51,6 +51,19 @@ func (g *Gater) Block(p peer.ID, d time.Duration) {
 	g.mu.Unlock()
 }
 
+// Blocked counts the peers kept out now for sending bad data.
+func (g *Gater) Blocked() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := 0
+	for _, until := range g.blocked {
+		if g.now().Before(until) {
+			n++
+		}
+	}
+	return n
+}
+
 // Partition replaces the set of peers cut off from this host.
 func (g *Gater) Partition(ps []peer.ID) {
 	g.mu.Lock()

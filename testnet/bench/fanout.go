@@ -28,7 +28,7 @@ type nsDaemon struct {
 func startNSDaemon(ctx context.Context, nn testnet.NetNS, bin, data string, i int, peers []string) (*nsDaemon, error) {
 	os.MkdirAll(data, 0o700)
 	sock := filepath.Join(data, "p2pimg.sock")
-	args := []string{"netns", "exec", nn.NS(i), bin, "daemon", "--data", data, "--socket", sock, "--no-mdns",
+	args := []string{"netns", "exec", nn.NS(i), bin, "daemon", "--data", data, "--socket", sock, "--no-mdns", "--open",
 		"--listen", "/ip4/" + nn.Addr(i) + "/tcp/4001", "--announce-interval", "200ms",
 		"--metrics", nn.Addr(i) + ":9100"} // pprof for -fanout-profile
 	for _, p := range peers {

@@ -1,0 +1,224 @@
+package node
+
+import (
+	"cmp"
+	"context"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/p2pimg/p2pimg/node/api"
+)
+
+// seatsTimeout bounds asking a keeper for the seat table while building
+// the fleet view: a partitioned host still shows the rest at once.
+const seatsTimeout = 2 * time.Second
+
+// Activations is every host's state for every layer, with the host's name
+// and labels.
+func (n *Node) Activations() []api.HostActivation {
+	out := n.act.Activations()
+	hosts := n.hostInfo()
+	for i := range out {
+		if h, ok := hosts[out[i].Host]; ok {
+			out[i].HostName, out[i].Labels = h.Name, h.Labels
+		}
+	}
+	return out
+}
+
+// hostInfo is every known host (this one too) by peer id, with its
+// liveness as this host knows it.
+func (n *Node) hostInfo() map[string]api.FleetHost {
+	now := time.Now()
+	out := map[string]api.FleetHost{n.ID().String(): {ID: n.ID().String(), Name: n.cfg.Name,
+		Labels: orEmpty(n.cfg.Labels), Reach: api.ReachSelf, LastSeen: now.UTC()}}
+	for p, v := range n.catalog.Hosts() {
+		h := api.FleetHost{ID: p.String(), Name: v.Name, Labels: orEmpty(v.Labels)}
+		h.Reach, h.LastSeen = n.gossip.Reach(p, now)
+		h.LastSeen = h.LastSeen.UTC()
+		out[h.ID] = h
+	}
+	return out
+}
+
+// Fleet is the cluster as this host sees it: hosts, the layers x hosts
+// matrix, fetches under way, this host's peers and store, and seats.
+func (n *Node) Fleet(ctx context.Context) (*api.Fleet, error) {
+	now := time.Now()
+	f := &api.Fleet{Schema: api.FleetSchema, Time: now.UTC(), Cluster: n.cfg.Cluster.Name, Self: n.ID().String(),
+		Layers: []api.FleetLayer{}, Transfers: []api.Transfer{}}
+	hosts := n.hostInfo()
+	cat := n.Catalog(ctx) // read once: the store's layers and every holding
+	f.Layers, f.Transfers = n.fleetLayers(ctx, cat, hosts, now)
+	for _, l := range cat {
+		for p, st := range l.Holders {
+			if h, ok := hosts[p]; ok && st == "complete" {
+				h.HeldLayers++
+				h.HeldBytes += l.Size
+				hosts[p] = h
+			}
+		}
+	}
+	self := hosts[f.Self]
+	self.Store = n.storeUse(ctx)
+	hosts[f.Self] = self
+	f.Hosts = slices.SortedFunc(maps.Values(hosts), func(a, b api.FleetHost) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), strings.Compare(a.ID, b.ID))
+	})
+	f.Peers = n.fleetPeers(hosts, now)
+	sctx, cancel := context.WithTimeout(ctx, seatsTimeout)
+	defer cancel()
+	if ls, err := n.seats.Licenses(sctx); err != nil {
+		f.SeatsError = err.Error()
+	} else {
+		f.Seats = *ls
+	}
+	f.Seats.Licenses = nonNil(f.Seats.Licenses)
+	f.Seats.Holders = nonNil(f.Seats.Holders)
+	f.Seats.Held = nonNil(f.Seats.Held)
+	return f, nil
+}
+
+// fleetLayers is the matrix: one row per layer name (the newest version
+// the catalogue knows, or only a host's state for it), one cell per host
+// that holds it or reports a state for it; and the fetches under way.
+func (n *Node) fleetLayers(ctx context.Context, cat []api.ClusterLayer, hosts map[string]api.FleetHost, now time.Time) ([]api.FleetLayer, []api.Transfer) {
+	rows := map[string]*api.FleetLayer{}
+	row := func(name string) *api.FleetLayer {
+		if rows[name] == nil {
+			rows[name] = &api.FleetLayer{Name: name, Cells: []api.FleetCell{}, Summary: api.Summary{}}
+		}
+		return rows[name]
+	}
+	for _, cl := range cat {
+		r := row(cl.Name)
+		r.CID, r.Size, r.Product, r.Published = cl.CID, cl.Size, cl.Product, cl.Published
+	}
+	cells := map[string]map[string]*api.FleetCell{} // layer -> host -> cell
+	cell := func(layer, host string) *api.FleetCell {
+		if cells[layer] == nil {
+			cells[layer] = map[string]*api.FleetCell{}
+		}
+		if cells[layer][host] == nil {
+			r := hosts[host].Reach
+			cells[layer][host] = &api.FleetCell{Host: host, Stale: r == api.ReachUnreachable || r == api.ReachGone}
+		}
+		return cells[layer][host]
+	}
+	transfers := []api.Transfer{}
+	live := map[string]bool{}
+	for _, a := range n.Activations() {
+		r := row(a.Layer)
+		if r.CID == "" {
+			r.CID = a.CID
+		}
+		c := cell(a.Layer, a.Host)
+		c.State, c.Detail, c.At, c.Mode = a.State, a.Detail, a.At, a.Mode
+		if a.State == api.StateFetching {
+			key := "fetch|" + a.Host + "|" + a.Layer
+			live[key] = true
+			c.Done, c.Total, c.Peers = a.Done, a.Total, a.Peers
+			c.Rate = n.rates.observe(key, a.Done, now, holdReported)
+			transfers = append(transfers, api.Transfer{Host: a.Host, Layer: a.Layer, Done: a.Done, Total: a.Total, Rate: c.Rate, Peers: a.Peers})
+		}
+	}
+	n.rates.forget("fetch|", live)
+	for _, pc := range n.policy.PolicyCheck(ctx) {
+		if pc.Conflict != nil {
+			row(pc.Layer)
+			cell(pc.Layer, pc.Host).Conflict = pc.Conflict.Error()
+		}
+	}
+	for _, cl := range cat {
+		for p, st := range cl.Holders {
+			cell(cl.Name, p).Holds = st
+		}
+	}
+	out := make([]api.FleetLayer, 0, len(rows))
+	for name, r := range rows {
+		for _, c := range cells[name] {
+			r.Cells = append(r.Cells, *c)
+			if c.State != "" {
+				r.Summary[c.State]++
+				r.Hosts++
+				if c.Stale {
+					r.Unreachable++
+				}
+			}
+		}
+		slices.SortFunc(r.Cells, func(a, b api.FleetCell) int { return strings.Compare(a.Host, b.Host) })
+		out = append(out, *r)
+	}
+	slices.SortFunc(out, func(a, b api.FleetLayer) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(transfers, func(a, b api.Transfer) int {
+		return cmp.Or(strings.Compare(a.Layer, b.Layer), strings.Compare(a.Host, b.Host))
+	})
+	return out, transfers
+}
+
+// fleetPeers is this host's connections with their byte rates.
+func (n *Node) fleetPeers(hosts map[string]api.FleetHost, now time.Time) []api.FleetPeer {
+	out := []api.FleetPeer{}
+	live := map[string]bool{}
+	for _, p := range n.Peers() {
+		in, outKey := "peer|in|"+p.PeerID, "peer|out|"+p.PeerID
+		live[in], live[outKey] = true, true
+		out = append(out, api.FleetPeer{Peer: p, Name: hosts[p.PeerID].Name,
+			RateIn: n.rates.observe(in, p.BytesIn, now, holdLocal), RateOut: n.rates.observe(outKey, p.BytesOut, now, holdLocal)})
+	}
+	n.rates.forget("peer|", live)
+	return out
+}
+
+// storeCache keeps the store's figures for storeFresh: counting them
+// walks the whole chunk index, too much for every update of every open
+// web view.
+type storeCache struct {
+	mu sync.Mutex
+	at time.Time
+	st *api.Stats
+}
+
+// storeFresh is how long the store's figures are reused.
+const storeFresh = 10 * time.Second
+
+// storeUse is this host's store figures (at most storeFresh old) and the
+// disk under its data directory now (nil when the store cannot be read).
+func (n *Node) storeUse(ctx context.Context) *api.StoreUse {
+	c := &n.use
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.st == nil || time.Since(c.at) > storeFresh {
+		st, err := n.layers.Stats(ctx)
+		if err != nil {
+			return nil
+		}
+		c.st, c.at = st, time.Now()
+	}
+	u := &api.StoreUse{Stats: *c.st}
+	var fs syscall.Statfs_t
+	if syscall.Statfs(n.cfg.DataDir, &fs) == nil {
+		u.DiskFree = int64(fs.Bavail) * fs.Bsize
+		u.DiskTotal = int64(fs.Blocks) * fs.Bsize
+	}
+	return u
+}
+
+// nonNil is s, or an empty list for nil: JSON shows [] rather than null.
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+func orEmpty(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
+}
