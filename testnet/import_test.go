@@ -208,6 +208,12 @@ func configFor(t *testing.T, layers ...[]byte) []byte {
 // a config named by its digest, lK/layer.tar), with extra entries last.
 func dockerSave(t *testing.T, extra []tarEntry, layers ...[]byte) []byte {
 	t.Helper()
+	return dockerSaveTagged(t, "web/app:2.1", extra, layers...)
+}
+
+// dockerSaveTagged is dockerSave with the image's reference.
+func dockerSaveTagged(t *testing.T, ref string, extra []tarEntry, layers ...[]byte) []byte {
+	t.Helper()
 	cfg := configFor(t, layers...)
 	s := sha256.Sum256(cfg)
 	cfgName := hex.EncodeToString(s[:]) + ".json"
@@ -218,7 +224,7 @@ func dockerSave(t *testing.T, extra []tarEntry, layers ...[]byte) []byte {
 		paths = append(paths, d+"/layer.tar")
 		es = append(es, tarEntry{name: d + "/", typ: tar.TypeDir}, tarEntry{name: d + "/layer.tar", body: string(l), typ: tar.TypeReg})
 	}
-	man, _ := json.Marshal([]map[string]any{{"Config": cfgName, "RepoTags": []string{"web/app:2.1"}, "Layers": paths}})
+	man, _ := json.Marshal([]map[string]any{{"Config": cfgName, "RepoTags": []string{ref}, "Layers": paths}})
 	es = append(es, tarEntry{name: "manifest.json", body: string(man), typ: tar.TypeReg})
 	return tarOf(t, append(es, extra...), false)
 }

@@ -16,11 +16,7 @@ func TestImportRefWithRegistryPort(t *testing.T) {
 	net := testnet.New(t, 1)
 	n0 := net.Nodes[0]
 	l1 := tarOf(t, []tarEntry{{name: "etc/", typ: tar.TypeDir}, {name: "etc/a", body: "a", typ: tar.TypeReg}}, false)
-	man := `[{"Config":"config.json","RepoTags":["127.0.0.1:5055/demo/app:2"],"Layers":["l1/layer.tar"]}]`
-	archive := tarOf(t, []tarEntry{
-		{name: "manifest.json", body: man, typ: tar.TypeReg}, {name: "config.json", body: "{}", typ: tar.TypeReg},
-		{name: "l1/", typ: tar.TypeDir}, {name: "l1/layer.tar", body: string(l1), typ: tar.TypeReg},
-	}, false)
+	archive := dockerSaveTagged(t, "127.0.0.1:5055/demo/app:2", nil, l1)
 	p := filepath.Join(t.TempDir(), "save.tar")
 	os.WriteFile(p, archive, 0o644)
 	r, err := n0.Client.Import(ctx, api.ImportRequest{Path: p}, nil)
