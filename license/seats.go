@@ -65,6 +65,9 @@ type Table struct {
 	Index    uint64              `cbor:"1,keyasint" json:"index"`
 	Licenses map[string]*License `cbor:"2,keyasint" json:"licenses"`
 	Seats    []Seat              `cbor:"3,keyasint" json:"seats"`
+	// Conf is the log index of the keepers' configuration in force (who
+	// the keepers are): a keeper change names the one it applies to.
+	Conf uint64 `cbor:"4,keyasint,omitempty" json:"conf,omitempty"`
 }
 
 // Op is a seat table command.
@@ -385,7 +388,7 @@ func (t *Table) Current(token uint64, now int64) (Seat, error) {
 
 // Clone is a deep copy.
 func (t *Table) Clone() *Table {
-	c := &Table{Index: t.Index, Licenses: map[string]*License{}}
+	c := &Table{Index: t.Index, Conf: t.Conf, Licenses: map[string]*License{}}
 	for p, l := range t.Licenses {
 		c.Licenses[p] = l
 	}

@@ -177,16 +177,14 @@ func (sv *Service) Release(ctx context.Context, req api.ReleaseRequest) (*api.Re
 		return nil, api.BadRequest(err)
 	}
 	// Order the release with the claims it could race; a whole seat is
-	// locked by product (a token names a seat of this host's product).
+	// locked by product (a token names a seat of this host's product; one
+	// this host does not hold is not its to release, and the keepers
+	// refuse nothing for it).
 	product, consumer := req.Product, req.Consumer
 	if req.Token != 0 {
 		sv.mu.Lock()
 		if g := sv.grants[req.Token]; g != nil {
 			product = g.seat.Product
-		} else if sv.view != nil {
-			if s, ok := sv.view.Lookup(req.Token); ok {
-				product = s.Product
-			}
 		}
 		sv.mu.Unlock()
 		consumer = "*"

@@ -49,29 +49,28 @@ func licenseInfo(l *license.License, seats []license.Seat) api.LicenseInfo {
 	return info
 }
 
-// Licenses is the seat table as this host knows it: a keeper's own, else
-// the last one gossiped (asking a keeper when it has heard none yet).
+// Licenses is the seat table as the keepers hold it: a keeper's own, else
+// the table of the keeper that answers (the table is never gossiped).
 func (sv *Service) Licenses(ctx context.Context) (*api.LicenseList, error) {
-	sv.mu.Lock()
-	t := sv.view
-	sv.mu.Unlock()
+	var t *license.Table
 	if k := sv.keeper.Load(); k != nil {
-		if own := k.fsm.table(); t == nil || own.Index > t.Index {
-			t = own // a keeper's own table, unless gossip brought a newer one
-		}
-	}
-	if t == nil {
-		if len(sv.cfg.Cluster.KeeperIDs()) == 0 {
+		t = k.fsm.table()
+	} else {
+		if len(sv.keeperIDs()) == 0 {
 			return &api.LicenseList{}, nil
 		}
-		resp, err := sv.seatCall(ctx, seatReq{Op: opTable})
+		lctx, cancel := context.WithTimeout(ctx, decideTimeout)
+		defer cancel()
+		resp, err := sv.seatCall(lctx, seatReq{Op: opTable})
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("seat table: %w", err)
+		}
+		if resp.Result.Code != "" {
+			return nil, errors.New(resp.Result.Err)
 		}
 		if t, err = license.UnmarshalTable(resp.Table); err != nil {
 			return nil, err
 		}
-		sv.adoptTable(t)
 	}
 	out := &api.LicenseList{Index: t.Index, Leader: sv.seatLeader()}
 	for _, l := range t.Licenses {
