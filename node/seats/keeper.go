@@ -60,6 +60,13 @@ func (f *seatFSM) StoreConfiguration(index uint64, _ raft.Configuration) {
 	f.mu.Unlock()
 }
 
+// expired reports whether a seat is due to be freed at now.
+func (f *seatFSM) expired(now int64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.tab.Expired(now, f.rules)
+}
+
 // conf is the index of the keepers' configuration in force.
 func (f *seatFSM) conf() uint64 {
 	f.mu.Lock()
@@ -226,7 +233,7 @@ func (k *keeper) run(ctx context.Context) {
 		case <-t.C:
 		}
 		now := k.now()
-		if k.raft.State() == raft.Leader && k.fsm.table().Expired(now, k.fsm.rules) {
+		if k.raft.State() == raft.Leader && k.fsm.expired(now) {
 			k.propose(license.Command{Op: license.OpExpire, Now: now})
 		}
 	}
