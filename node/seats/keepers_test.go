@@ -76,8 +76,14 @@ func TestKeeperChangeChecks(t *testing.T) {
 		{"not an operator", strangers, "only an operator of this cluster"},
 		{"edited after signing", edited, "bad signature"},
 		{"other cluster", resign(func(c *KeeperChange) { c.Cluster = "other" }), "for cluster"},
-		{"not a member", resign(func(c *KeeperChange) { c.Host = outsider; c.Keepers = append(c.Keepers[:3], outsider); slices.Sort(c.Keepers) }), "not a member"},
-		{"set lacks the added host", resign(func(c *KeeperChange) { c.Keepers = slices.DeleteFunc(c.Keepers, func(s string) bool { return s == hosts[3] }) }), "lacks it"},
+		{"not a member", resign(func(c *KeeperChange) {
+			c.Host = outsider
+			c.Keepers = append(c.Keepers[:3], outsider)
+			slices.Sort(c.Keepers)
+		}), "not a member"},
+		{"set lacks the added host", resign(func(c *KeeperChange) {
+			c.Keepers = slices.DeleteFunc(c.Keepers, func(s string) bool { return s == hosts[3] })
+		}), "lacks it"},
 		{"unsorted", resign(func(c *KeeperChange) { c.Keepers[0], c.Keepers[1] = c.Keepers[1], c.Keepers[0] }), "not sorted"},
 		{"unknown op", resign(func(c *KeeperChange) { c.Op = "promote" }), "op"},
 		{"no configuration", resign(func(c *KeeperChange) { c.Prev = 0 }), "configuration index"},
