@@ -60,6 +60,10 @@ func (sv *Service) validateNote(_ context.Context, from peer.ID, msg *pubsub.Mes
 			return pubsub.ValidationReject
 		}
 	}
+	if origin == sv.cfg.Host.ID() {
+		msg.ValidatorData = n // this host's own note (it may have just removed itself)
+		return pubsub.ValidationAccept
+	}
 	if !sv.isKeeper(origin) && !newer {
 		// Not (or no longer) a keeper as this host knows them: its index
 		// means nothing, and it told of no change this host lacks.
@@ -68,7 +72,7 @@ func (sv *Service) validateNote(_ context.Context, from peer.ID, msg *pubsub.Mes
 	sv.mu.Lock()
 	old := n.Index <= sv.noted
 	sv.mu.Unlock()
-	if old && !newer && origin != sv.cfg.Host.ID() {
+	if old && !newer {
 		return pubsub.ValidationIgnore
 	}
 	if !sv.isKeeper(origin) {
@@ -131,14 +135,18 @@ func (sv *Service) announce(ctx context.Context, topic *pubsub.Topic) {
 			sv.wakeWaiters()
 		case <-t.C:
 		}
+		// A keeper change this host's keeper applied is announced even
+		// when the keeper has stopped since (it removed itself).
 		k := sv.keeper.Load()
-		if k == nil {
+		changed := sv.announceChange.Swap(false)
+		if !changed && (k == nil || k.raft.State() != raft.Leader) {
 			continue
 		}
-		if k.raft.State() != raft.Leader && !sv.announceChange.Swap(false) {
-			continue
+		var index uint64
+		if k != nil {
+			index = k.raft.AppliedIndex()
 		}
-		b, _ := strictcbor.Encoder().Marshal(seatNote{Index: k.raft.AppliedIndex(), Change: sv.changeBytes()})
+		b, _ := strictcbor.Encoder().Marshal(seatNote{Index: index, Change: sv.changeBytes()})
 		if err := topic.Publish(ctx, b); err != nil && ctx.Err() == nil {
 			sv.cfg.Log.Warn("seat note", "err", err)
 		}
