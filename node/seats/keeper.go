@@ -188,9 +188,13 @@ func (sv *Service) startKeeper(boot bool) (*keeper, error) {
 	rc.LocalID = raft.ServerID(sv.cfg.Host.ID().String())
 	rc.Logger = logger
 	rc.SnapshotThreshold = 1024
-	// CommitTimeout stays at its default (50 ms): a shorter one made the leader
-	// send an AppendEntries to every follower every few ms while idle, about
-	// 10% of a core; claims are decided by the leader, so it does not slow them.
+	// CommitTimeout is how often an idle leader sends each follower an
+	// AppendEntries (besides the heartbeats) so it learns the commit index:
+	// at the default 50 ms that alone kept idle keepers above 1% of a core.
+	// Claims are decided by the leader once a majority has the entry, so a
+	// longer one does not slow them; followers' own tables (`license ls` on
+	// a keeper) may lag by up to this much.
+	rc.CommitTimeout = 500 * time.Millisecond
 	rc.BatchApplyCh = true // concurrent claims share a log append and its fsync
 	k.raft, err = raft.NewRaft(rc, k.fsm, store, store, snaps, k.trans)
 	if err != nil {
@@ -248,6 +252,11 @@ func (k *keeper) notLeader() seatResp {
 func (k *keeper) serve(from peer.ID, req seatReq) seatResp {
 	switch req.Op {
 	case opTable:
+		// The leader's table: a follower learns of commits only with the
+		// next AppendEntries, up to the commit timeout later.
+		if k.raft.State() != raft.Leader {
+			return k.notLeader()
+		}
 		b := license.MarshalTable(k.fsm.table())
 		if len(b) > maxSeatResp-maxSeatMsg {
 			return seatResp{Result: license.Result{Code: license.CodeRefused,
