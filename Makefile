@@ -62,6 +62,7 @@ fuzz:
 	$(GO) test -run xxx -fuzz '^FuzzDecodeChunkRequest$$' -fuzztime $(FUZZTIME) ./node/xchg/
 	$(GO) test -run xxx -fuzz '^FuzzReadFrames$$' -fuzztime $(FUZZTIME) ./node/xchg/
 	$(GO) test -run xxx -fuzz '^FuzzSeatRequest$$' -fuzztime $(FUZZTIME) ./node/seats/
+	$(GO) test -run xxx -fuzz '^FuzzSeatNote$$' -fuzztime $(FUZZTIME) ./node/seats/
 	$(GO) test -run xxx -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./license/
 	$(GO) test -run xxx -fuzz '^FuzzDecodeSeats$$' -fuzztime $(FUZZTIME) ./license/
 	$(GO) test -run xxx -fuzz '^FuzzUntar$$' -fuzztime $(FUZZTIME) ./chunk/oci/

@@ -52,10 +52,9 @@ func Split(ctx context.Context, r io.Reader, p Params, fn func(Chunk) error) err
 	}
 	const nwin, njobs = 4, 128
 	winSize := max(readSize, 2*p.MaxSize())
+	// Windows are made when first needed: a small input needs one.
 	windows := make(chan *window, nwin)
-	for range nwin {
-		windows <- &window{buf: make([]byte, winSize)}
-	}
+	made := 0
 	release := func(w *window) {
 		if w.refs.Add(-1) == 0 {
 			windows <- w
@@ -82,8 +81,17 @@ func Split(ctx context.Context, r io.Reader, p Params, fn func(Chunk) error) err
 				var nw *window
 				select {
 				case nw = <-windows:
-				case <-ctx.Done():
-					return ctx.Err()
+				default:
+					if made < nwin {
+						made++
+						nw = &window{buf: make([]byte, winSize)}
+						break
+					}
+					select {
+					case nw = <-windows:
+					case <-ctx.Done():
+						return ctx.Err()
+					}
 				}
 				nw.refs.Store(1) // the cutter's own reference
 				if w != nil {

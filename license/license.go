@@ -51,7 +51,9 @@ func CheckProduct(s string) error {
 
 var (
 	encMode = strictcbor.Encoder()
-	decMode = strictcbor.Decoder(1<<16, 1<<12)
+	// Limits a seat table of millions of seats can meet; the bytes given
+	// bound what decoding allocates.
+	decMode = strictcbor.Decoder(1<<22, 1<<16)
 )
 
 // decodeCanonical decodes b strictly into v and refuses any encoding that is

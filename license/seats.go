@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -65,6 +66,9 @@ type Table struct {
 	Index    uint64              `cbor:"1,keyasint" json:"index"`
 	Licenses map[string]*License `cbor:"2,keyasint" json:"licenses"`
 	Seats    []Seat              `cbor:"3,keyasint" json:"seats"`
+	// Conf is the log index of the keepers' configuration in force (who
+	// the keepers are): a keeper change names the one it applies to.
+	Conf uint64 `cbor:"4,keyasint,omitempty" json:"conf,omitempty"`
 }
 
 // Op is a seat table command.
@@ -234,13 +238,15 @@ func (t *Table) claim(index uint64, c Command, r Rules) Result {
 		return refuse(CodeRefused, "%v", err)
 	}
 	// This host's seats first: the consumer already holds one, or one has room.
+	lo, hi := t.productRange(c.Product)
 	for _, want := range []bool{true, false} {
-		for i := range t.Seats {
+		for i := lo; i < hi; i++ {
+			// The cheap tests first: a host may hold thousands of seats.
 			s := &t.Seats[i]
-			if s.Product != c.Product || s.Host != c.Host || s.Session != c.Session {
+			if want != slices.Contains(s.Consumers, c.Consumer) || (!want && len(s.Consumers) >= l.Share) {
 				continue
 			}
-			if slices.Contains(s.Consumers, c.Consumer) == want && (want || len(s.Consumers) < l.Share) {
+			if s.Host == c.Host && s.Session == c.Session {
 				if !want {
 					s.Consumers = append(s.Consumers, c.Consumer)
 					sort.Strings(s.Consumers)
@@ -252,22 +258,18 @@ func (t *Table) claim(index uint64, c Command, r Rules) Result {
 		}
 	}
 	freed := t.expire(c.Product, c.Now, r)
-	used := map[int]bool{}
-	for _, s := range t.Seats {
-		if s.Product == c.Product {
-			used[s.N] = true
-		}
+	lo, hi = t.productRange(c.Product)
+	if hi-lo >= l.Seats {
+		return Result{Code: CodeNoSeat, Err: fmt.Sprintf("no free seat of %s: %d of %d held", c.Product, hi-lo, l.Seats), Freed: freed}
 	}
-	if len(used) >= l.Seats {
-		return Result{Code: CodeNoSeat, Err: fmt.Sprintf("no free seat of %s: %d of %d held", c.Product, len(used), l.Seats), Freed: freed}
-	}
-	n := 1
-	for used[n] {
+	// The product's seats are sorted by number: the first gap is free.
+	n, at := 1, lo
+	for at < hi && t.Seats[at].N == n {
 		n++
+		at++
 	}
 	s := Seat{Product: c.Product, N: n, Host: c.Host, Session: c.Session, Consumers: []string{c.Consumer}, Token: index, Expires: c.Now + int64(r.TTL)}
-	t.Seats = append(t.Seats, s)
-	t.sortSeats()
+	t.Seats = slices.Insert(t.Seats, at, s)
 	cp := s.clone()
 	return Result{Seat: &cp, Freed: freed}
 }
@@ -277,15 +279,20 @@ func (t *Table) claim(index uint64, c Command, r Rules) Result {
 // renewed too; a freed or re-granted one is lost.
 func (t *Table) renew(c Command, r Rules) Result {
 	var res Result
+	want := make(map[uint64]bool, len(c.Tokens))
 	for _, tok := range c.Tokens {
-		found := false
-		for i := range t.Seats {
-			if s := &t.Seats[i]; s.Token == tok && s.Host == c.Host && s.Session == c.Session {
+		want[tok] = false
+	}
+	for i := range t.Seats {
+		if s := &t.Seats[i]; s.Host == c.Host && s.Session == c.Session {
+			if _, ok := want[s.Token]; ok {
 				s.Expires = c.Now + int64(r.TTL)
-				found = true
+				want[s.Token] = true
 			}
 		}
-		if !found {
+	}
+	for _, tok := range c.Tokens {
+		if !want[tok] {
 			res.Lost = append(res.Lost, tok)
 		}
 	}
@@ -319,10 +326,14 @@ func (t *Table) release(c Command) Result {
 // expire frees the seats (of product, or all when "") whose lease ended
 // more than Margin before now.
 func (t *Table) expire(product string, now int64, r Rules) []Seat {
+	due := func(s Seat) bool { return (product == "" || s.Product == product) && s.Expires+int64(r.Margin) <= now }
+	if !slices.ContainsFunc(t.Seats, due) {
+		return nil
+	}
 	var freed []Seat
 	kept := t.Seats[:0]
 	for _, s := range t.Seats {
-		if (product == "" || s.Product == product) && s.Expires+int64(r.Margin) <= now {
+		if due(s) {
 			freed = append(freed, s.clone())
 			continue
 		}
@@ -330,6 +341,17 @@ func (t *Table) expire(product string, now int64, r Rules) []Seat {
 	}
 	t.Seats = kept
 	return freed
+}
+
+// productRange is where the seats of product are: the table keeps its
+// seats sorted by product, then number.
+func (t *Table) productRange(product string) (lo, hi int) {
+	lo, _ = slices.BinarySearchFunc(t.Seats, product, func(s Seat, p string) int { return strings.Compare(s.Product, p) })
+	hi = lo
+	for hi < len(t.Seats) && t.Seats[hi].Product == product {
+		hi++
+	}
+	return lo, hi
 }
 
 // Expired reports whether any seat is due to be freed at now.
@@ -340,16 +362,6 @@ func (t *Table) Expired(now int64, r Rules) bool {
 		}
 	}
 	return false
-}
-
-func (t *Table) sortSeats() {
-	sort.Slice(t.Seats, func(i, j int) bool {
-		a, b := t.Seats[i], t.Seats[j]
-		if a.Product != b.Product {
-			return a.Product < b.Product
-		}
-		return a.N < b.N
-	})
 }
 
 // clone is a copy that shares nothing with the table: results leave the
@@ -385,7 +397,7 @@ func (t *Table) Current(token uint64, now int64) (Seat, error) {
 
 // Clone is a deep copy.
 func (t *Table) Clone() *Table {
-	c := &Table{Index: t.Index, Licenses: map[string]*License{}}
+	c := &Table{Index: t.Index, Conf: t.Conf, Licenses: map[string]*License{}}
 	for p, l := range t.Licenses {
 		c.Licenses[p] = l
 	}

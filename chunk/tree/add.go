@@ -257,7 +257,9 @@ func AddWith(ctx context.Context, store chunk.Store, root string, p chunk.Params
 	res := &AddResult{Skipped: skipped}
 	seen := map[cid.Cid]bool{}
 	var batch []chunk.Block
-	arena := make([]byte, 0, batchBytes+p.MaxSize())
+	// Sized for what there is to add (a file that grew since it was
+	// listed only makes the arena grow).
+	arena := make([]byte, 0, min(total, batchBytes)+int64(p.MaxSize()))
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil

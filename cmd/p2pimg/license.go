@@ -31,7 +31,7 @@ twice, even under partitions, and a keeper minority grants nothing. A grant
 is a lease the daemon renews; a crashed host's seat comes back after the
 lease and a margin.`,
 	}
-	c.AddCommand(a.issuerKeyCmd(), a.issueCmd(), a.installCmd(), a.claimCmd(), a.releaseCmd(), a.checkCmd(), a.lsLicenseCmd())
+	c.AddCommand(a.issuerKeyCmd(), a.issueCmd(), a.installCmd(), a.claimCmd(), a.releaseCmd(), a.checkCmd(), a.lsLicenseCmd(), a.keepersCmd())
 	return c
 }
 

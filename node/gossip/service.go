@@ -261,22 +261,33 @@ func hasActivation(rs []*checked) bool {
 // travel together.
 const minGap = 50 * time.Millisecond
 
-// announcer states this host's records on every change (and every
-// interval, to catch what changed without a poke) and gossips what
+// restateTicks: without an announced change, this host reads its own state
+// again every restateTicks intervals.
+const restateTicks = 6
+
+// announcer states this host's records on every change (and every few
+// intervals, to catch what changed without a poke) and gossips what
 // changed: only the changes, never the whole state.
 func (s *Service) announcer(ctx context.Context, topic *pubsub.Topic) error {
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
+	ticks := 0
 	for {
-		if err := s.state(ctx); err != nil && ctx.Err() == nil {
-			s.cfg.Log.Warn("announce", "err", err)
+		// Reading this host's state lists every layer it has: on a change,
+		// and every restateTicks intervals for a change nobody announced.
+		if ticks%restateTicks == 0 {
+			if err := s.state(ctx); err != nil && ctx.Err() == nil {
+				s.cfg.Log.Warn("announce", "err", err)
+			}
 		}
 		s.publish(ctx, topic, s.cfg.Catalog.takeOutbox())
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+			ticks++
 		case <-s.cfg.Announce.C():
+			ticks = 0
 			select { // let a burst of changes land together
 			case <-ctx.Done():
 				return nil

@@ -15,6 +15,10 @@ type seatAPI interface {
 	Release(ctx context.Context, req api.ReleaseRequest) (*api.ReleaseResult, error)
 	Check(ctx context.Context, token uint64) (*api.CheckResult, error)
 	Licenses(ctx context.Context) (*api.LicenseList, error)
+	// Keepers and ChangeKeepers: who keeps the seat table, and an
+	// operator's signed change of it.
+	Keepers(ctx context.Context) (*api.KeeperList, error)
+	ChangeKeepers(ctx context.Context, signed []byte) (*api.KeeperList, error)
 }
 
 func (s *Server) seatRoutes() []route {
@@ -39,5 +43,11 @@ func (s *Server) seatRoutes() []route {
 		{"GET " + v + "/license", s.plain(func(ctx context.Context, n Node, _ *http.Request) (any, error) {
 			return n.Licenses(ctx)
 		})},
+		{"GET " + v + "/license/keepers", s.plain(func(ctx context.Context, n Node, _ *http.Request) (any, error) {
+			return n.Keepers(ctx)
+		})},
+		{"POST " + v + "/license/keepers", s.plain(body(func(ctx context.Context, n Node, req api.KeeperChangeRequest) (any, error) {
+			return n.ChangeKeepers(ctx, req.Signed)
+		}))},
 	}
 }

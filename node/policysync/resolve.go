@@ -47,16 +47,37 @@ func (sv *Service) facts(ctx context.Context) map[peer.ID]hostFacts {
 
 // resolve is the effective policy of mapping mp on host id.
 func resolve(id peer.ID, f hostFacts, mp gossip.Mapping, all []gossip.Mapping) (policy.Effective, *policy.Conflict) {
+	return resolveHeld(id, f, mp, heldSizes(f, all))
+}
+
+// heldBytes is what a host holds, by the mappings of the catalogue: in
+// all, and by manifest.
+type heldBytes struct {
+	all   int64
+	byCID map[string]int64
+}
+
+// heldSizes adds up the sizes of the mappings whose manifest f holds, once
+// for all the layers a pass resolves.
+func heldSizes(f hostFacts, all []gossip.Mapping) heldBytes {
+	h := heldBytes{byCID: map[string]int64{}}
+	for _, o := range all {
+		if f.held[o.CID] {
+			h.all += o.Size
+			h.byCID[o.CID] += o.Size
+		}
+	}
+	return h
+}
+
+// resolveHeld is resolve with the held sizes added up already: what the
+// host holds besides mp's manifest counts against its quota.
+func resolveHeld(id peer.ID, f hostFacts, mp gossip.Mapping, h heldBytes) (policy.Effective, *policy.Conflict) {
 	lp, _ := gossip.LayerPolicy(mp.Policy)
 	if lp.Product == "" {
 		lp.Product = mp.Product
 	}
-	var held int64
-	for _, o := range all {
-		if o.CID != mp.CID && f.held[o.CID] {
-			held += o.Size
-		}
-	}
+	held := h.all - h.byCID[mp.CID]
 	return policy.Resolve(policy.Subject{Layer: mp.Name, Size: mp.Size, Host: id.String(), Labels: f.labels, Held: held}, lp, f.policy)
 }
 
@@ -107,8 +128,9 @@ func (sv *Service) PolicyCheck(ctx context.Context) []api.PolicyResult {
 	all := sv.cfg.Catalog.All()
 	out := []api.PolicyResult{}
 	for id, f := range sv.facts(ctx) {
+		held := heldSizes(f, all)
 		for _, mp := range all {
-			if _, c := resolve(id, f, mp, all); c != nil {
+			if _, c := resolveHeld(id, f, mp, held); c != nil {
 				out = append(out, api.PolicyResult{Layer: mp.Name, Host: id.String(), Conflict: c})
 			}
 		}

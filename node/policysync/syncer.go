@@ -15,19 +15,30 @@ func inWindow(ws []policy.Window, now time.Time) bool {
 	return policy.Allows(ws, now.UTC().Hour()*60+now.UTC().Minute())
 }
 
-// Run fetches every layer the effective policy says this host holds, on
-// every change and every few seconds, and records conflicts, until ctx
-// ends. Cancellation is not an error.
+// Run fetches every layer the effective policy says this host holds, and
+// records conflicts, until ctx ends: within a couple of seconds of any
+// change to the catalogue (its digest is cheap to read) or the host
+// policy, and every policyRetry for sync windows and retries. A pass
+// reads the whole catalogue, so an idle host with a large one skips it.
+// Cancellation is not an error.
 func (sv *Service) Run(ctx context.Context) error {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
+	var seen [32]byte
+	var last time.Time
+	kicked := true
 	for {
-		sv.syncPolicies(ctx)
+		if d := sv.cfg.Catalog.Digest(); kicked || d != seen || time.Since(last) >= policyRetry {
+			sv.syncPolicies(ctx)
+			seen, last = d, time.Now()
+		}
+		kicked = false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		case <-sv.kick.C():
+			kicked = true
 		}
 	}
 }
@@ -37,8 +48,9 @@ func (sv *Service) syncPolicies(ctx context.Context) {
 	all := sv.cfg.Catalog.All()
 	f := sv.facts(ctx)[me]
 	conflicts := map[string]*policy.Conflict{}
+	held := heldSizes(f, all)
 	for _, mp := range all {
-		e, c := resolve(me, f, mp, all)
+		e, c := resolveHeld(me, f, mp, held)
 		if c != nil {
 			conflicts[mp.Name] = c
 			continue

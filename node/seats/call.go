@@ -16,13 +16,13 @@ import (
 // answered first, then every keeper, following leader hints, until one
 // decides or ctx ends.
 func (sv *Service) seatCall(ctx context.Context, req seatReq) (*seatResp, error) {
-	keepers := sv.cfg.Cluster.KeeperIDs()
-	if len(keepers) == 0 {
+	if len(sv.keeperIDs()) == 0 {
 		return nil, api.BadRequestf("this cluster has no keepers: licence seats need `keepers = [...]` in the cluster file")
 	}
 	var lastErr error
 	backoff := 20 * time.Millisecond
 	for {
+		keepers := sv.keeperIDs()
 		sv.mu.Lock()
 		queue := append([]peer.ID{sv.hint}, keepers...)
 		sv.mu.Unlock()
@@ -35,12 +35,18 @@ func (sv *Service) seatCall(ctx context.Context, req seatReq) (*seatResp, error)
 			}
 			tried[k] = true
 			resp, err := sv.askKeeper(ctx, k, req)
+			if err == nil && len(resp.Change) > 0 {
+				// A keeper tells of a newer set of keepers: ask those.
+				if ok, _ := sv.adoptChange(resp.Change); ok {
+					queue = append(queue, sv.keeperIDs()...)
+				}
+			}
 			switch {
 			case err != nil:
 				lastErr = fmt.Errorf("keeper %s: %w", p2p.ShortID(k), err)
 			case resp.NotLeader:
 				lastErr = fmt.Errorf("keeper %s is not the leader and knows none (no keeper majority?)", p2p.ShortID(k))
-				if id, err := peer.Decode(resp.Leader); err == nil && sv.cfg.Cluster.IsKeeper(id) {
+				if id, err := peer.Decode(resp.Leader); err == nil && sv.isKeeper(id) {
 					queue = append([]peer.ID{id}, queue...)
 				}
 			case resp.Err != "":
@@ -54,7 +60,7 @@ func (sv *Service) seatCall(ctx context.Context, req seatReq) (*seatResp, error)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("no keeper majority decided (%d keepers; last: %v): %w", len(keepers), lastErr, ctx.Err())
+			return nil, fmt.Errorf("no keeper majority decided (%d keepers; last: %v): %w", len(sv.keeperIDs()), lastErr, ctx.Err())
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 500*time.Millisecond)
@@ -70,7 +76,7 @@ func (sv *Service) askKeeper(ctx context.Context, k peer.ID, req seatReq) (*seat
 		r := kp.serve(k, req)
 		return &r, nil
 	}
-	sctx, cancel := context.WithTimeout(ctx, seatDeadline)
+	sctx, cancel := context.WithTimeout(ctx, deadlineOf(req.Op))
 	defer cancel()
 	s, err := sv.cfg.Host.NewStream(sctx, k, seatProto)
 	if err != nil {
@@ -86,7 +92,7 @@ func (sv *Service) askKeeper(ctx context.Context, k peer.ID, req seatReq) (*seat
 		return nil, err
 	}
 	var resp seatResp
-	if err := readMsg(bufio.NewReader(s), 16<<20, &resp); err != nil {
+	if err := readMsg(bufio.NewReader(s), maxSeatResp, &resp); err != nil {
 		s.Reset()
 		return nil, err
 	}

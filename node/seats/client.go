@@ -177,16 +177,14 @@ func (sv *Service) Release(ctx context.Context, req api.ReleaseRequest) (*api.Re
 		return nil, api.BadRequest(err)
 	}
 	// Order the release with the claims it could race; a whole seat is
-	// locked by product (a token names a seat of this host's product).
+	// locked by product (a token names a seat of this host's product; one
+	// this host does not hold is not its to release, and the keepers
+	// refuse nothing for it).
 	product, consumer := req.Product, req.Consumer
 	if req.Token != 0 {
 		sv.mu.Lock()
 		if g := sv.grants[req.Token]; g != nil {
 			product = g.seat.Product
-		} else if sv.view != nil {
-			if s, ok := sv.view.Lookup(req.Token); ok {
-				product = s.Product
-			}
 		}
 		sv.mu.Unlock()
 		consumer = "*"
@@ -248,31 +246,44 @@ func (sv *Service) renewer(ctx context.Context) {
 			continue
 		}
 		sort.Slice(toks, func(i, j int) bool { return toks[i] < toks[j] })
-		sent := time.Now()
-		rctx, cancel := context.WithTimeout(ctx, rules.TTL/3)
-		resp, err := sv.seatCall(rctx, seatReq{Op: license.OpRenew, Tokens: toks, Session: sv.session})
-		cancel()
-		if err != nil {
-			if ctx.Err() == nil {
-				sv.cfg.Log.Warn("seat renewal failed; grants lapse at their lease end", "err", err)
-			}
+		for len(toks) > 0 {
+			n := min(len(toks), maxRenew)
+			sv.renew(ctx, toks[:n], rules.TTL/3)
+			toks = toks[n:]
+		}
+	}
+}
+
+// maxRenew bounds the tokens of one renewal (a seat message carries at
+// most 4096 of anything).
+const maxRenew = 2048
+
+// renew renews the grants with toks, within d.
+func (sv *Service) renew(ctx context.Context, toks []uint64, d time.Duration) {
+	sent := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, d)
+	resp, err := sv.seatCall(rctx, seatReq{Op: license.OpRenew, Tokens: toks, Session: sv.session})
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			sv.cfg.Log.Warn("seat renewal failed; grants lapse at their lease end", "err", err)
+		}
+		return
+	}
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	for _, tok := range toks {
+		g := sv.grants[tok]
+		if g == nil {
+			continue // released meanwhile: it stays released
+		}
+		if slices.Contains(resp.Result.Lost, tok) {
+			delete(sv.grants, tok)
+			sv.record(journalLine{Interval: license.Interval{Token: tok}, End: time.Now()})
+			sv.cfg.Log.Warn("seat lost: the keepers freed it (its lease ran out)", "product", g.seat.Product, "seat", g.seat.N, "token", tok)
 			continue
 		}
-		sv.mu.Lock()
-		for _, tok := range toks {
-			g := sv.grants[tok]
-			if g == nil {
-				continue // released meanwhile: it stays released
-			}
-			if slices.Contains(resp.Result.Lost, tok) {
-				delete(sv.grants, tok)
-				sv.record(journalLine{Interval: license.Interval{Token: tok}, End: time.Now()})
-				sv.cfg.Log.Warn("seat lost: the keepers freed it (its lease ran out)", "product", g.seat.Product, "seat", g.seat.N, "token", tok)
-				continue
-			}
-			sv.extendLocked(g, sent)
-		}
-		sv.mu.Unlock()
+		sv.extendLocked(g, sent)
 	}
 }
 

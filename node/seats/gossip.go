@@ -4,92 +4,151 @@ import (
 	"context"
 	"time"
 
+	"github.com/hashicorp/raft"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/p2pimg/p2pimg/license"
+
+	"github.com/p2pimg/p2pimg/chunk/strictcbor"
 )
 
-// adoptTable keeps t if it is newer than the view.
-func (sv *Service) adoptTable(t *license.Table) {
+// The seat table is never gossiped: whoever wants it (`license ls`) asks a
+// keeper, and a host's own grants come from the keepers' answers. Gossip
+// carries a note of a few hundred bytes, whatever the number of seats:
+// the keepers' log index after seats were freed (waiters claim again) and
+// the newest keeper change (who the keepers are). A host that missed a
+// note loses nothing it needs: waiters also retry every second, and every
+// keeper's answer carries the newest keeper change.
+type seatNote struct {
+	Index  uint64 `cbor:"1,keyasint"`
+	Change []byte `cbor:"2,keyasint,omitempty"`
+}
+
+const maxNote = 8 << 10
+
+var noteDec = strictcbor.Decoder(16, 16)
+
+func (sv *Service) wakeWaiters() {
 	sv.mu.Lock()
 	defer sv.mu.Unlock()
-	if sv.view != nil && t.Index <= sv.view.Index {
-		return
-	}
-	sv.view = t
 	close(sv.changed)
 	sv.changed = make(chan struct{})
 }
 
-// validateSeats accepts seat tables gossiped by keepers only, each newer
-// than the last.
-func (sv *Service) validateSeats(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+// validateNote accepts notes from keepers only, each newer than the last;
+// a note that tells of a keeper change carries the operator's signed
+// change, checked here.
+func (sv *Service) validateNote(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
 	origin := msg.GetFrom()
-	if !sv.cfg.Cluster.IsKeeper(origin) {
-		sv.cfg.Log.Warn("seat table from a host that is not a keeper rejected", "origin", origin.String(), "via", from.String())
+	var n seatNote
+	if len(msg.Data) > maxNote {
+		sv.cfg.Log.Warn("seat note rejected: too large", "origin", origin.String(), "bytes", len(msg.Data))
 		return pubsub.ValidationReject
 	}
-	t, err := license.UnmarshalTable(msg.Data)
-	if err != nil {
-		sv.cfg.Log.Warn("seat gossip rejected", "origin", origin.String(), "err", err)
+	if err := noteDec.Unmarshal(msg.Data, &n); err != nil {
+		sv.cfg.Log.Warn("seat note rejected", "origin", origin.String(), "via", from.String(), "err", err)
 		return pubsub.ValidationReject
 	}
-	sv.mu.Lock()
-	old := sv.view != nil && t.Index <= sv.view.Index
-	sv.mu.Unlock()
-	if old && origin != sv.cfg.Host.ID() {
+	newer := false
+	if len(n.Change) > 0 {
+		c, err := unmarshalChange(n.Change)
+		if err == nil && c.Newer(sv.currentChange()) {
+			err = CheckKeeperChange(c, sv.cfg.Cluster)
+			newer = err == nil
+		}
+		if err != nil {
+			sv.cfg.Log.Warn("seat note rejected: bad keeper change", "origin", origin.String(), "err", err)
+			return pubsub.ValidationReject
+		}
+	}
+	if origin == sv.cfg.Host.ID() {
+		msg.ValidatorData = n // this host's own note (it may have just removed itself)
+		return pubsub.ValidationAccept
+	}
+	if !sv.isKeeper(origin) && !newer {
+		// Not (or no longer) a keeper as this host knows them: its index
+		// means nothing, and it told of no change this host lacks.
 		return pubsub.ValidationIgnore
 	}
-	msg.ValidatorData = t
+	sv.mu.Lock()
+	old := n.Index <= sv.noted
+	sv.mu.Unlock()
+	if old && !newer {
+		return pubsub.ValidationIgnore
+	}
+	if !sv.isKeeper(origin) {
+		n.Index = 0
+	}
+	msg.ValidatorData = n
 	return pubsub.ValidationAccept
 }
 
-// receive takes in the tables the keepers gossip.
+func (sv *Service) currentChange() *KeeperChange {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	return sv.change
+}
+
+// receive takes in the keepers' notes: a newer keeper change, and freed
+// seats, which wake the claims waiting here.
 func (sv *Service) receive(ctx context.Context, sub *pubsub.Subscription) {
 	for {
 		msg, err := sub.Next(ctx)
 		if err != nil {
 			return
 		}
-		if t, ok := msg.ValidatorData.(*license.Table); ok {
-			sv.adoptTable(t)
+		n, ok := msg.ValidatorData.(seatNote)
+		if !ok {
+			continue
+		}
+		if _, err := sv.adoptChange(n.Change); err != nil {
+			sv.cfg.Log.Warn("keeper change in a seat note", "err", err)
+		}
+		sv.mu.Lock()
+		newer := n.Index > sv.noted
+		if newer {
+			sv.noted = n.Index
+		}
+		sv.mu.Unlock()
+		if newer {
+			sv.wakeWaiters()
 		}
 	}
 }
 
-// seatGossip publishes the keeper's table on every change and every
-// announce interval.
-func (sv *Service) seatGossip(ctx context.Context, topic *pubsub.Topic) {
-	k := sv.keeper.Load()
-	if k == nil {
-		<-ctx.Done()
-		return
-	}
+// announce publishes a note when this host's keeper freed seats (or the
+// keepers changed) and, from the leader, every interval; a keeper also
+// wakes the claims waiting on its own host.
+func (sv *Service) announce(ctx context.Context, topic *pubsub.Topic) {
 	t := time.NewTicker(sv.cfg.Interval)
 	defer t.Stop()
-	var last uint64
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-sv.kick.C():
-			// Let a burst of commands land: one table for all of them.
+			// Let a burst of commands land: one note for all of them.
 			select {
 			case <-ctx.Done():
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
+			sv.wakeWaiters()
 		case <-t.C:
-			last = 0
 		}
-		tab := k.fsm.table()
-		sv.adoptTable(tab)
-		if tab.Index == last {
+		// A keeper change this host's keeper applied is announced even
+		// when the keeper has stopped since (it removed itself).
+		k := sv.keeper.Load()
+		changed := sv.announceChange.Swap(false)
+		if !changed && (k == nil || k.raft.State() != raft.Leader) {
 			continue
 		}
-		last = tab.Index
-		if err := topic.Publish(ctx, license.MarshalTable(tab)); err != nil && ctx.Err() == nil {
-			sv.cfg.Log.Warn("seat gossip", "err", err)
+		var index uint64
+		if k != nil {
+			index = k.raft.AppliedIndex()
+		}
+		b, _ := strictcbor.Encoder().Marshal(seatNote{Index: index, Change: sv.changeBytes()})
+		if err := topic.Publish(ctx, b); err != nil && ctx.Err() == nil {
+			sv.cfg.Log.Warn("seat note", "err", err)
 		}
 	}
 }

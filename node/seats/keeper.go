@@ -1,7 +1,6 @@
 package seats
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -18,7 +17,6 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/libp2p/go-libp2p/core/host"
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/net/gostream"
 	"github.com/p2pimg/p2pimg/license"
@@ -44,12 +42,36 @@ func (f *seatFSM) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	r := f.tab.Apply(l.Index, c, f.rules)
 	f.mu.Unlock()
-	// A refused claim changes nothing: telling waiters would have them
-	// claim again at once, in a loop through the log.
-	if r.Code == "" || len(r.Freed) > 0 {
+	// Waiters claim again when a seat was freed or a licence installed;
+	// anything else (a grant, a renewal, a refused claim) frees nothing,
+	// and telling them would have them claim again at once, in a loop
+	// through the log.
+	if len(r.Freed) > 0 || (c.Op == license.OpInstall && r.Code == "") {
 		f.changed()
 	}
 	return r
+}
+
+// StoreConfiguration records the index of each committed change of the
+// keepers (raft.ConfigurationStore), so it travels in snapshots too.
+func (f *seatFSM) StoreConfiguration(index uint64, _ raft.Configuration) {
+	f.mu.Lock()
+	f.tab.Conf = index
+	f.mu.Unlock()
+}
+
+// expired reports whether a seat is due to be freed at now.
+func (f *seatFSM) expired(now int64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.tab.Expired(now, f.rules)
+}
+
+// conf is the index of the keepers' configuration in force.
+func (f *seatFSM) conf() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.tab.Conf
 }
 
 func (f *seatFSM) table() *license.Table {
@@ -78,6 +100,8 @@ func (f *seatFSM) Restore(rc io.ReadCloser) error {
 	f.changed()
 	return nil
 }
+
+var _ raft.ConfigurationStore = (*seatFSM)(nil)
 
 type tableSnap []byte
 
@@ -132,10 +156,11 @@ func (w slogWriter) Write(b []byte) (int, error) {
 }
 
 // startKeeper joins the keepers' Raft group; its state lives in
-// DataDir/raft. The first start of each keeper bootstraps the group with
-// the keepers of the cluster file (the same on every keeper, which Raft
-// allows).
-func (sv *Service) startKeeper() (*keeper, error) {
+// DataDir/raft. With boot, a first start bootstraps the group with the
+// keepers of the cluster file (the same on every such keeper, which Raft
+// allows); without, a keeper with no state waits for the leader to send it
+// the log or a snapshot.
+func (sv *Service) startKeeper(boot bool) (*keeper, error) {
 	dir := filepath.Join(sv.cfg.DataDir, "raft")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("keeper: %w", err)
@@ -163,9 +188,13 @@ func (sv *Service) startKeeper() (*keeper, error) {
 	rc.LocalID = raft.ServerID(sv.cfg.Host.ID().String())
 	rc.Logger = logger
 	rc.SnapshotThreshold = 1024
-	// CommitTimeout stays at its default (50 ms): a shorter one made the leader
-	// send an AppendEntries to every follower every few ms while idle, about
-	// 10% of a core; claims are decided by the leader, so it does not slow them.
+	// CommitTimeout is how often an idle leader sends each follower an
+	// AppendEntries (besides the heartbeats) so it learns the commit index:
+	// at the default 50 ms that alone kept idle keepers above 1% of a core.
+	// Claims are decided by the leader once a majority has the entry, so a
+	// longer one does not slow them; followers' own tables (`license ls` on
+	// a keeper) may lag by up to this much.
+	rc.CommitTimeout = 500 * time.Millisecond
 	rc.BatchApplyCh = true // concurrent claims share a log append and its fsync
 	k.raft, err = raft.NewRaft(rc, k.fsm, store, store, snaps, k.trans)
 	if err != nil {
@@ -174,7 +203,7 @@ func (sv *Service) startKeeper() (*keeper, error) {
 		return nil, fmt.Errorf("keeper: %w", err)
 	}
 	has, err := raft.HasExistingState(store, store, snaps)
-	if err == nil && !has {
+	if err == nil && !has && boot {
 		var cfg raft.Configuration
 		for _, id := range sv.cfg.Cluster.KeeperIDs() {
 			cfg.Servers = append(cfg.Servers, raft.Server{ID: raft.ServerID(id.String()), Address: raft.ServerAddress(id.String())})
@@ -185,7 +214,6 @@ func (sv *Service) startKeeper() (*keeper, error) {
 		k.close()
 		return nil, fmt.Errorf("keeper: bootstrap: %w", err)
 	}
-	sv.cfg.Host.SetStreamHandler(seatProto, k.handle)
 	return k, nil
 }
 
@@ -194,7 +222,6 @@ func (sv *Service) startKeeper() (*keeper, error) {
 func (k *keeper) now() int64 { return time.Now().Add(k.sv.faults.ClockOffset).UnixNano() }
 
 func (k *keeper) close() error {
-	k.sv.cfg.Host.RemoveStreamHandler(seatProto)
 	err := k.raft.Shutdown().Error()
 	return errors.Join(err, k.trans.Close(), k.store.Close())
 }
@@ -210,34 +237,36 @@ func (k *keeper) run(ctx context.Context) {
 		case <-t.C:
 		}
 		now := k.now()
-		if k.raft.State() == raft.Leader && k.fsm.table().Expired(now, k.fsm.rules) {
+		if k.raft.State() == raft.Leader && k.fsm.expired(now) {
 			k.propose(license.Command{Op: license.OpExpire, Now: now})
 		}
 	}
 }
 
-func (k *keeper) handle(s network.Stream) {
-	defer s.Close()
-	s.SetDeadline(time.Now().Add(seatDeadline))
-	var req seatReq
-	if err := readMsg(bufio.NewReader(s), maxSeatMsg, &req); err != nil {
-		k.sv.cfg.Log.Warn("seat request refused", "peer", s.Conn().RemotePeer().String(), "err", err)
-		s.Reset()
-		return
-	}
-	writeMsg(s, k.serve(s.Conn().RemotePeer(), req))
-}
-
 func (k *keeper) notLeader() seatResp {
 	addr, _ := k.raft.LeaderWithID()
-	return seatResp{NotLeader: true, Leader: string(addr)}
+	return seatResp{NotLeader: true, Leader: string(addr), Change: k.sv.changeBytes()}
 }
 
 // serve answers one request from host from.
 func (k *keeper) serve(from peer.ID, req seatReq) seatResp {
 	switch req.Op {
 	case opTable:
-		return seatResp{Table: license.MarshalTable(k.fsm.table())}
+		// The leader's table: a follower learns of commits only with the
+		// next AppendEntries, up to the commit timeout later.
+		if k.raft.State() != raft.Leader {
+			return k.notLeader()
+		}
+		b := license.MarshalTable(k.fsm.table())
+		if len(b) > maxSeatResp-maxSeatMsg {
+			return seatResp{Result: license.Result{Code: license.CodeRefused,
+				Err: fmt.Sprintf("the seat table is %d bytes, more than one answer carries (%d)", len(b), maxSeatResp-maxSeatMsg)}}
+		}
+		return seatResp{Table: b}
+	case opKeepers:
+		return k.configuration()
+	case opKeeperChange:
+		return k.changeKeepers(req)
 	case opCheck:
 		if k.raft.State() != raft.Leader {
 			return k.notLeader()

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/p2pimg/p2pimg/license"
 	"github.com/p2pimg/p2pimg/node/api"
 )
@@ -49,31 +51,38 @@ func licenseInfo(l *license.License, seats []license.Seat) api.LicenseInfo {
 	return info
 }
 
-// Licenses is the seat table as this host knows it: a keeper's own, else
-// the last one gossiped (asking a keeper when it has heard none yet).
+// Licenses is the seat table as the keepers' leader holds it (a
+// follower's own copy may lag by the Raft commit timeout): the leader's
+// own, else asked of it (the table is never gossiped). A keeper that finds
+// no leader shows its own copy, with no leader named.
 func (sv *Service) Licenses(ctx context.Context) (*api.LicenseList, error) {
-	sv.mu.Lock()
-	t := sv.view
-	sv.mu.Unlock()
-	if k := sv.keeper.Load(); k != nil {
-		if own := k.fsm.table(); t == nil || own.Index > t.Index {
-			t = own // a keeper's own table, unless gossip brought a newer one
-		}
+	if len(sv.keeperIDs()) == 0 {
+		return &api.LicenseList{}, nil
 	}
-	if t == nil {
-		if len(sv.cfg.Cluster.KeeperIDs()) == 0 {
-			return &api.LicenseList{}, nil
-		}
-		resp, err := sv.seatCall(ctx, seatReq{Op: opTable})
-		if err != nil {
-			return nil, err
-		}
-		if t, err = license.UnmarshalTable(resp.Table); err != nil {
-			return nil, err
-		}
-		sv.adoptTable(t)
+	k := sv.keeper.Load()
+	if k != nil && k.raft.State() == raft.Leader {
+		return sv.licenseList(k.fsm.table(), sv.seatLeader()), nil
 	}
-	out := &api.LicenseList{Index: t.Index, Leader: sv.seatLeader()}
+	lctx, cancel := context.WithTimeout(ctx, decideTimeout)
+	defer cancel()
+	resp, err := sv.seatCall(lctx, seatReq{Op: opTable})
+	switch {
+	case err != nil && k != nil:
+		return sv.licenseList(k.fsm.table(), ""), nil
+	case err != nil:
+		return nil, fmt.Errorf("seat table: %w", err)
+	case resp.Result.Code != "":
+		return nil, errors.New(resp.Result.Err)
+	}
+	t, err := license.UnmarshalTable(resp.Table)
+	if err != nil {
+		return nil, err
+	}
+	return sv.licenseList(t, sv.seatLeader()), nil
+}
+
+func (sv *Service) licenseList(t *license.Table, leader string) *api.LicenseList {
+	out := &api.LicenseList{Index: t.Index, Leader: leader}
 	for _, l := range t.Licenses {
 		out.Licenses = append(out.Licenses, licenseInfo(l, t.Seats))
 	}
@@ -88,7 +97,7 @@ func (sv *Service) Licenses(ctx context.Context) (*api.LicenseList, error) {
 	}
 	sv.mu.Unlock()
 	sort.Slice(out.Held, func(i, j int) bool { return out.Held[i].Token < out.Held[j].Token })
-	return out, nil
+	return out
 }
 
 // seatLeader is the keepers' leader: from Raft on a keeper, else the

@@ -25,7 +25,11 @@ const (
 	seatProto = protocol.ID("/p2pimg/seats/1.0.0")
 
 	maxSeatMsg   = 64 << 10
+	maxSeatResp  = 16 << 20
 	seatDeadline = 10 * time.Second
+	// changeDeadline bounds a keeper change: the leader has the new keeper
+	// start, then commits the new configuration.
+	changeDeadline = 45 * time.Second
 )
 
 // seatReq is one request to a keeper. The requesting host is the stream's
@@ -37,12 +41,18 @@ type seatReq struct {
 	Session  string     `cbor:"4,keyasint,omitempty"`
 	Tokens   []uint64   `cbor:"5,keyasint,omitempty"`
 	License  []byte     `cbor:"6,keyasint,omitempty"`
+	Change   []byte     `cbor:"7,keyasint,omitempty"` // a signed KeeperChange
 }
 
-// Read-only requests, beside the commands of license.Op.
+// Requests beside the commands of license.Op: read-only ones, and the
+// keeper changes (opKeeperChange to the leader; opKeeperJoin from the
+// leader to the host it adds).
 const (
 	opCheck license.Op = 100 + iota
 	opTable
+	opKeepers
+	opKeeperChange
+	opKeeperJoin
 )
 
 type seatResp struct {
@@ -52,6 +62,20 @@ type seatResp struct {
 	Err       string         `cbor:"4,keyasint,omitempty"` // the keeper could not decide
 	Seat      *license.Seat  `cbor:"5,keyasint,omitempty"` // check: the seat of the token
 	Table     []byte         `cbor:"6,keyasint,omitempty"` // table: the keeper's seat table
+	Keepers   *raftConfig    `cbor:"7,keyasint,omitempty"` // keepers: the Raft configuration
+	Change    []byte         `cbor:"8,keyasint,omitempty"` // the newest keeper change the keeper knows
+}
+
+// raftConfig is the keepers' Raft configuration as one keeper sees it.
+type raftConfig struct {
+	Index   uint64       `cbor:"1,keyasint"`
+	Leader  string       `cbor:"2,keyasint,omitempty"`
+	Servers []raftServer `cbor:"3,keyasint"`
+}
+
+type raftServer struct {
+	ID    string `cbor:"1,keyasint"`
+	Voter bool   `cbor:"2,keyasint"`
 }
 
 var seatDec = strictcbor.Decoder(4096, 256)

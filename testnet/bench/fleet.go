@@ -19,16 +19,16 @@ import (
 )
 
 // addMany adds n tiny layers (distinct contents) named PREFIXi:1 through
-// cl with 4 concurrent callers, and returns the adds per second.
-func addMany(ctx context.Context, cl *client.Client, dir, prefix string, n int) (float64, error) {
+// cl with callers concurrent callers, and returns the adds per second.
+func addMany(ctx context.Context, cl *client.Client, dir, prefix string, n, callers int) (float64, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return 0, err
 	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	errs := make(chan error, 4)
+	errs := make(chan error, callers)
 	start := time.Now()
-	for range 4 {
+	for range callers {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1)) - 1
@@ -82,15 +82,14 @@ func waitListed(ctx context.Context, cls []*client.Client, n int, limit time.Dur
 }
 
 // benchCatalogue: one host publishes n layers into 3 (listed everywhere,
-// and at the single-host rate?), then idle daemons holding a large
-// catalogue (CPU and control bytes per daemon).
-func benchCatalogue(ctx context.Context, t *table, bin, dir string, n, fleet, fleetLayers int) error {
+// and at the single-host rate?).
+func benchCatalogue(ctx context.Context, t *table, bin, dir string, n int) error {
 	fmt.Fprintf(os.Stderr, "catalogue: %d layers published into 3 hosts\n", n)
 	one, err := testnet.Up(ctx, bin, filepath.Join(dir, "cat-one"), 1, testnet.UpOptions{})
 	if err != nil {
 		return err
 	}
-	alone, err := addMany(ctx, one.Clients()[0], filepath.Join(dir, "cat-files-one"), "solo", n)
+	alone, err := addMany(ctx, one.Clients()[0], filepath.Join(dir, "cat-files-one"), "solo", n, 4)
 	one.Down(ctx, false)
 	if err != nil {
 		return err
@@ -100,7 +99,7 @@ func benchCatalogue(ctx context.Context, t *table, bin, dir string, n, fleet, fl
 		return err
 	}
 	cls := l.Clients()
-	withPeers, err := addMany(ctx, cls[0], filepath.Join(dir, "cat-files-three"), "app", n)
+	withPeers, err := addMany(ctx, cls[0], filepath.Join(dir, "cat-files-three"), "app", n, 4)
 	if err != nil {
 		l.Down(ctx, false)
 		return err
@@ -113,57 +112,6 @@ func benchCatalogue(ctx context.Context, t *table, bin, dir string, n, fleet, fl
 	ratio := withPeers / alone
 	t.add(fmt.Sprintf("%d layers from one host into 3: adds/s with 2 peers / alone", n), fmt.Sprintf("%.0f / %.0f /s = %.2fx", withPeers, alone, ratio), ">= 0.9x", check(ratio >= 0.9))
 	t.add("  then every host lists every layer, after the last add", fmt.Sprintf("%.2f s", after.Seconds()), "<= 5 s", check(after <= 5*time.Second))
-	return benchIdleFleet(ctx, t, bin, dir, fleet, fleetLayers)
-}
-
-// benchIdleFleet runs fleet daemons at the default announce interval, has
-// one publish layers, waits until every one lists them all, then measures
-// each daemon's CPU and catalogue bytes while idle.
-func benchIdleFleet(ctx context.Context, t *table, bin, dir string, fleet, layers int) error {
-	fmt.Fprintf(os.Stderr, "catalogue: %d idle daemons holding %d layers\n", fleet, layers)
-	const port = 19400
-	l, err := testnet.Up(ctx, bin, filepath.Join(dir, "cat-fleet"), fleet, testnet.UpOptions{Announce: 10 * time.Second, MetricsPort: port})
-	if err != nil {
-		return err
-	}
-	defer l.Down(ctx, false)
-	cls := l.Clients()
-	if _, err := addMany(ctx, cls[0], filepath.Join(dir, "cat-files-fleet"), "fleet", layers); err != nil {
-		return err
-	}
-	if _, err := waitListed(ctx, cls, layers, 10*time.Minute); err != nil {
-		return err
-	}
-	// Let the last pulls and the mesh settle before measuring idle.
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(20 * time.Second):
-	}
-	const idle = 30 * time.Second
-	cpu0, bytes0 := fleetCounters(l, port)
-	start := time.Now()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(idle):
-	}
-	cpu1, bytes1 := fleetCounters(l, port)
-	secs := time.Since(start).Seconds()
-	var cpuMax, cpuSum, bSum float64
-	var each []string
-	for i := range cpu0 {
-		c := (cpu1[i] - cpu0[i]) / secs * 100
-		each = append(each, fmt.Sprintf("%.1f", c))
-		cpuSum += c
-		cpuMax = max(cpuMax, c)
-		bSum += (bytes1[i] - bytes0[i]) / secs
-	}
-	n := float64(len(cpu0))
-	fmt.Fprintf(os.Stderr, "idle CPU %% of a core, node by node: %s\n", strings.Join(each, " "))
-	t.add(fmt.Sprintf("%d idle daemons holding %d layers: CPU per daemon, mean (max)", fleet, layers), fmt.Sprintf("%.2f%% (%.2f%%) of a core", cpuSum/n, cpuMax), "< 1% of a core", check(cpuMax < 1))
-	t.add("  catalogue bytes per daemon per second, sent + received", fmt.Sprintf("%.0f B/s", bSum/n), "<= 2 KB/s", check(bSum/n <= 2000))
-	t.add("  every daemon lists every layer", "yes", "all", check(true))
 	return nil
 }
 

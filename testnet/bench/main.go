@@ -103,10 +103,10 @@ func run(ctx context.Context) error {
 	fetcherBin := flag.String("fetcher-bin", "", "p2pimg binary of the fetcher in the garbage-peer memory figure (default -bin; an older build gives the before figure)")
 	dir := flag.String("dir", "", "work directory (default: a new temporary one, removed after)")
 	runs := flag.Int("runs", 5, "runs per figure (the median is reported)")
-	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers, garbage, catalog, registry, view")
+	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers, garbage, catalog, fleet, registry, view")
 	catLayers := flag.Int("catalog-layers", 4200, "layers one host publishes into 3 for the catalogue part")
-	fleet := flag.Int("fleet", 32, "idle daemons of the catalogue part")
-	fleetLayers := flag.Int("fleet-layers", 10000, "layers those daemons hold")
+	fleet := flag.Int("fleet", 32, "daemons of the fleet part")
+	fleetLayers := flag.Int("fleet-layers", 10000, "tiny layers one of them publishes in the fleet part")
 	fanSize := flag.Int64("fanout-size", 256<<20, "image size for the fan-out part")
 	viewSize := flag.Int64("view-size", 4<<30, "image size for the fuse view part (lazy activation, reads through the view)")
 	fanRuns := flag.String("fanout", "50mbit:4,8,16;400mbit:4", "fan-out rows: per link rate (tc tbf), the fetcher counts; the kill and join rows run at the first rate")
@@ -208,7 +208,12 @@ func run(ctx context.Context) error {
 		}
 	}
 	if want("catalog") {
-		if err := benchCatalogue(ctx, t, *bin, *dir, *catLayers, *fleet, *fleetLayers); err != nil {
+		if err := benchCatalogue(ctx, t, *bin, *dir, *catLayers); err != nil {
+			return err
+		}
+	}
+	if want("fleet") {
+		if err := benchFleet(ctx, t, *bin, *dir, *fleet, *fleetLayers); err != nil {
 			return err
 		}
 	}
