@@ -170,7 +170,9 @@ func (f *fetch) pick(p peer.ID, cursor *int, max int, endgame bool, now time.Tim
 			}
 		}
 	}
-	if len(out) == 0 && endgame && !v.complete {
+	// A second request at a seed would take its upload from first copies
+	// other hosts need: not while others fetch too, unless stalled.
+	if len(out) == 0 && endgame && (!v.complete || f.parts == 1 || now.Sub(f.last) > seedFallback) {
 		for j := 0; j < n && len(out) < max; j++ {
 			i := (*cursor + j) % n
 			if !f.have[i] && v.has[i] && f.inflight[i] == 1 && f.owner[i] != p {
