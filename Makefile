@@ -61,6 +61,7 @@ fuzz:
 	$(GO) test -run xxx -fuzz '^FuzzSyncFrame$$' -fuzztime $(FUZZTIME) ./node/gossip/
 	$(GO) test -run xxx -fuzz '^FuzzDecodeChunkRequest$$' -fuzztime $(FUZZTIME) ./node/xchg/
 	$(GO) test -run xxx -fuzz '^FuzzReadFrames$$' -fuzztime $(FUZZTIME) ./node/xchg/
+	$(GO) test -run xxx -fuzz '^FuzzReadNotes$$' -fuzztime $(FUZZTIME) ./node/xchg/
 	$(GO) test -run xxx -fuzz '^FuzzSeatRequest$$' -fuzztime $(FUZZTIME) ./node/seats/
 	$(GO) test -run xxx -fuzz '^FuzzSeatNote$$' -fuzztime $(FUZZTIME) ./node/seats/
 	$(GO) test -run xxx -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./license/

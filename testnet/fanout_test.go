@@ -37,11 +37,14 @@ func (c *chunkCounts) trace(i int) func(faults.ChunkEvent) {
 }
 
 // Eight hosts fetch at once from one seed whose upload is capped: every
-// fetcher serves chunks to the others, and before every fetcher has a
-// chunk the seed has sent it well under once per fetcher (counted, not
-// timed). The rule, at most twice, is not met yet: with shares
-// taken from the seed, a median chunk leaves it 4 times (8 before them).
-func TestFanOutSeedSendsEachChunkAboutOnce(t *testing.T) {
+// fetcher serves chunks to the others, and the seed sends a chunk at most
+// twice before every fetcher has it (counted, not timed): first copies are
+// shared out and announced in have-notes, second copies go only to the
+// host of the next share. Two hosts can still ask for the same chunk in
+// the moment before either hears of the other's request (a chunk outside
+// both their shares, or shares seen differently as hosts start): so the
+// rule allows that for a few chunks, once (a third send), never more.
+func TestFanOutSeedSendsEachChunkAtMostTwice(t *testing.T) {
 	const fetchers = 8
 	c := &chunkCounts{fetchers: fetchers, holders: map[string]int{}, early: map[string]int{}, served: map[int]int{}}
 	net := testnet.New(t, fetchers+1, testnet.WithConfig(func(i int, cfg *node.Config) {
@@ -61,15 +64,14 @@ func TestFanOutSeedSendsEachChunkAboutOnce(t *testing.T) {
 		}
 	}
 	hist := map[int]int{}
-	for _, n := range c.early {
+	for id, n := range c.early {
 		hist[n]++
+		if n > 3 {
+			t.Errorf("the seed sent chunk %s %d times before every fetcher had it (at most twice, a third time after a race)", id, n)
+		}
 	}
-	early := 0
-	for _, n := range c.early {
-		early += n
-	}
-	if limit := 0.6 * float64(fetchers*len(c.holders)); float64(early) > limit {
-		t.Errorf("the seed sent %d chunks before every fetcher had them: more than %.0f (0.6 per fetcher and chunk)", early, limit)
+	if raced := hist[3]; float64(raced) > 0.05*float64(len(c.holders)) {
+		t.Errorf("the seed sent %d of %d chunks three times before every fetcher had them: more than 5%% raced", raced, len(c.holders))
 	}
 	t.Logf("chunks by how often the seed sent them before every fetcher had them: %v; chunks served per node: %v", hist, c.served)
 }

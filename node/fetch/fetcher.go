@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
@@ -82,6 +81,7 @@ type Fetcher struct {
 
 	mu      sync.Mutex
 	fetches map[cid.Cid]*fetch
+	started chan struct{} // closed when a fetch starts, then replaced
 	// chunkIDs caches the distinct chunk ids of recently served manifests,
 	// so answering every fetcher's have-request does not decode the manifest
 	// again (manifests are immutable: an id always has the same chunks).
@@ -97,7 +97,7 @@ type Fetcher struct {
 // New registers the fetcher's metrics; it starts nothing.
 func New(cfg Config) *Fetcher {
 	chunkIDs, _ := lru.New[cid.Cid, []cid.Cid](16) // errs only for a size below 1
-	fr := &Fetcher{cfg: cfg, trace: cfg.Faults.Get().ChunkTrace, fetches: map[cid.Cid]*fetch{}, chunkIDs: chunkIDs,
+	fr := &Fetcher{cfg: cfg, trace: cfg.Faults.Get().ChunkTrace, fetches: map[cid.Cid]*fetch{}, started: make(chan struct{}), chunkIDs: chunkIDs,
 		bytesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "p2pimg_chunk_bytes_in_total", Help: "Chunk bytes received, by peer.",
 		}, []string{"peer"}),
@@ -150,6 +150,16 @@ func (fr *Fetcher) HaveBitmap(ctx context.Context, id cid.Cid) ([]byte, error) {
 	if f != nil {
 		return f.bitmap(), nil
 	}
+	has, err := fr.holds(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return xchg.PackBits(has), nil
+}
+
+// holds says which of layer id's distinct chunks the store has; an error
+// when the manifest is absent.
+func (fr *Fetcher) holds(ctx context.Context, id cid.Cid) ([]bool, error) {
 	ids, ok := fr.chunkIDs.Get(id)
 	if !ok {
 		// Every stream of every fetcher asks at once when a fetch starts:
@@ -168,11 +178,7 @@ func (fr *Fetcher) HaveBitmap(ctx context.Context, id cid.Cid) ([]byte, error) {
 		}
 		ids = v.([]cid.Cid)
 	}
-	has, err := fr.cfg.Store.HasMany(ctx, ids)
-	if err != nil {
-		return nil, err
-	}
-	return xchg.PackBits(has), nil
+	return fr.cfg.Store.HasMany(ctx, ids)
 }
 
 // FetchName makes NAME:TAG complete on this host, as the cluster
@@ -294,20 +300,6 @@ func (fr *Fetcher) fetchManifest(ctx context.Context, id cid.Cid) (*chunk.Manife
 	return nil, nil, fmt.Errorf("manifest %s: no connected peer has it (%d tried): %w", id, len(errs), errors.Join(append(errs, chunk.ErrNotFound)...))
 }
 
-// shares sets this host's rank among the connected hosts fetching f's
-// layer (its partial holders), which splits a seed's chunks between them.
-func (fr *Fetcher) shares(f *fetch) {
-	me := fr.cfg.Host.ID()
-	ids := []peer.ID{me}
-	for p, complete := range fr.cfg.Catalog.Holdings(f.id.String()) {
-		if !complete && p != me && p2p.Connected(fr.cfg.Host, p) {
-			ids = append(ids, p)
-		}
-	}
-	slices.Sort(ids)
-	f.setShare(slices.Index(ids, me), len(ids))
-}
-
 // candidates are the connected peers, holders of the layer first.
 func (fr *Fetcher) candidates(id cid.Cid) []peer.ID {
 	h := fr.cfg.Host
@@ -354,18 +346,21 @@ func (fr *Fetcher) fetchChunks(ctx context.Context, id cid.Cid, m *chunk.Manifes
 	if err != nil {
 		return nil, err
 	}
-	f := newFetch(id, refs, have, time.Now())
+	f := newFetch(fr.cfg.Host.ID(), id, refs, have, time.Now())
 	fr.mu.Lock()
 	if fr.fetches[id] != nil {
 		fr.mu.Unlock()
 		return nil, api.Conflictf("layer %s is already being fetched", id)
 	}
 	fr.fetches[id] = f
+	close(fr.started) // watchers waiting for this host to fetch the layer
+	fr.started = make(chan struct{})
 	fr.mu.Unlock()
 	defer func() {
 		fr.mu.Lock()
 		delete(fr.fetches, id)
 		fr.mu.Unlock()
+		f.end()
 		fr.cfg.Announce.Notify()
 	}()
 	fr.cfg.Announce.Notify()
@@ -413,7 +408,6 @@ func (fr *Fetcher) runFetch(ctx context.Context, f *fetch, name chunk.Name, emit
 		if time.Since(last) > fr.cfg.StallTimeout {
 			return fmt.Errorf("stalled: %d of %d chunks still missing and no connected peer sent any for %s; the layer stays incomplete, run fetch again when a host that has it is reachable", left, len(f.refs), fr.cfg.StallTimeout)
 		}
-		fr.shares(f)
 		for _, p := range fr.byMisses(fr.candidates(f.id)) {
 			if fr.mayOpen(p) {
 				fr.spawn(ctx, &wg, f, p, name)
@@ -429,12 +423,25 @@ func (fr *Fetcher) runFetch(ctx context.Context, f *fetch, name chunk.Name, emit
 	}
 }
 
-// spawn starts the workers peer p lacks (streamsPerPeer in all).
+// spawn starts the watch of peer p and the workers it lacks
+// (streamsPerPeer in all).
 func (fr *Fetcher) spawn(ctx context.Context, wg *sync.WaitGroup, f *fetch, p peer.ID, name chunk.Name) {
 	f.mu.Lock()
-	running := f.workers[p]
+	running, watching := f.workers[p], f.watching[p]
 	f.workers[p] = streamsPerPeer
+	f.watching[p] = true
 	f.mu.Unlock()
+	if !watching {
+		wg.Go(func() {
+			err := fr.watch(ctx, f, p)
+			if err != nil && ctx.Err() == nil {
+				fr.cfg.Log.Debug("fetch: have-notes stopped", "layer", name.String(), "peer", p.String(), "err", err)
+			}
+			f.mu.Lock()
+			delete(f.watching, p)
+			f.mu.Unlock()
+		})
+	}
 	for stream := running; stream < streamsPerPeer; stream++ {
 		wg.Go(func() {
 			err := fr.fetchFrom(ctx, f, p, stream)

@@ -6,6 +6,7 @@
 package fetch
 
 import (
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -16,27 +17,47 @@ import (
 	"github.com/p2pimg/p2pimg/node/xchg"
 )
 
-// Chunk scheduling: streamsPerPeer workers per peer each keep up to
-// pipelineDepth batches of batchChunks chunks in flight on their own stream. Workers pick chunks the peer
-// has and nobody is fetching yet, each from its own random starting point,
-// so peers get disjoint work; when nothing unassigned is left (the endgame)
-// an idle worker also asks for chunks another peer is still sending, and
-// the first copy to arrive wins.
+// Chunk scheduling: streamsPerPeer workers per peer each keep requests in
+// flight on their own stream, as many as the stream's measured rate needs
+// (depth.go). Workers pick chunks the peer has and nobody here is fetching
+// yet, each from its own random starting point, so peers get disjoint
+// work; when nothing unassigned is left (the endgame) an idle worker also
+// asks for chunks another peer is still sending, and the first copy to
+// arrive wins. What each peer has comes from its have-notes (watch.go).
 const (
-	batchChunks    = 16
-	pipelineDepth  = 8
 	readTimeout    = 30 * time.Second
 	badPeerBlock   = 10 * time.Minute
 	respawnEvery   = 500 * time.Millisecond
 	storerCount    = 2 // verify and store in parallel with reading
 	streamsPerPeer = 2 // two streams: the peer serves and we read on two cores
+	// starveAfter is how long this host may receive nothing before it asks
+	// a complete peer for chunks other fetchers already hold.
+	starveAfter = time.Second
 	// seedFallback is how long a fetch may go without progress before a
-	// worker asks a complete peer for anything, shares or not.
+	// worker asks a complete peer for anything, first copies others asked
+	// for included.
 	seedFallback = 2 * time.Second
+	// settleTime is how long a new fetch waits, at most, for the peers it
+	// watches to say whether they fetch the layer too before it asks a
+	// seed for first copies (its share depends on how many do).
+	settleTime = 200 * time.Millisecond
+	// idleCheck is how often an idle worker looks again without a change.
+	idleCheck = 100 * time.Millisecond
 )
+
+// view is what one peer holds of the layer, from its bitmap and notes.
+type view struct {
+	fetching bool // it sends notes: it is fetching the layer
+	missing  bool // it lacks the manifest: it may be about to fetch the layer
+	has      []bool
+	asked    []bool // chunks it asked a complete peer for, not stored yet
+	held     int
+	complete bool
+}
 
 // fetch is the state of one layer being fetched.
 type fetch struct {
+	self peer.ID
 	id   cid.Cid
 	refs []chunk.Ref
 
@@ -45,16 +66,23 @@ type fetch struct {
 	inflight  []uint8   // requests outstanding (at most 2: one more in the endgame)
 	owner     []peer.ID // who was asked first
 	avail     []uint16  // how many peers are known to have each chunk
+	asked     []uint16  // how many peers asked a complete peer for it
+	completes int       // complete peers among the views
 	rank      int       // this host's place among the hosts fetching the layer
 	parts     int       // how many hosts are fetching it (1: just us)
-	shareLeft int       // chunks of this host's share not stored yet
+	views     map[peer.ID]*view
+	mine      []bool      // chunks this host asked a complete peer for
+	notes     []xchg.Note // every change here, in order, for the watchers
+	ended     bool        // the fetch is over: watchers end
 	remaining int
 	done      int64 // bytes stored by this fetch
 	total     int64 // bytes of the layer's distinct chunks
 	fetched   int   // chunks stored by this fetch
+	began     time.Time
 	last      time.Time
 	changed   chan struct{}   // closed on every change, then replaced
 	workers   map[peer.ID]int // running workers per peer
+	watching  map[peer.ID]bool
 	perPeer   map[peer.ID]int64
 	err       error         // a local failure (full disk) that ends the fetch
 	store     chan received // batches for the storers
@@ -70,11 +98,12 @@ func (f *fetch) fail(err error) {
 	f.mu.Unlock()
 }
 
-func newFetch(id cid.Cid, refs []chunk.Ref, have []bool, now time.Time) *fetch {
-	f := &fetch{id: id, refs: refs, have: have, inflight: make([]uint8, len(refs)), owner: make([]peer.ID, len(refs)), avail: make([]uint16, len(refs)),
-		last: now, changed: make(chan struct{}), workers: map[peer.ID]int{}, perPeer: map[peer.ID]int64{},
-		store: make(chan received, 2*pipelineDepth)}
-	f.setShare(0, 1)
+func newFetch(self peer.ID, id cid.Cid, refs []chunk.Ref, have []bool, now time.Time) *fetch {
+	n := len(refs)
+	f := &fetch{self: self, rank: 0, parts: 1, id: id, refs: refs, have: have, inflight: make([]uint8, n), owner: make([]peer.ID, n), avail: make([]uint16, n),
+		asked: make([]uint16, n), mine: make([]bool, n), views: map[peer.ID]*view{},
+		began: now, last: now, changed: make(chan struct{}), workers: map[peer.ID]int{}, watching: map[peer.ID]bool{}, perPeer: map[peer.ID]int64{},
+		store: make(chan received, 2*maxDepth)}
 	for i, r := range refs {
 		f.total += int64(r.Size)
 		if !have[i] {
@@ -84,21 +113,6 @@ func newFetch(id cid.Cid, refs []chunk.Ref, have []bool, now time.Time) *fetch {
 		}
 	}
 	return f
-}
-
-// setShare makes this host's share the chunks i with i%parts == rank.
-func (f *fetch) setShare(rank, parts int) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if rank == f.rank && parts == f.parts {
-		return
-	}
-	f.rank, f.parts, f.shareLeft = rank, parts, 0
-	for i, h := range f.have {
-		if !h && (parts <= 1 || i%parts == rank) {
-			f.shareLeft++
-		}
-	}
 }
 
 func (f *fetch) signal() {
@@ -112,74 +126,150 @@ func (f *fetch) wait() <-chan struct{} {
 	return f.changed
 }
 
-// pick chooses up to max chunks for peer p, which has peerHas (all of the
-// layer when complete), starting at *cursor. With endgame set (the
-// worker has nothing in flight) it may choose chunks in flight at another
-// peer.
-//
-// Rarest first: chunks no other peer is known to have come before chunks
-// others could send too. And when several hosts fetch the layer at once,
-// each takes from a complete peer (a seed) only what the seed alone has
-// and falls in its own share: the hosts then trade shares, so the seed's
-// upload carries each chunk once before any twice. Only a worker with
-// nothing in flight asks a seed for more: the next host's share once its
-// own is stored (a second copy, should that host be slow or gone), chunks
-// other peers have too, and, when the fetch has stalled, anything.
-func (f *fetch) pick(p peer.ID, peerHas []bool, complete bool, cursor *int, max int, endgame bool, now time.Time) []int {
+// end tells the watchers the fetch is over.
+func (f *fetch) end() {
+	f.mu.Lock()
+	f.ended = true
+	f.signal()
+	f.mu.Unlock()
+}
+
+// pick chooses up to max chunks for peer p, starting at *cursor. With
+// endgame set (the worker has nothing in flight) it may choose chunks in
+// flight at another peer.
+func (f *fetch) pick(p peer.ID, cursor *int, max int, endgame bool, now time.Time) []int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []int
+	v := f.views[p]
+	if v == nil || v.complete && f.settling(now) {
+		return nil
+	}
 	n := len(f.refs)
-	shared := f.parts > 1
-	mine := func(i int) bool { return !shared || i%f.parts == f.rank }
-	next := func(i int) bool { return i%f.parts == (f.rank+1)%f.parts }
-	passes := []func(i int) bool{
-		func(i int) bool { return f.avail[i] <= 1 && mine(i) },
-		func(i int) bool { return f.avail[i] <= 1 },
-		func(i int) bool { return true },
+	passes := f.peerPasses()
+	if v.complete {
+		passes = f.seedPasses(endgame, now)
 	}
-	if complete && shared {
-		stalled := now.Sub(f.last) > seedFallback
-		passes = []func(i int) bool{
-			passes[0],
-			func(i int) bool { return endgame && f.shareLeft == 0 && f.avail[i] <= 1 && next(i) },
-			func(i int) bool { return endgame && (f.avail[i] > 1 || stalled) },
+	var out []int
+	for k, ok := range passes {
+		from := *cursor
+		if v.complete && k == 1 {
+			// Others' first copies: not next to where their owner asks
+			// next (it walks its share in order).
+			from = rand.IntN(n)
 		}
-	}
-	for _, ok := range passes {
-		for k := 0; k < n && len(out) < max; k++ {
-			i := (*cursor + k) % n
-			if !f.have[i] && peerHas[i] && f.inflight[i] == 0 && ok(i) {
+		for j := 0; j < n && len(out) < max; j++ {
+			i := (from + j) % n
+			if !f.have[i] && v.has[i] && ok(i) && f.inflight[i] == 0 {
 				out = append(out, i)
 				f.owner[i] = p
 				f.inflight[i]++ // taken: a later pass must not take it again
+				if v.complete && !f.mine[i] {
+					f.mine[i] = true
+					f.notes = append(f.notes, xchg.Note{Index: i, Kind: xchg.NoteAsked})
+				}
 			}
 		}
 	}
-	for _, i := range out {
-		f.inflight[i]--
-	}
-	if len(out) == 0 && endgame && (!complete || !shared || f.shareLeft == 0) {
-		for k := 0; k < n && len(out) < max; k++ {
-			i := (*cursor + k) % n
-			if !f.have[i] && peerHas[i] && f.inflight[i] == 1 && f.owner[i] != p {
+	// A second request at a seed would take its upload from first copies
+	// other hosts need: not while others fetch too, unless stalled.
+	if len(out) == 0 && endgame && (!v.complete || f.parts == 1 || now.Sub(f.last) > seedFallback) {
+		for j := 0; j < n && len(out) < max; j++ {
+			i := (*cursor + j) % n
+			if !f.have[i] && v.has[i] && f.inflight[i] == 1 && f.owner[i] != p {
 				out = append(out, i)
+				f.inflight[i]++
 			}
 		}
-	}
-	for _, i := range out {
-		f.inflight[i]++
 	}
 	if len(out) > 0 {
 		*cursor = (out[len(out)-1] + 1) % n
+		f.signal() // watchers send the asked-notes
 	}
 	return out
 }
 
+// fetchers is how many peers still fetching the layer hold chunk i.
+func (f *fetch) fetchers(i int) int { return int(f.avail[i]) - f.completes }
+
+// peerPasses are the rules, in order, for a peer still fetching: rarest
+// first (chunks no other fetching peer has come before the rest).
+func (f *fetch) peerPasses() []func(i int) bool {
+	return []func(i int) bool{
+		func(i int) bool { return f.fetchers(i) <= 1 },
+		func(i int) bool { return true },
+	}
+}
+
+// seedPasses are the rules, in order, for a complete peer (a seed).
+//
+// Its first copies come first: chunks no fetching peer holds and none has
+// asked a complete peer for, so the seed sends each chunk once before any
+// twice, spread over every fetcher. Each host takes its share (chunk i
+// when i%parts == rank, among the hosts that send notes), and others'
+// first copies only once every first copy of its share is here (or held
+// by another fetcher), and with nothing else in flight there (their notes
+// say which are taken; the shares keep hosts apart before notes arrive).
+//
+// A chunk one fetcher holds comes from a seed only when no first copy is
+// left (to the host of the next share: a second copy), or when this host
+// has received nothing for starveAfter, and only if no other host is
+// asking a seed for it (every chunk asked of a complete peer is
+// announced): so a seed sends a chunk at most twice before every fetcher
+// has it. After seedFallback without progress, anything.
+func (f *fetch) seedPasses(endgame bool, now time.Time) []func(i int) bool {
+	starving, stalled := now.Sub(f.last) > starveAfter, now.Sub(f.last) > seedFallback
+	firstLeft, mineLeft := false, false // first copies this host lacks: any; of its share
+	first := func(i int) bool {
+		if f.fetchers(i) > 0 {
+			return false
+		}
+		firstLeft = true
+		return f.asked[i] == 0
+	}
+	return []func(i int) bool{
+		func(i int) bool {
+			if i%f.parts != f.rank {
+				return false
+			}
+			ok := first(i)
+			mineLeft = mineLeft || firstLeft
+			return ok
+		},
+		func(i int) bool { return first(i) && endgame && !mineLeft },
+		func(i int) bool {
+			next := (i%f.parts+1)%f.parts == f.rank
+			return f.asked[i] == 0 && f.fetchers(i) == 1 && (!firstLeft && next || starving) || stalled
+		},
+	}
+}
+
+// settling says whether the fetch is new and some peer it watches has
+// not yet said whether it fetches the layer.
+func (f *fetch) settling(now time.Time) bool {
+	if now.Sub(f.began) >= settleTime {
+		return false
+	}
+	if len(f.views) < len(f.watching) {
+		return true
+	}
+	for _, v := range f.views {
+		if v.missing {
+			return true
+		}
+	}
+	return false
+}
+
+// release gives chunks back to the scheduler: their requests failed or
+// the peer lacked them.
 func (f *fetch) release(idx []int) {
 	f.mu.Lock()
 	for _, i := range idx {
 		f.inflight[i]--
+		if f.inflight[i] == 0 && f.mine[i] && !f.have[i] {
+			f.mine[i] = false
+			f.notes = append(f.notes, xchg.Note{Index: i, Kind: xchg.NoteDropped})
+		}
 	}
 	f.signal()
 	f.mu.Unlock()
@@ -195,9 +285,8 @@ func (f *fetch) stored(p peer.ID, idx []int, now time.Time) {
 			continue // a duplicate from the endgame
 		}
 		f.have[i] = true
-		if f.parts <= 1 || i%f.parts == f.rank {
-			f.shareLeft--
-		}
+		f.mine[i] = false
+		f.notes = append(f.notes, xchg.Note{Index: i, Kind: xchg.NoteHave})
 		f.remaining--
 		f.fetched++
 		f.done += int64(f.refs[i].Size)
@@ -220,24 +309,18 @@ type received struct {
 	data [][]byte
 }
 
-// seen records a peer's new bitmap in the availability counts.
-func (f *fetch) seen(old, now []bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for i := range now {
-		switch {
-		case now[i] && (old == nil || !old[i]):
-			f.avail[i]++
-		case !now[i] && old != nil && old[i]:
-			f.avail[i]--
-		}
-	}
-}
-
 // release gives the batch's chunks back to the scheduler and frees its buffers.
 func (rb received) release(f *fetch) {
 	f.release(rb.idx)
 	rb.free()
+}
+
+func (rb received) bytes() int {
+	n := 0
+	for _, d := range rb.data {
+		n += len(d)
+	}
+	return n
 }
 
 func (rb received) free() {

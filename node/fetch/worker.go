@@ -2,7 +2,6 @@ package fetch
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -28,10 +27,8 @@ type worker struct {
 	lims   []*rate.Limiter // --max-download, and a layer policy's cap
 	got    prometheus.Counter
 
-	peerHas, counted []bool
-	peerComplete     bool
-	hasAt            time.Time
-	pending          [][]int // requested batches, not answered yet
+	pace    pace
+	pending [][]int // requested batches, not answered yet
 }
 
 // fetchFrom runs one worker on peer p until the layer is complete, the peer
@@ -50,14 +47,7 @@ func (fr *Fetcher) fetchFrom(ctx context.Context, f *fetch, p peer.ID, stream in
 			w.lims = append(w.lims, l)
 		}
 	}
-	if err := w.refresh(); err != nil {
-		return err
-	}
-	fr.worked(p) // it answers: failures before no longer count
 	defer func() {
-		if w.counted != nil {
-			f.seen(w.counted, make([]bool, len(f.refs)))
-		}
 		for _, b := range w.pending {
 			f.release(b)
 		}
@@ -65,35 +55,7 @@ func (fr *Fetcher) fetchFrom(ctx context.Context, f *fetch, p peer.ID, stream in
 	return w.loop(ctx)
 }
 
-// refresh asks the peer which of the layer's chunks it has now.
-func (w *worker) refresh() error {
-	f := w.f
-	w.hasAt = time.Now()
-	bm, err := w.c.Ask(xchg.ReqHave, f.id, (len(f.refs)+7)/8, readTimeout)
-	if errors.Is(err, chunk.ErrNotFound) {
-		w.peerHas = make([]bool, len(f.refs))
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("peer %s: have: %w", w.p, err)
-	}
-	now, err := xchg.UnpackBits(bm, len(f.refs))
-	if err != nil {
-		return fmt.Errorf("peer %s: have: %w", w.p, err)
-	}
-	if w.stream == 0 { // one count per peer, not per stream
-		f.seen(w.counted, now)
-		w.counted = now
-	}
-	w.peerHas = append(w.peerHas[:0], now...)
-	w.peerComplete = true
-	for _, v := range w.peerHas {
-		w.peerComplete = w.peerComplete && v
-	}
-	return nil
-}
-
-// loop keeps up to pipelineDepth batches in flight and reads their answers.
+// loop keeps requests in flight (as many as the pace says) and reads their answers.
 func (w *worker) loop(ctx context.Context) error {
 	f := w.f
 	cursor := rand.IntN(len(f.refs))
@@ -120,11 +82,14 @@ func (w *worker) loop(ctx context.Context) error {
 // fill requests batches until the pipeline is full or nothing is left to ask.
 func (w *worker) fill(cursor *int) error {
 	f := w.f
-	for len(w.pending) < pipelineDepth {
-		b := f.pick(w.p, w.peerHas, w.peerComplete, cursor, batchChunks, len(w.pending) == 0, time.Now())
+	batch, depth := w.pace.size(float64(f.total) / float64(len(f.refs)))
+	for len(w.pending) < depth {
+		now := time.Now()
+		b := f.pick(w.p, cursor, batch, len(w.pending) == 0, now)
 		if len(b) == 0 {
 			return nil
 		}
+		w.pace.sent(len(w.pending) == 0, now)
 		ids := make([]cid.Cid, len(b))
 		for k, i := range b {
 			ids[k] = f.refs[i].CID
@@ -152,10 +117,7 @@ func (w *worker) idle(ctx context.Context) (done bool, err error) {
 	case <-ctx.Done():
 		return true, ctx.Err()
 	case <-changed:
-	case <-time.After(respawnEvery):
-	}
-	if !w.peerComplete && time.Since(w.hasAt) >= 300*time.Millisecond {
-		return false, w.refresh()
+	case <-time.After(idleCheck): // a seed's rules change with time
 	}
 	return false, nil
 }
@@ -180,7 +142,7 @@ func (w *worker) readBatch(ctx context.Context) error {
 			return fmt.Errorf("peer %s: %w", w.p, err)
 		}
 		if st == xchg.StatusMissing {
-			w.peerHas[i] = false
+			f.lacks(w.p, i)
 			missing = append(missing, i)
 			putBuf(data)
 			continue
@@ -198,6 +160,7 @@ func (w *worker) readBatch(ctx context.Context) error {
 		w.got.Add(float64(len(data)))
 	}
 	w.pending = w.pending[1:]
+	w.pace.read(rb.bytes(), time.Now(), len(w.pending) > 0)
 	f.release(missing)
 	if len(rb.idx) > 0 {
 		w.fr.worked(w.p)

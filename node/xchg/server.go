@@ -148,6 +148,10 @@ func (s *Server) violation(st network.Stream, p peer.ID, err error) {
 // it. Cancellation is not an error.
 func (s *Server) Run(ctx context.Context) error {
 	s.cfg.Host.SetStreamHandler(Proto, func(st network.Stream) { s.serve(ctx, st) })
+	if w, ok := s.cfg.Source.(Watcher); ok {
+		s.cfg.Host.SetStreamHandler(HaveProto, func(st network.Stream) { s.serveHave(ctx, w, st) })
+		defer s.cfg.Host.RemoveStreamHandler(HaveProto)
+	}
 	<-ctx.Done()
 	s.cfg.Host.RemoveStreamHandler(Proto)
 	return nil
