@@ -32,6 +32,7 @@ type worker struct {
 	peerComplete     bool
 	hasAt            time.Time
 	pending          [][]int // requested batches, not answered yet
+	first            int     // chunks the first request asks for (then batchChunks)
 }
 
 // fetchFrom runs one worker on peer p until the layer is complete, the peer
@@ -95,7 +96,8 @@ func (w *worker) refresh() error {
 // loop keeps up to pipelineDepth batches in flight and reads their answers.
 func (w *worker) loop(ctx context.Context) error {
 	f := w.f
-	cursor := rand.IntN(len(f.refs))
+	cursor, first := start(ctx, len(f.refs), rand.IntN)
+	w.first = first
 	for {
 		if err := w.fill(&cursor); err != nil {
 			return err
@@ -120,7 +122,11 @@ func (w *worker) loop(ctx context.Context) error {
 func (w *worker) fill(cursor *int) error {
 	f := w.f
 	for len(w.pending) < pipelineDepth {
-		b := f.pick(w.p, w.peerHas, w.peerComplete, cursor, batchChunks, len(w.pending) == 0, time.Now())
+		n := batchChunks
+		if w.first > 0 {
+			n, w.first = w.first, 0
+		}
+		b := f.pick(w.p, w.peerHas, w.peerComplete, cursor, n, len(w.pending) == 0, time.Now())
 		if len(b) == 0 {
 			return nil
 		}
