@@ -13,6 +13,7 @@ import (
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/fetch"
 )
 
 // Where a blob's bytes came from (a metrics label).
@@ -218,7 +219,7 @@ func (s *Service) flyPeers(ctx context.Context, f *flight, mcid string) error {
 	mp, _ := s.cfg.Catalog.Lookup(blobName(f.digest).String())
 	f.setReady(srcPeer, b.Size, b.Refs)
 	for {
-		_, err = s.cfg.Fetcher.Fetch(ctx, blobName(f.digest), mp, func(api.Event) {})
+		_, err = s.cfg.Fetcher.Fetch(fetch.InOrder(ctx), blobName(f.digest), mp, func(api.Event) {})
 		if api.CodeOf(err) != api.CodeConflict {
 			break
 		}
