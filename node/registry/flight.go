@@ -120,6 +120,9 @@ func (s *Service) next(ctx context.Context, f *flight, i int) (ref chunk.Ref, ok
 			return r, false, nil
 		}
 		arrived := s.arrivals.wait() // before looking, so no wake-up is missed
+		if s.arrivals.has(r.CID) {
+			return r, true, nil
+		}
 		has, err := s.cfg.Store.HasMany(ctx, []cid.Cid{r.CID})
 		if err != nil {
 			return r, false, err

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ipfs/go-cid"
+
 	"github.com/p2pimg/p2pimg/chunk"
 )
 
@@ -308,7 +310,7 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request, f *flight, src 
 		if !ok {
 			break
 		}
-		data, err := s.cfg.Store.GetInto(ctx, ref.CID, bufs[i%2])
+		data, err := s.chunkData(ctx, ref.CID, bufs[i%2])
 		if err != nil {
 			panic(http.ErrAbortHandler)
 		}
@@ -340,6 +342,15 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request, f *flight, src 
 		s.send(w, rc, held, src, start, &sent)
 	}
 	return nil
+}
+
+// chunkData is a chunk of a blob in flight: from the fetch that is
+// storing it (verified), else from the store.
+func (s *Service) chunkData(ctx context.Context, id cid.Cid, buf []byte) ([]byte, error) {
+	if data, ok := s.arrivals.read(id, buf); ok {
+		return data, nil
+	}
+	return s.cfg.Store.GetInto(ctx, id, buf)
 }
 
 // send writes one chunk of a stream, counting it in sent; false when the
