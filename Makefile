@@ -7,7 +7,7 @@ FUZZTIME  ?= 30s
 
 SOAKTIME  ?= 10m
 
-.PHONY: all build test test-short lint bench bench-smoke bench-micro sim demo fuzz soak clean
+.PHONY: all build test test-short lint bench bench-smoke bench-micro sim demo fuzz soak conformance clean
 
 all: build
 
@@ -73,6 +73,17 @@ fuzz:
 # (checked for convergence, store integrity, memory and over-allocation).
 soak:
 	$(GO) test -count=1 -timeout 0 -run '^(TestSeatFaults|TestChurn)$$' -v ./cmd/p2pimg -seat-soak $(SOAKTIME) -churn-soak $(SOAKTIME)
+
+# The OCI distribution-spec conformance suite (its Go module, through the
+# module proxy), pull workflow, against a host's registry mirror serving an
+# image and a multi-platform index from its peer (TestRegistryConformance).
+CONFORMANCE := github.com/opencontainers/distribution-spec/conformance@v0.0.0-20260831232431-97274622c111
+conformance:
+	@mkdir -p bin
+	$(GO) mod download $(CONFORMANCE)
+	rm -rf bin/conformance-src && cp -r $$($(GO) env GOMODCACHE)/$(CONFORMANCE) bin/conformance-src && chmod -R u+w bin/conformance-src
+	cd bin/conformance-src && $(GO) test -c -o ../oci-conformance.test .
+	P2PIMG_OCI_CONFORMANCE=$(CURDIR)/bin/oci-conformance.test $(GO) test -count=1 -run '^TestRegistryConformance$$' ./testnet/
 
 clean:
 	rm -rf bin

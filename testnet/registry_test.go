@@ -318,8 +318,9 @@ func TestRegistryImportedImageAndRanges(t *testing.T) {
 		resp.Header.Get("Content-Length") != fmt.Sprint(len(raw)) {
 		t.Fatalf("manifest: %s %q digest %q", resp.Status, body, resp.Header.Get("Docker-Content-Digest"))
 	}
-	if resp, _ := get(t, "http://"+mirrorAddr(b)+"/v2/demo/app/manifests/2", "Accept", "application/vnd.oci.image.index.v1+json"); resp.StatusCode != 404 {
-		t.Fatalf("a manifest type the client does not accept: %s", resp.Status)
+	if resp, body := get(t, "http://"+mirrorAddr(b)+"/v2/demo/app/manifests/2", "Accept", "application/vnd.oci.image.index.v1+json"); resp.StatusCode != 200 ||
+		!bytes.Equal(body, raw) || resp.Header.Get("Content-Type") != "application/vnd.docker.distribution.manifest.v2+json" {
+		t.Fatalf("a manifest type the client did not list: %s %q (want the stored bytes under their own type)", resp.Status, resp.Header.Get("Content-Type"))
 	}
 
 	ls, _ := img.Layers()
