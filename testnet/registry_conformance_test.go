@@ -78,7 +78,7 @@ func TestRegistryConformance(t *testing.T) {
 	cmd.Dir = results
 	cmd.Env = append(os.Environ(),
 		"OCI_ROOT_URL=http://"+mirrorAddr(b), "OCI_NAMESPACE="+upstreamNS+"/conformance/repo1",
-		"OCI_TEST_PULL=1", "OCI_TEST_PUSH=0", "OCI_TEST_CONTENT_DISCOVERY=0", "OCI_TEST_CONTENT_MANAGEMENT=0",
+		"OCI_TEST_PULL=1", "OCI_TEST_PUSH=0", "OCI_TEST_CONTENT_DISCOVERY=0", "OCI_API_TAGS_LIST=true", "OCI_TEST_CONTENT_MANAGEMENT=0",
 		"OCI_TAG_NAME="+strings.Join(tags, " "), "OCI_MANIFEST_DIGEST="+strings.Join(manifests, " "),
 		"OCI_BLOB_DIGEST="+strings.Join(blobs, " "), "OCI_RESULTS_DIR="+filepath.Join(results, "results"))
 	out, err := cmd.CombinedOutput()
@@ -90,7 +90,7 @@ func TestRegistryConformance(t *testing.T) {
 	if !strings.Contains(report, "OCI Conformance Result: Pass") {
 		t.Fatalf("the conformance suite's pull workflow failed against the mirror (exit: %v)", err)
 	}
-	for _, api := range []string{"Ping", "Blob get", "Blob head", "Manifest get by digest", "Manifest get by tag", "Manifest head by digest", "Manifest head by tag"} {
+	for _, api := range []string{"Ping", "Blob get", "Blob head", "Manifest get by digest", "Manifest get by tag", "Manifest head by digest", "Manifest head by tag", "Tag listing"} {
 		if !regexp.MustCompile(`(?m)^\s*` + api + `\.+:\s+Pass$`).MatchString(report) {
 			t.Errorf("the suite's report does not say %q passed", api)
 		}

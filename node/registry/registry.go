@@ -67,6 +67,8 @@ type Fetcher interface {
 type Catalog interface {
 	// Lookup is the newest mapping of name the cluster knows.
 	Lookup(name string) (gossip.Mapping, bool)
+	// All is every name's newest mapping (tag listing).
+	All() []gossip.Mapping
 }
 
 // Config configures the registry.

@@ -116,12 +116,14 @@ func (s *Service) route(w http.ResponseWriter, r *http.Request, ns string) (kind
 		return "other", srcNone, newErr(http.StatusNotFound, "NAME_UNKNOWN", "%s: not a registry API path (/v2/...)", p)
 	}
 	var repo, ref string
-	if i := strings.LastIndex(rest, "/manifests/"); i >= 0 {
+	if r, ok := strings.CutSuffix(rest, "/tags/list"); ok {
+		kind, repo = "tags", r
+	} else if i := strings.LastIndex(rest, "/manifests/"); i >= 0 {
 		kind, repo, ref = "manifest", rest[:i], rest[i+len("/manifests/"):]
 	} else if i := strings.LastIndex(rest, "/blobs/"); i >= 0 {
 		kind, repo, ref = "blob", rest[:i], rest[i+len("/blobs/"):]
 	} else {
-		return "other", srcNone, newErr(http.StatusNotFound, "UNSUPPORTED", "%s: this mirror serves /v2/NAME/manifests/REF and /v2/NAME/blobs/DIGEST only", p)
+		return "other", srcNone, newErr(http.StatusNotFound, "UNSUPPORTED", "%s: this mirror serves /v2/NAME/manifests/REF, /v2/NAME/blobs/DIGEST and /v2/NAME/tags/list only", p)
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return kind, srcNone, newErr(http.StatusMethodNotAllowed, "UNSUPPORTED", "%s %s: this mirror serves pulls only (GET, HEAD); push to the upstream registry", r.Method, p)
@@ -132,9 +134,12 @@ func (s *Service) route(w http.ResponseWriter, r *http.Request, ns string) (kind
 	if len(repo) > 255 || !repoRE.MatchString(repo) {
 		return kind, srcNone, newErr(http.StatusBadRequest, "NAME_INVALID", "repository name %q: want lower-case path components such as library/alpine", repo)
 	}
-	if kind == "blob" {
+	switch kind {
+	case "tags":
+		src, err = s.serveTags(w, r, ns, repo)
+	case "blob":
 		src, err = s.serveBlob(w, r, ns, repo, ref)
-	} else {
+	default:
 		src, err = s.serveManifest(w, r, ns, repo, ref)
 	}
 	return kind, src, err
