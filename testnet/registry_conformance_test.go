@@ -66,8 +66,14 @@ func TestRegistryConformance(t *testing.T) {
 	}
 	id, _ := idx.Digest()
 	manifests = append(manifests, id.String())
+	var names []string
+	for _, d := range append(append([]string{}, manifests...), blobs...) {
+		names = append(names, "oci/blob:"+strings.Replace(d, ":", "-", 1))
+	}
 	for _, tag := range tags {
-		name := "oci/ref/" + upstreamNS + "/conformance/repo1:" + tag
+		names = append(names, "oci/ref/"+upstreamNS+"/conformance/repo1:"+tag)
+	}
+	for _, name := range names {
 		net.Eventually(20*time.Second, "B's catalogue maps "+name, func() bool {
 			c, err := b.Client.Resolve(ctx, name)
 			return err == nil && c != ""

@@ -192,6 +192,9 @@ func (s *Service) serveBlob(w http.ResponseWriter, r *http.Request, ns, repo, d 
 		if !ok {
 			return src, newErr(http.StatusNotFound, "BLOB_UNKNOWN", "blob %s: fetched but gone again (gc?)", d)
 		}
+		if err := s.verifyLocal(ctx, b); err != nil {
+			return src, &regError{http.StatusBadGateway, "UNKNOWN", err}
+		}
 		return src, s.serveStored(w, r, b, src, start)
 	}
 	return src, s.stream(w, r, f, src, size, start)
@@ -343,6 +346,7 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request, f *flight, src 
 		s.cfg.Log.Error("registry: blob does not match its digest; stream cut before its end", "digest", f.digest, "got", got, "bytes", n)
 		panic(http.ErrAbortHandler)
 	}
+	s.markVerified(f.digest)
 	if held != nil {
 		s.send(w, rc, held, src, start, &sent)
 	}
