@@ -9,7 +9,7 @@ SOAKTIME  ?= 10m
 NFPM      := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.48.0
 DEBVERSION := 0.0~git$(shell git rev-parse --short HEAD 2>/dev/null || echo 0)
 
-.PHONY: all build test test-short lint bench bench-smoke bench-micro sim demo fuzz soak clean package
+.PHONY: all build test test-short lint bench bench-smoke bench-micro sim demo fuzz soak conformance clean package
 
 all: build
 
@@ -88,6 +88,17 @@ package: build
 	rm -f bin/p2pimg_*.deb
 	GOARCH=$$($(GO) env GOARCH) P2PIMG_DEB_VERSION=$(DEBVERSION) $(GO) run $(NFPM) pkg --packager deb --config cmd/p2pimg/dist/nfpm.yaml --target bin/
 	./cmd/p2pimg/dist/check-deb.sh bin/p2pimg_*.deb
+
+# The OCI distribution-spec conformance suite (its Go module, through the
+# module proxy), pull workflow, against a host's registry mirror serving an
+# image and a multi-platform index from its peer (TestRegistryConformance).
+CONFORMANCE := github.com/opencontainers/distribution-spec/conformance@v0.0.0-20260831232431-97274622c111
+conformance:
+	@mkdir -p bin
+	$(GO) mod download $(CONFORMANCE)
+	rm -rf bin/conformance-src && cp -r $$($(GO) env GOMODCACHE)/$(CONFORMANCE) bin/conformance-src && chmod -R u+w bin/conformance-src
+	cd bin/conformance-src && $(GO) test -c -o ../oci-conformance.test .
+	P2PIMG_OCI_CONFORMANCE=$(CURDIR)/bin/oci-conformance.test $(GO) test -count=1 -run '^TestRegistryConformance$$' ./testnet/
 
 clean:
 	rm -rf bin

@@ -77,17 +77,18 @@ type source struct {
 	*fetch.Fetcher
 }
 
-// arrivalStore is the fetcher's store: it wakes the registry's blob
-// streams whenever a fetch has stored chunks.
+// arrivalStore is the fetcher's store: the registry's blob streams read
+// the verified chunks a fetch stores while they are written, and wake when
+// they are.
 type arrivalStore struct {
 	*badgerstore.DB
 	arrivals *registry.Arrivals
 }
 
 func (s arrivalStore) PutUncached(ctx context.Context, blocks ...chunk.Block) error {
-	err := s.DB.PutUncached(ctx, blocks...)
-	s.arrivals.Stored()
-	return err
+	s.arrivals.Storing(blocks)
+	defer s.arrivals.Stored(blocks)
+	return s.DB.PutUncached(ctx, blocks...)
 }
 
 // keepImage lets layers keep an import's blobs in the registry built after it.

@@ -285,14 +285,32 @@ func TestRegistryImportedImageAndRanges(t *testing.T) {
 	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": "demo/app:2"})); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Client.Import(ctx, api.ImportRequest{Path: dir}, nil); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"", "demo/app:1", "demo/app:3"} { // the image's own reference, then two more tags
+		if _, err := a.Client.Import(ctx, api.ImportRequest{Path: dir, Name: name}, nil); err != nil {
+			t.Fatal(err)
+		}
 	}
 	want := imageDigest(t, img)
-	net.Eventually(20*time.Second, "B's catalogue maps demo/app:2", func() bool {
-		c, err := b.Client.Resolve(ctx, "oci/ref/demo/app:2")
-		return err == nil && c != ""
-	})
+	for _, tag := range []string{"1", "2", "3"} {
+		net.Eventually(20*time.Second, "B's catalogue maps demo/app:"+tag, func() bool {
+			c, err := b.Client.Resolve(ctx, "oci/ref/demo/app:"+tag)
+			return err == nil && c != ""
+		})
+	}
+	for _, c := range []struct{ query, tags, link string }{
+		{"", `["1","2","3"]`, ""},
+		{"?n=2", `["1","2"]`, `</v2/demo/app/tags/list?last=2&n=2>; rel="next"`},
+		{"?n=2&last=2", `["3"]`, ""},
+		{"?n=0", `[]`, ""},
+	} {
+		resp, body := get(t, "http://"+mirrorAddr(b)+"/v2/demo/app/tags/list"+c.query)
+		if resp.StatusCode != 200 || string(body) != `{"name":"demo/app","tags":`+c.tags+`}` || resp.Header.Get("Link") != c.link {
+			t.Fatalf("tags/list%s: %s %s, Link %q", c.query, resp.Status, body, resp.Header.Get("Link"))
+		}
+	}
+	if resp, body := get(t, "http://"+mirrorAddr(b)+"/v2/demo/nope/tags/list"); resp.StatusCode != 404 || !strings.Contains(string(body), "NAME_UNKNOWN") {
+		t.Fatalf("tags of an unknown repository: %s %s", resp.Status, body)
+	}
 	if got, err := pullAll(mirrorAddr(b)+"/demo/app:2", clientTransport); err != nil || got != want {
 		t.Fatalf("pull of the imported image through B: %v, digest %s want %s", err, got, want)
 	}
@@ -303,8 +321,9 @@ func TestRegistryImportedImageAndRanges(t *testing.T) {
 		resp.Header.Get("Content-Length") != fmt.Sprint(len(raw)) {
 		t.Fatalf("manifest: %s %q digest %q", resp.Status, body, resp.Header.Get("Docker-Content-Digest"))
 	}
-	if resp, _ := get(t, "http://"+mirrorAddr(b)+"/v2/demo/app/manifests/2", "Accept", "application/vnd.oci.image.index.v1+json"); resp.StatusCode != 404 {
-		t.Fatalf("a manifest type the client does not accept: %s", resp.Status)
+	if resp, body := get(t, "http://"+mirrorAddr(b)+"/v2/demo/app/manifests/2", "Accept", "application/vnd.oci.image.index.v1+json"); resp.StatusCode != 200 ||
+		!bytes.Equal(body, raw) || resp.Header.Get("Content-Type") != "application/vnd.docker.distribution.manifest.v2+json" {
+		t.Fatalf("a manifest type the client did not list: %s %q (want the stored bytes under their own type)", resp.Status, resp.Header.Get("Content-Type"))
 	}
 
 	ls, _ := img.Layers()

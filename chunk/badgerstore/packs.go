@@ -318,28 +318,80 @@ func (p *packs) read(l loc, buf []byte) ([]byte, error) {
 	return buf, nil
 }
 
-// sync makes every pack written since the last sync durable.
+// sync makes every pack written before it was called durable. The
+// fdatasyncs run without mu, on duplicates of the files' descriptors (a
+// pack removed meanwhile keeps its own), so other writers' appends are
+// not held up behind a sync of data they do not wait for: a fetch that
+// starts while another commits gets its first chunks stored at once.
 func (p *packs) sync() error {
+	p.bg.Wait()
+	type job struct {
+		n    uint32
+		fd   int   // -1: nothing to sync, only pages to drop
+		upto int64 // what the sync covers
+	}
+	p.mu.Lock()
+	if err := p.bgErr; err != nil {
+		p.bgErr = nil
+		p.mu.Unlock()
+		return err
+	}
+	var jobs []job
+	var errs []error
+	for n := range p.uncached {
+		if !p.dirty[n] {
+			jobs = append(jobs, job{n, -1, p.extent(n)})
+		}
+	}
+	for n := range p.dirty {
+		fd, err := unix.Dup(int(p.files[n].Fd()))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("sync pack %d: %w", n, err))
+			continue
+		}
+		delete(p.dirty, n) // an append from now on dirties it again
+		jobs = append(jobs, job{n, fd, p.extent(n)})
+	}
+	p.mu.Unlock()
+	failed := map[uint32]bool{}
+	for _, j := range jobs {
+		if j.fd < 0 {
+			continue
+		}
+		// fdatasync: the data plus what is needed to read it back (size,
+		// allocation), without timestamps.
+		if err := unix.Fdatasync(j.fd); err != nil {
+			errs = append(errs, fmt.Errorf("sync pack %d: %w", j.n, err))
+			failed[j.n] = true
+		}
+		unix.Close(j.fd)
+	}
+	// A pack that filled up after the first wait is synced in the
+	// background, and what it holds may have been written before this call.
 	p.bg.Wait()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.bgErr; err != nil {
 		p.bgErr = nil
-		return err
+		errs = append(errs, err)
 	}
-	for n := range p.dirty {
-		// fdatasync: the data plus what is needed to read it back (size,
-		// allocation), without timestamps.
-		if err := unix.Fdatasync(int(p.files[n].Fd())); err != nil {
-			return fmt.Errorf("sync pack %d: %w", n, err)
+	for _, j := range jobs {
+		if failed[j.n] {
+			p.dirty[j.n] = true
+		} else {
+			p.dropSynced(j.n, j.upto)
 		}
-		delete(p.dirty, n)
 	}
-	// Everything is durable now (mu is held: nothing was appended since).
-	for n := range p.uncached {
-		p.dropSynced(n, math.MaxInt64)
+	return errors.Join(errs...)
+}
+
+// extent is how far a sync started now covers pack n: the active pack's
+// size (appends may follow), all of any other. Callers hold mu.
+func (p *packs) extent(n uint32) int64 {
+	if n == p.active {
+		return p.size
 	}
-	return nil
+	return math.MaxInt64
 }
 
 // remove deletes a pack that holds no live chunk. The active pack is never removed.

@@ -213,10 +213,15 @@ func (fr *Fetcher) Fetch(ctx context.Context, name chunk.Name, mp gossip.Mapping
 	}
 	rec := chunk.NewLayer(name, id, m, chunk.Incomplete)
 	rec.Publisher, rec.Published, rec.Signature, rec.Product, rec.Policy = mp.Publisher, mp.Published, mp.Sig, mp.Product, mp.Policy
-	if err := fr.cfg.Store.PutLayer(ctx, rec); err != nil {
-		return nil, fmt.Errorf("fetch %s: %w", name, err)
-	}
+	// The incomplete record (what a restart resumes) is written while the
+	// first chunks come: its syncs would otherwise delay the first byte of
+	// a reader streaming the layer. It is on disk before the complete one.
+	recorded := make(chan error, 1)
+	go func() { recorded <- fr.cfg.Store.PutLayer(ctx, rec) }()
 	f, err := fr.fetchChunks(ctx, id, m, name, emit)
+	if rerr := <-recorded; rerr != nil {
+		return nil, fmt.Errorf("fetch %s: %w", name, rerr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", name, err)
 	}

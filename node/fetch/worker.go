@@ -29,6 +29,7 @@ type worker struct {
 
 	pace    pace
 	pending [][]int // requested batches, not answered yet
+	first   int     // chunks the first request asks for (then the pace's batch)
 }
 
 // fetchFrom runs one worker on peer p until the layer is complete, the peer
@@ -58,7 +59,8 @@ func (fr *Fetcher) fetchFrom(ctx context.Context, f *fetch, p peer.ID, stream in
 // loop keeps requests in flight (as many as the pace says) and reads their answers.
 func (w *worker) loop(ctx context.Context) error {
 	f := w.f
-	cursor := rand.IntN(len(f.refs))
+	cursor, first := start(ctx, len(f.refs), rand.IntN)
+	w.first = first
 	for {
 		if err := w.fill(&cursor); err != nil {
 			return err
@@ -84,8 +86,12 @@ func (w *worker) fill(cursor *int) error {
 	f := w.f
 	batch, depth := w.pace.size(float64(f.total) / float64(len(f.refs)))
 	for len(w.pending) < depth {
+		n := batch
+		if w.first > 0 {
+			n, w.first = w.first, 0
+		}
 		now := time.Now()
-		b := f.pick(w.p, cursor, batch, len(w.pending) == 0, now)
+		b := f.pick(w.p, cursor, n, len(w.pending) == 0, now)
 		if len(b) == 0 {
 			return nil
 		}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/fetch"
 )
 
 // Where a blob's bytes came from (a metrics label).
@@ -119,6 +120,9 @@ func (s *Service) next(ctx context.Context, f *flight, i int) (ref chunk.Ref, ok
 			return r, false, nil
 		}
 		arrived := s.arrivals.wait() // before looking, so no wake-up is missed
+		if s.arrivals.has(r.CID) {
+			return r, true, nil
+		}
 		has, err := s.cfg.Store.HasMany(ctx, []cid.Cid{r.CID})
 		if err != nil {
 			return r, false, err
@@ -218,7 +222,7 @@ func (s *Service) flyPeers(ctx context.Context, f *flight, mcid string) error {
 	mp, _ := s.cfg.Catalog.Lookup(blobName(f.digest).String())
 	f.setReady(srcPeer, b.Size, b.Refs)
 	for {
-		_, err = s.cfg.Fetcher.Fetch(ctx, blobName(f.digest), mp, func(api.Event) {})
+		_, err = s.cfg.Fetcher.Fetch(fetch.InOrder(ctx), blobName(f.digest), mp, func(api.Event) {})
 		if api.CodeOf(err) != api.CodeConflict {
 			break
 		}
@@ -230,8 +234,9 @@ func (s *Service) flyPeers(ctx context.Context, f *flight, mcid string) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	if err != nil {
-		return err
-	}
-	return s.verifyLocal(ctx, b)
+	// Not hashed again here: each stream checks the digest before its last
+	// chunk (and marks the blob verified), and a blob is hashed once before
+	// it is served from the store otherwise (verifyLocal). Hashing it here
+	// took a core for a large blob while the next one started.
+	return err
 }

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
-	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/gossip"
 )
 
@@ -29,18 +28,6 @@ func accepted(r *http.Request) []string {
 		}
 	}
 	return out
-}
-
-func accepts(list []string, mt string) bool {
-	if len(list) == 0 {
-		return true
-	}
-	for _, t := range list {
-		if t == mt || t == "*/*" {
-			return true
-		}
-	}
-	return false
 }
 
 // mediaTypeOf is the mediaType field of a manifest's JSON.
@@ -62,9 +49,10 @@ func (s *Service) serveManifest(w http.ResponseWriter, r *http.Request, ns, repo
 	if mt == "" {
 		mt = mediaTypeOf(data)
 	}
-	if !accepts(accept, mt) {
-		return src, newErr(http.StatusNotFound, "MANIFEST_UNKNOWN", "manifest %s:%s is a %s; the request accepts only %s", repo, ref, mt, strings.Join(accept, ", "))
-	}
+	// A mirror serves the bytes it holds, which it cannot convert: a type
+	// the client did not list is still answered, under its own
+	// Content-Type (as registries do), rather than as a miss. The Accept
+	// list chose the variant when the manifest came from upstream.
 	h := w.Header()
 	h.Set("Content-Type", mt)
 	h.Set("Docker-Content-Digest", digestOf(data))
@@ -126,11 +114,15 @@ func (s *Service) manifest(ctx context.Context, ns, repo, ref string, accept []s
 	return nil, "", srcUpstream, upstreamErr("MANIFEST_UNKNOWN", err)
 }
 
+// upstreamErr is the answer when no source had the content: a miss (404,
+// what the distribution spec asks for and what moves containerd on to its
+// next host) even when the upstream could not be reached, its error in the
+// message; 502 only when a source sent bytes that do not match their digest.
 func upstreamErr(code string, err error) error {
-	if errors.Is(err, errUpstreamMissing) || errors.Is(err, chunk.ErrNotFound) {
-		return &regError{http.StatusNotFound, code, err}
+	if errors.Is(err, errDigest) {
+		return &regError{http.StatusBadGateway, "UNKNOWN", err}
 	}
-	return &regError{http.StatusBadGateway, "UNKNOWN", err}
+	return &regError{http.StatusNotFound, code, err}
 }
 
 // fresh says whether a mapping published at t (unix ns) is within the tag TTL.

@@ -67,6 +67,8 @@ type Fetcher interface {
 type Catalog interface {
 	// Lookup is the newest mapping of name the cluster knows.
 	Lookup(name string) (gossip.Mapping, bool)
+	// All is every name's newest mapping (tag listing).
+	All() []gossip.Mapping
 }
 
 // Config configures the registry.
@@ -176,30 +178,95 @@ func (s *Service) Run(ctx context.Context) error {
 	return err
 }
 
-// Arrivals wakes every blob stream waiting for chunks when a fetch has
-// stored some. Its zero value is not usable: make one with NewArrivals.
+// Arrivals is how blob streams learn of chunks a fetch brings: it wakes
+// them when chunks are stored, and holds verified chunks while the store
+// writes them, so a stream sends them meanwhile instead of waiting for the
+// write (which a commit elsewhere in the store may hold up). Its zero value
+// is not usable: make one with NewArrivals.
 type Arrivals struct {
-	mu sync.Mutex
-	c  chan struct{}
+	mu      sync.Mutex
+	c       chan struct{}
+	pending map[cid.Cid][][]byte // verified chunks being stored, by id (one per writer)
 }
 
 // NewArrivals returns an Arrivals with nobody waiting.
-func NewArrivals() *Arrivals { return &Arrivals{c: make(chan struct{})} }
+func NewArrivals() *Arrivals {
+	return &Arrivals{c: make(chan struct{}), pending: map[cid.Cid][][]byte{}}
+}
 
-// Stored wakes everyone waiting; it never blocks. Safe on nil.
-func (a *Arrivals) Stored() {
+// Storing makes blocks, verified against their ids, readable by blob
+// streams until Stored is called with them; the caller must not change
+// their bytes before then. Safe on nil.
+func (a *Arrivals) Storing(blocks []chunk.Block) {
 	if a == nil {
 		return
 	}
 	a.mu.Lock()
-	close(a.c)
-	a.c = make(chan struct{})
+	for _, b := range blocks {
+		a.pending[b.CID()] = append(a.pending[b.CID()], b.Data())
+	}
+	a.wake()
 	a.mu.Unlock()
 }
 
-// wait is closed at the next Stored.
+// Stored says the store has written blocks (or failed to): they are no
+// longer read from here. It wakes everyone waiting and never blocks. Safe
+// on nil.
+func (a *Arrivals) Stored(blocks []chunk.Block) {
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	for _, b := range blocks {
+		ds := a.pending[b.CID()]
+		for i, d := range ds {
+			if sameBytes(d, b.Data()) {
+				ds = append(ds[:i], ds[i+1:]...)
+				break
+			}
+		}
+		if len(ds) == 0 {
+			delete(a.pending, b.CID())
+		} else {
+			a.pending[b.CID()] = ds
+		}
+	}
+	a.wake()
+	a.mu.Unlock()
+}
+
+// sameBytes says whether a and b are the same slice (not merely equal).
+func sameBytes(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// wake closes the channel waiters hold. Callers hold mu.
+func (a *Arrivals) wake() {
+	close(a.c)
+	a.c = make(chan struct{})
+}
+
+// wait is closed at the next Storing or Stored.
 func (a *Arrivals) wait() <-chan struct{} {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.c
+}
+
+// has says whether chunk id is being stored.
+func (a *Arrivals) has(id cid.Cid) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.pending[id]) > 0
+}
+
+// read copies chunk id into buf (when it has room) if it is being stored.
+func (a *Arrivals) read(id cid.Cid, buf []byte) ([]byte, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ds := a.pending[id]
+	if len(ds) == 0 {
+		return nil, false
+	}
+	return append(buf[:0], ds[0]...), true
 }

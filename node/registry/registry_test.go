@@ -5,6 +5,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/multiformats/go-multihash"
+
+	"github.com/p2pimg/p2pimg/chunk"
 )
 
 func TestLoadUpstreamsErrors(t *testing.T) {
@@ -56,4 +60,49 @@ func TestParseRange(t *testing.T) {
 			t.Errorf("%q: %d-%d ok=%v err=%v", c.hdr, s, e, ok, err)
 		}
 	}
+}
+
+// A chunk being stored is read from Arrivals (a copy), by every writer's
+// bytes until the last of them has stored it; waiters wake on both steps.
+func TestArrivalsPending(t *testing.T) {
+	t.Parallel()
+	a := NewArrivals()
+	one, err := chunk.Sum([]byte("chunk bytes"), multihash.SHA2_256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _ := chunk.Sum([]byte("chunk bytes"), multihash.SHA2_256) // the same chunk from a second fetch, other memory
+	if a.has(one.CID()) {
+		t.Fatal("a chunk nobody stores is pending")
+	}
+	woken := a.wait()
+	a.Storing([]chunk.Block{one})
+	a.Storing([]chunk.Block{again})
+	select {
+	case <-woken:
+	default:
+		t.Fatal("Storing woke nobody")
+	}
+	buf := make([]byte, 0, 64)
+	got, ok := a.read(one.CID(), buf)
+	if !ok || string(got) != "chunk bytes" || &got[:1][0] != &buf[:1][0] {
+		t.Fatalf("read: %q %v (want a copy into buf)", got, ok)
+	}
+	a.Stored([]chunk.Block{one})
+	if got, ok := a.read(one.CID(), nil); !ok || string(got) != "chunk bytes" {
+		t.Fatalf("after the first writer stored it, the second's copy: %q %v", got, ok)
+	}
+	woken = a.wait()
+	a.Stored([]chunk.Block{again})
+	if a.has(one.CID()) {
+		t.Fatal("still pending after every writer stored it")
+	}
+	select {
+	case <-woken:
+	default:
+		t.Fatal("Stored woke nobody")
+	}
+	var none *Arrivals
+	none.Storing([]chunk.Block{one}) // nil-safe: a node without a mirror
+	none.Stored([]chunk.Block{one})
 }

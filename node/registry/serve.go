@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ipfs/go-cid"
+
 	"github.com/p2pimg/p2pimg/chunk"
 )
 
@@ -114,12 +116,14 @@ func (s *Service) route(w http.ResponseWriter, r *http.Request, ns string) (kind
 		return "other", srcNone, newErr(http.StatusNotFound, "NAME_UNKNOWN", "%s: not a registry API path (/v2/...)", p)
 	}
 	var repo, ref string
-	if i := strings.LastIndex(rest, "/manifests/"); i >= 0 {
+	if r, ok := strings.CutSuffix(rest, "/tags/list"); ok {
+		kind, repo = "tags", r
+	} else if i := strings.LastIndex(rest, "/manifests/"); i >= 0 {
 		kind, repo, ref = "manifest", rest[:i], rest[i+len("/manifests/"):]
 	} else if i := strings.LastIndex(rest, "/blobs/"); i >= 0 {
 		kind, repo, ref = "blob", rest[:i], rest[i+len("/blobs/"):]
 	} else {
-		return "other", srcNone, newErr(http.StatusNotFound, "UNSUPPORTED", "%s: this mirror serves /v2/NAME/manifests/REF and /v2/NAME/blobs/DIGEST only", p)
+		return "other", srcNone, newErr(http.StatusNotFound, "UNSUPPORTED", "%s: this mirror serves /v2/NAME/manifests/REF, /v2/NAME/blobs/DIGEST and /v2/NAME/tags/list only", p)
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return kind, srcNone, newErr(http.StatusMethodNotAllowed, "UNSUPPORTED", "%s %s: this mirror serves pulls only (GET, HEAD); push to the upstream registry", r.Method, p)
@@ -130,9 +134,12 @@ func (s *Service) route(w http.ResponseWriter, r *http.Request, ns string) (kind
 	if len(repo) > 255 || !repoRE.MatchString(repo) {
 		return kind, srcNone, newErr(http.StatusBadRequest, "NAME_INVALID", "repository name %q: want lower-case path components such as library/alpine", repo)
 	}
-	if kind == "blob" {
+	switch kind {
+	case "tags":
+		src, err = s.serveTags(w, r, ns, repo)
+	case "blob":
 		src, err = s.serveBlob(w, r, ns, repo, ref)
-	} else {
+	default:
 		src, err = s.serveManifest(w, r, ns, repo, ref)
 	}
 	return kind, src, err
@@ -184,6 +191,9 @@ func (s *Service) serveBlob(w http.ResponseWriter, r *http.Request, ns, repo, d 
 		b, ok := s.local(ctx, d)
 		if !ok {
 			return src, newErr(http.StatusNotFound, "BLOB_UNKNOWN", "blob %s: fetched but gone again (gc?)", d)
+		}
+		if err := s.verifyLocal(ctx, b); err != nil {
+			return src, &regError{http.StatusBadGateway, "UNKNOWN", err}
 		}
 		return src, s.serveStored(w, r, b, src, start)
 	}
@@ -308,7 +318,7 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request, f *flight, src 
 		if !ok {
 			break
 		}
-		data, err := s.cfg.Store.GetInto(ctx, ref.CID, bufs[i%2])
+		data, err := s.chunkData(ctx, ref.CID, bufs[i%2])
 		if err != nil {
 			panic(http.ErrAbortHandler)
 		}
@@ -336,10 +346,20 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request, f *flight, src 
 		s.cfg.Log.Error("registry: blob does not match its digest; stream cut before its end", "digest", f.digest, "got", got, "bytes", n)
 		panic(http.ErrAbortHandler)
 	}
+	s.markVerified(f.digest)
 	if held != nil {
 		s.send(w, rc, held, src, start, &sent)
 	}
 	return nil
+}
+
+// chunkData is a chunk of a blob in flight: from the fetch that is
+// storing it (verified), else from the store.
+func (s *Service) chunkData(ctx context.Context, id cid.Cid, buf []byte) ([]byte, error) {
+	if data, ok := s.arrivals.read(id, buf); ok {
+		return data, nil
+	}
+	return s.cfg.Store.GetInto(ctx, id, buf)
 }
 
 // send writes one chunk of a stream, counting it in sent; false when the

@@ -25,7 +25,9 @@ type nsDaemon struct {
 	id  api.Identity
 }
 
-func startNSDaemon(ctx context.Context, nn testnet.NetNS, bin, data string, i int, peers []string) (*nsDaemon, error) {
+// startNSDaemon starts a daemon in host i's namespace, with extra
+// arguments appended to its own.
+func startNSDaemon(ctx context.Context, nn testnet.NetNS, bin, data string, i int, peers []string, extra ...string) (*nsDaemon, error) {
 	os.MkdirAll(data, 0o700)
 	sock := filepath.Join(data, "p2pimg.sock")
 	args := []string{"netns", "exec", nn.NS(i), bin, "daemon", "--data", data, "--socket", sock, "--no-mdns", "--open",
@@ -34,6 +36,7 @@ func startNSDaemon(ctx context.Context, nn testnet.NetNS, bin, data string, i in
 	for _, p := range peers {
 		args = append(args, "--peer", p)
 	}
+	args = append(args, extra...)
 	logf, _ := os.Create(filepath.Join(data, "daemon.log"))
 	cmd := exec.Command("ip", args...) // ip execs the daemon: the pid is the daemon's
 	cmd.Stdout, cmd.Stderr = logf, logf

@@ -103,7 +103,7 @@ func run(ctx context.Context) error {
 	fetcherBin := flag.String("fetcher-bin", "", "p2pimg binary of the fetcher in the garbage-peer memory figure (default -bin; an older build gives the before figure)")
 	dir := flag.String("dir", "", "work directory (default: a new temporary one, removed after)")
 	runs := flag.Int("runs", 5, "runs per figure (the median is reported)")
-	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers, garbage, catalog, fleet, registry, view")
+	only := flag.String("only", "", "run only these parts, comma-separated: chunk, add, update, fetch, fanout, activate, seats, layers, badpeers, garbage, catalog, fleet, registry, regfan, view")
 	catLayers := flag.Int("catalog-layers", 4200, "layers one host publishes into 3 for the catalogue part")
 	fleet := flag.Int("fleet", 32, "daemons of the fleet part")
 	fleetLayers := flag.Int("fleet-layers", 10000, "tiny layers one of them publishes in the fleet part")
@@ -114,15 +114,23 @@ func run(ctx context.Context) error {
 	fanProfile := flag.String("fanout-profile", "", "directory for CPU profiles of the seed and one fetcher during each fan-out")
 	badSize := flag.Int64("badpeers-size", 256<<20, "image size for the stalled- and lying-peer part")
 	smoke := flag.Bool("smoke", false, "a quick check that every part runs (`make bench-smoke`): unless set otherwise, -size 64 MiB, -runs 1, -fanout-size and -badpeers-size 32 MiB and fewer samples; targets not enforced")
-	role := flag.String("role", "", "internal: run as a sender for the ceiling measurements")
+	regfanSize := flag.Int64("regfan-size", 1<<30, "image size for the registry fan-out part (4 hosts pull through their mirrors)")
+	regfanRate := flag.String("regfan-rate", "400mbit", "link rate of the registry fan-out part")
+	role := flag.String("role", "", "internal: run as a sender for the ceiling measurements, the registry fan-out's upstream or a puller")
 	flag.Parse()
-	if *role != "" {
+	switch *role {
+	case "":
+	case "upstream":
+		return serveUpstream(*dir, *size)
+	case "pull":
+		return pullRole(flag.Args())
+	default:
 		return serveRole(*role, *size)
 	}
 	if *smoke {
 		set := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		for name, v := range map[string]any{"size": int64(64 << 20), "runs": 1, "fanout-size": int64(32 << 20), "badpeers-size": int64(32 << 20),
+		for name, v := range map[string]any{"size": int64(64 << 20), "runs": 1, "fanout-size": int64(32 << 20), "badpeers-size": int64(32 << 20), "regfan-size": int64(64 << 20),
 			"catalog-layers": 200, "fleet": 8, "fleet-layers": 300, "view-size": int64(64 << 20),
 			"fanout": "50mbit:4,8;400mbit:4", "fanout-churn": 4} {
 			if !set[name] {
@@ -219,6 +227,15 @@ func run(ctx context.Context) error {
 	}
 	if want("registry") {
 		if err := benchRegistry(ctx, t, *bin, *dir, *size); err != nil {
+			return err
+		}
+	}
+	if want("regfan") {
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		if err := benchRegistryFanOut(ctx, t, *bin, self, *dir, *regfanRate, *regfanSize); err != nil {
 			return err
 		}
 	}

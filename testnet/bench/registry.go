@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/crane"
@@ -76,30 +77,19 @@ func benchRegistry(ctx context.Context, t *table, bin, dir string, size int64) e
 			return err
 		}
 	}
-	d0, err := ls[0].Digest()
-	if err != nil {
-		return err
-	}
-	if err := waitResolve(ctx, cls[1], "oci/blob:sha256-"+d0.Hex); err != nil {
-		return err
-	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	defer tr.CloseIdleConnections()
-	start := time.Now()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addrs[1]+"/v2/bench/a/blobs/"+d0.String(), nil)
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		return err
+	var ttfbs []float64
+	for _, l := range ls[:5] { // each of A's layers once: five samples
+		ttfb, err := firstByte(ctx, tr, cls[1], addrs[1], l)
+		if err != nil {
+			return err
+		}
+		ttfbs = append(ttfbs, ttfb.Seconds()*1000)
 	}
-	one := make([]byte, 1)
-	_, err = io.ReadFull(resp.Body, one)
-	ttfb := time.Since(start)
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != 200 {
-		return fmt.Errorf("blob from host 2's mirror: %s %v", resp.Status, err)
-	}
-	t.add("registry: time to first byte of a blob only a peer has (loopback)", fmt.Sprintf("%.1f ms (%d MiB blob)", ttfb.Seconds()*1000, layerSize>>20), "< 50 ms", check(ttfb < 50*time.Millisecond))
+	worst := slices.Max(ttfbs)
+	ttfb := median(ttfbs)
+	t.add("registry: time to first byte of a blob only a peer has (loopback)", fmt.Sprintf("%.1f ms median of %d (max %.1f; %d MiB blobs)", ttfb, len(ttfbs), worst, layerSize>>20), "< 50 ms", check(ttfb < 50))
 
 	if err := pullImage(addrs[1]+"/bench/a:1", tr); err != nil {
 		return fmt.Errorf("pull A through host 2: %w", err)
@@ -129,6 +119,38 @@ func benchRegistry(ctx context.Context, t *table, bin, dir string, size int64) e
 	ratio := float64(after-before) / float64(own)
 	t.add("registry: second image sharing 80% of its layers: bytes moved / its unshared blobs", fmt.Sprintf("%.3fx (%.1f MiB)", ratio, float64(after-before)/(1<<20)), "<= 1.1x", check(ratio <= 1.1))
 	return nil
+}
+
+// firstByte asks host's mirror for blob l, which only a peer has, and
+// times its first byte; it reads the rest (the mirror checks the digest
+// before the last chunk) and the status.
+func firstByte(ctx context.Context, rt http.RoundTripper, cl *client.Client, addr string, l v1.Layer) (time.Duration, error) {
+	d, err := l.Digest()
+	if err != nil {
+		return 0, err
+	}
+	if err := waitResolve(ctx, cl, "oci/blob:sha256-"+d.Hex); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v2/bench/a/blobs/"+d.String(), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, err = io.ReadFull(resp.Body, make([]byte, 1))
+	ttfb := time.Since(start)
+	if err == nil {
+		_, err = io.Copy(io.Discard, resp.Body)
+	}
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("blob %s from %s: %s %v", d, addr, resp.Status, err)
+	}
+	return ttfb, nil
 }
 
 // pullImage pulls ref with crane and reads every layer (checked against

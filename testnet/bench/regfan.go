@@ -1,0 +1,309 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/crane"
+	ggcrreg "github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+
+	"github.com/p2pimg/p2pimg/testnet"
+)
+
+// The registry fan-out part: an upstream registry on host 0 of a set of
+// network namespaces (links shaped as in the fan-out part), and 4 hosts
+// that pull a multi-layer image at once, first each straight from the
+// upstream, then each through its own mirror. Measured: the blob bytes the
+// upstream served, and the time until all 4 had the image, against one
+// host pulling it straight from the upstream alone.
+const (
+	regfanHosts  = 4
+	regfanLayers = 8
+	regfanRepo   = "bench/big:1"
+)
+
+func benchRegistryFanOut(ctx context.Context, t *table, bin, self, dir, rate string, size int64) error {
+	if os.Geteuid() != 0 {
+		t.add("registry fan-out", "skipped: needs root for network namespaces", "", nil)
+		return nil
+	}
+	fmt.Fprintf(os.Stderr, "registry fan-out: %d hosts pull a %d MiB image at once over %s links\n", regfanHosts, size>>20, rate)
+	nn := testnet.NetNS{Prefix: fmt.Sprintf("p2pimg-r%d-", os.Getpid()%100000), Subnet: "10.234.79.", Hosts: regfanHosts + 1, Rate: rate}
+	if err := nn.Up(); err != nil {
+		t.add("registry fan-out", "skipped: "+err.Error(), "", nil)
+		return nil
+	}
+	defer nn.Down()
+	root := filepath.Join(dir, "regfan")
+	defer os.RemoveAll(root)
+	up, err := startUpstream(ctx, nn, self, filepath.Join(root, "upstream"), size)
+	if err != nil {
+		return err
+	}
+	defer up.stop()
+	ns := nn.Addr(0) + ":5000"
+	direct := "http://" + ns + "/"
+	one, _, err := up.pulls(ctx, nn, self, []int{1}, direct, "")
+	if err != nil {
+		return fmt.Errorf("one direct pull: %w", err)
+	}
+	hosts := []int{1, 2, 3, 4}
+	allDirect, bytesDirect, err := up.pulls(ctx, nn, self, hosts, direct, "")
+	if err != nil {
+		return fmt.Errorf("direct pulls: %w", err)
+	}
+	regs := filepath.Join(root, "registries.toml")
+	os.MkdirAll(root, 0o700)
+	if err := os.WriteFile(regs, []byte(fmt.Sprintf("[registries.%q]\nendpoint = \"http://%s\"\nplain_http = true\n", ns, ns)), 0o600); err != nil {
+		return err
+	}
+	var ds []*nsDaemon
+	defer func() {
+		for _, d := range ds {
+			d.stop()
+		}
+	}()
+	for _, i := range hosts {
+		var peers []string
+		for _, o := range ds {
+			peers = append(peers, o.id.Addrs[0])
+		}
+		d, err := startNSDaemon(ctx, nn, bin, filepath.Join(root, fmt.Sprintf("h%d", i)), i, peers,
+			"--registry", "127.0.0.1:5000", "--registries", regs)
+		if err != nil {
+			return err
+		}
+		ds = append(ds, d)
+	}
+	for k, d := range ds {
+		if err := waitPeers(ctx, d, len(ds)-1); err != nil {
+			return fmt.Errorf("registry fan-out host %d: %w", k+1, err)
+		}
+	}
+	allMirror, bytesMirror, err := up.pulls(ctx, nn, self, hosts, "http://127.0.0.1:5000/", ns)
+	if err != nil {
+		return fmt.Errorf("pulls through the mirrors: %w", err)
+	}
+	what := fmt.Sprintf("registry fan-out, %d MiB in %d layers, %d hosts at once over %s", size>>20, regfanLayers, regfanHosts, rate)
+	t.add(what+": one direct pull alone", secs(one), "", nil)
+	t.add(what+": all pull directly: time / one; upstream bytes / image", fmt.Sprintf("%.2f; %.2fx", allDirect.Seconds()/one.Seconds(), float64(bytesDirect)/float64(up.size)), "", nil)
+	ratio := allMirror.Seconds() / one.Seconds()
+	t.add(what+": all pull through their mirrors: time / one direct", fmt.Sprintf("%.2f (%s)", ratio, secs(allMirror)), "<= 1.5", check(ratio <= 1.5))
+	served := float64(bytesMirror) / float64(up.size)
+	t.add(what+": through their mirrors: upstream bytes / image", fmt.Sprintf("%.2fx", served), "1x", check(served <= 1.1))
+	return nil
+}
+
+func waitPeers(ctx context.Context, d *nsDaemon, n int) error {
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if ps, err := d.cl.Peers(ctx); err == nil && len(ps) >= n {
+			return nil
+		}
+	}
+	return fmt.Errorf("did not connect to its %d peers", n)
+}
+
+// regUpstream is the upstream registry process in host 0's namespace.
+type regUpstream struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+	dir    string
+	size   int64 // of the image's blobs
+}
+
+func startUpstream(ctx context.Context, nn testnet.NetNS, self, dir string, size int64) (*regUpstream, error) {
+	os.MkdirAll(dir, 0o700)
+	logf, err := os.Create(filepath.Join(dir, "upstream.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command("ip", nn.Exec(0, self, "-role", "upstream", "-dir", dir, "-size", strconv.FormatInt(size, 10))[1:]...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	u := &regUpstream{cmd: cmd, dir: dir, exited: make(chan struct{})}
+	go func() { cmd.Wait(); close(u.exited) }()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.After(10 * time.Minute); ; {
+		if b, err := os.ReadFile(filepath.Join(dir, "ready")); err == nil {
+			u.size, err = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+			return u, err
+		}
+		select {
+		case <-tick.C:
+			continue
+		case <-u.exited:
+		case <-deadline:
+		case <-ctx.Done():
+		}
+		break
+	}
+	u.stop()
+	log, _ := os.ReadFile(logf.Name())
+	return nil, fmt.Errorf("the upstream registry did not start: %s", bytes.TrimSpace(log))
+}
+
+func (u *regUpstream) stop() { u.cmd.Process.Kill(); <-u.exited }
+
+// served is the blob bytes the upstream has sent so far.
+func (u *regUpstream) served() int64 {
+	b, _ := os.ReadFile(filepath.Join(u.dir, "served"))
+	n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return n
+}
+
+// pulls has each host pull the image from base (with ?ns= when set) at
+// once; it returns the time until the last finished and the upstream's
+// blob bytes meanwhile.
+func (u *regUpstream) pulls(ctx context.Context, nn testnet.NetNS, self string, hosts []int, base, ns string) (time.Duration, int64, error) {
+	before := u.served()
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, len(hosts))
+	for k, i := range hosts {
+		wg.Go(func() {
+			args := nn.Exec(i, self, "-role", "pull", base+regfanRepo, ns)
+			out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
+			if err != nil {
+				errs[k] = fmt.Errorf("host %d: %v: %s", i, err, bytes.TrimSpace(out))
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	for _, err := range errs {
+		if err != nil {
+			return 0, 0, err
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // the upstream writes its count after each response
+	return took, u.served() - before, nil
+}
+
+// serveUpstream is the -role upstream process: a registry on :5000
+// holding a random image of size bytes in regfanLayers layers (blobs on
+// disk in dir), counting the blob bytes it serves into dir/served; it
+// writes dir/ready (the image's blob bytes) once the image is pushed.
+func serveUpstream(dir string, size int64) error {
+	var served atomic.Int64
+	if err := os.MkdirAll(filepath.Join(dir, "blobs"), 0o700); err != nil {
+		return err
+	}
+	reg := ggcrreg.New(ggcrreg.Logger(log.New(io.Discard, "", 0)), ggcrreg.WithBlobHandler(ggcrreg.NewDiskBlobHandler(filepath.Join(dir, "blobs"))))
+	count := func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") {
+			reg.ServeHTTP(w, r)
+			return
+		}
+		cw := &countingWriter{ResponseWriter: w}
+		reg.ServeHTTP(cw, r)
+		n := served.Add(cw.n)
+		os.WriteFile(filepath.Join(dir, "served.tmp"), []byte(strconv.FormatInt(n, 10)), 0o600)
+		os.Rename(filepath.Join(dir, "served.tmp"), filepath.Join(dir, "served"))
+	}
+	ln, err := net.Listen("tcp", ":5000")
+	if err != nil {
+		return err
+	}
+	go http.Serve(ln, http.HandlerFunc(count))
+	img := empty.Image
+	for range regfanLayers {
+		l, err := random.Layer(size/regfanLayers, "application/vnd.oci.image.layer.v1.tar")
+		if err != nil {
+			return err
+		}
+		if img, err = mutate.AppendLayers(img, l); err != nil {
+			return err
+		}
+	}
+	if err := crane.Push(img, "127.0.0.1:5000/"+regfanRepo, crane.Insecure); err != nil {
+		return err
+	}
+	total, err := blobBytes(img)
+	if err != nil {
+		return err
+	}
+	served.Store(0)
+	os.Remove(filepath.Join(dir, "served"))
+	if err := os.WriteFile(filepath.Join(dir, "ready"), []byte(strconv.FormatInt(total, 10)), 0o600); err != nil {
+		return err
+	}
+	select {}
+}
+
+// blobBytes is the size of an image's config and layers.
+func blobBytes(img v1.Image) (int64, error) {
+	m, err := img.Manifest()
+	if err != nil {
+		return 0, err
+	}
+	n := m.Config.Size
+	for _, l := range m.Layers {
+		n += l.Size
+	}
+	return n, nil
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(b)
+	c.n += int64(n)
+	return n, err
+}
+
+// pullRole is the -role pull process: it pulls ref (adding ?ns=NS to
+// every request when given, as containerd does for a mirror) and reads
+// every blob, each checked against its digest.
+func pullRole(args []string) error {
+	if len(args) < 1 {
+		return fmt.Errorf("-role pull REF [NS]")
+	}
+	ref, ns := args[0], ""
+	if len(args) > 1 {
+		ns = args[1]
+	}
+	ref = strings.TrimPrefix(ref, "http://")
+	var rt http.RoundTripper = http.DefaultTransport
+	if ns != "" {
+		rt = addNS{ns: ns, rt: rt}
+	}
+	return pullImage(ref, rt)
+}
+
+// addNS adds ?ns= to every request, as containerd does for a mirror.
+type addNS struct {
+	ns string
+	rt http.RoundTripper
+}
+
+func (a addNS) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	q := r.URL.Query()
+	q.Set("ns", a.ns)
+	r.URL.RawQuery = q.Encode()
+	return a.rt.RoundTrip(r)
+}
