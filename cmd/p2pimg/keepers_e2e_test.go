@@ -18,7 +18,7 @@ import (
 // an operator key is refused.
 func TestKeeperReplaced(t *testing.T) {
 	t.Parallel()
-	c, ctx, wg, tn := startChaos(t, 5, 35*time.Second, 0)
+	c, ctx, wg, tn := startChaos(t, 5, nil, 35*time.Second, 0)
 	l := c.l
 	id := func(k int) string { return l.Nodes[k-1].PeerID }
 
