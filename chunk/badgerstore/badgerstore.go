@@ -10,12 +10,10 @@ package badgerstore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"sort"
 	"sync"
 
 	"github.com/dgraph-io/badger/v4"
@@ -40,6 +38,7 @@ type DB struct {
 	// writeMu orders writers of the chunk index (Put, Delete, Compact), so a
 	// chunk is never appended twice and compaction never races a delete.
 	writeMu sync.Mutex
+	layers  layerCache
 }
 
 var (
@@ -423,80 +422,6 @@ func (s *DB) Manifests(_ context.Context) ([]cid.Cid, error) {
 
 func (s *DB) DeleteManifest(_ context.Context, id cid.Cid) error {
 	return s.db.Update(func(txn *badger.Txn) error { return txn.Delete(key(pManifest, id)) })
-}
-
-func layerKey(n chunk.Name) []byte { return append([]byte{pLayer}, n.String()...) }
-
-func (s *DB) PutLayer(_ context.Context, l chunk.Layer) error {
-	n, err := chunk.ParseName(l.Name)
-	if err != nil {
-		return err
-	}
-	v, err := json.Marshal(l)
-	if err != nil {
-		return err
-	}
-	// Everything before this record (its chunks and manifest) must be on
-	// disk before the record is, so that a complete layer is never missing
-	// data: the packs, then the index.
-	if err := s.Sync(); err != nil {
-		return fmt.Errorf("sync before layer %s: %w", l.Name, err)
-	}
-	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(layerKey(n), v) }); err != nil {
-		return fmt.Errorf("write layer %s: %w", l.Name, err)
-	}
-	return s.db.Sync()
-}
-
-func (s *DB) GetLayer(_ context.Context, n chunk.Name) (chunk.Layer, error) {
-	var l chunk.Layer
-	err := s.db.View(func(txn *badger.Txn) error {
-		it, err := txn.Get(layerKey(n))
-		if err != nil {
-			return err
-		}
-		return it.Value(func(v []byte) error { return json.Unmarshal(v, &l) })
-	})
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return l, fmt.Errorf("layer %s: %w", n, chunk.ErrNotFound)
-	}
-	return l, err
-}
-
-func (s *DB) Layers(_ context.Context) ([]chunk.Layer, error) {
-	var out []chunk.Layer
-	err := s.db.View(func(txn *badger.Txn) error {
-		opts := badger.DefaultIteratorOptions
-		opts.Prefix = []byte{pLayer}
-		it := txn.NewIterator(opts)
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			var l chunk.Layer
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &l) }); err != nil {
-				return fmt.Errorf("layer record %q: %w", it.Item().Key()[1:], err)
-			}
-			out = append(out, l)
-		}
-		return nil
-	})
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, err
-}
-
-func (s *DB) DeleteLayer(_ context.Context, n chunk.Name) error {
-	err := s.db.Update(func(txn *badger.Txn) error {
-		if _, err := txn.Get(layerKey(n)); err != nil {
-			return err
-		}
-		return txn.Delete(layerKey(n))
-	})
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return fmt.Errorf("layer %s: %w", n, chunk.ErrNotFound)
-	}
-	if err != nil {
-		return err
-	}
-	return s.db.Sync()
 }
 
 // badgerLogger sends badger's log lines to slog; its chatty info lines go to debug.

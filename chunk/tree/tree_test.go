@@ -16,17 +16,10 @@ import (
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/chunk/badgerstore"
+	"github.com/p2pimg/p2pimg/chunk/badgerstore/badgertest"
 )
 
-func openStore(t *testing.T) *badgerstore.DB {
-	t.Helper()
-	db, err := badgerstore.Open(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
-}
+func openStore(t *testing.T) *badgerstore.DB { return badgertest.Open(t) }
 
 // randomTree writes a tree of random files, empty files, deep paths,
 // symlinks and odd modes under dir.

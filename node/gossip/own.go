@@ -26,17 +26,9 @@ func (s *Service) nextVersion() int64 {
 // activation states, labels and policy) in line with what is true now:
 // a record for what changed, a deletion for what went.
 func (s *Service) state(ctx context.Context) error {
-	ls, err := s.cfg.Store.Layers(ctx)
+	holdings, err := s.holdings(ctx)
 	if err != nil {
-		return fmt.Errorf("own records: %w", err)
-	}
-	holdings := map[string][]byte{}
-	for _, l := range ls {
-		complete := l.State == chunk.Complete
-		if prev, ok := holdings[l.CID]; ok && string(prev) == `{"complete":true}` {
-			complete = true // two names of one manifest: complete if either is
-		}
-		holdings[l.CID], _ = json.Marshal(holding{Complete: complete})
+		return err
 	}
 	if err := s.stateKind(KindHolding, holdings); err != nil {
 		return err
@@ -53,6 +45,35 @@ func (s *Service) state(ctx context.Context) error {
 	}
 	info, _ := json.Marshal(hostInfo{Name: s.cfg.Name, Labels: s.cfg.Labels, Policy: s.cfg.HostPolicy()})
 	return s.stateKind(KindHost, map[string][]byte{"": info})
+}
+
+// holdings is the data of this host's holding records (manifest CID ->
+// holding) as the store's layers say now. It lists the layers again only
+// when the store's layer generation moved since the last time.
+func (s *Service) holdings(ctx context.Context) (map[string][]byte, error) {
+	gen := s.cfg.Store.LayerGen()
+	s.mu.Lock()
+	if s.held.ok && s.held.gen == gen {
+		defer s.mu.Unlock()
+		return s.held.want, nil
+	}
+	s.mu.Unlock()
+	ls, err := s.cfg.Store.Layers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("own records: %w", err)
+	}
+	holdings := map[string][]byte{}
+	for _, l := range ls {
+		complete := l.State == chunk.Complete
+		if prev, ok := holdings[l.CID]; ok && string(prev) == `{"complete":true}` {
+			complete = true // two names of one manifest: complete if either is
+		}
+		holdings[l.CID], _ = json.Marshal(holding{Complete: complete})
+	}
+	s.mu.Lock()
+	s.held.gen, s.held.ok, s.held.want = gen, true, holdings
+	s.mu.Unlock()
+	return holdings, nil
 }
 
 // stateKind makes this host's records of kind k say want (key -> data):

@@ -28,6 +28,9 @@ import (
 type Layers interface {
 	// Layers lists every record, sorted by name.
 	Layers(ctx context.Context) ([]chunk.Layer, error)
+	// LayerGen changes whenever a layer record is written or deleted;
+	// equal values mean Layers would list the same records.
+	LayerGen() uint64
 }
 
 // Config configures the catalogue service.
@@ -68,6 +71,13 @@ type Service struct {
 
 	mu      sync.Mutex
 	version int64 // of the last record this host stated
+	// held is the holding records' data last built from the store, at
+	// its layer generation gen (valid once ok).
+	held struct {
+		gen  uint64
+		ok   bool
+		want map[string][]byte
+	}
 }
 
 // New registers the catalogue's metrics; nothing runs until Run.

@@ -23,6 +23,7 @@ import (
 type noLayers struct{}
 
 func (noLayers) Layers(context.Context) ([]chunk.Layer, error) { return nil, nil }
+func (noLayers) LayerGen() uint64                              { return 0 }
 
 // testHost is a catalogue service on a real libp2p host on 127.0.0.1.
 type testHost struct {

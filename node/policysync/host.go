@@ -46,6 +46,9 @@ type Store interface {
 	PutLayer(ctx context.Context, l chunk.Layer) error
 	// Layers lists every record, sorted by name.
 	Layers(ctx context.Context) ([]chunk.Layer, error)
+	// LayerGen changes whenever a layer record is written or deleted;
+	// equal values mean Layers would list the same records.
+	LayerGen() uint64
 	// Records are the small records under a key prefix.
 	Records(prefix string) (map[string][]byte, error)
 	// PutRecord writes a small record durably.

@@ -17,21 +17,20 @@ func inWindow(ws []policy.Window, now time.Time) bool {
 
 // Run fetches every layer the effective policy says this host holds, and
 // records conflicts, until ctx ends: within a couple of seconds of any
-// change to the catalogue (its digest is cheap to read) or the host
-// policy, and every policyRetry for sync windows and retries. A pass
-// reads the whole catalogue, so an idle host with a large one skips it.
-// Cancellation is not an error.
+// change to the catalogue (its digest is cheap to read), to the layers in
+// the store (their generation is cheaper still) or to the host policy,
+// and every policyRetry while the last pass left a held layer waiting (a
+// sync window, a failed fetch). A pass reads the whole catalogue, so an
+// idle host with a large one skips it: with the catalogue, the store and
+// the policies unchanged and nothing waiting, a pass would find what the
+// last one found. Cancellation is not an error.
 func (sv *Service) Run(ctx context.Context) error {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
-	var seen [32]byte
-	var last time.Time
+	var st passState
 	kicked := true
 	for {
-		if d := sv.cfg.Catalog.Digest(); kicked || d != seen || time.Since(last) >= policyRetry {
-			sv.syncPolicies(ctx)
-			seen, last = d, time.Now()
-		}
+		sv.maybePass(ctx, &st, kicked, time.Now())
 		kicked = false
 		select {
 		case <-ctx.Done():
@@ -43,7 +42,32 @@ func (sv *Service) Run(ctx context.Context) error {
 	}
 }
 
-func (sv *Service) syncPolicies(ctx context.Context) {
+// passState is what the last pass saw.
+type passState struct {
+	done    bool     // a pass ran
+	seen    [32]byte // the catalogue's digest
+	gen     uint64   // the store's layer generation
+	last    time.Time
+	waiting bool // a held layer was left for later
+}
+
+// maybePass runs a pass when one could find something new, and reports
+// whether it ran.
+func (sv *Service) maybePass(ctx context.Context, st *passState, kicked bool, now time.Time) bool {
+	d, g := sv.cfg.Catalog.Digest(), sv.cfg.Store.LayerGen()
+	retry := st.waiting && now.Sub(st.last) >= policyRetry
+	if st.done && !kicked && d == st.seen && g == st.gen && !retry {
+		return false
+	}
+	st.waiting = sv.syncPolicies(ctx)
+	st.done, st.seen, st.gen, st.last = true, d, g, now
+	return true
+}
+
+// syncPolicies is one pass; it reports whether a layer this host holds
+// was left waiting (outside its sync window, or its fetch failed or is
+// to be retried), so that a later pass must look again.
+func (sv *Service) syncPolicies(ctx context.Context) (waiting bool) {
 	me := sv.cfg.ID
 	all := sv.cfg.Catalog.All()
 	f := sv.facts(ctx)[me]
@@ -55,7 +79,11 @@ func (sv *Service) syncPolicies(ctx context.Context) {
 			conflicts[mp.Name] = c
 			continue
 		}
-		if !e.Hold || f.held[mp.CID] || !inWindow(e.Windows, time.Now()) || ctx.Err() != nil {
+		if !e.Hold || f.held[mp.CID] {
+			continue
+		}
+		if !inWindow(e.Windows, time.Now()) || ctx.Err() != nil {
+			waiting = true
 			continue
 		}
 		name, _ := chunk.ParseName(mp.Name)
@@ -67,12 +95,14 @@ func (sv *Service) syncPolicies(ctx context.Context) {
 		last, failedBefore := sv.failed[key]
 		sv.mu.Unlock()
 		if failedBefore && time.Since(last) < policyRetry {
+			waiting = true
 			continue
 		}
 		sv.cfg.Log.Info("policy: fetching a layer this host holds", "layer", mp.Name)
 		_, err := sv.cfg.Fetcher.Fetch(fetch.WithCap(ctx, e.Bandwidth), name, mp, func(api.Event) {})
 		sv.mu.Lock()
 		if err != nil && ctx.Err() == nil {
+			waiting = true
 			sv.failed[key] = time.Now()
 			sv.cfg.Log.Warn("policy: fetch of a held layer failed; trying again later", "layer", mp.Name, "retry_in", policyRetry, "err", err)
 		} else {
@@ -93,4 +123,5 @@ func (sv *Service) syncPolicies(ctx context.Context) {
 	if changed {
 		sv.cfg.Announce.Notify()
 	}
+	return waiting
 }

@@ -73,6 +73,7 @@ type node struct {
 type noLayers struct{}
 
 func (noLayers) Layers(context.Context) ([]chunk.Layer, error) { return nil, nil }
+func (noLayers) LayerGen() uint64                              { return 0 }
 
 // tracer counts the bytes of every pubsub RPC a node sends (messages and
 // control: IHAVE, IWANT, GRAFT, PRUNE).
