@@ -411,21 +411,6 @@ func (p *packs) remove(n uint32) error {
 	return os.Remove(p.path(n))
 }
 
-// fileSize is the size of pack n on disk.
-func (p *packs) fileSize(n uint32) (int64, error) {
-	p.mu.RLock()
-	f := p.files[n]
-	p.mu.RUnlock()
-	if f == nil {
-		return 0, fmt.Errorf("pack %d is missing", n)
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	return fi.Size(), nil
-}
-
 // list returns the pack numbers and whether each is the active one.
 func (p *packs) list() (nums []uint32, active uint32) {
 	p.mu.RLock()
