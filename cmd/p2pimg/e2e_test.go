@@ -309,7 +309,7 @@ func TestDiskFullDuringAdd(t *testing.T) {
 		t.Skipf("cannot mount tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", data).Run() })
-	d := startDaemon(t, data)
+	d := startDaemon(t, data, "--disk-reserve", "8MiB")
 	src := t.TempDir()
 	writeTree(t, src)
 	mustCLI(t, d, "add", "small:1", src)
@@ -321,10 +321,20 @@ func TestDiskFullDuringAdd(t *testing.T) {
 	// Refused before anything is written, with the figures and the place.
 	_, errOut, code := cli(t, d, "add", "big:1", img)
 	if code != 1 || !strings.Contains(errOut, "not enough free space on "+filepath.Join(data, "store")) ||
-		!strings.Contains(errOut, "needs 102 MiB (106954752 bytes)") || !strings.Contains(errOut, "bytes) free") {
+		!strings.Contains(errOut, "needs 102 MiB (106954752 bytes) plus a reserve of 8.0 MiB") || !strings.Contains(errOut, "bytes) free") {
 		t.Fatalf("add on a full disk: exit %d, %s", code, errOut)
 	}
 	t.Logf("refused: %s", errOut)
+	// A directory counts its regular files (two sparse 40 MiB files: 80
+	// MiB of apparent size, plus 1/16).
+	dir := t.TempDir()
+	for _, n := range []string{"a", "b"} {
+		os.WriteFile(filepath.Join(dir, n), nil, 0o644)
+		os.Truncate(filepath.Join(dir, n), 40<<20)
+	}
+	if _, errOut, code := cli(t, d, "add", "dir:1", dir); code != 1 || !strings.Contains(errOut, "needs 85 MiB (89128960 bytes)") {
+		t.Fatalf("add of a directory too large: exit %d, %s", code, errOut)
+	}
 	var ls []chunk.Layer
 	json.Unmarshal([]byte(mustCLI(t, d, "layers", "--json")), &ls)
 	if len(ls) != 1 || ls[0].Name != "small:1" {
