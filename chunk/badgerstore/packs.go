@@ -28,7 +28,8 @@ import (
 //
 // A pack record is: cid length (1 byte), cid, data length (4 bytes, big
 // endian), data. The records make a pack self-describing, so an index could
-// be rebuilt from packs alone.
+// be rebuilt from packs alone, up to the first range gc punched out (see
+// Compact: it reads as zeros).
 
 // loc is where a chunk's data is: pack number, offset of the data, length,
 // and a CRC-32C of the data. Every read checks the CRC (hardware, many GB/s),
