@@ -23,6 +23,9 @@ var (
 	ErrCorrupt = errors.New("corrupt on disk (run `p2pimg verify`)")
 	// ErrBadCID: a content id that is not a CIDv1 raw chunk id with a supported hash.
 	ErrBadCID = errors.New("not a chunk content id")
+	// ErrNoSpace: a write was refused before it started, for lack of free
+	// space on the store's disk.
+	ErrNoSpace = errors.New("not enough free space")
 )
 
 // Block is a chunk whose content id is known to match its data: either the id

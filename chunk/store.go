@@ -44,6 +44,11 @@ type Store interface {
 type StoreStats struct {
 	Chunks      int64 `json:"chunks"`
 	StoredBytes int64 `json:"stored_bytes"`
+	// AllocatedBytes is the disk the chunk data takes (blocks allocated to
+	// pack files); DeadBytes the part of it no live chunk uses, which gc
+	// gives back. Zero for stores that do not keep packs.
+	AllocatedBytes int64 `json:"allocated_bytes"`
+	DeadBytes      int64 `json:"dead_bytes"`
 }
 
 // LayerState says whether every chunk of a layer is present and verified.

@@ -63,6 +63,10 @@ type Config struct {
 	// ImportMaxBytes and ImportMaxRatio bound what an import may unpack
 	// (0: 64 GiB, and 200 bytes written per archive byte read).
 	ImportMaxBytes, ImportMaxRatio int64
+	// DiskReserve is the free space an add or fetch must leave on the
+	// data directory's disk, or it is refused before it writes (0: 16 MiB;
+	// negative: none).
+	DiskReserve int64
 	// Labels describe the host; activations select hosts by them.
 	Labels map[string]string
 	// Name is the host's name for people (status, the web view); default
@@ -169,7 +173,7 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	db, err := badgerstore.Open(filepath.Join(cfg.DataDir, "store"), cfg.Log)
+	db, err := badgerstore.OpenWith(filepath.Join(cfg.DataDir, "store"), badgerstore.Options{Log: cfg.Log, Reserve: cfg.DiskReserve})
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}

@@ -33,8 +33,10 @@ const (
 
 // DB is the store: a chunk.Store and a chunk.Catalog.
 type DB struct {
-	db    *badger.DB
-	packs *packs
+	db      *badger.DB
+	packs   *packs
+	dir     string
+	reserve int64
 	// writeMu orders writers of the chunk index (Put, Delete, Compact), so a
 	// chunk is never appended twice and compaction never races a delete.
 	writeMu sync.Mutex
@@ -50,6 +52,9 @@ var (
 type Options struct {
 	Log      *slog.Logger // default: discard
 	PackSize int64        // a new pack is started past this size; default 256 MiB
+	// Reserve is the free space Reserve leaves on the store's disk; default
+	// 16 MiB (negative: none).
+	Reserve int64
 }
 
 // Open opens (creating if needed) the store in dir: dir/index holds the
@@ -67,6 +72,12 @@ func OpenWith(dir string, o Options) (*DB, error) {
 	}
 	if o.PackSize <= 0 {
 		o.PackSize = 256 << 20
+	}
+	switch {
+	case o.Reserve == 0:
+		o.Reserve = 16 << 20
+	case o.Reserve < 0:
+		o.Reserve = 0
 	}
 	// Every value is small (16-byte chunk locations, manifests, records), so
 	// the LSM tree holds them; small tables and caches keep memory low.
@@ -89,7 +100,7 @@ func OpenWith(dir string, o Options) (*DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	return &DB{db: db, packs: p}, nil
+	return &DB{db: db, packs: p, dir: dir, reserve: o.Reserve}, nil
 }
 
 // Close syncs and closes the store.
@@ -277,91 +288,11 @@ func (s *DB) Walk(ctx context.Context, withData bool, fn func(id cid.Cid, size i
 	})
 }
 
-func (s *DB) Stats(ctx context.Context) (chunk.StoreStats, error) {
-	var st chunk.StoreStats
-	err := s.walkIndex(ctx, func(_ cid.Cid, l loc) error {
-		st.Chunks++
-		st.StoredBytes += int64(l.n)
-		return nil
-	})
-	return st, err
-}
-
 func (s *DB) Sync() error {
 	if err := s.packs.sync(); err != nil {
 		return err
 	}
 	return s.db.Sync()
-}
-
-// Compact reclaims the space of deleted chunks: a pack with no live chunk is
-// removed, and one whose live chunks fill less than half of it has them
-// copied to the active pack first. It returns the bytes freed.
-func (s *DB) Compact(ctx context.Context) (int64, error) {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	nums, active := s.packs.list()
-	live := map[uint32]int64{}
-	if err := s.walkIndex(ctx, func(_ cid.Cid, l loc) error { live[l.pack] += int64(l.n); return nil }); err != nil {
-		return 0, err
-	}
-	move := map[uint32]bool{}
-	var freed int64
-	for _, n := range nums {
-		if n == active {
-			continue
-		}
-		size, err := s.packs.fileSize(n)
-		if err != nil {
-			return freed, err
-		}
-		if live[n] < size/2 {
-			move[n] = true
-			freed += size - live[n]
-		}
-	}
-	if len(move) == 0 {
-		return 0, nil
-	}
-	var recs []record
-	var batch int
-	flush := func() error {
-		if len(recs) == 0 {
-			return nil
-		}
-		err := s.index(recs, false)
-		recs, batch = recs[:0], 0
-		return err
-	}
-	err := s.walkIndex(ctx, func(id cid.Cid, l loc) error {
-		if !move[l.pack] {
-			return nil
-		}
-		data, err := s.packs.read(l, nil)
-		if err != nil {
-			return fmt.Errorf("compact: chunk %s: %w", id, err)
-		}
-		recs = append(recs, record{id, data})
-		if batch += len(data); batch >= 8<<20 {
-			return flush()
-		}
-		return nil
-	})
-	if err == nil {
-		err = flush()
-	}
-	if err == nil {
-		err = s.Sync() // the copies are durable before the originals go
-	}
-	if err != nil {
-		return 0, err
-	}
-	for n := range move {
-		if err := s.packs.remove(n); err != nil {
-			return freed, err
-		}
-	}
-	return freed, nil
 }
 
 // Catalog.

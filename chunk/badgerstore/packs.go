@@ -28,7 +28,8 @@ import (
 //
 // A pack record is: cid length (1 byte), cid, data length (4 bytes, big
 // endian), data. The records make a pack self-describing, so an index could
-// be rebuilt from packs alone.
+// be rebuilt from packs alone, up to the first range gc punched out (see
+// Compact: it reads as zeros).
 
 // loc is where a chunk's data is: pack number, offset of the data, length,
 // and a CRC-32C of the data. Every read checks the CRC (hardware, many GB/s),
@@ -409,21 +410,6 @@ func (p *packs) remove(n uint32) error {
 		delete(p.uncached, n)
 	}
 	return os.Remove(p.path(n))
-}
-
-// fileSize is the size of pack n on disk.
-func (p *packs) fileSize(n uint32) (int64, error) {
-	p.mu.RLock()
-	f := p.files[n]
-	p.mu.RUnlock()
-	if f == nil {
-		return 0, fmt.Errorf("pack %d is missing", n)
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	return fi.Size(), nil
 }
 
 // list returns the pack numbers and whether each is the active one.

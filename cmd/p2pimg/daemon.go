@@ -33,7 +33,7 @@ func (a *app) daemonCmd() *cobra.Command {
 	var traceWindow time.Duration
 	var maxUp, maxDown, configFile, root, expose, seatJournal, hostPolicy, socketGroup, pskFile, membersFile string
 	var labels, allowedPaths []string
-	var mirrorAddr, registriesFile, importMax string
+	var mirrorAddr, registriesFile, importMax, diskReserve string
 	var importRatio int64
 	var name, httpAddr string
 	var pprof, open bool
@@ -132,6 +132,14 @@ Type=notify service, it reports readiness and answers the watchdog.`,
 			if err != nil || importBytes == 0 {
 				return usageError{fmt.Errorf("--import-max-bytes %q: want a size, such as 64GiB", importMax)}
 			}
+			reserve, err := humanize.ParseBytes(diskReserve)
+			if err != nil {
+				return usageError{fmt.Errorf("--disk-reserve %q: want a size, such as 16MiB or 0", diskReserve)}
+			}
+			keep := int64(reserve)
+			if keep == 0 {
+				keep = -1 // none (0 is the store's default)
+			}
 			if importRatio < 0 {
 				return usageError{fmt.Errorf("--import-max-ratio %d: want a positive number", importRatio)}
 			}
@@ -153,7 +161,7 @@ Type=notify service, it reports readiness and answers the watchdog.`,
 				Config: node.Config{
 					DataDir: data, Log: slog.New(h), Cluster: cc, Listen: listen, Peers: peers,
 					MDNS: !noMDNS, AnnounceInterval: announce, StallTimeout: stall, GoneAfter: goneAfter,
-					MaxUpload: up, MaxDownload: down, Root: root, AllowedPaths: allowedPaths, ImportMaxBytes: int64(importBytes), ImportMaxRatio: importRatio, Labels: lbl, Name: name, Expose: api.Mode(expose), Lazy: lazy, TraceWindow: traceWindow, HostPolicy: hostPolicyText,
+					MaxUpload: up, MaxDownload: down, Root: root, AllowedPaths: allowedPaths, ImportMaxBytes: int64(importBytes), ImportMaxRatio: importRatio, DiskReserve: keep, Labels: lbl, Name: name, Expose: api.Mode(expose), Lazy: lazy, TraceWindow: traceWindow, HostPolicy: hostPolicyText,
 					Registry: mirrorAddr, Upstreams: ups,
 					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset, garbageServe, missingServe),
 				},
@@ -190,6 +198,7 @@ Type=notify service, it reports readiness and answers the watchdog.`,
 	c.Flags().DurationVar(&traceWindow, "trace-window", time.Minute, "after a lazy activation, record the chunks read for this long as its access trace (peers activating the same version fetch those first)")
 	c.Flags().StringArrayVar(&allowedPaths, "allowed-paths", nil, "an absolute path (under --root) where activations may put layers (--at) and redirect host paths (--map SRC); repeatable; default: anywhere under --root")
 	c.Flags().StringVar(&importMax, "import-max-bytes", "64GiB", "the most an import may unpack (it also leaves 256 MiB free on the data directory's disk)")
+	c.Flags().StringVar(&diskReserve, "disk-reserve", "16MiB", "free space an add or fetch must leave on the data directory's disk, or it is refused before it writes (0: none)")
 	c.Flags().Int64Var(&importRatio, "import-max-ratio", 200, "the most bytes an import may unpack per byte of archive read (a decompression bomb expands a thousandfold)")
 	c.Flags().BoolVar(&lazy, "lazy", false, "fuse mode: a layer is active once its manifest is here; a chunk is fetched from peers when first read (verified first, EIO if none supplies it within 10 s), the rest in the background")
 	c.Flags().StringVar(&expose, "expose", string(api.ModeAuto), "how activated layers appear: fuse (served from the store through FUSE, an overlay above it; root, /dev/fuse and overlayfs), overlay (an overlay on a checkout), materialized (a directory swapped in), or auto (the first of these that works)")

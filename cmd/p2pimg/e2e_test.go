@@ -293,8 +293,10 @@ func TestCorruptStore(t *testing.T) {
 	}
 }
 
-// A full disk during an add: the add fails saying so, nothing is half
-// written, complete layers stay intact, and the add works once space returns.
+// An add too large for the disk is refused before it writes, naming the
+// bytes it needs, the bytes free and the directory; complete layers stay
+// intact, and the add works once space returns. (A write that still meets
+// ENOSPC leaves nothing half-written: badgerstore's tests.)
 // Needs root (it mounts a small tmpfs as the data directory).
 func TestDiskFullDuringAdd(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -307,7 +309,7 @@ func TestDiskFullDuringAdd(t *testing.T) {
 		t.Skipf("cannot mount tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", data).Run() })
-	d := startDaemon(t, data)
+	d := startDaemon(t, data, "--disk-reserve", "8MiB")
 	src := t.TempDir()
 	writeTree(t, src)
 	mustCLI(t, d, "add", "small:1", src)
@@ -316,9 +318,22 @@ func TestDiskFullDuringAdd(t *testing.T) {
 	f, _ := os.Create(img)
 	refimage.Write(f, 96<<20, 9)
 	f.Close()
+	// Refused before anything is written, with the figures and the place.
 	_, errOut, code := cli(t, d, "add", "big:1", img)
-	if code != 1 || !strings.Contains(errOut, "no space left on device") || !strings.Contains(errOut, "disk holding the data directory is full") {
+	if code != 1 || !strings.Contains(errOut, "not enough free space on "+filepath.Join(data, "store")) ||
+		!strings.Contains(errOut, "needs 102 MiB (106954752 bytes) plus a reserve of 8.0 MiB") || !strings.Contains(errOut, "bytes) free") {
 		t.Fatalf("add on a full disk: exit %d, %s", code, errOut)
+	}
+	t.Logf("refused: %s", errOut)
+	// A directory counts its regular files (two sparse 40 MiB files: 80
+	// MiB of apparent size, plus 1/16).
+	dir := t.TempDir()
+	for _, n := range []string{"a", "b"} {
+		os.WriteFile(filepath.Join(dir, n), nil, 0o644)
+		os.Truncate(filepath.Join(dir, n), 40<<20)
+	}
+	if _, errOut, code := cli(t, d, "add", "dir:1", dir); code != 1 || !strings.Contains(errOut, "needs 85 MiB (89128960 bytes)") {
+		t.Fatalf("add of a directory too large: exit %d, %s", code, errOut)
 	}
 	var ls []chunk.Layer
 	json.Unmarshal([]byte(mustCLI(t, d, "layers", "--json")), &ls)
@@ -340,6 +355,35 @@ func TestDiskFullDuringAdd(t *testing.T) {
 	if testnet.HashFile(t, img) != testnet.HashFile(t, filepath.Join(out, "big.raw")) {
 		t.Fatal("image differs after the add that followed a full disk")
 	}
+
+	// Dropped, its bytes are dead in the pack: stats says so, and gc gives
+	// them back to the file system (df), leaving small:1 whole.
+	mustCLI(t, d, "rm", "big:1")
+	var st api.Stats
+	json.Unmarshal([]byte(mustCLI(t, d, "stats", "--json")), &st)
+	if st.DeadBytes < 50<<20 || st.AllocatedBytes < st.DeadBytes {
+		t.Fatalf("stats after rm big:1: %+v", st)
+	}
+	free := func() int64 {
+		var fs syscall.Statfs_t
+		if err := syscall.Statfs(data, &fs); err != nil {
+			t.Fatal(err)
+		}
+		return int64(fs.Bavail) * fs.Bsize
+	}
+	before := free()
+	var gc api.GCResult
+	json.Unmarshal([]byte(mustCLI(t, d, "gc", "--json")), &gc)
+	after := free()
+	t.Logf("gc: %+v; free %d -> %d", gc, before, after)
+	if gc.ReclaimedBytes < st.DeadBytes-1<<20 || after-before < st.DeadBytes-1<<20 {
+		t.Fatalf("gc gave back %d bytes (free %d -> %d); %d were dead", gc.ReclaimedBytes, before, after, st.DeadBytes)
+	}
+	json.Unmarshal([]byte(mustCLI(t, d, "stats", "--json")), &st)
+	if st.DeadBytes > 1<<20 {
+		t.Fatalf("dead bytes after gc: %+v", st)
+	}
+	mustCLI(t, d, "checkout", "small:1", filepath.Join(t.TempDir(), "o2"))
 }
 
 // Kill -9 a daemon in the middle of a fetch: after a restart the layer is
@@ -697,8 +741,8 @@ func TestSocketAccess(t *testing.T) {
 	}
 }
 
-// A fetch that fills the disk fails with a clear error and leaves the store
-// consistent; once there is room again the same fetch resumes and
+// A fetch whose missing chunks do not fit is refused before it writes,
+// with the figures, and leaves the store consistent; once there is room again the same fetch resumes and
 // completes, byte-identical.
 func TestDiskFullDuringFetch(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -727,9 +771,10 @@ func TestDiskFullDuringFetch(t *testing.T) {
 		return strings.Contains(out, "big:1")
 	})
 	_, errOut, code := cli(t, b, "fetch", "big:1")
-	if code != 1 || !strings.Contains(errOut, "disk holding the data directory is full") {
+	if code != 1 || !strings.Contains(errOut, "not enough free space on "+filepath.Join(data, "store")) || !strings.Contains(errOut, "bytes) free") {
 		t.Fatalf("fetch onto a full disk: exit %d, %s", code, errOut)
 	}
+	t.Logf("refused: %s", errOut)
 	if out := mustCLI(t, b, "verify"); !strings.Contains(out, " 0 corrupt") {
 		t.Fatalf("store after a failed fetch: %s", out)
 	}

@@ -223,7 +223,7 @@ func (a *app) verifyCmd() *cobra.Command {
 func (a *app) statsCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "stats",
-		Short: "Show chunks, logical and stored bytes, and the dedup ratio",
+		Short: "Show chunks, logical and stored bytes, the dedup ratio, and the packs' allocated and dead bytes",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
 			st, err := a.client().Stats(c.Context())
@@ -239,6 +239,8 @@ func (a *app) statsCmd() *cobra.Command {
 			fmt.Fprintf(tw, "logical bytes\t%s\t(%d)\n", humanize.IBytes(uint64(st.LogicalBytes)), st.LogicalBytes)
 			fmt.Fprintf(tw, "stored bytes\t%s\t(%d)\n", humanize.IBytes(uint64(st.StoredBytes)), st.StoredBytes)
 			fmt.Fprintf(tw, "dedup ratio\t%.2fx\n", st.DedupRatio)
+			fmt.Fprintf(tw, "pack disk\t%s\t(%d allocated)\n", humanize.IBytes(uint64(st.AllocatedBytes)), st.AllocatedBytes)
+			fmt.Fprintf(tw, "dead bytes\t%s\t(%d; in packs but no kept chunk's: gc gives them back)\n", humanize.IBytes(uint64(st.DeadBytes)), st.DeadBytes)
 			fmt.Fprintf(tw, "view checkouts\t%s\t(%d; overlay-mode copies under views/, beside the store)\n", humanize.IBytes(uint64(st.ViewBytes)), st.ViewBytes)
 			return tw.Flush()
 		},

@@ -156,7 +156,7 @@ type GCResult struct {
 	RemovedBytes     int64 `json:"removed_bytes"`
 	RemovedManifests int   `json:"removed_manifests"`
 	KeptChunks       int   `json:"kept_chunks"`
-	ReclaimedBytes   int64 `json:"reclaimed_bytes"` // disk space given back by compacting packs
+	ReclaimedBytes   int64 `json:"reclaimed_bytes"` // disk given back: packs removed, dead ranges punched out
 	// RemovedViews are overlay-mode view checkouts no exposure used.
 	RemovedViews     int   `json:"removed_views,omitempty"`
 	RemovedViewBytes int64 `json:"removed_view_bytes,omitempty"`
@@ -176,6 +176,12 @@ type Stats struct {
 	LogicalBytes int64   `json:"logical_bytes"`
 	StoredBytes  int64   `json:"stored_bytes"`
 	DedupRatio   float64 `json:"dedup_ratio"`
+	// AllocatedBytes is the disk the store's packs take; DeadBytes what
+	// gc would give back of it now: the chunks no kept layer references,
+	// and the space of removed chunks not given back yet (a chunk an add
+	// is writing at that moment counts as dead).
+	AllocatedBytes int64 `json:"allocated_bytes"`
+	DeadBytes      int64 `json:"dead_bytes"`
 	// ViewBytes is the disk the overlay-mode view checkouts use, beside
 	// the store (fuse mode keeps none).
 	ViewBytes int64 `json:"view_bytes"`

@@ -40,6 +40,9 @@ type Store interface {
 	GetLayer(ctx context.Context, name chunk.Name) (chunk.Layer, error)
 	// PutLayer writes a record durably, after every earlier write.
 	PutLayer(ctx context.Context, l chunk.Layer) error
+	// Reserve is nil when the disk has room for need more bytes (and its
+	// reserve), else an error wrapping chunk.ErrNoSpace with the figures.
+	Reserve(need int64) error
 }
 
 // Pinner keeps garbage collection from deleting chunks while a fetch
@@ -351,6 +354,9 @@ func (fr *Fetcher) fetchChunks(ctx context.Context, id cid.Cid, m *chunk.Manifes
 	if err != nil {
 		return nil, err
 	}
+	if err := fr.cfg.Store.Reserve(missingBytes(refs, have)); err != nil {
+		return nil, fmt.Errorf("layer %s: %w", id, err)
+	}
 	f := newFetch(fr.cfg.Host.ID(), id, refs, have, time.Now())
 	fr.mu.Lock()
 	if fr.fetches[id] != nil {
@@ -370,6 +376,18 @@ func (fr *Fetcher) fetchChunks(ctx context.Context, id cid.Cid, m *chunk.Manifes
 	}()
 	fr.cfg.Announce.Notify()
 	return f, fr.runFetch(ctx, f, name, emit)
+}
+
+// missingBytes is what fetching the refs not had will write: their data
+// plus 1/16 for pack headers and the index.
+func missingBytes(refs []chunk.Ref, have []bool) int64 {
+	var n int64
+	for i, r := range refs {
+		if !have[i] {
+			n += int64(r.Size)
+		}
+	}
+	return n + n/16
 }
 
 // runFetch keeps a worker on every connected peer until f is complete.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -64,6 +65,9 @@ func (sv *Service) Add(ctx context.Context, req api.AddRequest, emit api.Emit) (
 	if err != nil {
 		return nil, api.BadRequest(fmt.Errorf("add %s: %w", name, err))
 	}
+	if err := sv.roomFor(fsys, req.Path, fi); err != nil {
+		return nil, fmt.Errorf("add %s: %w", name, err)
+	}
 	defer sv.cfg.GC.Pin()()
 	res, err := tree.AddWith(ctx, sv.cfg.Store, req.Path, p, tree.AddOptions{Progress: progress(emit, "add"), As: fsys.Do})
 	if err != nil {
@@ -98,6 +102,35 @@ func (sv *Service) Add(ctx context.Context, req api.AddRequest, emit api.Emit) (
 		out.Skipped = append(out.Skipped, api.SkippedPath{Path: s.Path, Reason: s.Reason})
 	}
 	return out, nil
+}
+
+// roomFor refuses an add whose source would not fit on the store's disk:
+// the bytes of its regular files plus 1/16 for pack headers and the
+// index. Chunks already stored are counted too (the add cannot know them
+// before it reads), so re-adding a large image on a nearly full disk is
+// refused; gc first, or free space.
+func (sv *Service) roomFor(fsys *caller.FS, path string, fi os.FileInfo) error {
+	size := fi.Size()
+	if fi.IsDir() {
+		size = 0
+		err := fsys.Do(func() error {
+			return filepath.WalkDir(path, func(_ string, d fs.DirEntry, err error) error {
+				if err != nil || !d.Type().IsRegular() {
+					return nil // unreadable entries are the add's to report
+				}
+				if i, err := d.Info(); err == nil {
+					size += i.Size()
+				}
+				return nil
+			})
+		})
+		if err != nil {
+			return err
+		}
+	} else if !fi.Mode().IsRegular() {
+		size = 0 // a device: its size is not in its file info
+	}
+	return sv.cfg.Store.Reserve(size + size/16)
 }
 
 // callerFS is the file system with the rights of the API caller behind

@@ -213,7 +213,21 @@ func (sv *Service) Stats(ctx context.Context) (*api.Stats, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &api.Stats{Layers: len(ls), Chunks: st.Chunks, StoredBytes: st.StoredBytes}
+	out := &api.Stats{Layers: len(ls), Chunks: st.Chunks, StoredBytes: st.StoredBytes, AllocatedBytes: st.AllocatedBytes, DeadBytes: st.DeadBytes}
+	// Chunks no kept layer references are dead too: gc removes them.
+	keep, _, err := sv.referenced(ctx)
+	if err != nil {
+		return nil, err
+	}
+	err = sv.cfg.Store.Walk(ctx, false, func(id cid.Cid, size int, _ []byte) error {
+		if !keep[id] {
+			out.DeadBytes += int64(size)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	seen := map[string]bool{}
 	for _, l := range ls {
 		if !seen[l.CID] { // two tags of one manifest are one layer's bytes

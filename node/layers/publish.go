@@ -31,6 +31,10 @@ type Store interface {
 	// Compact gives back the space of removed chunks; it returns the
 	// bytes freed.
 	Compact(ctx context.Context) (int64, error)
+	// Reserve is nil when the store's disk has room for need more bytes
+	// (and its reserve), else an error wrapping chunk.ErrNoSpace naming
+	// the figures. It holds nothing back for the caller.
+	Reserve(need int64) error
 }
 
 // Keeper says why a layer must stay on this host.

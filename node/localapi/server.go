@@ -114,13 +114,13 @@ func ErrorOf(err error) *api.Error {
 		code = api.CodeNotFound
 	case errors.Is(err, tree.ErrNotEmpty):
 		code = api.CodeConflict
-	case errors.Is(err, syscall.ENOSPC):
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, chunk.ErrNoSpace):
 		code = api.CodeNoSpace
 	default:
 		code = api.CodeInternal
 	}
 	msg := err.Error()
-	if code == api.CodeNoSpace {
+	if errors.Is(err, syscall.ENOSPC) {
 		msg += " (the disk holding the data directory is full: free space and run the command again; nothing was half-written)"
 	}
 	return &api.Error{Code: code, Message: msg}
