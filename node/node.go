@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -103,26 +104,30 @@ type Config struct {
 	// Faults switches on misbehaviour for tests and benchmarks; nil in
 	// production.
 	Faults *faults.Faults
+	// ReloadCluster reads the cluster, members and PSK files again, for
+	// SIGHUP and `p2pimg cluster reload`; nil: a reload is refused.
+	ReloadCluster func() (*cluster.Config, error)
 }
 
 // Node is one host: its store, its libp2p host and the services that make
 // it part of the cluster.
 type Node struct {
-	cfg     Config
-	db      *badgerstore.DB
-	net     *p2p.Net
-	reg     *prometheus.Registry
-	catalog *gossip.Catalog
-	gossip  *gossip.Service
-	xchg    *xchg.Server
-	fetch   *fetch.Fetcher
-	seats   *seats.Service
-	policy  *policysync.Service
-	act     *activate.Reconciler
-	layers  *layers.Service
-	mirror  *registry.Service
-	rates   *rateMeter // of fetches and peers, for the fleet view
-	use     storeCache // this host's store figures, for the fleet view
+	cfg      Config
+	reloadMu sync.Mutex // one cluster reload at a time
+	db       *badgerstore.DB
+	net      *p2p.Net
+	reg      *prometheus.Registry
+	catalog  *gossip.Catalog
+	gossip   *gossip.Service
+	xchg     *xchg.Server
+	fetch    *fetch.Fetcher
+	seats    *seats.Service
+	policy   *policysync.Service
+	act      *activate.Reconciler
+	layers   *layers.Service
+	mirror   *registry.Service
+	rates    *rateMeter // of fetches and peers, for the fleet view
+	use      storeCache // this host's store figures, for the fleet view
 }
 
 func (cfg *Config) defaults() {

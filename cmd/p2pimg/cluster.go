@@ -80,7 +80,7 @@ stay. A host still heard from is refused: stop it first.`,
 			return nil
 		},
 	}
-	c.AddCommand(initCmd, opKey, forget, a.clusterShowCmd(), a.clusterValidateCmd())
+	c.AddCommand(initCmd, opKey, forget, a.clusterShowCmd(), a.clusterValidateCmd(), a.clusterReloadCmd())
 	return c
 }
 

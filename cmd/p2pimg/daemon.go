@@ -97,35 +97,13 @@ Type=notify service, it reports readiness and answers the watchdog.`,
 				}
 				hostPolicyText = string(b)
 			}
-			cc := cluster.Default()
-			if clusterFile != "" {
-				var err error
-				if cc, err = cluster.Load(clusterFile); err != nil {
-					return err
-				}
-			}
-			if pskFile != "" {
-				k, err := cluster.ReadPSKFile(pskFile)
-				if err != nil {
-					return usageError{fmt.Errorf("--psk: %w", err)}
-				}
-				cc.PSK = k
-			}
-			if membersFile != "" {
-				m, err := cluster.ReadMembersFile(membersFile)
-				if err != nil {
-					return usageError{fmt.Errorf("--members: %w", err)}
-				}
-				cc.Members = m
+			cc, err := loadClusterFiles(clusterFile, pskFile, membersFile)
+			if err != nil {
+				return err
 			}
 			for _, p := range allowedPaths {
 				if !filepath.IsAbs(p) {
 					return usageError{fmt.Errorf("--allowed-paths %q: want an absolute path (under --root), e.g. /opt", p)}
-				}
-			}
-			if pskFile != "" || membersFile != "" {
-				if err := cc.Check(); err != nil {
-					return usageError{fmt.Errorf("--psk / --members with the cluster file: %w", err)}
 				}
 			}
 			importBytes, err := humanize.ParseBytes(importMax)
@@ -164,6 +142,13 @@ Type=notify service, it reports readiness and answers the watchdog.`,
 					MaxUpload: up, MaxDownload: down, Root: root, AllowedPaths: allowedPaths, ImportMaxBytes: int64(importBytes), ImportMaxRatio: importRatio, DiskReserve: keep, Labels: lbl, Name: name, Expose: api.Mode(expose), Lazy: lazy, TraceWindow: traceWindow, HostPolicy: hostPolicyText,
 					Registry: mirrorAddr, Upstreams: ups,
 					Faults: testFaults(corrupt, stallServe, flood, seatJournal, clockOffset, garbageServe, missingServe),
+					ReloadCluster: func() (*cluster.Config, error) {
+						next, err := loadClusterFiles(clusterFile, pskFile, membersFile)
+						if err == nil && next.Open() && !open {
+							err = errors.New("the files now give no members list (an open cluster): refused, as at start without --open")
+						}
+						return next, err
+					},
 				},
 				Socket: a.socket, SocketGroup: socketGroup, Metrics: metrics, HTTP: httpAddr, Pprof: pprof, Version: version,
 				Notify: os.Getenv("NOTIFY_SOCKET"), Watchdog: watchdogInterval(),
@@ -171,6 +156,8 @@ Type=notify service, it reports readiness and answers the watchdog.`,
 			if err != nil {
 				return err
 			}
+			stop := reloadOnHangup(c.Context(), d, slog.New(h))
+			defer stop()
 			return d.Run(c.Context())
 		},
 	}

@@ -386,3 +386,13 @@ type ImportResult struct {
 type ForgetRequest struct {
 	Peer string `json:"peer"`
 }
+
+// ClusterReload is the answer to POST /v1/cluster/reload: the cluster,
+// members and PSK files were read again and their lists applied.
+type ClusterReload struct {
+	// Members counts the peer ids allowed in now (0: an open cluster).
+	Members int `json:"members"`
+	// Disconnected are the peers whose connections were closed because
+	// they are no longer members.
+	Disconnected []string `json:"disconnected"`
+}

@@ -354,6 +354,16 @@ func (c *Client) Import(ctx context.Context, req api.ImportRequest, on Events) (
 	return r, c.stream(ctx, "/import", req, &r, on)
 }
 
+// ReloadCluster makes the daemon read its cluster, members and PSK files
+// again and apply the lists in them.
+func (c *Client) ReloadCluster(ctx context.Context) (*api.ClusterReload, error) {
+	var out api.ClusterReload
+	if err := c.call(ctx, http.MethodPost, "/cluster/reload", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // Forget drops what a gone host said of itself from the daemon's catalogue.
 func (c *Client) Forget(ctx context.Context, host string) error {
 	return c.call(ctx, http.MethodPost, "/cluster/forget", api.ForgetRequest{Peer: host}, &struct{}{})

@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -55,12 +56,13 @@ type Config struct {
 	// list of rights (activate, map, policy, license, gc, cluster).
 	Grants map[string][]string `toml:"grants,omitempty"`
 
-	psk        pnet.PSK
-	members    map[peer.ID]bool
-	publishers map[peer.ID]bool
-	operators  map[peer.ID]bool
-	keepers    []peer.ID
-	rules      license.Rules
+	psk     pnet.PSK
+	keepers []peer.ID
+	rules   license.Rules
+	// acl is what a reload may change (members, publishers, operators,
+	// grants), swapped whole so services that share this Config read
+	// either the old lists or the new ones, never a mix.
+	acl atomic.Pointer[acl]
 }
 
 var clusterNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -161,19 +163,11 @@ func (c *Config) check() error {
 		}
 		c.psk = k
 	}
-	var err error
-	if c.members, err = peerSet("members", c.Members); err != nil {
+	a, err := c.parseACL()
+	if err != nil {
 		return err
 	}
-	if c.publishers, err = peerSet("publishers", c.Publishers); err != nil {
-		return err
-	}
-	if c.operators, err = peerSet("operators", c.Operators); err != nil {
-		return err
-	}
-	if err := c.checkGrants(); err != nil {
-		return err
-	}
+	c.acl.Store(a)
 	return c.checkSeats()
 }
 
@@ -228,7 +222,7 @@ func (c *Config) IsKeeper(p peer.ID) bool { return slices.Contains(c.keepers, p)
 func (c *Config) SeatRules() license.Rules { return c.rules }
 
 // IsOperator reports whether k's activations are obeyed.
-func (c *Config) IsOperator(k peer.ID) bool { return c.operators[k] }
+func (c *Config) IsOperator(k peer.ID) bool { return c.live().operators[k] }
 
 func peerSet(field string, ids []string) (map[peer.ID]bool, error) {
 	set := map[peer.ID]bool{}
@@ -243,17 +237,18 @@ func peerSet(field string, ids []string) (map[peer.ID]bool, error) {
 }
 
 // Open reports whether any host may join (no members list).
-func (c *Config) Open() bool { return len(c.members) == 0 }
+func (c *Config) Open() bool { return len(c.live().members) == 0 }
 
 // IsMember reports whether p may connect.
-func (c *Config) IsMember(p peer.ID) bool { return c.Open() || c.members[p] }
+func (c *Config) IsMember(p peer.ID) bool { return c.live().isMember(p) }
 
 // MayPublish reports whether p's layer announcements are accepted.
 func (c *Config) MayPublish(p peer.ID) bool {
-	if len(c.publishers) > 0 {
-		return c.publishers[p]
+	a := c.live()
+	if len(a.publishers) > 0 {
+		return a.publishers[p]
 	}
-	return c.IsMember(p)
+	return a.isMember(p)
 }
 
 // Write saves the cluster file (mode 0600: it holds the PSK).

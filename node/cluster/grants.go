@@ -7,9 +7,9 @@ import (
 	"github.com/p2pimg/p2pimg/node/api"
 )
 
-// checkGrants validates the grants table.
-func (c *Config) checkGrants() error {
-	for who, rights := range c.Grants {
+// checkGrants validates a grants table.
+func checkGrants(grants map[string][]string) error {
+	for who, rights := range grants {
 		kind, name, ok := strings.Cut(who, ":")
 		if !ok || (kind != "user" && kind != "group") || name == "" {
 			return fmt.Errorf("field grants: key %q: want \"user:NAME\" or \"group:NAME\"", who)
@@ -26,8 +26,9 @@ func (c *Config) checkGrants() error {
 // Granted reports whether the grants table gives right to the local user
 // named user or to one of the groups it is in.
 func (c *Config) Granted(right api.Right, user string, groups []string) bool {
+	grants := c.live().grants
 	has := func(who string) bool {
-		for _, r := range c.Grants[who] {
+		for _, r := range grants[who] {
 			if api.Right(r) == right {
 				return true
 			}

@@ -15,6 +15,7 @@ type clusterAPI interface {
 	Partition(ids []string) error
 	Fetch(ctx context.Context, ref string, emit api.Emit) (*api.FetchResult, error)
 	Forget(ctx context.Context, host string) error
+	ReloadCluster(ctx context.Context) (*api.ClusterReload, error)
 }
 
 func (s *Server) clusterRoutes() []route {
@@ -35,6 +36,9 @@ func (s *Server) clusterRoutes() []route {
 		{"POST " + v + "/cluster/forget", s.need(api.RightCluster, "cluster forget", s.plain(body(func(ctx context.Context, n Node, req api.ForgetRequest) (any, error) {
 			return struct{}{}, n.Forget(ctx, req.Peer)
 		})))},
+		{"POST " + v + "/cluster/reload", s.need(api.RightCluster, "cluster reload", s.plain(func(ctx context.Context, n Node, _ *http.Request) (any, error) {
+			return n.ReloadCluster(ctx)
+		}))},
 		{"POST " + v + "/fetch", s.stream(streamBody(func(ctx context.Context, n Node, req api.FetchRequest, emit api.Emit) (any, error) {
 			return n.Fetch(ctx, req.Name, emit)
 		}))},
