@@ -95,6 +95,7 @@ type Fetcher struct {
 	chunksFetched prometheus.Counter
 	verifyFails   *prometheus.CounterVec
 	fetchSeconds  prometheus.Histogram
+	failures      *prometheus.CounterVec
 }
 
 // New registers the fetcher's metrics; it starts nothing.
@@ -114,8 +115,9 @@ func New(cfg Config) *Fetcher {
 			Name: "p2pimg_fetch_duration_seconds", Help: "Time to fetch a layer.",
 			Buckets: prometheus.ExponentialBuckets(0.05, 2, 14),
 		}),
+		failures: newFailures(),
 	}
-	cfg.Reg.MustRegister(fr.bytesIn, fr.chunksFetched, fr.verifyFails, fr.fetchSeconds)
+	cfg.Reg.MustRegister(fr.bytesIn, fr.chunksFetched, fr.verifyFails, fr.fetchSeconds, fr.failures)
 	return fr
 }
 
@@ -199,8 +201,15 @@ func (fr *Fetcher) FetchName(ctx context.Context, ref string, emit api.Emit) (*a
 }
 
 // Fetch makes layer name complete here as the manifest mp.CID, with the
-// layer underneath when it is stacked. Safe to retry: it resumes.
+// layer underneath when it is stacked. Safe to retry: it resumes. A
+// failure is counted by its cause (p2pimg_fetch_failures_total).
 func (fr *Fetcher) Fetch(ctx context.Context, name chunk.Name, mp gossip.Mapping, emit api.Emit) (*api.FetchResult, error) {
+	res, err := fr.fetch(ctx, name, mp, emit)
+	fr.failed(err)
+	return res, err
+}
+
+func (fr *Fetcher) fetch(ctx context.Context, name chunk.Name, mp gossip.Mapping, emit api.Emit) (*api.FetchResult, error) {
 	id, err := cid.Decode(mp.CID)
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s: manifest id %q: %w", name, mp.CID, err)
@@ -429,7 +438,7 @@ func (fr *Fetcher) runFetch(ctx context.Context, f *fetch, name chunk.Name, emit
 			return nil
 		}
 		if time.Since(last) > fr.cfg.StallTimeout {
-			return fmt.Errorf("stalled: %d of %d chunks still missing and no connected peer sent any for %s; the layer stays incomplete, run fetch again when a host that has it is reachable", left, len(f.refs), fr.cfg.StallTimeout)
+			return fmt.Errorf("%w: %d of %d chunks still missing and no connected peer sent any for %s; the layer stays incomplete, run fetch again when a host that has it is reachable", ErrStalled, left, len(f.refs), fr.cfg.StallTimeout)
 		}
 		for _, p := range fr.byMisses(fr.candidates(f.id)) {
 			if fr.mayOpen(p) {
