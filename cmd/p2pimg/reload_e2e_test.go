@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/testnet"
 )
 
@@ -95,6 +97,11 @@ func TestClusterReload(t *testing.T) {
 			t.Fatalf("d never connected after it was added: a's peers %v", peers())
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+
+	var r api.ClusterReload
+	if err := json.Unmarshal([]byte(mustCLI(t, a, "--json", "cluster", "reload")), &r); err != nil || r.Members != 3 || r.Disconnected == nil || len(r.Disconnected) != 0 {
+		t.Fatalf("cluster reload --json: %+v, %v; want 3 members and [] disconnected", r, err)
 	}
 
 	// A bad members file, a new PSK: refused, nothing changes.

@@ -82,3 +82,36 @@ func TestApply(t *testing.T) {
 		})
 	}
 }
+
+// Services read the config while a reload swaps it: run with -race.
+func TestApplyWhileRead(t *testing.T) {
+	t.Parallel()
+	ids := testIDs(t, 3)
+	live := &Config{Name: "lab", Members: ids[:2]}
+	if err := live.Check(); err != nil {
+		t.Fatal(err)
+	}
+	id2, _ := peer.Decode(ids[2])
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 1000 {
+			live.IsMember(id2)
+			live.MayPublish(id2)
+			live.Granted(api.Right("gc"), "ann", nil)
+		}
+	}()
+	for i := range 100 {
+		next := &Config{Name: "lab", Members: ids[:2+i%2]}
+		if err := next.Check(); err != nil {
+			t.Fatal(err)
+		}
+		if err := live.Apply(next); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+	if !live.IsMember(id2) {
+		t.Fatal("the last reload (3 members) is not in force")
+	}
+}
