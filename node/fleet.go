@@ -111,7 +111,7 @@ func (n *Node) fleetLayers(ctx context.Context, cat []api.ClusterLayer, hosts ma
 	}
 	transfers := []api.Transfer{}
 	live := map[string]bool{}
-	for _, a := range n.Activations() {
+	for _, a := range n.act.Activations() { // names and labels come from hosts
 		r := row(a.Layer)
 		if r.CID == "" {
 			r.CID = a.CID

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"strings"
 	"sync"
 	"time"
 )
@@ -59,7 +60,7 @@ func (r *rateMeter) forget(prefix string, keep map[string]bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for k := range r.m {
-		if len(k) >= len(prefix) && k[:len(prefix)] == prefix && !keep[k] {
+		if strings.HasPrefix(k, prefix) && !keep[k] {
 			delete(r.m, k)
 		}
 	}

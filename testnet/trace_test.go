@@ -169,13 +169,7 @@ func TestLazyReadsWithALyingPeer(t *testing.T) {
 		}
 	}))
 	img := image(t, 16<<20, 8)
-	res := add(t, net.Nodes[0], "vm:1", img)
-	add(t, net.Nodes[1], "vm:1", img) // the liar holds the same layer
-	waitCatalog(t, net, net.Nodes[2], "vm:1", res.Layer.CID)
-	net.Eventually(10*time.Second, "node 2 knows both holders", func() bool {
-		cl, _ := net.Nodes[2].Client.Catalog(ctx)
-		return len(cl) == 1 && len(cl[0].Holders) == 2
-	})
+	twoHolders(t, net, "vm:1", img) // the liar (node 1) holds the same layer
 	activateLazily(t, net, net.Nodes[2])
 	data, err := os.ReadFile(img)
 	if err != nil {

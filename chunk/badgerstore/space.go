@@ -64,7 +64,7 @@ func (s *DB) Stats(ctx context.Context) (chunk.StoreStats, error) {
 	}
 	nums, _ := s.packs.list()
 	for _, n := range nums {
-		_, alloc, err := s.packs.usage(n)
+		alloc, err := s.packs.usage(n)
 		if err != nil {
 			return st, err
 		}
@@ -100,7 +100,7 @@ func (s *DB) Compact(ctx context.Context) (int64, error) {
 	nums, active := s.packs.list()
 	var freed int64
 	for _, n := range nums {
-		_, before, err := s.packs.usage(n)
+		before, err := s.packs.usage(n)
 		if err != nil {
 			return freed, err
 		}
@@ -114,7 +114,7 @@ func (s *DB) Compact(ctx context.Context) (int64, error) {
 		if err := s.packs.punch(n, live[n]); err != nil {
 			return freed, fmt.Errorf("compact: pack %d: %w", n, err)
 		}
-		_, after, err := s.packs.usage(n)
+		after, err := s.packs.usage(n)
 		if err != nil {
 			return freed, err
 		}
@@ -132,13 +132,12 @@ const punchBlock = 4096
 // Callers hold writeMu, so nothing is appended meanwhile.
 func (p *packs) punch(n uint32, live []span) error {
 	p.mu.RLock()
-	f := p.files[n]
-	end := p.size
+	f, end, active := p.files[n], p.size, p.active
 	p.mu.RUnlock()
 	if f == nil {
 		return fmt.Errorf("pack %d is missing", n)
 	}
-	if n != p.activePack() {
+	if n != active {
 		fi, err := f.Stat()
 		if err != nil {
 			return err
@@ -163,23 +162,17 @@ func (p *packs) punch(n uint32, live []span) error {
 	return nil
 }
 
-func (p *packs) activePack() uint32 {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	return p.active
-}
-
-// usage is pack n's size and the disk allocated to it.
-func (p *packs) usage(n uint32) (size, alloc int64, err error) {
+// usage is the disk allocated to pack n.
+func (p *packs) usage(n uint32) (alloc int64, err error) {
 	p.mu.RLock()
 	f := p.files[n]
 	p.mu.RUnlock()
 	if f == nil {
-		return 0, 0, fmt.Errorf("pack %d is missing", n)
+		return 0, fmt.Errorf("pack %d is missing", n)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return 0, 0, fmt.Errorf("pack %d: %w", n, err)
+		return 0, fmt.Errorf("pack %d: %w", n, err)
 	}
-	return st.Size, st.Blocks * 512, nil
+	return st.Blocks * 512, nil
 }

@@ -45,7 +45,7 @@ const maxJSON = 4 << 20
 
 // ErrNotRegular: a symlink, fifo, device or directory where the layout
 // must hold a regular file.
-var ErrNotRegular = errors.New("not a regular file")
+var ErrNotRegular = tree.ErrNotRegular
 
 // OpenRegular opens name under root for reading. The last component must
 // be a regular file, not a symlink (even one that stays inside root): it

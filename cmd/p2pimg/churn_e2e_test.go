@@ -128,11 +128,7 @@ func TestChurn(t *testing.T) {
 		}
 		return true
 	}
-	for deadline := time.Now().Add(60 * time.Second); !mesh() || !agree(); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("60 s after the last fault the hosts are not all connected, or their catalogues disagree on churn:live")
-		}
-	}
+	waitWithin(t, time.Minute, "every host connected and agreeing on churn:live after the last fault", func() bool { return mesh() && agree() })
 	out, errOut, code := tn("--node", "1", "activate", "churn:live", "--at", "/opt/churn", "--hosts", hosts, "--wait", "--timeout", "90s")
 	if code != 0 || !strings.Contains(out, fmt.Sprintf("settled on all %d host(s)", honest)) {
 		t.Fatalf("no convergence after the last fault: %s %s", out, errOut)

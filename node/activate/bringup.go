@@ -29,16 +29,17 @@ func (r *Reconciler) refusedByPolicy(ctx context.Context, e *record, a gossip.Ac
 	return true
 }
 
-// bringUp fetches the pinned layer, exposes it and makes its maps.
-func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation) error {
+// bringUp fetches the pinned layer, exposes it and makes its maps. A
+// layer exposed lazily returns its manifest as behind: its trace and
+// background fetch start once it is reported active.
+func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation) (behind *chunk.Manifest, err error) {
 	if e.Mode == api.ModeFUSE && r.lazy(ctx, a) {
 		m, err := r.lazyManifest(ctx, a)
 		if err == nil {
 			if err := r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer)); err != nil {
-				return err
+				return nil, err
 			}
-			e.behind = m // the trace and the background fetch start once it is reported active
-			return r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
+			return m, r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
 		}
 		r.cfg.Log.Info("lazy activation: fetching the whole layer first", "layer", a.Layer, "reason", err)
 	}
@@ -52,12 +53,12 @@ func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation
 		}
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer)); err != nil {
-		return err
+		return nil, err
 	}
-	return r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
+	return nil, r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
 }
 
 // lazy reports whether an activation goes live before its fetch ends: the

@@ -367,8 +367,8 @@ func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activatio
 	}
 	e.Time, e.CID, e.At, e.Path, e.Mode = a.Time, a.CID, a.At, path, mode
 	r.report(e, api.StateFetching, "")
-	e.behind = nil
-	if err := r.bringUp(ctx, e, a); err != nil {
+	behind, err := r.bringUp(ctx, e, a)
+	if err != nil {
 		if ctx.Err() == nil {
 			r.fail(e, err)
 			r.cfg.Log.Warn("activation failed", "layer", e.Layer, "err", err)
@@ -377,10 +377,9 @@ func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activatio
 	}
 	r.report(e, api.StateActive, "")
 	r.cfg.Log.Info("layer activated", "layer", e.Layer, "path", path)
-	if m := e.behind; m != nil { // lazy: only now, so that they do not delay it
-		e.behind = nil
-		r.startTrace(e.Layer, e.CID, m)
-		r.fetchBehind(ctx, a, m)
+	if behind != nil { // lazy: only now, so that they do not delay it
+		r.startTrace(e.Layer, e.CID, behind)
+		r.fetchBehind(ctx, a, behind)
 	}
 }
 

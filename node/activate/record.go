@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/expose"
 	"github.com/p2pimg/p2pimg/node/gossip"
@@ -38,9 +37,8 @@ type record struct {
 	// exposing that version lazily.
 	Trace string `json:"trace,omitempty"`
 
-	checked time.Time       // last mirror check
-	noted   time.Time       // last look for local changes
-	behind  *chunk.Manifest // lazily exposed: the manifest to trace and fetch behind it
+	checked time.Time // last mirror check
+	noted   time.Time // last look for local changes
 }
 
 // hostState is the record as this host reports it.

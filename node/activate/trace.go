@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -74,9 +75,12 @@ type recording struct {
 
 // tracer records access traces; safe for concurrent use.
 type tracer struct {
-	mu   sync.Mutex
-	recs map[string]*recording // by manifest id
-	done map[string]string     // layer -> "manifest id/trace chunk id", for the reconciler to record
+	// recording counts the traces still open: every read through every
+	// view asks NoteChunkRead, so it returns without the lock when none is.
+	recording atomic.Int32
+	mu        sync.Mutex
+	recs      map[string]*recording // by manifest id
+	done      map[string]string     // layer -> "manifest id/trace chunk id", for the reconciler to record
 }
 
 // startTrace records the chunks read through the view of manifest cidStr
@@ -89,6 +93,7 @@ func (r *Reconciler) startTrace(layer, cidStr string, m *chunk.Manifest) {
 		return
 	}
 	t.recs[cidStr] = &recording{layer: layer, m: m, seen: map[cid.Cid]bool{}, open: true}
+	t.recording.Add(1)
 	time.AfterFunc(r.cfg.TraceWindow, func() { r.finishTrace(cidStr) })
 }
 
@@ -96,6 +101,9 @@ func (r *Reconciler) startTrace(layer, cidStr string, m *chunk.Manifest) {
 // the trace being recorded for it, if any. It must be quick.
 func (r *Reconciler) NoteChunkRead(cidStr string, id cid.Cid) {
 	t := &r.traces
+	if t.recording.Load() == 0 {
+		return
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	rec := t.recs[cidStr]
@@ -113,6 +121,7 @@ func (r *Reconciler) finishTrace(cidStr string) {
 	t.mu.Lock()
 	rec := t.recs[cidStr]
 	rec.open = false
+	t.recording.Add(-1)
 	order, m := rec.order, rec.m
 	rec.order, rec.seen, rec.m = nil, nil, nil
 	t.mu.Unlock()

@@ -440,7 +440,7 @@ func (fr *Fetcher) runFetch(ctx context.Context, f *fetch, name chunk.Name, emit
 		if time.Since(last) > fr.cfg.StallTimeout {
 			return fmt.Errorf("%w: %d of %d chunks still missing and no connected peer sent any for %s; the layer stays incomplete, run fetch again when a host that has it is reachable", ErrStalled, left, len(f.refs), fr.cfg.StallTimeout)
 		}
-		for _, p := range fr.byMisses(fr.candidates(f.id)) {
+		for _, p := range fr.candidates(f.id) { // all at once: their order does not matter here
 			if fr.mayOpen(p) {
 				fr.spawn(ctx, &wg, f, p, name)
 			}

@@ -39,7 +39,7 @@ func (fr *Fetcher) WatchHave(ctx context.Context, id cid.Cid, bitmap func([]byte
 	if err := bitmap(xchg.PackBits(known)); err != nil {
 		return err
 	}
-	for !all(known) {
+	for slices.Contains(known, false) {
 		if f == nil {
 			select {
 			case <-ctx.Done():
@@ -109,15 +109,6 @@ func (f *fetch) tell(ctx context.Context, known []bool, notes func([]xchg.Note) 
 			f.mu.Unlock()
 		}
 	}
-}
-
-func all(bs []bool) bool {
-	for _, b := range bs {
-		if !b {
-			return false
-		}
-	}
-	return true
 }
 
 // watch keeps f's view of peer p current until ctx ends or p fails: from

@@ -19,13 +19,14 @@ import (
 
 // worker is one stream to one peer, fetching chunks of f.
 type worker struct {
-	fr     *Fetcher
-	f      *fetch
-	p      peer.ID
-	stream int
-	c      *xchg.Conn
-	lims   []*rate.Limiter // --max-download, and a layer policy's cap
-	got    prometheus.Counter
+	delivered bool // a batch brought chunks: the peer answers
+	fr        *Fetcher
+	f         *fetch
+	p         peer.ID
+	stream    int
+	c         *xchg.Conn
+	lims      []*rate.Limiter // --max-download, and a layer policy's cap
+	got       prometheus.Counter
 
 	pace    pace
 	pending [][]int // requested batches, not answered yet
@@ -168,7 +169,8 @@ func (w *worker) readBatch(ctx context.Context) error {
 	w.pending = w.pending[1:]
 	w.pace.read(rb.bytes(), time.Now(), len(w.pending) > 0)
 	f.release(missing)
-	if len(rb.idx) > 0 {
+	if len(rb.idx) > 0 && !w.delivered { // once: it resets the peer's failures
+		w.delivered = true
 		w.fr.worked(w.p)
 	}
 	// Verifying and storing happen on the storers, so this worker goes

@@ -62,14 +62,20 @@ func blobName(d string) chunk.Name {
 // is the reference the image was imported or pulled with (for a pull, the
 // upstream registry first, its ':' as '_', which host names never hold).
 func refName(ns, repo, tag string) (chunk.Name, error) {
-	if ns != "" {
-		repo = strings.ReplaceAll(ns, ":", "_") + "/" + repo
-	}
-	n, err := chunk.ParseName(refRepo + repo + ":" + tag)
+	n, err := chunk.ParseName(refRepoPath(ns, repo) + ":" + tag)
 	if err != nil {
 		return chunk.Name{}, fmt.Errorf("reference %s:%s cannot be kept as a p2pimg layer name: %w", repo, tag, err)
 	}
 	return n, nil
+}
+
+// refRepoPath is the layer repository under which refName keeps the tags
+// of repo from registry ns.
+func refRepoPath(ns, repo string) string {
+	if ns != "" {
+		repo = strings.ReplaceAll(ns, ":", "_") + "/" + repo
+	}
+	return refRepo + repo
 }
 
 // blob is a blob or manifest kept in the store: its chunks in order.

@@ -26,10 +26,7 @@ func (s *Service) serveTags(w http.ResponseWriter, r *http.Request, ns, repo str
 		n = k
 	}
 	last := q.Get("last")
-	prefix := refRepo + repo + ":"
-	if ns != "" {
-		prefix = refRepo + strings.ReplaceAll(ns, ":", "_") + "/" + repo + ":"
-	}
+	prefix := refRepoPath(ns, repo) + ":"
 	var tags []string
 	for _, m := range s.cfg.Catalog.All() {
 		if tag, ok := strings.CutPrefix(m.Name, prefix); ok && tagRE.MatchString(tag) {

@@ -186,7 +186,7 @@ func (hw *HaveWatch) Next() ([]Note, error) {
 	for j := range ns {
 		v, err := binary.ReadUvarint(hw.br)
 		if err != nil {
-			return nil, fmt.Errorf("%w: note: %v", ErrProtocol, err)
+			return nil, framing("note", err)
 		}
 		idx, kind := v>>2, NoteKind(v&3)
 		if kind == NoteState && idx > 1 || kind != NoteState && idx >= uint64(hw.n) {

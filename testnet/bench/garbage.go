@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/testnet"
@@ -73,11 +71,7 @@ func benchGarbageRSS(ctx context.Context, t *table, bin, fetcherBin, dir string,
 		if _, err := d.Client.Fetch(ctx, "garbage:1", nil); err != nil {
 			return 0, err
 		}
-		st, err := d.Client.Status(ctx)
-		if err != nil {
-			return 0, err
-		}
-		return vmHWM(st.PID)
+		return d.PeakRSS()
 	}
 	var honest, garbage []float64
 	for range runs {
@@ -96,23 +90,7 @@ func benchGarbageRSS(ctx context.Context, t *table, bin, fetcherBin, dir string,
 	if fetcherBin != bin {
 		label = " (fetcher " + filepath.Base(fetcherBin) + ")"
 	}
-	t.add(fmt.Sprintf("fetcher peak RSS, %d MiB from 2 honest holders%s", size>>20, label), fmt.Sprintf("%.0f MiB", hm/1024), "", nil)
-	t.add("  the same, one holder sending 8 MiB garbage items", fmt.Sprintf("%.0f MiB (%.2fx)", gm/1024, gm/hm), "<= 1.25x the honest figure", check(gm <= 1.25*hm))
+	t.add(fmt.Sprintf("fetcher peak RSS, %d MiB from 2 honest holders%s", size>>20, label), fmt.Sprintf("%.0f MiB", hm/(1<<20)), "", nil)
+	t.add("  the same, one holder sending 8 MiB garbage items", fmt.Sprintf("%.0f MiB (%.2fx)", gm/(1<<20), gm/hm), "<= 1.25x the honest figure", check(gm <= 1.25*hm))
 	return nil
-}
-
-// vmHWM is a process's peak resident set, in KiB.
-func vmHWM(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("pid %d: no VmHWM", pid)
 }
