@@ -35,6 +35,7 @@ import (
 	"github.com/p2pimg/p2pimg/node/p2p"
 	"github.com/p2pimg/p2pimg/node/policysync"
 	"github.com/p2pimg/p2pimg/node/registry"
+	"github.com/p2pimg/p2pimg/node/registry/relay"
 	"github.com/p2pimg/p2pimg/node/seats"
 	"github.com/p2pimg/p2pimg/node/xchg"
 )
@@ -126,6 +127,7 @@ type Node struct {
 	act      *activate.Reconciler
 	layers   *layers.Service
 	mirror   *registry.Service
+	relay    *relay.Relay
 	rates    *rateMeter // of fetches and peers, for the fleet view
 	use      storeCache // this host's store figures, for the fleet view
 }
@@ -217,6 +219,7 @@ func (n *Node) Run(ctx context.Context) error {
 	g.Go(func() error { return n.policy.Run(ctx) })
 	g.Go(func() error { return n.act.Run(ctx) })
 	g.Go(func() error { return n.mirror.Run(ctx) })
+	g.Go(func() error { return n.relay.Run(ctx) })
 	g.Go(func() error {
 		return p2p.KeepConnected(ctx, n.net.Host, n.net.Gater, p2p.ParseAddrs(n.cfg.Peers, n.cfg.Log), n.cfg.Log)
 	})
@@ -258,6 +261,10 @@ func (n *Node) Addrs() []string {
 
 // RegistryAddr is where the registry mirror listens (nil when off).
 func (n *Node) RegistryAddr() net.Addr { return n.mirror.Addr() }
+
+// RegistryMirrors are the other live hosts running a registry mirror, that
+// blob fetches from upstream are shared with.
+func (n *Node) RegistryMirrors() []string { return n.relay.Mirrors() }
 
 // Registry is the node's Prometheus registry.
 func (n *Node) Registry() *prometheus.Registry { return n.reg }

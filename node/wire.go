@@ -23,6 +23,7 @@ import (
 	"github.com/p2pimg/p2pimg/node/p2p"
 	"github.com/p2pimg/p2pimg/node/policysync"
 	"github.com/p2pimg/p2pimg/node/registry"
+	"github.com/p2pimg/p2pimg/node/registry/relay"
 	"github.com/p2pimg/p2pimg/node/seats"
 	"github.com/p2pimg/p2pimg/node/xchg"
 )
@@ -60,14 +61,43 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 		Log: cfg.Log, Announce: announce, Images: keepImage(func(ctx context.Context, root *os.Root, name chunk.Name) (string, error) {
 			return n.mirror.KeepImage(ctx, root, name) // the mirror is built next: it publishes through layers
 		})})
+	n.relay = relay.New(relay.Config{Host: h, Server: mirrorServer(cfg.Registry, func() relay.Server { return n.mirror }), Log: cfg.Log,
+		Live: func() []peer.ID { return n.liveHosts() }}) // the catalogue service is built last
 	n.mirror = registry.New(registry.Config{Addr: cfg.Registry, Store: db, Publisher: n.layers, Fetcher: n.fetch, Catalog: n.catalog,
-		Upstreams: cfg.Upstreams, Log: cfg.Log, Reg: n.reg}, arrivals)
+		Upstreams: cfg.Upstreams, Relay: n.relay, Log: cfg.Log, Reg: n.reg}, arrivals)
 	n.gossip = gossip.New(gossip.Config{Host: h, Key: key, Cluster: cfg.Cluster, Catalog: n.catalog, Store: db, Log: cfg.Log, Labels: cfg.Labels, Name: cfg.Name,
 		Interval: cfg.AnnounceInterval, Announce: announce, Activations: reconcile,
 		HostPolicy: func() json.RawMessage { return n.policy.HostPolicyJSON() }, States: n.act.States, Reg: n.reg, Faults: cfg.Faults,
 		UnreachableAfter: 12 * cfg.AnnounceInterval, GoneAfter: cfg.GoneAfter})
 	n.registerMetrics()
 	return n, nil
+}
+
+// mirrorServer is what answers other mirrors' blob requests: the registry
+// built later (get), when this host runs a mirror; nil otherwise.
+func mirrorServer(addr string, get func() relay.Server) relay.Server {
+	if addr == "" {
+		return nil
+	}
+	return lateServer(get)
+}
+
+type lateServer func() relay.Server
+
+func (f lateServer) ServePeer(ctx context.Context, ask registry.PeerAsk, from string, sink registry.PeerSink) (string, error) {
+	return f().ServePeer(ctx, ask, from, sink)
+}
+
+// liveHosts are the other hosts the catalogue counts as up.
+func (n *Node) liveHosts() []peer.ID {
+	now := time.Now()
+	var out []peer.ID
+	for p := range n.catalog.Hosts() {
+		if r, _ := n.gossip.Reach(p, now); r == api.ReachUp {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // source is what the chunk server serves: chunks and manifests from the

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -45,16 +46,29 @@ type upstream struct {
 	tamper atomic.Pointer[func(path string, body []byte) []byte]
 	hang   atomic.Pointer[chan struct{}] // blob responses stop half way until closed
 	blobs  atomic.Int64                  // blob bytes served
+
+	mu   sync.Mutex
+	gets map[string]int // blob GETs by digest
+}
+
+// getsOf is how many times blob d was asked for.
+func (u *upstream) getsOf(d string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.gets[d]
 }
 
 func newUpstream(t *testing.T) *upstream {
-	u := &upstream{}
+	u := &upstream{gets: map[string]int{}}
 	reg := ggcrreg.New(ggcrreg.Logger(log.New(io.Discard, "", 0)))
 	u.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.Contains(r.URL.Path, "/blobs/sha256:") || r.Method != http.MethodGet {
 			reg.ServeHTTP(w, r)
 			return
 		}
+		u.mu.Lock()
+		u.gets[r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]]++
+		u.mu.Unlock()
 		rec := httptest.NewRecorder()
 		reg.ServeHTTP(rec, r)
 		body := rec.Body.Bytes()

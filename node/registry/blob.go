@@ -162,7 +162,7 @@ func (s *Service) commit(ctx context.Context, h hash.Hash, n int64, digest, medi
 		return nil, fmt.Errorf("publish blob %s: %w", digest, err)
 	}
 	b := &blob{Digest: digest, MediaType: mediaType, Size: n, Refs: refs, ID: id}
-	s.markVerified(digest)
+	s.mark(s.verified, digest)
 	s.m.stored.Add(float64(n))
 	return b, nil
 }
@@ -212,23 +212,25 @@ func (s *Service) local(ctx context.Context, d string) (*blob, bool) {
 	return b, true
 }
 
-func (s *Service) markVerified(d string) {
+// mark adds digest d to set (s.verified, s.distrusted).
+func (s *Service) mark(set map[string]bool, d string) {
 	s.mu.Lock()
-	s.verified[d] = true
+	set[d] = true
 	s.mu.Unlock()
 }
 
-func (s *Service) isVerified(d string) bool {
+// marked says whether digest d is in set.
+func (s *Service) marked(set map[string]bool, d string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.verified[d]
+	return set[d]
 }
 
 // verifyLocal hashes a stored blob once (a layer fetched by other means
 // than this registry, or kept from before a restart) before it is served
 // in parts.
 func (s *Service) verifyLocal(ctx context.Context, b *blob) error {
-	if s.isVerified(b.Digest) {
+	if s.marked(s.verified, b.Digest) {
 		return nil
 	}
 	h := sha256.New()
@@ -243,7 +245,7 @@ func (s *Service) verifyLocal(ctx context.Context, b *blob) error {
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != b.Digest {
 		return fmt.Errorf("%w: stored blob %s hashes to %s", errDigest, b.Digest, got)
 	}
-	s.markVerified(b.Digest)
+	s.mark(s.verified, b.Digest)
 	return nil
 }
 

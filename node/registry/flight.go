@@ -34,7 +34,10 @@ type flight struct {
 	done   chan struct{} // closed at the end; err says how it ended
 
 	mu      sync.Mutex
-	known   bool // every ref is known from the start (peers)
+	direct  bool   // fetches upstream itself, never through the chosen host (it was asked as that host)
+	via     string // the host this fetch streams the blob from (registry relay), if any
+	tail    string // the last host following this fetch, that the next one asking is sent to
+	known   bool   // every ref is known from the start (peers)
 	refs    []chunk.Ref
 	size    int64 // -1: unknown until done
 	err     error
@@ -140,19 +143,28 @@ func (s *Service) next(ctx context.Context, f *flight, i int) (ref chunk.Ref, ok
 }
 
 // flightFor joins the fetch of blob d under way, or starts one from peers
-// (when the cluster has it) else from the upstream ns names. It is nil
-// when no source has the blob; the error says why.
-func (s *Service) flightFor(ctx context.Context, d, ns, repo string) (*flight, error) {
-	s.mu.Lock()
-	if f := s.flights[d]; f != nil {
-		s.mu.Unlock()
-		return f, nil
-	}
-	f := newFlight(d)
-	s.flights[d] = f
-	s.mu.Unlock()
+// (when the cluster has it) else from the upstream ns names, through the
+// host the cluster chose to fetch d from there.
+func (s *Service) flightFor(d, ns, repo string) *flight {
 	base := s.base()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f := s.flights[d]; f != nil {
+		return f
+	}
+	return s.startLocked(base, d, ns, repo, false)
+}
+
+// startLocked starts a flight of blob d that runs until base ends; direct
+// ones fetch from upstream here rather than through the chosen host.
+// Callers hold s.mu.
+func (s *Service) startLocked(base context.Context, d, ns, repo string, direct bool) *flight {
+	f := newFlight(d)
+	f.direct = direct
+	s.flights[d] = f
+	s.flying.Add(1)
 	go func() {
+		defer s.flying.Done()
 		err := s.fly(base, f, ns, repo)
 		if err != nil && !errors.Is(err, errUpstreamMissing) && !errors.Is(err, chunk.ErrNotFound) {
 			s.cfg.Log.Warn("registry: blob fetch failed", "digest", d, "ns", ns, "err", err)
@@ -162,7 +174,7 @@ func (s *Service) flightFor(ctx context.Context, d, ns, repo string) (*flight, e
 		s.mu.Unlock()
 		f.finish(err)
 	}()
-	return f, nil
+	return f
 }
 
 // fly fetches blob d for f: peers first, then upstream.
@@ -189,6 +201,19 @@ func (s *Service) fly(ctx context.Context, f *flight, ns, repo string) error {
 		}
 		return fmt.Errorf("blob %s: no host of the cluster has it and registry %q is not configured as an upstream: %w", f.digest, ns, chunk.ErrNotFound)
 	}
+	if !f.direct {
+		if host := s.chosen(f.digest); host != "" {
+			return s.flyRelay(ctx, f, host, u, ns, repo)
+		}
+		if s.cfg.Relay != nil {
+			s.m.coord.WithLabelValues(coordChosenHere).Inc()
+		}
+	}
+	return s.flyUpstream(ctx, f, u, repo)
+}
+
+// flyUpstream fetches blob f.digest from upstream u.
+func (s *Service) flyUpstream(ctx context.Context, f *flight, u *Upstream, repo string) error {
 	resp, err := u.get(ctx, http.MethodGet, repo, "blobs", f.digest, nil)
 	if err != nil {
 		return err

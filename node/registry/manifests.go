@@ -151,7 +151,7 @@ func (s *Service) manifestByDigest(ctx context.Context, ns, repo, d string, acce
 	b, ok := s.local(ctx, d)
 	if !ok {
 		if _, inCluster := s.cfg.Catalog.Lookup(blobName(d).String()); inCluster {
-			f, _ := s.flightFor(ctx, d, "", repo)
+			f := s.flightFor(d, "", repo)
 			select {
 			case <-f.done:
 			case <-ctx.Done():
@@ -188,7 +188,7 @@ func (s *Service) upstreamManifest(ctx context.Context, u *Upstream, repo, ref, 
 	if len(accept) == 0 {
 		accept = manifestTypes
 	}
-	resp, err := u.get(ctx, http.MethodGet, repo, "manifests", ref, accept)
+	resp, err := u.get(ctx, http.MethodGet, repo, "manifests", ref, http.Header{"Accept": accept})
 	if err != nil {
 		return nil, "", err
 	}

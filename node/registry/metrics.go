@@ -8,6 +8,7 @@ type metrics struct {
 	stored    prometheus.Counter
 	resolve   prometheus.Histogram
 	firstByte *prometheus.HistogramVec
+	coord     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -30,6 +31,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
 		}, []string{"source"}),
 	}
-	reg.MustRegister(m.requests, m.bytes, m.stored, m.resolve, m.firstByte)
+	m.coord = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "p2pimg_registry_cluster_fetches_total",
+		Help: "Blobs this host fetched while the cluster had none: chosen_here (from upstream, for the cluster), from_peer (streamed from the host chosen for it or the chain behind it), fallback_REASON (from upstream here: unreachable, refused, stalled, cut, digest).",
+	}, []string{"outcome"})
+	for _, o := range []string{coordChosenHere, coordFromPeer, coordFallback + reasonUnreach, coordFallback + reasonRefused,
+		coordFallback + reasonStalled, coordFallback + reasonCut, coordFallback + reasonDigest} {
+		m.coord.WithLabelValues(o)
+	}
+	reg.MustRegister(m.requests, m.bytes, m.stored, m.resolve, m.firstByte, m.coord)
 	return m
 }

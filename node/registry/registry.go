@@ -82,6 +82,9 @@ type Config struct {
 	Catalog   Catalog
 	// Upstreams are the registries containerd's ?ns= may name.
 	Upstreams Upstreams
+	// Relay reaches the other mirrors, so a blob is fetched from upstream
+	// once for the cluster; nil: every host fetches for itself.
+	Relay Relay
 	// TagTTL is how long a tag the cluster resolved is used without asking
 	// upstream again (default 30s).
 	TagTTL time.Duration
@@ -99,8 +102,12 @@ type Service struct {
 	mu       sync.Mutex
 	flights  map[string]*flight // by digest
 	verified map[string]bool    // blob layers hashed to their digest here
-	ln       net.Listener
-	baseCtx  context.Context
+	// distrusted blobs came from a peer not matching their digest: they
+	// are fetched from upstream here, not through the chosen host.
+	distrusted map[string]bool
+	ln         net.Listener
+	baseCtx    context.Context
+	flying     sync.WaitGroup // flights' goroutines, waited for before Run returns
 }
 
 // New builds the registry; it starts nothing. arrivals must be poked
@@ -117,7 +124,7 @@ func New(cfg Config, arrivals *Arrivals) *Service {
 		cfg.Reg = prometheus.NewRegistry()
 	}
 	return &Service{cfg: cfg, arrivals: arrivals, m: newMetrics(cfg.Reg), params: chunk.DefaultParams(),
-		flights: map[string]*flight{}, verified: map[string]bool{}}
+		flights: map[string]*flight{}, verified: map[string]bool{}, distrusted: map[string]bool{}}
 }
 
 // Listen opens the API's listener (so a bad address fails the daemon's
@@ -149,6 +156,7 @@ func (s *Service) Addr() net.Addr {
 // Run serves the API until ctx ends (listening first if Listen was not
 // called). Cancellation is not an error.
 func (s *Service) Run(ctx context.Context) error {
+	defer s.flying.Wait() // flights end with ctx; they use the store, closed after Run
 	if s.cfg.Addr == "" {
 		<-ctx.Done()
 		return nil

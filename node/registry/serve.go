@@ -161,7 +161,7 @@ func (s *Service) serveBlob(w http.ResponseWriter, r *http.Request, ns, repo, d 
 	if ns == "" {
 		ns = s.cfg.Upstreams.defaultNS()
 	}
-	f, _ := s.flightFor(ctx, d, ns, repo)
+	f := s.flightFor(d, ns, repo)
 	select {
 	case <-f.ready:
 	case <-ctx.Done():
@@ -346,7 +346,7 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request, f *flight, src 
 		s.cfg.Log.Error("registry: blob does not match its digest; stream cut before its end", "digest", f.digest, "got", got, "bytes", n)
 		panic(http.ErrAbortHandler)
 	}
-	s.markVerified(f.digest)
+	s.mark(s.verified, f.digest)
 	if held != nil {
 		s.send(w, rc, held, src, start, &sent)
 	}

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -166,10 +167,10 @@ func (u *Upstream) SetClient(c *http.Client) { u.client = c }
 // errUpstreamMissing: the upstream answered 404.
 var errUpstreamMissing = errors.New("upstream registry does not have it")
 
-// get asks the upstream for /v2/REPO/KIND/REF, authenticating as its
-// challenge asks. A 404 is errUpstreamMissing; any other non-2xx an error
-// naming the status.
-func (u *Upstream) get(ctx context.Context, method, repo, kind, ref string, accept []string) (*http.Response, error) {
+// get asks the upstream for /v2/REPO/KIND/REF with the headers hdr,
+// authenticating as its challenge asks. A 404 is errUpstreamMissing; any
+// other non-2xx an error naming the status.
+func (u *Upstream) get(ctx context.Context, method, repo, kind, ref string, hdr http.Header) (*http.Response, error) {
 	target := u.base.String() + "/v2/" + repo + "/" + kind + "/" + ref
 	scope := "repository:" + repo + ":pull"
 	do := func() (*http.Response, error) {
@@ -177,8 +178,8 @@ func (u *Upstream) get(ctx context.Context, method, repo, kind, ref string, acce
 		if err != nil {
 			return nil, err
 		}
-		for _, a := range accept {
-			req.Header.Add("Accept", a)
+		for k, vs := range hdr {
+			req.Header[k] = vs
 		}
 		u.mu.Lock()
 		tok := u.tokens[scope]
@@ -297,4 +298,33 @@ func parseChallenge(s string) map[string]string {
 		out[strings.ToLower(strings.TrimSpace(k))] = v
 	}
 	return out
+}
+
+// blobFrom is blob d of repo (size bytes, -1: unknown) from byte off on:
+// a Range request, and when the upstream answers with the whole blob (or
+// refuses the range), the whole blob with its first off bytes skipped.
+func (u *Upstream) blobFrom(ctx context.Context, repo, d string, off, size int64) (io.ReadCloser, error) {
+	rng := fmt.Sprintf("bytes=%d-", off)
+	if size > off {
+		rng += strconv.FormatInt(size-1, 10) // some registries want both ends
+	}
+	resp, err := u.get(ctx, http.MethodGet, repo, "blobs", d, http.Header{"Range": {rng}})
+	if err != nil && strings.Contains(err.Error(), strconv.Itoa(http.StatusRequestedRangeNotSatisfiable)) {
+		resp, err = u.get(ctx, http.MethodGet, repo, "blobs", d, nil)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusPartialContent {
+		if !strings.HasPrefix(resp.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-", off)) {
+			resp.Body.Close()
+			return nil, fmt.Errorf("upstream %s: blob %s: asked from byte %d, got range %q", u.base.Host, d, off, resp.Header.Get("Content-Range"))
+		}
+		return resp.Body, nil
+	}
+	if _, err := io.CopyN(io.Discard, resp.Body, off); err != nil {
+		resp.Body.Close()
+		return nil, fmt.Errorf("upstream %s: blob %s: skipping to byte %d: %w", u.base.Host, d, off, err)
+	}
+	return resp.Body, nil
 }

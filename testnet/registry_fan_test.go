@@ -1,0 +1,187 @@
+package testnet_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/p2pimg/p2pimg/testnet"
+)
+
+// mirrorsKnown waits until every running node counts every other as a
+// live mirror.
+func mirrorsKnown(t *testing.T, net *testnet.Net, running []int) {
+	t.Helper()
+	net.WaitConnected()
+	net.Eventually(20*time.Second, "every mirror knows the others", func() bool {
+		for _, i := range running {
+			if len(net.Nodes[i].Node().RegistryMirrors()) < len(running)-1 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// blobDigests are an image's config and layer digests.
+func blobDigests(t *testing.T, img v1.Image) []string {
+	t.Helper()
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := []string{m.Config.Digest.String()}
+	for _, l := range m.Layers {
+		out = append(out, l.Digest.String())
+	}
+	return out
+}
+
+// pullEach has nodes pull ref through their own mirrors at once and
+// checks the image's digest each time.
+func pullEach(t *testing.T, net *testnet.Net, nodes []int, ref string, want v1.Hash) {
+	t.Helper()
+	errs := make(chan error, len(nodes))
+	for _, i := range nodes {
+		go func() {
+			got, err := pullAll(mirrorAddr(net.Nodes[i])+"/"+ref, nsTransport(upstreamNS))
+			if err == nil && got != want {
+				err = fmt.Errorf("image digest %s, want %s", got, want)
+			}
+			if err != nil {
+				err = fmt.Errorf("node %d: %w", i, err)
+			}
+			errs <- err
+		}()
+	}
+	for range nodes {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Four hosts pull one image at once, each through its own mirror: the
+// upstream's request log shows every blob asked for once, for the whole
+// cluster.
+func TestRegistryClusterFetchesEachBlobOnce(t *testing.T) {
+	up := newUpstream(t)
+	img := up.push(t, "demo/fan:1", 3<<20, 4)
+	net := mirrorNet(t, 4, up)
+	all := []int{0, 1, 2, 3}
+	mirrorsKnown(t, net, all)
+	pullEach(t, net, all, "demo/fan:1", imageDigest(t, img))
+	for _, d := range blobDigests(t, img) {
+		if n := up.getsOf(d); n != 1 {
+			t.Errorf("upstream was asked for blob %s %d times by 4 mirrors pulling at once; want once", d, n)
+		}
+	}
+	var chosen, fromPeer, fellBack float64
+	for _, nd := range net.Nodes {
+		chosen += counter(t, nd, "p2pimg_registry_cluster_fetches_total", "outcome", "chosen_here")
+		fromPeer += counter(t, nd, "p2pimg_registry_cluster_fetches_total", "outcome", "from_peer")
+		for _, r := range []string{"unreachable", "refused", "stalled", "cut", "digest"} {
+			fellBack += counter(t, nd, "p2pimg_registry_cluster_fetches_total", "outcome", "fallback_"+r)
+		}
+	}
+	// A host that asks once another has the whole blob takes it from the
+	// cluster's holders instead (not counted here).
+	if n := float64(len(blobDigests(t, img))); chosen > n || fromPeer < 1 || fellBack != 0 {
+		t.Errorf("cluster fetches: %v chosen here, %v from a peer, %v fell back; want at most %v, some, 0", chosen, fromPeer, fellBack, n)
+	}
+}
+
+// chosenFor is the node the cluster picks to fetch blob d from upstream
+// (rendezvous hashing over the running mirrors, as the registry does).
+func chosenFor(net *testnet.Net, d string, running []int) int {
+	best, bestW := -1, [32]byte{}
+	for _, i := range running {
+		w := sha256.Sum256([]byte(d + "\x00" + net.Nodes[i].Node().ID().String()))
+		if best < 0 || bytes.Compare(w[:], bestW[:]) > 0 {
+			best, bestW = i, w
+		}
+	}
+	return best
+}
+
+// The host chosen to fetch a blob from upstream dies while the blob is
+// half way there: the hosts streaming it from that host fetch the rest
+// from upstream themselves, and their pulls complete with every digest
+// matching.
+func TestRegistryChosenHostDiesMidBlob(t *testing.T) {
+	up := newUpstream(t)
+	img := up.push(t, "demo/die:1", 8<<20, 1)
+	net := mirrorNet(t, 3, up)
+	all := []int{0, 1, 2}
+	mirrorsKnown(t, net, all)
+	ls, _ := img.Layers()
+	ld, _ := ls[0].Digest()
+	victim := chosenFor(net, ld.String(), all)
+	others := slices.DeleteFunc(slices.Clone(all), func(i int) bool { return i == victim })
+	hang := make(chan struct{})
+	up.hang.Store(&hang) // the upstream stops half way through every blob over 1 MiB
+	errs := make(chan error, len(others))
+	for _, i := range others { // both ask at once
+		go func() {
+			blob := "http://" + mirrorAddr(net.Nodes[i]) + "/v2/demo/die/blobs/" + ld.String() + "?ns=" + upstreamNS
+			if err := fetchBlob(blob, ld.String()); err != nil {
+				errs <- fmt.Errorf("node %d: %w", i, err)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	net.Eventually(20*time.Second, "the chosen host's upstream fetch is half way and the others follow it", func() bool {
+		n := 0
+		for _, i := range others {
+			n += int(counter(t, net.Nodes[i], "p2pimg_registry_cluster_fetches_total", "outcome", "from_peer"))
+		}
+		return n == len(others) && up.getsOf(ld.String()) == 1
+	})
+	up.hang.Store(nil) // what is asked from now on comes whole
+	net.Stop(victim)
+	close(hang)
+	for range others {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var fellBack float64
+	for _, i := range others {
+		for _, r := range []string{"unreachable", "cut", "stalled", "refused"} {
+			fellBack += counter(t, net.Nodes[i], "p2pimg_registry_cluster_fetches_total", "outcome", "fallback_"+r)
+		}
+	}
+	if fellBack < 1 {
+		t.Fatalf("no host counted a fetch from upstream after the chosen host died")
+	}
+	for _, i := range others {
+		pullEach(t, net, []int{i}, "demo/die:1", imageDigest(t, img))
+	}
+}
+
+// fetchBlob GETs a blob and checks it against digest d.
+func fetchBlob(url, d string) error {
+	resp, err := clientTransport.RoundTrip(must(http.NewRequestWithContext(ctx, http.MethodGet, url, nil)))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, resp.Body)
+	if err != nil {
+		return fmt.Errorf("%s after %d bytes: %w", resp.Status, n, err)
+	}
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); resp.StatusCode != http.StatusOK || got != d {
+		return fmt.Errorf("%s: %d bytes hashing to %s, want %s", resp.Status, n, got, d)
+	}
+	return nil
+}
