@@ -150,8 +150,8 @@ func (ns nsTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // pullAll pulls ref with crane and reads every layer (crane checks each
 // against its digest); it returns the manifest digest.
-func pullAll(ref string, rt http.RoundTripper) (v1.Hash, error) {
-	img, err := crane.Pull(ref, crane.Insecure, crane.WithTransport(rt))
+func pullAll(ref string, rt http.RoundTripper, opts ...crane.Option) (v1.Hash, error) {
+	img, err := crane.Pull(ref, append(opts, crane.Insecure, crane.WithTransport(rt))...)
 	if err != nil {
 		return v1.Hash{}, err
 	}

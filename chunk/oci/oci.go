@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -91,6 +92,32 @@ type descriptor struct {
 	MediaType   string            `json:"mediaType"`
 	Digest      string            `json:"digest"`
 	Annotations map[string]string `json:"annotations"`
+	Platform    *struct {
+		OS           string `json:"os"`
+		Architecture string `json:"architecture"`
+	} `json:"platform"`
+}
+
+// isIndex says whether a media type is a multi-platform index.
+func isIndex(mt string) bool {
+	return mt == "application/vnd.oci.image.index.v1+json" || mt == "application/vnd.docker.distribution.manifest.list.v2+json"
+}
+
+// pickPlatform is the manifest of an index whose layers are imported:
+// this machine's platform, else the first that names a real one
+// (attestations say unknown/unknown).
+func pickPlatform(ms []descriptor, goos, goarch string) (descriptor, error) {
+	for _, m := range ms {
+		if m.Platform != nil && m.Platform.OS == goos && m.Platform.Architecture == goarch && !isIndex(m.MediaType) {
+			return m, nil
+		}
+	}
+	for _, m := range ms {
+		if m.Platform != nil && m.Platform.OS != "unknown" && !isIndex(m.MediaType) {
+			return m, nil
+		}
+	}
+	return descriptor{}, fmt.Errorf("the image index lists %d manifests and none for a platform (%s/%s or another)", len(ms), goos, goarch)
 }
 
 // blobPath is where an OCI layout keeps the blob with digest d.
@@ -167,15 +194,28 @@ func (img *Image) openOCI() error {
 		return err
 	}
 	if len(idx.Manifests) != 1 {
-		return fmt.Errorf("index.json lists %d images; import takes a layout with exactly one", len(idx.Manifests))
+		return fmt.Errorf("index.json lists %d images; import takes a layout with exactly one (an image or a multi-platform index)", len(idx.Manifests))
 	}
 	d := idx.Manifests[0]
-	mp, err := blobPath(d.Digest)
+	img.Ref = d.Annotations["org.opencontainers.image.ref.name"]
+	if isIndex(d.MediaType) { // multi-platform: this platform's layers are imported
+		ip, err := img.checkedBlob(d.Digest, "image index")
+		if err != nil {
+			return err
+		}
+		var inner struct {
+			Manifests []descriptor `json:"manifests"`
+		}
+		if err := readJSON(img.Root, ip, &inner); err != nil {
+			return err
+		}
+		if d, err = pickPlatform(inner.Manifests, runtime.GOOS, runtime.GOARCH); err != nil {
+			return err
+		}
+	}
+	mp, err := img.checkedBlob(d.Digest, "image manifest")
 	if err != nil {
 		return err
-	}
-	if err := checkDigest(img.Root, mp, d.Digest); err != nil {
-		return fmt.Errorf("image manifest: %w", err)
 	}
 	var man struct {
 		Config descriptor   `json:"config"`
@@ -184,7 +224,6 @@ func (img *Image) openOCI() error {
 	if err := readJSON(img.Root, mp, &man); err != nil {
 		return err
 	}
-	img.Ref = d.Annotations["org.opencontainers.image.ref.name"]
 	cp, err := blobPath(man.Config.Digest)
 	if err != nil {
 		return fmt.Errorf("image config: %w", err)
@@ -247,6 +286,19 @@ func (img *Image) openDocker() error {
 		img.Layers, img.Digest = append(img.Layers, l), append(img.Digest, d)
 	}
 	return nil
+}
+
+// checkedBlob is the path of blob d (what it is, for errors), checked
+// against its digest.
+func (img *Image) checkedBlob(d, what string) (string, error) {
+	p, err := blobPath(d)
+	if err != nil {
+		return "", err
+	}
+	if err := checkDigest(img.Root, p, d); err != nil {
+		return "", fmt.Errorf("%s: %w", what, err)
+	}
+	return p, nil
 }
 
 // checkDigest verifies blob p (under root) against its sha256 digest.

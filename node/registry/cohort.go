@@ -9,6 +9,8 @@ import (
 	"io"
 
 	"github.com/ipfs/go-cid"
+
+	"github.com/p2pimg/p2pimg/chunk"
 )
 
 // One upstream fetch of a blob for the whole cluster: the live hosts that
@@ -62,12 +64,21 @@ type Relay interface {
 	// registry mirror.
 	Mirrors() []string
 	// Open asks host for a blob. It returns the blob's size (-1: unknown)
-	// and its bytes as they arrive, each chunk checked against its id; a
-	// read fails with ErrRelayStalled when nothing arrives for a bounded
-	// time, and ends with io.EOF only once the host sent the whole blob.
-	// Errors: a *Redirect; ErrRelayRefused when the host answered that it
-	// cannot give the blob; ErrRelayStalled; others when it is unreachable.
-	Open(ctx context.Context, host string, ask PeerAsk) (int64, io.ReadCloser, error)
+	// and its chunks as they arrive. Errors: a *Redirect; ErrRelayRefused
+	// when the host answered that it cannot give the blob;
+	// ErrRelayStalled; others when it is unreachable.
+	Open(ctx context.Context, host string, ask PeerAsk) (int64, PeerBlob, error)
+}
+
+// PeerBlob is a blob arriving from another host.
+type PeerBlob interface {
+	// Next is the blob's next chunk, checked against its id; io.EOF only
+	// once the host sent the whole blob; ErrRelayStalled when nothing
+	// came for a bounded time; ErrRelayRefused when the host said it
+	// cannot go on.
+	Next() (chunk.Block, error)
+	// Close ends the stream (idempotent).
+	Close() error
 }
 
 // Redirect is an asked host sending the asker to another host that
@@ -142,9 +153,8 @@ func (s *Service) flyRelay(ctx context.Context, f *flight, host string, u *Upstr
 	f.via = via
 	f.mu.Unlock()
 	f.setReady(srcPeer, size, nil)
-	r := &relayReader{s: s, ctx: ctx, cur: rc, u: u, repo: repo, digest: f.digest, via: via, size: size}
-	defer func() { r.cur.Close() }()
-	_, err = s.ingest(ctx, r, f.digest, "", size, f.add)
+	defer rc.Close()
+	_, err = s.ingestRelay(ctx, f, rc, via, u, repo, size)
 	if err != nil && errors.Is(err, errDigest) {
 		// A host sent bytes that are not the blob: fetch it from upstream
 		// here from now on (the streams of this fetch are cut before their
@@ -159,10 +169,69 @@ func (s *Service) flyRelay(ctx context.Context, f *flight, host string, u *Upstr
 	return nil
 }
 
+// ingestRelay stores the chunks of blob f.digest as pb gives them (as
+// they are, not chunked again: they were checked against their ids), then
+// what is missing from upstream u when pb fails, and publishes the blob
+// once it matched its digest.
+func (s *Service) ingestRelay(ctx context.Context, f *flight, pb PeerBlob, via string, u *Upstream, repo string, size int64) (*blob, error) {
+	h := sha256.New()
+	var refs []chunk.Ref
+	var n int64
+	small := false // the last chunk was under the minimum size: only the blob's last may be
+	put := func(b chunk.Block) error {
+		if size >= 0 && n+int64(len(b.Data())) > size {
+			return fmt.Errorf("%s: more than the %d bytes announced", f.digest, size)
+		}
+		h.Write(b.Data())
+		n += int64(len(b.Data()))
+		if err := s.cfg.Store.Put(ctx, b); err != nil {
+			return err
+		}
+		ref := chunk.Ref{CID: b.CID(), Size: uint32(len(b.Data()))}
+		refs = append(refs, ref)
+		f.add(ref)
+		return nil
+	}
+	for {
+		b, err := pb.Next()
+		if err == nil && (small || len(b.Data()) > int(s.params.Max)) {
+			err = fmt.Errorf("%w: chunk of %d bytes after one of %d (chunks are %d-%d bytes)", ErrRelayRefused, len(b.Data()), len(refs), s.params.Min, s.params.Max)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			s.fellBack(f.digest, via, n, err)
+			if err := s.restFromUpstream(ctx, u, repo, f.digest, n, size, put); err != nil {
+				return nil, err
+			}
+			break
+		}
+		small = len(b.Data()) < int(s.params.Min)
+		if err := put(b); err != nil {
+			return nil, err
+		}
+	}
+	return s.commit(ctx, h, n, f.digest, "", size, refs)
+}
+
+// restFromUpstream chunks blob d from byte off on, from upstream u, into put.
+func (s *Service) restFromUpstream(ctx context.Context, u *Upstream, repo, d string, off, size int64, put func(chunk.Block) error) error {
+	body, err := u.blobFrom(ctx, repo, d, off, size)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	return chunk.Split(ctx, io.LimitReader(body, 1<<40), s.params, func(c chunk.Chunk) error { return put(c.Block) })
+}
+
 // openRelay asks host for blob d, follows a redirect to the host at the
 // chain's end, and asks host again to serve it itself when that one
 // cannot. via is the host whose stream it returns (or the last one tried).
-func (s *Service) openRelay(ctx context.Context, d, host, ns, repo string) (size int64, rc io.ReadCloser, via string, err error) {
+func (s *Service) openRelay(ctx context.Context, d, host, ns, repo string) (size int64, rc PeerBlob, via string, err error) {
 	ask := PeerAsk{Digest: d, NS: ns, Repo: repo, Mode: AskFetch}
 	size, rc, err = s.cfg.Relay.Open(ctx, host, ask)
 	var red *Redirect
@@ -200,38 +269,6 @@ func (s *Service) fellBack(d, via string, at int64, err error) {
 	s.m.coord.WithLabelValues(coordFallback + reason).Inc()
 	s.cfg.Log.Warn("registry: fetching the blob from upstream here: the host fetching it for the cluster did not give it",
 		"digest", d, "host", via, "from_byte", at, "reason", reason, "err", err)
-}
-
-// relayReader is a blob's bytes from a peer, continued from upstream at
-// the byte the peer got to when it fails.
-type relayReader struct {
-	s        *Service
-	ctx      context.Context
-	cur      io.ReadCloser
-	u        *Upstream
-	repo     string
-	digest   string
-	via      string
-	size     int64 // -1: unknown
-	n        int64
-	upstream bool // cur is the upstream's body now
-}
-
-func (r *relayReader) Read(p []byte) (int, error) {
-	n, err := r.cur.Read(p)
-	r.n += int64(n)
-	if err == nil || err == io.EOF || r.upstream || r.ctx.Err() != nil {
-		return n, err
-	}
-	r.s.fellBack(r.digest, r.via, r.n, err)
-	r.cur.Close()
-	body, uerr := r.u.blobFrom(r.ctx, r.repo, r.digest, r.n, r.size)
-	if uerr != nil {
-		r.cur = io.NopCloser(bytes.NewReader(nil))
-		return n, fmt.Errorf("%v; then from upstream: %w", err, uerr)
-	}
-	r.cur, r.upstream = body, true
-	return n, nil
 }
 
 // ServePeer sends blob ask.Digest to host from, which asked for it: from

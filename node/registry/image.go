@@ -47,9 +47,24 @@ func (s *Service) KeepImage(ctx context.Context, root *os.Root, name chunk.Name)
 	if err != nil {
 		return "", fmt.Errorf("image manifest: %w", err)
 	}
-	data, err := s.readAll(ctx, b)
+	n, err := s.keepReferenced(ctx, root, b, 1)
 	if err != nil {
 		return "", err
+	}
+	if err := s.tag(ctx, "", name.Repo, name.Tag, b); err != nil {
+		return "", err
+	}
+	s.cfg.Log.Info("image blobs kept for the registry", "image", name.String(), "manifest", md.Digest, "blobs", n)
+	return "", nil
+}
+
+// keepReferenced keeps what manifest b refers to: its config and layers,
+// or, for an index, every platform's manifest (down depth more levels)
+// and what those refer to. It returns how many blobs it kept.
+func (s *Service) keepReferenced(ctx context.Context, root *os.Root, b *blob, depth int) (int, error) {
+	data, err := s.readAll(ctx, b)
+	if err != nil {
+		return 0, err
 	}
 	var man struct {
 		Config    descriptor   `json:"config"`
@@ -57,21 +72,33 @@ func (s *Service) KeepImage(ctx context.Context, root *os.Root, name chunk.Name)
 		Manifests []descriptor `json:"manifests"`
 	}
 	if err := json.Unmarshal(data, &man); err != nil {
-		return "", fmt.Errorf("image manifest %s: %w", md.Digest, err)
+		return 0, fmt.Errorf("image manifest %s: %w", b.Digest, err)
 	}
-	for _, d := range append(append(man.Manifests, man.Config), man.Layers...) {
+	n := 0
+	for _, d := range man.Manifests {
+		if depth <= 0 {
+			return 0, fmt.Errorf("image index %s: indexes nested more than two deep are not imported", b.Digest)
+		}
+		mb, err := s.keepFile(ctx, root, d)
+		if err != nil {
+			return 0, fmt.Errorf("image index %s: manifest: %w", b.Digest, err)
+		}
+		k, err := s.keepReferenced(ctx, root, mb, depth-1)
+		if err != nil {
+			return 0, err
+		}
+		n += k + 1
+	}
+	for _, d := range append(man.Layers, man.Config) {
 		if d.Digest == "" {
 			continue
 		}
 		if _, err := s.keepFile(ctx, root, descriptor{Digest: d.Digest, Size: d.Size}); err != nil {
-			return "", err
+			return 0, err
 		}
+		n++
 	}
-	if err := s.tag(ctx, "", name.Repo, name.Tag, b); err != nil {
-		return "", err
-	}
-	s.cfg.Log.Info("image blobs kept for the registry", "image", name.String(), "manifest", md.Digest, "blobs", len(man.Layers)+1)
-	return "", nil
+	return n, nil
 }
 
 // keepFile ingests blob d of an OCI layout (unless already kept here).

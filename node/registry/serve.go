@@ -298,13 +298,17 @@ func (s *Service) serveStored(w http.ResponseWriter, r *http.Request, b *blob, s
 // hashing it; the last chunk goes out only once the whole blob matched its
 // digest, so a client never completes a blob that does not. (From
 // upstream the last chunk is known only at the end, so there each chunk
-// waits for the next.)
+// waits for the next, and the stream ends when the fetch, which hashed
+// the blob as it stored it, says it matched.)
 func (s *Service) stream(w http.ResponseWriter, r *http.Request, f *flight, src string, size int64, start time.Time) error {
 	ctx := r.Context()
 	blobHeaders(w, f.digest, size)
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	rc.Flush() // the client knows the blob is coming while its first chunks are fetched
+	f.mu.Lock()
+	ingested := !f.known // hashed by the fetch itself, which fails unless the blob matched: not hashed again here
+	f.mu.Unlock()
 	h := sha256.New()
 	bufs := [2][]byte{make([]byte, 0, 256<<10), make([]byte, 0, 256<<10)}
 	var held []byte
@@ -323,7 +327,9 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request, f *flight, src 
 			panic(http.ErrAbortHandler)
 		}
 		bufs[i%2] = data[:0]
-		h.Write(data)
+		if !ingested {
+			h.Write(data)
+		}
 		n += int64(len(data))
 		if held != nil {
 			if !s.send(w, rc, held, src, start, &sent) {
@@ -342,7 +348,7 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request, f *flight, src 
 		}
 		held = data
 	}
-	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != f.digest || (size >= 0 && n != size) {
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); !ingested && (got != f.digest || (size >= 0 && n != size)) {
 		s.cfg.Log.Error("registry: blob does not match its digest; stream cut before its end", "digest", f.digest, "got", got, "bytes", n)
 		panic(http.ErrAbortHandler)
 	}

@@ -235,7 +235,7 @@ func run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := benchRegistryFanOut(ctx, t, *bin, self, *dir, *regfanRate, *regfanSize); err != nil {
+		if err := benchRegistryFanOut(ctx, t, *bin, self, *dir, *regfanRate, *regfanSize, min(*runs, 3)); err != nil {
 			return err
 		}
 	}

@@ -128,7 +128,7 @@ func (r *Relay) Mirrors() []string {
 }
 
 // Open asks host for a blob (registry.Relay).
-func (r *Relay) Open(ctx context.Context, hostID string, ask registry.PeerAsk) (int64, io.ReadCloser, error) {
+func (r *Relay) Open(ctx context.Context, hostID string, ask registry.PeerAsk) (int64, registry.PeerBlob, error) {
 	p, err := peer.Decode(hostID)
 	if err != nil {
 		return 0, nil, fmt.Errorf("host %q: %w", hostID, err)
@@ -150,15 +150,14 @@ func (r *Relay) Open(ctx context.Context, hostID string, ask registry.PeerAsk) (
 	return size, rd, nil
 }
 
-// reader is the asker's side of a stream: the blob's bytes, chunk by
-// chunk, each checked against its id.
+// reader is the asker's side of a stream: the blob's chunks, each
+// checked against its id.
 type reader struct {
 	st    network.Stream
 	br    *bufio.Reader
 	stall time.Duration
 	host  peer.ID
 	stop  func() bool
-	buf   []byte // the rest of the last chunk
 	done  bool
 	err   error
 }
@@ -204,53 +203,49 @@ func (rd *reader) start(ask registry.PeerAsk) (int64, error) {
 	return 0, fmt.Errorf("host %s: %w: frame %q first", rd.host, errProtocol, typ)
 }
 
-func (rd *reader) Read(p []byte) (int, error) {
-	for len(rd.buf) == 0 {
-		if rd.err != nil {
-			return 0, rd.err
-		}
-		rd.err = rd.frame()
+// Next reads the next frame: a chunk, or the end (io.EOF, an error).
+func (rd *reader) Next() (chunk.Block, error) {
+	if rd.err != nil {
+		return chunk.Block{}, rd.err
 	}
-	n := copy(p, rd.buf)
-	rd.buf = rd.buf[n:]
-	return n, nil
+	b, err := rd.frame()
+	rd.err = err
+	return b, err
 }
 
-// frame reads the next frame: a chunk into buf, or the end (io.EOF, an
-// error).
-func (rd *reader) frame() error {
+func (rd *reader) frame() (chunk.Block, error) {
 	rd.st.SetReadDeadline(time.Now().Add(rd.stall))
 	typ, err := rd.br.ReadByte()
 	if err != nil {
-		return rd.wrap(err)
+		return chunk.Block{}, rd.wrap(err)
 	}
 	switch typ {
 	case 'D':
 		rd.done = true
-		return io.EOF
+		return chunk.Block{}, io.EOF
 	case 'E':
-		return rd.refused()
+		return chunk.Block{}, rd.refused()
 	case 'C':
 	default:
-		return fmt.Errorf("host %s: %w: frame %q", rd.host, errProtocol, typ)
+		return chunk.Block{}, fmt.Errorf("host %s: %w: frame %q", rd.host, errProtocol, typ)
 	}
 	idb, err := rd.readBytes(128)
 	if err != nil {
-		return rd.wrap(err)
+		return chunk.Block{}, rd.wrap(err)
 	}
 	id, err := cid.Cast(idb)
 	if err != nil {
-		return fmt.Errorf("host %s: %w: chunk id: %v", rd.host, errProtocol, err)
+		return chunk.Block{}, fmt.Errorf("host %s: %w: chunk id: %v", rd.host, errProtocol, err)
 	}
 	data, err := rd.readBytes(chunk.MaxChunkSize)
 	if err != nil {
-		return rd.wrap(err)
+		return chunk.Block{}, rd.wrap(err)
 	}
-	if _, err := chunk.Verify(id, data); err != nil {
-		return fmt.Errorf("host %s: %w", rd.host, err)
+	b, err := chunk.Verify(id, data)
+	if err != nil {
+		return chunk.Block{}, fmt.Errorf("host %s: %w", rd.host, err)
 	}
-	rd.buf = data
-	return nil
+	return b, nil
 }
 
 // readBytes reads a uvarint length (at most max) and that many bytes.
