@@ -61,7 +61,7 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 		Log: cfg.Log, Announce: announce, Images: keepImage(func(ctx context.Context, root *os.Root, name chunk.Name) (string, error) {
 			return n.mirror.KeepImage(ctx, root, name) // the mirror is built next: it publishes through layers
 		})})
-	n.relay = relay.New(relay.Config{Host: h, Server: mirrorServer(cfg.Registry, func() relay.Server { return n.mirror }), Log: cfg.Log,
+	n.relay = relay.New(relay.Config{Host: h, Server: mirrorServer(cfg.Registry, func() relay.Server { return n.mirror }), Log: cfg.Log, Faults: cfg.Faults,
 		Live: func() []peer.ID { return n.liveHosts() }}) // the catalogue service is built last
 	n.mirror = registry.New(registry.Config{Addr: cfg.Registry, Store: db, Publisher: n.layers, Fetcher: n.fetch, Catalog: n.catalog,
 		Upstreams: cfg.Upstreams, Relay: n.relay, Log: cfg.Log, Reg: n.reg}, arrivals)

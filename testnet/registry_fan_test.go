@@ -13,6 +13,9 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/p2pimg/p2pimg/node"
+	"github.com/p2pimg/p2pimg/node/faults"
+	"github.com/p2pimg/p2pimg/node/registry"
 	"github.com/p2pimg/p2pimg/testnet"
 )
 
@@ -184,4 +187,44 @@ func fetchBlob(url, d string) error {
 		return fmt.Errorf("%s: %d bytes hashing to %s, want %s", resp.Status, n, got, d)
 	}
 	return nil
+}
+
+// The host chosen to fetch a blob from upstream sends chunks that do not
+// match their ids: the asking host fetches the blob from upstream itself,
+// and its client gets the right bytes.
+func TestRegistryLyingChosenHost(t *testing.T) {
+	up := newUpstream(t)
+	net := testnet.New(t, 2, testnet.WithConfig(func(i int, c *node.Config) {
+		c.Registry = "127.0.0.1:0"
+		c.Upstreams = registry.Upstreams{}
+		u := &registry.Upstream{Endpoint: up.URL}
+		if err := c.Upstreams.Add(upstreamNS, u); err != nil {
+			t.Fatal(err)
+		}
+		u.SetClient(up.Client())
+		if i == 0 {
+			c.Faults = &faults.Faults{CorruptServe: true}
+		}
+	}))
+	t.Cleanup(func() { up.Close(); clientTransport.CloseIdleConnections() }) // before the testnet's leak check
+	mirrorsKnown(t, net, []int{0, 1})
+	var ld v1.Hash
+	for k := 0; ; k++ { // an image whose layer the liar (node 0) fetches for the cluster
+		img := up.push(t, fmt.Sprintf("demo/liar:%d", k), 1<<20, 1)
+		ls, _ := img.Layers()
+		ld, _ = ls[0].Digest()
+		if chosenFor(net, ld.String(), []int{0, 1}) == 0 {
+			break
+		}
+		if k == 30 {
+			t.Fatal("no image in 30 whose layer node 0 is chosen for")
+		}
+	}
+	blob := "http://" + mirrorAddr(net.Nodes[1]) + "/v2/demo/liar/blobs/" + ld.String() + "?ns=" + upstreamNS
+	if err := fetchBlob(blob, ld.String()); err != nil {
+		t.Fatal(err)
+	}
+	if n := counter(t, net.Nodes[1], "p2pimg_registry_cluster_fetches_total", "outcome", "fallback_digest"); n != 1 {
+		t.Fatalf("node 1 counted %v fetches from upstream after bad chunks from the chosen host; want 1", n)
+	}
 }

@@ -263,6 +263,8 @@ func (s *Service) fellBack(d, via string, at int64, err error) {
 		reason = reasonStalled
 	case errors.Is(err, ErrRelayRefused):
 		reason = reasonRefused
+	case errors.Is(err, chunk.ErrHashMismatch):
+		reason = reasonDigest
 	case at > 0:
 		reason = reasonCut
 	}

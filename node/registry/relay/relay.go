@@ -29,6 +29,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/node/faults"
 	"github.com/p2pimg/p2pimg/node/registry"
 )
 
@@ -68,6 +69,8 @@ type Config struct {
 	// Stall bounds the wait for a stream to open and for each frame (15s).
 	Stall time.Duration
 	Log   *slog.Logger
+	// Faults: CorruptServe flips a byte of every chunk this host sends.
+	Faults *faults.Faults
 }
 
 // Relay asks other mirrors for blobs and answers them.

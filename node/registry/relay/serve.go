@@ -36,7 +36,7 @@ func (r *Relay) serve(ctx context.Context, st network.Stream) {
 			cancel()
 		}
 	}()
-	w := &sink{bw: bufio.NewWriterSize(st, 64<<10), st: st, stall: r.cfg.Stall}
+	w := &sink{bw: bufio.NewWriterSize(st, 64<<10), st: st, stall: r.cfg.Stall, corrupt: r.cfg.Faults.Get().CorruptServe}
 	redirect, err := r.cfg.Server.ServePeer(ctx, ask, from.String(), w)
 	switch {
 	case redirect != "":
@@ -76,10 +76,11 @@ func readAsk(br *bufio.Reader) (registry.PeerAsk, error) {
 
 // sink writes a blob's frames to the asker.
 type sink struct {
-	bw    *bufio.Writer
-	st    network.Stream
-	stall time.Duration
-	err   error
+	bw      *bufio.Writer
+	st      network.Stream
+	stall   time.Duration
+	corrupt bool // faults: flip a byte of every chunk
+	err     error
 }
 
 var _ registry.PeerSink = (*sink)(nil)
@@ -92,6 +93,10 @@ func (s *sink) Size(n int64) error {
 }
 
 func (s *sink) Chunk(id cid.Cid, data []byte) error {
+	if s.corrupt && len(data) > 0 {
+		data = append([]byte(nil), data...)
+		data[len(data)/2] ^= 0xff
+	}
 	s.frame('C', id.Bytes())
 	var l [binary.MaxVarintLen64]byte
 	s.write(l[:binary.PutUvarint(l[:], uint64(len(data)))])
