@@ -116,29 +116,85 @@ func blobManifest(p chunk.Params, digest, mediaType string, size int64, refs []c
 // published when r fails or its bytes do not match; chunks already stored
 // are then left for gc. onChunk sees each chunk once it is stored.
 func (s *Service) ingest(ctx context.Context, r io.Reader, digest, mediaType string, size int64, onChunk func(chunk.Ref)) (*blob, error) {
-	h := sha256.New()
-	var refs []chunk.Ref
-	var n int64
-	err := chunk.Split(ctx, r, s.params, func(c chunk.Chunk) error {
-		h.Write(c.Data())
-		n += int64(len(c.Data()))
-		if size >= 0 && n > size {
-			return fmt.Errorf("%s: more than the %d bytes announced", digest, size)
-		}
-		if err := s.cfg.Store.Put(ctx, c.Block); err != nil {
-			return err
-		}
-		ref := chunk.Ref{CID: c.CID(), Size: uint32(len(c.Data()))}
-		refs = append(refs, ref)
-		if onChunk != nil {
-			onChunk(ref)
-		}
-		return nil
-	})
-	if err != nil {
+	sb := s.newBatch(ctx, digest, size, onChunk)
+	if err := chunk.Split(ctx, r, s.params, func(c chunk.Chunk) error { return sb.add(c.Block, false) }); err != nil {
 		return nil, err
 	}
-	return s.commit(ctx, h, n, digest, mediaType, size, refs)
+	return sb.commit(mediaType)
+}
+
+// batchChunks is how many chunks of a blob are stored in one write.
+const batchChunks = 16
+
+// storeBatch stores a blob's chunks in order, a few per store write
+// rather than one, hashing them; each is announced (onChunk) once stored.
+type storeBatch struct {
+	s       *Service
+	ctx     context.Context
+	digest  string
+	size    int64
+	onChunk func(chunk.Ref)
+	h       hash.Hash
+	n       int64
+	refs    []chunk.Ref
+	pending []chunk.Block
+	arena   []byte // copies of chunks whose buffers are reused
+}
+
+func (s *Service) newBatch(ctx context.Context, digest string, size int64, onChunk func(chunk.Ref)) *storeBatch {
+	return &storeBatch{s: s, ctx: ctx, digest: digest, size: size, onChunk: onChunk, h: sha256.New()}
+}
+
+// add takes the blob's next chunk; owned says b's data stays valid (else
+// it is copied).
+func (sb *storeBatch) add(b chunk.Block, owned bool) error {
+	if sb.size >= 0 && sb.n+int64(len(b.Data())) > sb.size {
+		return fmt.Errorf("%s: more than the %d bytes announced", sb.digest, sb.size)
+	}
+	sb.h.Write(b.Data())
+	sb.n += int64(len(b.Data()))
+	if !owned {
+		if sb.arena == nil {
+			sb.arena = make([]byte, 0, batchChunks*int(sb.s.params.Max))
+		}
+		if len(sb.arena)+len(b.Data()) <= cap(sb.arena) {
+			sb.arena, b = b.AppendTo(sb.arena)
+		} else {
+			_, b = b.AppendTo(nil)
+		}
+	}
+	sb.pending = append(sb.pending, b)
+	if len(sb.pending) >= batchChunks {
+		return sb.flush()
+	}
+	return nil
+}
+
+// flush stores the chunks held and announces them.
+func (sb *storeBatch) flush() error {
+	if len(sb.pending) == 0 {
+		return nil
+	}
+	if err := sb.s.cfg.Store.Put(sb.ctx, sb.pending...); err != nil {
+		return err
+	}
+	for _, b := range sb.pending {
+		ref := chunk.Ref{CID: b.CID(), Size: uint32(len(b.Data()))}
+		sb.refs = append(sb.refs, ref)
+		if sb.onChunk != nil {
+			sb.onChunk(ref)
+		}
+	}
+	sb.pending, sb.arena = nil, nil // the store may hold on to what it was given
+	return nil
+}
+
+// commit stores what is held and publishes the blob if it matched.
+func (sb *storeBatch) commit(mediaType string) (*blob, error) {
+	if err := sb.flush(); err != nil {
+		return nil, err
+	}
+	return sb.s.commit(sb.ctx, sb.h, sb.n, sb.digest, mediaType, sb.size, sb.refs)
 }
 
 // commit publishes chunks already stored as the blob digest, after

@@ -174,28 +174,12 @@ func (s *Service) flyRelay(ctx context.Context, f *flight, host string, u *Upstr
 // what is missing from upstream u when pb fails, and publishes the blob
 // once it matched its digest.
 func (s *Service) ingestRelay(ctx context.Context, f *flight, pb PeerBlob, via string, u *Upstream, repo string, size int64) (*blob, error) {
-	h := sha256.New()
-	var refs []chunk.Ref
-	var n int64
+	sb := s.newBatch(ctx, f.digest, size, f.add)
 	small := false // the last chunk was under the minimum size: only the blob's last may be
-	put := func(b chunk.Block) error {
-		if size >= 0 && n+int64(len(b.Data())) > size {
-			return fmt.Errorf("%s: more than the %d bytes announced", f.digest, size)
-		}
-		h.Write(b.Data())
-		n += int64(len(b.Data()))
-		if err := s.cfg.Store.Put(ctx, b); err != nil {
-			return err
-		}
-		ref := chunk.Ref{CID: b.CID(), Size: uint32(len(b.Data()))}
-		refs = append(refs, ref)
-		f.add(ref)
-		return nil
-	}
 	for {
 		b, err := pb.Next()
 		if err == nil && (small || len(b.Data()) > int(s.params.Max)) {
-			err = fmt.Errorf("%w: chunk of %d bytes after one of %d (chunks are %d-%d bytes)", ErrRelayRefused, len(b.Data()), len(refs), s.params.Min, s.params.Max)
+			err = fmt.Errorf("%w: chunks of %d to %d bytes (only the last may be smaller), got %d after %d bytes", ErrRelayRefused, s.params.Min, s.params.Max, len(b.Data()), sb.n)
 		}
 		if err == io.EOF {
 			break
@@ -204,28 +188,31 @@ func (s *Service) ingestRelay(ctx context.Context, f *flight, pb PeerBlob, via s
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			s.fellBack(f.digest, via, n, err)
-			if err := s.restFromUpstream(ctx, u, repo, f.digest, n, size, put); err != nil {
+			if err := sb.flush(); err != nil {
+				return nil, err
+			}
+			s.fellBack(f.digest, via, sb.n, err)
+			if err := s.restFromUpstream(ctx, u, repo, f.digest, sb.n, size, sb.add); err != nil {
 				return nil, err
 			}
 			break
 		}
 		small = len(b.Data()) < int(s.params.Min)
-		if err := put(b); err != nil {
+		if err := sb.add(b, true); err != nil {
 			return nil, err
 		}
 	}
-	return s.commit(ctx, h, n, f.digest, "", size, refs)
+	return sb.commit("")
 }
 
 // restFromUpstream chunks blob d from byte off on, from upstream u, into put.
-func (s *Service) restFromUpstream(ctx context.Context, u *Upstream, repo, d string, off, size int64, put func(chunk.Block) error) error {
+func (s *Service) restFromUpstream(ctx context.Context, u *Upstream, repo, d string, off, size int64, put func(chunk.Block, bool) error) error {
 	body, err := u.blobFrom(ctx, repo, d, off, size)
 	if err != nil {
 		return err
 	}
 	defer body.Close()
-	return chunk.Split(ctx, io.LimitReader(body, 1<<40), s.params, func(c chunk.Chunk) error { return put(c.Block) })
+	return chunk.Split(ctx, io.LimitReader(body, 1<<40), s.params, func(c chunk.Chunk) error { return put(c.Block, false) })
 }
 
 // openRelay asks host for blob d, follows a redirect to the host at the

@@ -232,28 +232,33 @@ func (rd *reader) frame() (chunk.Block, error) {
 	default:
 		return chunk.Block{}, fmt.Errorf("host %s: %w: frame %q", rd.host, errProtocol, typ)
 	}
-	idb, err := rd.readBytes(128)
+	b, err := readChunk(rd.br)
 	if err != nil {
 		return chunk.Block{}, rd.wrap(err)
-	}
-	id, err := cid.Cast(idb)
-	if err != nil {
-		return chunk.Block{}, fmt.Errorf("host %s: %w: chunk id: %v", rd.host, errProtocol, err)
-	}
-	data, err := rd.readBytes(chunk.MaxChunkSize)
-	if err != nil {
-		return chunk.Block{}, rd.wrap(err)
-	}
-	b, err := chunk.Verify(id, data)
-	if err != nil {
-		return chunk.Block{}, fmt.Errorf("host %s: %w", rd.host, err)
 	}
 	return b, nil
 }
 
-// readBytes reads a uvarint length (at most max) and that many bytes.
-func (rd *reader) readBytes(limit int) ([]byte, error) {
-	n, err := binary.ReadUvarint(rd.br)
+// readChunk reads a 'C' frame's body: a chunk id and its data, checked.
+func readChunk(br *bufio.Reader) (chunk.Block, error) {
+	idb, err := readBytes(br, 128)
+	if err != nil {
+		return chunk.Block{}, err
+	}
+	id, err := cid.Cast(idb)
+	if err != nil {
+		return chunk.Block{}, fmt.Errorf("%w: chunk id: %v", errProtocol, err)
+	}
+	data, err := readBytes(br, chunk.MaxChunkSize)
+	if err != nil {
+		return chunk.Block{}, err
+	}
+	return chunk.Verify(id, data)
+}
+
+// readBytes reads a uvarint length (at most limit) and that many bytes.
+func readBytes(br *bufio.Reader, limit int) ([]byte, error) {
+	n, err := binary.ReadUvarint(br)
 	if err != nil {
 		return nil, err
 	}
@@ -261,14 +266,14 @@ func (rd *reader) readBytes(limit int) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %d bytes, at most %d", errProtocol, n, limit)
 	}
 	b := make([]byte, n)
-	if _, err := io.ReadFull(rd.br, b); err != nil {
+	if _, err := io.ReadFull(br, b); err != nil {
 		return nil, err
 	}
 	return b, nil
 }
 
 func (rd *reader) readString(limit int) (string, error) {
-	b, err := rd.readBytes(limit)
+	b, err := readBytes(rd.br, limit)
 	return string(b), err
 }
 
