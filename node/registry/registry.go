@@ -7,10 +7,15 @@
 // Bytes come from this host's store, else from peers, else from the
 // upstream registry named by containerd's ?ns= parameter.
 //
+// A blob no host holds yet is fetched from upstream once for the cluster:
+// by the host its digest ranks first among the live mirrors, which the
+// others stream it from (cohort.go).
+//
 // It never serves bytes whose digest it has not checked: a blob's last
 // chunk is held back until the whole blob has hashed to its digest. It
-// never builds libp2p hosts or talks to peers itself; fetching is package
-// fetch's, publishing package layers'.
+// never builds libp2p hosts or talks to peers itself; fetching layers is
+// package fetch's, carrying blobs between mirrors package registry/relay's,
+// publishing package layers'.
 package registry
 
 import (
