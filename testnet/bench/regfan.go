@@ -149,15 +149,23 @@ func cpuSeconds(pid int) float64 {
 	return (ut + st) / 100 // clock ticks (USER_HZ)
 }
 
-// loadAvg is the one-minute load average.
+// loadAvg is the one-minute load average, and the share of the last 60 s
+// in which some task waited for a CPU (Linux pressure stall information)
+// when the kernel reports it.
 func loadAvg() string {
 	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
+	f := strings.Fields(string(b))
+	if err != nil || len(f) == 0 {
 		return "?"
 	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return "?"
+	psi, err := os.ReadFile("/proc/pressure/cpu")
+	if err != nil {
+		return f[0]
+	}
+	for _, w := range strings.Fields(string(psi)) {
+		if v, ok := strings.CutPrefix(w, "avg60="); ok {
+			return f[0] + ", CPU wait " + v + "%"
+		}
 	}
 	return f[0]
 }
