@@ -81,108 +81,163 @@ func DefaultParams(path string, isFile bool) chunk.Params {
 // batchBytes is how much chunk data Add gathers before one store write.
 const batchBytes = 8 << 20
 
-// Scan lists what Add would put in a layer for root: the entries without
-// chunks, sorted, and what it skips. A root that is a regular file gives a
-// one-entry layer named after the file.
-func Scan(root string) (entries []chunk.Entry, sources []string, skipped []Skipped, err error) {
-	return scan(root, false)
+// scanned is what Add puts in a layer: the entries without chunks, sorted,
+// what it skips, and where each file's bytes are read from.
+type scanned struct {
+	entries []chunk.Entry
+	skipped []Skipped
+	// dir is the root directory (nil when the root is a single file, read
+	// by its path); names are the entries' names in it ("" for a marker,
+	// which has no bytes).
+	dir   *os.Root
+	file  string
+	names []string
 }
 
-// scan is Scan; with upper, root is an overlayfs upper directory: a
-// whiteout (a character device 0/0) becomes an empty .wh.NAME entry and an
-// opaque directory (xattr trusted.overlay.opaque=y) gets a .wh..wh..opq
-// entry, the OCI forms. Such entries have no source.
-func scan(root string, upper bool) (entries []chunk.Entry, sources []string, skipped []Skipped, err error) {
+// open opens entry i's file for reading.
+func (s *scanned) open(i int) (*os.File, error) {
+	if s.dir == nil {
+		return OpenRegular(s.file)
+	}
+	return OpenRegularIn(s.dir, s.names[i])
+}
+
+// close releases the root directory.
+func (s *scanned) close() {
+	if s.dir != nil {
+		s.dir.Close()
+	}
+}
+
+// scan lists root for Add. A root that is a regular file gives a one-entry
+// layer named after the file. A directory is walked through an os.Root,
+// so nothing swapped in while it is read can lead outside it. With upper,
+// root is an overlayfs upper directory: a whiteout (a character device
+// 0/0) becomes an empty .wh.NAME entry and an opaque directory (xattr
+// trusted.overlay.opaque=y) gets a .wh..wh..opq entry, the OCI forms.
+func scan(root string, upper bool) (*scanned, error) {
 	fi, err := os.Lstat(root)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("add %s: %w", root, err)
+		return nil, fmt.Errorf("add %s: %w", root, err)
 	}
 	switch {
 	case fi.Mode().IsRegular():
-		e := entryFor(filepath.Base(root), fi)
-		return []chunk.Entry{e}, []string{root}, nil, nil
+		return &scanned{entries: []chunk.Entry{entryFor(filepath.Base(root), fi)}, file: root, names: []string{root}}, nil
 	case !fi.IsDir():
-		return nil, nil, nil, fmt.Errorf("add %s: not a regular file or directory (%s)", root, fi.Mode().Type())
+		return nil, fmt.Errorf("add %s: not a regular file or directory (%s)", root, fi.Mode().Type())
 	}
-	type item struct {
-		e   chunk.Entry
-		src string
-		ino [2]uint64 // device and inode of a file with hard links
-	}
-	var items []item
-	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return fmt.Errorf("add %s: %w", p, err)
-		}
-		if p == root {
-			return nil
-		}
-		rel, _ := filepath.Rel(root, p)
-		rel = filepath.ToSlash(rel)
-		fi, err := d.Info()
-		if err != nil {
-			return fmt.Errorf("add %s: %w", p, err)
-		}
-		if err := chunk.CheckPath(rel); err != nil {
-			skipped = append(skipped, Skipped{rel, err.Error()})
-			if fi.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		marker := func(rel string) item {
-			e := entryFor(rel, fi)
-			e.Type, e.Size, e.Mode, e.Target = chunk.File, 0, 0o644, ""
-			return item{e: e}
-		}
-		switch t := fi.Mode().Type(); {
-		case upper && t&fs.ModeCharDevice != 0 && fi.Sys().(*syscall.Stat_t).Rdev == 0:
-			items = append(items, marker(path.Join(path.Dir(rel), chunk.WhiteoutPrefix+path.Base(rel))))
-			return nil
-		case upper && t == fs.ModeDir && isOpaque(p):
-			items = append(items, item{e: entryFor(rel, fi), src: p}, marker(path.Join(rel, chunk.OpaqueMarker)))
-			return nil
-		case t == 0, t == fs.ModeDir, t == fs.ModeSymlink:
-			e := entryFor(rel, fi)
-			if t == fs.ModeSymlink {
-				if e.Target, err = os.Readlink(p); err != nil {
-					return fmt.Errorf("add %s: %w", p, err)
-				}
-			}
-			if t == 0 {
-				// Fail now, before any chunk is written, if it cannot be read.
-				f, err := OpenRegular(p)
-				if err != nil {
-					return fmt.Errorf("add %s: %w", p, err)
-				}
-				f.Close()
-			}
-			if e.Xattrs, err = readXattrs(p); err != nil {
-				return fmt.Errorf("add: %w", err)
-			}
-			items = append(items, item{e, p, linkedInode(fi)})
-		default:
-			skipped = append(skipped, Skipped{rel, "a " + TypeName(t) + " is not stored in layers"})
-		}
-		return nil
-	})
+	dir, err := os.OpenRoot(root)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, fmt.Errorf("add %s: %w", root, err)
 	}
-	slices.SortFunc(items, func(a, b item) int { return strings.Compare(a.e.Path, b.e.Path) })
-	inodes := make([][2]uint64, len(items))
-	for i, it := range items {
-		entries = append(entries, it.e)
-		sources = append(sources, it.src)
-		inodes[i] = it.ino
+	w := walker{dir: dir, root: root, upper: upper}
+	if err := fs.WalkDir(dir.FS(), ".", w.visit); err != nil {
+		dir.Close()
+		return nil, err
 	}
-	linkInodes(entries, inodes)
-	return entries, sources, skipped, nil
+	return w.sorted(), nil
 }
 
-func isOpaque(p string) bool {
+// walker gathers a directory's entries for scan.
+type walker struct {
+	dir     *os.Root
+	root    string // for messages
+	upper   bool
+	items   []item
+	skipped []Skipped
+}
+
+type item struct {
+	e    chunk.Entry
+	name string    // in the root; "" for a marker
+	ino  [2]uint64 // device and inode of a file with hard links
+}
+
+func (w *walker) visit(rel string, d fs.DirEntry, err error) error {
+	if err != nil {
+		return fmt.Errorf("add %s: %w", filepath.Join(w.root, rel), err)
+	}
+	if rel == "." {
+		return nil
+	}
+	fi, err := d.Info()
+	if err != nil {
+		return fmt.Errorf("add %s: %w", filepath.Join(w.root, rel), err)
+	}
+	if err := chunk.CheckPath(rel); err != nil {
+		w.skipped = append(w.skipped, Skipped{rel, err.Error()})
+		if fi.IsDir() {
+			return filepath.SkipDir
+		}
+		return nil
+	}
+	marker := func(rel string) item {
+		e := entryFor(rel, fi)
+		e.Type, e.Size, e.Mode, e.Target = chunk.File, 0, 0o644, ""
+		return item{e: e}
+	}
+	switch t := fi.Mode().Type(); {
+	case w.upper && t&fs.ModeCharDevice != 0 && fi.Sys().(*syscall.Stat_t).Rdev == 0:
+		w.items = append(w.items, marker(path.Join(path.Dir(rel), chunk.WhiteoutPrefix+path.Base(rel))))
+	case w.upper && t == fs.ModeDir && isOpaque(w.dir, rel):
+		w.items = append(w.items, item{e: entryFor(rel, fi), name: rel}, marker(path.Join(rel, chunk.OpaqueMarker)))
+	case t == 0, t == fs.ModeDir, t == fs.ModeSymlink:
+		it, err := w.item(rel, fi)
+		if err != nil {
+			return fmt.Errorf("add %s: %w", filepath.Join(w.root, rel), err)
+		}
+		w.items = append(w.items, it)
+	default:
+		w.skipped = append(w.skipped, Skipped{rel, "a " + TypeName(t) + " is not stored in layers"})
+	}
+	return nil
+}
+
+// item is the entry of a file, directory or symlink, with its target and
+// attributes; a file that cannot be read fails now, before any chunk is
+// written.
+func (w *walker) item(rel string, fi fs.FileInfo) (item, error) {
+	e := entryFor(rel, fi)
+	var err error
+	switch fi.Mode().Type() {
+	case fs.ModeSymlink:
+		e.Target, err = w.dir.Readlink(rel)
+	case 0:
+		var f *os.File
+		if f, err = OpenRegularIn(w.dir, rel); err == nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		return item{}, err
+	}
+	if e.Xattrs, err = readXattrs(w.dir, rel); err != nil {
+		return item{}, err
+	}
+	return item{e, rel, linkedInode(fi)}, nil
+}
+
+// sorted is what the walk found, in path order, with hard links marked.
+func (w *walker) sorted() *scanned {
+	slices.SortFunc(w.items, func(a, b item) int { return strings.Compare(a.e.Path, b.e.Path) })
+	s := &scanned{skipped: w.skipped, dir: w.dir}
+	inodes := make([][2]uint64, len(w.items))
+	for i, it := range w.items {
+		s.entries = append(s.entries, it.e)
+		s.names = append(s.names, it.name)
+		inodes[i] = it.ino
+	}
+	linkInodes(s.entries, inodes)
+	return s
+}
+
+func isOpaque(root *os.Root, name string) bool {
 	buf := make([]byte, 8)
-	n, err := unix.Lgetxattr(p, "trusted.overlay.opaque", buf)
+	n := 0
+	err := onInode(root, name, func(p string) (err error) {
+		n, err = unix.Getxattr(p, "trusted.overlay.opaque", buf)
+		return err
+	})
 	return err == nil && n == 1 && buf[0] == 'y'
 }
 
@@ -240,21 +295,21 @@ func AddWith(ctx context.Context, store chunk.Store, root string, p chunk.Params
 		return nil, err
 	}
 	progress, parent := o.Progress, o.Parent
-	var entries []chunk.Entry
-	var sources []string
-	var skipped []Skipped
+	var sc *scanned
 	err := o.As.do(func() (err error) {
-		entries, sources, skipped, err = scan(root, o.Upper)
+		sc, err = scan(root, o.Upper)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
+	defer sc.close()
+	entries := sc.entries
 	var total, done int64
 	for _, e := range entries {
 		total += e.Size
 	}
-	res := &AddResult{Skipped: skipped}
+	res := &AddResult{Skipped: sc.skipped}
 	seen := map[cid.Cid]bool{}
 	var batch []chunk.Block
 	// Sized for what there is to add (a file that grew since it was
@@ -273,7 +328,7 @@ func AddWith(ctx context.Context, store chunk.Store, root string, p chunk.Params
 	byPath := map[string]*chunk.Entry{}
 	for i := range entries {
 		e := &entries[i]
-		if e.Type != chunk.File || sources[i] == "" {
+		if e.Type != chunk.File || sc.names[i] == "" {
 			continue
 		}
 		byPath[e.Path] = e
@@ -284,11 +339,11 @@ func AddWith(ctx context.Context, store chunk.Store, root string, p chunk.Params
 		}
 		var f *os.File
 		err := o.As.do(func() (err error) {
-			f, err = OpenRegular(sources[i])
+			f, err = sc.open(i)
 			return err
 		})
 		if err != nil {
-			return nil, fmt.Errorf("add %s: %w", sources[i], err)
+			return nil, fmt.Errorf("add %s: %w", e.Path, err)
 		}
 		var size int64
 		err = chunk.Split(ctx, f, p, func(c chunk.Chunk) error {
@@ -320,9 +375,9 @@ func AddWith(ctx context.Context, store chunk.Store, root string, p chunk.Params
 		})
 		f.Close()
 		if err != nil {
-			return nil, fmt.Errorf("add %s: %w", sources[i], err)
+			return nil, fmt.Errorf("add %s: %w", e.Path, err)
 		}
-		e.Size = size // the bytes actually read, if the file changed since Scan
+		e.Size = size // the bytes actually read, if the file changed since scan
 	}
 	if err := flush(); err != nil {
 		return nil, err
@@ -352,6 +407,34 @@ func OpenRegular(p string) (*os.File, error) {
 		return nil, &fs.PathError{Op: "open", Path: p, Err: err}
 	}
 	return regular(fd, p)
+}
+
+// OpenRegularIn opens name under root for reading. The last component
+// must be a regular file, not a symlink (even one that stays inside
+// root): it is looked at without following, opened without blocking (a
+// fifo cannot hang the open), and the opened file must be that same
+// regular file.
+func OpenRegularIn(root *os.Root, name string) (*os.File, error) {
+	li, err := root.Lstat(name)
+	if err != nil {
+		return nil, err
+	}
+	if !li.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is a %s: %w", name, TypeName(li.Mode().Type()), ErrNotRegular)
+	}
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && (!fi.Mode().IsRegular() || !os.SameFile(li, fi)) {
+		err = fmt.Errorf("%s was replaced while it was opened: %w", name, ErrNotRegular)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // regular checks that the open fd is a regular file, makes reads blocking
