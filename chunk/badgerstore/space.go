@@ -51,13 +51,16 @@ func (s *DB) liveSpans(ctx context.Context) (map[uint32][]span, error) {
 	return live, err
 }
 
-func (s *DB) Stats(ctx context.Context) (chunk.StoreStats, error) {
+func (s *DB) Stats(ctx context.Context, keep func(cid.Cid) bool) (chunk.StoreStats, error) {
 	var st chunk.StoreStats
 	live := map[uint32]int64{}
 	err := s.walkIndex(ctx, func(id cid.Cid, l loc) error {
 		st.Chunks++
 		st.StoredBytes += int64(l.n)
 		live[l.pack] += l.off + int64(l.n) - recordStart(id, l)
+		if keep != nil && !keep(id) {
+			st.DeadBytes += int64(l.n)
+		}
 		return nil
 	})
 	if err != nil {
