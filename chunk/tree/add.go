@@ -294,7 +294,6 @@ func AddWith(ctx context.Context, store chunk.Store, root string, p chunk.Params
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	progress, parent := o.Progress, o.Parent
 	var sc *scanned
 	err := o.As.do(func() (err error) {
 		sc, err = scan(root, o.Upper)
@@ -304,91 +303,118 @@ func AddWith(ctx context.Context, store chunk.Store, root string, p chunk.Params
 		return nil, err
 	}
 	defer sc.close()
-	entries := sc.entries
-	var total, done int64
-	for _, e := range entries {
-		total += e.Size
-	}
-	res := &AddResult{Skipped: sc.skipped}
-	seen := map[cid.Cid]bool{}
-	var batch []chunk.Block
-	// Sized for what there is to add (a file that grew since it was
-	// listed only makes the arena grow).
-	arena := make([]byte, 0, min(total, batchBytes)+int64(p.MaxSize()))
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		if err := store.Put(ctx, batch...); err != nil {
-			return err
-		}
-		batch, arena = batch[:0], arena[:0]
-		return nil
-	}
+	a := newAdder(ctx, store, p, o.Progress, sc.entries)
 	byPath := map[string]*chunk.Entry{}
-	for i := range entries {
-		e := &entries[i]
+	for i := range sc.entries {
+		e := &sc.entries[i]
 		if e.Type != chunk.File || sc.names[i] == "" {
 			continue
 		}
 		byPath[e.Path] = e
 		if t := byPath[e.Link]; t != nil { // a hard link: the target's chunks, read once
 			e.Chunks, e.Size = slices.Clone(t.Chunks), t.Size
-			done += e.Size
+			a.done += e.Size
 			continue
 		}
 		var f *os.File
-		err := o.As.do(func() (err error) {
-			f, err = sc.open(i)
-			return err
-		})
-		if err != nil {
+		if err := o.As.do(func() (err error) { f, err = sc.open(i); return err }); err != nil {
 			return nil, fmt.Errorf("add %s: %w", e.Path, err)
 		}
-		var size int64
-		err = chunk.Split(ctx, f, p, func(c chunk.Chunk) error {
-			n := len(c.Data())
-			e.Chunks = append(e.Chunks, chunk.Ref{CID: c.CID(), Size: uint32(n)})
-			size += int64(n)
-			done += int64(n)
-			if progress != nil {
-				progress(done, total)
-			}
-			if seen[c.CID()] {
-				return nil
-			}
-			seen[c.CID()] = true
-			if ok, err := store.Has(ctx, c.CID()); err != nil || ok {
-				return err
-			}
-			// Split reuses c's buffer: keep a copy until the batch is written.
-			// The arena never grows past its capacity: batches flush first.
-			var b chunk.Block
-			arena, b = c.AppendTo(arena)
-			batch = append(batch, b)
-			res.NewChunks++
-			res.NewBytes += int64(n)
-			if len(arena) >= batchBytes {
-				return flush()
-			}
-			return nil
-		})
+		err := a.file(f, e)
 		f.Close()
 		if err != nil {
 			return nil, fmt.Errorf("add %s: %w", e.Path, err)
 		}
-		e.Size = size // the bytes actually read, if the file changed since scan
 	}
-	if err := flush(); err != nil {
+	if err := a.flush(); err != nil {
 		return nil, err
 	}
-	m := &chunk.Manifest{Params: p, Parent: parent, Entries: entries}
-	res.Encoded, res.CID, err = m.Encode()
-	if err != nil {
+	res := &AddResult{Skipped: sc.skipped, NewChunks: a.newChunks, NewBytes: a.newBytes}
+	m := &chunk.Manifest{Params: p, Parent: o.Parent, Entries: sc.entries}
+	if res.Encoded, res.CID, err = m.Encode(); err != nil {
 		return nil, err
 	}
 	res.Manifest = m
 	return res, nil
+}
+
+// adder chunks the files of one Add and stores the chunks the store
+// lacks, in batches.
+type adder struct {
+	ctx         context.Context
+	store       chunk.Store
+	p           chunk.Params
+	progress    Progress
+	done, total int64
+	seen        map[cid.Cid]bool
+	batch       []chunk.Block
+	arena       []byte // the batch's bytes (Split reuses its buffers)
+	newChunks   int
+	newBytes    int64
+}
+
+func newAdder(ctx context.Context, store chunk.Store, p chunk.Params, progress Progress, entries []chunk.Entry) *adder {
+	var total int64
+	for _, e := range entries {
+		total += e.Size
+	}
+	// Sized for what there is to add (a file that grew since it was
+	// listed only makes the arena grow).
+	arena := make([]byte, 0, min(total, batchBytes)+int64(p.MaxSize()))
+	return &adder{ctx: ctx, store: store, p: p, progress: progress, total: total, seen: map[cid.Cid]bool{}, arena: arena}
+}
+
+// file chunks f into e's chunks; e's size becomes the bytes actually read
+// (the file may have changed since it was listed).
+func (a *adder) file(f *os.File, e *chunk.Entry) error {
+	var size int64
+	err := chunk.Split(a.ctx, f, a.p, func(c chunk.Chunk) error {
+		n := len(c.Data())
+		e.Chunks = append(e.Chunks, chunk.Ref{CID: c.CID(), Size: uint32(n)})
+		size += int64(n)
+		a.done += int64(n)
+		if a.progress != nil {
+			a.progress(a.done, a.total)
+		}
+		return a.keep(c)
+	})
+	e.Size = size
+	return err
+}
+
+// keep queues c for the store unless this add met it already or the store
+// has it; a full batch is written.
+func (a *adder) keep(c chunk.Chunk) error {
+	if a.seen[c.CID()] {
+		return nil
+	}
+	a.seen[c.CID()] = true
+	if ok, err := a.store.Has(a.ctx, c.CID()); err != nil || ok {
+		return err
+	}
+	// Split reuses c's buffer: keep a copy until the batch is written.
+	// The arena never grows past its capacity: batches flush first.
+	var b chunk.Block
+	a.arena, b = c.AppendTo(a.arena)
+	a.batch = append(a.batch, b)
+	a.newChunks++
+	a.newBytes += int64(len(c.Data()))
+	if len(a.arena) >= batchBytes {
+		return a.flush()
+	}
+	return nil
+}
+
+// flush writes the batch.
+func (a *adder) flush() error {
+	if len(a.batch) == 0 {
+		return nil
+	}
+	if err := a.store.Put(a.ctx, a.batch...); err != nil {
+		return err
+	}
+	a.batch, a.arena = a.batch[:0], a.arena[:0]
+	return nil
 }
 
 // ErrNotRegular: a path that should be a regular file is something else
