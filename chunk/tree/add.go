@@ -200,16 +200,17 @@ func (w *walker) item(rel string, fi fs.FileInfo) (item, error) {
 	e := entryFor(rel, fi)
 	var err error
 	switch fi.Mode().Type() {
-	case fs.ModeSymlink:
-		e.Target, err = w.dir.Readlink(rel)
-	case 0:
+	case 0: // the attributes from the file opened: one lookup
 		var f *os.File
-		if f, err = OpenRegularIn(w.dir, rel); err == nil {
+		if f, err = openRegularSeen(w.dir, rel, fi); err == nil {
+			e.Xattrs, err = fileXattrs(f, rel)
 			f.Close()
 		}
-	}
-	if err != nil {
-		return item{}, err
+		return item{e, rel, linkedInode(fi)}, err
+	case fs.ModeSymlink:
+		if e.Target, err = w.dir.Readlink(rel); err != nil {
+			return item{}, err
+		}
 	}
 	if e.Xattrs, err = readXattrs(w.dir, rel); err != nil {
 		return item{}, err
@@ -445,6 +446,12 @@ func OpenRegularIn(root *os.Root, name string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	return openRegularSeen(root, name, li)
+}
+
+// openRegularSeen is OpenRegularIn for a name already looked at (li, from
+// an lstat): only a regular file is opened, and only the one seen.
+func openRegularSeen(root *os.Root, name string, li fs.FileInfo) (*os.File, error) {
 	if !li.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is a %s: %w", name, TypeName(li.Mode().Type()), ErrNotRegular)
 	}

@@ -57,7 +57,7 @@ func onInode(root *os.Root, name string, fn func(p string) error) error {
 // following a symlink); nil when it has none or the file system keeps none.
 func readXattrs(root *os.Root, name string) (out map[string][]byte, err error) {
 	err = onInode(root, name, func(p string) error {
-		out, err = readXattrsAt(p)
+		out, err = pathXattrs(p).kept()
 		return err
 	})
 	if err != nil {
@@ -66,14 +66,47 @@ func readXattrs(root *os.Root, name string) (out map[string][]byte, err error) {
 	return out, nil
 }
 
-// readXattrsAt reads the kept attributes of the inode p names (see onInode).
-func readXattrsAt(p string) (map[string][]byte, error) {
+// fileXattrs is readXattrs for a file already open (named name).
+func fileXattrs(f *os.File, name string) (out map[string][]byte, err error) {
+	c, err := f.SyscallConn()
+	if err == nil {
+		err = c.Control(func(fd uintptr) { out, err = fdXattrs(int(fd)).kept() })
+	}
+	if err != nil {
+		return nil, fmt.Errorf("xattrs of %s: %w", name, err)
+	}
+	return out, nil
+}
+
+// xattrReader reads one inode's attributes, by a path (see onInode) or on
+// an open descriptor.
+type xattrReader struct {
+	list func(buf []byte) (int, error)
+	get  func(name string, buf []byte) (int, error)
+}
+
+func pathXattrs(p string) xattrReader {
+	return xattrReader{
+		list: func(buf []byte) (int, error) { return unix.Listxattr(p, buf) },
+		get:  func(name string, buf []byte) (int, error) { return unix.Getxattr(p, name, buf) },
+	}
+}
+
+func fdXattrs(fd int) xattrReader {
+	return xattrReader{
+		list: func(buf []byte) (int, error) { return unix.Flistxattr(fd, buf) },
+		get:  func(name string, buf []byte) (int, error) { return unix.Fgetxattr(fd, name, buf) },
+	}
+}
+
+// kept reads the inode's kept attributes.
+func (x xattrReader) kept() (map[string][]byte, error) {
 	buf := make([]byte, 4096)
-	n, err := unix.Listxattr(p, buf)
+	n, err := x.list(buf)
 	if errors.Is(err, syscall.ERANGE) {
-		if n, err = unix.Listxattr(p, nil); err == nil {
+		if n, err = x.list(nil); err == nil {
 			buf = make([]byte, n)
-			n, err = unix.Listxattr(p, buf)
+			n, err = x.list(buf)
 		}
 	}
 	if errors.Is(err, syscall.ENOTSUP) {
@@ -87,13 +120,13 @@ func readXattrsAt(p string) (map[string][]byte, error) {
 		if name == "" || !keptXattr(name) {
 			continue
 		}
-		size, err := unix.Getxattr(p, name, nil)
+		size, err := x.get(name, nil)
 		if err != nil {
 			return nil, fmt.Errorf("xattr %s: %w", name, err)
 		}
 		v := make([]byte, size)
 		if size > 0 {
-			if size, err = unix.Getxattr(p, name, v); err != nil {
+			if size, err = x.get(name, v); err != nil {
 				return nil, fmt.Errorf("xattr %s: %w", name, err)
 			}
 		}
