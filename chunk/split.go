@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"runtime"
 	"sync/atomic"
 
@@ -85,12 +86,26 @@ type splitter struct {
 }
 
 func newSplitter(r io.Reader, p Params) *splitter {
-	s := &splitter{r: r, p: p, winSize: max(readSize, 2*p.MaxSize()), windows: make(chan *window, nwin),
+	s := &splitter{r: r, p: p, winSize: windowSize(r, p), windows: make(chan *window, nwin),
 		jobs: make(chan *job, njobs), work: make(chan *job, njobs), order: make(chan *job, njobs)}
 	for range njobs {
 		s.jobs <- &job{hashed: make(chan struct{}, 1)}
 	}
 	return s
+}
+
+// windowSize is readSize, or less for an input that says it is smaller (a
+// file: adding many small files would otherwise spend most of its time
+// clearing windows). A window always holds two chunks of the largest size,
+// so the cuts never depend on it, even when a file grew since it told.
+func windowSize(r io.Reader, p Params) int {
+	size := int64(readSize)
+	if f, ok := r.(interface{ Stat() (fs.FileInfo, error) }); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+			size = min(size, fi.Size()+1) // +1: the first read sees the end
+		}
+	}
+	return max(int(size), 2*p.MaxSize())
 }
 
 func (s *splitter) release(w *window) {
