@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"io/fs"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ipfs/go-cid"
 )
@@ -121,6 +123,53 @@ func TestInsertionMovesAtMostTwoBoundaries(t *testing.T) {
 		if newChunks > 2+insLen/int(DefaultParams().Min) || newBytes > insLen+2*DefaultParams().MaxSize() {
 			t.Errorf("insert %d bytes: %d new chunks, %d new bytes", insLen, newChunks, newBytes)
 		}
+	}
+}
+
+// statReader is an input that tells its size, wrongly when it likes (a
+// file that grew or shrank since).
+type statReader struct {
+	*bytes.Reader
+	size int64
+}
+
+func (r statReader) Stat() (fs.FileInfo, error) { return sizeInfo(r.size), nil }
+
+type sizeInfo int64
+
+func (s sizeInfo) Name() string       { return "f" }
+func (s sizeInfo) Size() int64        { return int64(s) }
+func (s sizeInfo) Mode() fs.FileMode  { return 0o644 }
+func (s sizeInfo) ModTime() time.Time { return time.Time{} }
+func (s sizeInfo) IsDir() bool        { return false }
+func (s sizeInfo) Sys() any           { return nil }
+
+// An input that tells its size gets a smaller window; the chunks are the
+// same whatever it tells, true or not.
+func TestSplitSizeHint(t *testing.T) {
+	t.Parallel()
+	fixed, _ := NewParams(Fixed, 64<<10, SHA256)
+	for _, p := range []Params{DefaultParams(), fixed} {
+		for _, n := range []int{0, 1, 5000, p.MaxSize(), 2*p.MaxSize() + 1, 5 << 20} {
+			data := randBytes(uint64(n), n)
+			want, _ := split(t, data, p)
+			for _, told := range []int64{int64(n), 0, 10, int64(n) / 2, int64(n) * 3} {
+				var got []piece
+				err := Split(context.Background(), statReader{bytes.NewReader(data), told}, p, func(c Chunk) error {
+					got = append(got, piece{c.CID(), c.Offset, len(c.Data()), c.Zero})
+					return nil
+				})
+				if err != nil || !slices.Equal(got, want) {
+					t.Fatalf("%s, %d bytes, told %d: %d chunks (%v), want %d", p, n, told, len(got), err, len(want))
+				}
+			}
+		}
+	}
+	if w := windowSize(statReader{size: 10}, DefaultParams()); w != 2*DefaultParams().MaxSize() {
+		t.Fatalf("window for 10 bytes: %d, want %d", w, 2*DefaultParams().MaxSize())
+	}
+	if w := windowSize(bytes.NewReader(nil), DefaultParams()); w != readSize {
+		t.Fatalf("window for an input of unknown size: %d, want %d", w, readSize)
 	}
 }
 

@@ -34,8 +34,10 @@ type Store interface {
 	// Order is unspecified.
 	// Chunks written or deleted during the walk may or may not be seen.
 	Walk(ctx context.Context, withData bool, fn func(id cid.Cid, size int, data []byte) error) error
-	// Stats counts what is stored.
-	Stats(ctx context.Context) (StoreStats, error)
+	// Stats counts what is stored, in one pass. With keep set, a chunk
+	// keep refuses counts as dead too (gc would remove it): its bytes are
+	// in DeadBytes.
+	Stats(ctx context.Context, keep func(cid.Cid) bool) (StoreStats, error)
 	// Sync makes every earlier write durable.
 	Sync() error
 }
@@ -46,7 +48,8 @@ type StoreStats struct {
 	StoredBytes int64 `json:"stored_bytes"`
 	// AllocatedBytes is the disk the chunk data takes (blocks allocated to
 	// pack files); DeadBytes the part of it no live chunk uses, which gc
-	// gives back. Zero for stores that do not keep packs.
+	// gives back, plus the bytes of the chunks a keep function refused
+	// (only those for stores that do not keep packs).
 	AllocatedBytes int64 `json:"allocated_bytes"`
 	DeadBytes      int64 `json:"dead_bytes"`
 }

@@ -7,9 +7,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/p2pimg/p2pimg/chunk/disk"
 	"github.com/p2pimg/p2pimg/node/api"
 )
 
@@ -200,10 +200,8 @@ func (n *Node) storeUse(ctx context.Context) *api.StoreUse {
 		c.st, c.at = st, time.Now()
 	}
 	u := &api.StoreUse{Stats: *c.st}
-	var fs syscall.Statfs_t
-	if syscall.Statfs(n.cfg.DataDir, &fs) == nil {
-		u.DiskFree = int64(fs.Bavail) * fs.Bsize
-		u.DiskTotal = int64(fs.Blocks) * fs.Bsize
+	if d, err := disk.Space(n.cfg.DataDir); err == nil {
+		u.DiskFree, u.DiskTotal = d.Free, d.Total
 	}
 	return u
 }

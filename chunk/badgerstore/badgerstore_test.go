@@ -95,7 +95,7 @@ func TestCompactReclaimsAndKeepsLiveChunks(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if st, _ := db.Stats(ctx); st.Chunks != int64(len(keep)) {
+		if st, _ := db.Stats(ctx, nil); st.Chunks != int64(len(keep)) {
 			t.Fatalf("%d chunks after compact, want %d", st.Chunks, len(keep))
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/chunk/disk"
 )
 
 // Reserve checks, before a write of about need bytes starts, that the
@@ -20,11 +21,11 @@ import (
 // nothing: writers running at once may still fill the disk, and a write
 // that hits ENOSPC leaves nothing half-written anyway.
 func (s *DB) Reserve(need int64) error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(s.dir, &st); err != nil {
-		return fmt.Errorf("free space of %s: %w", s.dir, err)
+	u, err := disk.Space(s.dir)
+	if err != nil {
+		return err
 	}
-	free := int64(st.Bavail) * int64(st.Bsize)
+	free := u.Free
 	if need+s.reserve <= free {
 		return nil
 	}
@@ -50,13 +51,16 @@ func (s *DB) liveSpans(ctx context.Context) (map[uint32][]span, error) {
 	return live, err
 }
 
-func (s *DB) Stats(ctx context.Context) (chunk.StoreStats, error) {
+func (s *DB) Stats(ctx context.Context, keep func(cid.Cid) bool) (chunk.StoreStats, error) {
 	var st chunk.StoreStats
 	live := map[uint32]int64{}
 	err := s.walkIndex(ctx, func(id cid.Cid, l loc) error {
 		st.Chunks++
 		st.StoredBytes += int64(l.n)
 		live[l.pack] += l.off + int64(l.n) - recordStart(id, l)
+		if keep != nil && !keep(id) {
+			st.DeadBytes += int64(l.n)
+		}
 		return nil
 	})
 	if err != nil {

@@ -74,7 +74,7 @@ func TestCompactPunchesDeadRanges(t *testing.T) {
 	if err := db.Delete(ctx, drop...); err != nil {
 		t.Fatal(err)
 	}
-	st, err := db.Stats(ctx)
+	st, err := db.Stats(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestCompactPunchesDeadRanges(t *testing.T) {
 	if _, err := os.Stat(db.packs.path(1)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("pack 1 holds no live chunk and is still there: %v", err)
 	}
-	st, err = db.Stats(ctx)
+	st, err = db.Stats(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +189,7 @@ func TestReserveRefusesEarlyWithNumbers(t *testing.T) {
 		if err := db.Put(context.Background(), small); err != nil {
 			t.Fatalf("a small write after ENOSPC: %v", err)
 		}
-		if st, err := db.Stats(context.Background()); err != nil || st.Chunks != 1 || st.AllocatedBytes > 1<<20 {
+		if st, err := db.Stats(context.Background(), nil); err != nil || st.Chunks != 1 || st.AllocatedBytes > 1<<20 {
 			t.Fatalf("after ENOSPC: %+v, %v", st, err)
 		}
 	}

@@ -20,7 +20,6 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
-	"syscall"
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/chunk/tree"
@@ -48,31 +47,9 @@ const maxJSON = 4 << 20
 // must hold a regular file.
 var ErrNotRegular = tree.ErrNotRegular
 
-// OpenRegular opens name under root for reading. The last component must
-// be a regular file, not a symlink (even one that stays inside root): it
-// is looked at without following, opened without blocking (a fifo cannot
-// hang the open), and the opened file must be that same regular file.
+// OpenRegular opens name under root for reading: see tree.OpenRegularIn.
 func OpenRegular(root *os.Root, name string) (*os.File, error) {
-	li, err := root.Lstat(name)
-	if err != nil {
-		return nil, err
-	}
-	if !li.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is a %s: %w", name, tree.TypeName(li.Mode().Type()), ErrNotRegular)
-	}
-	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return nil, err
-	}
-	fi, err := f.Stat()
-	if err == nil && (!fi.Mode().IsRegular() || !os.SameFile(li, fi)) {
-		err = fmt.Errorf("%s was replaced while it was opened: %w", name, ErrNotRegular)
-	}
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
+	return tree.OpenRegularIn(root, name)
 }
 
 func readJSON(root *os.Root, name string, v any) error {

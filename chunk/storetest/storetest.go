@@ -118,12 +118,28 @@ func Run(t *testing.T, open func(t *testing.T) Storage) {
 		if err != nil || seen != len(want) {
 			t.Fatalf("walk saw %d of %d: %v", seen, len(want), err)
 		}
-		st, err := s.Stats(ctx)
+		st, err := s.Stats(ctx, nil)
 		if err != nil || st.Chunks != int64(len(want)) {
 			t.Fatalf("stats %+v, %v", st, err)
 		}
 		if st.StoredBytes != total {
 			t.Fatalf("stats stored %d bytes, want %d", st.StoredBytes, total)
+		}
+		// Chunks a keep function refuses are counted, and their bytes are dead.
+		var refused int64
+		half := func(id cid.Cid) bool { return want[id]%3000 != 1 } // refuses every other chunk put
+		for _, n := range want {
+			if n%3000 == 1 {
+				refused += int64(n)
+			}
+		}
+		all, err := s.Stats(ctx, func(cid.Cid) bool { return true })
+		if err != nil || all != st {
+			t.Fatalf("stats keeping everything %+v, %v; want %+v as without keep", all, err, st)
+		}
+		some, err := s.Stats(ctx, half)
+		if err != nil || some.Chunks != st.Chunks || some.StoredBytes != st.StoredBytes || some.DeadBytes != st.DeadBytes+refused {
+			t.Fatalf("stats refusing %d bytes: %+v, %v; without keep %+v", refused, some, err, st)
 		}
 	})
 	t.Run("ConcurrentPuts", func(t *testing.T) {
@@ -140,7 +156,7 @@ func Run(t *testing.T, open func(t *testing.T) Storage) {
 			})
 		}
 		wg.Wait()
-		if st, _ := s.Stats(ctx); st.Chunks != 10+80 {
+		if st, _ := s.Stats(ctx, nil); st.Chunks != 10+80 {
 			t.Fatalf("chunks %d, want 90", st.Chunks)
 		}
 		if err := s.Sync(); err != nil {

@@ -71,7 +71,7 @@ func Checkout(ctx context.Context, store chunk.Store, m *chunk.Manifest, dir str
 				return fmt.Errorf("checkout %s: %w", e.Path, err)
 			}
 			// and file capabilities too: the attributes come last
-			if err := o.As.do(func() error { return setXattrs(dir, e, o.Owners) }); err != nil {
+			if err := o.As.do(func() error { return setXattrs(root, e, o.Owners) }); err != nil {
 				return fmt.Errorf("checkout %s: %w", e.Path, err)
 			}
 		}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"sort"
 
 	"github.com/p2pimg/p2pimg/chunk"
@@ -99,8 +98,14 @@ func entryType(m fs.FileMode) chunk.EntryType {
 	return 0
 }
 
+// sameContent reports whether e's file under root holds e's chunks. What
+// was swapped in for the file since it was looked at (a fifo, a symlink)
+// is opened without blocking or following, and differs.
 func sameContent(root *os.Root, e chunk.Entry, buf []byte) (bool, error) {
-	f, err := root.Open(filepath.FromSlash(e.Path))
+	f, err := OpenRegularIn(root, e.Path)
+	if errors.Is(err, ErrNotRegular) {
+		return false, nil
+	}
 	if err != nil {
 		return false, err
 	}
@@ -126,13 +131,16 @@ func UpperChanges(m *chunk.Manifest, upper string) ([]Change, error) {
 	for _, e := range m.Entries {
 		has[e.Path] = true
 	}
+	root, err := os.OpenRoot(upper)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
 	var out []Change
-	err := filepath.WalkDir(upper, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || p == upper {
+	err = fs.WalkDir(root.FS(), ".", func(rel string, d fs.DirEntry, err error) error {
+		if err != nil || rel == "." {
 			return err
 		}
-		rel, _ := filepath.Rel(upper, p)
-		rel = filepath.ToSlash(rel)
 		fi, err := d.Info()
 		if err != nil {
 			return err
@@ -141,7 +149,7 @@ func UpperChanges(m *chunk.Manifest, upper string) ([]Change, error) {
 		case t&fs.ModeCharDevice != 0:
 			out = append(out, Change{Path: rel, Kind: "missing", Detail: "removed"})
 		case t == fs.ModeDir:
-			if isOpaque(p) {
+			if isOpaque(root, rel) {
 				out = append(out, Change{Path: rel, Kind: "content", Detail: "directory replaced"})
 			} else if !has[rel] {
 				out = append(out, Change{Path: rel, Kind: "extra"})

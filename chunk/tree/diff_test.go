@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/p2pimg/p2pimg/chunk"
@@ -42,6 +43,25 @@ func TestDiff(t *testing.T) {
 	for p, k := range want {
 		if got[p] != k {
 			t.Errorf("%s: %q, want %q (all: %+v)", p, got[p], k, ch)
+		}
+	}
+}
+
+// A fifo or symlink swapped in for a file after Diff looked at it differs
+// from the file; reading it neither hangs nor follows the symlink.
+func TestSameContentSwapped(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	must(t, syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "target"), nil, 0o644))
+	must(t, os.Symlink("target", filepath.Join(dir, "link")))
+	root, err := os.OpenRoot(dir)
+	must(t, err)
+	defer root.Close()
+	for _, name := range []string{"fifo", "link"} {
+		same, err := sameContent(root, chunk.Entry{Path: name, Type: chunk.File}, nil)
+		if err != nil || same {
+			t.Errorf("%s swapped in for an empty file: same %v, %v; want a difference", name, same, err)
 		}
 	}
 }

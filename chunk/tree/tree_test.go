@@ -215,7 +215,7 @@ func TestAddBadInput(t *testing.T) {
 			t.Fatalf("unreadable file: %v", err)
 		}
 	}
-	if st, _ := store.Stats(context.Background()); st.Chunks != 0 {
+	if st, _ := store.Stats(context.Background(), nil); st.Chunks != 0 {
 		t.Fatalf("failed adds stored %d chunks", st.Chunks)
 	}
 }

@@ -60,3 +60,40 @@ func TestHardLinksAndXattrs(t *testing.T) {
 		}
 	}
 }
+
+// A symlink swapped in where checkout sets, or add reads, an entry's
+// attributes leads nowhere outside the tree: a directory turned into a
+// symlink out of it is refused, a file turned into a symlink gets the
+// attributes itself (the kernel keeps no user. ones on a symlink), and
+// the file outside keeps its own.
+func TestXattrsThroughSwappedSymlinks(t *testing.T) {
+	t.Parallel()
+	outside := t.TempDir()
+	victim := filepath.Join(outside, "f")
+	must(t, os.WriteFile(victim, []byte("not the tree's"), 0o644))
+	if err := unix.Lsetxattr(victim, "user.secret", []byte("outside"), 0); err != nil {
+		t.Skipf("the temp dir keeps no user xattrs: %v", err)
+	}
+	dir := t.TempDir()
+	must(t, os.Symlink(outside, filepath.Join(dir, "d")))      // was a directory
+	must(t, os.Symlink(victim, filepath.Join(dir, "f")))       // was a file
+	must(t, os.Symlink("d/f", filepath.Join(dir, "inside-f"))) // was a file, now a symlink staying in the tree
+	root, err := os.OpenRoot(dir)
+	must(t, err)
+	defer root.Close()
+
+	for _, path := range []string{"d/f", "f", "inside-f"} {
+		e := &chunk.Entry{Path: path, Type: chunk.File, Xattrs: map[string][]byte{"user.secret": []byte("changed")}}
+		if err := setXattrs(root, e, false); err == nil {
+			t.Errorf("setting %s's attributes through a swapped-in symlink succeeded", path)
+		}
+		if got, err := readXattrs(root, path); err == nil && got["user.secret"] != nil {
+			t.Errorf("%s: read the attributes of the file outside the tree: %q", path, got)
+		}
+	}
+	buf := make([]byte, 64)
+	n, err := unix.Lgetxattr(victim, "user.secret", buf)
+	if err != nil || string(buf[:n]) != "outside" {
+		t.Fatalf("the file outside the tree: user.secret %q, %v; want it untouched", buf[:max(n, 0)], err)
+	}
+}

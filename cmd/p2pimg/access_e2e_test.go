@@ -102,6 +102,8 @@ func TestUnprivilegedCaller(t *testing.T) {
 	udir := mk("udir", 0o755, u.uid)
 	os.WriteFile(filepath.Join(udir, "README"), []byte("mine"), 0o644)
 	os.Chown(filepath.Join(udir, "README"), u.uid, u.gid)
+	// an attribute, read and set again with the caller's rights
+	xattrs := syscall.Setxattr(filepath.Join(udir, "README"), "user.p2pimg.test", []byte("v"), 0) == nil
 	uout := mk("uout", 0o755, u.uid)
 	root := mk("root", 0o755, 0)
 	mk("root/rootonly", 0o700, 0)
@@ -165,6 +167,11 @@ func TestUnprivilegedCaller(t *testing.T) {
 	allowed(u, nil, "checkout", "mine:1", filepath.Join(uout, "co"))
 	if fi, err := os.Stat(filepath.Join(uout, "co", "README")); err != nil || fi.Sys().(*syscall.Stat_t).Uid != uint32(u.uid) {
 		t.Errorf("checked-out file as %s: %v %v, want owned by uid %d", u.name, fi, err, u.uid)
+	}
+	if buf := make([]byte, 8); xattrs {
+		if n, err := syscall.Getxattr(filepath.Join(uout, "co", "README"), "user.p2pimg.test", buf); err != nil || string(buf[:n]) != "v" {
+			t.Errorf("checked out as %s: user.p2pimg.test %q, %v; want \"v\"", u.name, buf[:max(n, 0)], err)
+		}
 	}
 	mustCLI(t, d, "checkout", "mine:1", filepath.Join(secret, "out"))
 

@@ -61,6 +61,9 @@ func statusCLI(t *testing.T, dir string) {
 	if code != 0 || !strings.Contains(out, "ok    peers      2 connected of 2 other host(s) known") || !strings.Contains(out, `ok    cluster    "testnet" with a members list`) {
 		t.Fatalf("doctor: exit %d %s\n%s", code, errOut, out)
 	}
+	if !strings.Contains(out, "free of") || !strings.Contains(out, "under the data directory") {
+		t.Fatalf("doctor shows no host's disk:\n%s", out)
+	}
 	// The refused selector published nothing.
 	if out, _, _ := run("status", "--json", "--layer", "web:1"); strings.Contains(out, "/opt/w2") {
 		t.Fatalf("an activation that selected no host was published:\n%s", out)

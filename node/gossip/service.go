@@ -271,33 +271,25 @@ func hasActivation(rs []*checked) bool {
 // travel together.
 const minGap = 50 * time.Millisecond
 
-// restateTicks: without an announced change, this host reads its own state
-// again every restateTicks intervals.
-const restateTicks = 6
-
-// announcer states this host's records on every change (and every few
-// intervals, to catch what changed without a poke) and gossips what
-// changed: only the changes, never the whole state.
+// announcer states this host's records on every change and every
+// interval (to catch what changed without a poke, such as labels, policy
+// or a stale record of its own heard back) and gossips what changed: only
+// the changes, never the whole state. A statement is cheap when nothing
+// changed: the store is listed again only when its layers changed (about
+// 4 ms for 10,000 layers otherwise).
 func (s *Service) announcer(ctx context.Context, topic *pubsub.Topic) error {
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
-	ticks := 0
 	for {
-		// Reading this host's state lists every layer it has: on a change,
-		// and every restateTicks intervals for a change nobody announced.
-		if ticks%restateTicks == 0 {
-			if err := s.state(ctx); err != nil && ctx.Err() == nil {
-				s.cfg.Log.Warn("announce", "err", err)
-			}
+		if err := s.state(ctx); err != nil && ctx.Err() == nil {
+			s.cfg.Log.Warn("announce", "err", err)
 		}
 		s.publish(ctx, topic, s.cfg.Catalog.takeOutbox())
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			ticks++
 		case <-s.cfg.Announce.C():
-			ticks = 0
 			select { // let a burst of changes land together
 			case <-ctx.Done():
 				return nil

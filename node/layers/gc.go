@@ -119,7 +119,7 @@ func (sv *Service) GC(ctx context.Context) (*api.GCResult, error) {
 // the layers that used them incomplete, so they are fetched again.
 func (sv *Service) Verify(ctx context.Context, emit api.Emit) (*api.VerifyResult, error) {
 	defer sv.cfg.GC.exclusive()() // nothing may read a chunk we are about to remove
-	st, err := sv.cfg.Store.Stats(ctx)
+	st, err := sv.cfg.Store.Stats(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
@@ -209,25 +209,16 @@ func (sv *Service) Stats(ctx context.Context) (*api.Stats, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := sv.cfg.Store.Stats(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := &api.Stats{Layers: len(ls), Chunks: st.Chunks, StoredBytes: st.StoredBytes, AllocatedBytes: st.AllocatedBytes, DeadBytes: st.DeadBytes}
 	// Chunks no kept layer references are dead too: gc removes them.
 	keep, _, err := sv.referenced(ctx)
 	if err != nil {
 		return nil, err
 	}
-	err = sv.cfg.Store.Walk(ctx, false, func(id cid.Cid, size int, _ []byte) error {
-		if !keep[id] {
-			out.DeadBytes += int64(size)
-		}
-		return nil
-	})
+	st, err := sv.cfg.Store.Stats(ctx, func(id cid.Cid) bool { return keep[id] })
 	if err != nil {
 		return nil, err
 	}
+	out := &api.Stats{Layers: len(ls), Chunks: st.Chunks, StoredBytes: st.StoredBytes, AllocatedBytes: st.AllocatedBytes, DeadBytes: st.DeadBytes}
 	seen := map[string]bool{}
 	for _, l := range ls {
 		if !seen[l.CID] { // two tags of one manifest are one layer's bytes

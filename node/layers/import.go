@@ -8,9 +8,9 @@ import (
 	"path/filepath"
 
 	"github.com/ipfs/go-cid"
-	"golang.org/x/sys/unix"
 
 	"github.com/p2pimg/p2pimg/chunk"
+	"github.com/p2pimg/p2pimg/chunk/disk"
 	"github.com/p2pimg/p2pimg/chunk/oci"
 	"github.com/p2pimg/p2pimg/chunk/tree"
 	"github.com/p2pimg/p2pimg/node/api"
@@ -156,11 +156,8 @@ func (sv *Service) importLimits() oci.Limits {
 		lim.MaxRatio = defaultImportMaxRatio
 	}
 	lim.Free = func() (int64, error) {
-		var st unix.Statfs_t
-		if err := unix.Statfs(sv.cfg.DataDir, &st); err != nil {
-			return 0, err
-		}
-		return int64(st.Bavail) * int64(st.Bsize), nil
+		u, err := disk.Space(sv.cfg.DataDir)
+		return u.Free, err
 	}
 	return lim
 }

@@ -23,6 +23,14 @@ type seatNote struct {
 	Change []byte `cbor:"2,keyasint,omitempty"`
 }
 
+// heardNote is a note as the validator passes it on: its index (0 from a
+// host that is no keeper) and the keeper change it told of, decoded and
+// checked once, when newer than the one this host knew (nil otherwise).
+type heardNote struct {
+	index  uint64
+	change *KeeperChange
+}
+
 const maxNote = 8 << 10
 
 var noteDec = strictcbor.Decoder(16, 16)
@@ -48,20 +56,22 @@ func (sv *Service) validateNote(_ context.Context, from peer.ID, msg *pubsub.Mes
 		sv.cfg.Log.Warn("seat note rejected", "origin", origin.String(), "via", from.String(), "err", err)
 		return pubsub.ValidationReject
 	}
-	newer := false
+	h := heardNote{index: n.Index}
 	if len(n.Change) > 0 {
 		c, err := unmarshalChange(n.Change)
 		if err == nil && c.Newer(sv.currentChange()) {
-			err = CheckKeeperChange(c, sv.cfg.Cluster)
-			newer = err == nil
+			if err = CheckKeeperChange(c, sv.cfg.Cluster); err == nil {
+				h.change = c
+			}
 		}
 		if err != nil {
 			sv.cfg.Log.Warn("seat note rejected: bad keeper change", "origin", origin.String(), "err", err)
 			return pubsub.ValidationReject
 		}
 	}
+	newer := h.change != nil
 	if origin == sv.cfg.Host.ID() {
-		msg.ValidatorData = n // this host's own note (it may have just removed itself)
+		msg.ValidatorData = h // this host's own note (it may have just removed itself)
 		return pubsub.ValidationAccept
 	}
 	if !sv.isKeeper(origin) && !newer {
@@ -76,9 +86,9 @@ func (sv *Service) validateNote(_ context.Context, from peer.ID, msg *pubsub.Mes
 		return pubsub.ValidationIgnore
 	}
 	if !sv.isKeeper(origin) {
-		n.Index = 0
+		h.index = 0
 	}
-	msg.ValidatorData = n
+	msg.ValidatorData = h
 	return pubsub.ValidationAccept
 }
 
@@ -96,17 +106,17 @@ func (sv *Service) receive(ctx context.Context, sub *pubsub.Subscription) {
 		if err != nil {
 			return
 		}
-		n, ok := msg.ValidatorData.(seatNote)
+		n, ok := msg.ValidatorData.(heardNote)
 		if !ok {
 			continue
 		}
-		if _, err := sv.adoptChange(n.Change); err != nil {
-			sv.cfg.Log.Warn("keeper change in a seat note", "err", err)
+		if n.change != nil {
+			sv.adopt(n.change)
 		}
 		sv.mu.Lock()
-		newer := n.Index > sv.noted
+		newer := n.index > sv.noted
 		if newer {
-			sv.noted = n.Index
+			sv.noted = n.index
 		}
 		sv.mu.Unlock()
 		if newer {

@@ -177,13 +177,11 @@ func (sv *Service) loadChange() error {
 	return nil
 }
 
-// adoptChange takes in a change heard from a keeper, gossip or an
-// operator, if it checks out and is newer than the one this host knows; it
-// reports whether it did. The caller holds no lock.
+// adoptChange takes in a change heard from a keeper, if it checks out and
+// is newer than the one this host knows; it reports whether it did. The
+// caller holds no lock.
 func (sv *Service) adoptChange(b []byte) (bool, error) {
-	sv.mu.Lock()
-	known := sv.change
-	sv.mu.Unlock()
+	known := sv.currentChange()
 	if len(b) == 0 || (known != nil && bytes.Equal(b, marshalChange(known))) {
 		return false, nil
 	}
@@ -197,10 +195,17 @@ func (sv *Service) adoptChange(b []byte) (bool, error) {
 	if err := CheckKeeperChange(c, sv.cfg.Cluster); err != nil {
 		return false, err
 	}
+	return sv.adopt(c), nil
+}
+
+// adopt takes in a change already checked (CheckKeeperChange) if it is
+// newer than the one this host knows, and stores it; it reports whether
+// it did. The caller holds no lock.
+func (sv *Service) adopt(c *KeeperChange) bool {
 	sv.mu.Lock()
 	if !c.Newer(sv.change) {
 		sv.mu.Unlock()
-		return false, nil
+		return false
 	}
 	sv.change = c
 	if sv.joining != nil && c.Prev >= sv.joining.Prev {
@@ -220,7 +225,7 @@ func (sv *Service) adoptChange(b []byte) (bool, error) {
 	}
 	sv.cfg.Log.Info("keepers changed", "op", c.Op, "host", c.Host, "keepers", len(c.Keepers), "configuration", c.Prev, "operator", c.Signer)
 	sv.setChanged.Notify()
-	return true, nil
+	return true
 }
 
 // keeperIDs are the keepers this host asks: those of the newest change it

@@ -90,7 +90,7 @@ func (sv *Service) ChangeKeepers(ctx context.Context, signed []byte) (*api.Keepe
 	if resp.Keepers == nil {
 		return nil, fmt.Errorf("%s keeper %s: the leader sent no configuration", c.Op, c.Host)
 	}
-	sv.adoptChange(marshalChange(&c))
+	sv.adopt(&c)
 	return sv.keeperList(resp.Keepers), nil
 }
 

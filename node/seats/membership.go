@@ -88,12 +88,12 @@ func (sv *Service) join(from peer.ID, req seatReq) seatResp {
 	}
 	sv.mu.Unlock()
 	sv.setChanged.Notify()
-	t := time.NewTicker(20 * time.Millisecond)
+	t := time.NewTimer(seatDeadline)
 	defer t.Stop()
-	for deadline := time.Now().Add(seatDeadline); sv.keeper.Load() == nil; <-t.C {
-		if time.Now().After(deadline) {
-			return seatResp{Err: fmt.Sprintf("the keeper of %s did not start within %v (see its log)", p2p.ShortID(self), seatDeadline)}
-		}
+	select {
+	case <-sv.keeperRunning():
+	case <-t.C:
+		return seatResp{Err: fmt.Sprintf("the keeper of %s did not start within %v (see its log)", p2p.ShortID(self), seatDeadline)}
 	}
 	sv.cfg.Log.Info("joining the keepers", "asked by", from.String(), "configuration", c.Prev)
 	return seatResp{}
@@ -143,7 +143,7 @@ func (k *keeper) changeKeepers(req seatReq) seatResp {
 	}
 	slices.Sort(now)
 	if slices.Equal(now, c.Keepers) {
-		k.sv.adoptChange(req.Change)
+		k.sv.adopt(c)
 		return k.configuration()
 	}
 	if conf := k.fsm.conf(); conf != c.Prev {
@@ -160,7 +160,7 @@ func (k *keeper) changeKeepers(req seatReq) seatResp {
 	if resp := k.applyChange(c, req.Change); resp != nil {
 		return *resp
 	}
-	k.sv.adoptChange(req.Change)
+	k.sv.adopt(c)
 	k.sv.announceChange.Store(true)
 	k.sv.kick.Notify()
 	return k.configuration()

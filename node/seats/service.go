@@ -68,6 +68,7 @@ type Service struct {
 	journalFile *os.File      // faults.SeatJournal: every valid interval, for the checker
 	change      *KeeperChange // the newest keeper change checked (nil: the cluster file's keepers)
 	joining     *KeeperChange // the leader asked this host to join the keepers for this change
+	running     chan struct{} // closed while this host's keeper runs (see setKeeper)
 
 	// A claim for a consumer waits for the keepers to confirm the
 	// consumer's previous release: a release still in flight must not
@@ -93,7 +94,7 @@ func New(cfg Config) (*Service, error) {
 	b := make([]byte, 8)
 	rand.Read(b)
 	sv := &Service{cfg: cfg, faults: cfg.Faults.Get(), session: hex.EncodeToString(b), kick: notify.New(),
-		setChanged: notify.New(), grants: map[uint64]*grant{}, changed: make(chan struct{}),
+		setChanged: notify.New(), grants: map[uint64]*grant{}, changed: make(chan struct{}), running: make(chan struct{}),
 		pending: map[string]seatReq{}, locks: map[string]*sync.RWMutex{}}
 	if cfg.DataDir != "" {
 		if err := sv.loadChange(); err != nil {
@@ -177,8 +178,8 @@ func (sv *Service) superviseKeeper(ctx context.Context) (err error) {
 			kctx, cancel := context.WithCancel(ctx)
 			done := make(chan struct{})
 			go func() { k.run(kctx); close(done) }()
-			sv.keeper.Store(k)
-			stop = func() error { cancel(); <-done; sv.keeper.Store(nil); return k.close() }
+			sv.setKeeper(k)
+			stop = func() error { cancel(); <-done; sv.setKeeper(nil); return k.close() }
 			sv.cfg.Log.Info("keeper started")
 		case !want && stop != nil:
 			if err := stop(); err != nil {
@@ -194,6 +195,31 @@ func (sv *Service) superviseKeeper(ctx context.Context) (err error) {
 		case <-sv.setChanged.C():
 		}
 	}
+}
+
+// setKeeper makes k this host's keeper (nil: none); a keeper set wakes
+// whoever waits for one to run (keeperRunning).
+func (sv *Service) setKeeper(k *keeper) {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	sv.keeper.Store(k)
+	select {
+	case <-sv.running:
+		if k == nil {
+			sv.running = make(chan struct{})
+		}
+	default:
+		if k != nil {
+			close(sv.running)
+		}
+	}
+}
+
+// keeperRunning is closed while this host's keeper runs.
+func (sv *Service) keeperRunning() <-chan struct{} {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	return sv.running
 }
 
 func (sv *Service) topicName() string { return "p2pimg/" + sv.cfg.Cluster.Name + "/seats/1" }

@@ -56,27 +56,31 @@ func addMany(ctx context.Context, cl *client.Client, dir, prefix string, n, call
 	return float64(n) / time.Since(start).Seconds(), nil
 }
 
-// waitListed waits until every client lists at least n layers; it returns
-// how long that took.
-func waitListed(ctx context.Context, cls []*client.Client, n int, limit time.Duration) (time.Duration, error) {
+// waitListed waits until every client lists at least n layers, asking
+// each that does not yet every period (a listing of many layers is not
+// free); it returns how long that took.
+func waitListed(ctx context.Context, cls []*client.Client, n int, every, limit time.Duration) (time.Duration, error) {
 	start := time.Now()
+	done := make([]bool, len(cls))
 	for {
-		done := 0
-		for _, cl := range cls {
-			if ls, err := cl.Catalog(ctx); err == nil && len(ls) >= n {
-				done++
+		left := 0
+		for i, cl := range cls {
+			if !done[i] {
+				ls, err := cl.Catalog(ctx)
+				done[i] = err == nil && len(ls) >= n
+			}
+			if !done[i] {
+				left++
 			}
 		}
-		if done == len(cls) {
+		if left == 0 {
 			return time.Since(start), nil
 		}
 		if time.Since(start) > limit {
-			return 0, fmt.Errorf("after %s only %d of %d hosts list all %d layers", limit, done, len(cls), n)
+			return 0, fmt.Errorf("after %s, %d of %d hosts still do not list all %d layers", limit, left, len(cls), n)
 		}
-		select {
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		if err := sleepCtx(ctx, every); err != nil {
+			return 0, err
 		}
 	}
 }
@@ -104,7 +108,7 @@ func benchCatalogue(ctx context.Context, t *table, bin, dir string, n int) error
 		l.Down(ctx, false)
 		return err
 	}
-	after, err := waitListed(ctx, cls, n, 5*time.Minute)
+	after, err := waitListed(ctx, cls, n, 50*time.Millisecond, 5*time.Minute)
 	l.Down(ctx, false)
 	if err != nil {
 		return err

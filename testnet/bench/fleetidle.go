@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/p2pimg/p2pimg/node/client"
 	"github.com/p2pimg/p2pimg/testnet"
 )
 
@@ -32,11 +31,10 @@ func benchFleet(ctx context.Context, t *table, bin, dir string, fleet, layers in
 	if err != nil {
 		return err
 	}
-	published := time.Now()
-	if err := waitAllList(ctx, cls, layers, 15*time.Minute); err != nil {
+	listed, err := waitListed(ctx, cls, layers, 2*time.Second, 15*time.Minute)
+	if err != nil {
 		return err
 	}
-	listed := time.Since(published)
 	// Let the last pulls, the catalogue passes and the mesh settle first.
 	if err := sleepCtx(ctx, 30*time.Second); err != nil {
 		return err
@@ -78,34 +76,6 @@ func benchFleet(ctx context.Context, t *table, bin, dir string, fleet, layers in
 	t.add("  idle catalogue bytes per daemon per second, sent + received: median (max)", fmt.Sprintf("%.0f (%.0f) B/s", median(slices.Clone(bps)), slices.Max(bps)), "<= 2 KB/s", check(slices.Max(bps) <= 2000))
 	t.add("  every daemon lists every layer after the idle window", fmt.Sprintf("%d of %d", fleet-missing, fleet), "all", check(missing == 0))
 	return nil
-}
-
-// waitAllList waits until every client lists at least n layers, asking
-// each at most every 2 s (a listing of many layers is not free).
-func waitAllList(ctx context.Context, cls []*client.Client, n int, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	done := make([]bool, len(cls))
-	for {
-		left := 0
-		for i, cl := range cls {
-			if !done[i] {
-				ls, err := cl.Catalog(ctx)
-				done[i] = err == nil && len(ls) >= n
-			}
-			if !done[i] {
-				left++
-			}
-		}
-		if left == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("after %s, %d of %d daemons still do not list all %d layers", limit, left, len(cls), n)
-		}
-		if err := sleepCtx(ctx, 2*time.Second); err != nil {
-			return err
-		}
-	}
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
