@@ -3,8 +3,10 @@ package localapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/p2pimg/p2pimg/node/api"
@@ -91,17 +93,56 @@ func (s *Server) sendFleet(w http.ResponseWriter, ctx context.Context) error {
 	return err
 }
 
-// ReadOnlyHandler serves only the routes that change nothing and read no
-// local path (the fleet and the daemon's status): what the web view may
-// expose on a TCP address.
-func (s *Server) ReadOnlyHandler() http.Handler {
+// WebHandler serves what the web view may expose on a TCP address: the
+// routes that change nothing and read no local path (the fleet, the
+// daemon's status, a layer name's manifest), and one that changes
+// something, POST /v1/activate, which it obeys only when the request is
+// signed by an operator key of the cluster file (the page signs it in the
+// browser: the key never reaches the daemon). A TCP caller has no uid, so
+// neither root's rights nor the cluster file's grants apply here.
+func (s *Server) WebHandler() http.Handler {
 	mux := http.NewServeMux()
-	for _, r := range append(s.statusRoutes(), s.fleetRoutes()...) {
+	routes := slices.Concat(s.statusRoutes(), s.fleetRoutes(), s.webActivateRoutes())
+	for _, r := range routes {
 		mux.HandleFunc(r.pattern, r.handler)
 	}
 	mux.HandleFunc(api.Version+"/", func(w http.ResponseWriter, r *http.Request) {
 		e := &api.Error{Code: api.CodeNotFound, Message: fmt.Sprintf("no endpoint %s %s on the web address (the full API is on the daemon's unix socket)", r.Method, r.URL.Path)}
 		writeJSON(w, status(e), e)
 	})
-	return mux
+	return s.guard(mux)
+}
+
+// webActivateRoutes are the activation routes of the web view: resolve a
+// name (read-only) and publish an activation an operator key signed.
+func (s *Server) webActivateRoutes() []route {
+	v := api.Version
+	var out []route
+	for _, r := range s.activateRoutes() {
+		switch r.pattern {
+		case "GET " + v + "/resolve/{name...}":
+			out = append(out, r)
+		case "POST " + v + "/activate":
+			out = append(out, route{r.pattern, s.needOperator(r.handler)})
+		}
+	}
+	return out
+}
+
+// needOperator refuses (403) a request that no operator key signed: on
+// the web address that is the only way to a right.
+func (s *Server) needOperator(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if operatorOf(r.Context()) == "" {
+			err := errors.New("the web view changes nothing without an operator key: load one in the page's Operator panel (it signs the request in the browser), or use the p2pimg command on a host")
+			if perr, ok := r.Context().Value(proofErrKey{}).(error); ok {
+				err = fmt.Errorf("the operator key presented did not count: %w", perr)
+			}
+			s.cfg.Log.Warn("web request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
+			e := ErrorOf(api.Forbidden(err))
+			writeJSON(w, status(e), e)
+			return
+		}
+		h(w, r)
+	}
 }
