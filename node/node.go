@@ -211,6 +211,8 @@ func (n *Node) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	n.net.Host.SetStreamHandler(diffProto, func(s network.Stream) { n.serveDiff(ctx, s) })
 	defer n.net.Host.RemoveStreamHandler(diffProto)
+	n.net.Host.SetStreamHandler(probeProto, n.serveProbe)
+	defer n.net.Host.RemoveStreamHandler(probeProto)
 	g.Go(func() error { return n.gossip.Run(ctx, ps) })
 	g.Go(func() error { return n.xchg.Run(ctx) })
 	g.Go(func() error { return n.seats.Run(ctx, ps) })
