@@ -45,9 +45,39 @@ func (n *Node) hostInfo() map[string]api.FleetHost {
 	return out
 }
 
+// fleetCache keeps the last fleet document for fleetShare: every open
+// web view asks for it every second, and one rebuild serves them all.
+type fleetCache struct {
+	mu sync.Mutex
+	at time.Time
+	f  *api.Fleet
+}
+
+// fleetShare is how long a fleet document is served again: the event
+// stream's default interval, so that however many pages are open the
+// document is rebuilt at most once a second (at 1,000 hosts x 100 layers
+// a rebuild takes about 0.2s of a core; BenchmarkFleetMatrix).
+const fleetShare = time.Second
+
 // Fleet is the cluster as this host sees it: hosts, the layers x hosts
-// matrix, fetches under way, this host's peers and store, and seats.
+// matrix, fetches under way, this host's peers and store, and seats. A
+// document at most fleetShare old is shared; callers must not change it.
 func (n *Node) Fleet(ctx context.Context) (*api.Fleet, error) {
+	c := &n.fleet
+	c.mu.Lock() // held while building: viewers asking at once wait for one build
+	defer c.mu.Unlock()
+	if c.f != nil && time.Since(c.at) < fleetShare {
+		return c.f, nil
+	}
+	f, err := n.buildFleet(ctx)
+	if err == nil {
+		c.f, c.at = f, time.Now()
+	}
+	return f, err
+}
+
+// buildFleet builds the fleet document now.
+func (n *Node) buildFleet(ctx context.Context) (*api.Fleet, error) {
 	now := time.Now()
 	f := &api.Fleet{Schema: api.FleetSchema, Time: now.UTC(), Cluster: n.cfg.Cluster.Name, Self: n.ID().String(),
 		Layers: []api.FleetLayer{}, Transfers: []api.Transfer{}}
@@ -83,10 +113,26 @@ func (n *Node) Fleet(ctx context.Context) (*api.Fleet, error) {
 	return f, nil
 }
 
-// fleetLayers is the matrix: one row per layer name (the newest version
-// the catalogue knows, or only a host's state for it), one cell per host
-// that holds it or reports a state for it; and the fetches under way.
+// fleetLayers is the matrix and the fetches under way, from the
+// activation states and policy conflicts as this host knows them now.
 func (n *Node) fleetLayers(ctx context.Context, cat []api.ClusterLayer, hosts map[string]api.FleetHost, now time.Time) ([]api.FleetLayer, []api.Transfer) {
+	live := map[string]bool{}
+	rate := func(key string, done int64) int64 {
+		live[key] = true
+		return n.rates.observe(key, done, now, holdReported)
+	}
+	layers, transfers := fleetMatrix(cat, n.act.Activations(), n.policy.PolicyCheck(ctx), hosts, rate)
+	n.rates.forget("fetch|", live)
+	return layers, transfers
+}
+
+// fleetMatrix builds the matrix: one row per layer name (the newest
+// version the catalogue knows, or only a host's state for it), one cell
+// per host that holds it or reports a state for it; and the fetches under
+// way, their rates from rate (keyed "fetch|HOST|LAYER"). Its cost is
+// linear in the cells (plus sorting each row's): BenchmarkFleetMatrix.
+func fleetMatrix(cat []api.ClusterLayer, acts []api.HostActivation, conflicts []api.PolicyResult, hosts map[string]api.FleetHost,
+	rate func(key string, done int64) int64) ([]api.FleetLayer, []api.Transfer) {
 	rows := map[string]*api.FleetLayer{}
 	row := func(name string) *api.FleetLayer {
 		if rows[name] == nil {
@@ -110,8 +156,7 @@ func (n *Node) fleetLayers(ctx context.Context, cat []api.ClusterLayer, hosts ma
 		return cells[layer][host]
 	}
 	transfers := []api.Transfer{}
-	live := map[string]bool{}
-	for _, a := range n.act.Activations() { // names and labels come from hosts
+	for _, a := range acts { // names and labels come from hosts
 		r := row(a.Layer)
 		if r.CID == "" {
 			r.CID = a.CID
@@ -119,15 +164,12 @@ func (n *Node) fleetLayers(ctx context.Context, cat []api.ClusterLayer, hosts ma
 		c := cell(a.Layer, a.Host)
 		c.State, c.Detail, c.At, c.Mode = a.State, a.Detail, a.At, a.Mode
 		if a.State == api.StateFetching {
-			key := "fetch|" + a.Host + "|" + a.Layer
-			live[key] = true
 			c.Done, c.Total, c.Peers = a.Done, a.Total, a.Peers
-			c.Rate = n.rates.observe(key, a.Done, now, holdReported)
+			c.Rate = rate("fetch|"+a.Host+"|"+a.Layer, a.Done)
 			transfers = append(transfers, api.Transfer{Host: a.Host, Layer: a.Layer, Done: a.Done, Total: a.Total, Rate: c.Rate, Peers: a.Peers})
 		}
 	}
-	n.rates.forget("fetch|", live)
-	for _, pc := range n.policy.PolicyCheck(ctx) {
+	for _, pc := range conflicts {
 		if pc.Conflict != nil {
 			row(pc.Layer)
 			cell(pc.Layer, pc.Host).Conflict = pc.Conflict.Error()
@@ -140,6 +182,7 @@ func (n *Node) fleetLayers(ctx context.Context, cat []api.ClusterLayer, hosts ma
 	}
 	out := make([]api.FleetLayer, 0, len(rows))
 	for name, r := range rows {
+		r.Cells = slices.Grow(r.Cells, len(cells[name]))
 		for _, c := range cells[name] {
 			r.Cells = append(r.Cells, *c)
 			if c.State != "" {

@@ -128,6 +128,7 @@ type Node struct {
 	mirror   *registry.Service
 	rates    *rateMeter // of fetches and peers, for the fleet view
 	use      storeCache // this host's store figures, for the fleet view
+	fleet    fleetCache // the fleet view's document, shared by its viewers
 }
 
 func (cfg *Config) defaults() {
