@@ -127,6 +127,11 @@ func TestWebViewInBrowser(t *testing.T) {
 	page.until("the summary naming the unreachable host", `document.querySelector('#matrix tr[data-layer="web:1"] td.summary').textContent === "active 3/3, 1 unreachable"`)
 	page.until("the cards", `document.querySelector("#card-up b").textContent === "2" && document.querySelector("#card-unreachable b").textContent === "1"`)
 	page.until("node3 gone from the peers", `[...document.querySelectorAll("#peers tbody td:first-child")].map(c => c.textContent).join() === "node2"`)
+
+	// The page deactivates web:1 on the hosts still up, selected by label.
+	page.operate(testnet.OperatorKey(dir), "web:1", "", "node=2", "#op-deactivate")
+	page.until("the page's deactivation published", `document.querySelector("#op-result").textContent === "deactivate of web:1 published to 1 known host(s)"`)
+	page.until("web:1 inactive on node2 only", `cellStates("web:1") === "active,inactive,active"`)
 }
 
 // pageWaiter polls JavaScript on the page under test.
@@ -166,12 +171,8 @@ func (p pageWaiter) operate(key, layer, at, hosts, button string) string {
 	}
 	p.until("the key loaded", `document.querySelector("#op-key").dataset.key !== "" && !document.querySelector("#op-activate").disabled`)
 	p.until("the layer to choose", fmt.Sprintf(`[...document.querySelectorAll("#op-layer option")].some(o => o.value === %q)`, layer))
-	err = chromedp.Do(p.ctx,
-		chromedp.SetValue(chromedp.CSS("#op-layer"), layer),
-		chromedp.SetValue(chromedp.CSS("#op-at"), at),
-		chromedp.SetValue(chromedp.CSS("#op-hosts"), hosts),
-		chromedp.Evaluate[chromedp.Void](`document.querySelector("#op-result").hidden = true`),
-		chromedp.Click(chromedp.CSS(button)))
+	set := fmt.Sprintf(`document.querySelector("#op-layer").value = %q; document.querySelector("#op-at").value = %q; document.querySelector("#op-hosts").value = %q; document.querySelector("#op-result").hidden = true`, layer, at, hosts)
+	err = chromedp.Do(p.ctx, chromedp.Evaluate[chromedp.Void](set), chromedp.Click(chromedp.CSS(button)))
 	if err != nil {
 		p.t.Fatal(err)
 	}
