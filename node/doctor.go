@@ -24,10 +24,13 @@ import (
 // cluster members reach it (the gater), and it reveals only digests.
 const probeProto = protocol.ID("/p2pimg/probe/1.0.0")
 
-// probeTimeout bounds one probe; maxProbes bounds the peers probed at once.
+// probeTimeout bounds one probe; maxProbes bounds the peers probed at
+// once, and maxProbed the peers probed by one doctor (keepers always are),
+// so that it answers within a few seconds on any fleet.
 const (
 	probeTimeout = 3 * time.Second
 	maxProbes    = 16
+	maxProbed    = 64
 )
 
 // probeAnswer is what a peer says of itself to a probe.
@@ -115,13 +118,19 @@ func (n *Node) Doctor(ctx context.Context) (*api.Doctor, error) {
 		Refused: n.net.Gater.Seen.Refused(), DialFailures: []api.DialFailure{}}
 	hosts := n.hostInfo()
 	targets := map[peer.ID]bool{}
-	for _, p := range n.net.Host.Network().Peers() {
-		targets[p] = true
-	}
 	for _, k := range n.cfg.Cluster.KeeperIDs() {
 		if k != n.ID() {
 			targets[k] = true
 		}
+	}
+	peers := n.net.Host.Network().Peers()
+	slices.Sort(peers)
+	for _, p := range peers {
+		if len(targets) >= maxProbed && !targets[p] {
+			d.Unprobed++
+			continue
+		}
+		targets[p] = true
 	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -146,8 +155,12 @@ func (n *Node) Doctor(ctx context.Context) (*api.Doctor, error) {
 	}
 	wg.Wait()
 	slices.SortFunc(d.Peers, func(a, b api.DoctorPeer) int { return cmp.Compare(a.ID, b.ID) })
+	connected := map[peer.ID]bool{}
+	for _, p := range peers {
+		connected[p] = true
+	}
 	for _, m := range n.cfg.Cluster.MemberIDs() {
-		if _, known := hosts[m.String()]; !known && !targets[m] {
+		if _, known := hosts[m.String()]; !known && !targets[m] && !connected[m] {
 			d.NeverSeen = append(d.NeverSeen, m.String())
 		}
 	}

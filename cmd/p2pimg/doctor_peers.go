@@ -52,7 +52,11 @@ func peerChecks(d api.Doctor) []check {
 			}
 		}
 		if n > 0 {
-			out = append(out, check{"members", checkOK, fmt.Sprintf("%d peer(s) answer with this host's cluster %q, PSK and members list (%s)", n, d.Cluster, membersName(d.Members))})
+			more := ""
+			if d.Unprobed > 0 {
+				more = fmt.Sprintf("; %d more connected peer(s) not probed (at most 64 are)", d.Unprobed)
+			}
+			out = append(out, check{"members", checkOK, fmt.Sprintf("%d peer(s) answer with this host's cluster %q, PSK and members list (%s)%s", n, d.Cluster, membersName(d.Members), more)})
 		}
 	}
 	out = append(out, bad...)

@@ -16,8 +16,10 @@ type Doctor struct {
 	Members       int    `json:"members"`
 	MembersDigest string `json:"members_digest"`
 	PSKDigest     string `json:"psk_digest"`
-	// Peers are the connected peers and the keepers, each probed.
-	Peers []DoctorPeer `json:"peers"`
+	// Peers are the keepers and the connected peers, each probed (at most
+	// 64 in all: Unprobed counts the connected peers left out).
+	Peers    []DoctorPeer `json:"peers"`
+	Unprobed int          `json:"unprobed"`
 	// NeverSeen are members this host has never had a connection to nor
 	// heard of over gossip since it started.
 	NeverSeen []string `json:"never_seen"`
