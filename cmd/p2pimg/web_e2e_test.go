@@ -70,12 +70,15 @@ func TestWebViewInBrowser(t *testing.T) {
 	}
 	page.until("an unsigned POST refused", `window.unsigned === 403`, `void fetch("v1/activate", {method: "POST", headers: {"Content-Type": "application/json"}, body: '{"layer":"web:1","at":"/opt/web","hosts":"self","op":"activate"}'}).then(r => window.unsigned = r.status)`)
 
-	// A key that is not among the cluster's operators: the page signs
-	// with it, the daemon refuses, and the page says why.
+	// A key that is not among the cluster's operators: the page asks the
+	// daemon with a request signed by it, is refused, says why and stays
+	// read-only.
 	other := filepath.Join(t.TempDir(), "other.key")
 	mustCLI(t, nil, "cluster", "operator-key", "-o", other)
-	page.operate(other, "web:1", "/opt/web", "all", "#op-activate")
-	page.until("the refusal of a key that is no operator", `document.querySelector("#op-result").textContent.includes("is not listed under operators in the cluster file")`)
+	if err := chromedp.Do(bctx, chromedp.SetUploadFiles(chromedp.CSS("#op-key"), []string{other})); err != nil {
+		t.Fatal(err)
+	}
+	page.until("the refusal of a key that is no operator", `document.querySelector("#op-result").textContent.includes("is not listed under operators in the cluster file") && document.querySelector("#op-activate").disabled && document.querySelector("#op-key").dataset.key === ""`)
 
 	// With the testnet's operator key the page activates web:1 everywhere;
 	// it shows up without a reload: every cell active, with its mode and
@@ -131,7 +134,9 @@ func TestWebViewInBrowser(t *testing.T) {
 	// The page deactivates web:1 on the hosts still up, selected by label.
 	page.operate(testnet.OperatorKey(dir), "web:1", "", "node=2", "#op-deactivate")
 	page.until("the page's deactivation published", `document.querySelector("#op-result").textContent === "deactivate of web:1 published to 1 known host(s)"`)
-	page.until("web:1 inactive on node2 only", `cellStates("web:1") === "active,inactive,active"`)
+	// node2 obeys (the unmount itself is the exposure's business: under
+	// load it can stay "deactivating" a while).
+	page.until("web:1 deactivating or inactive on node2 only", `/^active,(deactivating|inactive),active$/.test(cellStates("web:1"))`)
 }
 
 // pageWaiter polls JavaScript on the page under test.
@@ -156,7 +161,8 @@ func (p pageWaiter) until(what, cond string, first ...string) {
 		}
 	}
 	if _, err := chromedp.Run(ctx, chromedp.Poll[bool]("("+pageHelpers+", ("+cond+"))", chromedp.WithPollingInterval(100*time.Millisecond))); err != nil {
-		p.t.Fatalf("web view: waiting for %s: %v\npage:\n%s", what, err, p.text("document.body.innerText"))
+		p.t.Fatalf("web view: waiting for %s: %v\ncells (layer host state: detail):\n%s\npage:\n%s", what, err,
+			p.text(`[...document.querySelectorAll("#matrix td.cell")].map(c => c.dataset.layer + " " + c.dataset.host + " " + c.dataset.state + ": " + c.title).join("\n")`), p.text("document.body.innerText"))
 	}
 }
 
@@ -200,6 +206,7 @@ func readOnly(t *testing.T, url string) {
 		{"GET", "v1/fleet", http.StatusOK},
 		{"GET", "v1/layers", http.StatusNotFound},
 		{"POST", "v1/activate", http.StatusForbidden},
+		{"GET", "v1/operator", http.StatusForbidden},
 		{"POST", "v1/layers", http.StatusNotFound},
 		{"PUT", "v1/activate", http.StatusMethodNotAllowed},
 		{"DELETE", "v1/layers/web:1", http.StatusMethodNotAllowed},

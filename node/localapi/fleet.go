@@ -106,11 +106,16 @@ func (s *Server) sendFleet(w http.ResponseWriter, ctx context.Context) error {
 // daemon's status, a layer name's manifest), and one that changes
 // something, POST /v1/activate, which it obeys only when the request is
 // signed by an operator key of the cluster file (the page signs it in the
-// browser: the key never reaches the daemon). A TCP caller has no uid, so
+// browser: the key never reaches the daemon). GET /v1/operator answers
+// whether a request's signature proves an operator key (the page asks
+// before it enables its buttons). A TCP caller has no uid, so
 // neither root's rights nor the cluster file's grants apply here.
 func (s *Server) WebHandler() http.Handler {
 	mux := http.NewServeMux()
-	routes := slices.Concat(s.statusRoutes(), s.fleetRoutes(), s.webActivateRoutes())
+	operator := route{"GET " + api.Version + "/operator", s.needOperator(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"operator": operatorOf(r.Context()).String()})
+	})}
+	routes := slices.Concat(s.statusRoutes(), s.fleetRoutes(), s.webActivateRoutes(), []route{operator})
 	for _, r := range routes {
 		mux.HandleFunc(r.pattern, r.handler)
 	}

@@ -87,13 +87,26 @@ async function sign(s) { return crypto.subtle.sign("Ed25519", operator.key, enc.
 
 function nowNanos() { return BigInt(Date.now()) * 1000000n; }
 
-// signedRequest POSTs body to path with the operator header.
-async function signedRequest(path, body) {
+// signedRequest sends a request (body "" for none) with the operator
+// header: the key's signature of the method, URI, time and body's hash.
+async function signedRequest(method, path, body) {
   const uri = new URL(path, location.href).pathname;
   const t = nowNanos().toString();
   const sum = hex(await crypto.subtle.digest("SHA-256", enc.encode(body)));
-  const sig = await sign("p2pimg local api request v1\nPOST\n" + uri + "\n" + t + "\n" + sum);
-  return fetch(path, { method: "POST", body, headers: { "Content-Type": "application/json", "P2pimg-Operator": operator.id + " " + t + " " + b64(sig, false) } });
+  const sig = await sign("p2pimg local api request v1\n" + method + "\n" + uri + "\n" + t + "\n" + sum);
+  const headers = { "P2pimg-Operator": operator.id + " " + t + " " + b64(sig, false) };
+  if (body) headers["Content-Type"] = "application/json";
+  return fetch(path, { method, headers, body: body || undefined });
+}
+
+// checkOperator asks the daemon whether the key just loaded is one of
+// the cluster's operators (a signed GET /v1/operator), and says why not.
+async function checkOperator() {
+  const resp = await signedRequest("GET", "v1/operator", "");
+  if (resp.ok) return;
+  let msg = resp.statusText;
+  try { msg = (await resp.json()).message || msg; } catch (e) { /* not JSON */ }
+  throw new Error(msg);
 }
 
 // act publishes an activation (op: activate or deactivate) signed by the
@@ -113,7 +126,7 @@ async function act(op) {
   const a = { layer, cid: res.cid, at, hosts, op, time: "@T@", signer: operator.id };
   a.sig = b64(await sign("p2pimg activation v1\n" + layer + "\n" + a.cid + "\n" + at + "\n" + hosts + "\n" + op + "\n" + t + "\n" + operator.id + "\n"), true);
   const body = JSON.stringify({ signed: a }).replace('"@T@"', t); // the time is an int64: too large for a JS number
-  const resp = await signedRequest("v1/activate", body);
+  const resp = await signedRequest("POST", "v1/activate", body);
   const out = await resp.json();
   if (!resp.ok) throw new Error(out.message || resp.statusText);
   return op + " of " + layer + " published to " + out.targets.length + " known host(s)";
@@ -165,7 +178,10 @@ function operatorInit() {
     if (!fl) return;
     try {
       if (fl.size > 4096) throw new Error("not a key file (" + fl.size + " bytes)");
-      setKey(await loadKey(new Uint8Array(await fl.arrayBuffer())));
+      const k = await loadKey(new Uint8Array(await fl.arrayBuffer()));
+      operator.key = k.key; operator.id = k.id; // to sign the check only
+      await checkOperator();
+      setKey(k);
       document.getElementById("op-result").hidden = true;
     } catch (e) {
       setKey(null);
