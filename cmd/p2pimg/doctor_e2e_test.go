@@ -3,11 +3,15 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/testnet"
 )
 
 // doctor against real daemons: a peer whose clock is 10s ahead, a peer
@@ -57,7 +61,8 @@ func TestDoctorPeers(t *testing.T) {
 		st   checkStatus
 		sub  string
 	}{
-		{"clock", checkFail, short(ids["b"]) + ")'s clock is 10s ahead of this host's"},
+		{"clock", checkFail, short(ids["b"]) + ")'s clock is 10"},
+		{"clock", checkFail, "s ahead of this host's: run NTP"},
 		{"members", checkWarn, ids["b"] + " has another members list (3 members; this host: 3 members)"},
 		{"members", checkWarn, "1 member(s) never seen since this daemon started: " + ids["x"]},
 		{"refused", checkWarn, ids["c"] + " from /ip4/127.0.0.1/tcp/"},
@@ -74,5 +79,38 @@ func TestDoctorPeers(t *testing.T) {
 	}
 	if len(d.Peers) != 1 || d.Peers[0].ID != ids["b"] || d.Peers[0].ClockOffsetMillis < 9000 || d.Peers[0].PSKDigest != d.PSKDigest {
 		t.Errorf("doctor --probes: %+v", d)
+	}
+}
+
+// doctor compares this host's clock with the keepers' (not the other
+// peers'): with node1 the only keeper, 10s behind, node2's doctor fails
+// naming it, though node3 (+10s) is as far off.
+func TestDoctorKeeperClock(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := filepath.Join(t.TempDir(), "tn")
+	l, err := testnet.Up(ctx, bin, dir, 3, testnet.UpOptions{Keepers: 1, ClockSkew: 10 * time.Second, Announce: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Down(context.Background(), false) })
+	keeper := l.Nodes[0].PeerID
+	var clock []check
+	waitFor(t, "node2's doctor to probe the keeper", func() bool {
+		out, _, _ := cli(t, nil, "--testnet-dir", dir, "--node", "2", "--json", "doctor")
+		var checks []check
+		json.Unmarshal([]byte(out), &checks)
+		clock = nil
+		for _, c := range checks {
+			if c.Name == "clock" {
+				clock = append(clock, c)
+			}
+		}
+		return len(clock) == 1 && !strings.Contains(clock[0].Detail, "does not answer")
+	})
+	behind := regexp.MustCompile(regexp.QuoteMeta(short(keeper)) + `\)'s clock is (9\.9|10|10\.1)s behind this host's`)
+	if c := clock[0]; c.Status != checkFail || !behind.MatchString(c.Detail) || strings.Contains(c.Detail, short(l.Nodes[2].PeerID)) {
+		t.Fatalf("node2's clock check: %+v; want a failure naming only the keeper node1, 10s behind", c)
 	}
 }

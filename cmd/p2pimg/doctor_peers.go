@@ -109,10 +109,10 @@ func clockCheck(d api.Doctor) []check {
 		switch {
 		case abs >= clockFail:
 			worst = worse(worst, checkFail)
-			out = append(out, fmt.Sprintf("%s's clock is %s %s this host's", name, abs.Round(time.Millisecond), aheadBehind(off)))
+			out = append(out, fmt.Sprintf("%s's clock is %s %s this host's", name, roundSkew(abs), aheadBehind(off)))
 		case abs >= clockWarn:
 			worst = worse(worst, checkWarn)
-			out = append(out, fmt.Sprintf("%s's clock is %s %s this host's", name, abs.Round(time.Millisecond), aheadBehind(off)))
+			out = append(out, fmt.Sprintf("%s's clock is %s %s this host's", name, roundSkew(abs), aheadBehind(off)))
 		default:
 			fine = append(fine, s)
 		}
@@ -166,4 +166,13 @@ func shortList(ids []string) string {
 		s = append(s, id)
 	}
 	return strings.Join(s, ", ")
+}
+
+// roundSkew shows a clock offset to the millisecond below a second, to
+// the tenth above (the probe's own error is half a round trip).
+func roundSkew(d time.Duration) time.Duration {
+	if d >= time.Second {
+		return d.Round(100 * time.Millisecond)
+	}
+	return d.Round(time.Millisecond)
 }
