@@ -18,11 +18,12 @@ import (
 const seatsTimeout = 2 * time.Second
 
 // Activations is every host's state for every layer, with the host's name
-// and labels.
+// and labels (times in UTC, as every document shows them).
 func (n *Node) Activations() []api.HostActivation {
 	out := n.act.Activations()
 	hosts := n.hostInfo()
 	for i := range out {
+		out[i].LastSeen = out[i].LastSeen.UTC()
 		if h, ok := hosts[out[i].Host]; ok {
 			out[i].HostName, out[i].Labels = h.Name, h.Labels
 		}

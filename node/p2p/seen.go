@@ -43,7 +43,7 @@ func (s *Seen) refuse(p peer.ID, addr string) {
 		r = &api.RefusedPeer{ID: p.String()}
 		s.refused[p] = r
 	}
-	r.Addr, r.Last = addr, s.now()
+	r.Addr, r.Last = addr, s.now().UTC()
 	r.Count++
 }
 
@@ -60,7 +60,7 @@ func (s *Seen) Dialed(ai peer.AddrInfo, err error) {
 		if len(s.dials) >= maxSeen {
 			delete(s.dials, oldest(s.dials, func(d *api.DialFailure) time.Time { return d.Since }))
 		}
-		d = &api.DialFailure{ID: ai.ID.String(), Since: s.now()}
+		d = &api.DialFailure{ID: ai.ID.String(), Since: s.now().UTC()}
 		s.dials[ai.ID] = d
 	}
 	d.Addrs = d.Addrs[:0]
