@@ -19,6 +19,8 @@ type fleetAPI interface {
 	// Fleet builds the fleet document now; it never fails for a part it
 	// could not read (seats name their error instead).
 	Fleet(ctx context.Context) (*api.Fleet, error)
+	// FleetJSON is Fleet encoded, shared by every reader of a document.
+	FleetJSON(ctx context.Context) ([]byte, error)
 }
 
 // Fleet event stream pacing: the default and the bounds a client may ask
@@ -32,15 +34,30 @@ const (
 func (s *Server) fleetRoutes() []route {
 	v := api.Version
 	return []route{
-		{"GET " + v + "/fleet", func(w http.ResponseWriter, r *http.Request) {
-			w, done := gzipped(w, r)
-			defer done()
-			s.plain(func(ctx context.Context, n Node, _ *http.Request) (any, error) {
-				return n.Fleet(ctx)
-			})(w, r)
-		}},
+		{"GET " + v + "/fleet", s.fleet},
 		{"GET " + v + "/fleet/events", s.fleetEvents},
 	}
+}
+
+// fleet answers the fleet document (encoded once for all its readers).
+func (s *Server) fleet(w http.ResponseWriter, r *http.Request) {
+	w, done := gzipped(w, r)
+	defer done()
+	n := s.ready(w)
+	if n == nil {
+		return
+	}
+	b, err := n.FleetJSON(r.Context())
+	if err != nil {
+		e := ErrorOf(err)
+		s.logFailed(r, e, err)
+		writeJSON(w, status(e), e)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.Write(b) // shared: never appended to
+	w.Write([]byte("\n"))
 }
 
 // fleetEvents streams the fleet document as server-sent events, one
@@ -85,19 +102,19 @@ func (s *Server) fleetEvents(w http.ResponseWriter, r *http.Request) {
 // sendFleet writes one event: the fleet, or "starting" while the store
 // opens, or the error that kept it from being built.
 func (s *Server) sendFleet(w http.ResponseWriter, ctx context.Context) error {
-	event, v := "fleet", any(nil)
+	event, b := "fleet", []byte(nil)
+	var e *api.Error
 	if n := s.node(); n == nil {
-		event, v = "error", ErrorOf(errStarting)
-	} else if f, err := n.Fleet(ctx); err != nil {
-		event, v = "error", ErrorOf(err)
+		e = ErrorOf(errStarting)
+	} else if f, err := n.FleetJSON(ctx); err != nil {
+		e = ErrorOf(err)
 	} else {
-		v = f
+		b = f
 	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
+	if e != nil {
+		event, b = "error", mustJSON(e)
 	}
-	_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b)
+	_, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b)
 	return err
 }
 
@@ -198,4 +215,10 @@ func (g *gzipWriter) Flush() {
 	if f, ok := g.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
+}
+
+// mustJSON encodes an API error (which always encodes).
+func mustJSON(e *api.Error) []byte {
+	b, _ := json.Marshal(e)
+	return b
 }
