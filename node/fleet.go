@@ -157,32 +157,44 @@ func (n *Node) fleetLayers(ctx context.Context, cat []api.ClusterLayer, hosts ma
 // linear in the cells (plus sorting each row's): BenchmarkFleetMatrix.
 func fleetMatrix(cat []api.ClusterLayer, acts []api.HostActivation, conflicts []api.PolicyResult, hosts map[string]api.FleetHost,
 	rate func(key string, done int64) int64) ([]api.FleetLayer, []api.Transfer) {
-	rows := map[string]*api.FleetLayer{}
-	row := func(name string) *api.FleetLayer {
-		if rows[name] == nil {
-			rows[name] = &api.FleetLayer{Name: name, Cells: []api.FleetCell{}, Summary: api.Summary{}}
+	// Rows and their cells are values in slices, found through two maps:
+	// no allocation per cell beyond its slot.
+	type cellKey struct {
+		row  int
+		host string
+	}
+	var out []api.FleetLayer
+	rows := map[string]int{}
+	idx := make(map[cellKey]int, len(acts))
+	row := func(name string) int {
+		r, ok := rows[name]
+		if !ok {
+			r = len(out)
+			rows[name] = r
+			out = append(out, api.FleetLayer{Name: name, Cells: []api.FleetCell{}, Summary: api.Summary{}})
 		}
-		return rows[name]
+		return r
+	}
+	// cell is valid until the next call (it points into the row's slice).
+	cell := func(layer, host string) *api.FleetCell {
+		r := row(layer)
+		k := cellKey{r, host}
+		i, ok := idx[k]
+		if !ok {
+			reach := hosts[host].Reach
+			i = len(out[r].Cells)
+			idx[k] = i
+			out[r].Cells = append(out[r].Cells, api.FleetCell{Host: host, Stale: reach == api.ReachUnreachable || reach == api.ReachGone})
+		}
+		return &out[r].Cells[i]
 	}
 	for _, cl := range cat {
-		r := row(cl.Name)
+		r := &out[row(cl.Name)]
 		r.CID, r.Size, r.Product, r.Published = cl.CID, cl.Size, cl.Product, cl.Published
-	}
-	cells := map[string]map[string]*api.FleetCell{} // layer -> host -> cell
-	cell := func(layer, host string) *api.FleetCell {
-		if cells[layer] == nil {
-			cells[layer] = map[string]*api.FleetCell{}
-		}
-		if cells[layer][host] == nil {
-			r := hosts[host].Reach
-			cells[layer][host] = &api.FleetCell{Host: host, Stale: r == api.ReachUnreachable || r == api.ReachGone}
-		}
-		return cells[layer][host]
 	}
 	transfers := []api.Transfer{}
 	for _, a := range acts { // names and labels come from hosts
-		r := row(a.Layer)
-		if r.CID == "" {
+		if r := &out[row(a.Layer)]; r.CID == "" {
 			r.CID = a.CID
 		}
 		c := cell(a.Layer, a.Host)
@@ -195,7 +207,6 @@ func fleetMatrix(cat []api.ClusterLayer, acts []api.HostActivation, conflicts []
 	}
 	for _, pc := range conflicts {
 		if pc.Conflict != nil {
-			row(pc.Layer)
 			cell(pc.Layer, pc.Host).Conflict = pc.Conflict.Error()
 		}
 	}
@@ -204,11 +215,9 @@ func fleetMatrix(cat []api.ClusterLayer, acts []api.HostActivation, conflicts []
 			cell(cl.Name, p).Holds = st
 		}
 	}
-	out := make([]api.FleetLayer, 0, len(rows))
-	for name, r := range rows {
-		r.Cells = slices.Grow(r.Cells, len(cells[name]))
-		for _, c := range cells[name] {
-			r.Cells = append(r.Cells, *c)
+	for i := range out {
+		r := &out[i]
+		for _, c := range r.Cells {
 			if c.State != "" {
 				r.Summary[c.State]++
 				r.Hosts++
@@ -218,12 +227,14 @@ func fleetMatrix(cat []api.ClusterLayer, acts []api.HostActivation, conflicts []
 			}
 		}
 		slices.SortFunc(r.Cells, func(a, b api.FleetCell) int { return strings.Compare(a.Host, b.Host) })
-		out = append(out, *r)
 	}
 	slices.SortFunc(out, func(a, b api.FleetLayer) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(transfers, func(a, b api.Transfer) int {
 		return cmp.Or(strings.Compare(a.Layer, b.Layer), strings.Compare(a.Host, b.Host))
 	})
+	if out == nil {
+		out = []api.FleetLayer{}
+	}
 	return out, transfers
 }
 

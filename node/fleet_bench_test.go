@@ -86,3 +86,36 @@ func BenchmarkFleetMatrix(b *testing.B) {
 		})
 	}
 }
+
+// The matrix of a small fleet: rows by name, cells by host (sorted), the
+// summary leaving out hosts that only hold a layer, stale cells of
+// unreachable hosts, conflicts, and fetches as transfers with their rate.
+func TestFleetMatrix(t *testing.T) {
+	t.Parallel()
+	cat, acts, conflicts, hosts := fleetInput(100, 3) // host 99 unreachable
+	acts = acts[1:]                                   // host 0 only holds image-000:1
+	rates := map[string]bool{}
+	layers, transfers := fleetMatrix(cat, acts, conflicts, hosts, func(key string, _ int64) int64 { rates[key] = true; return 7 })
+	if len(layers) != 3 || layers[0].Name != "image-000:1" || layers[2].Name != "image-002:1" {
+		t.Fatalf("rows: %+v", layers)
+	}
+	l := layers[0]
+	if len(l.Cells) != 100 || l.Hosts != 99 || l.Unreachable != 1 || l.Summary[api.StateActive] != 98 || l.Summary[api.StateFetching] != 1 {
+		t.Fatalf("image-000:1: %d cells, %d hosts with a state, %d unreachable, summary %v", len(l.Cells), l.Hosts, l.Unreachable, l.Summary)
+	}
+	for i, c := range l.Cells {
+		if i > 0 && l.Cells[i-1].Host >= c.Host {
+			t.Fatalf("cells not sorted by host at %d", i)
+		}
+	}
+	if c := l.Cells[0]; c.State != "" || c.Holds != "complete" || c.Conflict == "" {
+		t.Fatalf("host 0's cell of image-000:1 (holds, no state, a conflict): %+v", c)
+	}
+	if c := l.Cells[99]; !c.Stale || c.State != api.StateActive {
+		t.Fatalf("host 99's cell (unreachable): %+v", c)
+	}
+	// Fetching where (host+layer)%50 == 0, but host 0's state of layer 0 was dropped.
+	if len(transfers) != 5 || len(rates) != 5 || transfers[0].Layer != "image-000:1" || transfers[0].Rate != 7 {
+		t.Fatalf("transfers: %+v (rates asked for %v)", transfers, rates)
+	}
+}
