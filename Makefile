@@ -46,9 +46,10 @@ bench-smoke: build
 sim:
 	$(GO) run ./testnet/sim
 
-# Go micro-benchmarks (chunker, hashing).
+# Go micro-benchmarks (chunker, hashing; the fleet view's model at 1,000 hosts).
 bench-micro:
 	$(GO) test -run xxx -bench . -benchtime 5x ./chunk/
+	$(GO) test -run xxx -bench BenchmarkFleetMatrix -benchtime 5x ./node/
 
 # A walk-through on this machine; it cleans up after itself.
 demo: build

@@ -75,7 +75,15 @@ func TestAPIUnknownCallerRefused(t *testing.T) {
 // apiHandler runs a daemon until the test ends and returns its API handler.
 func apiHandler(t *testing.T) http.Handler {
 	t.Helper()
-	d, err := NewDaemon(DaemonConfig{Config: Config{DataDir: t.TempDir(), Listen: []string{"/ip4/127.0.0.1/tcp/0"}}})
+	return runDaemon(t, Config{DataDir: t.TempDir()}).Handler()
+}
+
+// runDaemon runs a daemon (listening on 127.0.0.1) until the test ends,
+// once its node is open.
+func runDaemon(t *testing.T, cfg Config) *Daemon {
+	t.Helper()
+	cfg.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	d, err := NewDaemon(DaemonConfig{Config: cfg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,5 +96,5 @@ func apiHandler(t *testing.T) http.Handler {
 			t.Fatal("daemon not ready")
 		}
 	}
-	return d.Handler()
+	return d
 }

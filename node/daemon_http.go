@@ -39,7 +39,7 @@ func (d *Daemon) listenTCP() ([]tcpServer, error) {
 			return nil, fmt.Errorf("daemon: web view on %s (--http): %w", d.cfg.HTTP, err)
 		}
 		d.webURL = webURL(ln.Addr())
-		h := web.Handler(web.Config{API: d.api().ReadOnlyHandler(), Metrics: d.metrics(), Pprof: d.cfg.Pprof})
+		h := web.Handler(web.Config{API: d.api().WebHandler(), Metrics: d.metrics(), Pprof: d.cfg.Pprof})
 		out = append(out, tcpServer{"web view", ln, &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}})
 	}
 	if d.cfg.Metrics != "" {

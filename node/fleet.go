@@ -3,6 +3,7 @@ package node
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"maps"
 	"slices"
 	"strings"
@@ -18,11 +19,12 @@ import (
 const seatsTimeout = 2 * time.Second
 
 // Activations is every host's state for every layer, with the host's name
-// and labels.
+// and labels (times in UTC, as every document shows them).
 func (n *Node) Activations() []api.HostActivation {
 	out := n.act.Activations()
 	hosts := n.hostInfo()
 	for i := range out {
+		out[i].LastSeen = out[i].LastSeen.UTC()
 		if h, ok := hosts[out[i].Host]; ok {
 			out[i].HostName, out[i].Labels = h.Name, h.Labels
 		}
@@ -45,9 +47,61 @@ func (n *Node) hostInfo() map[string]api.FleetHost {
 	return out
 }
 
+// fleetCache keeps the last fleet document for fleetShare: every open
+// web view asks for it every second, and one rebuild serves them all.
+type fleetCache struct {
+	mu sync.Mutex
+	at time.Time
+	f  *api.Fleet
+	b  []byte // f encoded, once asked for
+}
+
+// fleetShare is how long a fleet document is served again: the event
+// stream's default interval, so that however many pages are open the
+// document is rebuilt at most once a second (at 1,000 hosts x 100 layers
+// a rebuild takes about 0.2s of a core; BenchmarkFleetMatrix).
+const fleetShare = time.Second
+
 // Fleet is the cluster as this host sees it: hosts, the layers x hosts
-// matrix, fetches under way, this host's peers and store, and seats.
+// matrix, fetches under way, this host's peers and store, and seats. A
+// document at most fleetShare old is shared; callers must not change it.
 func (n *Node) Fleet(ctx context.Context) (*api.Fleet, error) {
+	c := &n.fleet
+	c.mu.Lock() // held while building: viewers asking at once wait for one build
+	defer c.mu.Unlock()
+	if c.f != nil && time.Since(c.at) < fleetShare {
+		return c.f, nil
+	}
+	f, err := n.buildFleet(ctx)
+	if err == nil {
+		c.f, c.b, c.at = f, nil, time.Now()
+	}
+	return f, err
+}
+
+// FleetJSON is Fleet encoded in JSON, encoded once for every reader of
+// the same document (an update at 1,000 hosts x 100 layers is 15 MB).
+// Callers must not change it.
+func (n *Node) FleetJSON(ctx context.Context) ([]byte, error) {
+	f, err := n.Fleet(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c := &n.fleet
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.f == f && c.b != nil {
+		return c.b, nil
+	}
+	b, err := json.Marshal(f)
+	if err == nil && c.f == f {
+		c.b = b
+	}
+	return b, err
+}
+
+// buildFleet builds the fleet document now.
+func (n *Node) buildFleet(ctx context.Context) (*api.Fleet, error) {
 	now := time.Now()
 	f := &api.Fleet{Schema: api.FleetSchema, Time: now.UTC(), Cluster: n.cfg.Cluster.Name, Self: n.ID().String(),
 		Layers: []api.FleetLayer{}, Transfers: []api.Transfer{}}
@@ -83,53 +137,76 @@ func (n *Node) Fleet(ctx context.Context) (*api.Fleet, error) {
 	return f, nil
 }
 
-// fleetLayers is the matrix: one row per layer name (the newest version
-// the catalogue knows, or only a host's state for it), one cell per host
-// that holds it or reports a state for it; and the fetches under way.
+// fleetLayers is the matrix and the fetches under way, from the
+// activation states and policy conflicts as this host knows them now.
 func (n *Node) fleetLayers(ctx context.Context, cat []api.ClusterLayer, hosts map[string]api.FleetHost, now time.Time) ([]api.FleetLayer, []api.Transfer) {
-	rows := map[string]*api.FleetLayer{}
-	row := func(name string) *api.FleetLayer {
-		if rows[name] == nil {
-			rows[name] = &api.FleetLayer{Name: name, Cells: []api.FleetCell{}, Summary: api.Summary{}}
+	live := map[string]bool{}
+	rate := func(key string, done int64) int64 {
+		live[key] = true
+		return n.rates.observe(key, done, now, holdReported)
+	}
+	layers, transfers := fleetMatrix(cat, n.act.Activations(), n.policy.PolicyCheck(ctx), hosts, rate)
+	n.rates.forget("fetch|", live)
+	return layers, transfers
+}
+
+// fleetMatrix builds the matrix: one row per layer name (the newest
+// version the catalogue knows, or only a host's state for it), one cell
+// per host that holds it or reports a state for it; and the fetches under
+// way, their rates from rate (keyed "fetch|HOST|LAYER"). Its cost is
+// linear in the cells (plus sorting each row's): BenchmarkFleetMatrix.
+func fleetMatrix(cat []api.ClusterLayer, acts []api.HostActivation, conflicts []api.PolicyResult, hosts map[string]api.FleetHost,
+	rate func(key string, done int64) int64) ([]api.FleetLayer, []api.Transfer) {
+	// Rows and their cells are values in slices, found through two maps:
+	// no allocation per cell beyond its slot.
+	type cellKey struct {
+		row  int
+		host string
+	}
+	var out []api.FleetLayer
+	rows := map[string]int{}
+	idx := make(map[cellKey]int, len(acts))
+	row := func(name string) int {
+		r, ok := rows[name]
+		if !ok {
+			r = len(out)
+			rows[name] = r
+			out = append(out, api.FleetLayer{Name: name, Cells: []api.FleetCell{}, Summary: api.Summary{}})
 		}
-		return rows[name]
+		return r
+	}
+	// cell is valid until the next call (it points into the row's slice).
+	cell := func(layer, host string) *api.FleetCell {
+		r := row(layer)
+		k := cellKey{r, host}
+		i, ok := idx[k]
+		if !ok {
+			reach := hosts[host].Reach
+			i = len(out[r].Cells)
+			idx[k] = i
+			out[r].Cells = append(out[r].Cells, api.FleetCell{Host: host, Stale: reach == api.ReachUnreachable || reach == api.ReachGone})
+		}
+		return &out[r].Cells[i]
 	}
 	for _, cl := range cat {
-		r := row(cl.Name)
+		r := &out[row(cl.Name)]
 		r.CID, r.Size, r.Product, r.Published = cl.CID, cl.Size, cl.Product, cl.Published
 	}
-	cells := map[string]map[string]*api.FleetCell{} // layer -> host -> cell
-	cell := func(layer, host string) *api.FleetCell {
-		if cells[layer] == nil {
-			cells[layer] = map[string]*api.FleetCell{}
-		}
-		if cells[layer][host] == nil {
-			r := hosts[host].Reach
-			cells[layer][host] = &api.FleetCell{Host: host, Stale: r == api.ReachUnreachable || r == api.ReachGone}
-		}
-		return cells[layer][host]
-	}
 	transfers := []api.Transfer{}
-	live := map[string]bool{}
-	for _, a := range n.act.Activations() { // names and labels come from hosts
-		r := row(a.Layer)
-		if r.CID == "" {
+	for _, a := range acts { // names and labels come from hosts
+		if r := &out[row(a.Layer)]; r.CID == "" {
 			r.CID = a.CID
 		}
 		c := cell(a.Layer, a.Host)
 		c.State, c.Detail, c.At, c.Mode = a.State, a.Detail, a.At, a.Mode
 		if a.State == api.StateFetching {
-			key := "fetch|" + a.Host + "|" + a.Layer
-			live[key] = true
 			c.Done, c.Total, c.Peers = a.Done, a.Total, a.Peers
-			c.Rate = n.rates.observe(key, a.Done, now, holdReported)
+			c.Rate = rate("fetch|"+a.Host+"|"+a.Layer, a.Done)
 			transfers = append(transfers, api.Transfer{Host: a.Host, Layer: a.Layer, Done: a.Done, Total: a.Total, Rate: c.Rate, Peers: a.Peers})
 		}
 	}
-	n.rates.forget("fetch|", live)
-	for _, pc := range n.policy.PolicyCheck(ctx) {
+	for _, pc := range conflicts {
 		if pc.Conflict != nil {
-			row(pc.Layer)
 			cell(pc.Layer, pc.Host).Conflict = pc.Conflict.Error()
 		}
 	}
@@ -138,10 +215,9 @@ func (n *Node) fleetLayers(ctx context.Context, cat []api.ClusterLayer, hosts ma
 			cell(cl.Name, p).Holds = st
 		}
 	}
-	out := make([]api.FleetLayer, 0, len(rows))
-	for name, r := range rows {
-		for _, c := range cells[name] {
-			r.Cells = append(r.Cells, *c)
+	for i := range out {
+		r := &out[i]
+		for _, c := range r.Cells {
 			if c.State != "" {
 				r.Summary[c.State]++
 				r.Hosts++
@@ -151,12 +227,14 @@ func (n *Node) fleetLayers(ctx context.Context, cat []api.ClusterLayer, hosts ma
 			}
 		}
 		slices.SortFunc(r.Cells, func(a, b api.FleetCell) int { return strings.Compare(a.Host, b.Host) })
-		out = append(out, *r)
 	}
 	slices.SortFunc(out, func(a, b api.FleetLayer) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(transfers, func(a, b api.Transfer) int {
 		return cmp.Or(strings.Compare(a.Layer, b.Layer), strings.Compare(a.Host, b.Host))
 	})
+	if out == nil {
+		out = []api.FleetLayer{}
+	}
 	return out, transfers
 }
 

@@ -130,6 +130,7 @@ type Node struct {
 	relay    *relay.Relay
 	rates    *rateMeter // of fetches and peers, for the fleet view
 	use      storeCache // this host's store figures, for the fleet view
+	fleet    fleetCache // the fleet view's document, shared by its viewers
 }
 
 func (cfg *Config) defaults() {
@@ -213,6 +214,8 @@ func (n *Node) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	n.net.Host.SetStreamHandler(diffProto, func(s network.Stream) { n.serveDiff(ctx, s) })
 	defer n.net.Host.RemoveStreamHandler(diffProto)
+	n.net.Host.SetStreamHandler(probeProto, n.serveProbe)
+	defer n.net.Host.RemoveStreamHandler(probeProto)
 	g.Go(func() error { return n.gossip.Run(ctx, ps) })
 	g.Go(func() error { return n.xchg.Run(ctx) })
 	g.Go(func() error { return n.seats.Run(ctx, ps) })

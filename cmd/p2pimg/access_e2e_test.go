@@ -23,6 +23,26 @@ type localUser struct {
 	uid, gid int
 }
 
+// userTest skips t unless it runs as root with setpriv, marks it
+// parallel, and adds a group (prefix and a random tag) removed at cleanup.
+func userTest(t *testing.T, prefix string) (group, tag string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: it makes test users and a group and runs the daemon as root")
+	}
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("needs setpriv (util-linux)")
+	}
+	t.Parallel()
+	tag = strconv.Itoa(rand.IntN(1e6))
+	group = prefix + tag
+	if out, err := exec.Command("groupadd", group).CombinedOutput(); err != nil {
+		t.Skipf("groupadd: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("groupdel", group).Run() })
+	return group, tag
+}
+
 // makeUser adds a user (no home, no shell) in group, removed at cleanup.
 func makeUser(t *testing.T, name, group string) localUser {
 	t.Helper()
@@ -62,19 +82,7 @@ func cliAs(t *testing.T, u localUser, bin string, d *testnet.Daemon, env []strin
 // and gc; activations stay inside allowed_paths and off other users'
 // paths. Root still can do each.
 func TestUnprivilegedCaller(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: it makes a test user and group and runs the daemon as root")
-	}
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("needs setpriv (util-linux)")
-	}
-	t.Parallel()
-	tag := strconv.Itoa(rand.IntN(1e6))
-	group := "p2pg" + tag
-	if out, err := exec.Command("groupadd", group).CombinedOutput(); err != nil {
-		t.Skipf("groupadd: %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("groupdel", group).Run() })
+	group, tag := userTest(t, "p2pg")
 	u := makeUser(t, "p2pu"+tag, group) // no rights
 	v := makeUser(t, "p2pv"+tag, group) // granted activate (not map) by the cluster file
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -36,20 +37,29 @@ type check struct {
 const lowDisk = 5 << 30
 
 func (a *app) doctorCmd() *cobra.Command {
-	return &cobra.Command{
+	var probes bool
+	c := &cobra.Command{
 		Use:   "doctor",
 		Short: "Check this host's p2pimg: socket, daemon, overlay and FUSE support, cluster, peers, seats, free space",
 		Long: `Check what this host's daemon needs and report each check as ok, warn or
 fail, with what to do: the API socket and who may use it, the daemon,
 overlayfs and FUSE (how layers are exposed), whether the cluster has a
 members list, the peers connected and the hosts not heard from, whether the
-keepers answer for seats, and the free space of the data directory. Exits 1
-if any check fails.`,
+keepers answer for seats, and the free space of the data directory. The
+daemon probes every connected peer and every keeper: clock skew against the
+keepers, and per peer whether its cluster name, PSK and members list match
+this host's; members never seen, hosts refused because they are not
+members, and configured peers not reachable are named with what to do.
+Exits 1 if any check fails.`,
 		Example: `  p2pimg doctor
-  p2pimg doctor --json | jq '.[] | select(.status != "ok")'`,
+  p2pimg doctor --json | jq '.[] | select(.status != "ok")'
+  p2pimg doctor --probes          # each peer's clock offset, round trip, cluster, PSK and members digests`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
 			cl := a.client()
+			if probes {
+				return a.printProbes(c.Context(), cl)
+			}
 			checks := append(socketChecks(cl.Socket()), kernelChecks()...)
 			checks = append(checks, daemonChecks(c.Context(), cl)...)
 			if a.json {
@@ -68,11 +78,37 @@ if any check fails.`,
 				}
 			}
 			if failed > 0 {
-				return fmt.Errorf("doctor: %d check(s) failed", failed)
+				return reported{fmt.Errorf("doctor: %d check(s) failed", failed)}
 			}
 			return nil
 		},
 	}
+	c.Flags().BoolVar(&probes, "probes", false, "print the daemon's probes of its peers and keepers instead of the checks")
+	return c
+}
+
+// printProbes prints the daemon's probe report: one row per peer probed.
+func (a *app) printProbes(ctx context.Context, cl *client.Client) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	d, err := cl.Doctor(ctx)
+	if err != nil {
+		return err
+	}
+	if a.json {
+		return a.printJSON(d)
+	}
+	fmt.Fprintf(a.stdout, "this host %s: cluster %q, %s, %s\n", d.Self, d.Cluster, membersName(d.Members), pskName(d.PSKDigest))
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tNAME\tKEEPER\tCONNECTED\tRTT\tCLOCK\tCLUSTER\tMEMBERS\tPSK\tERROR")
+	for _, p := range d.Peers {
+		if p.Error != "" {
+			fmt.Fprintf(tw, "%s\t%s\t%v\t%v\t\t\t\t\t\t%s\n", p.ID, p.Name, p.Keeper, p.Connected, p.Error)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%v\t%.1fms\t%+.0fms\t%s\t%d %s\t%s\t\n", p.ID, p.Name, p.Keeper, p.Connected, p.RTTMillis, p.ClockOffsetMillis, p.Cluster, p.Members, p.MembersDigest, cmp.Or(p.PSKDigest, "none"))
+	}
+	return tw.Flush()
 }
 
 // socketChecks looks at the API socket: there, a socket, and not open to
@@ -147,7 +183,12 @@ func daemonChecks(ctx context.Context, cl *client.Client) []check {
 	if err != nil {
 		return append(out, check{"fleet", checkFail, err.Error()})
 	}
-	return append(out, fleetChecks(f)...)
+	out = append(out, fleetChecks(f)...)
+	d, err := cl.Doctor(ctx)
+	if err != nil {
+		return append(out, check{"peers", checkFail, "probe the peers: " + err.Error()})
+	}
+	return append(out, peerChecks(d)...)
 }
 
 // fleetChecks reads peers, liveness, seats and disk from the fleet view.

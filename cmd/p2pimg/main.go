@@ -37,6 +37,13 @@ type usageError struct{ error }
 
 func (u usageError) Unwrap() error { return u.error }
 
+// reported is a failure the command's own output already describes (as
+// doctor's checks do): under --json nothing more is printed, so stdout
+// stays one JSON document; the exit code is still 1.
+type reported struct{ error }
+
+func (r reported) Unwrap() error { return r.error }
+
 // run executes one command line and returns its exit code; a failure is
 // reported on stderr, or under --json as {"error": {...}} on stdout.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -49,7 +56,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	code, e := classify(ctx, err)
 	// An unknown command stops cobra before it parses flags.
 	asJSON, _ := root.PersistentFlags().GetBool("json")
-	if asJSON || slices.Contains(args, "--json") || slices.Contains(args, "--json=true") {
+	asJSON = asJSON || slices.Contains(args, "--json") || slices.Contains(args, "--json=true")
+	var r reported
+	if asJSON && errors.As(err, &r) {
+		return code
+	}
+	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		enc.Encode(struct {

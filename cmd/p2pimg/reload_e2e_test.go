@@ -21,30 +21,10 @@ import (
 // PSK is refused with the old config kept.
 func TestClusterReload(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	datas, ids := map[string]string{}, map[string]string{}
-	for _, h := range []string{"a", "b", "c", "d"} {
-		datas[h] = filepath.Join(dir, h)
-		ids[h] = strings.TrimSpace(mustCLI(t, nil, "identity", "--data", datas[h]))
-	}
-	write := func(name, body string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	key := write("swarm.key", strings.Repeat("ab", 32)+"\n")
-	all := write("members-all", ids["a"]+"\n"+ids["b"]+"\n"+ids["c"]+"\n"+ids["d"]+"\n")
-	members := write("members", ids["a"]+"\n"+ids["b"]+"\n"+ids["c"]+"\n")
-	start := func(h, members string, extra ...string) *testnet.Daemon {
-		d, err := testnet.StartDaemon(context.Background(), bin, datas[h], append([]string{"--psk", key, "--members", members}, extra...)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(d.Kill)
-		return d
-	}
+	m := newMemberNet(t, "a", "b", "c", "d")
+	dir, ids, write, start := m.dir, m.ids, m.write, m.start
+	all := m.members("members-all", "a", "b", "c", "d")
+	members := m.members("members", "a", "b", "c")
 	a := start("a", members)
 	id, err := a.Client.Identity(context.Background())
 	if err != nil {
@@ -117,4 +97,56 @@ func TestClusterReload(t *testing.T) {
 		t.Fatalf("a's peers after refused reloads: %v; want b and d, not c", ps)
 	}
 
+}
+
+// memberNet is a set of daemons of one cluster with a PSK, each started
+// by start with its own members file: for tests of who is let in.
+type memberNet struct {
+	t     *testing.T
+	dir   string
+	key   string // the PSK file
+	datas map[string]string
+	ids   map[string]string
+}
+
+// newMemberNet makes the identities of hosts (their peer ids in ids) and a PSK.
+func newMemberNet(t *testing.T, hosts ...string) *memberNet {
+	t.Helper()
+	m := &memberNet{t: t, dir: t.TempDir(), datas: map[string]string{}, ids: map[string]string{}}
+	for _, h := range hosts {
+		m.datas[h] = filepath.Join(m.dir, h)
+		m.ids[h] = strings.TrimSpace(mustCLI(t, nil, "identity", "--data", m.datas[h]))
+	}
+	m.key = m.write("swarm.key", strings.Repeat("ab", 32)+"\n")
+	return m
+}
+
+// write writes a file of the net's directory and returns its path.
+func (m *memberNet) write(name, body string) string {
+	m.t.Helper()
+	p := filepath.Join(m.dir, name)
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		m.t.Fatal(err)
+	}
+	return p
+}
+
+// members writes a members file listing hosts.
+func (m *memberNet) members(name string, hosts ...string) string {
+	var b strings.Builder
+	for _, h := range hosts {
+		b.WriteString(m.ids[h] + "\n")
+	}
+	return m.write(name, b.String())
+}
+
+// start runs host h's daemon with the PSK and the members file.
+func (m *memberNet) start(h, members string, extra ...string) *testnet.Daemon {
+	m.t.Helper()
+	d, err := testnet.StartDaemon(context.Background(), bin, m.datas[h], append([]string{"--psk", m.key, "--members", members}, extra...)...)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	m.t.Cleanup(d.Kill)
+	return d
 }

@@ -63,9 +63,31 @@ func TestWebViewInBrowser(t *testing.T) {
 		`document.querySelector("#conn").textContent === "live" && [...document.querySelectorAll("#matrix th.host")].map(h => h.firstChild.textContent).join() === "node1,node2,node3"`)
 	page.until("web:1 not activated yet", `cellStates("web:1") === "none,none,none"`)
 
-	// An activation shows up without a reload: every cell active, with
-	// its mode and path, and the row's summary.
-	tn("--node", "2", "activate", "web:1", "--at", "/opt/web", "--hosts", "all", "--wait")
+	// Without a key the page is read-only, and the daemon refuses a write
+	// that no operator key signed, from the page as from anyone.
+	if got := page.text(`String(document.querySelector("#op-activate").disabled) + " " + document.querySelector("#op-status").textContent.slice(0, 10)`); got != "true Read-only." {
+		t.Fatalf("the operator panel without a key: %q", got)
+	}
+	page.until("an unsigned POST refused", `window.unsigned === 403`, `void fetch("v1/activate", {method: "POST", headers: {"Content-Type": "application/json"}, body: '{"layer":"web:1","at":"/opt/web","hosts":"self","op":"activate"}'}).then(r => window.unsigned = r.status)`)
+
+	// A key that is not among the cluster's operators: the page asks the
+	// daemon with a request signed by it, is refused, says why and stays
+	// read-only.
+	other := filepath.Join(t.TempDir(), "other.key")
+	mustCLI(t, nil, "cluster", "operator-key", "-o", other)
+	if err := chromedp.Do(bctx, chromedp.SetUploadFiles(chromedp.CSS("#op-key"), []string{other})); err != nil {
+		t.Fatal(err)
+	}
+	page.until("the refusal of a key that is no operator", `document.querySelector("#op-result").textContent.includes("is not listed under operators in the cluster file") && document.querySelector("#op-activate").disabled && document.querySelector("#op-key").dataset.key === ""`)
+
+	// With the testnet's operator key the page activates web:1 everywhere;
+	// it shows up without a reload: every cell active, with its mode and
+	// path, and the row's summary.
+	opID := page.operate(testnet.OperatorKey(dir), "web:1", "/opt/web", "all", "#op-activate")
+	if !strings.HasPrefix(opID, "12D3KooW") {
+		t.Fatalf("the page's peer id of the operator key: %q", opID)
+	}
+	page.until("the page's activation published", `document.querySelector("#op-result").textContent === "activate of web:1 published to 3 known host(s)"`)
 	page.until("web:1 active on all three hosts", `cellStates("web:1") === "active,active,active"`)
 	if got := page.text(`document.querySelector('#matrix tr[data-layer="web:1"] td.summary').textContent`); got != "active 3/3" {
 		t.Fatalf("summary of web:1: %q", got)
@@ -108,6 +130,13 @@ func TestWebViewInBrowser(t *testing.T) {
 	page.until("the summary naming the unreachable host", `document.querySelector('#matrix tr[data-layer="web:1"] td.summary').textContent === "active 3/3, 1 unreachable"`)
 	page.until("the cards", `document.querySelector("#card-up b").textContent === "2" && document.querySelector("#card-unreachable b").textContent === "1"`)
 	page.until("node3 gone from the peers", `[...document.querySelectorAll("#peers tbody td:first-child")].map(c => c.textContent).join() === "node2"`)
+
+	// The page deactivates web:1 on the hosts still up, selected by label.
+	page.operate(testnet.OperatorKey(dir), "web:1", "", "node=2", "#op-deactivate")
+	page.until("the page's deactivation published", `document.querySelector("#op-result").textContent === "deactivate of web:1 published to 1 known host(s)"`)
+	// node2 obeys (the unmount itself is the exposure's business: under
+	// load it can stay "deactivating" a while).
+	page.until("web:1 deactivating or inactive on node2 only", `/^active,(deactivating|inactive),active$/.test(cellStates("web:1"))`)
 }
 
 // pageWaiter polls JavaScript on the page under test.
@@ -119,15 +148,42 @@ type pageWaiter struct {
 // helpers are defined on the page for the conditions below.
 const pageHelpers = `window.cellStates = (layer => [...document.querySelectorAll('#matrix td.cell[data-layer="' + layer + '"]')].map(c => c.dataset.state).join())`
 
-// until waits (up to 60 s) for the JavaScript expression cond to be true;
-// on time-out it fails with the page's text.
-func (p pageWaiter) until(what, cond string) {
+// until waits (up to 60 s) for the JavaScript expression cond to be true,
+// after running the statements first, if any; on time-out it fails with
+// the page's text.
+func (p pageWaiter) until(what, cond string, first ...string) {
 	p.t.Helper()
 	ctx, cancel := context.WithTimeout(p.ctx, 60*time.Second)
 	defer cancel()
-	if _, err := chromedp.Run(ctx, chromedp.Poll[bool]("("+pageHelpers+", ("+cond+"))", chromedp.WithPollingInterval(100*time.Millisecond))); err != nil {
-		p.t.Fatalf("web view: waiting for %s: %v\npage:\n%s", what, err, p.text("document.body.innerText"))
+	for _, js := range first {
+		if _, err := chromedp.Run(ctx, chromedp.Evaluate[chromedp.Void](js)); err != nil {
+			p.t.Fatalf("web view: %s: %v", what, err)
+		}
 	}
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool]("("+pageHelpers+", ("+cond+"))", chromedp.WithPollingInterval(100*time.Millisecond))); err != nil {
+		p.t.Fatalf("web view: waiting for %s: %v\ncells (layer host state: detail):\n%s\npage:\n%s", what, err,
+			p.text(`[...document.querySelectorAll("#matrix td.cell")].map(c => c.dataset.layer + " " + c.dataset.host + " " + c.dataset.state + ": " + c.title).join("\n")`), p.text("document.body.innerText"))
+	}
+}
+
+// operate loads the operator key file in the page's operator panel, fills
+// in the layer, path and hosts, and clicks button; it returns the key's
+// peer id as the page shows it.
+func (p pageWaiter) operate(key, layer, at, hosts, button string) string {
+	p.t.Helper()
+	err := chromedp.Do(p.ctx, chromedp.Evaluate[chromedp.Void](`setKey(null)`), chromedp.SetUploadFiles(chromedp.CSS("#op-key"), []string{key}))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.until("the key loaded", `document.querySelector("#op-key").dataset.key !== "" && !document.querySelector("#op-activate").disabled`)
+	p.until("the layer to choose", fmt.Sprintf(`[...document.querySelectorAll("#op-layer option")].some(o => o.value === %q)`, layer))
+	set := fmt.Sprintf(`document.querySelector("#op-layer").value = %q; document.querySelector("#op-at").value = %q; document.querySelector("#op-hosts").value = %q; document.querySelector("#op-result").hidden = true`, layer, at, hosts)
+	err = chromedp.Do(p.ctx, chromedp.Evaluate[chromedp.Void](set), chromedp.Click(chromedp.CSS(button)))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.until("the answer to "+button, `!document.querySelector("#op-result").hidden`)
+	return p.text(`document.querySelector("#op-key").dataset.key`)
 }
 
 // text evaluates a JavaScript expression that yields a string.
@@ -149,7 +205,10 @@ func readOnly(t *testing.T, url string) {
 	}{
 		{"GET", "v1/fleet", http.StatusOK},
 		{"GET", "v1/layers", http.StatusNotFound},
-		{"POST", "v1/activate", http.StatusMethodNotAllowed},
+		{"POST", "v1/activate", http.StatusForbidden},
+		{"GET", "v1/operator", http.StatusForbidden},
+		{"POST", "v1/layers", http.StatusNotFound},
+		{"PUT", "v1/activate", http.StatusMethodNotAllowed},
 		{"DELETE", "v1/layers/web:1", http.StatusMethodNotAllowed},
 		{"GET", "app.js", http.StatusOK},
 	} {

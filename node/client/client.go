@@ -343,8 +343,8 @@ func (c *Client) Split(ctx context.Context, req api.SplitRequest) (api.SplitResu
 }
 
 // Rebase re-points a thin layer at a new version of its base.
-func (c *Client) Rebase(ctx context.Context, name, onto string) (chunk.Layer, error) {
-	var r chunk.Layer
+func (c *Client) Rebase(ctx context.Context, name, onto string) (api.Layer, error) {
+	var r api.Layer
 	return r, c.call(ctx, http.MethodPost, "/rebase", api.RebaseRequest{Name: name, Onto: onto}, &r)
 }
 

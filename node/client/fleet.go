@@ -12,3 +12,9 @@ func (c *Client) Fleet(ctx context.Context) (api.Fleet, error) {
 	var f api.Fleet
 	return f, c.call(ctx, http.MethodGet, "/fleet", nil, &f)
 }
+
+// Doctor has the daemon probe its peers and keepers (p2pimg doctor).
+func (c *Client) Doctor(ctx context.Context) (api.Doctor, error) {
+	var d api.Doctor
+	return d, c.call(ctx, http.MethodGet, "/doctor", nil, &d)
+}

@@ -16,6 +16,9 @@ type clusterAPI interface {
 	Fetch(ctx context.Context, ref string, emit api.Emit) (*api.FetchResult, error)
 	Forget(ctx context.Context, host string) error
 	ReloadCluster(ctx context.Context) (*api.ClusterReload, error)
+	// Doctor probes the connected peers and the keepers (a few seconds at
+	// most) and lists members never seen, hosts refused, peers unreachable.
+	Doctor(ctx context.Context) (*api.Doctor, error)
 }
 
 func (s *Server) clusterRoutes() []route {
@@ -26,6 +29,9 @@ func (s *Server) clusterRoutes() []route {
 		})},
 		{"GET " + v + "/peers", s.plain(func(ctx context.Context, n Node, _ *http.Request) (any, error) {
 			return n.Peers(), nil
+		})},
+		{"GET " + v + "/doctor", s.plain(func(ctx context.Context, n Node, _ *http.Request) (any, error) {
+			return n.Doctor(ctx)
 		})},
 		{"GET " + v + "/catalog", s.plain(func(ctx context.Context, n Node, _ *http.Request) (any, error) {
 			return n.Catalog(ctx), nil

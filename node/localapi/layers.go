@@ -70,7 +70,11 @@ func (s *Server) layerRoutes() []route {
 			return n.Split(ctx, req)
 		}))},
 		{"POST " + v + "/rebase", s.plain(body(func(ctx context.Context, n Node, req api.RebaseRequest) (any, error) {
-			return n.Rebase(ctx, req)
+			l, err := n.Rebase(ctx, req)
+			if err != nil {
+				return nil, err
+			}
+			return api.WireLayer(*l), nil
 		}))},
 		{"POST " + v + "/import", s.stream(streamBody(func(ctx context.Context, n Node, req api.ImportRequest, emit api.Emit) (any, error) {
 			return n.Import(ctx, req, emit)

@@ -33,6 +33,8 @@ type Gater struct {
 	cluster *cluster.Config
 	now     func() time.Time
 	log     *slog.Logger
+	// Seen records the hosts refused for not being members.
+	Seen *Seen
 
 	mu      sync.Mutex
 	blocked map[peer.ID]time.Time // until: peers caught sending bad data
@@ -41,7 +43,7 @@ type Gater struct {
 
 // NewGater makes a gater for cluster c.
 func NewGater(c *cluster.Config, now func() time.Time, log *slog.Logger) *Gater {
-	return &Gater{cluster: c, now: now, log: log, blocked: map[peer.ID]time.Time{}, cut: map[peer.ID]bool{}}
+	return &Gater{cluster: c, now: now, log: log, Seen: NewSeen(now), blocked: map[peer.ID]time.Time{}, cut: map[peer.ID]bool{}}
 }
 
 // Block keeps p out for d.
@@ -95,8 +97,9 @@ func (g *Gater) Allowed(p peer.ID) bool {
 func (g *Gater) InterceptPeerDial(p peer.ID) bool                 { return g.Allowed(p) }
 func (g *Gater) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return g.Allowed(p) }
 func (g *Gater) InterceptAccept(network.ConnMultiaddrs) bool      { return true }
-func (g *Gater) InterceptSecured(dir network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+func (g *Gater) InterceptSecured(dir network.Direction, p peer.ID, addrs network.ConnMultiaddrs) bool {
 	if !g.cluster.IsMember(p) {
+		g.Seen.refuse(p, addrs.RemoteMultiaddr().String())
 		// Debug, not more: an outsider that keeps dialing would flood the log.
 		g.log.Debug("refused a connection: not a cluster member", "peer", p.String(), "inbound", dir == network.DirInbound)
 		return false

@@ -102,7 +102,11 @@ func KeepConnected(ctx context.Context, h host.Host, g *Gater, peers []peer.Addr
 		for _, ai := range peers {
 			if h.Network().Connectedness(ai.ID) != network.Connected && g.Allowed(ai.ID) {
 				dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				if err := h.Connect(dctx, ai); err != nil && ctx.Err() == nil {
+				err := h.Connect(dctx, ai)
+				if ctx.Err() == nil {
+					g.Seen.Dialed(ai, err)
+				}
+				if err != nil && ctx.Err() == nil {
 					log.Debug("peer not reachable", "peer", ai.ID.String(), "err", err)
 				}
 				cancel()

@@ -2,8 +2,9 @@
 // static files (no build step, nothing from elsewhere) that read the
 // fleet from the local API's read-only routes and follow it live with
 // server-sent events, Prometheus metrics beside it, and pprof only when
-// asked for. It never serves a route that changes anything or reads a
-// local path.
+// asked for. It never serves a route that reads a local path; the only
+// requests that change anything are POSTs to the API, which obeys them
+// only when an operator key signed them (the page signs in the browser).
 package web
 
 import (
@@ -11,6 +12,7 @@ import (
 	"io/fs"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 )
 
 //go:embed static
@@ -18,8 +20,8 @@ var static embed.FS
 
 // Config says what the web server serves beside the page.
 type Config struct {
-	// API serves the read-only routes under /v1/ (the fleet and its
-	// events, the daemon's status).
+	// API serves the routes under /v1/: the fleet and its events, the
+	// daemon's status, and activations an operator key signed.
 	API http.Handler
 	// Metrics serves /metrics (nil: not served).
 	Metrics http.Handler
@@ -39,7 +41,7 @@ func Handler(cfg Config) http.Handler {
 	if cfg.Pprof {
 		Pprof(mux)
 	}
-	return readOnly(mux)
+	return guard(mux)
 }
 
 // Pprof adds Go's profiles under /debug/pprof/ to mux.
@@ -51,13 +53,17 @@ func Pprof(mux *http.ServeMux) {
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }
 
-// readOnly answers GET and HEAD only, and tells browsers to load nothing
-// from elsewhere and not to frame the page.
-func readOnly(next http.Handler) http.Handler {
+// guard answers GET and HEAD, and POST only under /v1/ (where the API
+// decides: it refuses anything not signed by an operator key), and tells
+// browsers to load nothing from elsewhere and not to frame the page.
+func guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		switch {
+		case r.Method == http.MethodGet, r.Method == http.MethodHead:
+		case r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/v1/"):
+		default:
 			w.Header().Set("Allow", "GET, HEAD")
-			http.Error(w, "the web view is read-only: use the p2pimg command to change anything", http.StatusMethodNotAllowed)
+			http.Error(w, "the web view only reads, and activates layers when an operator key signs the request: use the page's Operator panel or the p2pimg command", http.StatusMethodNotAllowed)
 			return
 		}
 		h := w.Header()

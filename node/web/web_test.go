@@ -26,8 +26,10 @@ func TestHandler(t *testing.T) {
 		{"no metrics", Config{API: api}, "GET", "/metrics", 404, ""},
 		{"no pprof", Config{API: api}, "GET", "/debug/pprof/", 404, ""},
 		{"pprof", Config{API: api, Pprof: true}, "GET", "/debug/pprof/", 200, ""},
-		{"post", Config{API: api}, "POST", "/v1/fleet", 405, "the web view is read-only"},
-		{"delete", Config{API: api}, "DELETE", "/v1/layers/x", 405, ""},
+		{"post to the api", Config{API: api}, "POST", "/v1/activate", 200, "api /v1/activate"},
+		{"post elsewhere", Config{API: api}, "POST", "/", 405, "the web view only reads"},
+		{"delete", Config{API: api}, "DELETE", "/v1/layers/x", 405, "the web view only reads"},
+		{"put", Config{API: api}, "PUT", "/v1/activate", 405, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			rec := httptest.NewRecorder()

@@ -128,6 +128,7 @@ function draw(f) {
   document.getElementById("error").hidden = true;
   drawSummary(f);
   drawMatrix(f, now);
+  operatorDraw(f);
   fill(document.getElementById("transfers"), f.transfers.map(x => el("tr", {},
     el("td", {}, name(x.host)), el("td", {}, x.layer),
     el("td", {}, bytes(x.done) + " of " + bytes(x.total)),
@@ -189,4 +190,5 @@ async function poll() {
   }
 }
 
+operatorInit();
 follow();
