@@ -18,7 +18,14 @@ func statusCLI(t *testing.T, dir string) {
 		t.Helper()
 		return cli(t, nil, append([]string{"--testnet-dir", dir, "--node", "1"}, args...)...)
 	}
-	out, _, code := run("status")
+	// A host's name and labels travel in its own host record, which may
+	// arrive after its activation's state: wait for all three names.
+	var out string
+	var code int
+	waitFor(t, "status to name node1..3", func() bool {
+		out, _, code = run("status")
+		return strings.Contains(out, "node1") && strings.Contains(out, "node2") && strings.Contains(out, "node3")
+	})
 	if code != 0 || strings.Count(out, "web:1") != 4 || !strings.Contains(out, "node2") ||
 		!strings.Contains(out, "web:1  3      active 3/3") {
 		t.Fatalf("status: exit %d\n%s", code, out)
