@@ -18,12 +18,22 @@ const (
 	inflightTime = 250 * time.Millisecond
 )
 
-// pace measures a stream's rate from the time its peer takes to serve
-// each batch while the pipeline is not empty.
+// pace measures a stream's rate: the bytes it read over the time its
+// peer was serving it (requests in flight), in samples of at least
+// sampleTime. Timing each batch alone overstated the rate by far when
+// several answers were already buffered on arrival (they come back at
+// once), and the inflated rate asked for up to 128 chunks on a stream
+// that carried a sixteenth of a link: seconds of queue at that peer,
+// which the endgame then asked other peers for again.
 type pace struct {
-	rate  float64   // bytes per second, averaged; 0 before the first batch
-	since time.Time // when the batch at the head of the pipeline began to be served
+	rate  float64       // bytes per second, averaged; 0 before the first sample
+	since time.Time     // when the batch at the head of the pipeline began to be served
+	bytes int           // read in the current sample
+	busy  time.Duration // serving time in the current sample
 }
+
+// sampleTime is the least serving time one rate sample spans.
+const sampleTime = 100 * time.Millisecond
 
 // size is how many chunks (of avg bytes on average) to ask for per request,
 // and how many requests to keep in flight.
@@ -46,12 +56,17 @@ func (pc *pace) sent(wasEmpty bool, now time.Time) {
 // read notes a batch of n bytes read at now; more says whether requests
 // remain in flight (the next batch's service starts now).
 func (pc *pace) read(n int, now time.Time, more bool) {
-	if d := now.Sub(pc.since).Seconds(); d > 0 && !pc.since.IsZero() {
-		r := float64(n) / d
-		if pc.rate == 0 {
-			pc.rate = r
-		} else {
-			pc.rate = 0.7*pc.rate + 0.3*r
+	if !pc.since.IsZero() {
+		pc.bytes += n
+		pc.busy += now.Sub(pc.since)
+		if pc.busy >= sampleTime {
+			r := float64(pc.bytes) / pc.busy.Seconds()
+			if pc.rate == 0 {
+				pc.rate = r
+			} else {
+				pc.rate = 0.5*pc.rate + 0.5*r
+			}
+			pc.bytes, pc.busy = 0, 0
 		}
 	}
 	pc.since = time.Time{}

@@ -248,6 +248,7 @@ func (fr *Fetcher) fetch(ctx context.Context, name chunk.Name, mp gossip.Mapping
 			return nil, fmt.Errorf("fetch %s: parent layer %s: %w", name, pid, err)
 		}
 		f.fetched += pf.fetched
+		f.dupBytes += pf.dupBytes
 		for p, b := range pf.perPeer {
 			f.perPeer[p] += b
 		}
@@ -260,7 +261,8 @@ func (fr *Fetcher) fetch(ctx context.Context, name chunk.Name, mp gossip.Mapping
 	}
 	done := time.Now()
 	fr.fetchSeconds.Observe(done.Sub(start).Seconds())
-	fr.cfg.Log.Info("layer fetched", "layer", name.String(), "cid", id.String(), "chunks", f.fetched, "bytes", f.done, "seconds", time.Since(start).Seconds())
+	fr.cfg.Log.Info("layer fetched", "layer", name.String(), "cid", id.String(), "chunks", f.fetched, "bytes", f.done, "seconds", time.Since(start).Seconds(),
+		"duplicate_bytes", f.dupBytes)
 	res := &api.FetchResult{Layer: rec, FetchedChunks: f.fetched, Peers: map[string]int64{},
 		Seconds: done.Sub(start).Seconds(), CommitSeconds: done.Sub(commit).Seconds()}
 	for p, b := range f.perPeer {

@@ -6,6 +6,7 @@
 package fetch
 
 import (
+	"math"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -43,6 +44,9 @@ const (
 	settleTime = 200 * time.Millisecond
 	// idleCheck is how often an idle worker looks again without a change.
 	idleCheck = 100 * time.Millisecond
+	// lateAfter is how long a chunk may be in flight at one peer before an
+	// idle worker asks another for it too, outside the endgame.
+	lateAfter = 2 * time.Second
 )
 
 // view is what one peer holds of the layer, from its bitmap and notes.
@@ -65,19 +69,21 @@ type fetch struct {
 	have      []bool
 	inflight  []uint8   // requests outstanding (at most 2: one more in the endgame)
 	owner     []peer.ID // who was asked first
+	askedAt   []uint32  // when, in ms since began; arrived once read (never late)
 	avail     []uint16  // how many peers are known to have each chunk
 	asked     []uint16  // how many peers asked a complete peer for it
 	completes int       // complete peers among the views
 	rank      int       // this host's place among the hosts fetching the layer
 	parts     int       // how many hosts are fetching it (1: just us)
 	views     map[peer.ID]*view
-	mine      []bool      // chunks this host asked a complete peer for
-	notes     []xchg.Note // every change here, in order, for the watchers
-	ended     bool        // the fetch is over: watchers end
+	mine      []bool  // chunks this host asked a complete peer for
+	notes     noteLog // changes here, in order, for the watchers
+	ended     bool    // the fetch is over: watchers end
 	remaining int
 	done      int64 // bytes stored by this fetch
 	total     int64 // bytes of the layer's distinct chunks
 	fetched   int   // chunks stored by this fetch
+	dupBytes  int64 // bytes received twice (the endgame)
 	began     time.Time
 	last      time.Time
 	changed   chan struct{}   // closed on every change, then replaced
@@ -100,7 +106,7 @@ func (f *fetch) fail(err error) {
 
 func newFetch(self peer.ID, id cid.Cid, refs []chunk.Ref, have []bool, now time.Time) *fetch {
 	n := len(refs)
-	f := &fetch{self: self, rank: 0, parts: 1, id: id, refs: refs, have: have, inflight: make([]uint8, n), owner: make([]peer.ID, n), avail: make([]uint16, n),
+	f := &fetch{self: self, rank: 0, parts: 1, id: id, refs: refs, have: have, inflight: make([]uint8, n), owner: make([]peer.ID, n), askedAt: make([]uint32, n), avail: make([]uint16, n),
 		asked: make([]uint16, n), mine: make([]bool, n), views: map[peer.ID]*view{},
 		began: now, last: now, changed: make(chan struct{}), workers: map[peer.ID]int{}, watching: map[peer.ID]bool{}, perPeer: map[peer.ID]int64{},
 		store: make(chan received, 2*maxDepth)}
@@ -162,10 +168,11 @@ func (f *fetch) pick(p peer.ID, cursor *int, max int, endgame bool, now time.Tim
 			if !f.have[i] && v.has[i] && ok(i) && f.inflight[i] == 0 {
 				out = append(out, i)
 				f.owner[i] = p
+				f.askedAt[i] = f.sinceBegan(now)
 				f.inflight[i]++ // taken: a later pass must not take it again
 				if v.complete && !f.mine[i] {
 					f.mine[i] = true
-					f.notes = append(f.notes, xchg.Note{Index: i, Kind: xchg.NoteAsked})
+					f.notes.add(xchg.Note{Index: i, Kind: xchg.NoteAsked})
 				}
 			}
 		}
@@ -173,19 +180,59 @@ func (f *fetch) pick(p peer.ID, cursor *int, max int, endgame bool, now time.Tim
 	// A second request at a seed would take its upload from first copies
 	// other hosts need: not while others fetch too, unless stalled.
 	if len(out) == 0 && endgame && (!v.complete || f.parts == 1 || now.Sub(f.last) > seedFallback) {
-		for j := 0; j < n && len(out) < max; j++ {
-			i := (*cursor + j) % n
-			if !f.have[i] && v.has[i] && f.inflight[i] == 1 && f.owner[i] != p {
-				out = append(out, i)
-				f.inflight[i]++
-			}
-		}
+		out = f.duplicates(p, v, *cursor, max, now)
 	}
 	if len(out) > 0 {
 		*cursor = (out[len(out)-1] + 1) % n
 		f.signal() // watchers send the asked-notes
 	}
 	return out
+}
+
+// duplicates picks up to max chunks peer p holds that another peer is
+// sending, for a worker with nothing else to ask: the endgame. A copy
+// asked twice is sent twice (the exchange has no cancel), so this waits
+// for the true endgame, when every chunk still missing here is on its
+// way, or for a request that is late (its peer slow or gone). Asking
+// earlier made idle workers duplicate a quarter of what 16 fetchers
+// received while every link was busy.
+func (f *fetch) duplicates(p peer.ID, v *view, cursor, max int, now time.Time) []int {
+	n := len(f.refs)
+	last := true // every missing chunk is in flight
+	for i := range n {
+		if !f.have[i] && f.inflight[i] == 0 {
+			last = false
+			break
+		}
+	}
+	late := int64(f.sinceBegan(now)) - lateAfter.Milliseconds()
+	var out []int
+	for j := 0; j < n && len(out) < max; j++ {
+		i := (cursor + j) % n
+		if !f.have[i] && v.has[i] && f.inflight[i] == 1 && f.owner[i] != p && (last || f.askedAt[i] != arrived && int64(f.askedAt[i]) < late) {
+			out = append(out, i)
+			f.inflight[i]++
+		}
+	}
+	return out
+}
+
+// arrived marks chunks read from a peer, waiting to be verified and
+// stored: not late, however long the storers take.
+func (f *fetch) arrived(idx []int) {
+	f.mu.Lock()
+	for _, i := range idx {
+		f.askedAt[i] = arrived
+	}
+	f.mu.Unlock()
+}
+
+// arrived in askedAt: the chunk is here, being stored.
+const arrived = math.MaxUint32
+
+// sinceBegan is now in milliseconds since the fetch began (askedAt's unit).
+func (f *fetch) sinceBegan(now time.Time) uint32 {
+	return uint32(max(0, now.Sub(f.began).Milliseconds()))
 }
 
 // fetchers is how many peers still fetching the layer hold chunk i.
@@ -268,7 +315,7 @@ func (f *fetch) release(idx []int) {
 		f.inflight[i]--
 		if f.inflight[i] == 0 && f.mine[i] && !f.have[i] {
 			f.mine[i] = false
-			f.notes = append(f.notes, xchg.Note{Index: i, Kind: xchg.NoteDropped})
+			f.notes.add(xchg.Note{Index: i, Kind: xchg.NoteDropped})
 		}
 	}
 	f.signal()
@@ -282,11 +329,12 @@ func (f *fetch) stored(p peer.ID, idx []int, now time.Time) {
 	for _, i := range idx {
 		f.inflight[i]--
 		if f.have[i] {
-			continue // a duplicate from the endgame
+			f.dupBytes += int64(f.refs[i].Size) // a duplicate from the endgame
+			continue
 		}
 		f.have[i] = true
 		f.mine[i] = false
-		f.notes = append(f.notes, xchg.Note{Index: i, Kind: xchg.NoteHave})
+		f.notes.add(xchg.Note{Index: i, Kind: xchg.NoteHave})
 		f.remaining--
 		f.fetched++
 		f.done += int64(f.refs[i].Size)

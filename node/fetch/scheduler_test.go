@@ -107,3 +107,38 @@ func TestSeedPicks(t *testing.T) {
 		})
 	}
 }
+
+func TestDuplicatesOnlyInTheEndgameOrWhenLate(t *testing.T) {
+	t.Parallel()
+	const n = 4
+	both := []bool{true, true, false, false} // chunks 2 and 3: nobody has them yet
+	for _, tc := range []struct {
+		name   string
+		ask    []int         // chunks asked of "a" first
+		ago    time.Duration // how long ago
+		missed []int         // chunks "b" has already
+		want   []int         // what an idle worker at "c" gets
+	}{
+		{"others still to come: no duplicate", []int{0, 1}, 0, nil, nil},
+		{"others still to come, a request late: that one", []int{0, 1}, lateAfter + time.Second, nil, []int{0, 1}},
+		{"every missing chunk on its way: duplicates", []int{0, 1}, 0, []int{2, 3}, []int{0, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := seedFetch(t, n, map[peer.ID][]bool{"a": both, "c": both})
+			for _, i := range tc.missed {
+				f.have[i] = true
+				f.remaining--
+			}
+			now := time.Now()
+			cursor := 0
+			if got := f.pick("a", &cursor, len(tc.ask), false, now.Add(-tc.ago)); !slices.Equal(got, tc.ask) {
+				t.Fatalf("asked a for %v, want %v", got, tc.ask)
+			}
+			got := f.pick("c", &cursor, n, true, now)
+			slices.Sort(got)
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("an idle worker at c picked %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

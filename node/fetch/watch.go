@@ -74,8 +74,13 @@ func (f *fetch) tell(ctx context.Context, known []bool, notes func([]xchg.Note) 
 			ns = append(ns, xchg.Note{Index: i, Kind: xchg.NoteAsked})
 		}
 	}
-	at := len(f.notes)
+	id := f.notes.join()
 	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.notes.leave(id)
+		f.mu.Unlock()
+	}()
 	for {
 		for _, n := range ns {
 			if n.Kind == xchg.NoteHave {
@@ -86,9 +91,8 @@ func (f *fetch) tell(ctx context.Context, known []bool, notes func([]xchg.Note) 
 			return err
 		}
 		f.mu.Lock()
-		// f.notes only grows: the slice stays valid outside the lock.
 		ended, changed := f.ended, f.changed
-		ns, at = f.notes[at:], len(f.notes)
+		ns = f.notes.read(id)
 		f.mu.Unlock()
 		if ended {
 			for _, n := range ns {
@@ -96,7 +100,7 @@ func (f *fetch) tell(ctx context.Context, known []bool, notes func([]xchg.Note) 
 					known[n.Index] = true
 				}
 			}
-			return notes(append(slices.Clip(ns), xchg.Note{Index: 0, Kind: xchg.NoteState}))
+			return notes(append(ns, xchg.Note{Index: 0, Kind: xchg.NoteState}))
 		}
 		if len(ns) == 0 {
 			select {
@@ -105,7 +109,7 @@ func (f *fetch) tell(ctx context.Context, known []bool, notes func([]xchg.Note) 
 			case <-changed:
 			}
 			f.mu.Lock()
-			ns, at = f.notes[at:], len(f.notes)
+			ns = f.notes.read(id)
 			f.mu.Unlock()
 		}
 	}

@@ -169,6 +169,7 @@ func (w *worker) readBatch(ctx context.Context) error {
 	w.pending = w.pending[1:]
 	w.pace.read(rb.bytes(), time.Now(), len(w.pending) > 0)
 	f.release(missing)
+	f.arrived(rb.idx)
 	if len(rb.idx) > 0 && !w.delivered { // once: it resets the peer's failures
 		w.delivered = true
 		w.fr.worked(w.p)

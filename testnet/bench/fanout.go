@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -32,7 +33,7 @@ func startNSDaemon(ctx context.Context, nn testnet.NetNS, bin, data string, i in
 	sock := filepath.Join(data, "p2pimg.sock")
 	args := []string{"netns", "exec", nn.NS(i), bin, "daemon", "--data", data, "--socket", sock, "--no-mdns", "--open",
 		"--listen", "/ip4/" + nn.Addr(i) + "/tcp/4001", "--announce-interval", "200ms",
-		"--metrics", nn.Addr(i) + ":9100"} // pprof for -fanout-profile
+		"--metrics", nn.Addr(i) + ":9100", "--pprof"} // pprof for -fanout-profile
 	for _, p := range peers {
 		args = append(args, "--peer", p)
 	}
@@ -114,8 +115,12 @@ func (fn *fanNet) round(ctx context.Context, r fanRound) (res fanResult, err err
 	defer os.RemoveAll(root)
 	var all []*nsDaemon
 	defer func() {
-		for _, d := range all {
+		for i, d := range all {
 			d.stop()
+			if r.profile != "" { // the logs beside the profiles
+				b, _ := os.ReadFile(filepath.Join(root, fmt.Sprintf("h%d", i), "daemon.log"))
+				os.WriteFile(filepath.Join(r.profile, fmt.Sprintf("fan-%s-n%d-host%d.log", fn.nn.Rate, r.n, i)), b, 0o644)
+			}
 		}
 	}()
 	start := func(i int) (*nsDaemon, error) {
@@ -194,6 +199,9 @@ func (fn *fanNet) round(ctx context.Context, r fanRound) (res fanResult, err err
 		for _, i := range []int{0, 1} {
 			wg.Go(func() { fn.profile(r, i) })
 		}
+		sctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go fn.timeline(sctx, r, len(all))
 	}
 	if r.join > 0 || r.kill > 0 {
 		time.Sleep(r.alone / 2)
@@ -215,6 +223,11 @@ func (fn *fanNet) round(ctx context.Context, r fanRound) (res fanResult, err err
 	}
 	wg.Wait()
 	res.all = time.Since(began)
+	if r.profile != "" {
+		for _, i := range []int{0, 1} {
+			fn.metrics(r, i)
+		}
+	}
 	if len(errs) > 0 {
 		return res, errs[0]
 	}
@@ -238,6 +251,13 @@ func (fn *fanNet) profile(r fanRound, i int) {
 	}
 }
 
+// metrics saves host i's metrics after a fan-out, beside its profile.
+func (fn *fanNet) metrics(r fanRound, i int) {
+	out := filepath.Join(r.profile, fmt.Sprintf("fan-%s-n%d-host%d.metrics", fn.nn.Rate, r.n, i))
+	url := fmt.Sprintf("http://%s:9100/metrics", fn.nn.Addr(i))
+	exec.Command("ip", "netns", "exec", fn.nn.NS(i), "curl", "-sSf", "-o", out, url).Run()
+}
+
 // pct is the p-th percentile (nearest rank) of ds.
 func pct(ds []time.Duration, p float64) time.Duration {
 	if len(ds) == 0 {
@@ -255,7 +275,8 @@ func secs(d time.Duration) string { return fmt.Sprintf("%.1fs", d.Seconds()) }
 type fanOpts struct {
 	rates   []fanRate
 	churn   int    // fetchers in the kill and join rows (0: none)
-	profile string // directory for CPU profiles (empty: none)
+	profile string // directory for CPU profiles and link timelines (empty: none)
+	http    bool   // the one-HTTP-server-to-N-curl row
 }
 
 type fanRate struct {
@@ -338,6 +359,9 @@ func (fn *fanNet) rows(ctx context.Context, t *table, fr fanRate, first bool, o 
 			fmt.Sprintf("%.2f, %.2f; %.2f, %.2f", pct(res.finish, 50).Seconds()/one.all.Seconds(), pct(res.finish, 99).Seconds()/one.all.Seconds(),
 				pct(res.joined, 50).Seconds()/one.all.Seconds(), pct(res.joined, 99).Seconds()/one.all.Seconds()), "", nil)
 	}
+	if !o.http {
+		return nil
+	}
 	return fn.http(t, fr.rate, min(4, slices.Max(fr.ns)))
 }
 
@@ -409,4 +433,59 @@ func parseFanOut(spec string) (fanOpts, error) {
 		o.rates = append(o.rates, fr)
 	}
 	return o, nil
+}
+
+// timeline writes, every half second until ctx ends, each of the first
+// hosts' upload and download in Mbit/s (from the bridge side of their
+// links: one command reads them all), so a reader sees whether links sit
+// idle at the start, in the middle or at the end of a fan-out.
+func (fn *fanNet) timeline(ctx context.Context, r fanRound, hosts int) {
+	out := filepath.Join(r.profile, fmt.Sprintf("fan-%s-n%d-links.tsv", fn.nn.Rate, r.n))
+	f, err := os.Create(out)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "# seconds, then per host (0 is the seed) up/down Mbit/s\n")
+	type ctr struct{ up, down int64 }
+	read := func() map[int]ctr {
+		b, err := exec.Command("ip", "-n", fn.nn.Prefix+"br", "-s", "-j", "link", "show").Output()
+		if err != nil {
+			return nil
+		}
+		var links []struct {
+			Name  string `json:"ifname"`
+			Stats struct {
+				RX struct{ Bytes int64 } `json:"rx"`
+				TX struct{ Bytes int64 } `json:"tx"`
+			} `json:"stats64"`
+		}
+		json.Unmarshal(b, &links)
+		m := map[int]ctr{}
+		for _, l := range links {
+			var i int
+			if _, err := fmt.Sscanf(l.Name, "v%db", &i); err == nil { // the bridge receives what host i uploads
+				m[i] = ctr{up: l.Stats.RX.Bytes, down: l.Stats.TX.Bytes}
+			}
+		}
+		return m
+	}
+	began, prev, at := time.Now(), read(), time.Now()
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cur, now := read(), time.Now()
+		dt := now.Sub(at).Seconds()
+		fmt.Fprintf(f, "%.1f", now.Sub(began).Seconds())
+		for i := range hosts {
+			fmt.Fprintf(f, "\t%.0f/%.0f", float64(cur[i].up-prev[i].up)*8/1e6/dt, float64(cur[i].down-prev[i].down)*8/1e6/dt)
+		}
+		fmt.Fprintln(f)
+		prev, at = cur, now
+	}
 }

@@ -111,7 +111,8 @@ func run(ctx context.Context) error {
 	viewSize := flag.Int64("view-size", 4<<30, "image size for the fuse view part (lazy activation, reads through the view)")
 	fanRuns := flag.String("fanout", "50mbit:4,8,16;400mbit:4", "fan-out rows: per link rate (tc tbf), the fetcher counts; the kill and join rows run at the first rate")
 	fanChurn := flag.Int("fanout-churn", 8, "fetchers in the fan-out rows with a host killed and 4 joining halfway (0: none)")
-	fanProfile := flag.String("fanout-profile", "", "directory for CPU profiles of the seed and one fetcher during each fan-out")
+	fanProfile := flag.String("fanout-profile", "", "directory for CPU profiles of the seed and one fetcher and a timeline of every link's bytes during each fan-out")
+	fanHTTP := flag.Bool("fanout-http", true, "time one HTTP server to N curl clients beside the fan-out rows")
 	badSize := flag.Int64("badpeers-size", 256<<20, "image size for the stalled- and lying-peer part")
 	smoke := flag.Bool("smoke", false, "a quick check that every part runs (`make bench-smoke`): unless set otherwise, -size 64 MiB, -runs 1, -fanout-size and -badpeers-size 32 MiB and fewer samples; targets not enforced")
 	regfanSize := flag.Int64("regfan-size", 1<<30, "image size for the registry fan-out part (4 hosts pull through their mirrors)")
@@ -260,7 +261,7 @@ func run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		o.churn, o.profile = *fanChurn, *fanProfile
+		o.churn, o.profile, o.http = *fanChurn, *fanProfile, *fanHTTP
 		if err := benchFanOut(ctx, t, *bin, *dir, img, o); err != nil {
 			return err
 		}
