@@ -133,12 +133,16 @@ func Run(t *testing.T, open func(t *testing.T) Storage) {
 				refused += int64(n)
 			}
 		}
+		// A store that reports allocation reads it from the file system,
+		// which may settle a pack's blocks between two calls: dead bytes
+		// are compared net of what is allocated.
+		net := func(x chunk.StoreStats) int64 { return x.DeadBytes - x.AllocatedBytes }
 		all, err := s.Stats(ctx, func(cid.Cid) bool { return true })
-		if err != nil || all != st {
+		if err != nil || all.Chunks != st.Chunks || all.StoredBytes != st.StoredBytes || net(all) != net(st) {
 			t.Fatalf("stats keeping everything %+v, %v; want %+v as without keep", all, err, st)
 		}
 		some, err := s.Stats(ctx, half)
-		if err != nil || some.Chunks != st.Chunks || some.StoredBytes != st.StoredBytes || some.DeadBytes != st.DeadBytes+refused {
+		if err != nil || some.Chunks != st.Chunks || some.StoredBytes != st.StoredBytes || net(some) != net(st)+refused {
 			t.Fatalf("stats refusing %d bytes: %+v, %v; without keep %+v", refused, some, err, st)
 		}
 	})
