@@ -43,7 +43,8 @@ type Chunks interface {
 }
 
 // Fetcher fetches one missing chunk at once (ahead of any background
-// fetch), verifies it against its id, stores it and returns its bytes.
+// fetch), verifies it against its id and returns its bytes (storing them,
+// maybe just after it returns).
 // It must return within the context's deadline; an error means no peer
 // supplied a verified copy. Safe for concurrent use.
 type Fetcher interface {
