@@ -232,8 +232,10 @@ func (n *Node) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// Close stops the host and closes the store.
+// Close stops the host and closes the store (once the chunks fetched for
+// reads are stored).
 func (n *Node) Close() error {
+	n.fetch.Wait()
 	return errors.Join(n.net.Host.Close(), n.db.Close(), n.seats.Close())
 }
 

@@ -68,6 +68,16 @@ func TestDiskImageCopyOnWrite(t *testing.T) {
 		t.Fatalf("a 4 KiB write grew the disk delta by %d sectors, want 8 (one block)", grew)
 	}
 	t.Logf("data dir grew by %d KiB in all (the store's own files included)", (blocksUnder(t, adata)-before)/2)
+	var st api.Stats
+	if err := json.Unmarshal([]byte(mustCLI(t, a, "stats", "--json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	if delta := blocksUnder(t, filepath.Join(adata, "delta")) * 512; st.DeltaBytes != delta || delta == 0 {
+		t.Fatalf("stats counts %d bytes of disk deltas, the delta directory holds %d", st.DeltaBytes, delta)
+	}
+	if out := mustCLI(t, a, "stats"); !strings.Contains(out, "disk deltas") {
+		t.Fatalf("stats does not show the disk deltas: %q", out)
+	}
 	if ents, err := os.ReadDir(filepath.Join(adata, "overlay", "vm:1", "upper")); err != nil || len(ents) > 0 {
 		t.Fatalf("the overlay's upper directory holds %d entries (%v): the image was copied up", len(ents), err)
 	}

@@ -242,6 +242,8 @@ func (a *app) statsCmd() *cobra.Command {
 			fmt.Fprintf(tw, "pack disk\t%s\t(%d allocated)\n", humanize.IBytes(uint64(st.AllocatedBytes)), st.AllocatedBytes)
 			fmt.Fprintf(tw, "dead bytes\t%s\t(%d; in packs but no kept chunk's: gc gives them back)\n", humanize.IBytes(uint64(st.DeadBytes)), st.DeadBytes)
 			fmt.Fprintf(tw, "view checkouts\t%s\t(%d; overlay-mode copies under views/, beside the store)\n", humanize.IBytes(uint64(st.ViewBytes)), st.ViewBytes)
+			fmt.Fprintf(tw, "disk deltas\t%s\t(%d; blocks written into activated disk images, under delta/)\n", humanize.IBytes(uint64(st.DeltaBytes)), st.DeltaBytes)
+			fmt.Fprintf(tw, "overlay uppers\t%s\t(%d; files written into activated trees, under overlay/)\n", humanize.IBytes(uint64(st.UpperBytes)), st.UpperBytes)
 			return tw.Flush()
 		},
 	}

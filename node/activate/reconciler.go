@@ -47,9 +47,11 @@ type Fetcher interface {
 	// checked and stored.
 	Manifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, error)
 	// FetchChunk returns chunk id of manifest layer, fetched at once from
-	// a peer, verified and stored; an error when none supplied it before
-	// ctx ended.
+	// a peer and verified (stored just after it returns); an error when
+	// none supplied it before ctx ended.
 	FetchChunk(ctx context.Context, layer, id cid.Cid) ([]byte, error)
+	// Wait waits until the chunks FetchChunk returned so far are stored.
+	Wait()
 	// Behind is a context for a background fetch that yields to
 	// FetchChunk's on-demand fetches while they wait.
 	Behind(ctx context.Context) context.Context

@@ -138,5 +138,5 @@ func (r *Reconciler) pruneViews(ctx context.Context, except string) (int, int64,
 	return r.cfg.Exposer.PruneViews(keep)
 }
 
-// ViewBytes is the disk the overlay-mode view checkouts use.
-func (r *Reconciler) ViewBytes() int64 { return r.cfg.Exposer.ViewBytes() }
+// Disk is what the exposures keep in the data dir beside the store.
+func (r *Reconciler) Disk() expose.Disk { return r.cfg.Exposer.Disk() }

@@ -235,5 +235,6 @@ func (r *Reconciler) prefetchTraced(ctx context.Context, a gossip.Activation, m 
 	}
 	close(work)
 	wg.Wait()
+	f.Wait() // stored before the background fetch looks for what is missing
 	r.cfg.Log.Info("traced chunks fetched first", "layer", a.Layer, "chunks", len(ids), "trace", traceID)
 }

@@ -185,6 +185,11 @@ type Stats struct {
 	// ViewBytes is the disk the overlay-mode view checkouts use, beside
 	// the store (fuse mode keeps none).
 	ViewBytes int64 `json:"view_bytes"`
+	// DeltaBytes is the disk the disk images' copy-on-write deltas use
+	// (what was written into activated disk images); UpperBytes the
+	// overlays' upper directories (what was written into activated trees).
+	DeltaBytes int64 `json:"delta_bytes"`
+	UpperBytes int64 `json:"upper_bytes"`
 }
 
 // PartitionRequest is POST /v1/partition: the peers this host is cut off

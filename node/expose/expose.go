@@ -49,8 +49,9 @@ type Config struct {
 
 // ChunkFetcher fetches one chunk of a layer from peers at once.
 type ChunkFetcher interface {
-	// FetchChunk returns chunk id of manifest layer, verified and
-	// stored, or an error when no peer supplied it before ctx ended.
+	// FetchChunk returns chunk id of manifest layer, verified (and
+	// stored, maybe just after it returns), or an error when no peer
+	// supplied it before ctx ended.
 	FetchChunk(ctx context.Context, layer, id cid.Cid) ([]byte, error)
 }
 

@@ -16,8 +16,12 @@ import (
 	"github.com/p2pimg/p2pimg/node/expose/fuseview"
 )
 
-// fuseDir holds the mount points of the FUSE views, one per manifest.
-const fuseDir = "fuse"
+// fuseDir holds the mount points of the FUSE views, one per manifest;
+// deltaDir the disk images' deltas, one directory per layer.
+const (
+	fuseDir  = "fuse"
+	deltaDir = "delta"
+)
 
 // served is one FUSE view this process serves, and the layers whose
 // overlays stand on it.
@@ -87,7 +91,7 @@ func layerDir(layer string) string { return strings.ReplaceAll(layer, "/", "_") 
 // DeltaDir is where the block-level deltas of a layer's disk images are
 // kept (one directory per version exposed).
 func (x *Exposer) DeltaDir(layer string) string {
-	return filepath.Join(x.cfg.DataDir, "delta", layerDir(layer))
+	return filepath.Join(x.cfg.DataDir, deltaDir, layerDir(layer))
 }
 
 // serveLocked returns the view by key, mounting it if this process does

@@ -212,7 +212,7 @@ func lockPaths(e *Exposure, locked []string) error {
 
 // UpperDir is where an overlay keeps the writes made to a layer's view.
 func (x *Exposer) UpperDir(layer string) string {
-	return filepath.Join(x.cfg.DataDir, "overlay", strings.ReplaceAll(layer, "/", "_"), "upper")
+	return filepath.Join(x.cfg.DataDir, overlayDir, strings.ReplaceAll(layer, "/", "_"), "upper")
 }
 
 // unmountOverlay removes the overlay and its writes; the path shows its
@@ -276,11 +276,30 @@ func (x *Exposer) Changes(e *Exposure, layer string) (paths int, bytes int64) {
 	return paths, bytes
 }
 
-// viewsDir holds the overlay mode's read-only checkouts, one per manifest.
-const viewsDir = "views"
+// viewsDir holds the overlay mode's read-only checkouts, one per
+// manifest; overlayDir the overlays' upper and work directories, one per
+// layer.
+const (
+	viewsDir   = "views"
+	overlayDir = "overlay"
+)
 
-// ViewBytes is the disk the view checkouts use (allocated blocks).
-func (x *Exposer) ViewBytes() int64 { return dirBlocks(filepath.Join(x.cfg.DataDir, viewsDir)) }
+// Disk is the disk (allocated blocks) an exposer keeps in the data dir
+// beside the store.
+type Disk struct {
+	Views  int64 // overlay-mode view checkouts
+	Deltas int64 // disk images' block-level copy-on-write deltas
+	Uppers int64 // overlays' upper directories (what was written into trees)
+}
+
+// Disk measures what the exposer keeps in the data dir now.
+func (x *Exposer) Disk() Disk {
+	return Disk{
+		Views:  dirBlocks(filepath.Join(x.cfg.DataDir, viewsDir)),
+		Deltas: dirBlocks(filepath.Join(x.cfg.DataDir, deltaDir)),
+		Uppers: dirBlocks(filepath.Join(x.cfg.DataDir, overlayDir)),
+	}
+}
 
 // PruneViews removes the view checkouts of every manifest not in keep,
 // and returns how many and the disk they used.

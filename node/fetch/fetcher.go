@@ -81,6 +81,9 @@ type Fetcher struct {
 	trace  func(faults.ChunkEvent)
 	demand demand  // on-demand fetches in flight, which background ones yield to
 	asks   streams // idle streams for on-demand asks
+	// storing counts stores of chunks fetched on demand still going on
+	// after their reads were answered.
+	storing sync.WaitGroup
 
 	mu      sync.Mutex
 	fetches map[cid.Cid]*fetch

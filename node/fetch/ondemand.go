@@ -18,7 +18,8 @@ import (
 // that needs it, ahead of any background fetch and outside the scheduler:
 // it asks the holders of the layer first, then every connected peer, one
 // at a time, until one answers or ctx ends. The bytes are verified against
-// id before they are stored or returned; a peer that sends bad ones is
+// id before they are returned, and stored just after (Wait waits for
+// that); a peer that sends bad ones is
 // disconnected and blocked, as in a fetch. Safe for concurrent use; the
 // caller bounds it with ctx. Background fetches run with Behind's context
 // slow down meanwhile.
@@ -44,17 +45,8 @@ func (fr *Fetcher) FetchChunk(ctx context.Context, layer, id cid.Cid) ([]byte, e
 			errs = append(errs, fmt.Errorf("peer %s: %w", p, err))
 			continue
 		}
-		unpin := fr.cfg.Pins.Pin()
-		err = fr.cfg.Store.PutUncached(ctx, b)
-		unpin()
-		if err != nil {
-			return nil, fmt.Errorf("chunk %s: store: %w", id, err)
-		}
 		fr.bytesIn.WithLabelValues(p.String()).Add(float64(len(data)))
-		fr.chunksFetched.Inc()
-		if fr.trace != nil {
-			fr.trace(faults.ChunkEvent{Stored: true, Peer: p.String(), CID: id.String()})
-		}
+		fr.storeAfter(p, b)
 		return data, nil
 	}
 	if err := ctx.Err(); err != nil {
@@ -65,6 +57,32 @@ func (fr *Fetcher) FetchChunk(ctx context.Context, layer, id cid.Cid) ([]byte, e
 	}
 	return nil, fmt.Errorf("chunk %s: no peer supplied it: %w", id, errors.Join(errs...))
 }
+
+// storeAfter stores a chunk fetched on demand once its read has it: the
+// read waits for the peer and the verification, not for the pack write
+// and index batch, which queued behind the background fetch's writes (a
+// tenth to a third of each on-demand fetch; tens of milliseconds when the
+// disk was busy). A chunk that cannot be stored (a full disk) is fetched
+// again by the next read or the background fetch, which then fails with
+// the reason. Wait waits for these.
+func (fr *Fetcher) storeAfter(p peer.ID, b chunk.Block) {
+	unpin := fr.cfg.Pins.Pin() // gc leaves it be from now on
+	fr.storing.Go(func() {
+		defer unpin()
+		if err := fr.cfg.Store.PutUncached(context.Background(), b); err != nil {
+			fr.cfg.Log.Warn("on-demand fetch: store", "chunk", b.CID(), "err", err)
+			return
+		}
+		fr.chunksFetched.Inc()
+		if fr.trace != nil {
+			fr.trace(faults.ChunkEvent{Stored: true, Peer: p.String(), CID: b.CID().String()})
+		}
+	})
+}
+
+// Wait waits until the chunks fetched on demand so far are stored (or
+// failed to be): call it before the store closes.
+func (fr *Fetcher) Wait() { fr.storing.Wait() }
 
 // askChunk requests one chunk from p: on a kept stream if there is one
 // (once more on a new stream if that one fails: the peer may have closed

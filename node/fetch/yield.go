@@ -11,8 +11,9 @@ import (
 )
 
 // Reads first: while on-demand fetches (FetchChunk, for reads of a lazy
-// view) are in flight, and for yieldQuiet after the last one ended, a
-// background fetch run with Behind's context moves at most yieldRate. A
+// view) are in flight, for yieldQuiet after the last one ended, and for
+// its first yieldQuiet, a background fetch run with Behind's context
+// moves at most yieldRate. A
 // read then has the peers' upload and this host's download to itself
 // instead of queueing behind the background's pipelined batches, and the
 // background goes back to full speed as soon as reads pause.
@@ -42,6 +43,13 @@ func (d *demand) end() {
 	d.mu.Unlock()
 }
 
+// touch counts as an on-demand fetch that just ended.
+func (d *demand) touch(now time.Time) {
+	d.mu.Lock()
+	d.last = now
+	d.mu.Unlock()
+}
+
 // busy reports whether reads are waiting for fetches, or just were.
 func (d *demand) busy(now time.Time) bool {
 	d.mu.Lock()
@@ -53,11 +61,18 @@ func (d *demand) busy(now time.Time) bool {
 // exposed layer) that yields to on-demand fetches as described above; it
 // replaces any cap WithCap set on ctx. Its watcher ends with ctx.
 func (fr *Fetcher) Behind(ctx context.Context) context.Context {
-	lim := rate.NewLimiter(rate.Inf, chunk.MaxChunkSize)
+	// It starts slow: the layer was just exposed and its first reads (a
+	// guest booting) are about to come. Started at full speed, its first
+	// pipelined batches held the reads' chunks up behind them for tens of
+	// milliseconds, before the first tick could slow it down.
+	now := time.Now()
+	fr.demand.touch(now)
+	lim := rate.NewLimiter(yieldRate, chunk.MaxChunkSize)
+	lim.ReserveN(now, chunk.MaxChunkSize) // no burst
 	go func() {
 		t := time.NewTicker(yieldTick)
 		defer t.Stop()
-		slow := false
+		slow := true
 		for {
 			select {
 			case <-ctx.Done():

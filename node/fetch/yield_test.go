@@ -9,8 +9,10 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// A background fetch's cap drops to yieldRate while an on-demand fetch
-// is in flight and for yieldQuiet after, then lifts (on a fake clock).
+// A background fetch starts capped at yieldRate (the first reads of a
+// layer just exposed are coming), lifts the cap after yieldQuiet without
+// reads, drops it again while an on-demand fetch is in flight and for
+// yieldQuiet after, then lifts it (on a fake clock).
 func TestBehindYieldsToReads(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fr := &Fetcher{}
@@ -21,7 +23,14 @@ func TestBehindYieldsToReads(t *testing.T) {
 			time.Sleep(d)
 			synctest.Wait()
 		}
-		step(3 * yieldTick)
+		if lim.Limit() != yieldRate || lim.Tokens() > 0 {
+			t.Fatalf("just started: cap %v with %.0f bytes of burst, want %v and none", lim.Limit(), lim.Tokens(), rate.Limit(yieldRate))
+		}
+		step(yieldQuiet / 2)
+		if lim.Limit() != yieldRate {
+			t.Fatalf("started %v ago: cap %v, want still %v", yieldQuiet/2, lim.Limit(), rate.Limit(yieldRate))
+		}
+		step(yieldQuiet/2 + 3*yieldTick)
 		if lim.Limit() != rate.Inf {
 			t.Fatalf("no read waiting: cap %v, want none", lim.Limit())
 		}

@@ -230,7 +230,8 @@ func (sv *Service) Stats(ctx context.Context) (*api.Stats, error) {
 		out.DedupRatio = float64(out.LogicalBytes) / float64(st.StoredBytes)
 	}
 	if sv.cfg.Held != nil {
-		out.ViewBytes = sv.cfg.Held.ViewBytes()
+		d := sv.cfg.Held.Disk()
+		out.ViewBytes, out.DeltaBytes, out.UpperBytes = d.Views, d.Deltas, d.Uppers
 	}
 	return out, nil
 }

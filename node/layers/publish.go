@@ -53,8 +53,9 @@ type Holder interface {
 	// PruneViews removes the fallback view checkouts no held layer uses,
 	// returning how many and their disk. Idempotent.
 	PruneViews(ctx context.Context) (int, int64, error)
-	// ViewBytes is the disk those checkouts use now.
-	ViewBytes() int64
+	// Disk is what the exposures keep in the data dir now: those
+	// checkouts, disk deltas and overlay uppers.
+	Disk() expose.Disk
 	// Changed is what was written into layer's exposure here (for a
 	// commit); api.Conflict when it is not exposed here.
 	Changed(ctx context.Context, layer string) (expose.Changed, error)

@@ -18,6 +18,7 @@ import (
 	"os"
 	"path"
 	"sort"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -42,7 +43,8 @@ type Chunks interface {
 }
 
 // Fetcher fetches one missing chunk at once (ahead of any background
-// fetch), verifies it against its id, stores it and returns its bytes.
+// fetch), verifies it against its id and returns its bytes (storing them,
+// maybe just after it returns).
 // It must return within the context's deadline; an error means no peer
 // supplied a verified copy. Safe for concurrent use.
 type Fetcher interface {
@@ -94,7 +96,8 @@ type View struct {
 	statsMu sync.Mutex
 	stats   Stats
 
-	disks map[string]*diskNode // writable disk images, by path
+	disks   map[string]*diskNode // writable disk images, by path
+	readers *readers
 }
 
 // Stats counts what reads through a view did.
@@ -151,13 +154,38 @@ func Mount(dir string, m *chunk.Manifest, cfg Config) (*View, error) {
 			DisableXAttrs:     false, // from the manifest
 		},
 	}
+	v.readers = startReaders(readerCount)
 	srv, err := fusefs.Mount(dir, root, opts)
 	if err != nil {
+		v.readers.stop()
 		v.closeDisks()
 		return nil, fmt.Errorf("mount fuse view at %s: %w", dir, err)
 	}
 	v.server = srv
+	if err := raiseReadAhead(dir, readAhead); err != nil {
+		cfg.Log.Debug("fuse view: kernel read-ahead left at its default", "dir", dir, "err", err)
+	}
 	return v, nil
+}
+
+// readAhead is the kernel read-ahead a view asks for. The kernel caps a
+// FUSE mount's read-ahead, and so the size of the reads it sends, at its
+// backing device's read_ahead_kb (128 KiB), whatever the server asked for
+// at init: a sequential read then costs a round trip to the daemon per
+// 128 KiB, with one or two in flight. With more, each read is 1 MiB
+// (MaxWrite bounds it) and several are in flight, so the chunks of each
+// are read from the packs side by side.
+const readAhead = 4 << 20
+
+// raiseReadAhead sets the read-ahead of the mount at dir (root only; a
+// failure costs speed, never correctness).
+func raiseReadAhead(dir string, n int) error {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return err
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	return os.WriteFile(p, []byte(strconv.Itoa(n>>10)), 0)
 }
 
 // Dir is the mount point.
@@ -181,6 +209,7 @@ func (v *View) Unmount() error {
 	}
 	done := make(chan struct{})
 	go func() { v.server.Wait(); close(done) }()
+	defer v.readers.stop()
 	defer v.closeDisks() // once no request can reach them
 	select {
 	case <-done:
@@ -379,7 +408,10 @@ func (f *fileNode) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, 
 }
 
 // readBase fills dest with the layer's bytes at off; those at or past
-// limit (or the file's end) read as zeros.
+// limit (or the file's end) read as zeros. A chunk the read covers whole
+// is read from the store straight into dest (no buffer, no second copy);
+// several such chunks are read side by side, so a cold read keeps the
+// disk busy and a lazy view fetches them from peers in parallel.
 func (f *fileNode) readBase(ctx context.Context, dest []byte, off, limit int64) error {
 	end := min(off+int64(len(dest)), f.size(), limit)
 	if off >= end {
@@ -387,50 +419,103 @@ func (f *fileNode) readBase(ctx context.Context, dest []byte, off, limit int64) 
 		return nil
 	}
 	clear(dest[end-off:])
-	f.prefetch(ctx, f.chunkAt(off), f.chunkAt(end-1))
-	for i, pos := f.chunkAt(off), off; pos < end; i++ {
-		from, to := pos-f.offs[i], min(end, f.offs[i+1])-f.offs[i]
-		out := dest[pos-off : pos-off+(to-from)]
-		if f.zero[i] {
-			clear(out)
-		} else {
-			data, err := f.v.chunk(ctx, f.e.Chunks[i])
-			if err != nil {
-				f.v.count(func(s *Stats) { s.ReadErrors++ })
-				f.v.cfg.Log.Warn("fuse view: read failed", "path", f.e.Path, "offset", pos, "err", err)
-				return err
-			}
-			copy(out, data[from:to])
-		}
-		pos = f.offs[i] + to
+	first, last := f.chunkAt(off), f.chunkAt(end-1)
+	if first == last {
+		return f.readChunk(ctx, dest, off, end, first)
 	}
-	return nil
-}
-
-// prefetch loads chunks first..last side by side when there are several
-// (the kernel's read-ahead asks for up to 1 MiB at once): a lazy view
-// then fetches them from peers in parallel instead of one after another.
-// Errors are left for the read itself to meet and report.
-func (f *fileNode) prefetch(ctx context.Context, first, last int) {
-	if last <= first || f.v.cfg.Fetch == nil {
-		return
-	}
+	errs := make([]error, last-first+1)
 	var wg sync.WaitGroup
 	for i := first; i <= last; i++ {
-		if f.zero[i] {
+		read := func() { errs[i-first] = f.readChunk(ctx, dest, off, end, i) }
+		if f.zero[i] || i == last {
+			read()
 			continue
 		}
-		wg.Go(func() { f.v.chunk(ctx, f.e.Chunks[i]) })
+		wg.Add(1)
+		if !f.v.readers.try(func() { read(); wg.Done() }) {
+			read()
+			wg.Done()
+		}
 	}
 	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// readChunk fills the part of dest (which holds [off, end) of the file)
+// that chunk i covers.
+func (f *fileNode) readChunk(ctx context.Context, dest []byte, off, end int64, i int) error {
+	from, to := max(off, f.offs[i]), min(end, f.offs[i+1])
+	out := dest[from-off : to-off : to-off]
+	if f.zero[i] {
+		clear(out)
+		return nil
+	}
+	ref := f.e.Chunks[i]
+	var err error
+	if from == f.offs[i] && to == f.offs[i+1] {
+		err = f.v.chunkInto(ctx, ref, out)
+	} else {
+		var data []byte
+		if data, err = f.v.chunk(ctx, ref); err == nil {
+			copy(out, data[from-f.offs[i]:to-f.offs[i]])
+		}
+	}
+	if err != nil {
+		f.v.count(func(s *Stats) { s.ReadErrors++ })
+		f.v.cfg.Log.Warn("fuse view: read failed", "path", f.e.Path, "offset", from, "err", err)
+	}
+	return err
+}
+
+// chunkInto reads a whole chunk into out (len(out) == ref.Size): from the
+// cache, straight from the store into out, or (missing) through the
+// fetcher, once however many reads ask for it.
+func (v *View) chunkInto(ctx context.Context, ref chunk.Ref, out []byte) error {
+	v.trace(ref)
+	if b, ok := v.cache.Peek(ref.CID); ok {
+		copy(out, b)
+		return nil
+	}
+	b, err := v.cfg.Store.GetInto(ctx, ref.CID, out)
+	switch {
+	case errors.Is(err, chunk.ErrNotFound):
+		if b, err = v.cached(ctx, ref); err == nil {
+			copy(out, b)
+		}
+		return err // cached told OnReadError
+	case err != nil:
+	case len(b) != len(out):
+		err = fmt.Errorf("%d bytes, the manifest says %d", len(b), ref.Size)
+	default:
+		v.count(func(s *Stats) { s.StoreReads++ })
+		if len(b) > 0 && &b[0] != &out[0] {
+			copy(out, b)
+		}
+		return nil
+	}
+	if v.cfg.OnReadError != nil {
+		v.cfg.OnReadError(ref.CID, err)
+	}
+	return fmt.Errorf("chunk %s: %w", ref.CID, err)
 }
 
 // chunk returns a chunk's bytes: from the cache, the store, or (missing)
 // the fetcher, which verifies before it returns.
 func (v *View) chunk(ctx context.Context, ref chunk.Ref) ([]byte, error) {
+	v.trace(ref)
+	return v.cached(ctx, ref)
+}
+
+func (v *View) trace(ref chunk.Ref) {
 	if v.cfg.OnChunk != nil {
 		v.cfg.OnChunk(ref.CID)
 	}
+}
+
+// cached is chunk without the trace: concurrent asks for one chunk load
+// it once, and what was loaded stays in a small cache (a chunk straddling
+// two reads is read once).
+func (v *View) cached(ctx context.Context, ref chunk.Ref) ([]byte, error) {
 	if b, ok := v.cache.Get(ref.CID); ok {
 		return b, nil
 	}
