@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/p2pimg/p2pimg/chunk/disk"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/gossip"
 )
 
 // seatsTimeout bounds asking a keeper for the seat table while building
@@ -39,7 +41,7 @@ func (n *Node) hostInfo() map[string]api.FleetHost {
 	out := map[string]api.FleetHost{n.ID().String(): {ID: n.ID().String(), Name: n.cfg.Name,
 		Labels: orEmpty(n.cfg.Labels), Reach: api.ReachSelf, LastSeen: now.UTC()}}
 	for p, v := range n.catalog.Hosts() {
-		h := api.FleetHost{ID: p.String(), Name: v.Name, Labels: orEmpty(v.Labels)}
+		h := api.FleetHost{ID: p.String(), Name: v.Name, Labels: orEmpty(v.Labels), Store: announcedUse(v.Store)}
 		h.Reach, h.LastSeen = n.gossip.Reach(p, now)
 		h.LastSeen = h.LastSeen.UTC()
 		out[h.ID] = h
@@ -118,7 +120,7 @@ func (n *Node) buildFleet(ctx context.Context) (*api.Fleet, error) {
 		}
 	}
 	self := hosts[f.Self]
-	self.Store = n.storeUse(ctx)
+	self.Store, _ = n.storeUse(ctx) // nil when unreadable: the page says so
 	hosts[f.Self] = self
 	f.Hosts = slices.SortedFunc(maps.Values(hosts), func(a, b api.FleetHost) int {
 		return cmp.Or(cmp.Compare(a.Name, b.Name), strings.Compare(a.ID, b.ID))
@@ -264,22 +266,48 @@ type storeCache struct {
 // storeFresh is how long the store's figures are reused.
 const storeFresh = 10 * time.Second
 
-// storeUse is this host's store figures (at most storeFresh old) and the
-// disk under its data directory now (nil when the store cannot be read).
-func (n *Node) storeUse(ctx context.Context) *api.StoreUse {
+// storeUse is this host's store figures (at most storeFresh old; At
+// says when they were counted) and the disk under its data directory now.
+func (n *Node) storeUse(ctx context.Context) (*api.StoreUse, error) {
 	c := &n.use
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.st == nil || time.Since(c.at) > storeFresh {
 		st, err := n.layers.Stats(ctx)
 		if err != nil {
-			return nil
+			return nil, err
 		}
 		c.st, c.at = st, time.Now()
 	}
-	u := &api.StoreUse{Stats: *c.st}
+	u := &api.StoreUse{Stats: *c.st, At: c.at.UTC()}
 	if d, err := disk.Space(n.cfg.DataDir); err == nil {
 		u.DiskFree, u.DiskTotal = d.Free, d.Total
+	}
+	return u, nil
+}
+
+// storeSummary is this host's store figures as its host record carries
+// them to the others.
+func (n *Node) storeSummary(ctx context.Context) (gossip.StoreSummary, error) {
+	u, err := n.storeUse(ctx)
+	if err != nil {
+		return gossip.StoreSummary{}, fmt.Errorf("store figures: %w", err)
+	}
+	return gossip.StoreSummary{At: u.At.UnixNano(), Layers: int64(u.Layers), Chunks: u.Chunks,
+		LogicalBytes: u.LogicalBytes, StoredBytes: u.StoredBytes, AllocatedBytes: u.AllocatedBytes, DeadBytes: u.DeadBytes,
+		ViewBytes: u.ViewBytes, DeltaBytes: u.DeltaBytes, UpperBytes: u.UpperBytes, DiskFree: u.DiskFree, DiskTotal: u.DiskTotal}, nil
+}
+
+// announcedUse is the store figures another host announced (nil: none).
+func announcedUse(s *gossip.StoreSummary) *api.StoreUse {
+	if s == nil {
+		return nil
+	}
+	u := &api.StoreUse{At: time.Unix(0, s.At).UTC(), DiskFree: s.DiskFree, DiskTotal: s.DiskTotal,
+		Stats: api.Stats{Layers: int(s.Layers), Chunks: s.Chunks, LogicalBytes: s.LogicalBytes, StoredBytes: s.StoredBytes,
+			AllocatedBytes: s.AllocatedBytes, DeadBytes: s.DeadBytes, ViewBytes: s.ViewBytes, DeltaBytes: s.DeltaBytes, UpperBytes: s.UpperBytes}}
+	if s.StoredBytes > 0 {
+		u.DedupRatio = float64(s.LogicalBytes) / float64(s.StoredBytes)
 	}
 	return u
 }

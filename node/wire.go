@@ -67,7 +67,7 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 		Upstreams: cfg.Upstreams, Relay: n.relay, Log: cfg.Log, Reg: n.reg}, arrivals)
 	n.gossip = gossip.New(gossip.Config{Host: h, Key: key, Cluster: cfg.Cluster, Catalog: n.catalog, Store: db, Log: cfg.Log, Labels: cfg.Labels, Name: cfg.Name,
 		Interval: cfg.AnnounceInterval, Announce: announce, Activations: reconcile,
-		HostPolicy: func() json.RawMessage { return n.policy.HostPolicyJSON() }, States: n.act.States, Reg: n.reg, Faults: cfg.Faults,
+		HostPolicy: func() json.RawMessage { return n.policy.HostPolicyJSON() }, States: n.act.States, StoreUse: n.storeSummary, Reg: n.reg, Faults: cfg.Faults,
 		UnreachableAfter: 12 * cfg.AnnounceInterval, GoneAfter: cfg.GoneAfter})
 	n.registerMetrics()
 	return n, nil

@@ -217,8 +217,8 @@ func fleetChecks(f api.Fleet) []check {
 		out = append(out, check{"seats", checkOK, fmt.Sprintf("keepers answer (leader %s), %d licence(s)", short(f.Seats.Leader), len(f.Seats.Licenses))})
 	}
 	for _, h := range f.Hosts {
-		if h.Store == nil || h.Store.DiskTotal == 0 {
-			continue
+		if h.ID != f.Self || h.Store == nil || h.Store.DiskTotal == 0 {
+			continue // the others announce theirs: this checks this host
 		}
 		detail := fmt.Sprintf("%s free of %s under the data directory", humanize.IBytes(uint64(h.Store.DiskFree)), humanize.IBytes(uint64(h.Store.DiskTotal)))
 		if h.Store.DiskFree < lowDisk {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/testnet"
 	"github.com/p2pimg/p2pimg/testnet/browser"
 )
@@ -94,6 +96,21 @@ func TestWebViewInBrowser(t *testing.T) {
 	}
 	if got := page.text(`document.querySelector('#matrix td.cell[data-layer="web:1"]').textContent`); !strings.Contains(got, "at /opt/web") {
 		t.Fatalf("cell of web:1: %q", got)
+	}
+
+	// Another host's store, as it announced it: node2 now holds web:1's
+	// chunks, and the page (served by node1) and the fleet document show
+	// its figures.
+	node2 := l.Nodes[1].PeerID
+	page.until("node2's store with web:1's chunks", fmt.Sprintf(`/^[1-9][0-9.]* [kMGTP]?B stored, dedup [0-9.]+x[1-9][0-9]* chunks · dead [0-9.]+ [kMGTP]?B.* · as of /.test((document.querySelector('#hosts tr[data-host=%q] td.store') || {}).textContent)`, node2))
+	var fleet api.Fleet
+	if err := json.Unmarshal([]byte(httpGet(t, url+"v1/fleet")), &fleet); err != nil {
+		t.Fatalf("the fleet document: %v", err)
+	}
+	for _, h := range fleet.Hosts {
+		if h.ID == node2 && (h.Store == nil || h.Store.Chunks == 0 || h.Store.StoredBytes == 0 || h.Store.DiskTotal == 0 || time.Since(h.Store.At) > 10*time.Minute) {
+			t.Fatalf("node2's store in the fleet document: %+v", h.Store)
+		}
 	}
 
 	// A seat claimed on node 2 appears with its host's name.

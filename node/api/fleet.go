@@ -41,13 +41,17 @@ type FleetHost struct {
 	// announced.
 	HeldLayers int   `json:"held_layers"`
 	HeldBytes  int64 `json:"held_bytes"`
-	// Store is the host's chunk store and disk: only for the host
-	// answering (others do not announce theirs).
+	// Store is the host's chunk store and disk: counted now for the host
+	// answering, as last announced for the others (absent: none heard).
 	Store *StoreUse `json:"store,omitempty"`
 }
 
 // StoreUse is a host's chunk store and the disk under it.
 type StoreUse struct {
+	// At is when the figures were counted (another host announces them
+	// again when one moves by more than 1%, at least 1 MiB and at most
+	// 64 MiB, looking at most every 30s; and every 15 minutes anyway).
+	At time.Time `json:"at"`
 	Stats
 	DiskFree  int64 `json:"disk_free"`
 	DiskTotal int64 `json:"disk_total"`

@@ -36,6 +36,7 @@ type Catalog struct {
 	labels   map[peer.ID]map[string]string
 	names    map[peer.ID]string
 	policies map[peer.ID]policy.Host
+	stores   map[peer.ID]*StoreSummary
 	seen     map[peer.ID]time.Time // last sign of life, as this host learned it
 	forgot   map[peer.ID]time.Time // hosts forgotten by the operator: records up to then stay out
 
@@ -99,7 +100,7 @@ func NewCatalog() *Catalog {
 		origins: map[peer.ID]*originSet{}, limit: DefaultLimit,
 		mappings: map[string]Mapping{}, holders: map[string]map[peer.ID]bool{},
 		acts: map[string]Activation{}, states: map[peer.ID]map[string]HostState{}, labels: map[peer.ID]map[string]string{}, names: map[peer.ID]string{},
-		policies: map[peer.ID]policy.Host{}, seen: map[peer.ID]time.Time{}, forgot: map[peer.ID]time.Time{},
+		policies: map[peer.ID]policy.Host{}, stores: map[peer.ID]*StoreSummary{}, seen: map[peer.ID]time.Time{}, forgot: map[peer.ID]time.Time{},
 		floods: map[peer.ID]*tokens{}, refused: map[string]int64{},
 	}
 }
@@ -178,6 +179,7 @@ func (c *Catalog) view(r *checked) {
 		c.labels[r.origin] = r.host.Labels
 		c.names[r.origin] = r.host.Name
 		c.policies[r.origin] = r.policy
+		c.stores[r.origin] = r.host.Store
 	}
 }
 
@@ -307,6 +309,7 @@ type HostView struct {
 	Labels map[string]string
 	States []HostState
 	Policy policy.Host
+	Store  *StoreSummary // nil: none announced (callers must not change it)
 	Seen   time.Time
 }
 
@@ -320,7 +323,7 @@ func (c *Catalog) Hosts() map[peer.ID]HostView {
 		if p == c.self {
 			continue
 		}
-		v := HostView{Name: c.names[p], Labels: c.labels[p], Policy: c.policies[p], Seen: at}
+		v := HostView{Name: c.names[p], Labels: c.labels[p], Policy: c.policies[p], Store: c.stores[p], Seen: at}
 		for _, st := range c.states[p] {
 			v.States = append(v.States, st)
 		}
@@ -390,6 +393,7 @@ func (c *Catalog) Drop(p peer.ID, now time.Time) {
 	delete(c.labels, p)
 	delete(c.names, p)
 	delete(c.policies, p)
+	delete(c.stores, p)
 	delete(c.seen, p)
 }
 

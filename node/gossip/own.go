@@ -23,7 +23,7 @@ func (s *Service) nextVersion() int64 {
 }
 
 // state brings the records this host states about itself (holdings,
-// activation states, labels and policy) in line with what is true now:
+// activation states, labels, policy and store figures) in line with what is true now:
 // a record for what changed, a deletion for what went.
 func (s *Service) state(ctx context.Context) error {
 	holdings, err := s.holdings(ctx)
@@ -43,7 +43,8 @@ func (s *Service) state(ctx context.Context) error {
 	if err := s.stateKind(KindState, states); err != nil {
 		return err
 	}
-	info, _ := json.Marshal(hostInfo{Name: s.cfg.Name, Labels: s.cfg.Labels, Policy: s.cfg.HostPolicy()})
+	info, _ := json.Marshal(hostInfo{Name: s.cfg.Name, Labels: s.cfg.Labels, Policy: s.cfg.HostPolicy(),
+		Store: s.storeSummary(ctx, time.Now())})
 	return s.stateKind(KindHost, map[string][]byte{"": info})
 }
 

@@ -72,6 +72,7 @@ type hostInfo struct {
 	Name   string            `json:"name,omitempty"` // the host's name for people (its hostname by default)
 	Labels map[string]string `json:"labels,omitempty"`
 	Policy json.RawMessage   `json:"policy,omitempty"` // policy.Host, canonical JSON
+	Store  *StoreSummary     `json:"store,omitempty"`  // absent: not read yet, or an older host
 }
 
 // Limits of one record and of the future its version may claim.
@@ -276,6 +277,11 @@ func (out *checked) checkStated(c *cluster.Config) error {
 		}
 		for k, v := range out.host.Labels {
 			if _, _, err := api.ParseLabel(k + "=" + v); err != nil {
+				return fmt.Errorf("host record of %s: %w", out.origin, err)
+			}
+		}
+		if out.host.Store != nil {
+			if err := out.host.Store.check(r.Version); err != nil {
 				return fmt.Errorf("host record of %s: %w", out.origin, err)
 			}
 		}

@@ -54,6 +54,9 @@ type Config struct {
 	// activation states: both are records this host states.
 	HostPolicy func() json.RawMessage
 	States     func() []HostState
+	// StoreUse measures this host's store for its host record (nil:
+	// none announced).
+	StoreUse StoreFunc
 	// UnreachableAfter and GoneAfter are how long a host may go unheard
 	// before it is shown as unreachable, then as gone.
 	UnreachableAfter, GoneAfter time.Duration
@@ -77,6 +80,12 @@ type Service struct {
 		gen  uint64
 		ok   bool
 		want map[string][]byte
+	}
+	// store is the store summary this host announces (last) and when it
+	// last measured the store (looked).
+	store struct {
+		last   *StoreSummary
+		looked time.Time
 	}
 }
 

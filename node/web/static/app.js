@@ -147,12 +147,25 @@ function draw(f) {
     el("td", {}, labels(h.labels)),
     el("td", {}, el("span", { class: "badge " + h.reach }, h.reach === "self" ? "this host" : h.reach), " ", el("span", { class: "small" }, ago(h.last_seen, now))),
     el("td", { class: "num" }, h.held_layers), el("td", { class: "num" }, bytes(h.held_bytes)),
-    el("td", {}, h.store ? bytes(h.store.stored_bytes) + " stored, dedup " + h.store.dedup_ratio.toFixed(2) + "x" : el("span", { class: "small" }, "not announced")),
+    storeCell(h.store, now),
     el("td", {}, h.store && h.store.disk_total ? bytes(h.store.disk_free) + " of " + bytes(h.store.disk_total) : ""))), 7, "no hosts");
   fill(document.getElementById("peers"), f.peers.map(p => el("tr", {},
     el("td", {}, p.name || shortID(p.peer_id)), el("td", { class: "num" }, p.latency_ms.toFixed(1) + " ms"),
     el("td", { class: "num" }, bytes(p.bytes_in) + (p.rate_in ? " · " + bytes(p.rate_in) + "/s" : "")),
     el("td", { class: "num" }, bytes(p.bytes_out) + (p.rate_out ? " · " + bytes(p.rate_out) + "/s" : "")))), 4, "no peer connected");
+}
+
+// storeCell shows a host's store figures: counted now for this host, as
+// last announced for the others (announced again when one moves by more
+// than 1% or 64 MiB, so "as of" may be minutes old while nothing moves).
+function storeCell(st, now) {
+  if (!st) return el("td", { class: "store" }, el("span", { class: "small" }, "not announced yet"));
+  const extra = [st.chunks + " chunks", "dead " + bytes(st.dead_bytes)];
+  if (st.view_bytes) extra.push("views " + bytes(st.view_bytes));
+  if (st.delta_bytes || st.upper_bytes) extra.push("writes " + bytes(st.delta_bytes + st.upper_bytes));
+  extra.push("as of " + ago(st.at, now));
+  return el("td", { class: "store" }, bytes(st.stored_bytes) + " stored, dedup " + st.dedup_ratio.toFixed(2) + "x",
+    el("div", { class: "small" }, extra.join(" · ")));
 }
 
 function setConn(state, text) {
