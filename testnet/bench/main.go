@@ -117,6 +117,7 @@ func run(ctx context.Context) error {
 	smoke := flag.Bool("smoke", false, "a quick check that every part runs (`make bench-smoke`): unless set otherwise, -size 64 MiB, -runs 1, -fanout-size and -badpeers-size 32 MiB and fewer samples; targets not enforced")
 	regfanSize := flag.Int64("regfan-size", 1<<30, "image size for the registry fan-out part (4 hosts pull through their mirrors)")
 	regfanRate := flag.String("regfan-rate", "400mbit", "link rate of the registry fan-out part")
+	regfanProfile := flag.String("regfan-profile", "", "directory for CPU profiles of the 4 mirrors and a timeline of every link's bytes during each registry fan-out through the mirrors")
 	role := flag.String("role", "", "internal: run as a sender for the ceiling measurements, the registry fan-out's upstream or a puller")
 	flag.Parse()
 	switch *role {
@@ -236,7 +237,7 @@ func run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := benchRegistryFanOut(ctx, t, *bin, self, *dir, *regfanRate, *regfanSize, min(*runs, 3)); err != nil {
+		if err := benchRegistryFanOut(ctx, t, *bin, self, *dir, *regfanRate, *regfanProfile, *regfanSize, min(*runs, 3)); err != nil {
 			return err
 		}
 	}

@@ -39,7 +39,7 @@ const (
 	regfanRepo   = "bench/big:1"
 )
 
-func benchRegistryFanOut(ctx context.Context, t *table, bin, self, dir, rate string, size int64, runs int) error {
+func benchRegistryFanOut(ctx context.Context, t *table, bin, self, dir, rate, profile string, size int64, runs int) error {
 	if os.Geteuid() != 0 {
 		t.add("registry fan-out", "skipped: needs root for network namespaces", "", nil)
 		return nil
@@ -74,7 +74,11 @@ func benchRegistryFanOut(ctx context.Context, t *table, bin, self, dir, rate str
 		if err != nil {
 			return fmt.Errorf("direct pulls: %w", err)
 		}
-		am, bm, err := up.mirrorPulls(ctx, nn, bin, self, filepath.Join(root, fmt.Sprintf("run%d", run)), regs, ns)
+		var prof *fanRound
+		if profile != "" {
+			prof = &fanRound{n: regfanHosts*100 + run, alone: o, profile: profile}
+		}
+		am, bm, err := up.mirrorPulls(ctx, nn, bin, self, filepath.Join(root, fmt.Sprintf("run%d", run)), regs, ns, prof)
 		if err != nil {
 			return err
 		}
@@ -95,7 +99,9 @@ func benchRegistryFanOut(ctx context.Context, t *table, bin, self, dir, rate str
 
 // mirrorPulls starts a mirror on each host (fresh data under root), has
 // all pull the image through their own mirror at once, and stops them.
-func (u *regUpstream) mirrorPulls(ctx context.Context, nn testnet.NetNS, bin, self, root, regs, ns string) (time.Duration, int64, error) {
+// With prof, it takes a CPU profile of each mirror and a timeline of
+// every link's bytes meanwhile (files named after prof.n, in prof.profile).
+func (u *regUpstream) mirrorPulls(ctx context.Context, nn testnet.NetNS, bin, self, root, regs, ns string, prof *fanRound) (time.Duration, int64, error) {
 	defer os.RemoveAll(root)
 	hosts := []int{1, 2, 3, 4}
 	var ds []*nsDaemon
@@ -120,6 +126,17 @@ func (u *regUpstream) mirrorPulls(ctx context.Context, nn testnet.NetNS, bin, se
 		if err := waitPeers(ctx, d, len(ds)-1); err != nil {
 			return 0, 0, fmt.Errorf("registry fan-out host %d: %w", k+1, err)
 		}
+	}
+	if prof != nil {
+		fn := &fanNet{nn: nn}
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		for _, i := range hosts {
+			wg.Go(func() { fn.profile(*prof, i) })
+		}
+		sctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go fn.timeline(sctx, *prof, len(hosts)+1)
 	}
 	took, n, err := u.pulls(ctx, nn, self, hosts, "http://127.0.0.1:5000/", ns)
 	if err != nil {
