@@ -168,6 +168,11 @@ func Mount(dir string, m *chunk.Manifest, cfg Config) (*View, error) {
 	return v, nil
 }
 
+// Linux 6.18 caches a FUSE file in 4 KiB folios whatever MaxWrite and
+// max_pages say (ext4: mostly 2 MiB), which bounds warm reads; passthrough
+// cannot serve from packs (no offset mapping, headers between chunks, and
+// it would skip the CRC-32C check of every pack read).
+
 // readAhead is the kernel read-ahead a view asks for. The kernel caps a
 // FUSE mount's read-ahead, and so the size of the reads it sends, at its
 // backing device's read_ahead_kb (128 KiB), whatever the server asked for
