@@ -49,18 +49,17 @@ const (
 // last announced figures in place.
 type StoreFunc func(ctx context.Context) (StoreSummary, error)
 
-// figures names the summary's figures with their bounds, for check and
-// changed.
-func (s *StoreSummary) figures() []struct {
+// figure is one of a summary's figures with its bound.
+type figure struct {
 	name string
 	v    int64
 	max  int64
-} {
-	return []struct {
-		name string
-		v    int64
-		max  int64
-	}{
+}
+
+// figures names the summary's figures with their bounds, for check and
+// changed.
+func (s *StoreSummary) figures() []figure {
+	return []figure{
 		{"layers", s.Layers, maxStoreLayers},
 		{"chunks", s.Chunks, maxStoreChunks},
 		{"logical", s.LogicalBytes, maxStoreBytes},

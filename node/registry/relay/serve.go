@@ -54,16 +54,9 @@ func (r *Relay) serve(ctx context.Context, st network.Stream) {
 
 func readAsk(br *bufio.Reader) (registry.PeerAsk, error) {
 	var ask registry.PeerAsk
-	n, err := binary.ReadUvarint(br)
+	b, err := readBytes(br, maxAsk)
 	if err != nil {
-		return ask, err
-	}
-	if n > maxAsk {
-		return ask, fmt.Errorf("%w: request of %d bytes, at most %d", errProtocol, n, maxAsk)
-	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(br, b); err != nil {
-		return ask, err
+		return ask, fmt.Errorf("request: %w", err)
 	}
 	if err := json.Unmarshal(b, &ask); err != nil {
 		return ask, fmt.Errorf("%w: request: %v", errProtocol, err)
