@@ -264,6 +264,13 @@ func (k *keeper) serve(from peer.ID, req seatReq) seatResp {
 		}
 		return seatResp{Table: b}
 	case opKeepers:
+		// A follower learns of a committed change with the next
+		// AppendEntries: its index may lag the leader's, and a change made
+		// for a stale index is refused. Send the asker to the leader; with
+		// no leader known, this keeper's own view is the best there is.
+		if _, leader := k.raft.LeaderWithID(); k.raft.State() != raft.Leader && leader != "" {
+			return k.notLeader()
+		}
 		return k.configuration()
 	case opKeeperChange:
 		return k.changeKeepers(req)

@@ -196,6 +196,12 @@ func (k *keeper) applyChange(c *KeeperChange, signed []byte) *seatResp {
 		r := refusedResp("%s %s: %v", c.Op, c.Host, err)
 		return &r
 	}
+	// The future ends at commit; the FSM records the index when it applies
+	// the entry, a moment later. Answer with the new index so the next
+	// change, made from this answer, is for the configuration in force.
+	for end := time.Now().Add(changeDeadline / 2); k.fsm.conf() < fut.Index() && time.Now().Before(end); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	k.sv.cfg.Log.Info("keepers changed by the leader", "op", c.Op, "host", c.Host, "operator", c.Signer)
 	return nil
 }
