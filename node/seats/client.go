@@ -246,11 +246,18 @@ func (sv *Service) renewer(ctx context.Context) {
 			continue
 		}
 		sort.Slice(toks, func(i, j int) bool { return toks[i] < toks[j] })
+		// The batches go at once: one after another, a host holding many
+		// seats on a busy leader took longer than a lease to renew them all.
+		// A renewal may take up to two thirds of the TTL: a late answer still
+		// extends the lease from when it was sent.
+		var wg sync.WaitGroup
 		for len(toks) > 0 {
 			n := min(len(toks), maxRenew)
-			sv.renew(ctx, toks[:n], rules.TTL/3)
+			batch := toks[:n]
+			wg.Go(func() { sv.renew(ctx, batch, 2*rules.TTL/3) })
 			toks = toks[n:]
 		}
+		wg.Wait()
 	}
 }
 
