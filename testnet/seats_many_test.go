@@ -16,7 +16,9 @@ import (
 // host gets a seat as soon as one is released.
 func TestSeatsManyHeld(t *testing.T) {
 	const n = 7500
-	net, _ := seatNet(t, 5, n, 1)
+	// Leases of 6 s rather than seatNet's 2 s: on a loaded machine a keeper
+	// election alone can outlast a 2 s lease while 7,500 seats are renewed.
+	net, _ := seatNetTTL(t, 5, n, 1, "6s", "2s")
 	holder, waiter := net.Nodes[3], net.Nodes[4]
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -38,8 +40,8 @@ func TestSeatsManyHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d claims in %v", n, time.Since(start).Round(time.Millisecond))
-	// Leases are 2 s, renewed every 667 ms: wait for three renewal rounds.
-	renewed := time.Now().Add(2100 * time.Millisecond)
+	// Leases are 6 s, renewed every 2 s: wait for three renewal rounds.
+	renewed := time.Now().Add(6100 * time.Millisecond)
 	last := ""
 	defer func() {
 		if t.Failed() {

@@ -21,13 +21,19 @@ import (
 // fresh issuer, with short leases, and installs a licence of seats seats.
 func seatNet(t *testing.T, n, seats, share int) (*testnet.Net, ed25519.PrivateKey) {
 	t.Helper()
+	return seatNetTTL(t, n, seats, share, "2s", "1s")
+}
+
+// seatNetTTL is seatNet with the given lease and renewal margin.
+func seatNetTTL(t *testing.T, n, seats, share int, ttl, margin string) (*testnet.Net, ed25519.PrivateKey) {
+	t.Helper()
 	key, _, err := license.NewIssuerKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	net := testnet.New(t, n, testnet.WithKeepers(3, func(c *cluster.Config) {
 		c.Issuers = []string{license.PublicText(key.Public().(ed25519.PublicKey))}
-		c.SeatTTL, c.SeatMargin = "2s", "1s"
+		c.SeatTTL, c.SeatMargin = ttl, margin
 	}))
 	l, err := license.Issue(key, "winsrv", seats, share, time.Now(), time.Time{})
 	if err != nil {
