@@ -73,25 +73,25 @@ func serveRole(role string, size int64) error {
 	select {} // until killed
 }
 
-// sender starts this binary in a role and returns its address.
-func sender(role string, size int64) (string, func(), error) {
+// sender starts this binary in a role and returns its address and process id.
+func sender(role string, size int64) (string, int, func(), error) {
 	self, err := os.Executable()
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	cmd := exec.Command(self, "-role", role, "-size", strconv.FormatInt(size, 10))
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	line, err := bufio.NewReader(out).ReadString('\n')
 	stop := func() { cmd.Process.Kill(); cmd.Wait() }
 	if err != nil {
 		stop()
-		return "", nil, fmt.Errorf("%s sender: %w", role, err)
+		return "", 0, nil, fmt.Errorf("%s sender: %w", role, err)
 	}
-	return strings.TrimSpace(line), stop, nil
+	return strings.TrimSpace(line), cmd.Process.Pid, stop, nil
 }
 
 func bareLibp2p(ctx context.Context, addr string) (int64, error) {
@@ -208,12 +208,12 @@ func benchFetch(ctx context.Context, t *table, bin, dir, base, clustered string,
 		return err
 	}
 	cids["ref:blake3"] = b3res.Layer.CID
-	lp, stopLP, err := sender("libp2p", size)
+	lp, lpPid, stopLP, err := sender("libp2p", size)
 	if err != nil {
 		return err
 	}
 	defer stopLP()
-	tcpAddr, stopTCP, err := sender("tcp", size)
+	tcpAddr, _, stopTCP, err := sender("tcp", size)
 	if err != nil {
 		return err
 	}
@@ -232,15 +232,22 @@ func benchFetch(ctx context.Context, t *table, bin, dir, base, clustered string,
 	// One round runs each transfer once, back to back, so the machine's
 	// noise falls on all of them alike; the table gives medians, and the
 	// median of the rounds' ratios.
-	fetch := func(name string) (rate float64, res api.FetchResult, err error) {
+	// CPU seconds per GiB of the image, of both ends of a transfer: when
+	// the machine's cores are busy with other work, a transfer gets its
+	// share of CPU time, and the fetch's share of the bare stream's rate
+	// falls towards the ratio of their CPU costs.
+	perGiB := func(cpu float64) float64 { return cpu / (float64(size) / (1 << 30)) }
+	fetch := func(name string) (rate, cpu float64, res api.FetchResult, err error) {
 		data := filepath.Join(dir, "peer")
 		b, err := startPeer(ctx, bin, data, a, name, cids[name])
 		if err != nil {
-			return 0, res, err
+			return 0, 0, res, err
 		}
 		defer func() { b.Stop(); os.RemoveAll(data) }()
+		a0, b0 := cpuSeconds(a.Pid()), cpuSeconds(b.Pid())
 		rate, err = timed(func() (err error) { res, err = b.Client.Fetch(ctx, name, nil); return })
-		return rate, res, err
+		cpu = perGiB(cpuSeconds(a.Pid()) - a0 + cpuSeconds(b.Pid()) - b0)
+		return rate, cpu, res, err
 	}
 	// A first fetch, not counted, takes what happens once per machine and
 	// run: the receiver's page cache growing into memory this machine has
@@ -249,7 +256,7 @@ func benchFetch(ctx context.Context, t *table, bin, dir, base, clustered string,
 	// reads of its packs.
 	// It is also what a user sees first: the cold row, beside a plain
 	// write+fsync of the same bytes right after it.
-	cold, _, err := fetch("ref:base")
+	cold, _, _, err := fetch("ref:base")
 	if err != nil {
 		return err
 	}
@@ -258,34 +265,37 @@ func benchFetch(ctx context.Context, t *table, bin, dir, base, clustered string,
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "  first fetch between fresh daemons %.0f MB/s, plain write+fsync %.0f MB/s\n", cold, plain)
-	var fetchRates, commits, b3s, bares, raws, rsyncs, rsyncSyncs, ofBare, b3OfBare, ofRsync []float64
+	var fetchRates, commits, b3s, bares, raws, rsyncs, rsyncSyncs, ofBare, b3OfBare, ofRsync, fetchCPU, bareCPU []float64
 	for i := range runs {
 		// The two fetches take turns going first, so neither gains from its
 		// place in the round (on this VM the order of write-heavy transfers
 		// changes their speed).
-		var f, b3 float64
+		var f, fcpu, b3 float64
 		var res api.FetchResult
 		for k := range 2 {
 			if (i+k)%2 == 0 {
-				f, res, err = fetch("ref:base")
+				f, fcpu, res, err = fetch("ref:base")
 			} else {
-				b3, _, err = fetch("ref:blake3")
+				b3, _, _, err = fetch("ref:blake3")
 			}
 			if err != nil {
 				return err
 			}
 		}
+		s0, r0 := cpuSeconds(lpPid), cpuSeconds(os.Getpid()) // the receiving end runs in this process
 		bare, err := timed(func() error { _, err := bareLibp2p(ctx, lp); return err })
 		if err != nil {
 			return err
 		}
+		bcpu := perGiB(cpuSeconds(lpPid) - s0 + cpuSeconds(os.Getpid()) - r0)
+		fetchCPU, bareCPU = append(fetchCPU, fcpu), append(bareCPU, bcpu)
 		raw, err := timed(func() error { _, err := rawTCP(tcpAddr); return err })
 		if err != nil {
 			return err
 		}
 		fetchRates, commits, bares, raws = append(fetchRates, f), append(commits, res.CommitSeconds), append(bares, bare), append(raws, raw)
 		ofBare, b3s, b3OfBare = append(ofBare, f/bare), append(b3s, b3), append(b3OfBare, b3/bare)
-		line := fmt.Sprintf("  round %d: fetch %.0f MB/s (blake3 %.0f), bare libp2p %.0f, raw TCP %.0f", i+1, f, b3, bare, raw)
+		line := fmt.Sprintf("  round %d: fetch %.0f MB/s (blake3 %.0f), bare libp2p %.0f, raw TCP %.0f; CPU s/GiB fetch %.2f, bare %.2f; load %s", i+1, f, b3, bare, raw, fcpu, bcpu, loadAvg())
 		if rerr == nil {
 			var rs [2]float64
 			for k, flags := range [][]string{nil, {"--fsync"}} {
@@ -311,6 +321,7 @@ func benchFetch(ctx context.Context, t *table, bin, dir, base, clustered string,
 	t.add("  the same image added with --hash blake3", fmt.Sprintf("%.0f MB/s = %.0f%% of bare libp2p", median(b3s), 100*median(b3OfBare)), "", nil)
 	t.add("  bare libp2p stream (TLS, TCP), two processes", fmt.Sprintf("%.0f MB/s", bare), "", nil)
 	t.add("  raw TCP copy, two processes", fmt.Sprintf("%.0f MB/s", median(raws)), "", nil)
+	t.add("  CPU seconds per GiB, both ends: fetch (two daemons) vs the bare stream", fmt.Sprintf("%.2f vs %.2f (%.1fx); load at the end %s", median(fetchCPU), median(bareCPU), median(fetchCPU)/median(bareCPU), loadAvg()), "", nil)
 	if rerr == nil {
 		r := median(ofRsync)
 		t.add("  rsync daemon, full copy", fmt.Sprintf("%.0f MB/s (fetch = %.2fx)", median(rsyncs), r), "fetch faster", check(r > 1))
