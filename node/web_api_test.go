@@ -48,6 +48,7 @@ func TestWebHandlerOperatorSignatures(t *testing.T) {
 		return hdr
 	}
 	activate := `{"layer":"nope:1","at":"/opt/x","hosts":"self","op":"activate"}`
+	signedAct := `{"signed":{"layer":"nope:1","hosts":"self","op":"activate"}}`
 	for _, c := range []struct {
 		name, method, path, body, header string
 		code                             int
@@ -57,7 +58,8 @@ func TestWebHandlerOperatorSignatures(t *testing.T) {
 		{"a stray key", "POST", "/v1/activate", activate, sign(stray, "POST", "/v1/activate", activate), 403, "is not listed under operators"},
 		{"signed for another body", "POST", "/v1/activate", activate, sign(opKey, "POST", "/v1/activate", "{}"), 403, "the signature does not match this request"},
 		{"signed for another path", "POST", "/v1/activate", activate, sign(opKey, "GET", "/v1/operator", ""), 403, "the signature does not match this request"},
-		{"the operator: past the guard", "POST", "/v1/activate", activate, sign(opKey, "POST", "/v1/activate", activate), 404, "nope:1"},
+		{"the operator, a record not signed", "POST", "/v1/activate", activate, sign(opKey, "POST", "/v1/activate", activate), 400, "publishes only activations the operator key signed"},
+		{"the operator, a signed record: past the guard", "POST", "/v1/activate", signedAct, sign(opKey, "POST", "/v1/activate", signedAct), 400, "invalid cid"},
 		{"operator check unsigned", "GET", "/v1/operator", "", "", 403, "without an operator key"},
 		{"operator check signed", "GET", "/v1/operator", "", sign(opKey, "GET", "/v1/operator", ""), 200, opID.String()},
 		{"no other route", "POST", "/v1/gc", "", sign(opKey, "POST", "/v1/gc", ""), 404, "no endpoint POST /v1/gc on the web address"},

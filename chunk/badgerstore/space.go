@@ -69,6 +69,9 @@ func (s *DB) Stats(ctx context.Context, keep func(cid.Cid) bool) (chunk.StoreSta
 	nums, _ := s.packs.list()
 	for _, n := range nums {
 		alloc, err := s.packs.usage(n)
+		if errors.Is(err, errPackGone) {
+			continue // removed by a gc since the listing: it holds nothing now
+		}
 		if err != nil {
 			return st, err
 		}
@@ -166,13 +169,18 @@ func (p *packs) punch(n uint32, live []span) error {
 	return nil
 }
 
-// usage is the disk allocated to pack n.
+// errPackGone is usage's answer for a pack that is not (or no longer) open.
+var errPackGone = errors.New("pack is missing")
+
+// usage is the disk allocated to pack n. The read lock is held across the
+// Fstat: a gc removing the pack meanwhile closes its file under the write
+// lock, so the descriptor cannot be closed (or reused) under the call.
 func (p *packs) usage(n uint32) (alloc int64, err error) {
 	p.mu.RLock()
+	defer p.mu.RUnlock()
 	f := p.files[n]
-	p.mu.RUnlock()
 	if f == nil {
-		return 0, fmt.Errorf("pack %d is missing", n)
+		return 0, fmt.Errorf("pack %d: %w", n, errPackGone)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {

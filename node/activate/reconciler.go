@@ -202,7 +202,7 @@ func (r *Reconciler) reconcile(ctx context.Context, local map[string]*record) {
 	me := r.cfg.Host.ID()
 	want := map[string]gossip.Activation{}
 	for _, a := range r.cfg.Catalog.Activations() {
-		if !a.Selects(me, r.cfg.Labels) {
+		if !a.Selects(me, r.cfg.Labels) || !r.signerStillAllowed(a) {
 			continue
 		}
 		if cur, ok := want[a.Layer]; !ok || a.Newer(cur) {
@@ -481,4 +481,18 @@ func (r *Reconciler) NoteReadError(cidStr string, id cid.Cid, err error) {
 	}
 	r.mu.Unlock()
 	r.cfg.Announce.Notify()
+}
+
+// signerStillAllowed reports whether a's signer may still act on this
+// host: an operator of the cluster as it is now, or this host itself. An
+// activation is checked when it arrives; an operator removed since (a
+// `cluster reload` after a key was lost) must not go on being obeyed.
+// What it already exposed stays: tearing down running guests is not for a
+// revocation to decide.
+func (r *Reconciler) signerStillAllowed(a gossip.Activation) bool {
+	if a.Signer == r.cfg.Host.ID().String() {
+		return true
+	}
+	id, err := peer.Decode(a.Signer)
+	return err == nil && (a.Hosts == a.Signer || r.cfg.Cluster != nil && r.cfg.Cluster.IsOperator(id))
 }

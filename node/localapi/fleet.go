@@ -1,11 +1,13 @@
 package localapi
 
 import (
+	"bytes"
 	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -153,7 +155,7 @@ func (s *Server) webActivateRoutes() []route {
 		case "GET " + v + "/resolve/{name...}":
 			out = append(out, r)
 		case "POST " + v + "/activate":
-			out = append(out, route{r.pattern, s.needOperator(r.handler)})
+			out = append(out, route{r.pattern, s.needOperator(needSignedBody(r.handler))})
 		}
 	}
 	return out
@@ -221,4 +223,27 @@ func (g *gzipWriter) Flush() {
 func mustJSON(e *api.Error) []byte {
 	b, _ := json.Marshal(e)
 	return b
+}
+
+// needSignedBody refuses (400) an activation whose record the operator did
+// not sign itself. The request's signature names no daemon and nothing
+// marks it used, so over plain HTTP it could be replayed to another host
+// within the signature's skew; an unsigned-record request would then make
+// that host activate with the request's paths. A signed record replayed is
+// the same record again (the newest of an operator's records wins).
+func needSignedBody(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+		var req api.ActivateRequest
+		if err == nil {
+			err = json.Unmarshal(b, &req)
+		}
+		if err != nil || len(req.Signed) == 0 {
+			e := ErrorOf(api.BadRequestf("the web address publishes only activations the operator key signed (the page's Operator panel signs them): send {\"signed\": ...}, or use the p2pimg command on a host"))
+			writeJSON(w, status(e), e)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		h(w, r)
+	}
 }

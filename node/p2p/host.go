@@ -106,7 +106,13 @@ func (g *Gater) InterceptSecured(dir network.Direction, p peer.ID, addrs network
 	}
 	return g.Allowed(p)
 }
-func (g *Gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
+
+// InterceptUpgraded checks membership again: a connection secured under
+// the members list a reload has since replaced must not slip in between
+// the reload's sweep of connected peers and its joining the swarm.
+func (g *Gater) InterceptUpgraded(c network.Conn) (bool, control.DisconnectReason) {
+	return g.cluster.IsMember(c.RemotePeer()) && g.Allowed(c.RemotePeer()), 0
+}
 
 // NewHost builds the libp2p host. TLS is offered first: on this machine a
 // TLS stream (AES-GCM) moved 550-770 MB/s against Noise's 400-560, and chunk
