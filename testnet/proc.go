@@ -97,8 +97,15 @@ func (d *Daemon) Stop() error {
 	case <-d.done:
 		return d.waitErr
 	case <-time.After(30 * time.Second):
-		d.Kill()
-		return fmt.Errorf("daemon %s did not stop within 30s of SIGTERM", d.Data)
+		// SIGQUIT: the Go runtime writes every goroutine's stack to the
+		// log, which shows what the stop waited for.
+		d.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-d.done:
+		case <-time.After(5 * time.Second):
+			d.Kill()
+		}
+		return fmt.Errorf("daemon %s did not stop within 30s of SIGTERM (goroutines at the end of %s)", d.Data, filepath.Join(d.Data, "daemon.log"))
 	}
 }
 

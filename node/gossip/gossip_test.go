@@ -203,6 +203,7 @@ func FuzzDecodeBatch(f *testing.F) {
 	m, _ := SignMapping(k, Mapping{Name: "web:1", CID: manifestID(f), Size: 1, Published: 1})
 	f.Add(batchBytes(f, mappingRecord(m), stated(f, k, KindHolding, m.CID, 5, `{"complete":true}`)))
 	f.Add([]byte(`{"records":[{"k":3,"o":"x","key":"y","v":1}]}`))
+	f.Add(batchBytes(f, stated(f, k, KindHost, "", 5, `{"name":"a","zone":{"x":[1]},"policy":{"quota":1,"new":2}}`)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rs, err := decodeBatch(data, cluster.Default(), time.Now())
 		if err != nil {

@@ -130,7 +130,8 @@ func activationRecord(a Activation) Record {
 }
 
 // decodeStrict decodes JSON that must match v exactly (no unknown fields,
-// nothing after it).
+// nothing after it): the envelopes (messages, sync frames), whose unknown
+// fields no signature covers. Record data: see decodeSigned, decodeStated.
 func decodeStrict(b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -196,7 +197,7 @@ func (out *checked) checkSigned(c *cluster.Config) error {
 	}
 	if r.Kind == KindMapping {
 		var m Mapping
-		if err := decodeStrict(r.Data, &m); err != nil {
+		if err := decodeSigned(r.Data, &m); err != nil {
 			return fmt.Errorf("mapping record %.80q: %v", r.Key, err)
 		}
 		if err := CheckMapping(&m, c.MayPublish); err != nil {
@@ -209,7 +210,7 @@ func (out *checked) checkSigned(c *cluster.Config) error {
 		return nil
 	}
 	var a Activation
-	if err := decodeStrict(r.Data, &a); err != nil {
+	if err := decodeSigned(r.Data, &a); err != nil {
 		return fmt.Errorf("activation record %.80q: %v", r.Key, err)
 	}
 	if err := CheckActivation(&a, c); err != nil {
@@ -243,7 +244,7 @@ func (out *checked) checkStated(c *cluster.Config) error {
 		}
 		if len(r.Data) > 0 {
 			out.holding = &holding{}
-			if err := decodeStrict(r.Data, out.holding); err != nil {
+			if err := decodeStated(r.Data, out.holding); err != nil {
 				return fmt.Errorf("holding record %s: %v", r.Key, err)
 			}
 		}
@@ -253,7 +254,7 @@ func (out *checked) checkStated(c *cluster.Config) error {
 		}
 		if len(r.Data) > 0 {
 			var st HostState
-			if err := decodeStrict(r.Data, &st); err != nil {
+			if err := decodeStated(r.Data, &st); err != nil {
 				return fmt.Errorf("state record %.80q: %v", r.Key, err)
 			}
 			if st.Layer != r.Key || len(st.Detail) > 1024 || len(st.At) > 4096 || len(st.State) > 32 {
@@ -266,7 +267,7 @@ func (out *checked) checkStated(c *cluster.Config) error {
 			return fmt.Errorf("host record: want an empty key and data")
 		}
 		out.host = &hostInfo{}
-		if err := decodeStrict(r.Data, out.host); err != nil {
+		if err := decodeStated(r.Data, out.host); err != nil {
 			return fmt.Errorf("host record of %s: %v", out.origin, err)
 		}
 		if len(out.host.Name) > maxHostName {
@@ -286,7 +287,11 @@ func (out *checked) checkStated(c *cluster.Config) error {
 			}
 		}
 		if len(out.host.Policy) > 0 {
-			if out.policy, err = policy.DecodeHost(out.host.Policy); err != nil {
+			// policy.DecodeHost would refuse fields a newer version added.
+			if err := decodeStated(out.host.Policy, &out.policy); err != nil {
+				return fmt.Errorf("host record of %s: host policy: %v", out.origin, err)
+			}
+			if err := out.policy.Validate(); err != nil {
 				return fmt.Errorf("host record of %s: %w", out.origin, err)
 			}
 		}

@@ -33,7 +33,12 @@ type heardNote struct {
 
 const maxNote = 8 << 10
 
-var noteDec = strictcbor.Decoder(16, 16)
+// noteDec skips keys a newer version added to the note (pubsub's signature
+// covers the note's bytes whole, and relays pass them on as they came), so
+// a keeper that was upgraded first is not refused by the others; the
+// keeper change inside stays strict (changeDec: its signature covers only
+// the fields this version knows).
+var noteDec = strictcbor.Tolerant(16, 16)
 
 func (sv *Service) wakeWaiters() {
 	sv.mu.Lock()

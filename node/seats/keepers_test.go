@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/p2pimg/p2pimg/chunk/strictcbor"
 	"github.com/p2pimg/p2pimg/node/api"
 	"github.com/p2pimg/p2pimg/node/cluster"
 )
@@ -138,4 +139,54 @@ func FuzzSeatNote(f *testing.F) {
 		}
 		unmarshalChange(data)
 	})
+}
+
+// A seat note from a newer version, with a key this one does not know, is
+// read; a malformed one is still refused, and so is a keeper change with
+// an unknown key (its signature does not cover it).
+func TestSeatNoteFromNewerVersion(t *testing.T) {
+	t.Parallel()
+	change := marshalChange(&KeeperChange{Cluster: "c", Op: KeeperAdd, Keepers: []string{"a"}, Prev: 1, Time: 1})
+	newer := struct {
+		Index  uint64 `cbor:"1,keyasint"`
+		Change []byte `cbor:"2,keyasint,omitempty"`
+		Term   uint64 `cbor:"3,keyasint"`
+		Leader string `cbor:"4,keyasint"`
+	}{Index: 42, Change: change, Term: 7, Leader: "x"}
+	b, err := strictcbor.Encoder().Marshal(newer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n seatNote
+	if err := noteDec.Unmarshal(b, &n); err != nil {
+		t.Fatalf("note of a newer version refused: %v", err)
+	}
+	if n.Index != 42 || !bytes.Equal(n.Change, change) {
+		t.Fatalf("known fields of the note not read: %+v", n)
+	}
+	for name, data := range map[string][]byte{
+		"duplicate key":         {0xa2, 0x01, 0x05, 0x01, 0x06},
+		"duplicate unknown key": {0xa3, 0x01, 0x05, 0x03, 0x01, 0x03, 0x02},
+		"wrong type":            {0xa1, 0x01, 0x61, 'x'},
+		"truncated":             {0xa2, 0x01, 0x05, 0x03},
+		"trailing data":         {0xa1, 0x01, 0x05, 0x00},
+		"tag":                   {0xa1, 0x03, 0xc1, 0x00},
+		"indefinite length":     {0xbf, 0x01, 0x05, 0xff},
+		"too many keys":         append([]byte{0xb1}, bytes.Repeat([]byte{0x01, 0x00}, 17)...),
+	} {
+		var n seatNote
+		if noteDec.Unmarshal(data, &n) == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	fields := map[int]any{1: "c", 2: KeeperAdd, 4: []string{"a"}, 5: 1, 6: 1}
+	known, _ := strictcbor.Encoder().Marshal(fields)
+	fields[9] = 1
+	extra, _ := strictcbor.Encoder().Marshal(fields)
+	if _, err := unmarshalChange(known); err != nil {
+		t.Fatalf("keeper change refused: %v", err)
+	}
+	if _, err := unmarshalChange(extra); err == nil {
+		t.Error("keeper change with an unknown key accepted")
+	}
 }

@@ -87,6 +87,8 @@ type View struct {
 
 	disks   map[string]*diskNode // writable disk images, by path
 	readers *readers
+
+	stop context.CancelFunc // called when Unmount begins: fetches for reads end
 }
 
 // Stats counts what reads through a view did.

@@ -2,10 +2,12 @@ package fuseview
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -35,8 +37,14 @@ func Mount(dir string, m *chunk.Manifest, cfg Config) (*View, error) {
 		cfg.DiskMin = defaultDiskMin
 	}
 	cache, _ := lru.New[cid.Cid, []byte](64)
-	v := &View{dir: dir, cfg: cfg, hash: m.Params.Hash, zeroIDs: map[uint32]cid.Cid{}, cache: cache, disks: map[string]*diskNode{}}
+	life, stop := context.WithCancel(context.Background())
+	if cfg.Fetch != nil {
+		cfg.Fetch = stopping{cfg.Fetch, life}
+	}
+	v := &View{dir: dir, cfg: cfg, hash: m.Params.Hash, zeroIDs: map[uint32]cid.Cid{}, cache: cache, disks: map[string]*diskNode{},
+		stop: stop}
 	if err := v.openDisks(m); err != nil {
+		stop()
 		return nil, fmt.Errorf("fuse view at %s: %w", dir, err)
 	}
 	flags := uintptr(syscall.MS_NODEV)
@@ -62,6 +70,7 @@ func Mount(dir string, m *chunk.Manifest, cfg Config) (*View, error) {
 	v.readers = startReaders(readerCount)
 	srv, err := fusefs.Mount(dir, root, opts)
 	if err != nil {
+		stop()
 		v.readers.stop()
 		v.closeDisks()
 		return nil, fmt.Errorf("mount fuse view at %s: %w", dir, err)
@@ -103,39 +112,109 @@ func raiseReadAhead(dir string, n int) error {
 // Dir is the mount point.
 func (v *View) Dir() string { return v.dir }
 
-// unmountWait bounds how long Unmount waits for the kernel to let go of a
-// view that is still in use (a file held open, a mount above it).
+// unmountWait bounds each wait of Unmount: for the kernel to let go of
+// the view once unmounted, then for the server to end once its
+// connection was aborted.
 const unmountWait = 5 * time.Second
 
-// Unmount takes the view away and waits for its server to stop. A busy
-// view is detached; if it is still held after unmountWait its FUSE
-// connection is aborted (reads of it fail from then on), so the daemon
-// never hangs on its way out and leaves no mount behind.
+// Unmount takes the view away and waits for its server to stop, within
+// bounds whatever still holds the view, so the daemon never hangs on its
+// way out and leaves no mount behind. Fetches for reads in flight end at
+// once (those reads, and any that follow, fail with EIO); a busy view is
+// detached. Unmounting ends the FUSE connection only with the last mount
+// of the view: another one (a disk image bound elsewhere and held open,
+// or a copy in a mount namespace made while the view was mounted, by
+// `ip netns exec`, unshare or a container runtime) would keep the server
+// waiting for requests forever. So if the server has not ended after
+// unmountWait the connection is aborted: what is left of the view then
+// fails with ENOTCONN.
 func (v *View) Unmount() error {
 	var st syscall.Stat_t
 	statErr := syscall.Stat(v.dir, &st)
-	if err := v.server.Unmount(); err != nil {
+	v.stop()
+	// Not v.server.Unmount: after unmounting it waits for the server
+	// without a bound.
+	if err := syscall.Unmount(v.dir, 0); err != nil {
 		if err2 := syscall.Unmount(v.dir, syscall.MNT_DETACH); err2 != nil {
 			return fmt.Errorf("unmount fuse view %s: %w", v.dir, err)
 		}
 	}
 	done := make(chan struct{})
 	go func() { v.server.Wait(); close(done) }()
-	defer v.readers.stop()
-	defer v.closeDisks() // once no request can reach them
-	select {
-	case <-done:
-		return nil
-	case <-time.After(unmountWait):
-	}
-	if statErr == nil {
-		abort := fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(st.Dev))
-		if err := os.WriteFile(abort, []byte("1"), 0o200); err != nil {
-			return fmt.Errorf("unmount fuse view %s: still in use after %v, and abort failed: %w", v.dir, unmountWait, err)
+	if !within(done, unmountWait) {
+		if statErr != nil {
+			return fmt.Errorf("unmount fuse view %s: still served %v after unmounting, and its connection is unknown: %w", v.dir, unmountWait, statErr)
+		}
+		if err := abortConn(filepath.Dir(v.dir), unix.Minor(st.Dev)); err != nil {
+			return fmt.Errorf("unmount fuse view %s: still served %v after unmounting (mounted elsewhere too?), and abort failed: %w", v.dir, unmountWait, err)
+		}
+		v.cfg.Log.Warn("fuse view: aborted its connection: still mounted elsewhere after unmounting", "dir", v.dir)
+		if !within(done, unmountWait) {
+			// A request still running: leave the disks and readers it may use.
+			return fmt.Errorf("unmount fuse view %s: a request still running %v after its connection was aborted", v.dir, unmountWait)
 		}
 	}
-	<-done
+	v.closeDisks() // no request can reach them now
+	v.readers.stop()
 	return nil
+}
+
+// within reports whether done is closed within d.
+func within(done <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// abortConn aborts FUSE connection conn (the view's device minor): the
+// server's reads of /dev/fuse end, and every request fails with ENOTCONN.
+// Through the FUSE control file system; where the host has not mounted it
+// at /sys/fs/fuse/connections it is mounted for the purpose in a scratch
+// directory under dir.
+func abortConn(dir string, conn uint32) error {
+	name := filepath.Join(strconv.FormatUint(uint64(conn), 10), "abort")
+	err := os.WriteFile(filepath.Join("/sys/fs/fuse/connections", name), []byte("1"), 0o200)
+	if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	tmp, err := os.MkdirTemp(dir, ".fusectl-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	if err := syscall.Mount("fusectl", tmp, "fusectl", syscall.MS_NOSUID|syscall.MS_NODEV|syscall.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mount the fuse control file system: %w", err)
+	}
+	defer syscall.Unmount(tmp, syscall.MNT_DETACH)
+	return os.WriteFile(filepath.Join(tmp, name), []byte("1"), 0o200)
+}
+
+// stopping ends a fetch when the view goes away, whatever its deadline.
+type stopping struct {
+	Fetcher
+	life context.Context
+}
+
+// errUnmounted: the view went away while a read waited for a chunk.
+var errUnmounted = errors.New("the fuse view was unmounted")
+
+func (s stopping) FetchChunk(ctx context.Context, id cid.Cid) ([]byte, error) {
+	if s.life.Err() != nil {
+		return nil, errUnmounted
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer context.AfterFunc(s.life, func() { cancel(errUnmounted) })()
+	b, err := s.Fetcher.FetchChunk(ctx, id)
+	if err != nil && context.Cause(ctx) == errUnmounted {
+		return nil, fmt.Errorf("%w: %w", errUnmounted, err)
+	}
+	return b, err
 }
 
 // build makes the inode tree. Entries are sorted, so a directory comes
