@@ -26,9 +26,10 @@ func (f *fileNode) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, 
 
 // readBase fills dest with the layer's bytes at off; those at or past
 // limit (or the file's end) read as zeros. A chunk the read covers whole
-// is read from the store straight into dest (no buffer, no second copy);
-// several such chunks are read side by side, so a cold read keeps the
-// disk busy and a lazy view fetches them from peers in parallel.
+// is read from the store straight into dest (no buffer, no second copy):
+// all of them in one store call where the store can (readMany); those it
+// did not read, missing ones of a lazy view included, side by side, so a
+// lazy view fetches them from peers in parallel.
 func (f *fileNode) readBase(ctx context.Context, dest []byte, off, limit int64) error {
 	end := min(off+int64(len(dest)), f.size(), limit)
 	if off >= end {
@@ -40,11 +41,15 @@ func (f *fileNode) readBase(ctx context.Context, dest []byte, off, limit int64) 
 	if first == last {
 		return f.readChunk(ctx, dest, off, end, first)
 	}
+	done := f.readMany(ctx, dest, off, end, first, last)
 	errs := make([]error, last-first+1)
 	var wg sync.WaitGroup
 	for i := first; i <= last; i++ {
 		read := func() { errs[i-first] = f.readChunk(ctx, dest, off, end, i) }
-		if f.zero[i] || i == last {
+		switch {
+		case done != nil && done[i-first]:
+			continue
+		case f.zero[i] || i == last:
 			read()
 			continue
 		}
