@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"time"
@@ -69,7 +70,8 @@ type Config struct {
 	// Stall bounds the wait for a stream to open and for each frame (15s).
 	Stall time.Duration
 	Log   *slog.Logger
-	// Faults: CorruptServe flips a byte of every chunk this host sends.
+	// Faults: CorruptServe flips a byte of every chunk this host sends;
+	// StallServe sends a blob's first chunk, then nothing.
 	Faults *faults.Faults
 }
 
@@ -286,9 +288,12 @@ func (rd *reader) refused() error {
 	return fmt.Errorf("host %s: %w: %s", rd.host, registry.ErrRelayRefused, msg)
 }
 
-// wrap names the host in a stream error; a deadline is ErrRelayStalled.
+// wrap names the host in a stream error; a deadline is ErrRelayStalled
+// (yamux reports one as a net.Error that times out, not as
+// os.ErrDeadlineExceeded).
 func (rd *reader) wrap(err error) error {
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	var ne net.Error
+	if errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
 		return fmt.Errorf("host %s: %w: nothing for %s", rd.host, registry.ErrRelayStalled, rd.stall)
 	}
 	if err == io.EOF {
