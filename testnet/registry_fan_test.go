@@ -74,8 +74,8 @@ func pullEach(t *testing.T, net *testnet.Net, nodes []int, ref string, want v1.H
 }
 
 // Four hosts pull one image at once, each through its own mirror: the
-// upstream's request log shows every blob asked for once, for the whole
-// cluster.
+// upstream's request log shows every blob and the tag's manifest asked
+// for once, for the whole cluster.
 func TestRegistryClusterFetchesEachBlobOnce(t *testing.T) {
 	up := newUpstream(t)
 	img := up.push(t, "demo/fan:1", 3<<20, 4)
@@ -83,9 +83,9 @@ func TestRegistryClusterFetchesEachBlobOnce(t *testing.T) {
 	all := []int{0, 1, 2, 3}
 	mirrorsKnown(t, net, all)
 	pullEach(t, net, all, "demo/fan:1", imageDigest(t, img))
-	for _, d := range blobDigests(t, img) {
+	for _, d := range append(blobDigests(t, img), "manifest 1") {
 		if n := up.getsOf(d); n != 1 {
-			t.Errorf("upstream was asked for blob %s %d times by 4 mirrors pulling at once; want once", d, n)
+			t.Errorf("upstream was asked for %s %d times by 4 mirrors pulling at once; want once", d, n)
 		}
 	}
 	var chosen, fromPeer, fellBack float64

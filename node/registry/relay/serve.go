@@ -108,6 +108,14 @@ func (s *sink) Chunk(id cid.Cid, data []byte) error {
 	return s.flush()
 }
 
+func (s *sink) Manifest(mediaType string, data []byte) error {
+	s.frame('M', []byte(mediaType))
+	var l [binary.MaxVarintLen64]byte
+	s.write(l[:binary.PutUvarint(l[:], uint64(len(data)))])
+	s.write(data)
+	return s.flush()
+}
+
 // frame writes a type byte and a length-prefixed payload.
 func (s *sink) frame(typ byte, payload []byte) {
 	var l [1 + binary.MaxVarintLen64]byte
