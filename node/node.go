@@ -55,6 +55,9 @@ type Config struct {
 	AnnounceInterval time.Duration
 	// StallTimeout fails a fetch after this long without progress (default 60s).
 	StallTimeout time.Duration
+	// RelayStall is how long a mirror waits on a silent peer relaying it a
+	// blob before it fetches the rest from upstream (default 15s).
+	RelayStall time.Duration
 	// Root is where activation paths live (default /): a testnet gives each
 	// node its own, so several daemons on one machine do not collide.
 	Root string

@@ -62,7 +62,7 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 			return n.mirror.KeepImage(ctx, root, name) // the mirror is built next: it publishes through layers
 		})})
 	n.relay = relay.New(relay.Config{Host: h, Server: mirrorServer(cfg.Registry, func() relay.Server { return n.mirror }), Log: cfg.Log, Faults: cfg.Faults,
-		Live: func() []peer.ID { return n.liveHosts() }}) // the catalogue service is built last
+		Stall: cfg.RelayStall, Live: func() []peer.ID { return n.liveHosts() }}) // the catalogue service is built last
 	n.mirror = registry.New(registry.Config{Addr: cfg.Registry, Store: db, Publisher: n.layers, Fetcher: n.fetch, Catalog: n.catalog,
 		Upstreams: cfg.Upstreams, Relay: n.relay, Log: cfg.Log, Reg: n.reg}, arrivals)
 	n.gossip = gossip.New(gossip.Config{Host: h, Key: key, Cluster: cfg.Cluster, Catalog: n.catalog, Store: db, Log: cfg.Log, Labels: cfg.Labels, Name: cfg.Name,

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,8 +74,8 @@ func pullEach(t *testing.T, net *testnet.Net, nodes []int, ref string, want v1.H
 }
 
 // Four hosts pull one image at once, each through its own mirror: the
-// upstream's request log shows every blob asked for once, for the whole
-// cluster.
+// upstream's request log shows every blob and the tag's manifest asked
+// for once, for the whole cluster.
 func TestRegistryClusterFetchesEachBlobOnce(t *testing.T) {
 	up := newUpstream(t)
 	img := up.push(t, "demo/fan:1", 3<<20, 4)
@@ -82,9 +83,9 @@ func TestRegistryClusterFetchesEachBlobOnce(t *testing.T) {
 	all := []int{0, 1, 2, 3}
 	mirrorsKnown(t, net, all)
 	pullEach(t, net, all, "demo/fan:1", imageDigest(t, img))
-	for _, d := range blobDigests(t, img) {
+	for _, d := range append(blobDigests(t, img), "manifest 1") {
 		if n := up.getsOf(d); n != 1 {
-			t.Errorf("upstream was asked for blob %s %d times by 4 mirrors pulling at once; want once", d, n)
+			t.Errorf("upstream was asked for %s %d times by 4 mirrors pulling at once; want once", d, n)
 		}
 	}
 	var chosen, fromPeer, fellBack float64
@@ -227,4 +228,84 @@ func TestRegistryLyingChosenHost(t *testing.T) {
 	if n := counter(t, net.Nodes[1], "p2pimg_registry_cluster_fetches_total", "outcome", "fallback_digest"); n != 1 {
 		t.Fatalf("node 1 counted %v fetches from upstream after bad chunks from the chosen host; want 1", n)
 	}
+}
+
+// The host chosen to fetch a blob from upstream sends its first chunk to
+// the host that asked, then nothing, keeping the stream open. Within the
+// relay's stall bound the asker fetches the rest from upstream and its
+// client gets the blob whole; when upstream then sends bad bytes, the
+// client's stream is cut (an error, not a hang) and nothing is kept.
+func TestRegistryStalledChosenHost(t *testing.T) {
+	up := newUpstream(t)
+	net := testnet.New(t, 2, testnet.WithConfig(func(i int, c *node.Config) {
+		c.Registry = "127.0.0.1:0"
+		c.RelayStall = 2 * time.Second
+		c.Upstreams = registry.Upstreams{}
+		u := &registry.Upstream{Endpoint: up.URL}
+		if err := c.Upstreams.Add(upstreamNS, u); err != nil {
+			t.Fatal(err)
+		}
+		u.SetClient(up.Client())
+		if i == 0 {
+			c.Faults = &faults.Faults{StallServe: true}
+		}
+	}))
+	t.Cleanup(func() { up.Close(); clientTransport.CloseIdleConnections() }) // before the testnet's leak check
+	mirrorsKnown(t, net, []int{0, 1})
+	stalledLayer := func(k int) v1.Hash { // a layer of many chunks that the staller (node 0) fetches for the cluster
+		for ; ; k++ {
+			img := up.push(t, fmt.Sprintf("demo/stall:%d", k), 4<<20, 1)
+			ls, _ := img.Layers()
+			ld, _ := ls[0].Digest()
+			if chosenFor(net, ld.String(), []int{0, 1}) == 0 {
+				return ld
+			}
+			if k == 60 {
+				t.Fatal("no image in 60 whose layer node 0 is chosen for")
+			}
+		}
+	}
+	get := func(ld v1.Hash) error {
+		url := "http://" + mirrorAddr(net.Nodes[1]) + "/v2/demo/stall/blobs/" + ld.String() + "?ns=" + upstreamNS
+		errc := make(chan error, 1)
+		go func() { errc <- fetchBlob(url, ld.String()) }()
+		select {
+		case err := <-errc:
+			return err
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("blob %s: no answer in 2 minutes (relay stall bound 2s)", ld)
+			return nil
+		}
+	}
+	stalled := func() float64 {
+		return counter(t, net.Nodes[1], "p2pimg_registry_cluster_fetches_total", "outcome", "fallback_stalled")
+	}
+
+	ld := stalledLayer(0)
+	if err := get(ld); err != nil {
+		t.Fatalf("the rest of a blob whose relay stalled, from upstream: %v", err)
+	}
+	if n := stalled(); n != 1 {
+		t.Fatalf("node 1 counted %v fetches from upstream after the chosen host stalled; want 1", n)
+	}
+	if n := up.getsOf(ld.String()); n != 2 {
+		t.Fatalf("upstream was asked for the blob %d times; want 2 (the chosen host, then the rest for the asker)", n)
+	}
+
+	ld = stalledLayer(100)
+	flip := func(path string, body []byte) []byte {
+		if strings.HasSuffix(path, ld.String()) && up.getsOf(ld.String()) >= 2 && len(body) > 0 {
+			body = bytes.Clone(body)
+			body[len(body)/2] ^= 1 // what the asker fetches itself is bad
+		}
+		return body
+	}
+	up.tamper.Store(&flip)
+	if err := get(ld); err == nil {
+		t.Fatal("a blob whose relay stalled and whose upstream then sent bad bytes was served whole")
+	}
+	if n := stalled(); n != 2 {
+		t.Fatalf("node 1 counted %v stalled relays; want 2", n)
+	}
+	noBlob(t, net.Nodes[1], ld)
 }

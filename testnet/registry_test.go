@@ -48,10 +48,10 @@ type upstream struct {
 	blobs  atomic.Int64                  // blob bytes served
 
 	mu   sync.Mutex
-	gets map[string]int // blob GETs by digest
+	gets map[string]int // blob GETs by digest, manifest GETs by "manifest " and tag or digest
 }
 
-// getsOf is how many times blob d was asked for.
+// getsOf is how many times blob d (or "manifest REF") was asked for.
 func (u *upstream) getsOf(d string) int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -63,6 +63,11 @@ func newUpstream(t *testing.T) *upstream {
 	reg := ggcrreg.New(ggcrreg.Logger(log.New(io.Discard, "", 0)))
 	u.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.Contains(r.URL.Path, "/blobs/sha256:") || r.Method != http.MethodGet {
+			if _, ref, ok := strings.Cut(r.URL.Path, "/manifests/"); ok && r.Method == http.MethodGet {
+				u.mu.Lock()
+				u.gets["manifest "+ref]++
+				u.mu.Unlock()
+			}
 			reg.ServeHTTP(w, r)
 			return
 		}

@@ -12,7 +12,8 @@ type Faults struct {
 	// CorruptServe flips a byte in every chunk this host serves.
 	CorruptServe bool
 	// StallServe never answers chunk requests (the host still says it has
-	// the chunks).
+	// the chunks), and the registry blob relay stops sending a blob after
+	// its first chunk, keeping the stream open.
 	StallServe bool
 	// GarbageServe answers every chunk request with items of this many
 	// random bytes (a peer that breaks the protocol).

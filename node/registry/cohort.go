@@ -40,12 +40,17 @@ const (
 	AskJoin
 )
 
-// PeerAsk is another host's request for a blob.
+// PeerAsk is another host's request for a blob, or for a manifest (Ref
+// set, Digest empty).
 type PeerAsk struct {
 	Digest string  `json:"digest"`
 	NS     string  `json:"ns"`   // the upstream registry, as containerd names it
 	Repo   string  `json:"repo"` // the repository on that registry
 	Mode   AskMode `json:"mode"`
+	// Ref is the tag or digest of a manifest asked for, and Accept the
+	// media types the asker's client listed.
+	Ref    string   `json:"ref,omitempty"`
+	Accept []string `json:"accept,omitempty"`
 }
 
 // PeerSink is where ServePeer sends a blob to the host that asked.
@@ -54,6 +59,8 @@ type PeerSink interface {
 	Size(n int64) error
 	// Chunk sends the blob's next chunk; data hashes to id.
 	Chunk(id cid.Cid, data []byte) error
+	// Manifest sends a manifest asked for, whole.
+	Manifest(mediaType string, data []byte) error
 }
 
 // Relay reaches the other mirrors of the cluster (package registry/relay).
@@ -68,6 +75,9 @@ type Relay interface {
 	// when the host answered that it cannot give the blob;
 	// ErrRelayStalled; others when it is unreachable.
 	Open(ctx context.Context, host string, ask PeerAsk) (int64, PeerBlob, error)
+	// OpenManifest asks host for the manifest ask.Ref names: its bytes
+	// (not checked) and media type. Errors as Open's, bar the redirect.
+	OpenManifest(ctx context.Context, host string, ask PeerAsk) (data []byte, mediaType string, err error)
 }
 
 // PeerBlob is a blob arriving from another host.
@@ -268,6 +278,9 @@ func (s *Service) fellBack(d, via string, at int64, err error) {
 // blob went out and matched its digest here; an error otherwise (wrapping
 // ErrRelayRefused when nothing was sent because this host cannot).
 func (s *Service) ServePeer(ctx context.Context, ask PeerAsk, from string, sink PeerSink) (redirect string, err error) {
+	if ask.Ref != "" {
+		return "", s.servePeerManifest(ctx, ask, sink)
+	}
 	d := ask.Digest
 	if _, err := parseDigest(d); err != nil {
 		return "", fmt.Errorf("%w: %w", ErrRelayRefused, err)

@@ -69,14 +69,24 @@ func (f *flight) add(r chunk.Ref) {
 
 func (f *flight) finish(err error) {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.err = err
-	f.mu.Unlock()
 	select {
 	case <-f.ready:
 	default:
 		close(f.ready)
 	}
-	close(f.done)
+	close(f.done) // under mu, as next reads it: no chunk is added after
+}
+
+// closed says whether c is closed.
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 func (f *flight) failed() error {
@@ -91,28 +101,28 @@ func (s *Service) next(ctx context.Context, f *flight, i int) (ref chunk.Ref, ok
 	for {
 		f.mu.Lock()
 		known, n, changed := f.known, len(f.refs), f.changed
+		done := closed(f.done) // read under f.mu: every chunk is added before the end
 		var r chunk.Ref
 		if i < n {
 			r = f.refs[i]
 		}
 		f.mu.Unlock()
-		select {
-		case <-f.done:
+		if done {
 			if ferr := f.failed(); ferr != nil {
 				return r, false, ferr
 			}
-		default:
 		}
 		if !known { // upstream: refs are appended once stored
 			if i < n {
 				return r, true, nil
 			}
+			if done {
+				return r, false, nil
+			}
+			// Both may be ready at once when the last chunks came with the
+			// end: look again rather than end on a stale count.
 			select {
 			case <-f.done:
-				if ferr := f.failed(); ferr != nil {
-					return r, false, ferr
-				}
-				return r, false, nil
 			case <-changed:
 			case <-ctx.Done():
 				return r, false, ctx.Err()

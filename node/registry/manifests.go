@@ -42,7 +42,7 @@ func mediaTypeOf(data []byte) string {
 func (s *Service) serveManifest(w http.ResponseWriter, r *http.Request, ns, repo, ref string) (string, error) {
 	ctx := r.Context()
 	accept := accepted(r)
-	data, mt, src, err := s.manifest(ctx, ns, repo, ref, accept)
+	data, mt, src, err := s.manifest(ctx, ns, repo, ref, accept, true)
 	if err != nil {
 		return src, err
 	}
@@ -66,13 +66,15 @@ func (s *Service) serveManifest(w http.ResponseWriter, r *http.Request, ns, repo
 }
 
 // manifest resolves ref (a tag or a digest) to a manifest's exact bytes,
-// checked against its digest.
-func (s *Service) manifest(ctx context.Context, ns, repo, ref string, accept []string) ([]byte, string, string, error) {
+// checked against its digest. What no host holds is asked of the host the
+// cluster chose for ref when viaPeers (so upstream is asked once for the
+// cluster), else of upstream.
+func (s *Service) manifest(ctx context.Context, ns, repo, ref string, accept []string, viaPeers bool) ([]byte, string, string, error) {
 	if strings.Contains(ref, ":") {
 		if _, err := parseDigest(ref); err != nil {
 			return nil, "", srcNone, &regError{http.StatusBadRequest, "DIGEST_INVALID", err}
 		}
-		return s.manifestByDigest(ctx, ns, repo, ref, accept)
+		return s.manifestByDigest(ctx, ns, repo, ref, accept, viaPeers)
 	}
 	if !tagRE.MatchString(ref) {
 		return nil, "", srcNone, newErr(http.StatusBadRequest, "MANIFEST_INVALID", "tag %q: letters, digits, '_', '.', '-', at most 128, not starting with '.' or '-'", ref)
@@ -84,10 +86,10 @@ func (s *Service) manifest(ctx context.Context, ns, repo, ref string, accept []s
 	}
 	u := s.cfg.Upstreams[ns]
 	if inCluster && (u == nil || s.fresh(mp.Published)) {
-		return s.manifestOfMapping(ctx, ns, repo, mp, accept)
+		return s.manifestOfMapping(ctx, ns, repo, mp, accept, viaPeers)
 	}
 	if def := s.cfg.Upstreams.defaultNS(); ns == "" && def != "" {
-		return s.manifest(ctx, def, repo, ref, accept)
+		return s.manifest(ctx, def, repo, ref, accept, viaPeers)
 	}
 	if u == nil {
 		where := "the cluster holds no image"
@@ -96,7 +98,7 @@ func (s *Service) manifest(ctx context.Context, ns, repo, ref string, accept []s
 		}
 		return nil, "", srcNone, newErr(http.StatusNotFound, "MANIFEST_UNKNOWN", "%s:%s: %s by that reference", repo, ref, where)
 	}
-	data, mt, err := s.upstreamManifest(ctx, u, repo, ref, "", accept)
+	data, mt, src, err := s.fetchManifest(ctx, u, ns, repo, ref, "", accept, viaPeers)
 	if err == nil {
 		if nameErr != nil {
 			s.cfg.Log.Warn("registry: tag not kept for the cluster", "err", nameErr)
@@ -105,11 +107,11 @@ func (s *Service) manifest(ctx context.Context, ns, repo, ref string, accept []s
 				s.cfg.Log.Warn("registry: tag not kept for the cluster", "err", err)
 			}
 		}
-		return data, mt, srcUpstream, nil
+		return data, mt, src, nil
 	}
 	if inCluster && !errors.Is(err, errUpstreamMissing) && !errors.Is(err, errDigest) {
 		s.cfg.Log.Info("registry: upstream unreachable; the cluster's tag is used", "repo", repo, "tag", ref, "err", err)
-		return s.manifestOfMapping(ctx, ns, repo, mp, accept)
+		return s.manifestOfMapping(ctx, ns, repo, mp, accept, viaPeers)
 	}
 	return nil, "", srcUpstream, upstreamErr("MANIFEST_UNKNOWN", err)
 }
@@ -129,7 +131,7 @@ func upstreamErr(code string, err error) error {
 func (s *Service) fresh(t int64) bool { return time.Since(time.Unix(0, t)) < s.cfg.TagTTL }
 
 // manifestOfMapping is the manifest a tag layer of the cluster points at.
-func (s *Service) manifestOfMapping(ctx context.Context, ns, repo string, mp gossip.Mapping, accept []string) ([]byte, string, string, error) {
+func (s *Service) manifestOfMapping(ctx context.Context, ns, repo string, mp gossip.Mapping, accept []string, viaPeers bool) ([]byte, string, string, error) {
 	id, err := cid.Decode(mp.CID)
 	if err != nil {
 		return nil, "", srcNone, fmt.Errorf("tag %s: catalogue names %q: %w", mp.Name, mp.CID, err)
@@ -142,11 +144,11 @@ func (s *Service) manifestOfMapping(ctx context.Context, ns, repo string, mp gos
 	if err != nil {
 		return nil, "", srcNone, err
 	}
-	return s.manifestByDigest(ctx, ns, repo, b.Digest, accept)
+	return s.manifestByDigest(ctx, ns, repo, b.Digest, accept, viaPeers)
 }
 
 // manifestByDigest is manifest d from this host, else peers, else upstream.
-func (s *Service) manifestByDigest(ctx context.Context, ns, repo, d string, accept []string) ([]byte, string, string, error) {
+func (s *Service) manifestByDigest(ctx context.Context, ns, repo, d string, accept []string, viaPeers bool) ([]byte, string, string, error) {
 	src := srcLocal
 	b, ok := s.local(ctx, d)
 	if !ok {
@@ -175,19 +177,34 @@ func (s *Service) manifestByDigest(ctx context.Context, ns, repo, d string, acce
 	if u == nil {
 		return nil, "", srcNone, newErr(http.StatusNotFound, "MANIFEST_UNKNOWN", "manifest %s@%s: no host of the cluster has it", repo, d)
 	}
-	data, mt, err := s.upstreamManifest(ctx, u, repo, d, d, accept)
+	data, mt, src, err := s.fetchManifest(ctx, u, ns, repo, d, d, accept, viaPeers)
 	if err != nil {
-		return nil, "", srcUpstream, upstreamErr("MANIFEST_UNKNOWN", err)
+		return nil, "", src, upstreamErr("MANIFEST_UNKNOWN", err)
 	}
-	return data, mt, srcUpstream, nil
+	return data, mt, src, nil
 }
 
 // upstreamManifest gets a manifest from upstream, checks it against want
-// (when a digest) and the digest upstream claims, and keeps it.
+// (when a digest) and the digest upstream claims, and keeps it. Requests
+// for the same manifest at once share one upstream request.
 func (s *Service) upstreamManifest(ctx context.Context, u *Upstream, repo, ref, want string, accept []string) ([]byte, string, error) {
 	if len(accept) == 0 {
 		accept = manifestTypes
 	}
+	type answer struct {
+		data []byte
+		mt   string
+	}
+	key := strings.Join(append([]string{u.base.Host, repo, ref, want}, accept...), "\x00")
+	v, err, _ := s.manifestFetches.Do(key, func() (any, error) {
+		data, mt, err := s.upstreamManifestOnce(ctx, u, repo, ref, want, accept)
+		return answer{data, mt}, err
+	})
+	a, _ := v.(answer)
+	return a.data, a.mt, err
+}
+
+func (s *Service) upstreamManifestOnce(ctx context.Context, u *Upstream, repo, ref, want string, accept []string) ([]byte, string, error) {
 	resp, err := u.get(ctx, http.MethodGet, repo, "manifests", ref, http.Header{"Accept": accept})
 	if err != nil {
 		return nil, "", err
@@ -214,4 +231,72 @@ func (s *Service) upstreamManifest(ctx context.Context, u *Upstream, repo, ref, 
 		return nil, "", err
 	}
 	return data, mt, nil
+}
+
+// fetchManifest gets manifest ref (checked against want, a digest, when
+// set) from the host the cluster chose for it when viaPeers and there is
+// one, else (or when that host cannot) from upstream u, and keeps it. It
+// answers the source.
+func (s *Service) fetchManifest(ctx context.Context, u *Upstream, ns, repo, ref, want string, accept []string, viaPeers bool) ([]byte, string, string, error) {
+	if viaPeers {
+		if host := s.chosen(manifestKey(ns, repo, ref)); host != "" {
+			data, mt, err := s.peerManifest(ctx, host, ns, repo, ref, want, accept)
+			if err == nil {
+				return data, mt, srcPeer, nil
+			}
+			if ctx.Err() != nil {
+				return nil, "", srcPeer, ctx.Err()
+			}
+			s.cfg.Log.Info("registry: the host chosen for a manifest did not give it; asking upstream", "repo", repo, "ref", ref, "host", host, "err", err)
+		}
+	}
+	data, mt, err := s.upstreamManifest(ctx, u, repo, ref, want, accept)
+	return data, mt, srcUpstream, err
+}
+
+// manifestKey is what the cluster ranks hosts by to choose the one that
+// asks upstream for manifest ref: a digest, or the tag with its repository.
+func manifestKey(ns, repo, ref string) string {
+	if strings.Contains(ref, ":") {
+		return ref
+	}
+	return ns + "/" + repo + ":" + ref
+}
+
+// peerManifest asks host for manifest ref, checks it against want (when
+// set) and keeps it. A tag's answer is trusted as the cluster's tags are:
+// the host is a member of the cluster.
+func (s *Service) peerManifest(ctx context.Context, host, ns, repo, ref, want string, accept []string) ([]byte, string, error) {
+	data, mt, err := s.cfg.Relay.OpenManifest(ctx, host, PeerAsk{NS: ns, Repo: repo, Ref: ref, Accept: accept})
+	if err != nil {
+		return nil, "", err
+	}
+	d := digestOf(data)
+	if want != "" && d != want {
+		return nil, "", fmt.Errorf("%w: host %s: manifest %s hashes to %s", errDigest, host, want, d)
+	}
+	if mt == "" {
+		mt = mediaTypeOf(data)
+	}
+	if _, err := s.ingest(ctx, bytes.NewReader(data), d, mt, int64(len(data)), nil); err != nil {
+		return nil, "", err
+	}
+	return data, mt, nil
+}
+
+// servePeerManifest sends another host the manifest it asked for, from
+// here or upstream (never from a third host: two hosts that each think
+// the other chosen must not ask each other in a circle).
+func (s *Service) servePeerManifest(ctx context.Context, ask PeerAsk, sink PeerSink) error {
+	if len(ask.Repo) > 255 || !repoRE.MatchString(ask.Repo) {
+		return fmt.Errorf("%w: repository %q", ErrRelayRefused, ask.Repo)
+	}
+	if len(ask.Accept) > 32 {
+		return fmt.Errorf("%w: %d media types accepted, at most 32", ErrRelayRefused, len(ask.Accept))
+	}
+	data, mt, _, err := s.manifest(ctx, ask.NS, ask.Repo, ask.Ref, ask.Accept, false)
+	if err != nil {
+		return fmt.Errorf("%w: manifest %s:%s: %w", ErrRelayRefused, ask.Repo, ask.Ref, err)
+	}
+	return sink.Manifest(mt, data)
 }

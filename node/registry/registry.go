@@ -9,7 +9,9 @@
 //
 // A blob no host holds yet is fetched from upstream once for the cluster:
 // by the host its digest ranks first among the live mirrors, which the
-// others stream it from (cohort.go).
+// others stream it from (cohort.go). A manifest (by tag or digest) that no
+// host holds is asked of upstream the same way, by the host its reference
+// ranks first, which the others ask for it.
 //
 // It never serves bytes whose digest it has not checked: a blob's last
 // chunk is held back until the whole blob has hashed to its digest. It
@@ -30,6 +32,7 @@ import (
 
 	"github.com/ipfs/go-cid"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
@@ -103,6 +106,9 @@ type Service struct {
 	arrivals *Arrivals
 	m        *metrics
 	params   chunk.Params
+
+	// manifestFetches are the upstream manifest requests under way.
+	manifestFetches singleflight.Group
 
 	mu       sync.Mutex
 	flights  map[string]*flight // by digest

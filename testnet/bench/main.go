@@ -117,6 +117,8 @@ func run(ctx context.Context) error {
 	smoke := flag.Bool("smoke", false, "a quick check that every part runs (`make bench-smoke`): unless set otherwise, -size 64 MiB, -runs 1, -fanout-size and -badpeers-size 32 MiB and fewer samples; targets not enforced")
 	regfanSize := flag.Int64("regfan-size", 1<<30, "image size for the registry fan-out part (4 hosts pull through their mirrors)")
 	regfanRate := flag.String("regfan-rate", "400mbit", "link rate of the registry fan-out part")
+	regfanJobs := flag.Int("regfan-jobs", 3, "layers each client of the registry fan-out part pulls at once (containerd's CRI and Docker default to 3, skopeo to 6; 1: one after another)")
+	regfanBase := flag.String("regfan-base", "", "a second p2pimg binary whose mirrors the registry fan-out part times in the same runs, taking turns with -bin (a before figure)")
 	regfanProfile := flag.String("regfan-profile", "", "directory for CPU profiles of the 4 mirrors and a timeline of every link's bytes during each registry fan-out through the mirrors")
 	role := flag.String("role", "", "internal: run as a sender for the ceiling measurements, the registry fan-out's upstream or a puller")
 	flag.Parse()
@@ -125,7 +127,7 @@ func run(ctx context.Context) error {
 	case "upstream":
 		return serveUpstream(*dir, *size)
 	case "pull":
-		return pullRole(flag.Args())
+		return pullRole(flag.Args(), *regfanJobs)
 	default:
 		return serveRole(*role, *size)
 	}
@@ -237,7 +239,13 @@ func run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := benchRegistryFanOut(ctx, t, *bin, self, *dir, *regfanRate, *regfanProfile, *regfanSize, min(*runs, 3)); err != nil {
+		o := regfanOpts{bin: *bin, base: *regfanBase, rate: *regfanRate, profile: *regfanProfile, size: *regfanSize, runs: min(*runs, 3), jobs: *regfanJobs}
+		if o.base != "" {
+			if o.base, err = filepath.Abs(o.base); err != nil {
+				return err
+			}
+		}
+		if err := benchRegistryFanOut(ctx, t, self, *dir, o); err != nil {
 			return err
 		}
 	}

@@ -39,13 +39,21 @@ const (
 	regfanRepo   = "bench/big:1"
 )
 
-func benchRegistryFanOut(ctx context.Context, t *table, bin, self, dir, rate, profile string, size int64, runs int) error {
+// regfanOpts are the registry fan-out part's settings.
+type regfanOpts struct {
+	bin, base     string // the p2pimg binary, and one to compare it with in the same runs ("": none)
+	rate, profile string
+	size          int64
+	runs, jobs    int // jobs: layers each client pulls at once
+}
+
+func benchRegistryFanOut(ctx context.Context, t *table, self, dir string, o regfanOpts) error {
 	if os.Geteuid() != 0 {
 		t.add("registry fan-out", "skipped: needs root for network namespaces", "", nil)
 		return nil
 	}
-	fmt.Fprintf(os.Stderr, "registry fan-out: %d hosts pull a %d MiB image at once over %s links, %d runs\n", regfanHosts, size>>20, rate, runs)
-	nn := testnet.NetNS{Prefix: fmt.Sprintf("p2pimg-r%d-", os.Getpid()%100000), Subnet: "10.234.79.", Hosts: regfanHosts + 1, Rate: rate}
+	fmt.Fprintf(os.Stderr, "registry fan-out: %d hosts pull a %d MiB image at once over %s links, %d layers at a time each, %d runs\n", regfanHosts, o.size>>20, o.rate, o.jobs, o.runs)
+	nn := testnet.NetNS{Prefix: fmt.Sprintf("p2pimg-r%d-", os.Getpid()%100000), Subnet: "10.234.79.", Hosts: regfanHosts + 1, Rate: o.rate}
 	if err := nn.Up(); err != nil {
 		t.add("registry fan-out", "skipped: "+err.Error(), "", nil)
 		return nil
@@ -53,7 +61,7 @@ func benchRegistryFanOut(ctx context.Context, t *table, bin, self, dir, rate, pr
 	defer nn.Down()
 	root := filepath.Join(dir, "regfan")
 	defer os.RemoveAll(root)
-	up, err := startUpstream(ctx, nn, self, filepath.Join(root, "upstream"), size)
+	up, err := startUpstream(ctx, nn, self, filepath.Join(root, "upstream"), o.size)
 	if err != nil {
 		return err
 	}
@@ -64,34 +72,58 @@ func benchRegistryFanOut(ctx context.Context, t *table, bin, self, dir, rate, pr
 		return err
 	}
 	load0 := loadAvg()
-	var one, allDirect, allMirror, bytesDirect, bytesMirror []float64
-	for run := range runs {
-		o, _, err := up.pulls(ctx, nn, self, []int{1}, "http://"+ns+"/", "")
+	var one, allDirect, allMirror, allBase, bytesDirect, bytesMirror []float64
+	for run := range o.runs {
+		trace := func(what string) string {
+			if o.profile == "" {
+				return ""
+			}
+			return filepath.Join(o.profile, fmt.Sprintf("regfan-run%d-%s", run+1, what))
+		}
+		alone, _, err := up.pulls(ctx, nn, self, []int{1}, "http://"+ns+"/", "", o.jobs, trace("one"))
 		if err != nil {
 			return fmt.Errorf("one direct pull: %w", err)
 		}
-		ad, bd, err := up.pulls(ctx, nn, self, []int{1, 2, 3, 4}, "http://"+ns+"/", "")
+		ad, bd, err := up.pulls(ctx, nn, self, []int{1, 2, 3, 4}, "http://"+ns+"/", "", o.jobs, trace("direct"))
 		if err != nil {
 			return fmt.Errorf("direct pulls: %w", err)
 		}
 		var prof *fanRound
-		if profile != "" {
-			prof = &fanRound{n: regfanHosts*100 + run, alone: o, profile: profile}
+		if o.profile != "" {
+			prof = &fanRound{n: regfanHosts*100 + run, alone: alone, profile: o.profile}
 		}
-		am, bm, err := up.mirrorPulls(ctx, nn, bin, self, filepath.Join(root, fmt.Sprintf("run%d", run)), regs, ns, prof)
+		mirrors := func(bin, what string) (time.Duration, int64, error) {
+			return up.mirrorPulls(ctx, nn, bin, self, filepath.Join(root, fmt.Sprintf("run%d", run)), regs, ns, o.jobs, trace(what), prof)
+		}
+		var ab time.Duration
+		if o.base != "" && run%2 == 1 { // the two binaries take turns going first
+			if ab, _, err = mirrors(o.base, "base"); err != nil {
+				return err
+			}
+		}
+		am, bm, err := mirrors(o.bin, "mirror")
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "registry fan-out run %d: one direct %s; all direct %s (%.2fx upstream); all through mirrors %s (%.2fx upstream); load %s\n",
-			run+1, secs(o), secs(ad), float64(bd)/float64(up.size), secs(am), float64(bm)/float64(up.size), loadAvg())
-		one, allDirect, allMirror = append(one, o.Seconds()), append(allDirect, ad.Seconds()/o.Seconds()), append(allMirror, am.Seconds()/o.Seconds())
+		if o.base != "" && run%2 == 0 {
+			if ab, _, err = mirrors(o.base, "base"); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(os.Stderr, "registry fan-out run %d: one direct %s; all direct %s (%.2fx upstream); all through mirrors %s (%.2fx upstream); base binary %s; load %s\n",
+			run+1, secs(alone), secs(ad), float64(bd)/float64(up.size), secs(am), float64(bm)/float64(up.size), secs(ab), loadAvg())
+		one, allDirect, allMirror = append(one, alone.Seconds()), append(allDirect, ad.Seconds()/alone.Seconds()), append(allMirror, am.Seconds()/alone.Seconds())
+		allBase = append(allBase, ab.Seconds()/alone.Seconds())
 		bytesDirect, bytesMirror = append(bytesDirect, float64(bd)/float64(up.size)), append(bytesMirror, float64(bm)/float64(up.size))
 	}
-	what := fmt.Sprintf("registry fan-out, %d MiB in %d layers, %d hosts at once over %s (median of %d, load %s -> %s)", size>>20, regfanLayers, regfanHosts, rate, runs, load0, loadAvg())
+	what := fmt.Sprintf("registry fan-out, %d MiB in %d layers, %d hosts at once over %s, %d layers at a time (median of %d, load %s -> %s)", o.size>>20, regfanLayers, regfanHosts, o.rate, o.jobs, o.runs, load0, loadAvg())
 	t.add(what+": one direct pull alone", fmt.Sprintf("%.1fs", median(one)), "", nil)
 	t.add(what+": all pull directly: time / one; upstream bytes / image", fmt.Sprintf("%.2f; %.2fx", median(allDirect), median(bytesDirect)), "", nil)
 	ratio := median(allMirror)
 	t.add(what+": all pull through their mirrors: time / one direct", fmt.Sprintf("%.2f", ratio), "<= 1.5", check(ratio <= 1.5))
+	if o.base != "" {
+		t.add(what+": the same with "+o.base, fmt.Sprintf("%.2f", median(allBase)), "", nil)
+	}
 	served := median(bytesMirror)
 	t.add(what+": through their mirrors: upstream bytes / image", fmt.Sprintf("%.2fx", served), "1x", check(served <= 1.1))
 	return nil
@@ -101,7 +133,7 @@ func benchRegistryFanOut(ctx context.Context, t *table, bin, self, dir, rate, pr
 // all pull the image through their own mirror at once, and stops them.
 // With prof, it takes a CPU profile of each mirror and a timeline of
 // every link's bytes meanwhile (files named after prof.n, in prof.profile).
-func (u *regUpstream) mirrorPulls(ctx context.Context, nn testnet.NetNS, bin, self, root, regs, ns string, prof *fanRound) (time.Duration, int64, error) {
+func (u *regUpstream) mirrorPulls(ctx context.Context, nn testnet.NetNS, bin, self, root, regs, ns string, jobs int, trace string, prof *fanRound) (time.Duration, int64, error) {
 	defer os.RemoveAll(root)
 	hosts := []int{1, 2, 3, 4}
 	var ds []*nsDaemon
@@ -138,7 +170,7 @@ func (u *regUpstream) mirrorPulls(ctx context.Context, nn testnet.NetNS, bin, se
 		defer stop()
 		go fn.timeline(sctx, *prof, len(hosts)+1)
 	}
-	took, n, err := u.pulls(ctx, nn, self, hosts, "http://127.0.0.1:5000/", ns)
+	took, n, err := u.pulls(ctx, nn, self, hosts, "http://127.0.0.1:5000/", ns, jobs, trace)
 	if err != nil {
 		return 0, 0, fmt.Errorf("pulls through the mirrors: %w", err)
 	}
@@ -249,19 +281,23 @@ func (u *regUpstream) served() int64 {
 }
 
 // pulls has each host pull the image from base (with ?ns= when set) at
-// once; it returns the time until the last finished and the upstream's
-// blob bytes meanwhile.
-func (u *regUpstream) pulls(ctx context.Context, nn testnet.NetNS, self string, hosts []int, base, ns string) (time.Duration, int64, error) {
+// once, jobs layers at a time; it returns the time until the last finished
+// and the upstream's blob bytes meanwhile. With trace, each host's layer
+// times go to trace-hostN.txt.
+func (u *regUpstream) pulls(ctx context.Context, nn testnet.NetNS, self string, hosts []int, base, ns string, jobs int, trace string) (time.Duration, int64, error) {
 	before := u.served()
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make([]error, len(hosts))
 	for k, i := range hosts {
 		wg.Go(func() {
-			args := nn.Exec(i, self, "-role", "pull", base+regfanRepo, ns)
+			args := nn.Exec(i, self, "-role", "pull", "-regfan-jobs", strconv.Itoa(jobs), base+regfanRepo, ns)
 			out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
 			if err != nil {
 				errs[k] = fmt.Errorf("host %d: %v: %s", i, err, bytes.TrimSpace(out))
+			}
+			if trace != "" {
+				os.WriteFile(fmt.Sprintf("%s-host%d.txt", trace, i), out, 0o644)
 			}
 		})
 	}
@@ -353,8 +389,9 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 
 // pullRole is the -role pull process: it pulls ref (adding ?ns=NS to
 // every request when given, as containerd does for a mirror) and reads
-// every blob, each checked against its digest.
-func pullRole(args []string) error {
+// every blob, jobs at a time, each checked against its digest; it prints
+// each layer's times.
+func pullRole(args []string, jobs int) error {
 	if len(args) < 1 {
 		return fmt.Errorf("-role pull REF [NS]")
 	}
@@ -367,7 +404,7 @@ func pullRole(args []string) error {
 	if ns != "" {
 		rt = addNS{ns: ns, rt: rt}
 	}
-	return pullImage(ref, rt)
+	return pullImage(ref, rt, jobs, os.Stdout)
 }
 
 // addNS adds ?ns= to every request, as containerd does for a mirror.

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"time"
@@ -33,13 +34,15 @@ import (
 	"github.com/p2pimg/p2pimg/node/registry"
 )
 
-// Proto is the blob relay protocol. One stream carries one blob:
+// Proto is the blob relay protocol. One stream carries one blob, or one
+// manifest (a request with ref set):
 //
 //	request:  uvarint length | JSON registry.PeerAsk (at most 4 KiB); then the asker closes its side
 //	answer:   frames, each a type byte:
 //	  'S' uvarint size+1 (0: unknown)          first, unless 'R' or 'E'
 //	  'C' uvarint n | CID (n bytes) | uvarint m | chunk (m bytes, at most chunk.MaxChunkSize)
-//	  'D'                                        the whole blob was sent and matched its digest
+//	  'M' uvarint n | media type (n bytes) | uvarint m | manifest (m bytes, at most 4 MiB)   first, for a manifest
+//	  'D'                                        the whole blob was sent and matched its digest (or the manifest was sent)
 //	  'R' uvarint n | peer id (n bytes)          ask that host instead (AskJoin)
 //	  'E' uvarint n | message (n bytes)          the host cannot give the blob (any time)
 //
@@ -69,7 +72,8 @@ type Config struct {
 	// Stall bounds the wait for a stream to open and for each frame (15s).
 	Stall time.Duration
 	Log   *slog.Logger
-	// Faults: CorruptServe flips a byte of every chunk this host sends.
+	// Faults: CorruptServe flips a byte of every chunk this host sends;
+	// StallServe sends a blob's first chunk, then nothing.
 	Faults *faults.Faults
 }
 
@@ -153,6 +157,60 @@ func (r *Relay) Open(ctx context.Context, hostID string, ask registry.PeerAsk) (
 	return size, rd, nil
 }
 
+// OpenManifest asks host for a manifest (registry.Relay).
+func (r *Relay) OpenManifest(ctx context.Context, hostID string, ask registry.PeerAsk) ([]byte, string, error) {
+	p, err := peer.Decode(hostID)
+	if err != nil {
+		return nil, "", fmt.Errorf("host %q: %w", hostID, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.Stall)
+	defer cancel()
+	st, err := r.cfg.Host.NewStream(ctx, p, Proto)
+	if err != nil {
+		return nil, "", fmt.Errorf("host %s: %w", p, err)
+	}
+	defer st.Close()
+	rd := &reader{st: st, br: bufio.NewReaderSize(st, 64<<10), stall: r.cfg.Stall, host: p}
+	defer context.AfterFunc(ctx, func() { st.Reset() })()
+	if err := rd.ask(ask); err != nil {
+		return nil, "", err
+	}
+	typ, err := rd.br.ReadByte()
+	if err != nil {
+		return nil, "", rd.wrap(err)
+	}
+	switch typ {
+	case 'M':
+	case 'E':
+		return nil, "", rd.refused()
+	default:
+		return nil, "", fmt.Errorf("host %s: %w: frame %q first, for a manifest", rd.host, errProtocol, typ)
+	}
+	data, mt, err := readManifest(rd.br)
+	if err != nil {
+		return nil, "", rd.wrap(err)
+	}
+	return data, mt, nil
+}
+
+// readManifest reads an 'M' frame's body and the 'D' after it.
+func readManifest(br *bufio.Reader) (data []byte, mediaType string, err error) {
+	mt, err := readBytes(br, 4<<10)
+	if err != nil {
+		return nil, "", err
+	}
+	if data, err = readBytes(br, maxManifest); err != nil {
+		return nil, "", err
+	}
+	if typ, err := br.ReadByte(); err != nil || typ != 'D' {
+		return nil, "", fmt.Errorf("%w: a manifest not followed by its end", errProtocol)
+	}
+	return data, string(mt), nil
+}
+
+// maxManifest bounds a manifest on the wire (the registry's own bound).
+const maxManifest = 4 << 20
+
 // reader is the asker's side of a stream: the blob's chunks, each
 // checked against its id.
 type reader struct {
@@ -165,11 +223,11 @@ type reader struct {
 	err   error
 }
 
-// start sends the request and reads the first frame.
-func (rd *reader) start(ask registry.PeerAsk) (int64, error) {
+// ask sends the request and closes the asker's side.
+func (rd *reader) ask(ask registry.PeerAsk) error {
 	req, err := json.Marshal(ask)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	rd.st.SetDeadline(time.Now().Add(rd.stall))
 	bw := bufio.NewWriterSize(rd.st, 512)
@@ -177,9 +235,17 @@ func (rd *reader) start(ask registry.PeerAsk) (int64, error) {
 	bw.Write(l[:binary.PutUvarint(l[:], uint64(len(req)))])
 	bw.Write(req)
 	if err := bw.Flush(); err != nil {
-		return 0, rd.wrap(err)
+		return rd.wrap(err)
 	}
 	rd.st.CloseWrite()
+	return nil
+}
+
+// start sends the request and reads the first frame.
+func (rd *reader) start(ask registry.PeerAsk) (int64, error) {
+	if err := rd.ask(ask); err != nil {
+		return 0, err
+	}
 	typ, err := rd.br.ReadByte()
 	if err != nil {
 		return 0, rd.wrap(err)
@@ -286,9 +352,12 @@ func (rd *reader) refused() error {
 	return fmt.Errorf("host %s: %w: %s", rd.host, registry.ErrRelayRefused, msg)
 }
 
-// wrap names the host in a stream error; a deadline is ErrRelayStalled.
+// wrap names the host in a stream error; a deadline is ErrRelayStalled
+// (yamux reports one as a net.Error that times out, not as
+// os.ErrDeadlineExceeded).
 func (rd *reader) wrap(err error) error {
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	var ne net.Error
+	if errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
 		return fmt.Errorf("host %s: %w: nothing for %s", rd.host, registry.ErrRelayStalled, rd.stall)
 	}
 	if err == io.EOF {

@@ -36,7 +36,11 @@ func (r *Relay) serve(ctx context.Context, st network.Stream) {
 			cancel()
 		}
 	}()
-	w := &sink{bw: bufio.NewWriterSize(st, 64<<10), st: st, stall: r.cfg.Stall, corrupt: r.cfg.Faults.Get().CorruptServe}
+	fs := r.cfg.Faults.Get()
+	w := &sink{bw: bufio.NewWriterSize(st, 64<<10), st: st, stall: r.cfg.Stall, corrupt: fs.CorruptServe}
+	if fs.StallServe {
+		w.halt = ctx.Done()
+	}
 	redirect, err := r.cfg.Server.ServePeer(ctx, ask, from.String(), w)
 	switch {
 	case redirect != "":
@@ -72,7 +76,9 @@ type sink struct {
 	bw      *bufio.Writer
 	st      network.Stream
 	stall   time.Duration
-	corrupt bool // faults: flip a byte of every chunk
+	corrupt bool            // faults: flip a byte of every chunk
+	halt    <-chan struct{} // faults: after the first chunk, send nothing until this is closed
+	sent    int
 	err     error
 }
 
@@ -86,11 +92,24 @@ func (s *sink) Size(n int64) error {
 }
 
 func (s *sink) Chunk(id cid.Cid, data []byte) error {
+	if s.halt != nil && s.sent > 0 {
+		<-s.halt // the asker gives up on a silent stream, or this host stops
+		return errAskerGone
+	}
+	s.sent++
 	if s.corrupt && len(data) > 0 {
 		data = append([]byte(nil), data...)
 		data[len(data)/2] ^= 0xff
 	}
 	s.frame('C', id.Bytes())
+	var l [binary.MaxVarintLen64]byte
+	s.write(l[:binary.PutUvarint(l[:], uint64(len(data)))])
+	s.write(data)
+	return s.flush()
+}
+
+func (s *sink) Manifest(mediaType string, data []byte) error {
+	s.frame('M', []byte(mediaType))
 	var l [binary.MaxVarintLen64]byte
 	s.write(l[:binary.PutUvarint(l[:], uint64(len(data)))])
 	s.write(data)

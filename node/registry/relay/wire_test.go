@@ -19,6 +19,34 @@ func frameBody(idb, data []byte) []byte {
 	return append(out, data...)
 }
 
+func TestReadManifest(t *testing.T) {
+	t.Parallel()
+	body := func(mt, data string, end byte) []byte {
+		out := binary.AppendUvarint(nil, uint64(len(mt)))
+		out = append(out, mt...)
+		out = binary.AppendUvarint(out, uint64(len(data)))
+		return append(append(out, data...), end)
+	}
+	for _, c := range []struct {
+		name string
+		in   []byte
+		ok   bool
+	}{
+		{"good", body("application/vnd.oci.image.manifest.v1+json", `{"schemaVersion":2}`, 'D'), true},
+		{"no end", body("x", "{}", 'C'), false},
+		{"cut", body("x", "{}", 'D')[:4], false},
+		{"too long", binary.AppendUvarint([]byte{0}, maxManifest+1), false},
+	} {
+		data, mt, err := readManifest(bufio.NewReader(bytes.NewReader(c.in)))
+		if c.ok && (err != nil || string(data) != `{"schemaVersion":2}` || mt != "application/vnd.oci.image.manifest.v1+json") {
+			t.Errorf("%s: %q %q %v", c.name, data, mt, err)
+		}
+		if !c.ok && err == nil {
+			t.Errorf("%s: accepted", c.name)
+		}
+	}
+}
+
 func TestReadChunk(t *testing.T) {
 	t.Parallel()
 	data := []byte("a chunk of a registry blob")
@@ -62,6 +90,9 @@ func FuzzDecode(f *testing.F) {
 		}
 		if ask, err := readAsk(bufio.NewReader(bytes.NewReader(in))); err == nil && ask.Mode > 2 {
 			t.Fatalf("readAsk accepted mode %d", ask.Mode)
+		}
+		if data, mt, err := readManifest(bufio.NewReader(bytes.NewReader(in))); err == nil && (len(data) > maxManifest || len(mt) > 4<<10) {
+			t.Fatalf("readManifest returned %d bytes of manifest, %d of media type", len(data), len(mt))
 		}
 	})
 }
