@@ -148,8 +148,12 @@ func (s *Service) newBatch(ctx context.Context, digest string, size int64, onChu
 // add takes the blob's next chunk; owned says b's data stays valid (else
 // it is copied).
 func (sb *storeBatch) add(b chunk.Block, owned bool) error {
-	if sb.size >= 0 && sb.n+int64(len(b.Data())) > sb.size {
-		return fmt.Errorf("%s: more than the %d bytes announced", sb.digest, sb.size)
+	switch next := sb.n + int64(len(b.Data())); {
+	case sb.size >= 0 && next > sb.size:
+		// Not the blob announced: its source is not trusted for it again.
+		return fmt.Errorf("%w: %s: more than the %d bytes announced", errDigest, sb.digest, sb.size)
+	case next > MaxBlob:
+		return fmt.Errorf("%w: %s: more than %d bytes, the most a blob may have", errDigest, sb.digest, int64(MaxBlob))
 	}
 	sb.h.Write(b.Data())
 	sb.n += int64(len(b.Data()))
@@ -174,6 +178,15 @@ func (sb *storeBatch) add(b chunk.Block, owned bool) error {
 func (sb *storeBatch) flush() error {
 	if len(sb.pending) == 0 {
 		return nil
+	}
+	// A statfs per batch: the disk's reserve holds whatever a source
+	// sends, a blob of unknown size included.
+	var need int64
+	for _, b := range sb.pending {
+		need += int64(len(b.Data()))
+	}
+	if err := sb.s.cfg.Store.Reserve(need); err != nil {
+		return fmt.Errorf("blob %s: %w", sb.digest, err)
 	}
 	if err := sb.s.cfg.Store.Put(sb.ctx, sb.pending...); err != nil {
 		return err
@@ -204,7 +217,7 @@ func (s *Service) commit(ctx context.Context, h hash.Hash, n int64, digest, medi
 		return nil, fmt.Errorf("%w: %s hashes to %s", errDigest, digest, got)
 	}
 	if size >= 0 && n != size {
-		return nil, fmt.Errorf("%s: %d bytes, %d announced", digest, n, size)
+		return nil, fmt.Errorf("%w: %s: %d bytes, %d announced", errDigest, digest, n, size)
 	}
 	m, err := blobManifest(s.params, digest, mediaType, n, refs)
 	if err != nil {

@@ -278,6 +278,11 @@ func (s *Service) fellBack(d, via string, at int64, err error) {
 // blob went out and matched its digest here; an error otherwise (wrapping
 // ErrRelayRefused when nothing was sent because this host cannot).
 func (s *Service) ServePeer(ctx context.Context, ask PeerAsk, from string, sink PeerSink) (redirect string, err error) {
+	if len(ask.Repo) > 255 || !repoRE.MatchString(ask.Repo) {
+		// It goes into the upstream URL and token scope, with this host's
+		// credentials: a member must not shape those.
+		return "", fmt.Errorf("%w: repository %q", ErrRelayRefused, ask.Repo)
+	}
 	if ask.Ref != "" {
 		return "", s.servePeerManifest(ctx, ask, sink)
 	}

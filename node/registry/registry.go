@@ -52,7 +52,14 @@ type Store interface {
 	GetManifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, error)
 	// GetLayer is the record of a name; chunk.ErrNotFound when absent.
 	GetLayer(ctx context.Context, name chunk.Name) (chunk.Layer, error)
+	// Reserve is nil when the disk has room for need more bytes and the
+	// store's reserve; an error wrapping chunk.ErrNoSpace otherwise.
+	Reserve(need int64) error
 }
+
+// MaxBlob bounds a blob's size, announced or not: a source that sends
+// more is cut (upstream) or distrusted (a peer).
+const MaxBlob = 1 << 40
 
 // Publisher stores a layer's manifest, records it complete here and
 // announces its signed mapping (package layers).

@@ -256,6 +256,9 @@ func (rd *reader) start(ask registry.PeerAsk) (int64, error) {
 		if err != nil {
 			return 0, rd.wrap(err)
 		}
+		if n > registry.MaxBlob+1 {
+			return 0, fmt.Errorf("host %s: %w: a blob of %d bytes announced, at most %d", rd.host, errProtocol, n-1, int64(registry.MaxBlob))
+		}
 		return int64(n) - 1, nil
 	case 'R':
 		to, err := rd.readString(128)
