@@ -66,7 +66,18 @@ func WithMembersOnly(k int) Option { return func(o *options) { o.members = k } }
 func Isolated(i int) Option { return func(o *options) { o.isolated[i] = true } }
 
 // WithConfig lets a test change node i's config (rate caps, a lying peer).
-func WithConfig(f func(i int, c *node.Config)) Option { return func(o *options) { o.tweak = f } }
+// Several apply in the order given.
+func WithConfig(f func(i int, c *node.Config)) Option {
+	return func(o *options) {
+		prev := o.tweak
+		o.tweak = func(i int, c *node.Config) {
+			if prev != nil {
+				prev(i, c)
+			}
+			f(i, c)
+		}
+	}
+}
 
 // WithStallTimeout sets how long fetches wait without progress.
 func WithStallTimeout(d time.Duration) Option { return func(o *options) { o.stall = d } }
