@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"path"
 	"slices"
 	"strings"
 
+	"github.com/fxamacker/cbor/v2"
 	"github.com/ipfs/go-cid"
 	mh "github.com/multiformats/go-multihash"
 	"github.com/p2pimg/p2pimg/chunk/strictcbor"
@@ -81,6 +83,26 @@ type Manifest struct {
 	Parent  cid.Cid           // the layer under this one, if any
 	Meta    map[string]string // small annotations (product, description)
 	Entries []Entry           // sorted by Path, unique
+}
+
+// Clone is a deep copy of m: a caller may change it without changing m.
+func (m *Manifest) Clone() *Manifest {
+	c := &Manifest{Params: m.Params, Parent: m.Parent, Entries: slices.Clone(m.Entries)}
+	if m.Meta != nil {
+		c.Meta = maps.Clone(m.Meta)
+	}
+	for i := range c.Entries {
+		e := &c.Entries[i]
+		e.Chunks = slices.Clone(e.Chunks)
+		if e.Xattrs != nil {
+			x := make(map[string][]byte, len(e.Xattrs))
+			for k, v := range e.Xattrs {
+				x[k] = slices.Clone(v)
+			}
+			e.Xattrs = x
+		}
+	}
+	return c
 }
 
 // Size is the sum of the file sizes.
@@ -216,12 +238,14 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 		return nil, err
 	}
 	// One manifest, one encoding: refuse non-canonical forms, which would
-	// give the same layer a second id.
-	again, _, err := m.Encode()
-	if err != nil {
-		return nil, err
+	// give the same layer a second id. The wire form is encoded again (it
+	// is what Encode would build from m: chunk ids keep their bytes), into
+	// a buffer of b's size.
+	again := bytes.NewBuffer(make([]byte, 0, len(b)))
+	if err := encMode.(cbor.UserBufferEncMode).MarshalToBuffer(w, again); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	if !bytes.Equal(again, b) {
+	if !bytes.Equal(again.Bytes(), b) {
 		return nil, fmt.Errorf("%w: not in canonical encoding", ErrMalformed)
 	}
 	return m, nil

@@ -160,3 +160,25 @@ func BenchmarkDecodeManifest(b *testing.B) {
 		}
 	}
 }
+
+// TestManifestClone: a clone shares nothing a caller can change.
+func TestManifestClone(t *testing.T) {
+	t.Parallel()
+	m := sampleManifest(t)
+	want, _, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := m.Clone()
+	if got, _, _ := c.Encode(); string(got) != string(want) {
+		t.Fatal("clone encodes differently")
+	}
+	c.Meta["product"] = "x"
+	c.Entries[0].Path = "sbin"
+	c.Entries[1].Chunks[0].Size = 9
+	c.Entries[1].Xattrs["user.origin"][0] = 'B'
+	c.Entries[1].Xattrs["user.new"] = nil
+	if got, _, _ := m.Encode(); string(got) != string(want) {
+		t.Fatal("changing the clone changed the manifest")
+	}
+}

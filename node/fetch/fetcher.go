@@ -34,6 +34,9 @@ type Store interface {
 	PutUncached(ctx context.Context, blocks ...chunk.Block) error
 	// GetManifest is a stored manifest; chunk.ErrNotFound when absent.
 	GetManifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, error)
+	// ManifestBytes is a stored manifest's encoding, checked against its
+	// id; chunk.ErrNotFound when absent.
+	ManifestBytes(ctx context.Context, id cid.Cid) ([]byte, error)
 	// PutManifest stores an encoded manifest (checked by the caller). Idempotent.
 	PutManifest(ctx context.Context, id cid.Cid, data []byte) error
 	// GetLayer is the record of a name; chunk.ErrNotFound when absent.
@@ -93,6 +96,11 @@ type Fetcher struct {
 	// again (manifests are immutable: an id always has the same chunks).
 	chunkIDs *lru.Cache[cid.Cid, []cid.Cid]
 	decoding singleflight.Group
+	// decoded caches the manifests Manifest returned lately: decoding a
+	// large one takes milliseconds, and the registry's blob streams ask
+	// for one just before its fetch asks again (both wait for the first
+	// byte). Handed out as copies.
+	decoded *lru.Cache[cid.Cid, *chunk.Manifest]
 
 	bytesIn       *prometheus.CounterVec
 	chunksFetched prometheus.Counter
@@ -104,7 +112,9 @@ type Fetcher struct {
 // New registers the fetcher's metrics; it starts nothing.
 func New(cfg Config) *Fetcher {
 	chunkIDs, _ := lru.New[cid.Cid, []cid.Cid](16) // errs only for a size below 1
+	decoded, _ := lru.New[cid.Cid, *chunk.Manifest](8)
 	fr := &Fetcher{cfg: cfg, trace: cfg.Faults.Get().ChunkTrace, fetches: map[cid.Cid]*fetch{}, started: make(chan struct{}), chunkIDs: chunkIDs,
+		decoded: decoded,
 		bytesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "p2pimg_chunk_bytes_in_total", Help: "Chunk bytes received, by peer.",
 		}, []string{"peer"}),
@@ -278,14 +288,30 @@ func (fr *Fetcher) fetch(ctx context.Context, name chunk.Name, mp gossip.Mapping
 // Manifest is a manifest from the store, else fetched from a peer,
 // checked against its id, and stored.
 func (fr *Fetcher) Manifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, error) {
-	m, err := fr.cfg.Store.GetManifest(ctx, id)
-	if errors.Is(err, chunk.ErrNotFound) {
-		var data []byte
-		if m, data, err = fr.fetchManifest(ctx, id); err == nil {
-			err = fr.cfg.Store.PutManifest(ctx, id, data)
+	// Looked up in the store every time (gc or rm may have removed it),
+	// decoded only when not decoded lately.
+	data, err := fr.cfg.Store.ManifestBytes(ctx, id)
+	var m *chunk.Manifest
+	switch {
+	case err == nil:
+		if c, ok := fr.decoded.Get(id); ok {
+			return c.Clone(), nil
 		}
+		if m, err = chunk.DecodeManifest(data); err != nil {
+			return nil, fmt.Errorf("manifest %s: %w", id, err)
+		}
+	case errors.Is(err, chunk.ErrNotFound):
+		if m, data, err = fr.fetchManifest(ctx, id); err != nil {
+			return nil, err
+		}
+		if err = fr.cfg.Store.PutManifest(ctx, id, data); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, err
 	}
-	return m, err
+	fr.decoded.Add(id, m.Clone())
+	return m, nil
 }
 
 // fetchManifest gets a manifest from whichever peer has it, and checks it.

@@ -89,13 +89,14 @@ func (w *worker) fill(cursor *int) error {
 	for len(w.pending) < depth {
 		n := batch
 		if w.first > 0 {
-			n, w.first = w.first, 0
+			n = w.first
 		}
 		now := time.Now()
 		b := f.pick(w.p, cursor, n, len(w.pending) == 0, now)
 		if len(b) == 0 {
-			return nil
+			return nil // the first request stays small until it is sent
 		}
+		w.first = 0
 		w.pace.sent(len(w.pending) == 0, now)
 		ids := make([]cid.Cid, len(b))
 		for k, i := range b {

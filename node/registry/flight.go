@@ -24,6 +24,9 @@ const (
 	srcNone     = "none"
 )
 
+// firstChunkWait bounds the early fetch of a blob's first chunk from peers.
+const firstChunkWait = 5 * time.Second
+
 // flight is one fetch of a blob this host lacks, from peers or upstream,
 // that every request for the blob follows meanwhile: chunks are streamed
 // as they are stored, in order.
@@ -256,6 +259,16 @@ func (s *Service) flyPeers(ctx context.Context, f *flight, mcid string) error {
 	}
 	mp, _ := s.cfg.Catalog.Lookup(blobName(f.digest).String())
 	f.setReady(srcPeer, b.Size, b.Refs)
+	if len(b.Refs) > 1 {
+		// The first chunk at once, while the fetch sets out (the chunks
+		// it already has, the peers' bitmaps): the client's first byte
+		// waits for it. A copy the fetch asks for as well is one chunk.
+		go func() {
+			cctx, cancel := context.WithTimeout(ctx, firstChunkWait)
+			defer cancel()
+			s.cfg.Fetcher.FetchChunk(cctx, id, b.Refs[0].CID) // on failure the fetch brings it
+		}()
+	}
 	for {
 		_, err = s.cfg.Fetcher.Fetch(fetch.InOrder(ctx), blobName(f.digest), mp, func(api.Event) {})
 		if api.CodeOf(err) != api.CodeConflict {

@@ -76,6 +76,9 @@ type Fetcher interface {
 	// Manifest is a layer manifest from the store, else from a peer,
 	// checked against its id and stored.
 	Manifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, error)
+	// FetchChunk fetches chunk id of layer at once, outside any fetch,
+	// verifies it and stores it.
+	FetchChunk(ctx context.Context, layer, id cid.Cid) ([]byte, error)
 }
 
 // Catalog is the cluster's NAME:TAG -> manifest mappings (package gossip).
