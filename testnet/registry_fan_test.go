@@ -230,6 +230,55 @@ func TestRegistryLyingChosenHost(t *testing.T) {
 	}
 }
 
+// The host chosen to ask upstream for a tag relays a wrong manifest for
+// it: the asker checks the relayed bytes against the digest upstream
+// gives for the tag (a HEAD), gets the manifest from upstream itself, and
+// its client gets the real one.
+func TestRegistryLyingChosenHostTag(t *testing.T) {
+	up := newUpstream(t)
+	net := testnet.New(t, 2, testnet.WithConfig(func(i int, c *node.Config) {
+		c.Registry = "127.0.0.1:0"
+		c.Upstreams = registry.Upstreams{}
+		u := &registry.Upstream{Endpoint: up.URL}
+		if err := c.Upstreams.Add(upstreamNS, u); err != nil {
+			t.Fatal(err)
+		}
+		u.SetClient(up.Client())
+		if i == 0 {
+			c.Faults = &faults.Faults{CorruptServe: true}
+		}
+	}))
+	t.Cleanup(func() { up.Close(); clientTransport.CloseIdleConnections() }) // before the testnet's leak check
+	mirrorsKnown(t, net, []int{0, 1})
+	var tag string
+	var img v1.Image
+	for k := 0; ; k++ { // a tag the liar (node 0) asks upstream for, for the cluster
+		tag = fmt.Sprint(k)
+		if chosenFor(net, upstreamNS+"/demo/liartag:"+tag, []int{0, 1}) == 0 {
+			img = up.push(t, "demo/liartag:"+tag, 1<<10, 1)
+			break
+		}
+		if k == 60 {
+			t.Fatal("no tag in 60 that node 0 is chosen for")
+		}
+	}
+	want, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, body := get(t, "http://"+mirrorAddr(net.Nodes[1])+"/v2/demo/liartag/manifests/"+tag+"?ns="+upstreamNS,
+		"Accept", "application/vnd.docker.distribution.manifest.v2+json")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("manifest through node 1: %s %s", resp.Status, body)
+	}
+	if got := digestOfBytes(body); got != want.String() || resp.Header.Get("Docker-Content-Digest") != want.String() {
+		t.Fatalf("node 1 served manifest %s (header %s) for the tag; upstream's is %s", got, resp.Header.Get("Docker-Content-Digest"), want)
+	}
+	if n := up.getsOf("manifest " + tag); n != 2 {
+		t.Fatalf("upstream was asked for the tag's manifest %d times; want 2 (the chosen host, then node 1 after the bad answer)", n)
+	}
+}
+
 // The host chosen to fetch a blob from upstream sends its first chunk to
 // the host that asked, then nothing, keeping the stream open. Within the
 // relay's stall bound the asker fetches the rest from upstream and its
@@ -308,4 +357,10 @@ func TestRegistryStalledChosenHost(t *testing.T) {
 		t.Fatalf("node 1 counted %v stalled relays; want 2", n)
 	}
 	noBlob(t, net.Nodes[1], ld)
+}
+
+// digestOfBytes is b's sha256 digest, as registries name it.
+func digestOfBytes(b []byte) string {
+	s := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(s[:])
 }

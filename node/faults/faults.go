@@ -9,7 +9,8 @@ import "time"
 
 // Faults switches on misbehaviour for tests. A nil *Faults is production.
 type Faults struct {
-	// CorruptServe flips a byte in every chunk this host serves.
+	// CorruptServe flips a byte in every chunk this host serves (and in
+	// every manifest its registry relays).
 	CorruptServe bool
 	// StallServe never answers chunk requests (the host still says it has
 	// the chunks), and the registry blob relay stops sending a blob after

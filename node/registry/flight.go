@@ -263,11 +263,12 @@ func (s *Service) flyPeers(ctx context.Context, f *flight, mcid string) error {
 		// The first chunk at once, while the fetch sets out (the chunks
 		// it already has, the peers' bitmaps): the client's first byte
 		// waits for it. A copy the fetch asks for as well is one chunk.
-		go func() {
+		// (Counted in flying, which this flight holds above zero.)
+		s.flying.Go(func() {
 			cctx, cancel := context.WithTimeout(ctx, firstChunkWait)
 			defer cancel()
 			s.cfg.Fetcher.FetchChunk(cctx, id, b.Refs[0].CID) // on failure the fetch brings it
-		}()
+		})
 	}
 	for {
 		_, err = s.cfg.Fetcher.Fetch(fetch.InOrder(ctx), blobName(f.digest), mp, func(api.Event) {})

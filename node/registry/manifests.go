@@ -240,7 +240,29 @@ func (s *Service) upstreamManifestOnce(ctx context.Context, u *Upstream, repo, r
 func (s *Service) fetchManifest(ctx context.Context, u *Upstream, ns, repo, ref, want string, accept []string, viaPeers bool) ([]byte, string, string, error) {
 	if viaPeers {
 		if host := s.chosen(manifestKey(ns, repo, ref)); host != "" {
-			data, mt, err := s.peerManifest(ctx, host, ns, repo, ref, want, accept)
+			check := want
+			if check == "" {
+				// A tag: which manifest it names is upstream's word, not
+				// the chosen host's. Upstream is asked with a HEAD (no
+				// body; registries that meter pulls count GETs); when it
+				// cannot say, the host's answer stands, as a member's.
+				d, err := s.upstreamDigest(ctx, u, repo, ref, accept)
+				switch {
+				case errors.Is(err, errUpstreamMissing):
+					return nil, "", srcUpstream, err
+				case err != nil:
+					s.cfg.Log.Info("registry: upstream did not say which manifest a tag names; taking the chosen host's answer", "repo", repo, "ref", ref, "err", err)
+				default:
+					if b, ok := s.local(ctx, d); ok {
+						data, err := s.readAll(ctx, b)
+						if err == nil {
+							return data, b.MediaType, srcLocal, nil
+						}
+					}
+					check = d
+				}
+			}
+			data, mt, err := s.peerManifest(ctx, host, ns, repo, ref, check, accept)
 			if err == nil {
 				return data, mt, srcPeer, nil
 			}
@@ -252,6 +274,24 @@ func (s *Service) fetchManifest(ctx context.Context, u *Upstream, ns, repo, ref,
 	}
 	data, mt, err := s.upstreamManifest(ctx, u, repo, ref, want, accept)
 	return data, mt, srcUpstream, err
+}
+
+// upstreamDigest is the digest of the manifest upstream u answers for ref
+// with these media types, from a HEAD request.
+func (s *Service) upstreamDigest(ctx context.Context, u *Upstream, repo, ref string, accept []string) (string, error) {
+	if len(accept) == 0 {
+		accept = manifestTypes
+	}
+	resp, err := u.get(ctx, http.MethodHead, repo, "manifests", ref, http.Header{"Accept": accept})
+	if err != nil {
+		return "", err
+	}
+	resp.Body.Close()
+	d := resp.Header.Get("Docker-Content-Digest")
+	if _, err := parseDigest(d); err != nil {
+		return "", fmt.Errorf("upstream %s: manifest %s:%s: no digest in its answer to HEAD (%q)", u.base.Host, repo, ref, d)
+	}
+	return d, nil
 }
 
 // manifestKey is what the cluster ranks hosts by to choose the one that

@@ -72,7 +72,8 @@ type Config struct {
 	// Stall bounds the wait for a stream to open and for each frame (15s).
 	Stall time.Duration
 	Log   *slog.Logger
-	// Faults: CorruptServe flips a byte of every chunk this host sends;
+	// Faults: CorruptServe flips a byte of every chunk and manifest this
+	// host sends;
 	// StallServe sends a blob's first chunk, then nothing.
 	Faults *faults.Faults
 }

@@ -76,7 +76,7 @@ type sink struct {
 	bw      *bufio.Writer
 	st      network.Stream
 	stall   time.Duration
-	corrupt bool            // faults: flip a byte of every chunk
+	corrupt bool            // faults: flip a byte of every chunk and manifest
 	halt    <-chan struct{} // faults: after the first chunk, send nothing until this is closed
 	sent    int
 	err     error
@@ -109,6 +109,10 @@ func (s *sink) Chunk(id cid.Cid, data []byte) error {
 }
 
 func (s *sink) Manifest(mediaType string, data []byte) error {
+	if s.corrupt && len(data) > 0 {
+		data = append([]byte(nil), data...)
+		data[len(data)/2] ^= 0xff
+	}
 	s.frame('M', []byte(mediaType))
 	var l [binary.MaxVarintLen64]byte
 	s.write(l[:binary.PutUvarint(l[:], uint64(len(data)))])
