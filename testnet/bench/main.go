@@ -150,6 +150,13 @@ func run(ctx context.Context) error {
 	}
 	abs, _ := filepath.Abs(*bin)
 	*bin = abs
+	for _, d := range []string{*fanProfile, *regfanProfile} { // written to by curl and the timelines
+		if d != "" {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return err
+			}
+		}
+	}
 	if *dir == "" {
 		d, err := os.MkdirTemp("", "p2pimg-bench-")
 		if err != nil {
