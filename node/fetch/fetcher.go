@@ -310,9 +310,16 @@ func (fr *Fetcher) Manifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, e
 	default:
 		return nil, err
 	}
-	fr.decoded.Add(id, m.Clone())
+	if len(data) <= maxDecodedCached {
+		fr.decoded.Add(id, m.Clone())
+	}
 	return m, nil
 }
+
+// maxDecodedCached is the largest manifest (encoded) kept decoded: 4 MiB
+// is about 95,000 chunks (a 6 GiB disk image in 64 KiB chunks) and about
+// 6 MiB decoded, so the 8 kept stay under 50 MiB.
+const maxDecodedCached = 4 << 20
 
 // fetchManifest gets a manifest from whichever peer has it, and checks it.
 func (fr *Fetcher) fetchManifest(ctx context.Context, id cid.Cid) (*chunk.Manifest, []byte, error) {
