@@ -187,7 +187,7 @@ func (s *Service) manifestByDigest(ctx context.Context, ns, repo, d string, acce
 // upstreamManifest gets a manifest from upstream, checks it against want
 // (when a digest) and the digest upstream claims, and keeps it. Requests
 // for the same manifest at once share one upstream request.
-func (s *Service) upstreamManifest(ctx context.Context, u *Upstream, repo, ref, want string, accept []string) ([]byte, string, error) {
+func (s *Service) upstreamManifest(ctx context.Context, u *Upstream, ns, repo, ref, want string, accept []string) ([]byte, string, error) {
 	if len(accept) == 0 {
 		accept = manifestTypes
 	}
@@ -197,14 +197,14 @@ func (s *Service) upstreamManifest(ctx context.Context, u *Upstream, repo, ref, 
 	}
 	key := strings.Join(append([]string{u.base.Host, repo, ref, want}, accept...), "\x00")
 	v, err, _ := s.manifestFetches.Do(key, func() (any, error) {
-		data, mt, err := s.upstreamManifestOnce(ctx, u, repo, ref, want, accept)
+		data, mt, err := s.upstreamManifestOnce(ctx, u, ns, repo, ref, want, accept)
 		return answer{data, mt}, err
 	})
 	a, _ := v.(answer)
 	return a.data, a.mt, err
 }
 
-func (s *Service) upstreamManifestOnce(ctx context.Context, u *Upstream, repo, ref, want string, accept []string) ([]byte, string, error) {
+func (s *Service) upstreamManifestOnce(ctx context.Context, u *Upstream, ns, repo, ref, want string, accept []string) ([]byte, string, error) {
 	resp, err := u.get(ctx, http.MethodGet, repo, "manifests", ref, http.Header{"Accept": accept})
 	if err != nil {
 		return nil, "", err
@@ -227,8 +227,18 @@ func (s *Service) upstreamManifestOnce(ctx context.Context, u *Upstream, repo, r
 			mt = inner
 		}
 	}
-	if _, err := s.ingest(ctx, bytes.NewReader(data), d, mt, int64(len(data)), nil); err != nil {
+	b, err := s.ingest(ctx, bytes.NewReader(data), d, mt, int64(len(data)), nil)
+	if err != nil {
 		return nil, "", err
+	}
+	if !strings.Contains(ref, ":") {
+		// A tag is kept for the cluster before the requests that shared
+		// this one are answered: one that comes just after then finds it
+		// here rather than asking upstream again (the chosen host, asked
+		// by the others a moment after its own client).
+		if err := s.tag(ctx, ns, repo, ref, b); err != nil {
+			s.cfg.Log.Warn("registry: tag not kept for the cluster", "err", err)
+		}
 	}
 	return data, mt, nil
 }
@@ -272,7 +282,7 @@ func (s *Service) fetchManifest(ctx context.Context, u *Upstream, ns, repo, ref,
 			s.cfg.Log.Info("registry: the host chosen for a manifest did not give it; asking upstream", "repo", repo, "ref", ref, "host", host, "err", err)
 		}
 	}
-	data, mt, err := s.upstreamManifest(ctx, u, repo, ref, want, accept)
+	data, mt, err := s.upstreamManifest(ctx, u, ns, repo, ref, want, accept)
 	return data, mt, srcUpstream, err
 }
 
