@@ -126,3 +126,101 @@ func TestDiskImageCopyOnWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Writes into an activated disk image are not lost to a later activation
+// of the same layer: another version at the same path is refused while
+// the old version's disk holds uncommitted writes (it would show its disk
+// without them, and a later deactivation would delete them), and so is a
+// move to another path; after a commit the new version is exposed, and
+// --discard-changes throws writes away on purpose.
+func TestActivationKeepsDiskWrites(t *testing.T) {
+	t.Parallel()
+	data, root := t.TempDir(), t.TempDir()
+	needFUSE(t, data, root)
+	img1, img2 := refImage(t, 8<<20, 11), refImage(t, 8<<20, 12)
+	a := startDaemon(t, data, "--root", root, "--expose", "fuse", "--announce-interval", "200ms")
+	defer func() {
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", a.LogTail())
+		}
+	}()
+	mustCLI(t, a, "add", "vm:1", img1, "--chunking", "fixed", "--chunk-size", "64K")
+	mustCLI(t, a, "activate", "vm:1", "--at", "/vm", "--hosts", "self", "--wait")
+	disk := filepath.Join(root, "vm", "disk.raw")
+	block := filepath.Join(t.TempDir(), "block")
+	if err := os.WriteFile(block, bytes.Repeat([]byte{0x5a}, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	write := func() {
+		t.Helper()
+		if out, err := exec.Command("dd", "if="+block, "of="+disk, "bs=4k", "count=1", "seek=17", "conv=notrunc,fsync").CombinedOutput(); err != nil {
+			t.Fatalf("dd into the activated image: %v: %s", err, out)
+		}
+	}
+	written := func(img string) []byte {
+		t.Helper()
+		b, err := os.ReadFile(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(b[17*4096:], bytes.Repeat([]byte{0x5a}, 4096))
+		return b
+	}
+	shows := func(what string, want []byte) {
+		t.Helper()
+		if got, err := os.ReadFile(disk); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s: the activated image reads %d bytes (%v), not what it should", what, len(got), err)
+		}
+	}
+	refused := func(what string, args ...string) {
+		t.Helper()
+		_, errOut, code := cli(t, a, args...)
+		out, _, _ := cli(t, a, "status")
+		if code == 0 || !strings.Contains(out+errOut, "activation refused") || !strings.Contains(out+errOut, "4096 bytes") || !strings.Contains(out+errOut, what) {
+			t.Fatalf("%v with an uncommitted disk write: exit %d, %q, status %q; want a refusal naming %q and the size", args, code, errOut, out, what)
+		}
+	}
+
+	write()
+	mustCLI(t, a, "add", "vm:1", img2, "--chunking", "fixed", "--chunk-size", "64K") // a new version of vm:1
+	refused("would show its disk images without them", "activate", "vm:1", "--at", "/vm", "--hosts", "self", "--wait", "--timeout", "20s")
+	shows("after the refused version switch", written(img1))
+	// A daemon killed while the switch is refused comes back with the old
+	// version (and its writes) mounted where it was, still refusing.
+	a.Kill()
+	flags := []string{"--root", root, "--expose", "fuse", "--announce-interval", "200ms"}
+	a = startDaemon(t, data, flags...)
+	waitFor(t, "the written first version mounted again after kill -9", func() bool {
+		got, err := os.ReadFile(disk)
+		return err == nil && bytes.Equal(got, written(img1))
+	})
+	waitFor(t, "the refusal reported again after the restart", func() bool {
+		out, _, _ := cli(t, a, "status")
+		return strings.Contains(out, "activation refused")
+	})
+	refused("moving it to", "activate", "vm:1", "--at", "/vm2", "--hosts", "self", "--wait", "--timeout", "20s")
+	shows("after the refused move", written(img1))
+
+	mustCLI(t, a, "commit", "--activation", "vm:1", "vm:mine")
+	mustCLI(t, a, "activate", "vm:1", "--at", "/vm", "--hosts", "self", "--wait", "--timeout", "20s")
+	want2, err := os.ReadFile(img2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shows("the new version after the commit", want2)
+	co := t.TempDir()
+	mustCLI(t, a, "checkout", "vm:mine", co)
+	if got, err := os.ReadFile(filepath.Join(co, "disk.raw")); err != nil || !bytes.Equal(got, written(img1)) {
+		t.Fatalf("the committed layer: %d bytes, %v; not the written first version", len(got), err)
+	}
+
+	write()
+	refused("moving it to", "activate", "vm:1", "--at", "/vm2", "--hosts", "self", "--wait", "--timeout", "20s")
+	mustCLI(t, a, "deactivate", "vm:1", "--hosts", "self", "--discard-changes", "--wait", "--timeout", "20s")
+	if _, err := os.Stat(filepath.Join(data, "delta", "vm:1")); !os.IsNotExist(err) {
+		t.Fatalf("the delta after deactivating with --discard-changes: %v", err)
+	}
+	if err := a.Stop(); err != nil {
+		t.Fatal(err)
+	}
+}

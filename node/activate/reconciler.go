@@ -239,8 +239,17 @@ func (r *Reconciler) reconcile(ctx context.Context, local map[string]*record) {
 // died with the last run (a FUSE view), for a layer whose activation has
 // not come back yet: activations live in the gossiped catalogue, and a
 // host alone, or before its peers answer, has none.
+//
+// A failed record whose exposure was kept (a change refused because it
+// would lose local writes) is mounted again too, and keeps its failure.
 func (r *Reconciler) exposeAgain(ctx context.Context, e *record) {
-	if e.State != api.StateActive || !e.Exposed || r.cfg.Exposer.Live(&e.Exposure) {
+	if !e.Exposed || r.cfg.Exposer.Live(&e.Exposure) {
+		return
+	}
+	switch {
+	case e.State == api.StateActive:
+	case e.State == api.StateFailed && e.Kept && time.Since(e.Failed) >= retryAfter:
+	default:
 		return
 	}
 	id, err := cid.Decode(e.CID)
@@ -262,13 +271,20 @@ func (r *Reconciler) exposeAgain(ctx context.Context, e *record) {
 		r.fail(e, fmt.Errorf("expose %s again: %w", e.Layer, err))
 		return
 	}
-	r.report(e, api.StateActive, "")
+	if e.State == api.StateFailed {
+		r.report(e, api.StateFailed, e.Detail)
+	} else {
+		r.report(e, api.StateActive, "")
+	}
 	r.cfg.Log.Info("layer exposed again", "layer", e.Layer, "path", e.Path)
 }
 
 // report records a layer's new state durably and announces it.
 func (r *Reconciler) report(e *record, state api.State, detail string) {
 	e.State, e.Detail = state, detail
+	if state != api.StateFailed {
+		e.Kept = false
+	}
 	if state == api.StateFailed {
 		e.Failed = time.Now()
 	}
@@ -293,6 +309,7 @@ func (r *Reconciler) deactivate(ctx context.Context, e *record, a gossip.Activat
 	if exposedNow && a.Op != api.OpDeactivateDiscard {
 		if n, size := r.cfg.Exposer.Changes(&e.Exposure, e.Layer); n > 0 {
 			e.Time = a.Time
+			r.keepExposed(ctx, e)
 			r.report(e, api.StateFailed, fmt.Sprintf("deactivation refused: %d path(s), %d bytes changed locally at %s (kept in %s and %s): commit them (p2pimg commit --activation %s NEW:TAG), or deactivate with --discard-changes",
 				n, size, e.Path, r.cfg.Exposer.UpperDir(e.Layer), r.cfg.Exposer.DeltaDir(e.Layer), e.Layer))
 			return
@@ -355,6 +372,9 @@ func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activatio
 			return
 		}
 	}
+	if r.wouldLoseChanges(ctx, e, a, path) {
+		return
+	}
 	if err := r.cfg.Exposer.UnmapAll(&e.Exposure, func() error { return r.save(e) }); err != nil { // maps are made again for this activation
 		r.fail(e, err)
 		return
@@ -383,6 +403,51 @@ func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activatio
 		r.startTrace(e.Layer, e.CID, behind)
 		r.fetchBehind(ctx, a, behind)
 	}
+}
+
+// wouldLoseChanges refuses (and reports) an activation that would throw
+// away what was written into the layer's exposure and not committed:
+// moving it to another path or exposing it another way takes the overlay's
+// upper directory and the disk deltas with the old exposure, and another
+// version of the layer at the same path shows its disk images without the
+// writes made into the old version's (an overlay's upper directory stays
+// on top of the new version). The changes stay where they are until they
+// are committed or the layer is deactivated with --discard-changes.
+func (r *Reconciler) wouldLoseChanges(ctx context.Context, e *record, a gossip.Activation, path string) bool {
+	if !e.Exposed || e.Path == "" {
+		return false
+	}
+	moving := e.Path != path || (e.Mode != "" && e.Mode != r.cfg.Exposer.Mode())
+	var n int
+	var size int64
+	var what, why string
+	switch {
+	case moving:
+		n, size = r.cfg.Exposer.Changes(&e.Exposure, e.Layer)
+		what, why = "path(s)", "moving it to "+path+" would lose them"
+	case e.CID != a.CID:
+		n, size = r.cfg.Exposer.DiskChanges(&e.Exposure, e.Layer)
+		what, why = "disk image(s)", "version "+a.CID+" would show its disk images without them"
+	}
+	if n == 0 {
+		return false
+	}
+	e.Time = a.Time
+	r.keepExposed(ctx, e)
+	r.report(e, api.StateFailed, fmt.Sprintf("activation refused: %d %s, %d bytes changed locally at %s (kept in %s and %s); %s: commit them (p2pimg commit --activation %s NEW:TAG), or deactivate with --discard-changes first",
+		n, what, size, e.Path, r.cfg.Exposer.UpperDir(e.Layer), r.cfg.Exposer.DeltaDir(e.Layer), why, e.Layer))
+	return true
+}
+
+// keepExposed mounts again, where it was, the exposure a refused change
+// leaves in place, when it died with the last run (a FUSE view after a
+// restart): the refusal keeps the old version in use, so it stays usable.
+func (r *Reconciler) keepExposed(ctx context.Context, e *record) {
+	if e.Exposed && !r.cfg.Exposer.Live(&e.Exposure) {
+		e.State = api.StateActive // whatever it was: the exposure is what stays
+		r.exposeAgain(ctx, e)
+	}
+	e.Kept = true // the caller reports the refusal
 }
 
 const mirrorEvery = 2 * time.Second

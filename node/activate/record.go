@@ -29,6 +29,10 @@ type record struct {
 	Time   int64     `json:"time"` // of the activation it answers
 	expose.Exposure
 	Failed time.Time `json:"failed,omitempty"`
+	// Kept: a change that would have lost local writes was refused, so the
+	// exposure stays in use (and is mounted again after a restart) while
+	// the record says failed.
+	Kept bool `json:"kept,omitempty"`
 	// Product: the layer needed a seat of it, held for consumer "layer:NAME".
 	Product string `json:"product,omitempty"`
 	// Restored counts the drifted paths mirror mode put back.

@@ -236,21 +236,36 @@ func (x *Exposer) Close() error {
 	return nil
 }
 
-// diskChanges counts the disk images of e's view written since they were
-// last committed, and the bytes their deltas hold: from the view when
-// this process serves it, else from the deltas kept on disk.
-func (x *Exposer) diskChanges(e *Exposure, layer string) (int, int64) {
-	cidStr, _, ok := strings.Cut(e.View, "@")
-	if !ok {
+// DiskChanges counts the disk images of layer written since they were
+// last committed, and the bytes their deltas hold: those of e's view
+// (from the view when this process serves it, else from the deltas kept
+// on disk), and those left in the deltas of versions exposed before it.
+func (x *Exposer) DiskChanges(e *Exposure, layer string) (files int, bytes int64) {
+	if !e.Mode.Overlaid() {
 		return 0, 0
+	}
+	cur, _, _ := strings.Cut(e.View, "@")
+	ents, _ := os.ReadDir(x.DeltaDir(layer))
+	for _, ent := range ents {
+		if ent.IsDir() && ent.Name() != cur {
+			n, b := fuseview.DeltaChanges(filepath.Join(x.DeltaDir(layer), ent.Name()))
+			files, bytes = files+n, bytes+b
+		}
+	}
+	if cur == "" || !strings.Contains(e.View, "@") {
+		return files, bytes
 	}
 	x.mu.Lock()
 	s, served := x.views[e.View]
 	x.mu.Unlock()
+	var n int
+	var b int64
 	if served {
-		return s.view.Changes()
+		n, b = s.view.Changes()
+	} else {
+		n, b = fuseview.DeltaChanges(filepath.Join(x.DeltaDir(layer), cur))
 	}
-	return fuseview.DeltaChanges(filepath.Join(x.DeltaDir(layer), cidStr))
+	return files + n, bytes + b
 }
 
 // Changed is what was written into an exposed layer, for a commit.

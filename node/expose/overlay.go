@@ -261,7 +261,7 @@ func (x *Exposer) Changes(e *Exposure, layer string) (paths int, bytes int64) {
 	if !e.Mode.Overlaid() {
 		return 0, 0
 	}
-	paths, bytes = x.diskChanges(e, layer)
+	paths, bytes = x.DiskChanges(e, layer)
 	upper := x.UpperDir(layer)
 	filepath.WalkDir(upper, func(p string, d os.DirEntry, err error) error {
 		if err != nil || p == upper {
