@@ -7,6 +7,7 @@ package fetch
 
 import (
 	"math"
+	"math/bits"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -54,6 +55,7 @@ type view struct {
 	fetching bool // it sends notes: it is fetching the layer
 	missing  bool // it lacks the manifest: it may be about to fetch the layer
 	has      []bool
+	hasBits  bitset // has, 64 to a word
 	asked    []bool // chunks it asked a complete peer for, not stored yet
 	held     int
 	complete bool
@@ -67,6 +69,7 @@ type fetch struct {
 
 	mu        sync.Mutex
 	have      []bool
+	haveBits  bitset    // have, 64 to a word
 	inflight  []uint8   // requests outstanding (at most 2: one more in the endgame)
 	owner     []peer.ID // who was asked first
 	askedAt   []uint32  // when, in ms since began; arrived once read (never late)
@@ -106,7 +109,7 @@ func (f *fetch) fail(err error) {
 
 func newFetch(self peer.ID, id cid.Cid, refs []chunk.Ref, have []bool, now time.Time) *fetch {
 	n := len(refs)
-	f := &fetch{self: self, rank: 0, parts: 1, id: id, refs: refs, have: have, inflight: make([]uint8, n), owner: make([]peer.ID, n), askedAt: make([]uint32, n), avail: make([]uint16, n),
+	f := &fetch{self: self, rank: 0, parts: 1, id: id, refs: refs, have: have, haveBits: newBitset(have), inflight: make([]uint8, n), owner: make([]peer.ID, n), askedAt: make([]uint32, n), avail: make([]uint16, n),
 		asked: make([]uint16, n), mine: make([]bool, n), views: map[peer.ID]*view{},
 		began: now, last: now, changed: make(chan struct{}), workers: map[peer.ID]int{}, watching: map[peer.ID]bool{}, perPeer: map[peer.ID]int64{},
 		store: make(chan received, 2*maxDepth)}
@@ -119,6 +122,12 @@ func newFetch(self peer.ID, id cid.Cid, refs []chunk.Ref, have []bool, now time.
 		}
 	}
 	return f
+}
+
+// setHave marks chunk i as here.
+func (f *fetch) setHave(i int) {
+	f.have[i] = true
+	f.haveBits.set(i)
 }
 
 func (f *fetch) signal() {
@@ -163,9 +172,11 @@ func (f *fetch) pick(p peer.ID, cursor *int, max int, endgame bool, now time.Tim
 			// next (it walks its share in order).
 			from = rand.IntN(n)
 		}
-		for j := 0; j < n && len(out) < max; j++ {
-			i := (from + j) % n
-			if !f.have[i] && v.has[i] && ok(i) && f.inflight[i] == 0 {
+		for i := range wanted(v.hasBits, f.haveBits, from) {
+			if len(out) >= max {
+				break
+			}
+			if ok(i) && f.inflight[i] == 0 {
 				out = append(out, i)
 				f.owner[i] = p
 				f.askedAt[i] = f.sinceBegan(now)
@@ -199,17 +210,20 @@ func (f *fetch) pick(p peer.ID, cursor *int, max int, endgame bool, now time.Tim
 func (f *fetch) duplicates(p peer.ID, v *view, cursor, max int, now time.Time) []int {
 	n := len(f.refs)
 	last := true // every missing chunk is in flight
-	for i := range n {
-		if !f.have[i] && f.inflight[i] == 0 {
-			last = false
-			break
+	for w, x := range f.haveBits {
+		for x = ^x; x != 0 && last; x &= x - 1 {
+			if i := w<<6 + bits.TrailingZeros64(x); i < n && f.inflight[i] == 0 {
+				last = false
+			}
 		}
 	}
 	late := int64(f.sinceBegan(now)) - lateAfter.Milliseconds()
 	var out []int
-	for j := 0; j < n && len(out) < max; j++ {
-		i := (cursor + j) % n
-		if !f.have[i] && v.has[i] && f.inflight[i] == 1 && f.owner[i] != p && (last || f.askedAt[i] != arrived && int64(f.askedAt[i]) < late) {
+	for i := range wanted(v.hasBits, f.haveBits, cursor) {
+		if len(out) >= max {
+			break
+		}
+		if f.inflight[i] == 1 && f.owner[i] != p && (last || f.askedAt[i] != arrived && int64(f.askedAt[i]) < late) {
 			out = append(out, i)
 			f.inflight[i]++
 		}
@@ -332,7 +346,7 @@ func (f *fetch) stored(p peer.ID, idx []int, now time.Time) {
 			f.dupBytes += int64(f.refs[i].Size) // a duplicate from the endgame
 			continue
 		}
-		f.have[i] = true
+		f.setHave(i)
 		f.mine[i] = false
 		f.notes.add(xchg.Note{Index: i, Kind: xchg.NoteHave})
 		f.remaining--

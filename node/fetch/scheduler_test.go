@@ -126,7 +126,7 @@ func TestDuplicatesOnlyInTheEndgameOrWhenLate(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := seedFetch(t, n, map[peer.ID][]bool{"a": both, "c": both})
 			for _, i := range tc.missed {
-				f.have[i] = true
+				f.setHave(i)
 				f.remaining--
 			}
 			now := time.Now()

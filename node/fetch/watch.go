@@ -211,7 +211,7 @@ func (f *fetch) view(p peer.ID, has []bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.drop(p)
-	v := &view{has: has, asked: make([]bool, len(has))}
+	v := &view{has: has, hasBits: newBitset(has), asked: make([]bool, len(has))}
 	for i, h := range has {
 		if h {
 			v.held++
@@ -290,6 +290,7 @@ func (f *fetch) noted(p peer.ID, ns []xchg.Note) {
 		case xchg.NoteHave:
 			if !v.has[i] {
 				v.has[i] = true
+				v.hasBits.set(i)
 				v.held++
 				f.avail[i]++
 			}
@@ -334,6 +335,7 @@ func (f *fetch) lacks(p peer.ID, i int) {
 		return
 	}
 	v.has[i] = false
+	v.hasBits.clear(i)
 	v.held--
 	f.avail[i]--
 	if v.complete {
