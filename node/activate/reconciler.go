@@ -425,6 +425,9 @@ func (r *Reconciler) wouldLoseChanges(ctx context.Context, e *record, a gossip.A
 	case moving:
 		n, size = r.cfg.Exposer.Changes(&e.Exposure, e.Layer)
 		what, why = "path(s)", "moving it to "+path+" would lose them"
+		if e.Path == path {
+			why = fmt.Sprintf("exposing it %s instead of %s would lose them", r.cfg.Exposer.Mode(), e.Mode)
+		}
 	case e.CID != a.CID:
 		n, size = r.cfg.Exposer.DiskChanges(&e.Exposure, e.Layer)
 		what, why = "disk image(s)", "version "+a.CID+" would show its disk images without them"
