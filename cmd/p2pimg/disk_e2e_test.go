@@ -127,12 +127,14 @@ func TestDiskImageCopyOnWrite(t *testing.T) {
 	}
 }
 
-// Writes into an activated disk image are not lost to a later activation
-// of the same layer: another version at the same path is refused while
-// the old version's disk holds uncommitted writes (it would show its disk
-// without them, and a later deactivation would delete them), and so is a
-// move to another path; after a commit the new version is exposed, and
-// --discard-changes throws writes away on purpose.
+// Writes into an activated layer are not lost to a later activation of
+// it: another version at the same path is refused while the one in use
+// holds uncommitted disk writes (it would show its disk without them, and
+// a later deactivation would delete them), and so is a move to another
+// path; a daemon killed meanwhile comes back with the old version mounted;
+// after a commit the new version is exposed; activating the version in use
+// again keeps the files written into it; --discard-changes throws writes
+// away on purpose.
 func TestActivationKeepsDiskWrites(t *testing.T) {
 	t.Parallel()
 	data, root := t.TempDir(), t.TempDir()
@@ -172,18 +174,18 @@ func TestActivationKeepsDiskWrites(t *testing.T) {
 			t.Fatalf("%s: the activated image reads %d bytes (%v), not what it should", what, len(got), err)
 		}
 	}
-	refused := func(what string, args ...string) {
+	refused := func(what, size string, args ...string) {
 		t.Helper()
 		_, errOut, code := cli(t, a, args...)
 		out, _, _ := cli(t, a, "status")
-		if code == 0 || !strings.Contains(out+errOut, "activation refused") || !strings.Contains(out+errOut, "4096 bytes") || !strings.Contains(out+errOut, what) {
+		if code == 0 || !strings.Contains(out+errOut, "activation refused") || !strings.Contains(out+errOut, size) || !strings.Contains(out+errOut, what) {
 			t.Fatalf("%v with an uncommitted disk write: exit %d, %q, status %q; want a refusal naming %q and the size", args, code, errOut, out, what)
 		}
 	}
 
 	write()
 	mustCLI(t, a, "add", "vm:1", img2, "--chunking", "fixed", "--chunk-size", "64K") // a new version of vm:1
-	refused("would show its disk images without them", "activate", "vm:1", "--at", "/vm", "--hosts", "self", "--wait", "--timeout", "20s")
+	refused("would not show them", "4096 bytes", "activate", "vm:1", "--at", "/vm", "--hosts", "self", "--wait", "--timeout", "20s")
 	shows("after the refused version switch", written(img1))
 	// A daemon killed while the switch is refused comes back with the old
 	// version (and its writes) mounted where it was, still refusing.
@@ -198,7 +200,7 @@ func TestActivationKeepsDiskWrites(t *testing.T) {
 		out, _, _ := cli(t, a, "status")
 		return strings.Contains(out, "activation refused")
 	})
-	refused("moving it to", "activate", "vm:1", "--at", "/vm2", "--hosts", "self", "--wait", "--timeout", "20s")
+	refused("moving it to", "4096 bytes", "activate", "vm:1", "--at", "/vm2", "--hosts", "self", "--wait", "--timeout", "20s")
 	shows("after the refused move", written(img1))
 
 	mustCLI(t, a, "commit", "--activation", "vm:1", "vm:mine")
@@ -214,8 +216,20 @@ func TestActivationKeepsDiskWrites(t *testing.T) {
 		t.Fatalf("the committed layer: %d bytes, %v; not the written first version", len(got), err)
 	}
 
+	// A file written beside the image goes to the overlay's upper
+	// directory: activating the version in use again keeps it.
+	note := filepath.Join(root, "vm", "note.txt")
+	if err := os.WriteFile(note, []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustCLI(t, a, "activate", "vm:1", "--at", "/vm", "--hosts", "self", "--wait", "--timeout", "20s")
+	if b, err := os.ReadFile(note); err != nil || string(b) != "mine" {
+		t.Fatalf("a file written into the view after activating the same version again: %q, %v", b, err)
+	}
+	shows("the same version activated again", want2)
+
 	write()
-	refused("moving it to", "activate", "vm:1", "--at", "/vm2", "--hosts", "self", "--wait", "--timeout", "20s")
+	refused("moving it to", "4100 bytes", "activate", "vm:1", "--at", "/vm2", "--hosts", "self", "--wait", "--timeout", "20s")
 	mustCLI(t, a, "deactivate", "vm:1", "--hosts", "self", "--discard-changes", "--wait", "--timeout", "20s")
 	if _, err := os.Stat(filepath.Join(data, "delta", "vm:1")); !os.IsNotExist(err) {
 		t.Fatalf("the delta after deactivating with --discard-changes: %v", err)

@@ -2,6 +2,7 @@ package activate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -36,7 +37,7 @@ func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation
 	if e.Mode == api.ModeFUSE && r.lazy(ctx, a) {
 		m, err := r.lazyManifest(ctx, a)
 		if err == nil {
-			if err := r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer)); err != nil {
+			if err := r.exposeVersion(ctx, e, m); err != nil {
 				return nil, err
 			}
 			return m, r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
@@ -55,10 +56,30 @@ func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation
 	if err != nil {
 		return nil, err
 	}
-	if err := r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer)); err != nil {
+	if err := r.exposeVersion(ctx, e, m); err != nil {
 		return nil, err
 	}
 	return nil, r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
+}
+
+// exposeVersion exposes version e.CID (manifest m) at e.Path. When the
+// exposure shows another version, it first looks again for local changes:
+// writes made while the new version was fetched would be lost by the
+// switch (the overlay's upper directory is dropped, and the new version's
+// disk images do not have the old one's writes), so the switch is refused
+// and the old version stays in use.
+func (r *Reconciler) exposeVersion(ctx context.Context, e *record, m *chunk.Manifest) error {
+	if e.Exposed && e.shown() != e.CID {
+		if n, size := r.cfg.Exposer.Changes(&e.Exposure, e.Layer); n > 0 {
+			e.Kept = true
+			return errors.New(r.refusal(e, n, size, "version "+e.CID+" would not show them"))
+		}
+	}
+	if err := r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer)); err != nil {
+		return err
+	}
+	e.Shown = e.CID
+	return nil
 }
 
 // lazy reports whether an activation goes live before its fetch ends: the

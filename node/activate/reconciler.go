@@ -252,9 +252,10 @@ func (r *Reconciler) exposeAgain(ctx context.Context, e *record) {
 	default:
 		return
 	}
-	id, err := cid.Decode(e.CID)
+	shown := e.shown() // a refused version switch keeps the old one
+	id, err := cid.Decode(shown)
 	if err != nil {
-		r.fail(e, fmt.Errorf("expose %s again: manifest id %q: %w", e.Layer, e.CID, err))
+		r.fail(e, fmt.Errorf("expose %s again: manifest id %q: %w", e.Layer, shown, err))
 		return
 	}
 	m, err := r.cfg.Store.GetManifest(ctx, id)
@@ -262,7 +263,7 @@ func (r *Reconciler) exposeAgain(ctx context.Context, e *record) {
 		m, err = chunk.Flat(ctx, r.cfg.Store, m)
 	}
 	if err == nil {
-		err = r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer))
+		err = r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, shown, m, r.cfg.Policy.Locked(ctx, e.Layer))
 	}
 	if err == nil {
 		err = r.cfg.Exposer.Remap(&e.Exposure)
@@ -375,11 +376,20 @@ func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activatio
 	if r.wouldLoseChanges(ctx, e, a, path) {
 		return
 	}
+	mode := r.cfg.Exposer.Mode()
+	if e.Exposed && !lost && e.Path == path && (e.Mode == "" || e.Mode == mode) && e.shown() == a.CID {
+		if n, _ := r.cfg.Exposer.Changes(&e.Exposure, e.Layer); n > 0 {
+			// The version already in use, changed locally: mounting it
+			// again would drop the overlay's upper directory; only the
+			// record and the maps change.
+			r.remapOnly(e, a)
+			return
+		}
+	}
 	if err := r.cfg.Exposer.UnmapAll(&e.Exposure, func() error { return r.save(e) }); err != nil { // maps are made again for this activation
 		r.fail(e, err)
 		return
 	}
-	mode := r.cfg.Exposer.Mode()
 	if e.Exposed && e.Path != "" && (e.Path != path || (e.Mode != "" && e.Mode != mode)) {
 		// moved, or exposed another way: undo the old exposure first
 		if err := r.cfg.Exposer.Unexpose(&e.Exposure, e.Layer); err != nil {
@@ -409,37 +419,55 @@ func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activatio
 // away what was written into the layer's exposure and not committed:
 // moving it to another path or exposing it another way takes the overlay's
 // upper directory and the disk deltas with the old exposure, and another
-// version of the layer at the same path shows its disk images without the
-// writes made into the old version's (an overlay's upper directory stays
-// on top of the new version). The changes stay where they are until they
-// are committed or the layer is deactivated with --discard-changes.
+// version of the layer at the same path drops the upper directory and
+// shows its disk images without the old version's writes. The changes
+// stay where they are, in use, until they are committed or the layer is
+// deactivated with --discard-changes. (Writes made while a new version is
+// fetched are looked for again just before it is exposed: exposeVersion.)
 func (r *Reconciler) wouldLoseChanges(ctx context.Context, e *record, a gossip.Activation, path string) bool {
 	if !e.Exposed || e.Path == "" {
 		return false
 	}
-	moving := e.Path != path || (e.Mode != "" && e.Mode != r.cfg.Exposer.Mode())
-	var n int
-	var size int64
-	var what, why string
+	var why string
 	switch {
-	case moving:
-		n, size = r.cfg.Exposer.Changes(&e.Exposure, e.Layer)
-		what, why = "path(s)", "moving it to "+path+" would lose them"
-		if e.Path == path {
-			why = fmt.Sprintf("exposing it %s instead of %s would lose them", r.cfg.Exposer.Mode(), e.Mode)
-		}
-	case e.CID != a.CID:
-		n, size = r.cfg.Exposer.DiskChanges(&e.Exposure, e.Layer)
-		what, why = "disk image(s)", "version "+a.CID+" would show its disk images without them"
+	case e.Path != path:
+		why = "moving it to " + path + " would lose them"
+	case e.Mode != "" && e.Mode != r.cfg.Exposer.Mode():
+		why = fmt.Sprintf("exposing it %s instead of %s would lose them", r.cfg.Exposer.Mode(), e.Mode)
+	case e.shown() != a.CID:
+		why = "version " + a.CID + " would not show them"
+	default:
+		return false
 	}
+	n, size := r.cfg.Exposer.Changes(&e.Exposure, e.Layer)
 	if n == 0 {
 		return false
 	}
 	e.Time = a.Time
 	r.keepExposed(ctx, e)
-	r.report(e, api.StateFailed, fmt.Sprintf("activation refused: %d %s, %d bytes changed locally at %s (kept in %s and %s); %s: commit them (p2pimg commit --activation %s NEW:TAG), or deactivate with --discard-changes first",
-		n, what, size, e.Path, r.cfg.Exposer.UpperDir(e.Layer), r.cfg.Exposer.DeltaDir(e.Layer), why, e.Layer))
+	r.report(e, api.StateFailed, r.refusal(e, n, size, why))
 	return true
+}
+
+// refusal says why an activation was refused and what to do.
+func (r *Reconciler) refusal(e *record, n int, size int64, why string) string {
+	return fmt.Sprintf("activation refused: %d path(s), %d bytes changed locally at %s (kept in %s and %s); %s: keep them with p2pimg commit --activation %s NEW:TAG (committed disk writes no longer count, changed files still do), or deactivate with --discard-changes first",
+		n, size, e.Path, r.cfg.Exposer.UpperDir(e.Layer), r.cfg.Exposer.DeltaDir(e.Layer), why, e.Layer)
+}
+
+// remapOnly answers an activation of the version already in use at the
+// same place: its maps are made again and the record takes its time.
+func (r *Reconciler) remapOnly(e *record, a gossip.Activation) {
+	if err := r.cfg.Exposer.UnmapAll(&e.Exposure, func() error { return r.save(e) }); err != nil {
+		r.fail(e, err)
+		return
+	}
+	e.Time, e.CID, e.At = a.Time, a.CID, a.At
+	if err := r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) }); err != nil {
+		r.fail(e, err)
+		return
+	}
+	r.report(e, api.StateActive, "")
 }
 
 // keepExposed mounts again, where it was, the exposure a refused change

@@ -33,6 +33,10 @@ type record struct {
 	// exposure stays in use (and is mounted again after a restart) while
 	// the record says failed.
 	Kept bool `json:"kept,omitempty"`
+	// Shown is the manifest the exposure shows ("" in records written
+	// before it was kept: CID). CID moves to an activation's version as
+	// soon as work on it starts; Shown only once that version is exposed.
+	Shown string `json:"shown,omitempty"`
 	// Product: the layer needed a seat of it, held for consumer "layer:NAME".
 	Product string `json:"product,omitempty"`
 	// Restored counts the drifted paths mirror mode put back.
@@ -43,6 +47,14 @@ type record struct {
 
 	checked time.Time // last mirror check
 	noted   time.Time // last look for local changes
+}
+
+// shown is the manifest e's exposure shows.
+func (e *record) shown() string {
+	if e.Shown != "" {
+		return e.Shown
+	}
+	return e.CID
 }
 
 // hostState is the record as this host reports it.
@@ -116,6 +128,9 @@ func (r *Reconciler) Held(ctx context.Context) ([]expose.Held, error) {
 	for _, e := range recs {
 		if e.CID != "" && (e.Exposed || (e.State != api.StateInactive && e.State != api.StateFailed)) {
 			out = append(out, expose.Held{Layer: e.Layer, CID: e.CID, Trace: e.traceOf(), Exposure: e.Exposure})
+		}
+		if e.Exposed && e.shown() != e.CID { // the version in use while another is brought up or refused
+			out = append(out, expose.Held{Layer: e.Layer, CID: e.shown(), Exposure: e.Exposure})
 		}
 	}
 	return out, nil
