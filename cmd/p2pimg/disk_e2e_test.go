@@ -238,3 +238,70 @@ func TestActivationKeepsDiskWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A version switch looks for local writes again once the new version is
+// fetched: a VM writing into the old version while the new one arrives
+// (here from a slow peer) keeps its writes, and the switch is refused.
+func TestVersionSwitchSeesWritesDuringFetch(t *testing.T) {
+	t.Parallel()
+	adata, bdata, root := t.TempDir(), t.TempDir(), t.TempDir()
+	needFUSE(t, adata, bdata, root)
+	img1, img2 := refImage(t, 8<<20, 21), refImage(t, 24<<20, 22)
+	a := startDaemon(t, adata, "--root", root, "--expose", "fuse", "--announce-interval", "200ms")
+	defer func() {
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", a.LogTail())
+		}
+	}()
+	mustCLI(t, a, "add", "vm:1", img1, "--chunking", "fixed", "--chunk-size", "64K")
+	mustCLI(t, a, "activate", "vm:1", "--at", "/vm", "--hosts", "self", "--wait")
+	id, err := a.Client.Identity(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := startDaemon(t, bdata, "--peer", id.Addrs[0], "--announce-interval", "200ms", "--max-upload", "2MB")
+	mustCLI(t, b, "add", "vm:1", img2, "--chunking", "fixed", "--chunk-size", "64K") // a new version, only on b
+	newCID := ""
+	waitFor(t, "b's version of vm:1 in a's catalogue", func() bool {
+		cl, err := a.Client.Catalog(context.Background())
+		if err != nil {
+			return false
+		}
+		for _, c := range cl {
+			if c.Name == "vm:1" && c.Size == 24<<20 {
+				newCID = c.CID
+				return true
+			}
+		}
+		return false
+	})
+	mustCLI(t, a, "activate", "vm:1", "--at", "/vm", "--hosts", "self")
+	waitFor(t, "a fetching the new version", func() bool {
+		out, _, _ := cli(t, a, "status")
+		return strings.Contains(out, "fetching")
+	})
+	disk := filepath.Join(root, "vm", "disk.raw")
+	block := filepath.Join(t.TempDir(), "block")
+	if err := os.WriteFile(block, bytes.Repeat([]byte{0x77}, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("dd", "if="+block, "of="+disk, "bs=4k", "count=1", "seek=3", "conv=notrunc,fsync").CombinedOutput(); err != nil {
+		t.Fatalf("dd into the version in use: %v: %s", err, out)
+	}
+	waitFor(t, "the switch refused once the new version is here", func() bool {
+		out, _, _ := cli(t, a, "status")
+		return strings.Contains(out, "activation refused") && strings.Contains(out, "version "+newCID+" would not show them")
+	})
+	want, err := os.ReadFile(img1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(want[3*4096:], bytes.Repeat([]byte{0x77}, 4096))
+	if got, err := os.ReadFile(disk); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the image after the refused switch: %d bytes, %v; not the old version with the write", len(got), err)
+	}
+	mustCLI(t, a, "deactivate", "vm:1", "--hosts", "self", "--discard-changes", "--wait", "--timeout", "20s")
+	if err := a.Stop(); err != nil {
+		t.Fatal(err)
+	}
+}
