@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +29,30 @@ func blocksUnder(t *testing.T, dir string) int64 {
 		return nil
 	})
 	return n
+}
+
+// writeBlock writes one 4 KiB block of fill at block seek of the image
+// at disk with dd (a real client, synced), as a guest's write would come.
+func writeBlock(t *testing.T, disk string, fill byte, seek int) {
+	t.Helper()
+	block := filepath.Join(t.TempDir(), "block")
+	if err := os.WriteFile(block, bytes.Repeat([]byte{fill}, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("dd", "if="+block, "of="+disk, "bs=4k", "count=1", fmt.Sprintf("seek=%d", seek), "conv=notrunc,fsync").CombinedOutput(); err != nil {
+		t.Fatalf("dd into the activated image %s: %v: %s", disk, err, out)
+	}
+}
+
+// withBlock is the image file img as writeBlock(fill, seek) leaves it.
+func withBlock(t *testing.T, img string, fill byte, seek int) []byte {
+	t.Helper()
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(b[seek*4096:], bytes.Repeat([]byte{fill}, 4096))
+	return b
 }
 
 // A disk image activated in fuse mode takes writes block by block: a
@@ -57,13 +82,7 @@ func TestDiskImageCopyOnWrite(t *testing.T) {
 	disk := filepath.Join(root, "vm", "disk.raw")
 	before := blocksUnder(t, adata)
 	deltaBefore := blocksUnder(t, filepath.Join(adata, "delta"))
-	block := filepath.Join(t.TempDir(), "block")
-	if err := os.WriteFile(block, bytes.Repeat([]byte{0xee}, 4096), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("dd", "if="+block, "of="+disk, "bs=4k", "count=1", "seek=1234", "conv=notrunc,fsync").CombinedOutput(); err != nil {
-		t.Fatalf("dd into the activated image: %v: %s", err, out)
-	}
+	writeBlock(t, disk, 0xee, 1234)
 	if grew := blocksUnder(t, filepath.Join(adata, "delta")) - deltaBefore; grew != 8 {
 		t.Fatalf("a 4 KiB write grew the disk delta by %d sectors, want 8 (one block)", grew)
 	}
@@ -81,11 +100,7 @@ func TestDiskImageCopyOnWrite(t *testing.T) {
 	if ents, err := os.ReadDir(filepath.Join(adata, "overlay", "vm:1", "upper")); err != nil || len(ents) > 0 {
 		t.Fatalf("the overlay's upper directory holds %d entries (%v): the image was copied up", len(ents), err)
 	}
-	want, err := os.ReadFile(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	copy(want[1234*4096:], bytes.Repeat([]byte{0xee}, 4096))
+	want := withBlock(t, img, 0xee, 1234)
 	if got, err := os.ReadFile(disk); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("the image after the write: %d bytes, %v; not the merged content", len(got), err)
 	}
@@ -149,25 +164,8 @@ func TestActivationKeepsDiskWrites(t *testing.T) {
 	mustCLI(t, a, "add", "vm:1", img1, "--chunking", "fixed", "--chunk-size", "64K")
 	mustCLI(t, a, "activate", "vm:1", "--at", "/vm", "--hosts", "self", "--wait")
 	disk := filepath.Join(root, "vm", "disk.raw")
-	block := filepath.Join(t.TempDir(), "block")
-	if err := os.WriteFile(block, bytes.Repeat([]byte{0x5a}, 4096), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	write := func() {
-		t.Helper()
-		if out, err := exec.Command("dd", "if="+block, "of="+disk, "bs=4k", "count=1", "seek=17", "conv=notrunc,fsync").CombinedOutput(); err != nil {
-			t.Fatalf("dd into the activated image: %v: %s", err, out)
-		}
-	}
-	written := func(img string) []byte {
-		t.Helper()
-		b, err := os.ReadFile(img)
-		if err != nil {
-			t.Fatal(err)
-		}
-		copy(b[17*4096:], bytes.Repeat([]byte{0x5a}, 4096))
-		return b
-	}
+	write := func() { writeBlock(t, disk, 0x5a, 17) }
+	written := func(img string) []byte { return withBlock(t, img, 0x5a, 17) }
 	shows := func(what string, want []byte) {
 		t.Helper()
 		if got, err := os.ReadFile(disk); err != nil || !bytes.Equal(got, want) {
@@ -190,8 +188,7 @@ func TestActivationKeepsDiskWrites(t *testing.T) {
 	// A daemon killed while the switch is refused comes back with the old
 	// version (and its writes) mounted where it was, still refusing.
 	a.Kill()
-	flags := []string{"--root", root, "--expose", "fuse", "--announce-interval", "200ms"}
-	a = startDaemon(t, data, flags...)
+	a = startDaemon(t, data, "--root", root, "--expose", "fuse", "--announce-interval", "200ms")
 	waitFor(t, "the written first version mounted again after kill -9", func() bool {
 		got, err := os.ReadFile(disk)
 		return err == nil && bytes.Equal(got, written(img1))
@@ -281,23 +278,12 @@ func TestVersionSwitchSeesWritesDuringFetch(t *testing.T) {
 		return strings.Contains(out, "fetching")
 	})
 	disk := filepath.Join(root, "vm", "disk.raw")
-	block := filepath.Join(t.TempDir(), "block")
-	if err := os.WriteFile(block, bytes.Repeat([]byte{0x77}, 4096), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("dd", "if="+block, "of="+disk, "bs=4k", "count=1", "seek=3", "conv=notrunc,fsync").CombinedOutput(); err != nil {
-		t.Fatalf("dd into the version in use: %v: %s", err, out)
-	}
+	writeBlock(t, disk, 0x77, 3)
 	waitFor(t, "the switch refused once the new version is here", func() bool {
 		out, _, _ := cli(t, a, "status")
 		return strings.Contains(out, "activation refused") && strings.Contains(out, "version "+newCID+" would not show them")
 	})
-	want, err := os.ReadFile(img1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	copy(want[3*4096:], bytes.Repeat([]byte{0x77}, 4096))
-	if got, err := os.ReadFile(disk); err != nil || !bytes.Equal(got, want) {
+	if got, err := os.ReadFile(disk); err != nil || !bytes.Equal(got, withBlock(t, img1, 0x77, 3)) {
 		t.Fatalf("the image after the refused switch: %d bytes, %v; not the old version with the write", len(got), err)
 	}
 	mustCLI(t, a, "deactivate", "vm:1", "--hosts", "self", "--discard-changes", "--wait", "--timeout", "20s")

@@ -237,14 +237,22 @@ func (x *Exposer) Close() error {
 }
 
 // DiskChanges counts the disk images of layer written since they were
-// last committed, and the bytes their deltas hold: those of e's view
-// (from the view when this process serves it, else from the deltas kept
-// on disk), and those left in the deltas of versions exposed before it.
+// last committed, and the bytes their deltas hold: those kept on disk for
+// every version exposed here (a version switch leaves the old deltas),
+// except that the view this process serves is asked instead of its files.
 func (x *Exposer) DiskChanges(e *Exposure, layer string) (files int, bytes int64) {
 	if !e.Mode.Overlaid() {
 		return 0, 0
 	}
-	cur, _, _ := strings.Cut(e.View, "@")
+	x.mu.Lock()
+	s, served := x.views[e.View]
+	x.mu.Unlock()
+	cur, _, disks := strings.Cut(e.View, "@")
+	if served && disks {
+		files, bytes = s.view.Changes()
+	} else {
+		cur = "" // read from disk like the others
+	}
 	ents, _ := os.ReadDir(x.DeltaDir(layer))
 	for _, ent := range ents {
 		if ent.IsDir() && ent.Name() != cur {
@@ -252,20 +260,7 @@ func (x *Exposer) DiskChanges(e *Exposure, layer string) (files int, bytes int64
 			files, bytes = files+n, bytes+b
 		}
 	}
-	if cur == "" || !strings.Contains(e.View, "@") {
-		return files, bytes
-	}
-	x.mu.Lock()
-	s, served := x.views[e.View]
-	x.mu.Unlock()
-	var n int
-	var b int64
-	if served {
-		n, b = s.view.Changes()
-	} else {
-		n, b = fuseview.DeltaChanges(filepath.Join(x.DeltaDir(layer), cur))
-	}
-	return files + n, bytes + b
+	return files, bytes
 }
 
 // Changed is what was written into an exposed layer, for a commit.
