@@ -166,12 +166,23 @@ func activateAllAndDeactivate(t *testing.T, mode api.Mode) {
 		if got := readAt(net.Nodes[1], "opt/app/local.txt"); got != "mine" {
 			t.Fatalf("overlay hides node 1's own file: %q", got)
 		}
-		// A mount lost behind the daemon's back (a reboot) is made again.
+		// A mount lost behind the daemon's back (a reboot) is made again,
+		// with what was written into it.
 		path := filepath.Join(net.Nodes[0].Data, "root", "opt", "app")
+		written := filepath.Join(path, "written.txt")
+		if err := os.WriteFile(written, []byte("kept"), 0o644); err != nil {
+			t.Fatal(err)
+		}
 		if err := syscall.Unmount(path, 0); err != nil {
 			t.Fatal(err)
 		}
 		net.Eventually(10*time.Second, "the overlay mounted again", func() bool { return expose.Mounted(path) })
+		if b, err := os.ReadFile(written); err != nil || string(b) != "kept" {
+			t.Fatalf("a file written into the view, after its overlay was mounted again: %q, %v", b, err)
+		}
+		if err := os.Remove(written); err != nil { // so that deactivation is not refused
+			t.Fatal(err)
+		}
 	}
 	if mode == api.ModeOverlay { // its checkout is counted while active
 		if st, err := net.Nodes[0].Client.Stats(ctx); err != nil || st.ViewBytes == 0 {

@@ -227,6 +227,34 @@ func TestActivationKeepsDiskWrites(t *testing.T) {
 
 	write()
 	refused("moving it to", "4100 bytes", "activate", "vm:1", "--at", "/vm2", "--hosts", "self", "--wait", "--timeout", "20s")
+	// A commit keeps the file and the disk write: neither counts any
+	// more, and the move goes through (the old place's writes are in
+	// the committed layer).
+	mustCLI(t, a, "commit", "--activation", "vm:1", "vm:mine2")
+	mustCLI(t, a, "activate", "vm:1", "--at", "/vm2", "--hosts", "self", "--wait", "--timeout", "20s")
+	co2 := t.TempDir()
+	mustCLI(t, a, "checkout", "vm:mine2", co2)
+	if b, err := os.ReadFile(filepath.Join(co2, "note.txt")); err != nil || string(b) != "mine" {
+		t.Fatalf("the committed file: %q, %v", b, err)
+	}
+	if got, err := os.ReadFile(filepath.Join(co2, "disk.raw")); err != nil || !bytes.Equal(got, written(img2)) {
+		t.Fatalf("the committed disk: %d bytes, %v; not the written second version", len(got), err)
+	}
+	// A change after a commit counts again.
+	disk = filepath.Join(root, "vm2", "disk.raw")
+	note = filepath.Join(root, "vm2", "note.txt")
+	if err := os.WriteFile(note, []byte("again"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustCLI(t, a, "commit", "--activation", "vm:1", "vm:mine3")
+	if err := os.WriteFile(note, []byte("and again"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := cli(t, a, "deactivate", "vm:1", "--hosts", "self", "--wait", "--timeout", "20s")
+	if out, _, _ := cli(t, a, "status"); code == 0 || !strings.Contains(out+errOut, "deactivation refused") {
+		t.Fatalf("deactivation with a file changed after the last commit: exit %d, %q, status %q", code, errOut, out)
+	}
+	write()
 	mustCLI(t, a, "deactivate", "vm:1", "--hosts", "self", "--discard-changes", "--wait", "--timeout", "20s")
 	if _, err := os.Stat(filepath.Join(data, "delta", "vm:1")); !os.IsNotExist(err) {
 		t.Fatalf("the delta after deactivating with --discard-changes: %v", err)

@@ -378,10 +378,10 @@ func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activatio
 	}
 	mode := r.cfg.Exposer.Mode()
 	if e.Exposed && !lost && e.Path == path && (e.Mode == "" || e.Mode == mode) && e.shown() == a.CID {
-		if n, _ := r.cfg.Exposer.Changes(&e.Exposure, e.Layer); n > 0 {
-			// The version already in use, changed locally: mounting it
-			// again would drop the overlay's upper directory; only the
-			// record and the maps change.
+		if n, _ := r.cfg.Exposer.Changes(&e.Exposure, e.Layer); n > 0 || r.cfg.Exposer.UpperWritten(e.Layer) {
+			// The version already in use, written into (committed or
+			// not): mounting it again would drop the overlay's upper
+			// directory; only the record and the maps change.
 			r.remapOnly(e, a)
 			return
 		}
@@ -451,7 +451,7 @@ func (r *Reconciler) wouldLoseChanges(ctx context.Context, e *record, a gossip.A
 
 // refusal says why an activation was refused and what to do.
 func (r *Reconciler) refusal(e *record, n int, size int64, why string) string {
-	return fmt.Sprintf("activation refused: %d path(s), %d bytes changed locally at %s (kept in %s and %s); %s: keep them with p2pimg commit --activation %s NEW:TAG (committed disk writes no longer count, changed files still do), or deactivate with --discard-changes first",
+	return fmt.Sprintf("activation refused: %d path(s), %d bytes changed locally at %s (kept in %s and %s); %s: keep them with p2pimg commit --activation %s NEW:TAG, or deactivate with --discard-changes first",
 		n, size, e.Path, r.cfg.Exposer.UpperDir(e.Layer), r.cfg.Exposer.DeltaDir(e.Layer), why, e.Layer)
 }
 

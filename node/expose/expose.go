@@ -85,6 +85,9 @@ type Exposure struct {
 	// layer: the manifest id, with "@LAYER" when the view holds this
 	// layer's writable disk images.
 	View string `json:"view,omitempty"`
+	// Lower (overlay mode) is the manifest whose checkout is the
+	// overlay's lower layer.
+	Lower string `json:"lower,omitempty"`
 	// Disks are the disk images bound writable from the view over the
 	// overlay (their writes go to block-level deltas).
 	Disks []string `json:"disks,omitempty"`

@@ -267,6 +267,9 @@ func (x *Exposer) DiskChanges(e *Exposure, layer string) (files int, bytes int64
 type Changed struct {
 	CID   string // the manifest exposed
 	Upper string // the overlay's upper directory ("" when none)
+	// UpperDone records the upper directory's content, as it was when
+	// Changed returned, committed (call it once the commit is published).
+	UpperDone func() error
 	// Disks makes the new entries of the disk images written since their
 	// last commit (nil when there are none); done records them committed.
 	Disks func(ctx context.Context, p chunk.Params, put fuseview.Put) (entries []chunk.Entry, done func() error, err error)
@@ -279,7 +282,7 @@ func (x *Exposer) Changed(e *Exposure, layer, cidStr string) (Changed, error) {
 	if !e.Mode.Overlaid() {
 		return c, fmt.Errorf("%s is exposed %s: only overlaid exposures (fuse, overlay) record changes", layer, e.Mode)
 	}
-	c.Upper = x.UpperDir(layer)
+	c.Upper, c.UpperDone = x.UpperDir(layer), x.markCommitted(layer)
 	if !strings.Contains(e.View, "@") {
 		return c, nil
 	}

@@ -3,6 +3,8 @@ package expose
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -146,7 +148,16 @@ func (x *Exposer) mountOverlay(ctx context.Context, e *Exposure, layer, cidStr s
 	if err != nil {
 		return err
 	}
-	return x.overlayOn(e, layer, lower, locked, false, nil)
+	// The same version mounted again after its overlay was lost (a
+	// reboot) keeps what was written into it. (Records from before Lower
+	// was kept name no version: the reconciler refuses a version switch
+	// that would drop uncommitted writes before it gets here.)
+	keep := e.Exposed && !Mounted(e.Path) && (e.Lower == cidStr || e.Lower == "")
+	if err := x.overlayOn(e, layer, lower, locked, keep, nil); err != nil {
+		return err
+	}
+	e.Lower = cidStr
+	return nil
 }
 
 // overlayOn mounts an overlay of lower over e.Path. A previous overlay
@@ -222,6 +233,7 @@ func (x *Exposer) unmountOverlay(e *Exposure, layer string) error {
 		return err
 	}
 	os.RemoveAll(filepath.Dir(x.UpperDir(layer)))
+	e.Lower = ""
 	if e.Created {
 		os.Remove(e.Path) // only if still empty: it was made for the mount
 		e.Created = false
@@ -253,27 +265,95 @@ func unmountAt(e *Exposure) error {
 	return nil
 }
 
-// Changes counts what was written into an overlaid view (the entries of
-// its upper directory, whiteouts included, and the disk images written
-// since their last commit) and their bytes (a disk's: its delta's); 0 for
+// Changes counts what was written into an overlaid view and not
+// committed: the entries of its upper directory (whiteouts included)
+// unless it is as it was at its last commit, and the disk images written
+// since their last commit; and their bytes (a disk's: its delta's). 0 for
 // other modes, or when nothing was written.
 func (x *Exposer) Changes(e *Exposure, layer string) (paths int, bytes int64) {
 	if !e.Mode.Overlaid() {
 		return 0, 0
 	}
 	paths, bytes = x.DiskChanges(e, layer)
-	upper := x.UpperDir(layer)
+	n, b, mark := upperState(x.UpperDir(layer))
+	if n > 0 && mark != x.committedMark(layer) {
+		paths, bytes = paths+n, bytes+b
+	}
+	return paths, bytes
+}
+
+// UpperWritten reports whether layer's overlay upper directory holds
+// anything, committed or not: mounting the layer afresh would drop it.
+func (x *Exposer) UpperWritten(layer string) bool {
+	n, _ := dirEntries(x.UpperDir(layer))
+	return n > 0
+}
+
+// upperState walks an upper directory: its entries, their bytes, and a
+// mark of them all (path, mode, size, times, inode), which any write,
+// removal, rename or change of attributes since changes.
+func upperState(upper string) (paths int, bytes int64, mark string) {
+	h := sha256.New()
 	filepath.WalkDir(upper, func(p string, d os.DirEntry, err error) error {
 		if err != nil || p == upper {
 			return nil
 		}
 		paths++
-		if fi, err := d.Info(); err == nil && fi.Mode().IsRegular() {
+		fi, err := d.Info()
+		if err != nil {
+			fmt.Fprintf(h, "%q ?\n", p[len(upper):])
+			return nil
+		}
+		if fi.Mode().IsRegular() {
 			bytes += fi.Size()
 		}
+		fmt.Fprintf(h, "%q %o %d", p[len(upper):], fi.Mode(), fi.Size())
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			fmt.Fprintf(h, " %d.%d %d.%d %d", st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, st.Ino)
+		}
+		h.Write([]byte{'\n'})
 		return nil
 	})
-	return paths, bytes
+	return paths, bytes, hex.EncodeToString(h.Sum(nil))
+}
+
+// committedMark is the upper directory's mark when its content was last
+// committed ("" if never since it was made).
+func (x *Exposer) committedMark(layer string) string {
+	b, _ := os.ReadFile(x.markFile(layer))
+	return string(b)
+}
+
+// markFile keeps committedMark, beside the upper directory: it goes when
+// the upper directory is dropped.
+func (x *Exposer) markFile(layer string) string {
+	return filepath.Join(filepath.Dir(x.UpperDir(layer)), "committed")
+}
+
+// markCommitted returns what records the upper directory's content as it
+// is now committed: call it once the commit that read it is published.
+// The mark is taken now, before the commit reads the directory, so a
+// write made meanwhile still counts as a change.
+func (x *Exposer) markCommitted(layer string) func() error {
+	n, _, mark := upperState(x.UpperDir(layer))
+	return func() error {
+		if n == 0 {
+			return nil
+		}
+		tmp := x.markFile(layer) + ".new"
+		if err := os.WriteFile(tmp, []byte(mark), 0o600); err != nil {
+			return fmt.Errorf("record the committed files: %w", err)
+		}
+		if err := os.Rename(tmp, x.markFile(layer)); err != nil {
+			return fmt.Errorf("record the committed files: %w", err)
+		}
+		return nil
+	}
+}
+
+func dirEntries(dir string) (int, error) {
+	ents, err := os.ReadDir(dir)
+	return len(ents), err
 }
 
 // viewsDir holds the overlay mode's read-only checkouts, one per

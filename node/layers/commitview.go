@@ -2,6 +2,7 @@ package layers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -57,9 +58,14 @@ func (sv *Service) commitActivation(ctx context.Context, name chunk.Name, req ap
 		m, res.NewChunks, res.NewBytes = up.Manifest, up.NewChunks, up.NewBytes
 	}
 	done := func() error { return nil }
+	if ch.UpperDone != nil {
+		done = ch.UpperDone
+	}
 	if ch.Disks != nil {
+		upperDone := done
 		var disks []chunk.Entry
-		disks, done, err = ch.Disks(ctx, bm.Params, func(ctx context.Context, blocks ...chunk.Block) error {
+		var disksDone func() error
+		disks, disksDone, err = ch.Disks(ctx, bm.Params, func(ctx context.Context, blocks ...chunk.Block) error {
 			for _, b := range blocks {
 				if ok, _ := sv.cfg.Store.Has(ctx, b.CID()); !ok {
 					res.NewChunks++
@@ -72,6 +78,7 @@ func (sv *Service) commitActivation(ctx context.Context, name chunk.Name, req ap
 			return nil, fmt.Errorf("commit %s: %w", name, err)
 		}
 		m = withEntries(m, bm, disks)
+		done = func() error { return errors.Join(upperDone(), disksDone()) }
 	}
 	if len(m.Entries) == 0 {
 		return nil, api.Conflictf("commit %s: nothing was changed in %s since it was exposed or last committed", name, req.Activation)
@@ -80,7 +87,8 @@ func (sv *Service) commitActivation(ctx context.Context, name chunk.Name, req ap
 }
 
 // publishCommit encodes and publishes a committed layer, then records the
-// commit (done), refusing it when it changes a path the layer locks.
+// commit (done: the upper directory's content and the disks' writes no
+// longer count as local changes), refusing it when it changes a path the layer locks.
 func (sv *Service) publishCommit(ctx context.Context, name chunk.Name, layer string, m *chunk.Manifest, res *api.AddResult, done func() error) (*api.AddResult, error) {
 	var tmpl gossip.Mapping
 	if mp, ok := sv.cfg.Catalog.Lookup(layer); ok {
@@ -100,7 +108,7 @@ func (sv *Service) publishCommit(ctx context.Context, name chunk.Name, layer str
 		return nil, fmt.Errorf("commit %s: %w", name, err)
 	}
 	if err := done(); err != nil {
-		return nil, fmt.Errorf("commit %s: published as %s, but recording the disks as committed failed: %w", name, id, err)
+		return nil, fmt.Errorf("commit %s: published as %s, but recording the changes as committed failed: %w", name, id, err)
 	}
 	sv.cfg.Log.Info("activation committed", "layer", name.String(), "from", layer, "cid", id.String(), "new_bytes", res.NewBytes)
 	res.Layer = l
