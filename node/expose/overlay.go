@@ -275,8 +275,9 @@ func (x *Exposer) Changes(e *Exposure, layer string) (paths int, bytes int64) {
 		return 0, 0
 	}
 	paths, bytes = x.DiskChanges(e, layer)
-	n, b, mark := upperState(x.UpperDir(layer))
-	if n > 0 && mark != x.committedMark(layer) {
+	committed := x.committedMark(layer)
+	n, b, mark := upperState(x.UpperDir(layer), committed != "")
+	if n > 0 && (committed == "" || mark != committed) {
 		paths, bytes = paths+n, bytes+b
 	}
 	return paths, bytes
@@ -289,10 +290,25 @@ func (x *Exposer) UpperWritten(layer string) bool {
 	return n > 0
 }
 
-// upperState walks an upper directory: its entries, their bytes, and a
-// mark of them all (path, mode, size, times, inode), which any write,
-// removal, rename or change of attributes since changes.
-func upperState(upper string) (paths int, bytes int64, mark string) {
+// upperState walks an upper directory: its entries, their bytes, and
+// (when marked) a mark of them all (path, mode, size, times, inode),
+// which any write, removal, rename or change of attributes since changes.
+func upperState(upper string, marked bool) (paths int, bytes int64, mark string) {
+	if !marked {
+		filepath.WalkDir(upper, func(p string, d os.DirEntry, err error) error {
+			if err != nil || p == upper {
+				return nil
+			}
+			paths++
+			if d.Type().IsRegular() {
+				if fi, err := d.Info(); err == nil {
+					bytes += fi.Size()
+				}
+			}
+			return nil
+		})
+		return paths, bytes, ""
+	}
 	h := sha256.New()
 	filepath.WalkDir(upper, func(p string, d os.DirEntry, err error) error {
 		if err != nil || p == upper {
@@ -335,7 +351,7 @@ func (x *Exposer) markFile(layer string) string {
 // The mark is taken now, before the commit reads the directory, so a
 // write made meanwhile still counts as a change.
 func (x *Exposer) markCommitted(layer string) func() error {
-	n, _, mark := upperState(x.UpperDir(layer))
+	n, _, mark := upperState(x.UpperDir(layer), true)
 	return func() error {
 		if n == 0 {
 			return nil
