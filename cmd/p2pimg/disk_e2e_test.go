@@ -246,8 +246,11 @@ func TestActivationKeepsDiskWrites(t *testing.T) {
 	if err := os.WriteFile(note, []byte("again"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	changed := func() bool { out, _, _ := cli(t, a, "status"); return strings.Contains(out, "changed locally") }
+	waitFor(t, "status to show the file changed locally", changed)
 	mustCLI(t, a, "commit", "--activation", "vm:1", "vm:mine3")
-	if err := os.WriteFile(note, []byte("and again"), 0o644); err != nil {
+	waitFor(t, "status to stop showing changes once they are committed", func() bool { return !changed() })
+	if err := os.WriteFile(note, []byte("agaiN"), 0o644); err != nil { // the same size
 		t.Fatal(err)
 	}
 	_, errOut, code := cli(t, a, "deactivate", "vm:1", "--hosts", "self", "--wait", "--timeout", "20s")
@@ -285,7 +288,12 @@ func TestVersionSwitchSeesWritesDuringFetch(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := startDaemon(t, bdata, "--peer", id.Addrs[0], "--announce-interval", "200ms", "--max-upload", "2MB")
-	mustCLI(t, b, "add", "vm:1", img2, "--chunking", "fixed", "--chunk-size", "64K") // a new version, only on b
+	// A new version, only on b, with a file beside the image.
+	extra := filepath.Join(filepath.Dir(img2), "extra.txt")
+	if err := os.WriteFile(extra, []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustCLI(t, b, "add", "vm:1", filepath.Dir(img2), "--chunking", "fixed", "--chunk-size", "64K")
 	newCID := ""
 	waitFor(t, "b's version of vm:1 in a's catalogue", func() bool {
 		cl, err := a.Client.Catalog(context.Background())
@@ -293,7 +301,7 @@ func TestVersionSwitchSeesWritesDuringFetch(t *testing.T) {
 			return false
 		}
 		for _, c := range cl {
-			if c.Name == "vm:1" && c.Size == 24<<20 {
+			if c.Name == "vm:1" && c.Size == 24<<20+3 {
 				newCID = c.CID
 				return true
 			}
@@ -313,6 +321,16 @@ func TestVersionSwitchSeesWritesDuringFetch(t *testing.T) {
 	})
 	if got, err := os.ReadFile(disk); err != nil || !bytes.Equal(got, withBlock(t, img1, 0x77, 3)) {
 		t.Fatalf("the image after the refused switch: %d bytes, %v; not the old version with the write", len(got), err)
+	}
+	// A commit now is of the version in use, not of the one refused.
+	mustCLI(t, a, "commit", "--activation", "vm:1", "vm:kept")
+	co := t.TempDir()
+	mustCLI(t, a, "checkout", "vm:kept", co)
+	if got, err := os.ReadFile(filepath.Join(co, "disk.raw")); err != nil || !bytes.Equal(got, withBlock(t, img1, 0x77, 3)) {
+		t.Fatalf("the commit after the refused switch: %d bytes, %v; not the old version with the write", len(got), err)
+	}
+	if _, err := os.Stat(filepath.Join(co, "extra.txt")); !os.IsNotExist(err) {
+		t.Fatalf("the commit after the refused switch holds the refused version's extra.txt (%v)", err)
 	}
 	mustCLI(t, a, "deactivate", "vm:1", "--hosts", "self", "--discard-changes", "--wait", "--timeout", "20s")
 	if err := a.Stop(); err != nil {

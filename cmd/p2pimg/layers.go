@@ -296,8 +296,10 @@ that changes a path the base's layer policy locks is refused.
 With --activation, capture what was written into a layer active on this host
 (its overlay's changes and its disk images' block-level deltas) as NAME2[:TAG]
 on top of the version exposed. A disk image keeps every chunk no write touched,
-so only the changed parts are new; the changes then count as committed, and
-deactivate no longer refuses them.`,
+so only the changed parts are new; the changes then count as committed (until
+the next write), and deactivate, a move or another version no longer refuses
+them. A path layers cannot hold (a fifo, socket or device) is skipped and
+listed, and the changed files then still count.`,
 		Args: exactArgs(1, "the new layer's name"),
 		RunE: func(c *cobra.Command, args []string) error {
 			req := api.CommitRequest{Name: args[0], Base: base, Activation: activation}
@@ -327,6 +329,13 @@ deactivate no longer refuses them.`,
 				on2 = activation + " as exposed"
 			}
 			fmt.Fprintf(a.stdout, "%s %s on %s: %d entries, %d new chunks, %s new\n", r.Layer.Name, r.Layer.CID, on2, r.Layer.Entries, r.NewChunks, humanize.IBytes(uint64(r.NewBytes)))
+			if len(r.Skipped) > 0 {
+				fmt.Fprintf(a.stderr, "skipped %d path(s) that layers cannot hold (listed above)", len(r.Skipped))
+				if activation != "" {
+					fmt.Fprint(a.stderr, ": the changed files still count as local changes")
+				}
+				fmt.Fprintln(a.stderr)
+			}
 			return nil
 		},
 	}

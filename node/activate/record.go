@@ -78,6 +78,9 @@ func (r *Reconciler) loadRecords() (map[string]*record, error) {
 		if err := json.Unmarshal(v, &e); err != nil {
 			return nil, fmt.Errorf("activation record %s: %w", k, err)
 		}
+		if e.Exposed && e.Mode == api.ModeOverlay && e.Lower == "" {
+			e.Lower = e.shown() // a record from before Lower was kept
+		}
 		out[e.Layer] = &e
 	}
 	return out, nil
@@ -89,8 +92,8 @@ func (r *Reconciler) save(e *record) error {
 }
 
 // Exposure is how layer is exposed on this host now, from its durable
-// record: its manifest id and what was done; ok is false when it is not
-// exposed.
+// record: the manifest id it shows and what was done; ok is false when it
+// is not exposed.
 func (r *Reconciler) Exposure(ctx context.Context, layer string) (cidStr string, x expose.Exposure, ok bool, err error) {
 	recs, err := r.cfg.Store.Records(recordKey(layer))
 	if err != nil {
@@ -101,7 +104,7 @@ func (r *Reconciler) Exposure(ctx context.Context, layer string) (cidStr string,
 	if !found || json.Unmarshal(b, &e) != nil || !e.Exposed {
 		return "", x, false, nil
 	}
-	return e.CID, e.Exposure, true, nil
+	return e.shown(), e.Exposure, true, nil // the version in use, not one being brought up
 }
 
 // Changed is what was written into layer's exposure here, for a commit;

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -149,15 +150,13 @@ func (x *Exposer) mountOverlay(ctx context.Context, e *Exposure, layer, cidStr s
 		return err
 	}
 	// The same version mounted again after its overlay was lost (a
-	// reboot) keeps what was written into it. (Records from before Lower
-	// was kept name no version: the reconciler refuses a version switch
-	// that would drop uncommitted writes before it gets here.)
-	keep := e.Exposed && !Mounted(e.Path) && (e.Lower == cidStr || e.Lower == "")
-	if err := x.overlayOn(e, layer, lower, locked, keep, nil); err != nil {
-		return err
+	// reboot) keeps what was written into it.
+	keep := e.Exposed && !Mounted(e.Path) && e.Lower == cidStr
+	err = x.overlayOn(e, layer, lower, locked, keep, nil)
+	if Mounted(e.Path) {
+		e.Lower = cidStr // even when locking a path failed after the mount
 	}
-	e.Lower = cidStr
-	return nil
+	return err
 }
 
 // overlayOn mounts an overlay of lower over e.Path. A previous overlay
@@ -348,13 +347,28 @@ func (x *Exposer) markFile(layer string) string {
 
 // markCommitted returns what records the upper directory's content as it
 // is now committed: call it once the commit that read it is published.
-// The mark is taken now, before the commit reads the directory, so a
-// write made meanwhile still counts as a change.
+// The mark is taken now, before the commit reads the directory, and taken
+// again when it is recorded; a write made in between changes one of the
+// entries' times and the two marks differ, so nothing is recorded and the
+// changes still count. Two writes a mark cannot tell apart are guarded
+// against: the file system is synced first, so that a later write through
+// a shared mapping faults and updates the file's times, and a mark whose
+// newest change is within a coarse clock tick of the walk is not recorded
+// (a write in the same tick could leave the times as they were).
 func (x *Exposer) markCommitted(layer string) func() error {
-	n, _, mark := upperState(x.UpperDir(layer), true)
+	upper := x.UpperDir(layer)
+	if fd, err := unix.Open(upper, unix.O_RDONLY|unix.O_DIRECTORY, 0); err == nil {
+		unix.Syncfs(fd)
+		unix.Close(fd)
+	}
+	start := time.Now()
+	n, _, mark := upperState(upper, true)
 	return func() error {
-		if n == 0 {
+		if n == 0 || newestChange(upper).After(start.Add(-racyTick)) {
 			return nil
+		}
+		if _, _, again := upperState(upper, true); again != mark {
+			return nil // written while the commit read it: not all of it is committed
 		}
 		tmp := x.markFile(layer) + ".new"
 		if err := os.WriteFile(tmp, []byte(mark), 0o600); err != nil {
@@ -365,6 +379,30 @@ func (x *Exposer) markCommitted(layer string) func() error {
 		}
 		return nil
 	}
+}
+
+// racyTick bounds the coarse clock a file system stamps times with: a
+// change this close to a mark's walk might be followed by one that leaves
+// the same times.
+var racyTick = 20 * time.Millisecond
+
+// newestChange is the latest change time of any entry under dir.
+func newestChange(dir string) time.Time {
+	var newest time.Time
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return nil
+		}
+		if fi, err := d.Info(); err == nil {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				if t := time.Unix(st.Ctim.Sec, st.Ctim.Nsec); t.After(newest) {
+					newest = t
+				}
+			}
+		}
+		return nil
+	})
+	return newest
 }
 
 func dirEntries(dir string) (int, error) {

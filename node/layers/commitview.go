@@ -56,9 +56,14 @@ func (sv *Service) commitActivation(ctx context.Context, name chunk.Name, req ap
 			return nil, fmt.Errorf("commit %s: %w", name, err)
 		}
 		m, res.NewChunks, res.NewBytes = up.Manifest, up.NewChunks, up.NewBytes
+		for _, s := range up.Skipped {
+			emit(api.Event{Warning: fmt.Sprintf("skipped %s: %s (it still counts as a local change)", s.Path, s.Reason)})
+			res.Skipped = append(res.Skipped, api.SkippedPath{Path: s.Path, Reason: s.Reason})
+		}
 	}
 	done := func() error { return nil }
-	if ch.UpperDone != nil {
+	if ch.UpperDone != nil && len(res.Skipped) == 0 {
+		// (a path left out still counts as a local change: it is in no layer)
 		done = ch.UpperDone
 	}
 	if ch.Disks != nil {
