@@ -515,6 +515,7 @@ func TestTestnetCLI(t *testing.T) {
 	writeTree(t, src)
 	tn("--node", "1", "add", "web:1", src)
 	waitCatalogCLI(t, dir, 3, "web:1")
+	waitCatalogCLI(t, dir, 2, "web:1") // the node the activation is published from
 	if out := tn("--node", "2", "activate", "web:1", "--at", "/opt/web", "--hosts", "all", "--wait"); !strings.Contains(out, "settled on all 3 host(s)") {
 		t.Fatalf("activate --wait: %s", out)
 	}
