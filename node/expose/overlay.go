@@ -275,9 +275,8 @@ func (x *Exposer) Changes(e *Exposure, layer string) (paths int, bytes int64) {
 	}
 	paths, bytes = x.DiskChanges(e, layer)
 	committed := x.committedMark(layer)
-	n, b, mark := upperState(x.UpperDir(layer), committed != "")
-	if n > 0 && (committed == "" || mark != committed) {
-		paths, bytes = paths+n, bytes+b
+	if w := walkUpper(x.UpperDir(layer), committed != ""); w.paths > 0 && (committed == "" || w.mark != committed) {
+		paths, bytes = paths+w.paths, bytes+w.bytes
 	}
 	return paths, bytes
 }
@@ -289,47 +288,52 @@ func (x *Exposer) UpperWritten(layer string) bool {
 	return n > 0
 }
 
-// upperState walks an upper directory: its entries, their bytes, and
-// (when marked) a mark of them all (path, mode, size, times, inode),
-// which any write, removal, rename or change of attributes since changes.
-func upperState(upper string, marked bool) (paths int, bytes int64, mark string) {
-	if !marked {
-		filepath.WalkDir(upper, func(p string, d os.DirEntry, err error) error {
-			if err != nil || p == upper {
-				return nil
-			}
-			paths++
-			if d.Type().IsRegular() {
-				if fi, err := d.Info(); err == nil {
-					bytes += fi.Size()
-				}
-			}
-			return nil
-		})
-		return paths, bytes, ""
-	}
+// upperWalk is what an upper directory holds, from one walk: its
+// entries and their bytes; when marked, also a mark of them all (path,
+// mode, size, times, inode), which any write, removal, rename or change of
+// attributes since changes, and the latest change time of any entry.
+type upperWalk struct {
+	paths  int
+	bytes  int64
+	mark   string
+	newest time.Time
+}
+
+func walkUpper(upper string, marked bool) (w upperWalk) {
 	h := sha256.New()
 	filepath.WalkDir(upper, func(p string, d os.DirEntry, err error) error {
 		if err != nil || p == upper {
 			return nil
 		}
-		paths++
+		w.paths++
+		if !marked && !d.Type().IsRegular() {
+			return nil // only a file's size is wanted
+		}
 		fi, err := d.Info()
 		if err != nil {
 			fmt.Fprintf(h, "%q ?\n", p[len(upper):])
 			return nil
 		}
 		if fi.Mode().IsRegular() {
-			bytes += fi.Size()
+			w.bytes += fi.Size()
+		}
+		if !marked {
+			return nil
 		}
 		fmt.Fprintf(h, "%q %o %d", p[len(upper):], fi.Mode(), fi.Size())
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 			fmt.Fprintf(h, " %d.%d %d.%d %d", st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, st.Ino)
+			if t := time.Unix(st.Ctim.Sec, st.Ctim.Nsec); t.After(w.newest) {
+				w.newest = t
+			}
 		}
 		h.Write([]byte{'\n'})
 		return nil
 	})
-	return paths, bytes, hex.EncodeToString(h.Sum(nil))
+	if marked {
+		w.mark = hex.EncodeToString(h.Sum(nil))
+	}
+	return w
 }
 
 // committedMark is the upper directory's mark when its content was last
@@ -362,16 +366,14 @@ func (x *Exposer) markCommitted(layer string) func() error {
 		unix.Close(fd)
 	}
 	start := time.Now()
-	n, _, mark := upperState(upper, true)
+	first := walkUpper(upper, true)
 	return func() error {
-		if n == 0 || newestChange(upper).After(start.Add(-racyTick)) {
-			return nil
-		}
-		if _, _, again := upperState(upper, true); again != mark {
-			return nil // written while the commit read it: not all of it is committed
+		again := walkUpper(upper, true)
+		if first.paths == 0 || again.mark != first.mark || again.newest.After(start.Add(-racyTick)) {
+			return nil // nothing, or written while the commit read it, or too close to tell
 		}
 		tmp := x.markFile(layer) + ".new"
-		if err := os.WriteFile(tmp, []byte(mark), 0o600); err != nil {
+		if err := os.WriteFile(tmp, []byte(again.mark), 0o600); err != nil {
 			return fmt.Errorf("record the committed files: %w", err)
 		}
 		if err := os.Rename(tmp, x.markFile(layer)); err != nil {
@@ -385,25 +387,6 @@ func (x *Exposer) markCommitted(layer string) func() error {
 // change this close to a mark's walk might be followed by one that leaves
 // the same times.
 var racyTick = 20 * time.Millisecond
-
-// newestChange is the latest change time of any entry under dir.
-func newestChange(dir string) time.Time {
-	var newest time.Time
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || p == dir {
-			return nil
-		}
-		if fi, err := d.Info(); err == nil {
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-				if t := time.Unix(st.Ctim.Sec, st.Ctim.Nsec); t.After(newest) {
-					newest = t
-				}
-			}
-		}
-		return nil
-	})
-	return newest
-}
 
 func dirEntries(dir string) (int, error) {
 	ents, err := os.ReadDir(dir)

@@ -61,16 +61,13 @@ func (sv *Service) commitActivation(ctx context.Context, name chunk.Name, req ap
 			res.Skipped = append(res.Skipped, api.SkippedPath{Path: s.Path, Reason: s.Reason})
 		}
 	}
-	done := func() error { return nil }
+	var dones []func() error // what records the changes committed, once published
 	if ch.UpperDone != nil && len(res.Skipped) == 0 {
 		// (a path left out still counts as a local change: it is in no layer)
-		done = ch.UpperDone
+		dones = append(dones, ch.UpperDone)
 	}
 	if ch.Disks != nil {
-		upperDone := done
-		var disks []chunk.Entry
-		var disksDone func() error
-		disks, disksDone, err = ch.Disks(ctx, bm.Params, func(ctx context.Context, blocks ...chunk.Block) error {
+		disks, disksDone, err := ch.Disks(ctx, bm.Params, func(ctx context.Context, blocks ...chunk.Block) error {
 			for _, b := range blocks {
 				if ok, _ := sv.cfg.Store.Has(ctx, b.CID()); !ok {
 					res.NewChunks++
@@ -83,7 +80,14 @@ func (sv *Service) commitActivation(ctx context.Context, name chunk.Name, req ap
 			return nil, fmt.Errorf("commit %s: %w", name, err)
 		}
 		m = withEntries(m, bm, disks)
-		done = func() error { return errors.Join(upperDone(), disksDone()) }
+		dones = append(dones, disksDone)
+	}
+	done := func() error {
+		var errs []error
+		for _, d := range dones {
+			errs = append(errs, d())
+		}
+		return errors.Join(errs...)
 	}
 	if len(m.Entries) == 0 {
 		return nil, api.Conflictf("commit %s: nothing was changed in %s since it was exposed or last committed", name, req.Activation)
@@ -91,9 +95,10 @@ func (sv *Service) commitActivation(ctx context.Context, name chunk.Name, req ap
 	return sv.publishCommit(ctx, name, req.Activation, m, &res, done)
 }
 
-// publishCommit encodes and publishes a committed layer, then records the
-// commit (done: the upper directory's content and the disks' writes no
-// longer count as local changes), refusing it when it changes a path the layer locks.
+// publishCommit encodes and publishes a committed layer, refusing it when
+// it changes a path the layer locks, then records the commit (done: the
+// upper directory's content and the disks' writes no longer count as local
+// changes).
 func (sv *Service) publishCommit(ctx context.Context, name chunk.Name, layer string, m *chunk.Manifest, res *api.AddResult, done func() error) (*api.AddResult, error) {
 	var tmpl gossip.Mapping
 	if mp, ok := sv.cfg.Catalog.Lookup(layer); ok {
