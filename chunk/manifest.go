@@ -3,6 +3,7 @@ package chunk
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -124,10 +125,125 @@ func (m *Manifest) ChunkCount() int {
 }
 
 // wire forms: what is actually encoded.
-type wireRef struct {
-	_    struct{} `cbor:",toarray"`
-	CID  []byte
-	Size uint32
+
+// wireRefs is an entry's chunk list on the wire: an array of [id bytes,
+// size] pairs. It is coded by hand rather than through reflection: a
+// 4 GiB image's manifest holds 65,536 of them, and decoding them was the
+// largest step of a lazy activation's first read. The decoder still
+// checks the whole manifest well-formed first, and DecodeManifest's
+// comparison with the canonical encoding catches a pair encoded in any
+// other way (a head longer than needed, say).
+type wireRefs []Ref
+
+// MarshalCBOR is the canonical encoding of the pairs.
+func (rs wireRefs) MarshalCBOR() ([]byte, error) {
+	n := 9
+	for _, r := range rs {
+		n += 1 + 9 + r.CID.ByteLen() + 5
+	}
+	b := appendHead(make([]byte, 0, n), cborArray, uint64(len(rs)))
+	for _, r := range rs {
+		b = append(b, cborPair)
+		b = appendHead(b, cborBytes, uint64(r.CID.ByteLen()))
+		b = append(b, r.CID.KeyString()...)
+		b = appendHead(b, cborUint, uint64(r.Size))
+	}
+	return b, nil
+}
+
+// UnmarshalCBOR reads the pairs; each id must be a CID.
+func (rs *wireRefs) UnmarshalCBOR(b []byte) error {
+	n, rest, err := readHead(b, cborArray)
+	if err != nil {
+		return fmt.Errorf("chunk list: %w", err)
+	}
+	if n > uint64(len(rest)/3) { // a pair takes 3 bytes at least
+		return fmt.Errorf("chunk list: %d pairs in %d bytes", n, len(rest))
+	}
+	out := make([]Ref, n)
+	for k := range out {
+		if len(rest) == 0 || rest[0] != cborPair {
+			return fmt.Errorf("chunk %d: not an [id, size] pair", k)
+		}
+		l, r, err := readHead(rest[1:], cborBytes)
+		if err != nil {
+			return fmt.Errorf("chunk %d: id: %w", k, err)
+		}
+		if l > uint64(len(r)) {
+			return fmt.Errorf("chunk %d: id of %d bytes, %d left", k, l, len(r))
+		}
+		id, err := cid.Cast(r[:l])
+		if err != nil {
+			return fmt.Errorf("chunk %d: %v", k, err)
+		}
+		size, r, err := readHead(r[l:], cborUint)
+		if err != nil {
+			return fmt.Errorf("chunk %d: size: %w", k, err)
+		}
+		if size > 1<<32-1 {
+			return fmt.Errorf("chunk %d: size %d does not fit 32 bits", k, size)
+		}
+		out[k], rest = Ref{CID: id, Size: uint32(size)}, r
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("chunk list: %d bytes after the last pair", len(rest))
+	}
+	*rs = out
+	return nil
+}
+
+// CBOR major types (in the top 3 bits of an item's first byte), and the
+// first byte of a two-element array.
+const (
+	cborUint  = 0 << 5
+	cborBytes = 2 << 5
+	cborArray = 4 << 5
+	cborPair  = cborArray | 2
+)
+
+// appendHead appends the shortest head of an item of major type major
+// and argument v.
+func appendHead(b []byte, major byte, v uint64) []byte {
+	switch {
+	case v < 24:
+		return append(b, major|byte(v))
+	case v <= 0xff:
+		return append(b, major|24, byte(v))
+	case v <= 0xffff:
+		return binary.BigEndian.AppendUint16(append(b, major|25), uint16(v))
+	case v <= 0xffffffff:
+		return binary.BigEndian.AppendUint32(append(b, major|26), uint32(v))
+	}
+	return binary.BigEndian.AppendUint64(append(b, major|27), v)
+}
+
+// readHead reads the head of an item that must be of major type major:
+// its argument and what follows the head.
+func readHead(b []byte, major byte) (uint64, []byte, error) {
+	if len(b) == 0 {
+		return 0, nil, errors.New("missing")
+	}
+	if b[0]&0xe0 != major {
+		return 0, nil, fmt.Errorf("major type %d, want %d", b[0]>>5, major>>5)
+	}
+	info, b := b[0]&0x1f, b[1:]
+	var size int
+	switch {
+	case info < 24:
+		return uint64(info), b, nil
+	case info <= 27:
+		size = 1 << (info - 24)
+	default:
+		return 0, nil, fmt.Errorf("head argument %d not allowed", info)
+	}
+	if len(b) < size {
+		return 0, nil, errors.New("truncated")
+	}
+	var v uint64
+	for _, c := range b[:size] {
+		v = v<<8 | uint64(c)
+	}
+	return v, b[size:], nil
 }
 
 type wireEntry struct {
@@ -139,7 +255,7 @@ type wireEntry struct {
 	MTime  int64             `cbor:"6,keyasint,omitempty"`
 	Size   int64             `cbor:"7,keyasint,omitempty"`
 	Target string            `cbor:"8,keyasint,omitempty"`
-	Chunks []wireRef         `cbor:"9,keyasint,omitempty"`
+	Chunks wireRefs          `cbor:"9,keyasint,omitempty"`
 	Xattrs map[string][]byte `cbor:"10,keyasint,omitempty"`
 	Link   string            `cbor:"11,keyasint,omitempty"`
 }
@@ -171,13 +287,7 @@ func (m *Manifest) Encode() ([]byte, cid.Cid, error) {
 	}
 	for i, e := range m.Entries {
 		we := wireEntry{Path: e.Path, Type: e.Type, Mode: uint32(e.Mode), UID: e.UID, GID: e.GID, MTime: e.MTime, Size: e.Size, Target: e.Target,
-			Xattrs: e.Xattrs, Link: e.Link}
-		if len(e.Chunks) > 0 {
-			we.Chunks = make([]wireRef, len(e.Chunks))
-			for k, r := range e.Chunks {
-				we.Chunks[k] = wireRef{CID: r.CID.Bytes(), Size: r.Size}
-			}
-		}
+			Xattrs: e.Xattrs, Link: e.Link, Chunks: e.Chunks}
 		w.Entries[i] = we
 	}
 	b, err := encMode.Marshal(w)
@@ -223,14 +333,7 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 		e := Entry{Path: we.Path, Type: we.Type, Mode: fs.FileMode(we.Mode), UID: we.UID, GID: we.GID, MTime: we.MTime, Size: we.Size, Target: we.Target,
 			Xattrs: we.Xattrs, Link: we.Link}
 		if len(we.Chunks) > 0 {
-			e.Chunks = make([]Ref, len(we.Chunks))
-			for k, r := range we.Chunks {
-				id, err := cid.Cast(r.CID)
-				if err != nil {
-					return nil, fmt.Errorf("%w: %s: chunk %d: %v", ErrMalformed, we.Path, k, err)
-				}
-				e.Chunks[k] = Ref{CID: id, Size: r.Size}
-			}
+			e.Chunks = we.Chunks
 		}
 		m.Entries[i] = e
 	}

@@ -1,7 +1,9 @@
 package chunk
 
 import (
+	"bytes"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -100,6 +102,71 @@ func TestDecodeRejectsNonCanonical(t *testing.T) {
 	for _, bad := range [][]byte{nil, {0xff}, b[:len(b)-1], append(append([]byte{}, b...), 0), []byte("not cbor at all")} {
 		if _, err := DecodeManifest(bad); !errors.Is(err, ErrMalformed) {
 			t.Errorf("%x: got %v", bad[:min(len(bad), 8)], err)
+		}
+	}
+}
+
+// TestChunkListEncoding: the hand-coded chunk list encodes exactly as the
+// generic encoder encodes an array of [bytes, uint] pairs (what manifests
+// were encoded with before it, so every layer keeps its id), at every
+// head size, and decodes back.
+func TestChunkListEncoding(t *testing.T) {
+	t.Parallel()
+	type pair struct {
+		_    struct{} `cbor:",toarray"`
+		CID  []byte
+		Size uint32
+	}
+	for _, n := range []int{1, 23, 24, 255, 256, 1000} {
+		refs := make(wireRefs, n)
+		pairs := make([]pair, n)
+		for i := range refs {
+			id, _ := SumCID([]byte{byte(i), byte(i >> 8)}, SHA256)
+			size := []uint32{1, 23, 24, 255, 256, 65535, 65536, 1<<32 - 1}[i%8]
+			refs[i], pairs[i] = Ref{id, size}, pair{CID: id.Bytes(), Size: size}
+		}
+		got, err := encMode.Marshal(refs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := encMode.Marshal(pairs)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%d refs: encoded differently from the generic encoder", n)
+		}
+		var back wireRefs
+		if err := decMode.Unmarshal(got, &back); err != nil || !slices.Equal(back, refs) {
+			t.Fatalf("%d refs: decoded %d, %v", n, len(back), err)
+		}
+	}
+}
+
+// TestChunkListRejects: a chunk list encoded any other way is refused,
+// with what is wrong.
+func TestChunkListRejects(t *testing.T) {
+	t.Parallel()
+	m := sampleManifest(t)
+	b, _, _ := m.Encode()
+	id := m.Entries[1].Chunks[0].CID.Bytes()
+	at := bytes.Index(b, id) // the first chunk's id, after its head 0x58 len
+	if at < 3 || b[at-3] != 0x82 || b[at-2] != 0x58 {
+		t.Fatalf("sample's first chunk not found as expected")
+	}
+	edit := func(f func(c []byte) []byte) []byte { return f(bytes.Clone(b)) }
+	for name, tc := range map[string]struct {
+		data []byte
+		want string
+	}{
+		"long id head":    {edit(func(c []byte) []byte { return slices.Insert(c, at-1, 0) }), ""},
+		"not a pair":      {edit(func(c []byte) []byte { c[at-3] = 0xa1; return c }), "pair"},
+		"id not bytes":    {edit(func(c []byte) []byte { c[at-2] = 0x78; return c }), "major type 3"},
+		"id not a cid":    {edit(func(c []byte) []byte { c[at] = 0x7f; return c }), "chunk 0"},
+		"size not a uint": {edit(func(c []byte) []byte { c[at+len(id)] = 0x21; return c }), "size"},
+		"size over 32 bit": {edit(func(c []byte) []byte {
+			return slices.Replace(c, at+len(id), at+len(id)+1, 0x1b, 1, 0, 0, 0, 0, 0, 0, 1)
+		}), "32 bits"},
+	} {
+		if _, err := DecodeManifest(tc.data); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want malformed with %q", name, err, tc.want)
 		}
 	}
 }
