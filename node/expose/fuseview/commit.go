@@ -8,14 +8,16 @@ import (
 	"math/bits"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
-	"time"
+	"strings"
 
 	"github.com/p2pimg/p2pimg/chunk"
 )
 
 // openDisks opens the delta of every disk image of m (when the view has
-// a DeltaDir).
+// a DeltaDir). A hard link is another name of its target's node: one
+// inode in the view (build), so one delta, whichever name is written.
 func (v *View) openDisks(m *chunk.Manifest) error {
 	if v.cfg.DeltaDir == "" {
 		return nil
@@ -23,6 +25,14 @@ func (v *View) openDisks(m *chunk.Manifest) error {
 	for i := range m.Entries {
 		e := &m.Entries[i]
 		if !isDisk(m, e, v.cfg.DiskMin) {
+			continue
+		}
+		if e.Link != "" {
+			// Validate puts the target first, and it has the same size.
+			if d := v.disks[e.Link]; d != nil {
+				d.names = append(d.names, e)
+				v.disks[e.Path] = d
+			}
 			continue
 		}
 		d, err := newDiskNode(v, e)
@@ -37,16 +47,30 @@ func (v *View) openDisks(m *chunk.Manifest) error {
 
 // closeDisks flushes and closes the deltas.
 func (v *View) closeDisks() {
-	for p, d := range v.disks {
+	for _, d := range v.diskNodes() {
 		d.mu.Lock()
 		if err := d.delta.Close(); err != nil {
-			v.cfg.Log.Warn("fuse view: disk delta", "path", p, "err", err)
+			v.cfg.Log.Warn("fuse view: disk delta", "path", d.e.Path, "err", err)
 		}
 		d.mu.Unlock()
 	}
 }
 
-// Disks lists the paths (in the layer) of the writable disk images.
+// diskNodes lists the disk images once each (not once per name), in
+// the order of their first names.
+func (v *View) diskNodes() []*diskNode {
+	var out []*diskNode
+	for p, d := range v.disks {
+		if p == d.e.Path {
+			out = append(out, d)
+		}
+	}
+	slices.SortFunc(out, func(a, b *diskNode) int { return strings.Compare(a.e.Path, b.e.Path) })
+	return out
+}
+
+// Disks lists the paths (in the layer) of the writable disk images, every
+// name of each.
 func (v *View) Disks() []string {
 	out := make([]string, 0, len(v.disks))
 	for p := range v.disks {
@@ -59,7 +83,7 @@ func (v *View) Disks() []string {
 // Changes counts the disk images written since they were last committed
 // and the bytes their deltas hold.
 func (v *View) Changes() (files int, bytes int64) {
-	for _, d := range v.disks {
+	for _, d := range v.diskNodes() {
 		d.mu.RLock()
 		if d.delta.Changed() {
 			files++
@@ -92,15 +116,17 @@ func DeltaChanges(dir string) (files int, bytes int64) {
 // Put stores verified chunks.
 type Put func(ctx context.Context, blocks ...chunk.Block) error
 
-// CommitDisks makes a new entry for every disk image written since it was
-// last committed: the layer's chunks where no block of them changed, new
-// chunks (stored with put) where one did, so only the changed parts are
-// new. done records the disks as committed; call it once the entries are
-// kept in a layer. Writes wait while the entries are made.
+// CommitDisks makes new entries (sorted by path) for every disk image
+// written since it was last committed: the layer's chunks where no block
+// of them changed, new chunks (stored with put) where one did, so only
+// the changed parts are new. A disk image with hard links gets an entry
+// for each name, the later ones links to the first with its chunks, so
+// that every name keeps the new content and they stay one file. done
+// records the disks as committed; call it once the entries are kept in a
+// layer. Writes wait while the entries are made.
 func (v *View) CommitDisks(ctx context.Context, p chunk.Params, put Put) (entries []chunk.Entry, done func() error, err error) {
 	gens := map[*diskNode]uint64{}
-	for _, path := range v.Disks() {
-		d := v.disks[path]
+	for _, d := range v.diskNodes() {
 		d.mu.Lock()
 		var e chunk.Entry
 		changed := d.delta.Changed()
@@ -110,17 +136,27 @@ func (v *View) CommitDisks(ctx context.Context, p chunk.Params, put Put) (entrie
 		}
 		d.mu.Unlock()
 		if err != nil {
-			return nil, nil, fmt.Errorf("commit %s: %w", path, err)
+			return nil, nil, fmt.Errorf("commit %s: %w", d.e.Path, err)
 		}
-		if changed {
-			entries = append(entries, e)
+		if !changed {
+			continue
+		}
+		entries = append(entries, e)
+		for _, n := range d.names {
+			l := *n
+			l.Size, l.Chunks, l.MTime = e.Size, slices.Clone(e.Chunks), e.MTime
+			entries = append(entries, l)
 		}
 	}
+	slices.SortFunc(entries, func(a, b chunk.Entry) int { return strings.Compare(a.Path, b.Path) })
 	done = func() error {
 		var errs []error
 		for d, gen := range gens {
 			d.mu.Lock()
-			errs = append(errs, d.delta.MarkCommitted(gen))
+			if err := d.delta.MarkCommitted(gen); err != nil {
+				d.flushFailed(err) // it flushes every handle's writes
+				errs = append(errs, err)
+			}
 			d.mu.Unlock()
 		}
 		return errors.Join(errs...)
@@ -128,11 +164,12 @@ func (v *View) CommitDisks(ctx context.Context, p chunk.Params, put Put) (entrie
 	return entries, done, nil
 }
 
-// commitEntry is the disk's entry as it reads now. Hold d.mu.
+// commitEntry is the disk's entry (its first name's) as it reads now,
+// with the modification time the view shows. Hold d.mu.
 func (d *diskNode) commitEntry(ctx context.Context, p chunk.Params, put Put) (chunk.Entry, error) {
 	e := *d.e
-	e.Chunks, e.Link = nil, "" // new chunks: no longer another name of a file it was linked to
-	e.MTime = time.Now().UnixNano()
+	e.Chunks = nil
+	e.MTime = d.mtime()
 	size := d.delta.Size()
 	e.Size = size
 	keep := func(from, to int64) bool {

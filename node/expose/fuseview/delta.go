@@ -20,7 +20,8 @@ const bitmapPage = 4096
 // Delta is the block-level copy-on-write layer of one disk-image file: a
 // sparse data file holding written blocks at their own offsets, a bitmap
 // of the blocks it holds, and a small meta record (the base it applies
-// to, the file's size, the write generation and the last committed one).
+// to, the file's size and times, the write generation and the last
+// committed one).
 //
 // Crash safety: the bitmap on disk never claims a block whose data was
 // not written. A write goes to the data file and sets the block's bit in
@@ -44,8 +45,15 @@ type deltaMeta struct {
 	Base      string `json:"base"`       // what it applies to: manifest id and path
 	Size      int64  `json:"size"`       // the file's size now
 	BaseLimit int64  `json:"base_limit"` // the base shows through only below this (after a shrink)
-	Gen       uint64 `json:"gen"`        // writes so far
+	Gen       uint64 `json:"gen"`        // changes (writes, resizes, times) so far
 	Committed uint64 `json:"committed"`  // Gen when last committed
+	// The file's times in nanoseconds since the epoch, 0 while never set
+	// (the base's then, and for a delta kept by an older version). Here
+	// rather than in the data file's own metadata: they are flushed with
+	// the size and bitmap they go with, and a ctime can be kept at all.
+	ATime int64 `json:"atime,omitempty"`
+	MTime int64 `json:"mtime,omitempty"`
+	CTime int64 `json:"ctime,omitempty"`
 }
 
 // OpenDelta opens (or makes) the delta in dir for a file of size bytes
@@ -189,6 +197,28 @@ func (d *Delta) Resize(size int64) error {
 	d.meta.Gen++
 	d.dirty = true
 	return nil
+}
+
+// Times are the file's access, modification and change times
+// (nanoseconds since the epoch); 0 for one never set: the base's.
+func (d *Delta) Times() (atime, mtime, ctime int64) {
+	return d.meta.ATime, d.meta.MTime, d.meta.CTime
+}
+
+// SetTimes records the file's times, each unless 0. It is a change (to
+// commit, and to flush) like a write.
+func (d *Delta) SetTimes(atime, mtime, ctime int64) {
+	if atime != 0 {
+		d.meta.ATime = atime
+	}
+	if mtime != 0 {
+		d.meta.MTime = mtime
+	}
+	if ctime != 0 {
+		d.meta.CTime = ctime
+	}
+	d.meta.Gen++
+	d.dirty = true
 }
 
 // Flush makes every earlier write durable: the data first, then the meta

@@ -2,10 +2,12 @@ package fuseview
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -15,10 +17,26 @@ import (
 
 // diskNode is a disk-image file of the view: writable, its writes kept
 // in a block-level Delta and its reads merging the delta over the layer.
+// Its entry is the first of its names; names are the others (hard links,
+// the same inode in the view), which a commit gives the same content.
 type diskNode struct {
 	fileNode
+	names []*chunk.Entry
 	mu    sync.RWMutex
 	delta *Delta
+
+	// Failed flushes, as Linux's errseq_t keeps them for a file: errGen
+	// counts them and lastErr is the latest one's errno. Each handle
+	// learns of a failure once, from its fsync (or close, if it wrote),
+	// because a flush makes every handle's writes durable, or fails to.
+	errGen  uint64
+	lastErr syscall.Errno
+}
+
+// diskHandle is one open file of a disk image.
+type diskHandle struct {
+	seen  uint64 // the node's errGen when this handle last learned of a failure, or opened
+	wrote bool   // it wrote or truncated: its close flushes and reports failures
 }
 
 var (
@@ -79,20 +97,46 @@ func newDiskNode(v *View, e *chunk.Entry) (*diskNode, error) {
 	return d, nil
 }
 
+// Getattr shows the layer's attributes with the delta's size and times
+// (the layer's times until the file is first written or touched).
 func (d *diskNode) Getattr(ctx context.Context, fh fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	d.fileNode.Getattr(ctx, fh, out)
 	d.mu.RLock()
 	out.Size = uint64(d.delta.Size())
 	out.Blocks += uint64(d.delta.Blocks() * (BlockSize / 512))
+	atime, mtime, ctime := d.delta.Times()
 	d.mu.RUnlock()
-	out.SetTimeout(0) // size and blocks change with writes
+	setTime(atime, &out.Atime, &out.Atimensec)
+	setTime(mtime, &out.Mtime, &out.Mtimensec)
+	setTime(ctime, &out.Ctime, &out.Ctimensec)
+	out.SetTimeout(0) // size, blocks and times change with writes
 	return 0
 }
 
+// setTime sets an attribute's time to ns (nanoseconds since the epoch)
+// unless ns is 0 (never set: the layer's stays).
+func setTime(ns int64, sec *uint64, nsec *uint32) {
+	if ns != 0 {
+		t := time.Unix(0, ns)
+		*sec, *nsec = uint64(t.Unix()), uint32(t.Nanosecond())
+	}
+}
+
+// mtime is the modification time the view shows. Hold d.mu.
+func (d *diskNode) mtime() int64 {
+	if _, m, _ := d.delta.Times(); m != 0 {
+		return m
+	}
+	return d.e.MTime
+}
+
 // Open allows writing; the kernel's cache stays valid across opens since
-// every write comes through this file system.
+// every write comes through this file system. The handle tells its close
+// and fsync which flush failures are its to hear of.
 func (d *diskNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return &diskHandle{seen: d.errGen}, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (d *diskNode) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -143,6 +187,9 @@ func (d *diskNode) Write(ctx context.Context, fh fusefs.FileHandle, data []byte,
 	if off < 0 || end > max(maxDiskSize, d.size()) {
 		return 0, syscall.EFBIG
 	}
+	if h, ok := fh.(*diskHandle); ok {
+		h.wrote = true // even if it fails: a resize may have happened
+	}
 	if end > d.delta.Size() {
 		if err := d.delta.Resize(end); err != nil {
 			return 0, d.fail("write", err)
@@ -165,16 +212,27 @@ func (d *diskNode) Write(ctx context.Context, fh fusefs.FileHandle, data []byte,
 	if err := d.delta.Write(first, buf); err != nil {
 		return 0, d.fail("write", err)
 	}
+	now := time.Now().UnixNano()
+	d.delta.SetTimes(0, now, now)
 	return uint32(len(data)), 0
 }
 
+// fail logs a failure of the delta and gives the errno to report: the
+// real one where the writer can act on it (qemu's werror=enospc pauses
+// the guest on ENOSPC, and resumes it once space is freed), EIO otherwise.
 func (d *diskNode) fail(op string, err error) syscall.Errno {
 	d.v.cfg.Log.Warn("fuse view: disk "+op+" failed", "path", d.e.Path, "err", err)
+	for _, e := range []syscall.Errno{syscall.ENOSPC, syscall.EDQUOT, syscall.EFBIG, syscall.EROFS} {
+		if errors.Is(err, e) {
+			return e
+		}
+	}
 	return syscall.EIO
 }
 
-// Setattr changes the size (truncate); times are kept from the layer, and
-// modes and owners cannot change.
+// Setattr changes the size (truncate) and the times, which it keeps in
+// the delta (durably at once: nothing else may flush them soon); modes
+// and owners cannot change.
 func (d *diskNode) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if _, ok := in.GetMode(); ok {
 		return syscall.EPERM
@@ -185,37 +243,94 @@ func (d *diskNode) Setattr(ctx context.Context, fh fusefs.FileHandle, in *fuse.S
 	if _, ok := in.GetGID(); ok {
 		return syscall.EPERM
 	}
-	if size, ok := in.GetSize(); ok {
-		if size > uint64(max(maxDiskSize, d.size())) {
-			return syscall.EFBIG
-		}
-		d.mu.Lock()
-		err := d.delta.Resize(int64(size))
-		d.mu.Unlock()
-		if err != nil {
-			return d.fail("truncate", err)
-		}
+	if errno := d.setattr(fh, in); errno != 0 {
+		return errno
 	}
 	return d.Getattr(ctx, fh, out)
 }
 
-// Fsync makes the writes so far durable.
-func (d *diskNode) Fsync(ctx context.Context, fh fusefs.FileHandle, flags uint32) syscall.Errno {
-	return d.flush()
-}
-
-// Flush (every close) makes the writes so far durable.
-func (d *diskNode) Flush(ctx context.Context, fh fusefs.FileHandle) syscall.Errno {
-	return d.flush()
-}
-
-func (d *diskNode) flush() syscall.Errno {
+func (d *diskNode) setattr(fh fusefs.FileHandle, in *fuse.SetAttrIn) syscall.Errno {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	now := time.Now().UnixNano()
+	if size, ok := in.GetSize(); ok {
+		if size > uint64(max(maxDiskSize, d.size())) {
+			return syscall.EFBIG
+		}
+		if h, ok := fh.(*diskHandle); ok {
+			h.wrote = true // ftruncate: its close makes it durable
+		}
+		if err := d.delta.Resize(int64(size)); err != nil {
+			return d.fail("truncate", err)
+		}
+		d.delta.SetTimes(0, now, now) // as truncate(2) does, whatever the size was
+	}
+	atime, setA := in.GetATime()
+	mtime, setM := in.GetMTime()
+	if !setA && !setM {
+		return 0
+	}
+	var a, m int64
+	if setA {
+		a = atime.UnixNano()
+	}
+	if setM {
+		m = mtime.UnixNano()
+	}
+	d.delta.SetTimes(a, m, now)
 	if err := d.delta.Flush(); err != nil {
-		return d.fail("flush", err)
+		return d.flushFailed(err)
 	}
 	return 0
+}
+
+// Fsync makes the file's writes so far durable, whoever made them, and
+// reports a failure to make them so since the handle last learned of
+// one: a failed flush may have lost this handle's writes even if this
+// one succeeds.
+func (d *diskNode) Fsync(ctx context.Context, fh fusefs.FileHandle, flags uint32) syscall.Errno {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.sync(fh)
+}
+
+// Flush (every close) of a handle that wrote is its Fsync, so a writer
+// that never calls fsync still learns at close that its writes may be
+// lost. A handle that did not write has nothing to make durable and
+// no failure to hear of: another writer's is that writer's to report.
+func (d *diskNode) Flush(ctx context.Context, fh fusefs.FileHandle) syscall.Errno {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if h, ok := fh.(*diskHandle); ok && !h.wrote {
+		return 0
+	}
+	return d.sync(fh)
+}
+
+// sync flushes the delta and reports what handle fh has not yet learned
+// of. Hold d.mu.
+func (d *diskNode) sync(fh fusefs.FileHandle) syscall.Errno {
+	var errno syscall.Errno
+	if err := d.delta.Flush(); err != nil {
+		errno = d.flushFailed(err)
+	}
+	h, ok := fh.(*diskHandle)
+	if !ok {
+		return errno
+	}
+	if h.seen != d.errGen {
+		h.seen = d.errGen
+		return d.lastErr
+	}
+	return 0
+}
+
+// flushFailed records a failed flush of the delta for every handle open
+// now, and gives its errno. Hold d.mu.
+func (d *diskNode) flushFailed(err error) syscall.Errno {
+	d.lastErr = d.fail("flush", err)
+	d.errGen++
+	return d.lastErr
 }
 
 // Lseek answers SEEK_DATA and SEEK_HOLE: a block of the delta is data,
