@@ -37,6 +37,9 @@ func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation
 	if e.Mode == api.ModeFUSE && r.lazy(ctx, a) {
 		m, err := r.lazyManifest(ctx, a)
 		if err == nil {
+			if err := r.pathsAllowed(a); err != nil { // again: its parents may have changed since
+				return nil, err
+			}
 			if err := r.exposeVersion(ctx, e, m); err != nil {
 				return nil, err
 			}
@@ -54,6 +57,9 @@ func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation
 		}
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := r.pathsAllowed(a); err != nil { // again, just before: the fetch took a while, and its parents may have changed
 		return nil, err
 	}
 	if err := r.exposeVersion(ctx, e, m); err != nil {

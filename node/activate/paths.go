@@ -53,6 +53,71 @@ func (r *Reconciler) pathsAllowed(a gossip.Activation) error {
 	return nil
 }
 
+// exposurePath is where activation a shows its layer here: --at under
+// --root. An exposure is mounted without following a symlink (a path
+// swapped for one after it was checked must not move the mount
+// elsewhere), so symlinks in --root, and in an --at an operator signed,
+// are resolved here; any other --at holding one is refused (ownedHere).
+func (r *Reconciler) exposurePath(a gossip.Activation) string {
+	signer, _ := peer.Decode(a.Signer)
+	if r.cfg.Cluster != nil && r.cfg.Cluster.IsOperator(signer) {
+		return resolveExisting(filepath.Join(r.cfg.Root, a.At))
+	}
+	return filepath.Join(resolveExisting(r.cfg.Root), filepath.Clean("/"+a.At))
+}
+
+// resolveExisting is p with the symlinks of its longest existing part
+// resolved.
+func resolveExisting(p string) string {
+	p = filepath.Clean(p)
+	rest := ""
+	for q := p; ; q = filepath.Dir(q) {
+		if real, err := filepath.EvalSymlinks(q); err == nil {
+			return filepath.Join(real, rest)
+		}
+		if q == filepath.Dir(q) {
+			return p
+		}
+		rest = filepath.Join(filepath.Base(q), rest)
+	}
+}
+
+// pathFree refuses to expose layer at path where another layer is exposed
+// here, or above or below one: mounting over it would hide it (and
+// deactivating either would then take the other's mounts away), and the
+// daemon's data directory, whose files the daemon opens by path.
+func (r *Reconciler) pathFree(layer, path string) error {
+	overlap := func(a, b string) bool {
+		return a == b || strings.HasPrefix(a, b+"/") || strings.HasPrefix(b, a+"/") || b == "/" || a == "/"
+	}
+	if data, err := filepath.Abs(r.cfg.Exposer.DataDir()); err == nil && r.cfg.Exposer.DataDir() != "" {
+		data = resolveExisting(data)
+		// Below the data directory only within --root, if that lies there
+		// (a testnet's nodes do): the daemon's own files are elsewhere.
+		rootTop := topBelow(data, resolveExisting(r.cfg.Root))
+		if overlap(path, data) && (rootTop == "" || topBelow(data, path) != rootTop) {
+			return fmt.Errorf("%w: %s overlaps this host's data directory %s", ErrPathRefused, path, data)
+		}
+	}
+	for other, o := range r.local {
+		if other != layer && o.Exposed && o.Path != "" && overlap(path, o.Path) {
+			return fmt.Errorf("%w: %s overlaps %s, where %s is exposed here: deactivate it first, or choose another path", ErrPathRefused, path, o.Path, other)
+		}
+	}
+	return nil
+}
+
+// topBelow is the first component of p below dir ("" when p is not below
+// dir).
+func topBelow(dir, p string) string {
+	rel, err := filepath.Rel(dir, p)
+	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+		return ""
+	}
+	top, _, _ := strings.Cut(rel, "/")
+	return top
+}
+
 // under reports whether p is one of the prefixes or below one; no
 // prefixes allows everything.
 func under(p string, prefixes []string) bool {

@@ -2,9 +2,9 @@ package activate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -121,6 +121,8 @@ type Reconciler struct {
 	states     map[string]gossip.HostState // this host's, by layer
 	background map[string]bool             // layers being fetched behind a lazy exposure
 	traces     tracer
+
+	local map[string]*record // the records, by layer: the reconciler goroutine's only
 }
 
 // New returns the reconciler; it starts nothing.
@@ -209,6 +211,7 @@ func (r *Reconciler) reconcile(ctx context.Context, local map[string]*record) {
 			want[a.Layer] = a
 		}
 	}
+	r.local = local
 	for layer, a := range want {
 		if ctx.Err() != nil {
 			return
@@ -230,6 +233,14 @@ func (r *Reconciler) reconcile(ctx context.Context, local map[string]*record) {
 	}
 	for layer, e := range local {
 		if _, ok := want[layer]; !ok && ctx.Err() == nil {
+			if e.State == api.StateDeactivating {
+				// A deactivation the last run did not finish (killed
+				// midway), whose request has not come back yet (a host
+				// alone has none): finished from the record, keeping any
+				// local writes it finds, whatever the request said.
+				r.deactivate(ctx, e, gossip.Activation{Layer: layer, CID: e.CID, Time: e.Time, Op: api.OpDeactivate})
+				continue
+			}
 			r.exposeAgain(ctx, e)
 		}
 	}
@@ -303,16 +314,25 @@ func (r *Reconciler) deactivate(ctx context.Context, e *record, a gossip.Activat
 	if e.Time == a.Time && e.State == api.StateInactive {
 		return
 	}
+	if r.stillRefused(ctx, e, a) {
+		return
+	}
 	if e.Time == a.Time && e.State == api.StateFailed && time.Since(e.Failed) < retryAfter {
 		return
 	}
 	exposedNow := e.Exposed
-	if exposedNow && a.Op != api.OpDeactivateDiscard {
+	discard := a.Op == api.OpDeactivateDiscard
+	if exposedNow && !discard {
 		if n, size := r.cfg.Exposer.Changes(&e.Exposure, e.Layer); n > 0 {
-			e.Time = a.Time
-			r.keepExposed(ctx, e)
-			r.report(e, api.StateFailed, fmt.Sprintf("deactivation refused: %d path(s), %d bytes changed locally at %s (kept in %s and %s): commit them (p2pimg commit --activation %s NEW:TAG), or deactivate with --discard-changes",
+			r.refuse(ctx, e, a, fmt.Sprintf("deactivation refused: %d path(s), %d bytes changed locally at %s (kept in %s and %s): commit them (p2pimg commit --activation %s NEW:TAG), or deactivate with --discard-changes",
 				n, size, e.Path, r.cfg.Exposer.UpperDir(e.Layer), r.cfg.Exposer.DeltaDir(e.Layer), e.Layer))
+			return
+		}
+		// Taking the view down detaches what is still in use; what a
+		// process writes there afterwards would go with it.
+		if w := expose.Writers(e.Path, 3); len(w) > 0 && e.Path != "" {
+			r.refuse(ctx, e, a, fmt.Sprintf("deactivation refused: %s is open for writing (%s): what they write after it is taken down would be lost; stop them, or deactivate with --discard-changes",
+				e.Path, strings.Join(w, "; ")))
 			return
 		}
 	}
@@ -325,7 +345,12 @@ func (r *Reconciler) deactivate(ctx context.Context, e *record, a gossip.Activat
 		return
 	}
 	if exposedNow && e.Path != "" {
-		if err := r.cfg.Exposer.Unexpose(&e.Exposure, e.Layer); err != nil {
+		if err := r.cfg.Exposer.Unexpose(&e.Exposure, e.Layer, discard); err != nil {
+			if errors.Is(err, expose.ErrWrittenMeanwhile) {
+				r.refuse(ctx, e, a, fmt.Sprintf("deactivation refused: %v, in %s and %s: commit them (p2pimg commit --activation %s NEW:TAG), or deactivate with --discard-changes",
+					err, r.cfg.Exposer.UpperDir(e.Layer), r.cfg.Exposer.DeltaDir(e.Layer), e.Layer))
+				return
+			}
 			r.fail(e, err)
 			return
 		}
@@ -341,11 +366,41 @@ func (r *Reconciler) deactivate(ctx context.Context, e *record, a gossip.Activat
 	r.cfg.Log.Info("layer deactivated", "layer", e.Layer)
 }
 
+// refuse reports that activation a was refused because it would have lost
+// local writes; the exposure stays in use (mounted again if it died), and
+// a is not tried again: the operator asks again (a new activation) once
+// the writes are committed, or with --discard-changes.
+func (r *Reconciler) refuse(ctx context.Context, e *record, a gossip.Activation, detail string) {
+	e.Time = a.Time
+	r.keepExposed(ctx, e)
+	r.report(e, api.StateFailed, detail)
+}
+
+// stillRefused reports whether a was refused already (refuse), keeping
+// the exposure in use: a refusal stands until the operator asks again,
+// so that a change refused for local writes does not go ahead by itself
+// later, say once a commit made the writes count as kept, under a process
+// still writing.
+func (r *Reconciler) stillRefused(ctx context.Context, e *record, a gossip.Activation) bool {
+	if e.Time != a.Time || e.State != api.StateFailed || !e.Kept {
+		return false
+	}
+	if e.Exposed && !r.cfg.Exposer.Live(&e.Exposure) { // it died with the last run
+		detail := e.Detail
+		r.keepExposed(ctx, e)
+		r.report(e, api.StateFailed, detail)
+	}
+	return true
+}
+
 // activate moves one layer toward what activation a asks of this host:
 // policy first, then a seat for a licensed layer, then fetch, expose, map.
 func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activation) {
-	path := filepath.Join(r.cfg.Root, a.At)
+	path := r.exposurePath(a)
 	lost := e.State == api.StateActive && e.Exposed && !r.cfg.Exposer.Live(&e.Exposure) // e.g. after a reboot or a restart
+	if r.stillRefused(ctx, e, a) {
+		return
+	}
 	product := r.layerProduct(ctx, a)
 	seated := product == "" || r.cfg.Seats.HoldsSeat(product, seatConsumer(a.Layer))
 	if e.Time == a.Time && !lost && seated && (e.State == api.StateActive || (e.State == api.StateFailed && time.Since(e.Failed) < retryAfter)) {
@@ -354,8 +409,12 @@ func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activatio
 	if r.refusedByPolicy(ctx, e, a) {
 		return
 	}
-	if err := r.pathsAllowed(a); err != nil {
-		if e.State != api.StateFailed || e.Time != a.Time {
+	err := r.pathsAllowed(a)
+	if err == nil {
+		err = r.pathFree(a.Layer, path)
+	}
+	if err != nil {
+		if e.State != api.StateFailed || e.Time != a.Time || e.Detail != err.Error() {
 			e.Time, e.CID = a.Time, a.CID
 			r.report(e, api.StateFailed, err.Error())
 		}
@@ -392,7 +451,12 @@ func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activatio
 	}
 	if e.Exposed && e.Path != "" && (e.Path != path || (e.Mode != "" && e.Mode != mode)) {
 		// moved, or exposed another way: undo the old exposure first
-		if err := r.cfg.Exposer.Unexpose(&e.Exposure, e.Layer); err != nil {
+		if err := r.cfg.Exposer.Unexpose(&e.Exposure, e.Layer, false); err != nil {
+			if errors.Is(err, expose.ErrWrittenMeanwhile) {
+				r.refuse(ctx, e, a, fmt.Sprintf("activation refused: %v, in %s and %s: keep them with p2pimg commit --activation %s NEW:TAG, or deactivate with --discard-changes first",
+					err, r.cfg.Exposer.UpperDir(e.Layer), r.cfg.Exposer.DeltaDir(e.Layer), e.Layer))
+				return
+			}
 			r.fail(e, err)
 			return
 		}
@@ -443,9 +507,7 @@ func (r *Reconciler) wouldLoseChanges(ctx context.Context, e *record, a gossip.A
 	if n == 0 {
 		return false
 	}
-	e.Time = a.Time
-	r.keepExposed(ctx, e)
-	r.report(e, api.StateFailed, r.refusal(e, n, size, why))
+	r.refuse(ctx, e, a, r.refusal(e, n, size, why))
 	return true
 }
 

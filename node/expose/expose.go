@@ -91,6 +91,9 @@ type Exposure struct {
 	// Disks are the disk images bound writable from the view over the
 	// overlay (their writes go to block-level deltas).
 	Disks []string `json:"disks,omitempty"`
+	// Checkout (materialized mode) is the manifest checked out at Path,
+	// which its files are compared with for local changes.
+	Checkout string `json:"checkout,omitempty"`
 }
 
 // Held is one layer version this host exposes, or is bringing up or
@@ -134,6 +137,7 @@ func (x *Exposer) Expose(ctx context.Context, e *Exposure, layer, cidStr string,
 		os.RemoveAll(tmp)
 		return fmt.Errorf("expose %s: %w", layer, err)
 	}
+	e.Checkout = cidStr
 	_, err := os.Lstat(e.Path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -161,17 +165,29 @@ func (x *Exposer) Expose(ctx context.Context, e *Exposure, layer, cidStr string,
 	return nil
 }
 
-// Unexpose puts back what was at the path before the layer.
-func (x *Exposer) Unexpose(e *Exposure, layer string) error {
+// DataDir is the daemon's data directory, where views and writes live.
+func (x *Exposer) DataDir() string { return x.cfg.DataDir }
+
+// ErrWrittenMeanwhile: an exposure was written into after its changes
+// were looked at and before it was taken down. Unexpose then keeps the
+// writes, and the exposure stays recorded as exposed: the caller mounts it
+// again (it is not Live) and refuses what it was doing.
+var ErrWrittenMeanwhile = errors.New("written into while it was being taken down")
+
+// Unexpose puts back what was at the path before the layer. Unless
+// discard, the writes of an overlaid exposure are dropped only if there
+// are none once it is unmounted (the caller looked before, but a process
+// may have written since): else ErrWrittenMeanwhile.
+func (x *Exposer) Unexpose(e *Exposure, layer string, discard bool) error {
 	if e.Mode == api.ModeFUSE {
-		if err := x.unmountFUSE(e, layer); err != nil {
+		if err := x.unmountFUSE(e, layer, discard); err != nil {
 			return err
 		}
 		e.Exposed = false
 		return nil
 	}
 	if e.Mode == api.ModeOverlay {
-		if err := x.unmountOverlay(e, layer); err != nil {
+		if err := x.unmountOverlay(e, layer, discard); err != nil {
 			return err
 		}
 		e.Exposed = false

@@ -148,9 +148,10 @@ func (x *Exposer) releaseLocked(cidStr, layer string) {
 }
 
 // unmountFUSE takes the overlay and its writes off e.Path, then the view
-// if no other layer stands on it.
-func (x *Exposer) unmountFUSE(e *Exposure, layer string) error {
-	if err := x.unmountOverlay(e, layer); err != nil {
+// if no other layer stands on it. Unless discard, writes found once the
+// overlay is unmounted are kept, and so is the view (ErrWrittenMeanwhile).
+func (x *Exposer) unmountFUSE(e *Exposure, layer string, discard bool) error {
+	if err := x.unmountOverlay(e, layer, discard); err != nil {
 		return err
 	}
 	x.mu.Lock()

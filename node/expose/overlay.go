@@ -185,11 +185,49 @@ func (x *Exposer) overlayOn(e *Exposure, layer, lower string, locked []string, k
 			return err
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s:%s,upperdir=%s,workdir=%s", lower, e.Path, filepath.Join(work, "upper"), filepath.Join(work, "work"))
-	if err := unix.Mount("overlay", e.Path, "overlay", 0, opts); err != nil {
+	// The path is opened without following a symlink, and the overlay
+	// mounted on what was opened, with it as its lower layer too: a path
+	// swapped for a symlink after it was checked (by whoever may write in
+	// its parent) cannot move the mount elsewhere, and no character of the
+	// path (',' say) is read as an option.
+	dir, err := unix.Openat2(unix.AT_FDCWD, e.Path, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS})
+	if err != nil {
+		return fmt.Errorf("open %s without following symlinks: %w", e.Path, err)
+	}
+	defer unix.Close(dir)
+	at := fmt.Sprintf("/proc/self/fd/%d", dir)
+	opts := fmt.Sprintf("lowerdir=%s:%s,upperdir=%s,workdir=%s", lower, at, filepath.Join(work, "upper"), filepath.Join(work, "work"))
+	if err := unix.Mount("overlay", at, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mount overlay at %s: %w", e.Path, err)
 	}
 	e.Exposed = true
+	if err := bindDisks(e, lower, disks); err != nil {
+		unmountAt(e) // not left half made
+		return err
+	}
+	if err := lockPaths(e, locked); err != nil { // after the disks: a locked disk image is bound read-only over its bind
+		unmountAt(e)
+		return err
+	}
+	return nil
+}
+
+// bindDisks binds the disk images (paths in lower) over the overlay at
+// e.Path, writable. The overlay must be what e.Path leads to, without a
+// symlink on the way.
+func bindDisks(e *Exposure, lower string, disks []string) error {
+	if len(disks) == 0 {
+		return nil
+	}
+	top, err := unix.Openat2(unix.AT_FDCWD, e.Path, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS})
+	if err != nil {
+		return fmt.Errorf("open %s without following symlinks: %w", e.Path, err)
+	}
+	defer unix.Close(top)
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(top, &sfs); err != nil || sfs.Type != unix.OVERLAYFS_SUPER_MAGIC {
+		return fmt.Errorf("%s is no longer the overlay just mounted there", e.Path)
+	}
 	for _, d := range disks {
 		p := filepath.Join(e.Path, filepath.FromSlash(d))
 		if err := unix.Mount(filepath.Join(lower, filepath.FromSlash(d)), p, "", unix.MS_BIND, ""); err != nil {
@@ -197,7 +235,7 @@ func (x *Exposer) overlayOn(e *Exposure, layer, lower string, locked []string, k
 		}
 		e.Disks = append(e.Disks, p)
 	}
-	return lockPaths(e, locked) // after the disks: a locked disk image is bound read-only over its bind
+	return nil
 }
 
 // lockPaths makes the paths the layer policy locks read-only in the
@@ -226,10 +264,16 @@ func (x *Exposer) UpperDir(layer string) string {
 }
 
 // unmountOverlay removes the overlay and its writes; the path shows its
-// old contents again.
-func (x *Exposer) unmountOverlay(e *Exposure, layer string) error {
+// old contents again. Unless discard, writes found once it is unmounted
+// are kept (ErrWrittenMeanwhile).
+func (x *Exposer) unmountOverlay(e *Exposure, layer string, discard bool) error {
 	if err := unmountAt(e); err != nil {
 		return err
+	}
+	if !discard {
+		if n, size := x.Changes(e, layer); n > 0 {
+			return fmt.Errorf("%s: %w: %d path(s), %d bytes, kept", e.Path, ErrWrittenMeanwhile, n, size)
+		}
 	}
 	os.RemoveAll(filepath.Dir(x.UpperDir(layer)))
 	e.Lower = ""
@@ -240,23 +284,24 @@ func (x *Exposer) unmountOverlay(e *Exposure, layer string) error {
 	return nil
 }
 
-// unmountAt takes the locked binds and the overlay off e.Path.
+// unmountAt takes the locked binds and the overlay off e.Path, never
+// through a symlink (one swapped in would lead elsewhere).
 func unmountAt(e *Exposure) error {
 	for i := len(e.Locked) - 1; i >= 0; i-- {
-		if err := unix.Unmount(e.Locked[i], 0); err != nil {
-			unix.Unmount(e.Locked[i], unix.MNT_DETACH)
+		if err := unix.Unmount(e.Locked[i], unix.UMOUNT_NOFOLLOW); err != nil {
+			unix.Unmount(e.Locked[i], unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
 		}
 	}
 	e.Locked = nil
 	for i := len(e.Disks) - 1; i >= 0; i-- {
-		if err := unix.Unmount(e.Disks[i], 0); err != nil {
-			unix.Unmount(e.Disks[i], unix.MNT_DETACH)
+		if err := unix.Unmount(e.Disks[i], unix.UMOUNT_NOFOLLOW); err != nil {
+			unix.Unmount(e.Disks[i], unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
 		}
 	}
 	e.Disks = nil
 	if Mounted(e.Path) {
-		if err := unix.Unmount(e.Path, 0); err != nil {
-			if err := unix.Unmount(e.Path, unix.MNT_DETACH); err != nil {
+		if err := unix.Unmount(e.Path, unix.UMOUNT_NOFOLLOW); err != nil {
+			if err := unix.Unmount(e.Path, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil {
 				return fmt.Errorf("unmount %s: %w", e.Path, err)
 			}
 		}
@@ -267,9 +312,13 @@ func unmountAt(e *Exposure) error {
 // Changes counts what was written into an overlaid view and not
 // committed: the entries of its upper directory (whiteouts included)
 // unless it is as it was at its last commit, and the disk images written
-// since their last commit; and their bytes (a disk's: its delta's). 0 for
-// other modes, or when nothing was written.
+// since their last commit; and their bytes (a disk's: its delta's). For a
+// materialised view: the paths that differ from the checkout
+// (checkoutChanges). 0 when nothing was written.
 func (x *Exposer) Changes(e *Exposure, layer string) (paths int, bytes int64) {
+	if e.Mode == api.ModeMaterialized && e.Exposed {
+		return x.checkoutChanges(e)
+	}
 	if !e.Mode.Overlaid() {
 		return 0, 0
 	}
