@@ -242,6 +242,7 @@ func (r *Reconciler) reconcile(ctx context.Context, local map[string]*record) {
 				continue
 			}
 			r.exposeAgain(ctx, e)
+			r.noteChanges(e) // status shows local writes before the activation comes back too
 		}
 	}
 }
