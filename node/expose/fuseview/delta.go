@@ -8,6 +8,8 @@ import (
 	"math/bits"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // BlockSize is the unit of a disk image's copy-on-write delta: a write
@@ -163,6 +165,30 @@ func (d *Delta) Write(first int64, p []byte) error {
 		return fmt.Errorf("delta %s: %w", d.dir, err)
 	}
 	for b := first; b < first+int64(len(p))/BlockSize; b++ {
+		d.set(b, true)
+	}
+	d.meta.Gen++
+	d.dirty = true
+	return nil
+}
+
+// Zero makes blocks first..last-1 read as zeros: held, with a hole in
+// the data file where they were (no disk for them), or zeros written
+// where the file system cannot punch holes.
+func (d *Delta) Zero(first, last int64) error {
+	if last <= first {
+		return nil
+	}
+	off, n := first*BlockSize, (last-first)*BlockSize
+	if err := unix.Fallocate(int(d.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n); err != nil {
+		zeros := make([]byte, min(n, 1<<20))
+		for pos := off; pos < off+n; pos += int64(len(zeros)) {
+			if _, err := d.data.WriteAt(zeros[:min(int64(len(zeros)), off+n-pos)], pos); err != nil {
+				return fmt.Errorf("delta %s: %w", d.dir, err)
+			}
+		}
+	}
+	for b := first; b < last; b++ {
 		d.set(b, true)
 	}
 	d.meta.Gen++

@@ -11,6 +11,7 @@ import (
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/p2pimg/p2pimg/chunk"
 )
@@ -44,6 +45,7 @@ var (
 	_ fusefs.NodeSetattrer = (*diskNode)(nil)
 	_ fusefs.NodeFsyncer   = (*diskNode)(nil)
 	_ fusefs.NodeFlusher   = (*diskNode)(nil)
+	_ fusefs.NodeAllocater = (*diskNode)(nil)
 )
 
 // maxDiskSize bounds how far a disk image may grow through the view (its
@@ -215,6 +217,76 @@ func (d *diskNode) Write(ctx context.Context, fh fusefs.FileHandle, data []byte,
 	now := time.Now().UnixNano()
 	d.delta.SetTimes(0, now, now)
 	return uint32(len(data)), 0
+}
+
+// Allocate answers fallocate(2) for what a guest's disk asks of its
+// image: a discard (punch hole, keeping the size) and write-zeroes (zero
+// range) make the range read as zeros, whole blocks as holes in the delta
+// (a discard gives its disk back), partial ones written; a zero range
+// without KEEP_SIZE may grow the file. Reserving space (mode 0, or
+// KEEP_SIZE alone) is not supported: the delta holds only what is written,
+// and claiming the reservation would be a lie (EOPNOTSUPP; callers fall
+// back to writing).
+func (d *diskNode) Allocate(ctx context.Context, fh fusefs.FileHandle, off, size uint64, mode uint32) syscall.Errno {
+	const punch = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
+	keep := mode&unix.FALLOC_FL_KEEP_SIZE != 0
+	switch mode {
+	case punch, unix.FALLOC_FL_ZERO_RANGE, unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE:
+	default:
+		return syscall.EOPNOTSUPP
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	start, end := int64(off), int64(off)+int64(size)
+	if start < 0 || end < start || end > max(maxDiskSize, d.size()) {
+		return syscall.EFBIG
+	}
+	if h, ok := fh.(*diskHandle); ok {
+		h.wrote = true
+	}
+	if !keep && end > d.delta.Size() {
+		if err := d.delta.Resize(end); err != nil {
+			return d.fail("fallocate", err)
+		}
+	}
+	end = min(end, d.delta.Size())
+	if start >= end {
+		return 0
+	}
+	first, last := (start+BlockSize-1)/BlockSize, end/BlockSize // the whole blocks
+	// Only the first and the last block can be partly covered.
+	for i, b := range []int64{start / BlockSize, (end - 1) / BlockSize} {
+		lo, hi := max(start, b*BlockSize), min(end, (b+1)*BlockSize)
+		if (i == 1 && b == start/BlockSize) || hi-lo == BlockSize {
+			continue
+		}
+		if errno := d.zeroPart(ctx, lo, hi); errno != 0 {
+			return errno
+		}
+	}
+	if first < last {
+		if err := d.delta.Zero(first, last); err != nil {
+			return d.fail("fallocate", err)
+		}
+	}
+	now := time.Now().UnixNano()
+	d.delta.SetTimes(0, now, now)
+	return 0
+}
+
+// zeroPart writes zeros over [from, to), which lies within one block.
+// Hold d.mu.
+func (d *diskNode) zeroPart(ctx context.Context, from, to int64) syscall.Errno {
+	b := from / BlockSize
+	buf := make([]byte, BlockSize)
+	if err := d.readMerged(ctx, buf, b*BlockSize); err != nil {
+		return d.fail("fallocate", err)
+	}
+	clear(buf[from-b*BlockSize : to-b*BlockSize])
+	if err := d.delta.Write(b, buf); err != nil {
+		return d.fail("fallocate", err)
+	}
+	return 0
 }
 
 // fail logs a failure of the delta and gives the errno to report: the
