@@ -1,11 +1,14 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/p2pimg/p2pimg/chunk/badgerstore"
 )
 
 // TestDeactivationRefusedWhileWritten: a deactivation is refused while a
@@ -155,6 +158,79 @@ func TestMaterializedChangesRefused(t *testing.T) {
 	if fileExists(conf) {
 		t.Fatal("the view is still there after deactivating with --discard-changes")
 	}
+	if err := a.Stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDeactivationResumedAfterRestart: a deactivation the daemon did not
+// finish (its record says deactivating: it was killed midway) is finished
+// after a restart on a host alone, whose catalogue no longer holds the
+// request; with local writes it is refused instead, the view kept.
+func TestDeactivationResumedAfterRestart(t *testing.T) {
+	t.Parallel()
+	data, root := t.TempDir(), t.TempDir()
+	needFUSE(t, data, root)
+	tree := t.TempDir()
+	writeTree(t, tree)
+	a := startDaemon(t, data, "--root", root, "--expose", "fuse", "--announce-interval", "200ms")
+	mustCLI(t, a, "add", "app:1", tree)
+	mustCLI(t, a, "add", "app2:1", tree)
+	mustCLI(t, a, "activate", "app:1", "--at", "/opt/app", "--hosts", "self", "--wait")
+	mustCLI(t, a, "activate", "app2:1", "--at", "/opt/app2", "--hosts", "self", "--wait")
+	if err := os.WriteFile(filepath.Join(root, "opt", "app2", "mine.txt"), []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// What a kill midway leaves: the records say deactivating.
+	db, err := badgerstore.Open(filepath.Join(data, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, layer := range []string{"app:1", "app2:1"} {
+		recs, err := db.Records("act/" + layer)
+		if err != nil || len(recs) != 1 {
+			t.Fatalf("the record of %s: %d, %v", layer, len(recs), err)
+		}
+		for k, v := range recs {
+			var rec map[string]any
+			if err := json.Unmarshal(v, &rec); err != nil {
+				t.Fatal(err)
+			}
+			rec["state"] = "deactivating"
+			b, _ := json.Marshal(rec)
+			if err := db.PutRecord(k, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a = startDaemon(t, data, "--root", root, "--expose", "fuse", "--announce-interval", "200ms")
+	defer func() {
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", a.LogTail())
+		}
+	}()
+	waitFor(t, "app:1's deactivation finished after the restart", func() bool {
+		out, _, _ := cli(t, a, "status", "--layer", "app:1")
+		return strings.Contains(out, "inactive")
+	})
+	if fileExists(filepath.Join(root, "opt", "app", "README")) {
+		t.Fatal("app:1 still shows after its deactivation finished")
+	}
+	waitFor(t, "app2:1's deactivation refused for its local write", func() bool {
+		out, _, _ := cli(t, a, "status", "--layer", "app2:1")
+		return strings.Contains(out, "deactivation refused")
+	})
+	waitFor(t, "app2:1 mounted again with the write", func() bool {
+		got, err := os.ReadFile(filepath.Join(root, "opt", "app2", "mine.txt"))
+		return err == nil && string(got) == "mine" && fileExists(filepath.Join(root, "opt", "app2", "README"))
+	})
+	mustCLI(t, a, "deactivate", "app2:1", "--hosts", "self", "--discard-changes", "--wait", "--timeout", "20s")
 	if err := a.Stop(); err != nil {
 		t.Fatal(err)
 	}
