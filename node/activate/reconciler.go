@@ -398,6 +398,11 @@ func (r *Reconciler) stillRefused(ctx context.Context, e *record, a gossip.Activ
 // policy first, then a seat for a licensed layer, then fetch, expose, map.
 func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activation) {
 	path := r.exposurePath(a)
+	if e.Exposed && e.Path != path && resolveExisting(e.Path) == path {
+		// Recorded before paths were resolved: the same place, not a move
+		// (the mounts there show the resolved path).
+		e.Path = path
+	}
 	lost := e.State == api.StateActive && e.Exposed && !r.cfg.Exposer.Live(&e.Exposure) // e.g. after a reboot or a restart
 	if r.stillRefused(ctx, e, a) {
 		return
