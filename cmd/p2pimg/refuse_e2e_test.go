@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/p2pimg/p2pimg/chunk/badgerstore"
 )
 
@@ -35,11 +37,41 @@ func TestDeactivationRefusedWhileWritten(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	out, errOut, code := cli(t, a, "deactivate", "vm:1", "--hosts", "self", "--wait", "--timeout", "20s")
 	status := mustCLI(t, a, "status")
+	defer func() { f.Close() }()
 	if code == 0 || !strings.Contains(status, "open for writing") || !strings.Contains(status, "disk.raw") {
 		t.Fatalf("deactivation with the disk open for writing: exit %d, %q %q; status %q", code, out, errOut, status)
+	}
+	// Another way to the same file (a bind elsewhere, as a VM manager
+	// might make): found by its device, not its path.
+	other := filepath.Join(t.TempDir(), "vm.raw")
+	if err := os.WriteFile(other, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(disk, other, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	g, err := os.OpenFile(other, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Unmount(other, unix.MNT_DETACH); err != nil { // the open file keeps it
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f = g
+	_, errOut, code = cli(t, a, "deactivate", "vm:1", "--hosts", "self", "--wait", "--timeout", "20s")
+	if status := mustCLI(t, a, "status"); code == 0 || !strings.Contains(status, "open for writing") {
+		t.Fatalf("deactivation with the disk open for writing through a bind elsewhere: exit %d, %q; status %q", code, errOut, status)
+	}
+	// A version switch under the writer is refused too.
+	mustCLI(t, a, "add", "vm:1", refImage(t, 4<<20, 22), "--chunking", "fixed", "--chunk-size", "64K")
+	_, errOut, code = cli(t, a, "activate", "vm:1", "--at", "/vm", "--hosts", "self", "--wait", "--timeout", "20s")
+	if status := mustCLI(t, a, "status"); code == 0 || !strings.Contains(status+errOut, "activation refused") || !strings.Contains(status+errOut, "open for writing") {
+		t.Fatalf("a version switch with the disk open for writing: exit %d, %q; status %q", code, errOut, status)
 	}
 	// Written now, then committed: the refusal must not go ahead by itself.
 	if _, err := f.WriteAt([]byte("kept"), 4096); err != nil {
@@ -102,6 +134,15 @@ func TestActivationPathsExclusive(t *testing.T) {
 	if !fileExists(filepath.Join(root, "srv", "one", "README")) {
 		t.Fatal("one:1 no longer shows after two:1's refused activation was withdrawn")
 	}
+	// Maps: not onto another layer's map or exposure.
+	mustCLI(t, a, "deactivate", "one:1", "--hosts", "self", "--wait", "--timeout", "20s")
+	mustCLI(t, a, "activate", "one:1", "--at", "/srv/one", "--hosts", "self", "--map", "/etc/app.conf=etc/app.conf", "--wait")
+	for _, m := range []string{"/etc/app.conf=README", "/srv/one/README=README"} {
+		_, errOut, code := cli(t, a, "activate", "two:1", "--at", "/srv/two", "--hosts", "self", "--map", m, "--wait", "--timeout", "20s")
+		if status := mustCLI(t, a, "status"); code == 0 || !strings.Contains(status+errOut, "where one:1 is exposed or mapped") {
+			t.Fatalf("two:1 mapping %s: exit %d, %q; status %q", m, code, errOut, status)
+		}
+	}
 	// The data directory: only reachable when it lies under the root.
 	dataUnder := filepath.Join(root, "var", "p2pimg")
 	if err := os.MkdirAll(dataUnder, 0o755); err != nil {
@@ -112,6 +153,10 @@ func TestActivationPathsExclusive(t *testing.T) {
 	_, errOut, code := cli(t, b, "activate", "three:1", "--at", "/var", "--hosts", "self", "--wait", "--timeout", "20s")
 	if status := mustCLI(t, b, "status"); code == 0 || !strings.Contains(status+errOut, "data directory") {
 		t.Fatalf("an activation over the data directory: exit %d, %q; status %q", code, errOut, status)
+	}
+	_, errOut, code = cli(t, b, "activate", "three:1", "--at", "/srv/three", "--map", "/var/p2pimg/identity.key=README", "--hosts", "self", "--wait", "--timeout", "20s")
+	if status := mustCLI(t, b, "status"); code == 0 || !strings.Contains(status+errOut, "data directory") {
+		t.Fatalf("a map over the data directory: exit %d, %q; status %q", code, errOut, status)
 	}
 	for _, d := range []interface{ Stop() error }{a, b} {
 		if err := d.Stop(); err != nil {
@@ -158,6 +203,23 @@ func TestMaterializedChangesRefused(t *testing.T) {
 	if fileExists(conf) {
 		t.Fatal("the view is still there after deactivating with --discard-changes")
 	}
+	// A write that puts size and time back (cp -p, tar) is seen too.
+	mustCLI(t, a, "activate", "app:1", "--at", "/opt/app", "--hosts", "self", "--wait")
+	fi, err := os.Stat(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte("port=82\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(conf, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code = cli(t, a, "deactivate", "app:1", "--hosts", "self", "--wait", "--timeout", "20s")
+	if status := mustCLI(t, a, "status"); code == 0 || !strings.Contains(status+errOut, "changed locally") {
+		t.Fatalf("deactivating after a write that put size and time back: exit %d, %q; status %q", code, errOut, status)
+	}
+	mustCLI(t, a, "deactivate", "app:1", "--hosts", "self", "--discard-changes", "--wait", "--timeout", "20s")
 	if err := a.Stop(); err != nil {
 		t.Fatal(err)
 	}

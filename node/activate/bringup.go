@@ -9,6 +9,7 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/p2pimg/p2pimg/chunk"
 	"github.com/p2pimg/p2pimg/node/api"
+	"github.com/p2pimg/p2pimg/node/expose"
 	"github.com/p2pimg/p2pimg/node/gossip"
 )
 
@@ -79,6 +80,10 @@ func (r *Reconciler) exposeVersion(ctx context.Context, e *record, m *chunk.Mani
 		if n, size := r.cfg.Exposer.Changes(&e.Exposure, e.Layer); n > 0 {
 			e.Kept = true
 			return errors.New(r.refusal(e, n, size, "version "+e.CID+" would not show them"))
+		}
+		if w := expose.Writers(&e.Exposure, 3); len(w) > 0 {
+			e.Kept = true
+			return errors.New(writersRefusal("activation", e, w))
 		}
 	}
 	if err := r.cfg.Exposer.Expose(ctx, &e.Exposure, e.Layer, e.CID, m, r.cfg.Policy.Locked(ctx, e.Layer)); err != nil {

@@ -58,12 +58,62 @@ func (r *Reconciler) pathsAllowed(a gossip.Activation) error {
 // swapped for one after it was checked must not move the mount
 // elsewhere), so symlinks in --root, and in an --at an operator signed,
 // are resolved here; any other --at holding one is refused (ownedHere).
-func (r *Reconciler) exposurePath(a gossip.Activation) string {
+// Even for an operator, a symlink owned by another user than root and the
+// daemon's is not followed (refused): that user could point it anywhere,
+// at any moment.
+func (r *Reconciler) exposurePath(a gossip.Activation) (string, error) {
 	signer, _ := peer.Decode(a.Signer)
 	if r.cfg.Cluster != nil && r.cfg.Cluster.IsOperator(signer) {
-		return resolveExisting(filepath.Join(r.cfg.Root, a.At))
+		p, err := resolveTrusted(filepath.Join(r.cfg.Root, a.At))
+		if err != nil {
+			return "", fmt.Errorf("%w: %v", ErrPathRefused, err)
+		}
+		return p, nil
 	}
-	return filepath.Join(resolveExisting(r.cfg.Root), filepath.Clean("/"+a.At))
+	return filepath.Join(resolveExisting(r.cfg.Root), filepath.Clean("/"+a.At)), nil
+}
+
+// resolveTrusted is p with the symlinks of its existing part resolved,
+// following only those owned by root or the daemon's user.
+func resolveTrusted(p string) (string, error) {
+	p = filepath.Clean("/" + p)
+	for hops := 0; hops <= 40; hops++ {
+		comps := strings.Split(strings.TrimPrefix(p, "/"), "/")
+		cur, again := "/", false
+		for i, c := range comps {
+			if c == "" {
+				continue
+			}
+			next := filepath.Join(cur, c)
+			fi, err := os.Lstat(next)
+			if errors.Is(err, fs.ErrNotExist) {
+				return filepath.Join(append([]string{cur}, comps[i:]...)...), nil
+			}
+			if err != nil {
+				return "", err
+			}
+			if fi.Mode()&fs.ModeSymlink == 0 {
+				cur = next
+				continue
+			}
+			if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != 0 && int(uid) != os.Geteuid() {
+				return "", fmt.Errorf("%s is a symlink of uid %d: not followed, whoever signed the activation", next, uid)
+			}
+			target, err := os.Readlink(next)
+			if err != nil {
+				return "", err
+			}
+			if !filepath.IsAbs(target) {
+				target = filepath.Join(cur, target)
+			}
+			p, again = filepath.Join(append([]string{target}, comps[i+1:]...)...), true
+			break
+		}
+		if !again {
+			return cur, nil
+		}
+	}
+	return "", fmt.Errorf("%s: too many symlinks", p)
 }
 
 // resolveExisting is p with the symlinks of its longest existing part
@@ -82,26 +132,55 @@ func resolveExisting(p string) string {
 	}
 }
 
-// pathFree refuses to expose layer at path where another layer is exposed
-// here, or above or below one: mounting over it would hide it (and
-// deactivating either would then take the other's mounts away), and the
-// daemon's data directory, whose files the daemon opens by path.
-func (r *Reconciler) pathFree(layer, path string) error {
+// pathFree refuses to expose layer at path, or to map its --map sources,
+// where another layer is exposed or mapped here, or above or below that:
+// mounting over it would hide it (and undoing either would take the
+// other's mounts away); and over the daemon's data directory, whose files
+// the daemon opens by path (its key, its socket, its store).
+func (r *Reconciler) pathFree(a gossip.Activation, path string) error {
 	overlap := func(a, b string) bool {
 		return a == b || strings.HasPrefix(a, b+"/") || strings.HasPrefix(b, a+"/") || b == "/" || a == "/"
+	}
+	mine := []string{path}
+	for _, m := range a.Maps {
+		if src, _, err := api.ParseMap(m); err == nil {
+			mine = append(mine, filepath.Join(resolveExisting(r.cfg.Root), filepath.Clean("/"+src)))
+		}
 	}
 	if data, err := filepath.Abs(r.cfg.Exposer.DataDir()); err == nil && r.cfg.Exposer.DataDir() != "" {
 		data = resolveExisting(data)
 		// Below the data directory only within --root, if that lies there
 		// (a testnet's nodes do): the daemon's own files are elsewhere.
 		rootTop := topBelow(data, resolveExisting(r.cfg.Root))
-		if overlap(path, data) && (rootTop == "" || topBelow(data, path) != rootTop) {
-			return fmt.Errorf("%w: %s overlaps this host's data directory %s", ErrPathRefused, path, data)
+		for _, p := range mine {
+			if overlap(p, data) && (rootTop == "" || topBelow(data, p) != rootTop) {
+				return fmt.Errorf("%w: %s overlaps this host's data directory %s", ErrPathRefused, p, data)
+			}
 		}
 	}
 	for other, o := range r.local {
-		if other != layer && o.Exposed && o.Path != "" && overlap(path, o.Path) {
-			return fmt.Errorf("%w: %s overlaps %s, where %s is exposed here: deactivate it first, or choose another path", ErrPathRefused, path, o.Path, other)
+		if other == a.Layer || !o.Exposed || o.Path == "" {
+			continue
+		}
+		theirs := []string{o.Path}
+		for _, m := range o.Maps {
+			theirs = append(theirs, m.Src)
+		}
+		for _, p := range mine {
+			for _, q := range theirs {
+				if overlap(p, q) {
+					return fmt.Errorf("%w: %s overlaps %s, where %s is exposed or mapped here: deactivate it first, or choose another path", ErrPathRefused, p, q, other)
+				}
+			}
+		}
+	}
+	// This activation's own maps must not land in one another, nor in its
+	// own exposure (a map source there would hide part of the layer).
+	for i := 1; i < len(mine); i++ {
+		for j := 0; j < i; j++ {
+			if overlap(mine[i], mine[j]) {
+				return fmt.Errorf("%w: map source %s overlaps %s of the same activation", ErrPathRefused, mine[i], mine[j])
+			}
 		}
 	}
 	return nil

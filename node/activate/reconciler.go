@@ -331,9 +331,8 @@ func (r *Reconciler) deactivate(ctx context.Context, e *record, a gossip.Activat
 		}
 		// Taking the view down detaches what is still in use; what a
 		// process writes there afterwards would go with it.
-		if w := expose.Writers(e.Path, 3); len(w) > 0 && e.Path != "" {
-			r.refuse(ctx, e, a, fmt.Sprintf("deactivation refused: %s is open for writing (%s): what they write after it is taken down would be lost; stop them, or deactivate with --discard-changes",
-				e.Path, strings.Join(w, "; ")))
+		if w := expose.Writers(&e.Exposure, 3); len(w) > 0 && e.Path != "" {
+			r.refuse(ctx, e, a, writersRefusal("deactivation", e, w))
 			return
 		}
 	}
@@ -367,6 +366,13 @@ func (r *Reconciler) deactivate(ctx context.Context, e *record, a gossip.Activat
 	r.cfg.Log.Info("layer deactivated", "layer", e.Layer)
 }
 
+// writersRefusal says why taking e down was refused while processes
+// (writers) can still write into it.
+func writersRefusal(what string, e *record, writers []string) string {
+	return fmt.Sprintf("%s refused: %s is open for writing (%s): what they write after it is taken down would be lost; stop them and ask again, or deactivate with --discard-changes",
+		what, e.Path, strings.Join(writers, "; "))
+}
+
 // refuse reports that activation a was refused because it would have lost
 // local writes; the exposure stays in use (mounted again if it died), and
 // a is not tried again: the operator asks again (a new activation) once
@@ -397,7 +403,7 @@ func (r *Reconciler) stillRefused(ctx context.Context, e *record, a gossip.Activ
 // activate moves one layer toward what activation a asks of this host:
 // policy first, then a seat for a licensed layer, then fetch, expose, map.
 func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activation) {
-	path := r.exposurePath(a)
+	path, perr := r.exposurePath(a)
 	if e.Exposed && e.Path != path && resolveExisting(e.Path) == path {
 		// Recorded before paths were resolved: the same place, not a move
 		// (the mounts there show the resolved path).
@@ -417,7 +423,10 @@ func (r *Reconciler) activate(ctx context.Context, e *record, a gossip.Activatio
 	}
 	err := r.pathsAllowed(a)
 	if err == nil {
-		err = r.pathFree(a.Layer, path)
+		err = perr
+	}
+	if err == nil {
+		err = r.pathFree(a, path)
 	}
 	if err != nil {
 		if e.State != api.StateFailed || e.Time != a.Time || e.Detail != err.Error() {
@@ -510,11 +519,15 @@ func (r *Reconciler) wouldLoseChanges(ctx context.Context, e *record, a gossip.A
 		return false
 	}
 	n, size := r.cfg.Exposer.Changes(&e.Exposure, e.Layer)
-	if n == 0 {
-		return false
+	if n > 0 {
+		r.refuse(ctx, e, a, r.refusal(e, n, size, why))
+		return true
 	}
-	r.refuse(ctx, e, a, r.refusal(e, n, size, why))
-	return true
+	if w := expose.Writers(&e.Exposure, 3); len(w) > 0 {
+		r.refuse(ctx, e, a, writersRefusal("activation", e, w))
+		return true
+	}
+	return false
 }
 
 // refusal says why an activation was refused and what to do.

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/ipfs/go-cid"
 	"golang.org/x/sys/unix"
@@ -92,8 +93,11 @@ type Exposure struct {
 	// overlay (their writes go to block-level deltas).
 	Disks []string `json:"disks,omitempty"`
 	// Checkout (materialized mode) is the manifest checked out at Path,
-	// which its files are compared with for local changes.
-	Checkout string `json:"checkout,omitempty"`
+	// which its files are compared with for local changes, and CheckedOut
+	// when (Unix nanoseconds): a file changed since has a later ctime,
+	// even if its size and mtime were put back.
+	Checkout   string `json:"checkout,omitempty"`
+	CheckedOut int64  `json:"checked_out,omitempty"`
 }
 
 // Held is one layer version this host exposes, or is bringing up or
@@ -137,7 +141,7 @@ func (x *Exposer) Expose(ctx context.Context, e *Exposure, layer, cidStr string,
 		os.RemoveAll(tmp)
 		return fmt.Errorf("expose %s: %w", layer, err)
 	}
-	e.Checkout = cidStr
+	e.Checkout, e.CheckedOut = cidStr, time.Now().UnixNano()
 	_, err := os.Lstat(e.Path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):

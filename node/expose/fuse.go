@@ -155,9 +155,18 @@ func (x *Exposer) unmountFUSE(e *Exposure, layer string, discard bool) error {
 		return err
 	}
 	x.mu.Lock()
-	defer x.mu.Unlock()
 	if e.View != "" {
 		x.releaseLocked(e.View, layer)
+	}
+	x.mu.Unlock()
+	// The view's server has stopped (or its connection was aborted): no
+	// write can reach the deltas any more, through whatever path a
+	// process held the disk open by. Any written since the look above are
+	// kept, and the view is mounted again with them (e.View kept).
+	if !discard {
+		if n, size := x.DiskChanges(e, layer); n > 0 {
+			return fmt.Errorf("%s: %w: %d disk image(s), %d bytes, kept", e.Path, ErrWrittenMeanwhile, n, size)
+		}
 	}
 	e.View = ""
 	os.RemoveAll(x.DeltaDir(layer)) // the disks' writes go with the overlay's

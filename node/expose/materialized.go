@@ -17,8 +17,9 @@ import (
 // now: an entry of another type, mode, size or modification time (a
 // checkout sets each to the manifest's, and a write moves the time), a
 // symlink with another target, a path the layer lacks or a path of the
-// layer gone. Writes that put a file's size and time back as they were
-// are not seen; content is not hashed, as a view can be large. A view
+// layer gone; or any entry whose inode changed after the checkout (its
+// ctime: a write that put size and mtime back, as cp -p and tar do, is
+// seen too). Content is not hashed, as a view can be large. A view
 // whose manifest is not here counts as changed (what it was cannot be
 // told); one exposed by a build that did not record its manifest is
 // taken as unchanged, as that build took it.
@@ -61,7 +62,7 @@ func (x *Exposer) checkoutChanges(e *Exposure) (paths int, bytes int64) {
 			seen++
 		}
 		fi, err := d.Info()
-		if err != nil || ent == nil || differs(p, fi, ent) {
+		if err != nil || ent == nil || differs(p, fi, ent, e.CheckedOut) {
 			paths++
 			if err == nil && fi.Mode().IsRegular() {
 				bytes += fi.Size()
@@ -73,8 +74,11 @@ func (x *Exposer) checkoutChanges(e *Exposure) (paths int, bytes int64) {
 }
 
 // differs reports whether what is at p (fi) is not entry ent as a
-// checkout leaves it.
-func differs(p string, fi fs.FileInfo, ent *chunk.Entry) bool {
+// checkout (finished at Unix nanoseconds done, 0: unknown) leaves it.
+func differs(p string, fi fs.FileInfo, ent *chunk.Entry, done int64) bool {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && done != 0 && st.Ctim.Nano() > done {
+		return true // changed since, whatever it looks like now
+	}
 	switch ent.Type {
 	case chunk.Dir:
 		return !fi.IsDir() || fi.Mode().Perm()|fi.Mode()&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) != ent.Mode

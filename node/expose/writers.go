@@ -7,22 +7,40 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
-// Writers lists the processes that could still write under dir: those
-// holding a file there open for writing, or mapped shared and writable,
-// one line each ("pid 812 (qemu-system-x86): /vm/disk.raw"), at most max.
-// Taking an exposure down detaches what is still in use, and a process
-// that writes into a detached overlay or disk image writes into what is
-// about to be dropped; a deactivation that keeps changes asks first.
-// Processes in other mount namespaces see other paths and are not
-// matched. The scan is of /proc, as fuser's; a process that opens a file
-// after it is caught by the look for changes after the unmount.
-func Writers(dir string, max int) []string {
-	dir = filepath.Clean(dir)
-	within := func(p string) bool { return p == dir || strings.HasPrefix(p, dir+"/") }
+// Writers lists the processes that could still write into exposure e:
+// those holding one of its files open for writing, or mapped shared and
+// writable, one line each ("pid 812 (qemu-system-x86): /vm/disk.raw"),
+// at most max. Taking an exposure down detaches what is still in use, and
+// a process that writes into a detached overlay or disk image writes into
+// what is about to be dropped; a deactivation that keeps changes asks
+// first. A file counts when it lies on the exposure's own file systems
+// (its overlay, its FUSE view: by device, so reached by any path, a bind
+// elsewhere or from another mount namespace included) or under its path
+// (a materialised view's files). The scan is of /proc, as fuser's; a
+// process that opens a file after it is caught by the look for changes
+// after the unmount.
+func Writers(e *Exposure, max int) []string {
+	dir := filepath.Clean(e.Path)
+	devs := map[uint64]bool{}
+	if e.Mode.Overlaid() {
+		for _, p := range append([]string{e.Path}, e.Disks...) {
+			var st unix.Stat_t
+			if Mounted(p) && unix.Stat(p, &st) == nil {
+				devs[st.Dev] = true
+			}
+		}
+	}
+	ours := func(path string, dev uint64, devKnown bool) bool {
+		if devKnown && devs[dev] {
+			return true
+		}
+		return path == dir || strings.HasPrefix(path, dir+"/")
+	}
 	procs, _ := os.ReadDir("/proc")
 	var out []string
 	for _, pe := range procs {
@@ -31,7 +49,7 @@ func Writers(dir string, max int) []string {
 			continue
 		}
 		base := filepath.Join("/proc", pe.Name())
-		if what := writing(base, within); what != "" {
+		if what := writing(base, ours); what != "" {
 			out = append(out, fmt.Sprintf("pid %d (%s): %s", pid, comm(base), what))
 		}
 		if len(out) >= max {
@@ -41,17 +59,23 @@ func Writers(dir string, max int) []string {
 	return out
 }
 
-// writing is the first file within dir that process base (its /proc
-// directory) holds open for writing or maps shared and writable.
-func writing(base string, within func(string) bool) string {
+// writing is the first file of the exposure (ours) that process base (its
+// /proc directory) holds open for writing or maps shared and writable.
+func writing(base string, ours func(path string, dev uint64, devKnown bool) bool) string {
 	fds, _ := os.ReadDir(filepath.Join(base, "fd"))
 	for _, fd := range fds {
-		target, err := os.Readlink(filepath.Join(base, "fd", fd.Name()))
-		if err == nil && within(target) && openForWriting(filepath.Join(base, "fdinfo", fd.Name())) {
+		link := filepath.Join(base, "fd", fd.Name())
+		target, err := os.Readlink(link)
+		if err != nil {
+			continue
+		}
+		var st syscall.Stat_t
+		known := syscall.Stat(link, &st) == nil // the open file itself, whatever its path
+		if ours(target, st.Dev, known) && openForWriting(filepath.Join(base, "fdinfo", fd.Name())) {
 			return target
 		}
 	}
-	if p := sharedWritableMap(filepath.Join(base, "maps"), within); p != "" {
+	if p := sharedWritableMap(filepath.Join(base, "maps"), ours); p != "" {
 		return p + " (mapped)"
 	}
 	return ""
@@ -72,9 +96,9 @@ func openForWriting(fdinfo string) bool {
 	return false
 }
 
-// sharedWritableMap is the first file within dir that a maps file shows
-// mapped shared and writable.
-func sharedWritableMap(maps string, within func(string) bool) string {
+// sharedWritableMap is the first file of the exposure (ours) that a maps
+// file shows mapped shared and writable.
+func sharedWritableMap(maps string, ours func(path string, dev uint64, devKnown bool) bool) string {
 	f, err := os.Open(maps)
 	if err != nil {
 		return ""
@@ -82,12 +106,20 @@ func sharedWritableMap(maps string, within func(string) bool) string {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		// address perms offset dev inode path
+		// address perms offset dev(major:minor, hex) inode path
 		fields := strings.Fields(sc.Text())
 		if len(fields) < 6 || len(fields[1]) < 4 || fields[1][1] != 'w' || fields[1][3] != 's' {
 			continue
 		}
-		if p := strings.Join(fields[5:], " "); within(p) {
+		var dev uint64
+		major, minor, ok := strings.Cut(fields[3], ":")
+		maj, err1 := strconv.ParseUint(major, 16, 32)
+		mnr, err2 := strconv.ParseUint(minor, 16, 32)
+		known := ok && err1 == nil && err2 == nil
+		if known {
+			dev = unix.Mkdev(uint32(maj), uint32(mnr))
+		}
+		if p := strings.Join(fields[5:], " "); ours(p, dev, known) {
 			return p
 		}
 	}

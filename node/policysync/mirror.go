@@ -44,7 +44,15 @@ func (sv *Service) Restore(ctx context.Context, layer, cidStr string, x *expose.
 		changes, err = tree.Diff(ctx, m, x.Path)
 		if eff.Mode != policy.Mirror {
 			changes = slices.DeleteFunc(changes, func(ch tree.Change) bool { return !isLocked("/"+ch.Path, eff.Locked) })
-			what, restore = "locked paths were changed", func() error { return sv.restorePaths(ctx, x.Path, m, changes) }
+			what, restore = "locked paths were changed", func() error {
+				if err := sv.restorePaths(ctx, x.Path, m, changes); err != nil {
+					return err
+				}
+				// The restored paths are as checked out, newly: their
+				// change times must not count as local writes.
+				x.CheckedOut = time.Now().UnixNano()
+				return nil
+			}
 		}
 	}
 	if err != nil || len(changes) == 0 {
