@@ -41,7 +41,7 @@ func build(cfg Config, db *badgerstore.DB, net *p2p.Net, key crypto.PrivKey) (*N
 		Log: cfg.Log, Down: fetch.Limiter(cfg.MaxDownload), StallTimeout: cfg.StallTimeout, Announce: announce, Reg: n.reg, Faults: cfg.Faults, Conduct: conduct})
 	n.xchg = xchg.NewServer(xchg.ServerConfig{Host: h, Source: source{db, n.fetch}, Log: cfg.Log, Stats: net.Stats,
 		Up: fetch.Limiter(cfg.MaxUpload), Reg: n.reg, Faults: cfg.Faults, Conduct: conduct})
-	exposer := expose.New(expose.Config{Store: db, DataDir: cfg.DataDir, Root: cfg.Root, Mode: cfg.Expose, Log: cfg.Log,
+	exposer := expose.New(expose.Config{Store: db, DataDir: cfg.DataDir, Root: cfg.Root, Mode: cfg.Expose, Log: cfg.Log, DiskReserve: cfg.DiskReserve,
 		Fetch: n.fetch, OnReadError: func(cidStr string, id cid.Cid, err error) { n.act.NoteReadError(cidStr, id, err) },
 		OnChunkRead: func(cidStr string, id cid.Cid) { n.act.NoteChunkRead(cidStr, id) }})
 	var err error

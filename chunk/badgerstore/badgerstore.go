@@ -19,6 +19,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
 	"github.com/ipfs/go-cid"
+	"golang.org/x/sys/unix"
 
 	"github.com/p2pimg/p2pimg/chunk"
 )
@@ -79,6 +80,9 @@ func OpenWith(dir string, o Options) (*DB, error) {
 	case o.Reserve < 0:
 		o.Reserve = 0
 	}
+	if err := roomToOpen(dir); err != nil {
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
 	// Every value is small (16-byte chunk locations, manifests, records), so
 	// the LSM tree holds them; small tables and caches keep memory low.
 	opts := badger.DefaultOptions(filepath.Join(dir, "index")).
@@ -101,6 +105,30 @@ func OpenWith(dir string, o Options) (*DB, error) {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
 	return &DB{db: db, packs: p, dir: dir, reserve: o.Reserve}, nil
+}
+
+// minOpenFree is the least free space the store opens with: badger maps
+// its files and writes to them through the mapping, and a write to a
+// mapped page the full disk cannot hold kills the process (SIGBUS) rather
+// than failing.
+const minOpenFree = 4 << 20
+
+// roomToOpen refuses a disk too full for the store to open safely, naming
+// the numbers (the nearest existing directory of dir is asked).
+func roomToOpen(dir string) error {
+	p := dir
+	var st unix.Statfs_t
+	for unix.Statfs(p, &st) != nil {
+		if p == filepath.Dir(p) {
+			return nil // unknown: badger will tell
+		}
+		p = filepath.Dir(p)
+	}
+	if free := int64(st.Bavail) * st.Bsize; free < minOpenFree {
+		return fmt.Errorf("%w: its disk has %d bytes free, and the index needs %d to open; free some space there (disk images' written blocks are under the data directory's delta/)",
+			chunk.ErrNoSpace, free, minOpenFree)
+	}
+	return nil
 }
 
 // Close syncs and closes the store.

@@ -194,3 +194,22 @@ func TestReserveRefusesEarlyWithNumbers(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenRefusesFullDisk: on a disk too full for badger's mapped files
+// the store refuses to open, naming the numbers, instead of the process
+// dying of SIGBUS.
+func TestOpenRefusesFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounts a small tmpfs: run as root")
+	}
+	mnt := filepath.Join(t.TempDir(), "full")
+	os.Mkdir(mnt, 0o700)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("no small tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	_, err := OpenWith(filepath.Join(mnt, "store"), Options{})
+	if !errors.Is(err, chunk.ErrNoSpace) || !strings.Contains(err.Error(), "bytes free") {
+		t.Fatalf("open on a 2 MiB disk: %v, want refused for space with the numbers", err)
+	}
+}

@@ -39,6 +39,10 @@ type Config struct {
 	// layer's only file) are disk images, written through block-level
 	// deltas (0: 64 MiB).
 	DiskMin int64
+	// DiskReserve is the free space writes into disk images leave on the
+	// data directory's disk (ENOSPC past it; 0: 16 MiB, negative: none),
+	// as adds and fetches do.
+	DiskReserve int64
 	// OnReadError, if set, hears of every chunk a read through the FUSE
 	// view of manifest cidStr could not get (for the host's state).
 	OnReadError func(cidStr string, id cid.Cid, err error)

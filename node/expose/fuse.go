@@ -110,6 +110,12 @@ func (x *Exposer) serveLocked(key, cidStr, layer string, m *chunk.Manifest) (*se
 	cfg := fuseview.Config{Store: x.cfg.Store, Name: "p2pimg:" + cidStr, Log: x.cfg.Log, DiskMin: x.cfg.DiskMin, Base: cidStr}
 	if key != cidStr {
 		cfg.DeltaDir = filepath.Join(x.DeltaDir(layer), cidStr)
+		switch cfg.Reserve = x.cfg.DiskReserve; {
+		case cfg.Reserve == 0:
+			cfg.Reserve = 16 << 20
+		case cfg.Reserve < 0:
+			cfg.Reserve = 0
+		}
 	}
 	if id, err := cid.Decode(cidStr); err == nil && x.cfg.Fetch != nil {
 		cfg.Fetch = layerFetcher{x.cfg.Fetch, id}

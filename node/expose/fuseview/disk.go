@@ -211,6 +211,10 @@ func (d *diskNode) Write(ctx context.Context, fh fusefs.FileHandle, data []byte,
 		}
 	}
 	copy(buf[off-start:], data)
+	if !d.v.space.allow(int64(len(buf))) {
+		d.v.cfg.Log.Debug("fuse view: disk image write refused: the data directory's disk is down to its reserve", "path", d.e.Path, "reserve", d.v.cfg.Reserve)
+		return 0, syscall.ENOSPC
+	}
 	if err := d.delta.Write(first, buf); err != nil {
 		return 0, d.fail("write", err)
 	}

@@ -62,6 +62,9 @@ type Config struct {
 	// DiskMin: files of at least this many bytes are disk images (default
 	// 64 MiB); a layer's only file always is.
 	DiskMin int64
+	// Reserve is the free space disk-image writes leave on DeltaDir's
+	// disk: a write that would take it fails with ENOSPC (0: none).
+	Reserve int64
 	// Base names what the deltas apply to (the manifest id): a delta kept
 	// for another base is discarded.
 	Base string
@@ -86,6 +89,7 @@ type View struct {
 	stats   Stats
 
 	disks   map[string]*diskNode // writable disk images, by path
+	space   *spaceGuard          // what their writes leave free
 	readers *readers
 
 	stop context.CancelFunc // called when Unmount begins: fetches for reads end

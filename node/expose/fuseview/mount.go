@@ -43,6 +43,9 @@ func Mount(dir string, m *chunk.Manifest, cfg Config) (*View, error) {
 	}
 	v := &View{dir: dir, cfg: cfg, hash: m.Params.Hash, zeroIDs: map[uint32]cid.Cid{}, cache: cache, disks: map[string]*diskNode{},
 		stop: stop}
+	if cfg.DeltaDir != "" && cfg.Reserve > 0 {
+		v.space = &spaceGuard{dir: cfg.DeltaDir, reserve: cfg.Reserve}
+	}
 	if err := v.openDisks(m); err != nil {
 		stop()
 		return nil, fmt.Errorf("fuse view at %s: %w", dir, err)
