@@ -155,6 +155,12 @@ func (cfg *Config) defaults() {
 	if cfg.Root == "" {
 		cfg.Root = "/"
 	}
+	if real, err := filepath.EvalSymlinks(cfg.Root); err == nil {
+		// Exposures and maps are made without following a symlink on
+		// the way, --root's own included: resolved once here, by the
+		// administrator's configuration.
+		cfg.Root = real
+	}
 	if cfg.GoneAfter <= 0 {
 		cfg.GoneAfter = time.Hour
 	}

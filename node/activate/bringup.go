@@ -44,7 +44,7 @@ func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation
 			if err := r.exposeVersion(ctx, e, m); err != nil {
 				return nil, err
 			}
-			return m, r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
+			return m, r.mapAll(e, a)
 		}
 		r.cfg.Log.Info("lazy activation: fetching the whole layer first", "layer", a.Layer, "reason", err)
 	}
@@ -66,7 +66,16 @@ func (r *Reconciler) bringUp(ctx context.Context, e *record, a gossip.Activation
 	if err := r.exposeVersion(ctx, e, m); err != nil {
 		return nil, err
 	}
-	return nil, r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) })
+	return nil, r.mapAll(e, a)
+}
+
+// mapAll makes a's maps into e's exposure.
+func (r *Reconciler) mapAll(e *record, a gossip.Activation) error {
+	maps, err := r.mapsFor(a)
+	if err != nil {
+		return err
+	}
+	return r.cfg.Exposer.MapAll(&e.Exposure, maps, func() error { return r.save(e) })
 }
 
 // exposeVersion exposes version e.CID (manifest m) at e.Path. When the

@@ -73,6 +73,36 @@ func (r *Reconciler) exposurePath(a gossip.Activation) (string, error) {
 	return filepath.Join(resolveExisting(r.cfg.Root), filepath.Clean("/"+a.At)), nil
 }
 
+// mapsFor is a's --map pairs as this host makes them. Maps never follow
+// a symlink, so an operator's SRC is given with its symlinks resolved
+// first (resolveTrusted: /etc/resolv.conf is often one), and must still
+// lie under --root; other activations' are as given (one holding a
+// symlink was refused: ownedHere).
+func (r *Reconciler) mapsFor(a gossip.Activation) ([]string, error) {
+	signer, _ := peer.Decode(a.Signer)
+	if r.cfg.Cluster == nil || !r.cfg.Cluster.IsOperator(signer) || len(a.Maps) == 0 {
+		return a.Maps, nil
+	}
+	root := resolveExisting(r.cfg.Root)
+	out := make([]string, 0, len(a.Maps))
+	for _, m := range a.Maps {
+		src, dst, err := api.ParseMap(m)
+		if err != nil {
+			return nil, err
+		}
+		real, err := resolveTrusted(filepath.Join(r.cfg.Root, src))
+		if err != nil {
+			return nil, fmt.Errorf("%w: map %s: %v", ErrPathRefused, src, err)
+		}
+		rel, err := filepath.Rel(root, real)
+		if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+			return nil, fmt.Errorf("%w: map %s leads to %s, outside this host's root %s", ErrPathRefused, src, real, root)
+		}
+		out = append(out, "/"+filepath.ToSlash(rel)+"="+dst)
+	}
+	return out, nil
+}
+
 // resolveTrusted is p with the symlinks of its existing part resolved,
 // following only those owned by root or the daemon's user.
 func resolveTrusted(p string) (string, error) {

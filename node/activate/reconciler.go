@@ -325,8 +325,9 @@ func (r *Reconciler) deactivate(ctx context.Context, e *record, a gossip.Activat
 	discard := a.Op == api.OpDeactivateDiscard
 	if exposedNow && !discard {
 		if n, size := r.cfg.Exposer.Changes(&e.Exposure, e.Layer); n > 0 {
-			r.refuse(ctx, e, a, fmt.Sprintf("deactivation refused: %d path(s), %d bytes changed locally at %s (kept in %s and %s): commit them (p2pimg commit --activation %s NEW:TAG), or deactivate with --discard-changes",
-				n, size, e.Path, r.cfg.Exposer.UpperDir(e.Layer), r.cfg.Exposer.DeltaDir(e.Layer), e.Layer))
+			kept, keep := r.keeping(e)
+			r.refuse(ctx, e, a, fmt.Sprintf("deactivation refused: %d path(s), %d bytes changed locally at %s (%s): %s, or deactivate with --discard-changes",
+				n, size, e.Path, kept, keep))
 			return
 		}
 		// Taking the view down detaches what is still in use; what a
@@ -532,8 +533,20 @@ func (r *Reconciler) wouldLoseChanges(ctx context.Context, e *record, a gossip.A
 
 // refusal says why an activation was refused and what to do.
 func (r *Reconciler) refusal(e *record, n int, size int64, why string) string {
-	return fmt.Sprintf("activation refused: %d path(s), %d bytes changed locally at %s (kept in %s and %s); %s: keep them with p2pimg commit --activation %s NEW:TAG, or deactivate with --discard-changes first",
-		n, size, e.Path, r.cfg.Exposer.UpperDir(e.Layer), r.cfg.Exposer.DeltaDir(e.Layer), why, e.Layer)
+	kept, keep := r.keeping(e)
+	return fmt.Sprintf("activation refused: %d path(s), %d bytes changed locally at %s (%s); %s: %s, or deactivate with --discard-changes first",
+		n, size, e.Path, kept, why, keep)
+}
+
+// keeping says where e's local changes are kept and how to keep them: a
+// commit for overlaid exposures; a materialised view holds them itself,
+// and commit cannot read them from it.
+func (r *Reconciler) keeping(e *record) (kept, keep string) {
+	if !e.Mode.Overlaid() {
+		return "in the view itself", "copy out what you need"
+	}
+	return fmt.Sprintf("kept in %s and %s", r.cfg.Exposer.UpperDir(e.Layer), r.cfg.Exposer.DeltaDir(e.Layer)),
+		fmt.Sprintf("commit them (p2pimg commit --activation %s NEW:TAG)", e.Layer)
 }
 
 // remapOnly answers an activation of the version already in use at the
@@ -544,7 +557,7 @@ func (r *Reconciler) remapOnly(e *record, a gossip.Activation) {
 		return
 	}
 	e.Time, e.CID, e.At = a.Time, a.CID, a.At
-	if err := r.cfg.Exposer.MapAll(&e.Exposure, a.Maps, func() error { return r.save(e) }); err != nil {
+	if err := r.mapAll(e, a); err != nil {
 		r.fail(e, err)
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"unicode"
 
 	"github.com/p2pimg/p2pimg/chunk"
 )
@@ -24,8 +25,8 @@ func ParseLabel(s string) (string, string, error) {
 func ParseMap(s string) (src, dst string, err error) {
 	src, dst, ok := strings.Cut(s, "=")
 	dst = strings.TrimPrefix(dst, "/")
-	if !ok || !filepath.IsAbs(src) || filepath.Clean(src) != src || src == "/" || len(src) > 4096 {
-		return "", "", fmt.Errorf("map %.80q: want SRC=DST with SRC an absolute, clean host path", s)
+	if !ok || !filepath.IsAbs(src) || filepath.Clean(src) != src || src == "/" || len(src) > 4096 || strings.ContainsFunc(src, unicode.IsControl) {
+		return "", "", fmt.Errorf("map %.80q: want SRC=DST with SRC an absolute, clean host path without control characters", s)
 	}
 	if err := chunk.CheckPath(dst); err != nil {
 		return "", "", fmt.Errorf("map %.80q: DST: %v", s, err)

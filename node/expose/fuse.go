@@ -232,8 +232,9 @@ func (x *Exposer) Close() error {
 	for cidStr, s := range x.views {
 		for _, e := range s.users {
 			for _, mp := range e.Maps { // binds into the overlay keep it (and the view) alive
-				if mp.Bind && Mounted(mp.Src) {
-					unix.Unmount(mp.Src, unix.MNT_DETACH)
+				if mp.Bind {
+					mp.Created = false // kept for the next start's Remap, which binds on it again
+					x.unbindMap(mp)    // never through a symlink
 				}
 			}
 			if err := unmountAt(e); err != nil {

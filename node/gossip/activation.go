@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -119,8 +120,9 @@ func CheckActivation(a *Activation, c *cluster.Config) error {
 	if !a.Op.Valid() {
 		return fmt.Errorf("activation of %s: op %q", a.Layer, a.Op)
 	}
-	if a.Op == api.OpActivate && (!filepath.IsAbs(a.At) || filepath.Clean(a.At) != a.At || len(a.At) > 4096 || a.At == "/") {
-		return fmt.Errorf("activation of %s: path %.80q must be absolute, clean and not /", a.Layer, a.At)
+	if a.Op == api.OpActivate && (!filepath.IsAbs(a.At) || filepath.Clean(a.At) != a.At || len(a.At) > 4096 || a.At == "/" ||
+		strings.ContainsFunc(a.At, unicode.IsControl)) {
+		return fmt.Errorf("activation of %s: path %.80q must be absolute, clean, not / and without control characters", a.Layer, a.At)
 	}
 	if err := checkSelector(a.Hosts); err != nil {
 		return err
