@@ -130,7 +130,9 @@ func (v *View) CommitDisks(ctx context.Context, p chunk.Params, put Put) (entrie
 		d.mu.Lock()
 		var e chunk.Entry
 		changed := d.delta.Changed()
-		if changed {
+		if err = d.delta.Failed(); err != nil {
+			err = fmt.Errorf("its delta cannot be trusted (%w); copy out what you need and deactivate with --discard-changes", err)
+		} else if changed {
 			e, err = d.commitEntry(ctx, p, put)
 			gens[d] = d.delta.Gen()
 		}

@@ -40,6 +40,12 @@ type Delta struct {
 	pages  map[int]bool // bitmap pages changed since the last flush
 	meta   deltaMeta
 	dirty  bool // something to flush
+	// failed is the first failed sync of the data or the bitmap. Linux
+	// marks the pages of a failed writeback clean and reports the error
+	// once, so a later sync can succeed over lost data: after one fails,
+	// every flush fails (the bitmap on disk is never written again), and
+	// the delta cannot be committed. Its last flushed state stays on disk.
+	failed error
 }
 
 // deltaMeta is the delta's record (meta.json, replaced atomically).
@@ -250,11 +256,15 @@ func (d *Delta) SetTimes(atime, mtime, ctime int64) {
 // Flush makes every earlier write durable: the data first, then the meta
 // record, then the bitmap pages that changed.
 func (d *Delta) Flush() error {
+	if d.failed != nil {
+		return d.failed
+	}
 	if !d.dirty {
 		return nil
 	}
 	if err := d.data.Sync(); err != nil {
-		return fmt.Errorf("delta %s: sync data: %w", d.dir, err)
+		d.failed = fmt.Errorf("delta %s: sync data failed, writes since the last flush may be lost: %w", d.dir, err)
+		return d.failed
 	}
 	if err := d.writeMeta(true); err != nil {
 		return err
@@ -266,11 +276,13 @@ func (d *Delta) Flush() error {
 			continue
 		}
 		if _, err := d.bits.WriteAt(d.bitmap[from:to], int64(from)); err != nil {
-			return fmt.Errorf("delta %s: bitmap: %w", d.dir, err)
+			d.failed = fmt.Errorf("delta %s: bitmap write failed, writes since the last flush may be lost: %w", d.dir, err)
+			return d.failed
 		}
 	}
 	if err := d.bits.Sync(); err != nil {
-		return fmt.Errorf("delta %s: sync bitmap: %w", d.dir, err)
+		d.failed = fmt.Errorf("delta %s: sync bitmap failed, writes since the last flush may be lost: %w", d.dir, err)
+		return d.failed
 	}
 	clear(d.pages)
 	d.dirty = false
@@ -320,6 +332,9 @@ func (d *Delta) Blocks() int64 {
 	}
 	return int64(n)
 }
+
+// Failed is the sync failure that broke the delta, or nil.
+func (d *Delta) Failed() error { return d.failed }
 
 // Changed reports whether the file was written since it was last
 // committed (or since the base, if never).

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -259,4 +260,77 @@ func TestDiskWriteErrors(t *testing.T) {
 	_, err = r2.ReadAt(make([]byte, 5), 0)
 	must(t, err)
 	must(t, r2.Close())
+}
+
+// TestDeltaSyncFailureSticks: once a sync of the delta's data fails, the
+// kernel may have dropped those writes and a later sync can still
+// succeed (it marks the failed pages clean), so every later flush fails
+// too, the bitmap on disk never claims the blocks written since the last
+// good flush, and the disk cannot be committed; a fsync through the
+// view reports EIO for it.
+func TestDeltaSyncFailureSticks(t *testing.T) {
+	dir := t.TempDir()
+	d, err := OpenDelta(dir, "b", 1<<20)
+	must(t, err)
+	must(t, d.Write(0, bytes.Repeat([]byte{1}, BlockSize)))
+	must(t, d.Flush())
+	must(t, d.Write(1, bytes.Repeat([]byte{2}, BlockSize)))
+	good := d.data
+	bad, err := os.Open(filepath.Join(dir, "data"))
+	must(t, err)
+	must(t, bad.Close()) // its sync fails
+	d.data = bad
+	if err := d.Flush(); err == nil {
+		t.Fatal("a flush whose data sync failed reported success")
+	}
+	d.data = good // a later sync would succeed
+	if err := d.Flush(); err == nil || d.Failed() == nil {
+		t.Fatal("a flush after a failed data sync reported success")
+	}
+	if err := d.Close(); err == nil {
+		t.Fatal("closing a delta whose sync failed reported success")
+	}
+	again, err := OpenDelta(dir, "b", 1<<20)
+	must(t, err)
+	if !again.Has(0) || again.Has(1) {
+		t.Fatalf("after the failure the delta on disk holds block 0: %v, block 1: %v; want true, false", again.Has(0), again.Has(1))
+	}
+	must(t, again.Close())
+
+	needFUSE(t)
+	p := fixedParams(t)
+	l, _ := diskLayer(t, 8<<20, p, "disk.raw", nil)
+	v := mount(t, l, Config{DeltaDir: t.TempDir(), Base: "v1"})
+	f, err := os.OpenFile(filepath.Join(v.Dir(), "disk.raw"), os.O_RDWR, 0)
+	must(t, err)
+	defer f.Close()
+	_, err = f.WriteAt([]byte("changed"), 0)
+	must(t, err)
+	nodes := v.diskNodes()
+	if len(nodes) != 1 {
+		t.Fatalf("%d disk nodes, want 1", len(nodes))
+	}
+	dn := nodes[0]
+	dn.mu.Lock()
+	good = dn.delta.data
+	bad, err = os.Open(good.Name())
+	must(t, err)
+	must(t, bad.Close())
+	dn.delta.data = bad
+	dn.mu.Unlock()
+	if err := f.Sync(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("fsync with the delta's sync failing: %v, want EIO", err)
+	}
+	dn.mu.Lock()
+	dn.delta.data = good
+	dn.mu.Unlock()
+	_, err = f.WriteAt([]byte("again"), 8192)
+	must(t, err)
+	if err := f.Sync(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("fsync after the delta's sync failed once: %v, want EIO", err)
+	}
+	_, _, err = v.CommitDisks(context.Background(), p, func(ctx context.Context, b ...chunk.Block) error { return l.store.Put(ctx, b...) })
+	if err == nil || !strings.Contains(err.Error(), "cannot be trusted") {
+		t.Fatalf("commit of a disk whose delta failed a sync: %v, want a refusal", err)
+	}
 }
